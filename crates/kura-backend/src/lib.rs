@@ -1,0 +1,157 @@
+//! Storage backends for kura repositories.
+//!
+//! A kura repository is a small set of *files* of a few kinds (config, key files, packs, index
+//! files, snapshot manifests, lock files), each immutable once written except locks. Everything
+//! above this crate addresses storage only through the [`Backend`] trait, by `(FileKind, name)`,
+//! never by path, so that a local directory, an S3 bucket or (later) labelled media can hold the
+//! same repository.
+//!
+//! # Why a synchronous trait
+//! The repository's data path is a pipeline of OS threads (chunking, hashing, compressing and
+//! encrypting are CPU-bound and run best on plain threads). Backends that are asynchronous
+//! underneath (object stores) own a runtime and block on it; the repository never sees futures.
+//!
+//! # Invariants every implementation keeps
+//! - `put` is atomic: a reader sees either nothing or the whole file, never a prefix. On local
+//!   disks this is temp file + `fsync` + `rename` + `fsync` of the directory.
+//! - `put` is durable when it returns: callers write catalog-like records (index files, snapshot
+//!   manifests) only after the data they reference has been `put`.
+//! - Errors are classified ([`ErrorKind`]) so callers can tell "target unreachable" from
+//!   "permission denied" from "no space" without parsing messages, and every error names the
+//!   operation, the object and the backend location.
+
+mod error;
+mod local;
+
+pub use error::{BackendError, ErrorKind};
+pub use local::LocalBackend;
+
+use std::fmt;
+
+/// The kinds of files a repository holds. Each kind has its own namespace (directory or key
+/// prefix); see `docs/FORMAT.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// The single repository config file (name is always `config`).
+    Config,
+    /// Key files: the master key wrapped by a passphrase.
+    Key,
+    /// Pack files holding blobs; stored under a two-hex-digit fan-out directory.
+    Pack,
+    /// Index files mapping blobs to packs.
+    Index,
+    /// Snapshot manifests.
+    Snapshot,
+    /// Lock files.
+    Lock,
+}
+
+impl FileKind {
+    /// Every kind, in the order `init` creates their directories.
+    pub const ALL: [FileKind; 6] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Pack,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::Lock,
+    ];
+
+    /// The directory (or key prefix) holding files of this kind; empty for the config file.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Lock => "locks",
+        }
+    }
+
+    /// The path of `name` relative to the repository root, e.g. `data/3f/3f2a…`.
+    pub fn relative_path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack => {
+                let fan = name.get(..2).unwrap_or("__");
+                format!("data/{fan}/{name}")
+            }
+            other => format!("{}/{}", other.dir(), name),
+        }
+    }
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Pack => "pack",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Lock => "lock",
+        })
+    }
+}
+
+/// A listed or stat-ed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Result alias for backend operations.
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// One repository location. Implementations must be safe to share between threads; the
+/// repository calls them concurrently from its pipeline.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A human-readable location used in every error message (`/srv/repo`, `s3://b/p`).
+    fn location(&self) -> String;
+
+    /// Create the repository layout. Fails with [`ErrorKind::AlreadyExists`] if a config file
+    /// is already present.
+    fn create(&self) -> Result<()>;
+
+    /// Store a whole file atomically and durably (see the crate docs).
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Read a whole file.
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+
+    /// Read `len` bytes at `offset`. Reading past the end is [`ErrorKind::Corrupt`]: callers
+    /// only ask for ranges an index or header told them exist.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// List every file of a kind (names without directories). Temporary files are never listed.
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
+
+    /// Size of one file; [`ErrorKind::NotFound`] if it does not exist.
+    fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo>;
+
+    /// Remove a file. Removing a file that does not exist is [`ErrorKind::NotFound`].
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+
+    /// Whether a file exists.
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        match self.stat(kind, name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_paths_fan_out_by_first_two_hex_digits() {
+        assert_eq!(FileKind::Pack.relative_path("3f2a00"), "data/3f/3f2a00");
+        assert_eq!(FileKind::Index.relative_path("ab"), "index/ab");
+        assert_eq!(FileKind::Config.relative_path("anything"), "config");
+    }
+}
