@@ -1,0 +1,137 @@
+//! Image backup: a regular file (with `--image`) or a block device, cut into fixed 4 MiB
+//! chunks at aligned offsets. Readers take chunk numbers from a shared counter and `pread`
+//! them, so both cores hash while the saver compresses; all-zero chunks are recorded as the
+//! zero id and never stored.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_bytes::ByteBuf;
+
+use super::saver::Saver;
+use super::{BackupOptions, CancelToken};
+use crate::chunker::{FIXED_CHUNK_SIZE, is_zero};
+use crate::error::{Error, Result};
+use crate::format::BlobType;
+use crate::id::Id;
+use crate::image::{FixedIndexPiece, PIECE_ENTRIES};
+use crate::progress::Progress;
+use crate::snapshot::{ImageInfo, Summary};
+
+/// Whether `path` is backed up as an image: block devices always, regular files with
+/// `--image`.
+pub(super) fn is_image_source(path: &Path, image_flag: bool) -> Result<bool> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(format!("source {}", path.display()), e))?;
+    let ft = md.file_type();
+    if ft.is_block_device() {
+        return Ok(true);
+    }
+    if image_flag {
+        if ft.is_file() {
+            return Ok(true);
+        }
+        return Err(Error::InvalidInput(format!(
+            "--image needs a regular file or block device; {} is neither",
+            path.display()
+        )));
+    }
+    Ok(false)
+}
+
+pub(super) fn backup_image(
+    saver: &Saver<'_>,
+    path: &Path,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(ImageInfo, Summary)> {
+    let ctx = |e| Error::io(format!("image source {}", path.display()), e);
+    let mut f: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| File::open(path))
+        .map_err(ctx)?;
+    let device = f.metadata().map_err(ctx)?.file_type().is_block_device();
+    let size = f.seek(SeekFrom::End(0)).map_err(ctx)?;
+    let cs = FIXED_CHUNK_SIZE as u64;
+    let count = size.div_ceil(cs);
+    let count_usize =
+        usize::try_from(count).map_err(|_| Error::InvalidInput("image too large".into()))?;
+    progress.start("backup", Some(size));
+    let ids = Mutex::new(vec![Id::ZERO; count_usize]);
+    let next = AtomicU64::new(0);
+    let bytes_read = AtomicU64::new(0);
+    let readers = opts.readers.max(1);
+
+    std::thread::scope(|s| -> Result<()> {
+        let mut handles = Vec::new();
+        for i in 0..readers {
+            let (f, ids, next, bytes_read) = (&f, &ids, &next, &bytes_read);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("kura-image-read-{i}"))
+                    .spawn_scoped(s, move || -> Result<()> {
+                        loop {
+                            cancel.check()?;
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            if n >= count {
+                                return Ok(());
+                            }
+                            let off = n * cs;
+                            let len = cs.min(size - off) as usize;
+                            let mut buf = vec![0u8; len];
+                            f.read_exact_at(&mut buf, off).map_err(|e| {
+                                Error::io(format!("read {} at offset {off}", path.display()), e)
+                            })?;
+                            bytes_read.fetch_add(len as u64, Ordering::Relaxed);
+                            if !is_zero(&buf) {
+                                let (id, _) = saver.save(BlobType::Data, buf)?;
+                                ids.lock().map_err(|_| Error::Interrupted)?[n as usize] = id;
+                            }
+                            progress.advance(len as u64, 0);
+                        }
+                    })
+                    .map_err(|e| Error::io("spawn image reader", e))?,
+            );
+        }
+        let mut first = None;
+        for h in handles {
+            if let Err(e) = h.join().map_err(|_| Error::Interrupted)? {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    })?;
+    let ids = ids.into_inner().map_err(|_| Error::Interrupted)?;
+    let mut pieces = Vec::new();
+    for (i, part) in ids.chunks(PIECE_ENTRIES).enumerate() {
+        let piece = FixedIndexPiece {
+            size,
+            chunk_size: FIXED_CHUNK_SIZE as u32,
+            first: (i * PIECE_ENTRIES) as u64,
+            ids: part.to_vec(),
+        };
+        pieces.push(saver.save(BlobType::Tree, piece.encode())?.0);
+    }
+    progress.finish();
+    let summary = Summary {
+        files_new: 1,
+        total_bytes: size,
+        bytes_read: bytes_read.load(Ordering::Relaxed),
+        ..Summary::default()
+    };
+    let info = ImageInfo {
+        source: ByteBuf::from(path.as_os_str().as_bytes().to_vec()),
+        size,
+        chunk_size: FIXED_CHUNK_SIZE as u32,
+        device,
+        pieces,
+    };
+    Ok((info, summary))
+}

@@ -1,0 +1,605 @@
+//! File-tree backup: walker, readers and tree assembler (see the parent module's docs).
+//!
+//! The walker visits directories depth-first in name order and emits, per directory, a
+//! [`PendingDir`] in post-order (children before parents). A file either reuses its parent
+//! snapshot's chunk list (size, mtime, ctime and inode unchanged and every chunk still
+//! indexed) or becomes a [`FileJob`] for the readers, whose result the assembler awaits
+//! through a one-shot channel. Because the walker never waits for file contents, it stays
+//! ahead of the readers by at most the bounded job queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::saver::Saver;
+use super::{BackupOptions, CancelToken};
+use crate::chunker::{Cdc, is_zero};
+use crate::error::{Error, Result};
+use crate::format::BlobType;
+use crate::fsmeta::{node_from_metadata, read_xattrs};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repo::IndexedRepo;
+use crate::snapshot::Summary;
+use crate::tree::{ChunkRef, Node, NodeKind, Tree};
+
+/// New or changed, for the summary.
+#[derive(Debug, Clone, Copy)]
+enum FileStatus {
+    New,
+    Changed,
+}
+
+struct FileJob {
+    path: PathBuf,
+    result: Sender<FileResult>,
+}
+
+/// `Err` is a warning: the file is left out.
+type FileResult = std::result::Result<(Vec<ChunkRef>, u64), String>;
+
+enum PendingNode {
+    Ready(Node),
+    File {
+        node: Node,
+        status: FileStatus,
+        rx: Receiver<FileResult>,
+    },
+    Dir {
+        node: Node,
+        token: usize,
+    },
+}
+
+struct PendingDir {
+    token: usize,
+    nodes: Vec<PendingNode>,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    other: AtomicU64,
+    total_bytes: AtomicU64,
+    bytes_read: AtomicU64,
+}
+
+/// Shared state of one tree backup.
+struct Ctx<'a> {
+    repo: &'a IndexedRepo,
+    saver: &'a Saver<'a>,
+    opts: &'a BackupOptions,
+    excludes: GlobSet,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+    counters: Counters,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl Ctx<'_> {
+    fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        self.progress.warn(&msg);
+        if let Ok(mut w) = self.warnings.lock() {
+            w.push(msg);
+        }
+    }
+}
+
+/// Intermediate directories from `/` to the backed-up paths.
+#[derive(Default)]
+struct VirtualDir {
+    children: BTreeMap<Vec<u8>, VirtualEntry>,
+}
+
+enum VirtualEntry {
+    Dir(VirtualDir),
+    Source,
+}
+
+fn virtual_root(paths: &[PathBuf]) -> VirtualEntry {
+    let mut root = VirtualEntry::Dir(VirtualDir::default());
+    for p in paths {
+        let comps: Vec<Vec<u8>> = p
+            .components()
+            .skip(1)
+            .map(|c| c.as_os_str().as_bytes().to_vec())
+            .collect();
+        let mut cur = &mut root;
+        for c in comps {
+            cur = match cur {
+                VirtualEntry::Source => break, // an ancestor is already backed up whole
+                VirtualEntry::Dir(d) => d
+                    .children
+                    .entry(c)
+                    .or_insert_with(|| VirtualEntry::Dir(VirtualDir::default())),
+            };
+        }
+        *cur = match cur {
+            VirtualEntry::Source => VirtualEntry::Source,
+            VirtualEntry::Dir(_) => VirtualEntry::Source,
+        };
+    }
+    root
+}
+
+pub(super) fn backup_tree(
+    saver: &Saver<'_>,
+    repo: &IndexedRepo,
+    paths: &[PathBuf],
+    parent_root: Option<Id>,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(Id, Summary, Vec<String>)> {
+    let mut gs = GlobSetBuilder::new();
+    for pat in &opts.excludes {
+        gs.add(Glob::new(pat).map_err(|e| {
+            Error::InvalidInput(format!("invalid exclude pattern {pat:?}: {e}"))
+        })?);
+    }
+    let ctx = Ctx {
+        repo,
+        saver,
+        opts,
+        excludes: gs
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("exclude patterns: {e}")))?,
+        progress,
+        cancel,
+        counters: Counters::default(),
+        warnings: Mutex::new(Vec::new()),
+    };
+    progress.start("backup", None);
+    let readers = opts.readers.max(1);
+    let (job_tx, job_rx) = bounded::<FileJob>(readers * 16);
+    let (dir_tx, dir_rx) = bounded::<PendingDir>(1024);
+
+    let root = std::thread::scope(|s| -> Result<Id> {
+        let ctx = &ctx;
+        let mut reader_handles = Vec::new();
+        for i in 0..readers {
+            let job_rx = job_rx.clone();
+            reader_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("kura-read-{i}"))
+                    .spawn_scoped(s, move || reader_loop(ctx, job_rx))
+                    .map_err(|e| Error::io("spawn reader", e))?,
+            );
+        }
+        drop(job_rx);
+        let assembler = std::thread::Builder::new()
+            .name("kura-assemble".into())
+            .spawn_scoped(s, move || assemble_loop(ctx, dir_rx))
+            .map_err(|e| Error::io("spawn assembler", e))?;
+        // Deep trees recurse; give the walker a generous stack.
+        let walker = std::thread::Builder::new()
+            .name("kura-walk".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(s, move || {
+                let mut w = Walker {
+                    ctx,
+                    jobs: job_tx,
+                    dirs: dir_tx,
+                    next_token: 0,
+                };
+                let root = virtual_root(paths);
+                let parent = match parent_root {
+                    Some(id) => w.load_parent_tree(&id, Path::new("/")),
+                    None => None,
+                };
+                w.walk_virtual(&root, Path::new("/"), parent.as_ref())
+            })
+            .map_err(|e| Error::io("spawn walker", e))?;
+        let walked = walker.join().map_err(|_| Error::Interrupted)?;
+        let assembled = assembler.join().map_err(|_| Error::Interrupted)?;
+        let mut read_err = None;
+        for h in reader_handles {
+            if let Err(e) = h.join().map_err(|_| Error::Interrupted)? {
+                read_err.get_or_insert(e);
+            }
+        }
+        // Report the most specific error: a walker or reader failure explains an assembler
+        // that saw its inputs disappear.
+        let root_token = walked?;
+        if let Some(e) = read_err {
+            return Err(e);
+        }
+        let done = assembled?;
+        done.get(&root_token)
+            .copied()
+            .ok_or_else(|| Error::InvalidInput("backup produced no root tree".into()))
+    })?;
+    progress.finish();
+    let c = &ctx.counters;
+    let summary = Summary {
+        files_new: c.files_new.load(Ordering::Relaxed),
+        files_changed: c.files_changed.load(Ordering::Relaxed),
+        files_unmodified: c.files_unmodified.load(Ordering::Relaxed),
+        dirs: c.dirs.load(Ordering::Relaxed),
+        other_entries: c.other.load(Ordering::Relaxed),
+        total_bytes: c.total_bytes.load(Ordering::Relaxed),
+        bytes_read: c.bytes_read.load(Ordering::Relaxed),
+        ..Summary::default()
+    };
+    let warnings = ctx.warnings.into_inner().unwrap_or_default();
+    Ok((root, summary, warnings))
+}
+
+struct Walker<'a> {
+    ctx: &'a Ctx<'a>,
+    jobs: Sender<FileJob>,
+    dirs: Sender<PendingDir>,
+    next_token: usize,
+}
+
+impl Walker<'_> {
+    fn token(&mut self) -> usize {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn emit(&mut self, token: usize, nodes: Vec<PendingNode>) -> Result<usize> {
+        self.dirs
+            .send(PendingDir { token, nodes })
+            .map_err(|_| Error::Interrupted)?;
+        Ok(token)
+    }
+
+    fn load_parent_tree(&self, id: &Id, path: &Path) -> Option<Tree> {
+        match self.ctx.repo.load_tree(id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Not fatal: without the parent entry the files are simply read again.
+                tracing::warn!("parent tree for {}: {e}; reading its files again", path.display());
+                None
+            }
+        }
+    }
+
+    fn parent_subtree(&self, parent: Option<&Tree>, name: &[u8], path: &Path) -> Option<Tree> {
+        let n = find(parent, name)?;
+        if n.kind != NodeKind::Dir {
+            return None;
+        }
+        self.load_parent_tree(n.subtree.as_ref()?, path)
+    }
+
+    /// The intermediate directories above the sources.
+    fn walk_virtual(&mut self, entry: &VirtualEntry, path: &Path, parent: Option<&Tree>) -> Result<usize> {
+        let VirtualEntry::Dir(dir) = entry else {
+            // A source of "/" itself.
+            let dev = std::fs::symlink_metadata(path)
+                .map_err(|e| Error::io(format!("source {}", path.display()), e))?
+                .dev();
+            return self.walk_dir(path, parent, Some(dev));
+        };
+        let token = self.token();
+        let mut nodes = Vec::new();
+        for (name, child) in &dir.children {
+            self.ctx.cancel.check()?;
+            let child_path = path.join(std::ffi::OsStr::from_bytes(name));
+            let md = std::fs::symlink_metadata(&child_path)
+                .map_err(|e| Error::io(format!("source {}", child_path.display()), e))?;
+            match child {
+                VirtualEntry::Source => {
+                    if let Some(n) = self.entry(name, &child_path, &md, parent, None)? {
+                        nodes.push(n);
+                    }
+                }
+                VirtualEntry::Dir(_) => {
+                    let Some(mut node) = node_from_metadata(name, &md) else {
+                        continue;
+                    };
+                    let sub_parent = self.parent_subtree(parent, name, &child_path);
+                    let sub = self.walk_virtual(child, &child_path, sub_parent.as_ref())?;
+                    node.size = 0;
+                    nodes.push(PendingNode::Dir { node, token: sub });
+                }
+            }
+        }
+        self.emit(token, nodes)
+    }
+
+    /// A real directory's contents.
+    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>, root_dev: Option<u64>) -> Result<usize> {
+        let token = self.token();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        match std::fs::read_dir(path) {
+            Ok(rd) => {
+                for e in rd {
+                    match e {
+                        Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                        Err(e) => {
+                            self.ctx
+                                .warn(format!("{}: reading directory: {e}", path.display()));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => self
+                .ctx
+                .warn(format!("{}: reading directory: {e}", path.display())),
+        }
+        names.sort_unstable();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            self.ctx.cancel.check()?;
+            let child = path.join(std::ffi::OsStr::from_bytes(&name));
+            let md = match std::fs::symlink_metadata(&child) {
+                Ok(md) => md,
+                Err(e) => {
+                    self.ctx.warn(format!("{}: {e}", child.display()));
+                    continue;
+                }
+            };
+            if let Some(n) = self.entry(&name, &child, &md, parent, root_dev)? {
+                nodes.push(n);
+            }
+        }
+        self.emit(token, nodes)
+    }
+
+    /// One entry: decide what it becomes.
+    fn entry(
+        &mut self,
+        name: &[u8],
+        path: &Path,
+        md: &std::fs::Metadata,
+        parent: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) -> Result<Option<PendingNode>> {
+        let ctx = self.ctx;
+        if !ctx.excludes.is_empty() && ctx.excludes.is_match(path) {
+            return Ok(None);
+        }
+        let Some(mut node) = node_from_metadata(name, md) else {
+            ctx.warn(format!("{}: unsupported file type, skipped", path.display()));
+            return Ok(None);
+        };
+        match read_xattrs(path) {
+            Ok(x) => node.xattrs = x,
+            Err(e) => ctx.warn(format!("{}: extended attributes not saved: {e}", path.display())),
+        }
+        let c = &ctx.counters;
+        Ok(Some(match node.kind {
+            NodeKind::File => {
+                c.total_bytes.fetch_add(node.size, Ordering::Relaxed);
+                let old = find(parent, name);
+                if let Some(content) = old.and_then(|o| self.reusable(o, &node)) {
+                    node.content = Some(content);
+                    c.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                    ctx.progress.add_total(node.size, 1);
+                    ctx.progress.advance(node.size, 1);
+                    PendingNode::Ready(node)
+                } else {
+                    let status = if old.is_some() {
+                        FileStatus::Changed
+                    } else {
+                        FileStatus::New
+                    };
+                    ctx.progress.add_total(node.size, 1);
+                    let (tx, rx) = bounded(1);
+                    self.jobs
+                        .send(FileJob {
+                            path: path.to_path_buf(),
+                            result: tx,
+                        })
+                        .map_err(|_| Error::Interrupted)?;
+                    PendingNode::File { node, status, rx }
+                }
+            }
+            NodeKind::Dir => {
+                c.dirs.fetch_add(1, Ordering::Relaxed);
+                let dev = md.dev();
+                let root_dev = root_dev.unwrap_or(dev);
+                let token = if ctx.opts.one_file_system && dev != root_dev {
+                    // A mount point: keep the directory, not what is mounted on it.
+                    let t = self.token();
+                    self.emit(t, Vec::new())?
+                } else {
+                    let sub_parent = self.parent_subtree(parent, name, path);
+                    self.walk_dir(path, sub_parent.as_ref(), Some(root_dev))?
+                };
+                PendingNode::Dir { node, token }
+            }
+            NodeKind::Symlink => {
+                c.other.fetch_add(1, Ordering::Relaxed);
+                match std::fs::read_link(path) {
+                    Ok(t) => {
+                        node.target = Some(t.as_os_str().as_bytes().to_vec());
+                        PendingNode::Ready(node)
+                    }
+                    Err(e) => {
+                        ctx.warn(format!("{}: reading symlink: {e}", path.display()));
+                        return Ok(None);
+                    }
+                }
+            }
+            _ => {
+                c.other.fetch_add(1, Ordering::Relaxed);
+                PendingNode::Ready(node)
+            }
+        }))
+    }
+
+    /// The parent's chunk list, if the file is unchanged and every chunk is still indexed.
+    fn reusable(&self, old: &Node, new: &Node) -> Option<Vec<ChunkRef>> {
+        if old.kind != NodeKind::File
+            || old.size != new.size
+            || old.mtime != new.mtime
+            || old.ctime != new.ctime
+            || old.inode != new.inode
+        {
+            return None;
+        }
+        let content = old.content.as_ref()?;
+        let index = self.ctx.repo.index();
+        let all_present = content.iter().all(|c| match c {
+            ChunkRef::Blob(id) => index.contains(id),
+            ChunkRef::Zero(_) => true,
+        });
+        all_present.then(|| content.clone())
+    }
+}
+
+fn find<'t>(tree: Option<&'t Tree>, name: &[u8]) -> Option<&'t Node> {
+    let t = tree?;
+    t.nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &t.nodes[i])
+}
+
+fn reader_loop(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) -> Result<()> {
+    let mut window = Vec::new();
+    for job in jobs {
+        ctx.cancel.check()?;
+        let r = read_file(ctx, &job.path, &mut window)?;
+        // The assembler may have stopped (failure elsewhere); that error is reported there.
+        let _ = job.result.send(r);
+    }
+    Ok(())
+}
+
+fn open_source(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME);
+    match o.open(path) {
+        // O_NOATIME is only allowed on files we own (or as root).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
+        r => r,
+    }
+}
+
+/// Read and chunk one file. The outer `Result` is fatal (pipeline failure, cancel); the
+/// inner one is a per-file warning.
+fn read_file(ctx: &Ctx<'_>, path: &Path, window: &mut Vec<u8>) -> Result<FileResult> {
+    let mut f = match open_source(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
+    };
+    let md = match f.metadata() {
+        Ok(md) if md.is_file() => md,
+        Ok(_) => return Ok(Err(format!("{}: no longer a regular file", path.display()))),
+        Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
+    };
+    let cdc: &Cdc = ctx.repo.cdc();
+    let mut chunks: Vec<ChunkRef> = Vec::new();
+    let mut total = 0u64;
+    let mut push = |ctx: &Ctx<'_>, data: Vec<u8>, chunks: &mut Vec<ChunkRef>| -> Result<()> {
+        let n = data.len() as u64;
+        total += n;
+        ctx.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
+        if is_zero(&data) {
+            if let Some(ChunkRef::Zero(z)) = chunks.last_mut() {
+                *z += n;
+            } else {
+                chunks.push(ChunkRef::Zero(n));
+            }
+        } else {
+            let (id, _) = ctx.saver.save(BlobType::Data, data)?;
+            chunks.push(ChunkRef::Blob(id));
+        }
+        ctx.progress.advance(n, 0);
+        Ok(())
+    };
+    if md.len() < cdc.params().min as u64 {
+        // Small file: one chunk, read straight into an exact-size buffer.
+        let mut data = Vec::with_capacity(md.len() as usize + 1);
+        if let Err(e) = f.read_to_end(&mut data) {
+            return Ok(Err(format!("{}: {e}", path.display())));
+        }
+        if data.len() > cdc.params().min as usize {
+            // Grew while we read; chunk it properly.
+            for n in cdc.boundaries(&data) {
+                let rest = data.split_off(n);
+                push(ctx, data, &mut chunks)?;
+                data = rest;
+            }
+        } else if !data.is_empty() {
+            push(ctx, data, &mut chunks)?;
+        }
+    } else {
+        let mut stream = cdc.stream_with_buffer(&mut f, std::mem::take(window));
+        loop {
+            ctx.cancel.check()?;
+            match stream.next_chunk() {
+                Ok(Some(data)) => push(ctx, data, &mut chunks)?,
+                Ok(None) => break,
+                Err(e) => {
+                    *window = stream.into_buffer();
+                    return Ok(Err(format!("{}: {e}", path.display())));
+                }
+            }
+        }
+        *window = stream.into_buffer();
+    }
+    ctx.progress.advance(0, 1);
+    Ok(Ok((chunks, total)))
+}
+
+fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<usize, Id>> {
+    let mut done: HashMap<usize, Id> = HashMap::new();
+    let mut last = None;
+    for dir in dirs {
+        let mut nodes = Vec::with_capacity(dir.nodes.len());
+        for p in dir.nodes {
+            match p {
+                PendingNode::Ready(n) => nodes.push(n),
+                PendingNode::File {
+                    mut node,
+                    status,
+                    rx,
+                } => match rx.recv() {
+                    Ok(Ok((chunks, size))) => {
+                        node.size = size;
+                        node.content = Some(chunks);
+                        let c = match status {
+                            FileStatus::New => &ctx.counters.files_new,
+                            FileStatus::Changed => &ctx.counters.files_changed,
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                        nodes.push(node);
+                    }
+                    Ok(Err(warning)) => {
+                        ctx.warn(format!("{warning} (left out of the snapshot)"));
+                    }
+                    Err(_) => return Err(Error::Interrupted),
+                },
+                PendingNode::Dir { mut node, token } => {
+                    let id = done.remove(&token).ok_or(Error::Interrupted)?;
+                    node.subtree = Some(id);
+                    nodes.push(node);
+                }
+            }
+        }
+        let bytes = Tree::new(nodes).encode()?;
+        let (id, _) = ctx.saver.save(BlobType::Tree, bytes)?;
+        done.insert(dir.token, id);
+        last = Some(dir.token);
+    }
+    // Keep only the root (the last directory finished).
+    let mut out = HashMap::new();
+    if let Some(t) = last {
+        if let Some(id) = done.remove(&t) {
+            out.insert(t, id);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,76 @@
+//! The repository's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use kura_backend::{BackendError, ErrorKind};
+
+/// Everything that can go wrong in a repository operation. The CLI maps variants to exit codes
+/// (see README), so variants are by *what the user must do*, not by where the error arose.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+
+    #[error("no kura repository at {0} (no config file); create one with `kura init`")]
+    NotARepository(String),
+
+    #[error("wrong password: none of the {keys} key file(s) in {location} opens with it")]
+    WrongPassword { location: String, keys: usize },
+
+    #[error("repository {location} is locked: {detail}")]
+    Locked { location: String, detail: String },
+
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+
+    #[error("{0}: unsupported format or version (written by a newer kura?)")]
+    Unsupported(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{0}")]
+    InvalidInput(String),
+
+    #[error("no snapshot matches {0:?}")]
+    SnapshotNotFound(String),
+
+    #[error("path {path:?} not found in snapshot {snapshot}")]
+    PathNotFound { snapshot: String, path: PathBuf },
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the error means stored data is damaged or missing (as opposed to the
+    /// repository being unreachable): the checker and restorer report these per file.
+    pub fn is_data_damage(&self) -> bool {
+        match self {
+            Error::Corrupt { .. } => true,
+            Error::Backend(b) => matches!(b.kind(), ErrorKind::NotFound | ErrorKind::Corrupt),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

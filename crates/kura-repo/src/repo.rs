@@ -1,0 +1,476 @@
+//! Opening a repository and reading what it holds.
+//!
+//! Typestate keeps misuse from compiling: [`Repository::open`] gives a [`Repository`] (key
+//! and config, enough for keys and snapshot listings); [`Repository::load_index`] turns it into
+//! an [`IndexedRepo`], the only type that can read blobs, back up, restore or check.
+
+use std::sync::Arc;
+
+use kura_backend::{Backend, ErrorKind, FileKind};
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::{Cdc, ChunkerParams};
+use crate::crypto::{KdfParams, KeyFile, MasterKey};
+use crate::error::{Error, Result};
+use crate::format::{
+    BlobEncoder, BlobType, MAGIC_CONFIG, MAGIC_INDEX, MAGIC_SNAPSHOT, decode_blob, open_file,
+};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index, IndexBuilder, IndexFile};
+use crate::snapshot::{Snapshot, SnapshotEntry};
+use crate::tree::Tree;
+use crate::util::Timestamp;
+
+/// Default pack size target.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
+/// Default zstd level.
+pub const DEFAULT_COMPRESSION: i32 = 3;
+
+/// The repository config (sealed, magic `KURACFG1`). Fixed at `init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub v: u32,
+    pub id: Id,
+    pub created: Timestamp,
+    pub chunker: ChunkerParams,
+    /// Default zstd level for backups (0 = store uncompressed).
+    pub compression: i32,
+    /// Pack size target in bytes.
+    pub pack_size: u32,
+}
+
+/// Options of `kura init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub compression: i32,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression: DEFAULT_COMPRESSION,
+            pack_size: DEFAULT_PACK_SIZE,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// Check a zstd level is one zstd accepts.
+pub fn validate_compression(level: i32) -> Result<()> {
+    if (0..=22).contains(&level) {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "compression level {level} out of range 0..=22 (0 = off)"
+        )))
+    }
+}
+
+/// A listed key file.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub current: bool,
+    pub created: String,
+    pub hostname: String,
+    pub username: String,
+}
+
+/// An open repository: backend, master key, config.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    key_name: String,
+    config: RepoConfig,
+    cdc: Cdc,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+impl Repository {
+    /// Create a repository at an empty location.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Repository> {
+        opts.chunker.validate()?;
+        validate_compression(opts.compression)?;
+        if opts.pack_size < 1024 * 1024 || opts.pack_size > 1024 * 1024 * 1024 {
+            return Err(Error::InvalidInput(format!(
+                "pack size {} out of range 1 MiB..=1 GiB",
+                opts.pack_size
+            )));
+        }
+        if password.is_empty() {
+            return Err(Error::InvalidInput("empty password".into()));
+        }
+        backend.create()?;
+        let key = MasterKey::generate()?;
+        let mut rid = [0u8; 32];
+        getrandom::fill(&mut rid)
+            .map_err(|e| Error::io("read random bytes", std::io::Error::other(e.to_string())))?;
+        let config = RepoConfig {
+            v: 1,
+            id: Id(rid),
+            created: Timestamp::now(),
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+        };
+        let key_name = write_key(backend.as_ref(), &key, password, opts.kdf)?;
+        let body = cbor(&config)?;
+        let sealed = BlobEncoder::new(0)?.seal_file(&key, MAGIC_CONFIG, &body)?;
+        backend.put(FileKind::Config, "config", &sealed)?;
+        let cdc = Cdc::new(config.chunker, key.chunker_seed())?;
+        Ok(Repository {
+            backend,
+            key,
+            key_name,
+            config,
+            cdc,
+        })
+    }
+
+    /// Open with a password: find a key file it opens, then read the config.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let location = backend.location();
+        let config_bytes = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotARepository(location));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys = backend.list(FileKind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::corrupt(format!("repository {location}"), "has no key files"));
+        }
+        for k in &keys {
+            let opened = KeyFile::from_bytes(&backend.get(FileKind::Key, &k.name)?)
+                .and_then(|kf| kf.open(password));
+            let key = match opened {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("skipping key file {}: {e}", k.name);
+                    continue;
+                }
+            };
+            let body = open_file(&key, MAGIC_CONFIG, &config_bytes, "config")?;
+            let config: RepoConfig = from_cbor(&body, "config")?;
+            if config.v != 1 {
+                return Err(Error::Unsupported(format!("repository config version {}", config.v)));
+            }
+            let cdc = Cdc::new(config.chunker, key.chunker_seed())?;
+            return Ok(Repository {
+                backend,
+                key,
+                key_name: k.name.clone(),
+                config,
+                cdc,
+            });
+        }
+        Err(Error::WrongPassword {
+            location,
+            keys: keys.len(),
+        })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn cdc(&self) -> &Cdc {
+        &self.cdc
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    // ----- keys -----
+
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for k in self.backend.list(FileKind::Key)? {
+            let kf = KeyFile::from_bytes(&self.backend.get(FileKind::Key, &k.name)?)?;
+            out.push(KeyInfo {
+                current: k.name == self.key_name,
+                id: k.name,
+                created: kf.created,
+                hostname: kf.hostname,
+                username: kf.username,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Add a passphrase. Returns the new key file's id.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        if password.is_empty() {
+            return Err(Error::InvalidInput("empty password".into()));
+        }
+        write_key(self.backend.as_ref(), &self.key, password, kdf)
+    }
+
+    /// Remove a key file by id or unique prefix. The key this session opened with cannot be
+    /// removed (that would lock the caller out if it is the last one they know).
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        let keys = self.backend.list(FileKind::Key)?;
+        let name = unique_prefix(keys.iter().map(|k| k.name.as_str()), id_prefix, "key")?;
+        if name == self.key_name {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the one this command opened the repository with; \
+                 open with another passphrase to remove it",
+                &name[..8.min(name.len())]
+            )));
+        }
+        self.backend.delete(FileKind::Key, &name)?;
+        Ok(name)
+    }
+
+    // ----- snapshots -----
+
+    /// Every snapshot, oldest first. Unreadable snapshot files are errors (a damaged manifest
+    /// must not silently disappear from listings).
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            out.push(self.load_snapshot_file(&f.name)?);
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn load_snapshot_file(&self, name: &str) -> Result<SnapshotEntry> {
+        let what = format!("snapshot {name}");
+        let id: Id = name
+            .parse()
+            .map_err(|_| Error::corrupt(&what, "file name is not an id"))?;
+        let bytes = self.backend.get(FileKind::Snapshot, name)?;
+        let body = open_file(&self.key, MAGIC_SNAPSHOT, &bytes, &what)?;
+        let snapshot: Snapshot = from_cbor(&body, &what)?;
+        if snapshot.v != 1 {
+            return Err(Error::Unsupported(format!("{what}: version {}", snapshot.v)));
+        }
+        Ok(SnapshotEntry { id, snapshot })
+    }
+
+    /// Find a snapshot by `latest` or by a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        if spec == "latest" {
+            return self
+                .list_snapshots()?
+                .pop()
+                .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+        }
+        let names = self.backend.list(FileKind::Snapshot)?;
+        let name = unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot")
+            .map_err(|e| match e {
+                Error::InvalidInput(m) if m.contains("no ") => Error::SnapshotNotFound(spec.into()),
+                other => other,
+            })?;
+        self.load_snapshot_file(&name)
+    }
+
+    /// Write a snapshot manifest; returns its id. Call only when every blob it references is
+    /// durable and indexed.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let body = cbor(snapshot)?;
+        let sealed = BlobEncoder::new(3)?.seal_file(&self.key, MAGIC_SNAPSHOT, &body)?;
+        let id = Id::of_file(&sealed);
+        self.backend.put(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    // ----- index -----
+
+    /// Write an index file describing durable packs; returns its id.
+    pub fn save_index_file(&self, file: &IndexFile) -> Result<Id> {
+        let sealed = BlobEncoder::new(0)?.seal_file(&self.key, MAGIC_INDEX, &file.encode())?;
+        let id = Id::of_file(&sealed);
+        self.backend.put(FileKind::Index, &id.to_hex(), &sealed)?;
+        Ok(id)
+    }
+
+    /// Read one index file.
+    pub fn load_index_file(&self, name: &str) -> Result<IndexFile> {
+        let what = format!("index {name}");
+        let bytes = self.backend.get(FileKind::Index, name)?;
+        let body = open_file(&self.key, MAGIC_INDEX, &bytes, &what)?;
+        IndexFile::decode(&body, &what)
+    }
+
+    fn read_all_index_files(&self) -> Result<IndexBuilder> {
+        let mut b = IndexBuilder::new();
+        for f in self.backend.list(FileKind::Index)? {
+            let file = self.load_index_file(&f.name)?;
+            for (pack, blobs) in &file.packs {
+                b.add_pack(*pack, blobs)?;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Read every index file into memory.
+    pub fn load_index(self) -> Result<IndexedRepo> {
+        let index = self.read_all_index_files()?.finish();
+        Ok(IndexedRepo { repo: self, index })
+    }
+
+    /// Load the index, first adopting *orphan packs* (durable packs no index file lists: left
+    /// by a backup that was killed between writing a pack and its index). Their headers are
+    /// read and a new index file lists them, so the next backup reuses their blobs instead of
+    /// uploading them again. Returns the number of packs adopted.
+    pub fn load_index_adopting_orphans(self) -> Result<(IndexedRepo, usize)> {
+        let mut b = self.read_all_index_files()?;
+        let mut adopted = IndexFile::default();
+        for f in self.backend.list(FileKind::Pack)? {
+            let Ok(id) = f.name.parse::<Id>() else {
+                continue;
+            };
+            if b.has_pack(&id) {
+                continue;
+            }
+            match crate::pack::read_header(self.backend.as_ref(), &self.key, &f.name, f.size) {
+                Ok(blobs) => adopted.packs.push((id, blobs)),
+                Err(e) => tracing::warn!("not adopting unindexed pack {}: {e}", f.name),
+            }
+        }
+        let n = adopted.packs.len();
+        if n > 0 {
+            self.save_index_file(&adopted)?;
+            for (pack, blobs) in &adopted.packs {
+                b.add_pack(*pack, blobs)?;
+            }
+            tracing::info!("adopted {n} pack(s) left by an interrupted backup");
+        }
+        Ok((
+            IndexedRepo {
+                repo: self,
+                index: b.finish(),
+            },
+            n,
+        ))
+    }
+}
+
+/// A repository with its index in memory: can read blobs.
+pub struct IndexedRepo {
+    repo: Repository,
+    index: Index,
+}
+
+impl std::ops::Deref for IndexedRepo {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+impl IndexedRepo {
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Read, decrypt, decompress and verify one blob at a known location.
+    pub fn read_blob_at(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let stored = self.repo.backend.get_range(
+            FileKind::Pack,
+            &loc.pack.to_hex(),
+            loc.offset as u64,
+            loc.length as u64,
+        )?;
+        decode_blob(&self.repo.key, loc.ty, &loc.id, stored, loc.raw_length)
+    }
+
+    /// Read a blob, trying each copy the index knows until one verifies.
+    pub fn read_blob(&self, ty: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let locs: Vec<BlobLocation> = self
+            .index
+            .get_all(id)
+            .into_iter()
+            .filter(|l| l.ty == ty)
+            .collect();
+        if locs.is_empty() {
+            return Err(Error::corrupt(
+                format!("{} blob {}", ty.as_str(), id),
+                "not in any index (missing pack?)",
+            ));
+        }
+        let mut last = None;
+        for loc in &locs {
+            match self.read_blob_at(loc) {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    tracing::warn!("blob {} in pack {}: {e}", id.short(), loc.pack.short());
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::corrupt(id.to_hex(), "unreadable")))
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(BlobType::Tree, id)?;
+        Tree::decode(&bytes, &format!("tree {id}"))
+    }
+
+    pub fn into_repository(self) -> Repository {
+        self.repo
+    }
+}
+
+fn write_key(backend: &dyn Backend, key: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<String> {
+    let bytes = KeyFile::create(key, password, kdf)?.to_bytes()?;
+    let name = Id::of_file(&bytes).to_hex();
+    backend.put(FileKind::Key, &name, &bytes)?;
+    Ok(name)
+}
+
+/// The one name starting with `prefix`.
+pub(crate) fn unique_prefix<'a>(
+    names: impl Iterator<Item = &'a str>,
+    prefix: &str,
+    what: &str,
+) -> Result<String> {
+    if prefix.is_empty() {
+        return Err(Error::InvalidInput(format!("empty {what} id")));
+    }
+    let matches: Vec<&str> = names.filter(|n| n.starts_with(prefix)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(Error::InvalidInput(format!("no {what} matches {prefix:?}"))),
+        many => Err(Error::InvalidInput(format!(
+            "{what} id {prefix:?} is ambiguous: {} matches; give more digits",
+            many.len()
+        ))),
+    }
+}
+
+pub(crate) fn cbor<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).map_err(|e| Error::InvalidInput(format!("CBOR encode: {e}")))?;
+    Ok(out)
+}
+
+pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
+    ciborium::from_reader(b).map_err(|e| Error::corrupt(what, format!("CBOR: {e}")))
+}

@@ -1,0 +1,159 @@
+//! The restore engine: fetch blobs pack by pack and write them where they belong.
+//!
+//! Restores are planned as "blob → destinations (file, offset)". Blobs are grouped by pack
+//! and each worker reads one pack's needed blobs in as few ranged reads as possible (adjacent
+//! blobs, or blobs separated by small gaps, are read together), verifies each blob, and writes
+//! it to every destination — a blob shared by many files is read once. When a blob fails
+//! (pack missing, corrupt, truncated) the other copies the index knows are tried; if none
+//! works, every destination file is reported damaged and the rest of the restore goes on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kura_backend::FileKind;
+
+use crate::backup::CancelToken;
+use crate::error::{Error, Result};
+use crate::format::{BlobType, decode_blob};
+use crate::id::Id;
+use crate::index::BlobLocation;
+use crate::progress::Progress;
+use crate::repo::IndexedRepo;
+
+/// Read blobs in one request when the gap between them is at most this.
+const MAX_GAP: u64 = 256 * 1024;
+/// Never read more than this in one request.
+const MAX_RANGE: u64 = 32 * 1024 * 1024;
+
+/// Where restored bytes go.
+pub(crate) trait Sink: Sync {
+    /// Write `data` to destination `dest` at `offset`.
+    fn write(&self, dest: u32, offset: u64, data: &[u8]) -> std::io::Result<()>;
+    /// Destination `dest` could not be restored completely.
+    fn damaged(&self, dest: u32, reason: String);
+}
+
+/// One blob and the places it goes.
+pub(crate) struct BlobJob {
+    pub id: Id,
+    pub dests: Vec<(u32, u64)>,
+}
+
+/// Fetch every blob in `jobs` and hand it to `sink`. Fatal errors (cancel, the repository
+/// unreachable for everything) are returned; per-blob damage goes to the sink.
+pub(crate) fn fetch_all(
+    repo: &IndexedRepo,
+    jobs: Vec<BlobJob>,
+    sink: &dyn Sink,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<()> {
+    let mut by_pack: HashMap<Id, Vec<(BlobLocation, Vec<(u32, u64)>)>> = HashMap::new();
+    for job in jobs {
+        match repo.index().get_all(&job.id).into_iter().find(|l| l.ty == BlobType::Data) {
+            Some(loc) => by_pack.entry(loc.pack).or_default().push((loc, job.dests)),
+            None => {
+                for (d, _) in job.dests {
+                    sink.damaged(d, format!("data blob {} is in no index (pack lost?)", job.id.short()));
+                }
+            }
+        }
+    }
+    let packs: Vec<(Id, Vec<(BlobLocation, Vec<(u32, u64)>)>)> = by_pack.into_iter().collect();
+    let next = AtomicUsize::new(0);
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    if cancel.is_cancelled() {
+                        if let Ok(mut f) = fatal.lock() {
+                            f.get_or_insert(Error::Interrupted);
+                        }
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack, blobs)) = packs.get(i) else {
+                        return;
+                    };
+                    restore_pack(repo, pack, blobs, sink, progress);
+                }
+            });
+        }
+    });
+    match fatal.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn restore_pack(
+    repo: &IndexedRepo,
+    pack: &Id,
+    blobs: &[(BlobLocation, Vec<(u32, u64)>)],
+    sink: &dyn Sink,
+    progress: &dyn Progress,
+) {
+    let mut order: Vec<usize> = (0..blobs.len()).collect();
+    order.sort_by_key(|&i| blobs[i].0.offset);
+    let name = pack.to_hex();
+    let mut i = 0;
+    while i < order.len() {
+        // Extend the range while the next blob is close and the range stays bounded.
+        let start = blobs[order[i]].0.offset as u64;
+        let mut end = start + blobs[order[i]].0.length as u64;
+        let mut j = i + 1;
+        while j < order.len() {
+            let l = &blobs[order[j]].0;
+            let (o, e) = (l.offset as u64, l.offset as u64 + l.length as u64);
+            if o > end + MAX_GAP || e - start > MAX_RANGE {
+                break;
+            }
+            end = end.max(e);
+            j += 1;
+        }
+        let range = repo
+            .backend()
+            .get_range(FileKind::Pack, &name, start, end - start)
+            .map_err(|e| e.to_string());
+        for &k in &order[i..j] {
+            let (loc, dests) = &blobs[k];
+            let data = range.as_ref().map_err(Clone::clone).and_then(|buf| {
+                let a = (loc.offset as u64 - start) as usize;
+                let stored = buf[a..a + loc.length as usize].to_vec();
+                decode_blob(repo.key(), loc.ty, &loc.id, stored, loc.raw_length)
+                    .map_err(|e| e.to_string())
+            });
+            // Fall back to any other copy of the blob.
+            let data = data.or_else(|first| {
+                repo.index()
+                    .get_all(&loc.id)
+                    .into_iter()
+                    .filter(|l| l.pack != loc.pack && l.ty == loc.ty)
+                    .find_map(|l| repo.read_blob_at(&l).ok())
+                    .ok_or(first)
+            });
+            match data {
+                Ok(d) => {
+                    for &(dest, off) in dests {
+                        if let Err(e) = sink.write(dest, off, &d) {
+                            sink.damaged(dest, format!("write at offset {off}: {e}"));
+                        }
+                    }
+                    progress.advance(d.len() as u64 * dests.len() as u64, 0);
+                }
+                Err(e) => {
+                    for &(dest, off) in dests {
+                        sink.damaged(
+                            dest,
+                            format!("bytes at offset {off} (blob {}): {e}", loc.id.short()),
+                        );
+                    }
+                }
+            }
+        }
+        i = j;
+    }
+}
