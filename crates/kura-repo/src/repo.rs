@@ -329,6 +329,27 @@ impl Repository {
         Ok(b)
     }
 
+    /// Load the index, skipping index files that cannot be read and reporting them in
+    /// `errors` (for `check`, which must describe damage rather than stop at it).
+    pub fn load_index_reporting(self, errors: &mut Vec<String>) -> Result<IndexedRepo> {
+        let mut b = IndexBuilder::new();
+        for f in self.backend.list(FileKind::Index)? {
+            match self.load_index_file(&f.name) {
+                Ok(file) => {
+                    for (pack, blobs) in &file.packs {
+                        b.add_pack(*pack, blobs)?;
+                    }
+                }
+                Err(e) if e.is_data_damage() => errors.push(format!("index file {}: {e}", f.name)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(IndexedRepo {
+            repo: self,
+            index: b.finish(),
+        })
+    }
+
     /// Read every index file into memory.
     pub fn load_index(self) -> Result<IndexedRepo> {
         let index = self.read_all_index_files()?.finish();

@@ -14,7 +14,7 @@
 //! into a directory changes its mtime.
 
 mod fetch;
-mod image;
+pub(crate) mod image;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -38,6 +38,7 @@ use crate::snapshot::{Content, SnapshotEntry};
 use crate::tree::{ChunkRef, Node, NodeKind};
 
 use fetch::{BlobJob, Sink, fetch_all};
+pub(crate) use image::load_fixed_index;
 
 /// Options of `kura restore`.
 #[derive(Debug, Clone)]
