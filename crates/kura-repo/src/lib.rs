@@ -31,6 +31,7 @@
 //! take a `&RepoLock<Shared>` so they cannot be called unlocked.
 
 pub mod backup;
+pub mod browse;
 pub mod check;
 pub mod chunker;
 pub mod crypto;

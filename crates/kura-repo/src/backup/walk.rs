@@ -89,7 +89,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn warn(&self, msg: String) {
-        tracing::warn!("{msg}");
+        tracing::debug!("{msg}");
         self.progress.warn(&msg);
         if let Ok(mut w) = self.warnings.lock() {
             w.push(msg);

@@ -176,7 +176,7 @@ fn os(name: &[u8]) -> &std::ffi::OsStr {
 
 impl TreeRestorer<'_> {
     fn error(&mut self, msg: String) {
-        tracing::warn!("{msg}");
+        tracing::debug!("{msg}");
         self.progress.warn(&msg);
         self.outcome.errors.push(msg);
     }
@@ -365,7 +365,7 @@ impl TreeRestorer<'_> {
         for (i, f) in files.iter().enumerate() {
             if let Some(reason) = damaged.get(&(i as u32)) {
                 let msg = format!("{}: damaged: {reason}", f.path.display());
-                tracing::warn!("{msg}");
+                tracing::debug!("{msg}");
                 self.progress.warn(&msg);
                 self.outcome.damaged.push(Damaged {
                     path: f.path.display().to_string(),

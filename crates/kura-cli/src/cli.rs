@@ -1,0 +1,202 @@
+//! Command-line definitions (clap). Kept free of logic: `main.rs` dispatches to `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// kura — deduplicated, compressed, encrypted backups of file trees and block images.
+#[derive(Debug, Parser)]
+#[command(name = "kura", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository location (a directory)
+    #[arg(short = 'r', long, env = "KURA_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (first line)
+    #[arg(long, env = "KURA_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Configuration file (TOML); default: $XDG_CONFIG_HOME/kura/config.toml if it exists
+    #[arg(long, env = "KURA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output (JSON) for listings and summaries
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print less (no progress bars)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files, directories, images or block devices
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the contents of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot
+    Restore(RestoreArgs),
+    /// Write one file (or an image) from a snapshot to standard output
+    Dump(DumpArgs),
+    /// Verify the repository
+    Check(CheckArgs),
+    /// Manage passphrases (key files)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// zstd level for backups (0 = off, 1..=22)
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// FastCDC minimum chunk size in bytes
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_min: u32,
+    /// FastCDC average chunk size in bytes (a power of two)
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub chunk_avg: u32,
+    /// FastCDC maximum chunk size in bytes
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub chunk_max: u32,
+    /// Pack size target in MiB
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: u32,
+    /// argon2id memory in KiB for the key file (testing only: lowers the cost of guessing)
+    #[arg(long, hide = true)]
+    pub kdf_memory_kib: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files, directories, images (with --image) or block devices
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Treat a regular file as a disk image (fixed 4 MiB chunks)
+    #[arg(long)]
+    pub image: bool,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Compare against this snapshot instead of the latest one of the same host and paths
+    #[arg(long, conflicts_with = "force")]
+    pub parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Leave out paths matching this glob (repeatable), e.g. '*.tmp', '/home/*/.cache'
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Stay on the file system of each source directory
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// zstd level for this backup (default: the repository's)
+    #[arg(long)]
+    pub compression: Option<i32>,
+    /// Threads reading files
+    #[arg(long)]
+    pub read_concurrency: Option<usize>,
+    /// Memory for chunk data in flight, in MiB
+    #[arg(long)]
+    pub memory_mib: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot id (or unique prefix, or `latest`)
+    pub snapshot: String,
+    /// Path inside the snapshot (default: everything)
+    pub path: Option<PathBuf>,
+    /// Long listing (mode, owner, size, mtime)
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id (or unique prefix, or `latest`)
+    pub snapshot: String,
+    /// Directory to restore into (for an image: a file, a block device, or a directory)
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Restore only paths matching this glob (repeatable); a matching directory is restored whole
+    #[arg(short, long = "include")]
+    pub includes: Vec<String>,
+    /// Parallel pack readers
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Snapshot id (or unique prefix, or `latest`)
+    pub snapshot: String,
+    /// Path of a file inside the snapshot (ignored for image snapshots)
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Read and verify every blob (reads the whole repository)
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List key files
+    List,
+    /// Add a passphrase
+    Add(KeyAddArgs),
+    /// Remove a key file (not the one in use)
+    Remove(KeyRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyAddArgs {
+    /// Read the new passphrase from this file (default: prompt, or KURA_NEW_PASSWORD)
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub kdf_memory_kib: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    /// Key id (or unique prefix)
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, not only stale ones (make sure no kura process uses the repository)
+    #[arg(long)]
+    pub remove_all: bool,
+}

@@ -1,0 +1,104 @@
+use anyhow::{Context, Result};
+use kura_repo::backup::{BackupOptions, ParentChoice, backup};
+use kura_repo::lock::RepoLock;
+use serde_json::json;
+
+use crate::cli::BackupArgs;
+use crate::output::{bytes, summary_json};
+use crate::{App, exit};
+
+fn options(app: &App, a: &BackupArgs) -> BackupOptions {
+    let cfg = &app.config.backup;
+    let mut o = BackupOptions::default();
+    o.tags = if a.tags.is_empty() { cfg.tags.clone() } else { a.tags.clone() };
+    o.host = a.host.clone();
+    o.parent = match (&a.parent, a.force) {
+        (_, true) => ParentChoice::None,
+        (Some(p), _) => ParentChoice::Snapshot(p.clone()),
+        (None, false) => ParentChoice::Auto,
+    };
+    o.excludes = cfg.exclude.iter().chain(&a.excludes).cloned().collect();
+    o.one_file_system = a.one_file_system || cfg.one_file_system.unwrap_or(false);
+    o.image = a.image;
+    o.compression = a.compression.or(cfg.compression);
+    if let Some(n) = a.read_concurrency.or(cfg.read_concurrency) {
+        o.readers = n.max(1);
+    }
+    if let Some(m) = a.memory_mib.or(cfg.memory_mib) {
+        o.inflight_bytes = m.max(8) << 20;
+    }
+    o
+}
+
+pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
+    let repo = app.open()?;
+    let loc = repo.location();
+    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    let (repo, adopted) = repo
+        .load_index_adopting_orphans()
+        .with_context(|| format!("load index of {loc}"))?;
+    if adopted > 0 {
+        app.say(format!(
+            "adopted {adopted} pack(s) left by an interrupted backup; their data is reused"
+        ));
+    }
+    let opts = options(app, &a);
+    let bar = app.bar();
+    let out = backup(&repo, &lock, &a.paths, &opts, &bar, &app.cancel)
+        .with_context(|| format!("back up to {loc}"))?;
+    let s = &out.snapshot.summary;
+    let elapsed = (s.backup_end.0 - s.backup_start.0) as f64
+        + (s.backup_end.1 as f64 - s.backup_start.1 as f64) / 1e9;
+    if app.global.json {
+        println!(
+            "{}",
+            json!({
+                "message_type": "summary",
+                "snapshot_id": out.id.to_hex(),
+                "parent": out.parent.map(|p| p.to_hex()),
+                "duration_seconds": elapsed,
+                "summary": summary_json(s),
+                "warnings": out.warnings,
+            })
+        );
+    } else if !app.global.quiet {
+        match out.parent {
+            Some(p) => println!("using parent snapshot {}", p.short()),
+            None if !out.snapshot.is_image() => println!("no parent snapshot: every file was read"),
+            None => {}
+        }
+        if out.snapshot.is_image() {
+            println!("image: {} read", bytes(s.bytes_read));
+        } else {
+            println!(
+                "files: {} new, {} changed, {} unmodified; {} dirs, {} other",
+                s.files_new, s.files_changed, s.files_unmodified, s.dirs, s.other_entries
+            );
+        }
+        println!(
+            "added to the repository: {} ({} stored), {} data blobs, {} tree blobs",
+            bytes(s.bytes_added_raw),
+            bytes(s.bytes_added),
+            s.data_blobs_new,
+            s.tree_blobs_new
+        );
+        println!(
+            "processed {} in {:.1} s ({}/s)",
+            bytes(s.total_bytes),
+            elapsed,
+            bytes((s.bytes_read as f64 / elapsed.max(0.001)) as u64)
+        );
+        println!("snapshot {} saved", out.id.short());
+    }
+    if !out.warnings.is_empty() {
+        eprintln!(
+            "warning: {} entr{} could not be read and {} left out (exit code {})",
+            out.warnings.len(),
+            if out.warnings.len() == 1 { "y" } else { "ies" },
+            if out.warnings.len() == 1 { "was" } else { "were" },
+            exit::INCOMPLETE
+        );
+        return Ok(exit::INCOMPLETE);
+    }
+    Ok(exit::OK)
+}

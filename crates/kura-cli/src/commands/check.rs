@@ -1,0 +1,64 @@
+use anyhow::{Context, Result};
+use kura_repo::check::{CheckOptions, check};
+use kura_repo::lock::RepoLock;
+
+use crate::cli::CheckArgs;
+use crate::{App, exit};
+
+pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
+    let repo = app.open()?;
+    let loc = repo.location();
+    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    let mut index_errors = Vec::new();
+    let repo = repo
+        .load_index_reporting(&mut index_errors)
+        .with_context(|| format!("load index of {loc}"))?;
+    let opts = CheckOptions {
+        read_data: a.read_data,
+        ..Default::default()
+    };
+    let bar = app.bar();
+    let report = check(&repo, &lock, index_errors, &opts, &bar, &app.cancel)
+        .with_context(|| format!("check {loc}"))?;
+    if app.global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        for x in &report.affected {
+            println!("affected: snapshot {} {}: {}", x.snapshot, x.path, x.problem);
+        }
+        app.say(format!(
+            "checked {} snapshot(s), {} tree(s), {} pack(s), {} blob(s){}",
+            report.snapshots,
+            report.trees_checked,
+            report.packs,
+            report.blobs,
+            if a.read_data {
+                format!(", read {} pack(s)", report.packs_read)
+            } else {
+                String::new()
+            }
+        ));
+        if report.is_ok() {
+            app.say("no errors found");
+        }
+    }
+    if report.is_ok() {
+        Ok(exit::OK)
+    } else {
+        let snaps: std::collections::BTreeSet<_> =
+            report.affected.iter().map(|a| a.snapshot.clone()).collect();
+        eprintln!(
+            "kura: the repository is damaged: {} error(s), {} file(s) in {} snapshot(s) affected",
+            report.errors.len(),
+            report.affected.len(),
+            snaps.len()
+        );
+        Ok(exit::DAMAGED)
+    }
+}

@@ -1,0 +1,118 @@
+//! The TOML configuration file. Every key is optional; command-line flags win over it.
+//!
+//! ```toml
+//! [repository]
+//! repo = "/srv/backup/kura"
+//! password_file = "/etc/kura/password"
+//!
+//! [backup]
+//! exclude = ["*.tmp", "/home/*/.cache"]
+//! one_file_system = true
+//! compression = 3
+//! read_concurrency = 2
+//! memory_mib = 64
+//! tags = ["nightly"]
+//!
+//! [restore]
+//! threads = 4
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub repository: RepositorySection,
+    #[serde(default)]
+    pub backup: BackupSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySection {
+    pub repo: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub one_file_system: Option<bool>,
+    pub compression: Option<i32>,
+    pub read_concurrency: Option<usize>,
+    pub memory_mib: Option<usize>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSection {
+    pub threads: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Load `explicit`, or the default location if it exists, or an empty config.
+    pub fn load(explicit: Option<&Path>) -> Result<ConfigFile> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => match default_path() {
+                Some(p) if p.exists() => p,
+                _ => return Ok(ConfigFile::default()),
+            },
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+fn default_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("kura").join("config.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_sections() {
+        let c = ConfigFile::parse(
+            r#"
+            [repository]
+            repo = "/srv/r"
+            [backup]
+            exclude = ["*.tmp"]
+            compression = 5
+            [restore]
+            threads = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.repository.repo.as_deref(), Some("/srv/r"));
+        assert_eq!(c.backup.exclude, vec!["*.tmp"]);
+        assert_eq!(c.backup.compression, Some(5));
+        assert_eq!(c.restore.threads, Some(8));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = ConfigFile::parse("[backup]\nexlude = []\n").unwrap_err();
+        assert!(format!("{e:#}").contains("exlude"), "{e:#}");
+    }
+}

@@ -1,0 +1,46 @@
+//! Exit codes (documented in README.md). Scripts depend on these; do not renumber.
+
+use kura_repo::Error;
+
+pub const OK: i32 = 0;
+/// A fatal error (the operation did not complete).
+pub const FATAL: i32 = 1;
+/// Wrong command-line usage (clap's own code).
+pub const USAGE: i32 = 2;
+/// Completed, but incomplete: some source files could not be read (backup), or some files
+/// could not be restored (restore).
+pub const INCOMPLETE: i32 = 3;
+/// `check` found damage.
+pub const DAMAGED: i32 = 4;
+/// There is no repository at the given location.
+pub const NO_REPOSITORY: i32 = 10;
+/// The repository is locked by another process.
+pub const LOCKED: i32 = 11;
+/// Wrong password.
+pub const WRONG_PASSWORD: i32 = 12;
+/// Interrupted (SIGINT).
+pub const INTERRUPTED: i32 = 130;
+
+/// The exit code for a fatal error, by the first `kura_repo::Error` in its chain.
+pub fn code_for(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return match e {
+                Error::NotARepository(_) => NO_REPOSITORY,
+                Error::WrongPassword { .. } => WRONG_PASSWORD,
+                Error::Locked { .. } => LOCKED,
+                Error::Interrupted => INTERRUPTED,
+                _ => FATAL,
+            };
+        }
+        if let Some(UsageError(_)) = cause.downcast_ref::<UsageError>() {
+            return USAGE;
+        }
+    }
+    FATAL
+}
+
+/// A usage mistake found after argument parsing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
