@@ -112,6 +112,7 @@ pub(super) fn restore_image(
     }
     let sink = ImageSink {
         file: &f,
+        sparse: !is_device,
         damaged: Mutex::new(Vec::new()),
     };
     let jobs = jobs
@@ -137,12 +138,18 @@ pub(super) fn restore_image(
 
 struct ImageSink<'a> {
     file: &'a File,
+    /// A fresh regular file: zero blocks may stay holes. (A device must get every byte.)
+    sparse: bool,
     damaged: Mutex<Vec<String>>,
 }
 
 impl Sink for ImageSink<'_> {
     fn write(&self, _dest: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_all_at(data, offset)
+        if self.sparse {
+            super::fetch::write_sparse(self.file, offset, data)
+        } else {
+            self.file.write_all_at(data, offset)
+        }
     }
 
     fn damaged(&self, _dest: u32, reason: String) {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -413,7 +413,7 @@ impl Sink for FileSink<'_> {
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&f.path)?;
-        file.write_all_at(data, offset)
+        fetch::write_sparse(&file, offset, data)
     }
 
     fn damaged(&self, dest: u32, reason: String) {

@@ -1,0 +1,277 @@
+//! Shared helpers of the end-to-end tests: run the real `kura` binary against a real
+//! repository, generate trees, and compare trees byte for byte and metadata for metadata.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A repository in a temp directory, driven through the `kura` binary.
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub location: String,
+}
+
+impl TestRepo {
+    /// A new repository with a cheap KDF (tests open it hundreds of times). Extra `init`
+    /// arguments (e.g. small chunk sizes) may be given.
+    pub fn new(init_args: &[&str]) -> TestRepo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = dir.path().join("repo").display().to_string();
+        let r = TestRepo { dir, location };
+        let mut args = vec!["init", "--kdf-memory-kib", "64"];
+        args.extend_from_slice(init_args);
+        r.ok(&args);
+        r
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.location)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_REPOSITORY", &self.location)
+            .env("KURA_PASSWORD", PASSWORD)
+            .env_remove("KURA_PASSWORD_FILE")
+            .env_remove("KURA_CONFIG")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run kura")
+    }
+
+    /// Run and require exit code 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kura {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Run with `--json` and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Back up and return the JSON summary.
+    pub fn backup(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["backup"];
+        a.extend_from_slice(args);
+        self.json(&a)
+    }
+
+    pub fn snapshot_count(&self) -> usize {
+        fs::read_dir(self.path().join("snapshots")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Bytes of all files in the repository.
+    pub fn size(&self) -> u64 {
+        dir_size(&self.path())
+    }
+}
+
+pub fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in walkdir(p) {
+        if let Ok(md) = fs::symlink_metadata(&e) {
+            if md.is_file() {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// Every path below `root` (not following symlinks), sorted.
+pub fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&p) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn write(p: &Path, data: &[u8]) {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(p, data).unwrap();
+}
+
+/// A tree with every kind of entry the issue lists: empty files, sparse files, empty
+/// directories, symlinks, hardlinks, non-UTF-8 names, files larger than the max chunk, many
+/// small files, odd modes, xattrs, a FIFO, and (as root) foreign ownership.
+pub fn make_rich_tree(root: &Path, big_len: usize) {
+    fs::create_dir_all(root).unwrap();
+    write(&root.join("empty"), b"");
+    write(&root.join("hello.txt"), b"hello, world\n");
+    write(&root.join("dir/big.bin"), &pseudo_random(big_len, 1));
+    // Sparse: data, 8 MiB hole, data, trailing hole.
+    {
+        let f = fs::File::create(root.join("sparse.img")).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&pseudo_random(100_000, 2), 0).unwrap();
+        f.write_all_at(&pseudo_random(100_000, 3), 9 << 20).unwrap();
+        f.set_len(20 << 20).unwrap();
+    }
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::create_dir_all(root.join("dir/nested/deeper")).unwrap();
+    std::os::unix::fs::symlink("hello.txt", root.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
+    fs::hard_link(root.join("hello.txt"), root.join("dir/hardlink.txt")).unwrap();
+    let weird = root.join(OsStr::from_bytes(b"caf\xe9-\xff\xfe.bin"));
+    write(&weird, b"non-utf8 name");
+    write(&root.join("spaces and \"quotes\" \n newline"), b"x");
+    for i in 0..300 {
+        write(&root.join(format!("many/f{i:04}")), format!("small file {i}\n").as_bytes());
+    }
+    let exe = root.join("dir/script.sh");
+    write(&exe, b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o4751)).unwrap();
+    fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o1770)).unwrap();
+    let _ = xattr::set(root.join("hello.txt"), "user.kura.test", b"value\x00\xff");
+    let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+    unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) };
+    if is_root() {
+        std::os::unix::fs::lchown(root.join("hello.txt"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("link-rel"), Some(4321), Some(8765)).unwrap();
+    }
+    // Old, distinct mtimes (nanoseconds included).
+    let t = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
+    filetime::set_file_mtime(root.join("dir/big.bin"), t).unwrap();
+    filetime::set_symlink_file_times(root.join("link-rel"), t, t).unwrap();
+    filetime::set_file_mtime(root.join("empty-dir"), t).unwrap();
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What we compare per entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    pub content: Option<Vec<u8>>,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Index of the first entry sharing this inode (hardlink groups), within the tree.
+    pub link_group: Option<usize>,
+}
+
+/// Describe a tree, relative to `root`. Directory mtimes included.
+pub fn describe(root: &Path) -> Vec<(Vec<u8>, Entry)> {
+    let paths = walkdir(root);
+    let mut inodes: HashMap<u64, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let md = fs::symlink_metadata(p).unwrap();
+        let ft = md.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_file() {
+            "file"
+        } else if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "other"
+        };
+        let link_group = if kind == "file" && md.nlink() > 1 {
+            Some(*inodes.entry(md.ino()).or_insert(i))
+        } else {
+            None
+        };
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(p)
+            .map(|names| {
+                names
+                    .filter_map(|n| {
+                        xattr::get(p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        xattrs.sort();
+        out.push((
+            p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec(),
+            Entry {
+                kind,
+                mode: if kind == "symlink" { 0 } else { md.mode() & 0o7777 },
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                size: if kind == "dir" { 0 } else { md.size() },
+                content: (kind == "file").then(|| fs::read(p).unwrap()),
+                target: (kind == "symlink")
+                    .then(|| fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec()),
+                xattrs,
+                link_group,
+            },
+        ));
+    }
+    out
+}
+
+/// Assert two trees are identical in contents and metadata.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let da = describe(a);
+    let db = describe(b);
+    let names_a: Vec<_> = da.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    let names_b: Vec<_> = db.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    assert_eq!(names_a, names_b, "different entries");
+    for ((name, ea), (_, eb)) in da.iter().zip(&db) {
+        assert_eq!(ea, eb, "entry {:?} differs", String::from_utf8_lossy(name));
+    }
+}
+
+/// Allocated bytes of a file (to check holes survived).
+pub fn allocated(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().blocks() * 512
+}
