@@ -1,0 +1,376 @@
+//! Bad input and real faults: wrong passwords, corrupt and missing packs, unreadable sources,
+//! hostile snapshots, locks, concurrent backups.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use kura_repo::backend::{Backend, FileKind, LocalBackend};
+use kura_repo::snapshot::Content;
+use kura_repo::{IndexedRepo, Repository};
+
+fn open_lib(repo: &TestRepo) -> IndexedRepo {
+    let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo.path()));
+    Repository::open(b, PASSWORD.as_bytes())
+        .unwrap()
+        .load_index()
+        .unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
+    let repo = TestRepo::new(&[]);
+    let o = repo.cmd().env("KURA_PASSWORD", "not it").arg("snapshots").output().unwrap();
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wrong password"), "{}", stderr(&o));
+
+    let o = repo
+        .cmd()
+        .env("KURA_REPOSITORY", repo.dir.path().join("nothing-here"))
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kura init"), "{}", stderr(&o));
+
+    // No password source at all, stdin not a terminal: a clear error, not a hang.
+    let o = repo.cmd().env_remove("KURA_PASSWORD").arg("snapshots").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no password given"), "{}", stderr(&o));
+
+    // init refuses to overwrite.
+    let o = repo.run(&["init", "--kdf-memory-kib", "64"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+#[test]
+fn password_file_and_config_file_are_honoured() {
+    let repo = TestRepo::new(&[]);
+    let pw = repo.dir.path().join("pw");
+    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let cfg = repo.dir.path().join("kura.toml");
+    fs::write(
+        &cfg,
+        format!("[repository]\nrepo = {:?}\npassword_file = {:?}\n", repo.location, pw),
+    )
+    .unwrap();
+    let o = repo
+        .cmd()
+        .env_remove("KURA_PASSWORD")
+        .env_remove("KURA_REPOSITORY")
+        .args(["--config", cfg.to_str().unwrap(), "snapshots"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::write(&cfg, "[repository]\nrepo = 3\n").unwrap();
+    let o = repo.run(&["--config", cfg.to_str().unwrap(), "snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("kura.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn keys_can_be_added_listed_and_removed() {
+    let repo = TestRepo::new(&[]);
+    let o = repo
+        .cmd()
+        .env("KURA_NEW_PASSWORD", "second secret")
+        .args(["key", "add", "--kdf-memory-kib", "64"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys = repo.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let current = keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap();
+    let other = keys.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap();
+    // Opening with the new passphrase works.
+    let o = repo.cmd().env("KURA_PASSWORD", "second secret").arg("snapshots").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The key in use cannot be removed.
+    let o = repo.run(&["key", "remove", &current["id"].as_str().unwrap()[..8]]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("opened the repository with"), "{}", stderr(&o));
+    // Removing the other one locks that passphrase out.
+    repo.ok(&["key", "remove", &other["id"].as_str().unwrap()[..10]]);
+    let o = repo.cmd().env("KURA_PASSWORD", "second secret").arg("snapshots").output().unwrap();
+    assert_eq!(o.status.code(), Some(12));
+}
+
+/// Two files in one pack; one blob is corrupted on disk.
+#[test]
+fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
+    write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
+    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    // Flip one byte inside the victim's first blob.
+    let lib = open_lib(&repo);
+    let entry = lib.find_snapshot(&snap).unwrap();
+    let node = kura_repo::browse::find_node(&lib, &entry, &src.join("victim.bin")).unwrap();
+    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else { panic!() };
+    let loc = lib.index().get(&id).unwrap();
+    let pack_path = repo.path().join(FileKind::Pack.relative_path(&loc.pack.to_hex()));
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes[loc.offset as usize + 1000] ^= 0x40;
+    fs::write(&pack_path, &bytes).unwrap();
+
+    let o = repo.run(&["check", "--read-data"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{out}{}", stderr(&o));
+    assert!(out.contains(&snap[..8]), "names the snapshot: {out}");
+    assert!(out.contains("victim.bin"), "names the file: {out}");
+    assert!(!out.contains("fine.bin"), "only the damaged file: {out}");
+
+    let t = repo.dir.path().join("t");
+    let o = repo.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("victim.bin"), "{}", stderr(&o));
+    let base = t.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(base.join("fine.bin")).unwrap(), pseudo_random(3 << 20, 2));
+
+    // dump refuses to emit unverified data.
+    let o = repo.cmd().args(["dump", "latest"]).arg(src.join("victim.bin")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("a.bin"), &pseudo_random(1 << 20, 5));
+    write(&src.join("b.txt"), b"bbb");
+    let s1 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    write(&src.join("c.txt"), b"ccc");
+    let s2 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    repo.ok(&["check"]);
+    // Delete the data pack holding a.bin.
+    let lib = open_lib(&repo);
+    let node = kura_repo::browse::find_node(&lib, &lib.find_snapshot(&s1).unwrap(), &src.join("a.bin")).unwrap();
+    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else { panic!() };
+    let pack = lib.index().get(&id).unwrap().pack;
+    fs::remove_file(repo.path().join(FileKind::Pack.relative_path(&pack.to_hex()))).unwrap();
+
+    let report = {
+        let o = repo.run(&["--json", "check"]);
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let affected = report["affected"].as_array().unwrap();
+    for s in [&s1, &s2] {
+        assert!(
+            affected.iter().any(|a| a["snapshot"] == s[..8] && a["path"].as_str().unwrap().ends_with("/a.bin")),
+            "{s} a.bin affected: {report}"
+        );
+    }
+    assert!(report["errors"].to_string().contains("missing"), "{report}");
+}
+
+#[test]
+fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
+    assert!(is_root(), "needs root to drop privileges with setpriv (CI runs as root)");
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("readable.txt"), b"ok");
+    write(&src.join("secret.txt"), b"no");
+    fs::create_dir_all(src.join("closed")).unwrap();
+    write(&src.join("closed/inner"), b"x");
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
+    // The repository (and the path to it) must be usable by the unprivileged user.
+    fs::set_permissions(repo.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", "65534:65534", &repo.location])
+        .status()
+        .unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_kura"))
+        .args(["--json", "backup", src.to_str().unwrap()])
+        .env("KURA_REPOSITORY", &repo.location)
+        .env("KURA_PASSWORD", PASSWORD)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["summary"]["warnings"], 2, "{v}");
+    assert!(stderr(&o).contains("secret.txt"), "{}", stderr(&o));
+    let listing = repo.ok(&["ls", "latest"]);
+    assert!(listing.contains("readable.txt"));
+    assert!(!listing.contains("secret.txt"), "left out: {listing}");
+    assert!(listing.contains("/closed"), "the directory itself is kept: {listing}");
+    repo.ok(&["check", "--read-data"]);
+}
+
+/// A snapshot written by an attacker (or damaged storage) with names that would escape the
+/// restore target.
+#[test]
+fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
+    use kura_repo::format::{BlobEncoder, BlobType};
+    use kura_repo::index::IndexFile;
+    use kura_repo::pack::PackWriter;
+    use kura_repo::snapshot::{Snapshot, Summary};
+    use kura_repo::tree::{ChunkRef, Node, NodeKind, Tree};
+    use kura_repo::util::Timestamp;
+
+    let repo = TestRepo::new(&[]);
+    let lib = open_lib(&repo);
+    let key = lib.key();
+    let mut enc = BlobEncoder::new(0).unwrap();
+    let mut pack = PackWriter::new(1 << 20);
+    let mut add = |ty: BlobType, data: Vec<u8>| {
+        let id = key.chunk_id(&data);
+        let e = enc.encode(key, ty, &id, &data).unwrap();
+        pack.add(ty, id, &e, data.len() as u32).unwrap();
+        id
+    };
+    let payload = add(BlobType::Data, b"pwned".to_vec());
+    let file = |name: &[u8]| {
+        let mut n = Node::new(name.to_vec(), NodeKind::File);
+        n.size = 5;
+        n.mode = 0o644;
+        n.content = Some(vec![ChunkRef::Blob(payload)]);
+        n
+    };
+    let outside = repo.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // Each of these trees is hostile in its own way.
+    let mut link = Node::new(b"x".to_vec(), NodeKind::Symlink);
+    link.target = Some(outside.as_os_str().as_encoded_bytes().to_vec());
+    let evil_sub = add(BlobType::Tree, Tree { v: 1, nodes: vec![file(b"escaped")] }.encode().unwrap());
+    let mut dir_x = Node::new(b"x".to_vec(), NodeKind::Dir);
+    dir_x.subtree = Some(evil_sub);
+    dir_x.mode = 0o755;
+    let bad_trees = [
+        Tree { v: 1, nodes: vec![file(b"../escaped")] },
+        Tree { v: 1, nodes: vec![file(b"a/../../escaped")] },
+        Tree { v: 1, nodes: vec![file(b"..")] },
+        Tree { v: 1, nodes: vec![link, dir_x] },
+    ];
+    let mut roots = Vec::new();
+    for t in &bad_trees {
+        let id = add(BlobType::Tree, t.encode().unwrap());
+        // Put the hostile tree one level down, next to an innocent file.
+        let mut sub = Node::new(b"d".to_vec(), NodeKind::Dir);
+        sub.subtree = Some(id);
+        sub.mode = 0o755;
+        let root = Tree::new(vec![sub, file(b"innocent")]);
+        roots.push(add(BlobType::Tree, root.encode().unwrap()));
+    }
+    let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
+    lib.backend().put(FileKind::Pack, &pack_id.to_hex(), &bytes).unwrap();
+    lib.save_index_file(&IndexFile { packs: vec![(pack_id, blobs)] }).unwrap();
+    for root in roots {
+        let snap = Snapshot {
+            v: 1,
+            time: Timestamp::now(),
+            host: "evil".into(),
+            username: "mallory".into(),
+            paths: vec![],
+            tags: vec![],
+            parent: None,
+            content: Content::Tree { root },
+            summary: Summary::default(),
+        };
+        let id = lib.save_snapshot(&snap).unwrap();
+        let target = repo.dir.path().join(format!("target-{}", id.short()));
+        let o = repo.run(&["restore", &id.to_hex(), "--target", target.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains("refusing") || stderr(&o).contains("duplicate"), "{}", stderr(&o));
+        // The innocent file is restored; nothing escaped.
+        assert_eq!(fs::read(target.join("innocent")).unwrap(), b"pwned");
+        assert!(!repo.dir.path().join("escaped").exists());
+        assert!(!outside.join("escaped").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+    // check reports the hostile trees as damage.
+    let o = repo.run(&["check"]);
+    assert_eq!(o.status.code(), Some(4));
+}
+
+#[test]
+fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_removable() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("f"), b"data");
+    {
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo.path()));
+        let lib = Repository::open(b, PASSWORD.as_bytes()).unwrap();
+        let _held = kura_repo::lock::RepoLock::exclusive(&lib).unwrap();
+        let o = repo.run(&["backup", src.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+        assert!(stderr(&o).contains("exclusive lock held by"), "{}", stderr(&o));
+        // Shared locks coexist with each other but not with exclusive ones.
+        assert!(kura_repo::lock::RepoLock::shared(&lib).is_err());
+    }
+    assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0, "lock released on drop");
+    // A process killed while holding a lock leaves a stale lock: ignored, then removable.
+    let stale = stale_lock(&repo, &src);
+    let o = repo.run(&["backup", src.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = repo.ok(&["unlock"]);
+    assert!(out.contains(&stale[..8]) && out.contains("is gone"), "{out}");
+    assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0);
+}
+
+/// Start a backup of a large source, SIGKILL it once its lock exists; return the lock's name.
+fn stale_lock(repo: &TestRepo, small_src: &Path) -> String {
+    let big = repo.dir.path().join("bigsrc");
+    write(&big.join("big"), &pseudo_random(64 << 20, 77));
+    let mut child = repo.cmd().args(["backup"]).arg(&big).arg(small_src).spawn().unwrap();
+    let locks = repo.path().join("locks");
+    let name = loop {
+        if let Some(e) = fs::read_dir(&locks).unwrap().flatten().find(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+            break e.file_name().to_string_lossy().into_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    name
+}
+
+#[test]
+fn two_concurrent_backups_into_one_repository_both_land() {
+    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+    let a = repo.dir.path().join("a");
+    let b = repo.dir.path().join("b");
+    for i in 0..4 {
+        write(&a.join(format!("f{i}")), &pseudo_random(2 << 20, i));
+        // Half of b's data is shared with a: both may store it; both must stay correct.
+        write(&b.join(format!("f{i}")), &pseudo_random(2 << 20, if i % 2 == 0 { i } else { 100 + i }));
+    }
+    let spawn = |src: &Path| {
+        repo.cmd()
+            .args(["--json", "backup"])
+            .arg(src)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (pa, pb) = (spawn(&a), spawn(&b));
+    let ra = pa.wait_with_output().unwrap();
+    let rb = pb.wait_with_output().unwrap();
+    assert!(ra.status.success(), "{}", stderr(&ra));
+    assert!(rb.status.success(), "{}", stderr(&rb));
+    assert_eq!(repo.snapshot_count(), 2);
+    repo.ok(&["check", "--read-data"]);
+    for (src, snap_out) in [(&a, &ra), (&b, &rb)] {
+        let v: serde_json::Value = serde_json::from_slice(&snap_out.stdout).unwrap();
+        let id = v["snapshot_id"].as_str().unwrap();
+        let t = repo.dir.path().join(format!("r-{}", &id[..8]));
+        repo.ok(&["restore", id, "--target", t.to_str().unwrap()]);
+        assert_same_tree(src, &t.join(src.strip_prefix("/").unwrap()));
+    }
+}
