@@ -172,7 +172,11 @@ mod tests {
             (libc::EIO, ErrorKind::Other),
         ];
         for (code, kind) in cases {
-            assert_eq!(ErrorKind::from_io(&io::Error::from_raw_os_error(code)), kind, "{code}");
+            assert_eq!(
+                ErrorKind::from_io(&io::Error::from_raw_os_error(code)),
+                kind,
+                "{code}"
+            );
         }
     }
 

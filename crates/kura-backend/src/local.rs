@@ -99,9 +99,8 @@ impl Backend for LocalBackend {
             ));
         }
         let mk = |p: &Path| {
-            fs::create_dir_all(p).map_err(|e| {
-                BackendError::io("create", p.display().to_string(), &self.location, e)
-            })
+            fs::create_dir_all(p)
+                .map_err(|e| BackendError::io("create", p.display().to_string(), &self.location, e))
         };
         mk(&self.root)?;
         for kind in FileKind::ALL {
@@ -112,8 +111,7 @@ impl Backend for LocalBackend {
         for fan in 0..=255u8 {
             mk(&self.root.join("data").join(format!("{fan:02x}")))?;
         }
-        sync_dir(&self.root)
-            .map_err(|e| BackendError::io("create", ".", &self.location, e))?;
+        sync_dir(&self.root).map_err(|e| BackendError::io("create", ".", &self.location, e))?;
         Ok(())
     }
 
@@ -212,7 +210,8 @@ impl Backend for LocalBackend {
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
-        let md = fs::metadata(self.path(kind, name)).map_err(|e| self.err("stat", kind, name, e))?;
+        let md =
+            fs::metadata(self.path(kind, name)).map_err(|e| self.err("stat", kind, name, e))?;
         Ok(FileInfo {
             name: name.to_string(),
             size: md.len(),

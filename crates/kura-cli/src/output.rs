@@ -81,7 +81,10 @@ pub fn snapshot_table(snaps: &[SnapshotEntry], time: impl Fn(Timestamp) -> Strin
             ]
         })
         .collect();
-    let mut out = table(&["ID", "Time", "Host", "Tags", "Kind", "Size", "Paths"], &rows);
+    let mut out = table(
+        &["ID", "Time", "Host", "Tags", "Kind", "Size", "Paths"],
+        &rows,
+    );
     out.push_str(&format!("{} snapshot(s)\n", snaps.len()));
     out
 }
@@ -165,10 +168,10 @@ pub fn mode_string(kind: NodeKind, mode: u32) -> String {
             8 => Some((0o1000, 't', 'T')),
             _ => None,
         };
-        if let Some((sbit, with_x, without_x)) = special {
-            if mode & sbit != 0 {
-                ch = if mode & bit != 0 { with_x } else { without_x };
-            }
+        if let Some((sbit, with_x, without_x)) = special
+            && mode & sbit != 0
+        {
+            ch = if mode & bit != 0 { with_x } else { without_x };
         }
         s.push(ch);
     }
@@ -213,7 +216,12 @@ pub fn node_json(path: &str, n: &Node) -> Value {
         v["target"] = json!(String::from_utf8_lossy(t));
     }
     if !n.xattrs.is_empty() {
-        v["xattrs"] = json!(n.xattrs.iter().map(|x| String::from_utf8_lossy(&x.name).into_owned()).collect::<Vec<_>>());
+        v["xattrs"] = json!(
+            n.xattrs
+                .iter()
+                .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+                .collect::<Vec<_>>()
+        );
     }
     v
 }
@@ -255,7 +263,12 @@ mod tests {
         };
         vec![
             mk(0x3f, 1_700_000_000, vec![], false),
-            mk(0xa1, 1_700_086_400, vec!["nightly".into(), "db".into()], true),
+            mk(
+                0xa1,
+                1_700_086_400,
+                vec!["nightly".into(), "db".into()],
+                true,
+            ),
         ]
     }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read(path).with_context(|| format!("read password file {}", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("read password file {}", path.display()))?;
     let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {

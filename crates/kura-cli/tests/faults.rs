@@ -28,7 +28,12 @@ fn stderr(o: &std::process::Output) -> String {
 #[test]
 fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
     let repo = TestRepo::new(&[]);
-    let o = repo.cmd().env("KURA_PASSWORD", "not it").arg("snapshots").output().unwrap();
+    let o = repo
+        .cmd()
+        .env("KURA_PASSWORD", "not it")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
     assert!(stderr(&o).contains("wrong password"), "{}", stderr(&o));
 
@@ -42,7 +47,12 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
     assert!(stderr(&o).contains("kura init"), "{}", stderr(&o));
 
     // No password source at all, stdin not a terminal: a clear error, not a hang.
-    let o = repo.cmd().env_remove("KURA_PASSWORD").arg("snapshots").output().unwrap();
+    let o = repo
+        .cmd()
+        .env_remove("KURA_PASSWORD")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no password given"), "{}", stderr(&o));
 
@@ -60,7 +70,10 @@ fn password_file_and_config_file_are_honoured() {
     let cfg = repo.dir.path().join("kura.toml");
     fs::write(
         &cfg,
-        format!("[repository]\nrepo = {:?}\npassword_file = {:?}\n", repo.location, pw),
+        format!(
+            "[repository]\nrepo = {:?}\npassword_file = {:?}\n",
+            repo.location, pw
+        ),
     )
     .unwrap();
     let o = repo
@@ -89,18 +102,42 @@ fn keys_can_be_added_listed_and_removed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let keys = repo.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let current = keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap();
-    let other = keys.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap();
+    let current = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap();
+    let other = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == false)
+        .unwrap();
     // Opening with the new passphrase works.
-    let o = repo.cmd().env("KURA_PASSWORD", "second secret").arg("snapshots").output().unwrap();
+    let o = repo
+        .cmd()
+        .env("KURA_PASSWORD", "second secret")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     // The key in use cannot be removed.
     let o = repo.run(&["key", "remove", &current["id"].as_str().unwrap()[..8]]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("opened the repository with"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("opened the repository with"),
+        "{}",
+        stderr(&o)
+    );
     // Removing the other one locks that passphrase out.
     repo.ok(&["key", "remove", &other["id"].as_str().unwrap()[..10]]);
-    let o = repo.cmd().env("KURA_PASSWORD", "second secret").arg("snapshots").output().unwrap();
+    let o = repo
+        .cmd()
+        .env("KURA_PASSWORD", "second secret")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(12));
 }
 
@@ -111,14 +148,21 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
     let src = repo.dir.path().join("src");
     write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
     write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
-    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Flip one byte inside the victim's first blob.
     let lib = open_lib(&repo);
     let entry = lib.find_snapshot(&snap).unwrap();
     let node = kura_repo::browse::find_node(&lib, &entry, &src.join("victim.bin")).unwrap();
-    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else { panic!() };
+    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else {
+        panic!()
+    };
     let loc = lib.index().get(&id).unwrap();
-    let pack_path = repo.path().join(FileKind::Pack.relative_path(&loc.pack.to_hex()));
+    let pack_path = repo
+        .path()
+        .join(FileKind::Pack.relative_path(&loc.pack.to_hex()));
     let mut bytes = fs::read(&pack_path).unwrap();
     bytes[loc.offset as usize + 1000] ^= 0x40;
     fs::write(&pack_path, &bytes).unwrap();
@@ -135,10 +179,18 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("victim.bin"), "{}", stderr(&o));
     let base = t.join(src.strip_prefix("/").unwrap());
-    assert_eq!(fs::read(base.join("fine.bin")).unwrap(), pseudo_random(3 << 20, 2));
+    assert_eq!(
+        fs::read(base.join("fine.bin")).unwrap(),
+        pseudo_random(3 << 20, 2)
+    );
 
     // dump refuses to emit unverified data.
-    let o = repo.cmd().args(["dump", "latest"]).arg(src.join("victim.bin")).output().unwrap();
+    let o = repo
+        .cmd()
+        .args(["dump", "latest"])
+        .arg(src.join("victim.bin"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
 }
@@ -149,16 +201,30 @@ fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
     let src = repo.dir.path().join("src");
     write(&src.join("a.bin"), &pseudo_random(1 << 20, 5));
     write(&src.join("b.txt"), b"bbb");
-    let s1 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    let s1 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     write(&src.join("c.txt"), b"ccc");
-    let s2 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    let s2 = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     repo.ok(&["check"]);
     // Delete the data pack holding a.bin.
     let lib = open_lib(&repo);
-    let node = kura_repo::browse::find_node(&lib, &lib.find_snapshot(&s1).unwrap(), &src.join("a.bin")).unwrap();
-    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else { panic!() };
+    let node =
+        kura_repo::browse::find_node(&lib, &lib.find_snapshot(&s1).unwrap(), &src.join("a.bin"))
+            .unwrap();
+    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else {
+        panic!()
+    };
     let pack = lib.index().get(&id).unwrap().pack;
-    fs::remove_file(repo.path().join(FileKind::Pack.relative_path(&pack.to_hex()))).unwrap();
+    fs::remove_file(
+        repo.path()
+            .join(FileKind::Pack.relative_path(&pack.to_hex())),
+    )
+    .unwrap();
 
     let report = {
         let o = repo.run(&["--json", "check"]);
@@ -177,7 +243,10 @@ fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
 
 #[test]
 fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
-    assert!(is_root(), "needs root to drop privileges with setpriv (CI runs as root)");
+    assert!(
+        is_root(),
+        "needs root to drop privileges with setpriv (CI runs as root)"
+    );
     let repo = TestRepo::new(&[]);
     let src = repo.dir.path().join("src");
     write(&src.join("readable.txt"), b"ok");
@@ -208,7 +277,10 @@ fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
     let listing = repo.ok(&["ls", "latest"]);
     assert!(listing.contains("readable.txt"));
     assert!(!listing.contains("secret.txt"), "left out: {listing}");
-    assert!(listing.contains("/closed"), "the directory itself is kept: {listing}");
+    assert!(
+        listing.contains("/closed"),
+        "the directory itself is kept: {listing}"
+    );
     repo.ok(&["check", "--read-data"]);
 }
 
@@ -247,15 +319,35 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
     // Each of these trees is hostile in its own way.
     let mut link = Node::new(b"x".to_vec(), NodeKind::Symlink);
     link.target = Some(outside.as_os_str().as_encoded_bytes().to_vec());
-    let evil_sub = add(BlobType::Tree, Tree { v: 1, nodes: vec![file(b"escaped")] }.encode().unwrap());
+    let evil_sub = add(
+        BlobType::Tree,
+        Tree {
+            v: 1,
+            nodes: vec![file(b"escaped")],
+        }
+        .encode()
+        .unwrap(),
+    );
     let mut dir_x = Node::new(b"x".to_vec(), NodeKind::Dir);
     dir_x.subtree = Some(evil_sub);
     dir_x.mode = 0o755;
     let bad_trees = [
-        Tree { v: 1, nodes: vec![file(b"../escaped")] },
-        Tree { v: 1, nodes: vec![file(b"a/../../escaped")] },
-        Tree { v: 1, nodes: vec![file(b"..")] },
-        Tree { v: 1, nodes: vec![link, dir_x] },
+        Tree {
+            v: 1,
+            nodes: vec![file(b"../escaped")],
+        },
+        Tree {
+            v: 1,
+            nodes: vec![file(b"a/../../escaped")],
+        },
+        Tree {
+            v: 1,
+            nodes: vec![file(b"..")],
+        },
+        Tree {
+            v: 1,
+            nodes: vec![link, dir_x],
+        },
     ];
     let mut roots = Vec::new();
     for t in &bad_trees {
@@ -268,8 +360,13 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
         roots.push(add(BlobType::Tree, root.encode().unwrap()));
     }
     let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
-    lib.backend().put(FileKind::Pack, &pack_id.to_hex(), &bytes).unwrap();
-    lib.save_index_file(&IndexFile { packs: vec![(pack_id, blobs)] }).unwrap();
+    lib.backend()
+        .put(FileKind::Pack, &pack_id.to_hex(), &bytes)
+        .unwrap();
+    lib.save_index_file(&IndexFile {
+        packs: vec![(pack_id, blobs)],
+    })
+    .unwrap();
     for root in roots {
         let snap = Snapshot {
             v: 1,
@@ -284,9 +381,18 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
         };
         let id = lib.save_snapshot(&snap).unwrap();
         let target = repo.dir.path().join(format!("target-{}", id.short()));
-        let o = repo.run(&["restore", &id.to_hex(), "--target", target.to_str().unwrap()]);
+        let o = repo.run(&[
+            "restore",
+            &id.to_hex(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
         assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-        assert!(stderr(&o).contains("refusing") || stderr(&o).contains("duplicate"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("refusing") || stderr(&o).contains("duplicate"),
+            "{}",
+            stderr(&o)
+        );
         // The innocent file is restored; nothing escaped.
         assert_eq!(fs::read(target.join("innocent")).unwrap(), b"pwned");
         assert!(!repo.dir.path().join("escaped").exists());
@@ -309,17 +415,28 @@ fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_rem
         let _held = kura_repo::lock::RepoLock::exclusive(&lib).unwrap();
         let o = repo.run(&["backup", src.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
-        assert!(stderr(&o).contains("exclusive lock held by"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("exclusive lock held by"),
+            "{}",
+            stderr(&o)
+        );
         // Shared locks coexist with each other but not with exclusive ones.
         assert!(kura_repo::lock::RepoLock::shared(&lib).is_err());
     }
-    assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0, "lock released on drop");
+    assert_eq!(
+        fs::read_dir(repo.path().join("locks")).unwrap().count(),
+        0,
+        "lock released on drop"
+    );
     // A process killed while holding a lock leaves a stale lock: ignored, then removable.
     let stale = stale_lock(&repo, &src);
     let o = repo.run(&["backup", src.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = repo.ok(&["unlock"]);
-    assert!(out.contains(&stale[..8]) && out.contains("is gone"), "{out}");
+    assert!(
+        out.contains(&stale[..8]) && out.contains("is gone"),
+        "{out}"
+    );
     assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0);
 }
 
@@ -327,10 +444,20 @@ fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_rem
 fn stale_lock(repo: &TestRepo, small_src: &Path) -> String {
     let big = repo.dir.path().join("bigsrc");
     write(&big.join("big"), &pseudo_random(64 << 20, 77));
-    let mut child = repo.cmd().args(["backup"]).arg(&big).arg(small_src).spawn().unwrap();
+    let mut child = repo
+        .cmd()
+        .args(["backup"])
+        .arg(&big)
+        .arg(small_src)
+        .spawn()
+        .unwrap();
     let locks = repo.path().join("locks");
     let name = loop {
-        if let Some(e) = fs::read_dir(&locks).unwrap().flatten().find(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+        if let Some(e) = fs::read_dir(&locks)
+            .unwrap()
+            .flatten()
+            .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        {
             break e.file_name().to_string_lossy().into_owned();
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -348,7 +475,10 @@ fn two_concurrent_backups_into_one_repository_both_land() {
     for i in 0..4 {
         write(&a.join(format!("f{i}")), &pseudo_random(2 << 20, i));
         // Half of b's data is shared with a: both may store it; both must stay correct.
-        write(&b.join(format!("f{i}")), &pseudo_random(2 << 20, if i % 2 == 0 { i } else { 100 + i }));
+        write(
+            &b.join(format!("f{i}")),
+            &pseudo_random(2 << 20, if i % 2 == 0 { i } else { 100 + i }),
+        );
     }
     let spawn = |src: &Path| {
         repo.cmd()

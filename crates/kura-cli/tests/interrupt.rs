@@ -25,12 +25,22 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
     let src = repo.dir.path().join("src");
     // 48 MiB of incompressible data in files of varied sizes, plus many small files.
     for i in 0..12u64 {
-        write(&src.join(format!("big{i}")), &pseudo_random(((i % 4) as usize + 2) << 20, i));
+        write(
+            &src.join(format!("big{i}")),
+            &pseudo_random(((i % 4) as usize + 2) << 20, i),
+        );
     }
     for i in 0..200u64 {
-        write(&src.join(format!("small/{i}")), &pseudo_random(3000 + i as usize, 1000 + i));
+        write(
+            &src.join(format!("small/{i}")),
+            &pseudo_random(3000 + i as usize, 1000 + i),
+        );
     }
-    let total: u64 = walkdir(&src).iter().filter(|p| p.is_file()).map(|p| fs::metadata(p).unwrap().len()).sum();
+    let total: u64 = walkdir(&src)
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     let packs_dir = repo.path().join("data");
     let mut killed_after = Vec::new();
     for cut in [0usize, 1, 4, 9, 17, 30] {
@@ -58,13 +68,20 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
         child.wait().unwrap();
         if finished {
             // The backup won the race; remove its snapshot so the next cut starts clean.
-            for e in fs::read_dir(repo.path().join("snapshots")).unwrap().flatten() {
+            for e in fs::read_dir(repo.path().join("snapshots"))
+                .unwrap()
+                .flatten()
+            {
                 fs::remove_file(e.path()).unwrap();
             }
             continue;
         }
         killed_after.push(cut);
-        assert_eq!(repo.snapshot_count(), 0, "no partial snapshot after a kill at cut {cut}");
+        assert_eq!(
+            repo.snapshot_count(),
+            0,
+            "no partial snapshot after a kill at cut {cut}"
+        );
         let o = repo.run(&["check"]);
         assert!(
             o.status.success(),
@@ -73,11 +90,17 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    assert!(killed_after.len() >= 3, "too few kills landed mid-backup: {killed_after:?}");
+    assert!(
+        killed_after.len() >= 3,
+        "too few kills landed mid-backup: {killed_after:?}"
+    );
     // The rerun completes, and stores only what the killed runs had not.
     let v = repo.backup(&[src.to_str().unwrap()]);
     let added = v["summary"]["bytes_added_raw"].as_u64().unwrap();
-    assert!(added < total / 2, "rerun re-stored {added} of {total} bytes");
+    assert!(
+        added < total / 2,
+        "rerun re-stored {added} of {total} bytes"
+    );
     repo.ok(&["check", "--read-data"]);
     let t = repo.dir.path().join("t");
     repo.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
@@ -106,9 +129,18 @@ fn sigint_stops_cleanly_with_exit_130() {
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(repo.snapshot_count(), 0);
-    assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0, "lock removed");
+    assert_eq!(
+        fs::read_dir(repo.path().join("locks")).unwrap().count(),
+        0,
+        "lock removed"
+    );
     repo.ok(&["check"]);
     // Packs written before the interrupt were indexed on the way out: nothing to adopt.
     let out = repo.ok(&["backup", src.to_str().unwrap()]);

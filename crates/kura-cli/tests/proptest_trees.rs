@@ -11,25 +11,65 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Item {
-    File { name: Vec<u8>, len: usize, seed: u64, zeros: bool },
-    Dir { name: Vec<u8>, children: Vec<Item> },
-    Link { name: Vec<u8>, target: Vec<u8> },
+    File {
+        name: Vec<u8>,
+        len: usize,
+        seed: u64,
+        zeros: bool,
+    },
+    Dir {
+        name: Vec<u8>,
+        children: Vec<Item>,
+    },
+    Link {
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'Z'), Just(b'.'), Just(b' '), Just(0xe9u8), Just(b'-'), 1u8..=255], 1..12)
-        .prop_filter("valid name", |n| n != b"." && n != b".." && !n.contains(&b'/') && !n.contains(&0))
+    proptest::collection::vec(
+        prop_oneof![
+            Just(b'a'),
+            Just(b'Z'),
+            Just(b'.'),
+            Just(b' '),
+            Just(0xe9u8),
+            Just(b'-'),
+            1u8..=255
+        ],
+        1..12,
+    )
+    .prop_filter("valid name", |n| {
+        n != b"." && n != b".." && !n.contains(&b'/') && !n.contains(&0)
+    })
 }
 
 fn item() -> impl Strategy<Value = Item> {
     // Sizes around the small test chunker's min/avg/max (1 KiB / 4 KiB / 16 KiB).
-    let len = prop_oneof![Just(0usize), 1usize..100, 1000usize..1100, 4000usize..4200, 16_000usize..17_000, 30_000usize..70_000];
+    let len = prop_oneof![
+        Just(0usize),
+        1usize..100,
+        1000usize..1100,
+        4000usize..4200,
+        16_000usize..17_000,
+        30_000usize..70_000
+    ];
     let leaf = prop_oneof![
-        (name(), len, any::<u64>(), any::<bool>()).prop_map(|(name, len, seed, zeros)| Item::File { name, len, seed, zeros }),
-        (name(), proptest::collection::vec(1u8..=255, 1..30)).prop_map(|(name, target)| Item::Link { name, target }),
+        (name(), len, any::<u64>(), any::<bool>()).prop_map(|(name, len, seed, zeros)| {
+            Item::File {
+                name,
+                len,
+                seed,
+                zeros,
+            }
+        }),
+        (name(), proptest::collection::vec(1u8..=255, 1..30))
+            .prop_map(|(name, target)| Item::Link { name, target }),
     ];
     leaf.prop_recursive(3, 40, 6, |inner| {
-        (name(), proptest::collection::vec(inner, 0..6)).prop_map(|(name, children)| Item::Dir { name, children })
+        (name(), proptest::collection::vec(inner, 0..6))
+            .prop_map(|(name, children)| Item::Dir { name, children })
     })
 }
 
@@ -47,7 +87,9 @@ fn materialise(dir: &Path, items: &[Item]) {
             continue; // duplicate name generated; keep the first
         }
         match it {
-            Item::File { len, seed, zeros, .. } => {
+            Item::File {
+                len, seed, zeros, ..
+            } => {
                 let mut data = pseudo_random(*len, *seed);
                 if *zeros {
                     // A zero run in the middle (sparse-ish content).

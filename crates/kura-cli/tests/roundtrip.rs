@@ -133,8 +133,10 @@ fn make_image(p: &Path, size: u64) {
     f.set_len(size).unwrap();
     // Data at the start, in the middle across a 4 MiB boundary, and in the odd-sized tail.
     f.write_all_at(&pseudo_random(1 << 20, 10), 0).unwrap();
-    f.write_all_at(&pseudo_random(3 << 20, 11), (6 << 20) + 12345).unwrap();
-    f.write_all_at(&pseudo_random(5000, 12), size - 5000).unwrap();
+    f.write_all_at(&pseudo_random(3 << 20, 11), (6 << 20) + 12345)
+        .unwrap();
+    f.write_all_at(&pseudo_random(5000, 12), size - 5000)
+        .unwrap();
 }
 
 #[test]
@@ -156,7 +158,10 @@ fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks() {
     let dir = repo.dir.path().join("into");
     fs::create_dir(&dir).unwrap();
     repo.ok(&["restore", "latest", "--target", dir.to_str().unwrap()]);
-    assert_eq!(fs::read(dir.join("disk.img")).unwrap(), fs::read(&img).unwrap());
+    assert_eq!(
+        fs::read(dir.join("disk.img")).unwrap(),
+        fs::read(&img).unwrap()
+    );
     // dump streams the whole image.
     let o = repo.cmd().args(["dump", "latest"]).output().unwrap();
     assert_eq!(o.stdout, fs::read(&img).unwrap());
@@ -210,14 +215,20 @@ impl LoopDev {
             .arg(file)
             .output()
             .expect("run losetup");
-        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         LoopDev(String::from_utf8(o.stdout).unwrap().trim().to_string())
     }
 }
 
 impl Drop for LoopDev {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
     }
 }
 

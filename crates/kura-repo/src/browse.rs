@@ -87,7 +87,11 @@ pub fn list(
     visit: &mut dyn FnMut(&Path, &Node) -> Result<()>,
 ) -> Result<()> {
     let node = find_node(repo, snap, path)?;
-    let start = if path.as_os_str().is_empty() { Path::new("/") } else { path };
+    let start = if path.as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        path
+    };
     walk(repo, &node, start, visit)
 }
 
@@ -106,14 +110,16 @@ pub fn dump_file(repo: &IndexedRepo, node: &Node, out: &mut dyn Write) -> Result
         match c {
             ChunkRef::Blob(id) => {
                 let data = repo.read_blob(BlobType::Data, id)?;
-                out.write_all(&data).map_err(|e| Error::io("write output", e))?;
+                out.write_all(&data)
+                    .map_err(|e| Error::io("write output", e))?;
                 written += data.len() as u64;
             }
             &ChunkRef::Zero(mut n) => {
                 written += n;
                 while n > 0 {
                     let k = n.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..k]).map_err(|e| Error::io("write output", e))?;
+                    out.write_all(&zeros[..k])
+                        .map_err(|e| Error::io("write output", e))?;
                     n -= k as u64;
                 }
             }
@@ -125,21 +131,27 @@ pub fn dump_file(repo: &IndexedRepo, node: &Node, out: &mut dyn Write) -> Result
 /// Write an image snapshot's bytes to `out`.
 pub fn dump_image(repo: &IndexedRepo, snap: &SnapshotEntry, out: &mut dyn Write) -> Result<u64> {
     let Content::Image(info) = &snap.snapshot.content else {
-        return Err(Error::InvalidInput(format!("snapshot {} is not an image", snap.id.short())));
+        return Err(Error::InvalidInput(format!(
+            "snapshot {} is not an image",
+            snap.id.short()
+        )));
     };
     let ids = load_fixed_index(repo, info)?;
     let zeros = vec![0u8; info.chunk_size as usize];
     let mut written = 0u64;
     for (i, id) in ids.iter().enumerate() {
-        let len = (info.chunk_size as u64).min(info.size - i as u64 * info.chunk_size as u64) as usize;
+        let len =
+            (info.chunk_size as u64).min(info.size - i as u64 * info.chunk_size as u64) as usize;
         if id.is_zero() {
-            out.write_all(&zeros[..len]).map_err(|e| Error::io("write output", e))?;
+            out.write_all(&zeros[..len])
+                .map_err(|e| Error::io("write output", e))?;
         } else {
             let data = repo.read_blob(BlobType::Data, id)?;
             if data.len() != len {
                 return Err(Error::corrupt(format!("image chunk {i}"), "wrong length"));
             }
-            out.write_all(&data).map_err(|e| Error::io("write output", e))?;
+            out.write_all(&data)
+                .map_err(|e| Error::io("write output", e))?;
         }
         written += len as u64;
     }

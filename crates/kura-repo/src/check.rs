@@ -115,8 +115,7 @@ pub fn check(
     let mut lost_packs: HashMap<Id, String> = HashMap::new();
     let mut missing: HashSet<Id> = HashSet::new();
     for (pack, (data_end, count)) in &per_pack {
-        let expected =
-            data_end + (OVERHEAD + 4 + count * HEADER_ENTRY_LEN + TRAILER_LEN) as u64;
+        let expected = data_end + (OVERHEAD + 4 + count * HEADER_ENTRY_LEN + TRAILER_LEN) as u64;
         match listed.get(&pack.to_hex()) {
             None => {
                 let why = format!("pack {} is missing", pack.short());
@@ -125,7 +124,10 @@ pub fn check(
                 missing.insert(*pack);
             }
             Some(&size) if size != expected => {
-                let why = format!("pack {} has {size} bytes, the index expects {expected}", pack.short());
+                let why = format!(
+                    "pack {} has {size} bytes, the index expects {expected}",
+                    pack.short()
+                );
                 report.errors.push(why.clone());
                 if !opts.read_data {
                     // Without reading it we cannot tell which blobs survived.
@@ -146,10 +148,17 @@ pub fn check(
 
     // 2. With --read-data: every byte of every indexed pack.
     if opts.read_data {
-        let packs: Vec<Id> = per_pack.keys().filter(|p| !missing.contains(p)).copied().collect();
+        let packs: Vec<Id> = per_pack
+            .keys()
+            .filter(|p| !missing.contains(p))
+            .copied()
+            .collect();
         progress.start("check --read-data", None);
         progress.add_total(
-            packs.iter().map(|p| listed.get(&p.to_hex()).copied().unwrap_or(0)).sum(),
+            packs
+                .iter()
+                .map(|p| listed.get(&p.to_hex()).copied().unwrap_or(0))
+                .sum(),
             packs.len() as u64,
         );
         type Found = (Vec<String>, HashMap<(Id, Id), String>);
@@ -189,16 +198,19 @@ pub fn check(
             .get(&loc.pack)
             .or_else(|| bad_copies.get(&(loc.id, loc.pack)));
         let Some(why) = why else { continue };
-        let all_bad = repo.index().get_all(&loc.id).iter().all(|l| {
-            lost_packs.contains_key(&l.pack) || bad_copies.contains_key(&(l.id, l.pack))
-        });
+        let all_bad =
+            repo.index().get_all(&loc.id).iter().all(|l| {
+                lost_packs.contains_key(&l.pack) || bad_copies.contains_key(&(l.id, l.pack))
+            });
         if all_bad {
             bad.entry(loc.id).or_insert_with(|| why.clone());
         }
     }
     let damaged_blobs = bad.len();
     if damaged_blobs > 0 {
-        report.errors.push(format!("{damaged_blobs} blob(s) are lost or damaged"));
+        report
+            .errors
+            .push(format!("{damaged_blobs} blob(s) are lost or damaged"));
     }
 
     // 3. Snapshots and everything they reach.
@@ -209,7 +221,9 @@ pub fn check(
         let snap = match repo.find_snapshot(&f.name) {
             Ok(s) => s,
             Err(e) if e.is_data_damage() => {
-                report.errors.push(format!("snapshot {}: {e}", &f.name[..8.min(f.name.len())]));
+                report
+                    .errors
+                    .push(format!("snapshot {}: {e}", &f.name[..8.min(f.name.len())]));
                 continue;
             }
             Err(e) => return Err(e),
@@ -236,7 +250,11 @@ pub fn check(
                             if let Some(p) = blob_problem(repo, &bad, id) {
                                 report.affected.push(Affected {
                                     snapshot: short.clone(),
-                                    path: format!("{src} (bytes {}+{})", i as u64 * info.chunk_size as u64, info.chunk_size),
+                                    path: format!(
+                                        "{src} (bytes {}+{})",
+                                        i as u64 * info.chunk_size as u64,
+                                        info.chunk_size
+                                    ),
                                     problem: p,
                                 });
                             }
@@ -262,7 +280,12 @@ fn blob_problem(repo: &IndexedRepo, bad: &HashMap<Id, String>, id: &Id) -> Optio
     if let Some(why) = bad.get(id) {
         return Some(format!("blob {}: {why}", id.short()));
     }
-    if !repo.index().get_all(id).iter().any(|l| l.ty == BlobType::Data) {
+    if !repo
+        .index()
+        .get_all(id)
+        .iter()
+        .any(|l| l.ty == BlobType::Data)
+    {
         return Some(format!("blob {} is in no index", id.short()));
     }
     None
@@ -287,7 +310,10 @@ impl TreeCheck<'_> {
         self.trees += 1;
         let tree = match self.repo.load_tree(id) {
             Ok(t) => t,
-            Err(e) if e.is_data_damage() || matches!(&e, Error::Backend(b) if b.kind() == ErrorKind::NotFound) => {
+            Err(e)
+                if e.is_data_damage()
+                    || matches!(&e, Error::Backend(b) if b.kind() == ErrorKind::NotFound) =>
+            {
                 self.affected.push(Affected {
                     snapshot: self.snapshot.to_string(),
                     path: path.display().to_string(),
@@ -350,7 +376,10 @@ fn read_pack(repo: &IndexedRepo, pack: &Id) -> (Option<String>, Vec<(Id, String)
     };
     let mut pack_err = None;
     if Id::of_file(&bytes) != *pack {
-        pack_err = Some(format!("pack {}: contents do not match its name (bit rot or tampering)", pack.short()));
+        pack_err = Some(format!(
+            "pack {}: contents do not match its name (bit rot or tampering)",
+            pack.short()
+        ));
     }
     let what = format!("pack {}", pack.short());
     let mut blob_errs = Vec::new();
@@ -380,7 +409,8 @@ fn read_pack(repo: &IndexedRepo, pack: &Id) -> (Option<String>, Vec<(Id, String)
             for loc in repo.index().iter().filter(|l| l.pack == *pack) {
                 let end = loc.offset as usize + loc.length as usize;
                 let ok = bytes.get(loc.offset as usize..end).is_some_and(|stored| {
-                    decode_blob(repo.key(), loc.ty, &loc.id, stored.to_vec(), loc.raw_length).is_ok()
+                    decode_blob(repo.key(), loc.ty, &loc.id, stored.to_vec(), loc.raw_length)
+                        .is_ok()
                 });
                 if !ok {
                     blob_errs.push((loc.id, format!("in {what}: unreadable")));

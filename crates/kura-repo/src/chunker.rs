@@ -200,7 +200,9 @@ impl<R: Read> Iterator for ChunkStream<'_, R> {
 /// True if every byte is zero. Checked 16 bytes at a time; the compiler vectorises it.
 pub fn is_zero(data: &[u8]) -> bool {
     let (prefix, words, suffix) = unsafe { data.align_to::<u128>() };
-    prefix.iter().all(|&b| b == 0) && suffix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0)
+    prefix.iter().all(|&b| b == 0)
+        && suffix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
 }
 
 #[cfg(test)]
@@ -216,7 +218,12 @@ mod tests {
     }
     impl Read for Pieces<'_> {
         fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let want = self.sizes.get(self.i % self.sizes.len().max(1)).copied().unwrap_or(1).max(1);
+            let want = self
+                .sizes
+                .get(self.i % self.sizes.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .max(1);
             self.i += 1;
             let n = want.min(out.len()).min(self.data.len());
             out[..n].copy_from_slice(&self.data[..n]);
@@ -226,7 +233,11 @@ mod tests {
     }
 
     fn small() -> ChunkerParams {
-        ChunkerParams { min: 64, avg: 256, max: 1024 }
+        ChunkerParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        }
     }
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -304,10 +315,26 @@ mod tests {
     #[test]
     fn invalid_params_are_errors_not_panics() {
         for p in [
-            ChunkerParams { min: 0, avg: 256, max: 1024 },
-            ChunkerParams { min: 512, avg: 256, max: 1024 },
-            ChunkerParams { min: 64, avg: 300, max: 1024 },
-            ChunkerParams { min: 64, avg: 256, max: 64 << 20 },
+            ChunkerParams {
+                min: 0,
+                avg: 256,
+                max: 1024,
+            },
+            ChunkerParams {
+                min: 512,
+                avg: 256,
+                max: 1024,
+            },
+            ChunkerParams {
+                min: 64,
+                avg: 300,
+                max: 1024,
+            },
+            ChunkerParams {
+                min: 64,
+                avg: 256,
+                max: 64 << 20,
+            },
         ] {
             assert!(Cdc::new(p, 0).is_err(), "{p:?}");
         }

@@ -122,7 +122,11 @@ impl MasterKey {
     }
 
     /// Open in place: on success `buf` holds the plaintext.
-    pub fn open_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) -> std::result::Result<(), AuthError> {
+    pub fn open_in_place(
+        &self,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> std::result::Result<(), AuthError> {
         if buf.len() < OVERHEAD {
             return Err(AuthError);
         }

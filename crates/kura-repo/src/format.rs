@@ -110,7 +110,13 @@ impl BlobEncoder {
     }
 
     /// Encode a blob whose id the caller computed with [`MasterKey::chunk_id`].
-    pub fn encode(&mut self, key: &MasterKey, ty: BlobType, id: &Id, data: &[u8]) -> Result<Vec<u8>> {
+    pub fn encode(
+        &mut self,
+        key: &MasterKey,
+        ty: BlobType,
+        id: &Id,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
         let mut buf = self.compress_with_room(NONCE_LEN, data);
         key.seal_in_place(&blob_aad(ty, id), &mut buf)?;
         Ok(buf)
@@ -138,7 +144,8 @@ pub fn decode_blob(
     let what = || format!("{} blob {}", ty.as_str(), id);
     key.open_in_place(&blob_aad(ty, id), &mut stored)
         .map_err(|e| Error::corrupt(what(), e.to_string()))?;
-    let data = decompress_body(stored, Some(raw_len as usize)).map_err(|d| Error::corrupt(what(), d))?;
+    let data =
+        decompress_body(stored, Some(raw_len as usize)).map_err(|d| Error::corrupt(what(), d))?;
     if data.len() != raw_len as usize {
         return Err(Error::corrupt(
             what(),
@@ -171,7 +178,10 @@ pub fn open_file(key: &MasterKey, magic: &[u8; 8], bytes: &[u8], what: &str) -> 
 }
 
 /// `codec | body` → body.
-fn decompress_body(mut plain: Vec<u8>, raw_len: Option<usize>) -> std::result::Result<Vec<u8>, String> {
+fn decompress_body(
+    mut plain: Vec<u8>,
+    raw_len: Option<usize>,
+) -> std::result::Result<Vec<u8>, String> {
     let Some(&codec) = plain.first() else {
         return Err("empty plaintext".into());
     };
@@ -206,13 +216,22 @@ mod tests {
                 assert!(stored.len() < data.len() / 10, "compressed");
             }
             if data == &noise[..] {
-                assert_eq!(stored.len(), data.len() + BLOB_OVERHEAD, "incompressible stored raw");
+                assert_eq!(
+                    stored.len(),
+                    data.len() + BLOB_OVERHEAD,
+                    "incompressible stored raw"
+                );
             }
-            let back = decode_blob(&key, BlobType::Data, &id, stored.clone(), data.len() as u32).unwrap();
+            let back =
+                decode_blob(&key, BlobType::Data, &id, stored.clone(), data.len() as u32).unwrap();
             assert_eq!(back, data);
             // Wrong type or id in the associated data is detected.
-            assert!(decode_blob(&key, BlobType::Tree, &id, stored.clone(), data.len() as u32).is_err());
-            assert!(decode_blob(&key, BlobType::Data, &Id::ZERO, stored, data.len() as u32).is_err());
+            assert!(
+                decode_blob(&key, BlobType::Tree, &id, stored.clone(), data.len() as u32).is_err()
+            );
+            assert!(
+                decode_blob(&key, BlobType::Data, &Id::ZERO, stored, data.len() as u32).is_err()
+            );
         }
     }
 
@@ -220,13 +239,21 @@ mod tests {
     fn sealed_file_round_trip_and_magic_checks() {
         let key = MasterKey::generate().unwrap();
         let mut enc = BlobEncoder::new(3).unwrap();
-        let f = enc.seal_file(&key, MAGIC_INDEX, b"body body body body").unwrap();
+        let f = enc
+            .seal_file(&key, MAGIC_INDEX, b"body body body body")
+            .unwrap();
         assert_eq!(&f[..8], MAGIC_INDEX);
-        assert_eq!(open_file(&key, MAGIC_INDEX, &f, "index").unwrap(), b"body body body body");
+        assert_eq!(
+            open_file(&key, MAGIC_INDEX, &f, "index").unwrap(),
+            b"body body body body"
+        );
         assert!(matches!(
             open_file(&key, MAGIC_SNAPSHOT, &f, "snap"),
             Err(Error::Unsupported(_))
         ));
-        assert!(matches!(open_file(&key, MAGIC_INDEX, b"xx", "index"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            open_file(&key, MAGIC_INDEX, b"xx", "index"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

@@ -90,9 +90,26 @@ pub fn can_chown() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Set owner (when `chown`), mode, xattrs and times of a restored entry. Returns the first
-/// error; the caller reports it as a warning for that path.
+/// Set owner (when `chown`), mode, xattrs and times of a restored entry by path (symlinks
+/// themselves, not their targets). Returns the first error; the caller reports it as a
+/// warning for that path.
 pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> io::Result<()> {
+    apply(Target::Path(path), node, chown)
+}
+
+/// As [`apply_metadata`], through an open file: no path lookups, and safe against the path
+/// being swapped for a symlink meanwhile.
+pub fn apply_metadata_fd(file: &std::fs::File, node: &Node, chown: bool) -> io::Result<()> {
+    apply(Target::File(file), node, chown)
+}
+
+enum Target<'a> {
+    Path(&'a Path),
+    File(&'a std::fs::File),
+}
+
+fn apply(t: Target<'_>, node: &Node, chown: bool) -> io::Result<()> {
+    use xattr::FileExt as _;
     let mut first_err: Option<io::Error> = None;
     let mut note = |r: io::Result<()>| {
         if let Err(e) = r {
@@ -100,16 +117,24 @@ pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> io::Result<()> {
         }
     };
     if chown {
-        note(std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)));
+        note(match t {
+            Target::Path(p) => std::os::unix::fs::lchown(p, Some(node.uid), Some(node.gid)),
+            Target::File(f) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid)),
+        });
     }
     if node.kind != NodeKind::Symlink {
-        note(std::fs::set_permissions(
-            path,
-            std::fs::Permissions::from_mode(node.mode & 0o7777),
-        ));
+        let perm = std::fs::Permissions::from_mode(node.mode & 0o7777);
+        note(match t {
+            Target::Path(p) => std::fs::set_permissions(p, perm),
+            Target::File(f) => f.set_permissions(perm),
+        });
     }
     for x in &node.xattrs {
-        let r = xattr::set(path, OsStr::from_bytes(&x.name), &x.value);
+        let name = OsStr::from_bytes(&x.name);
+        let r = match t {
+            Target::Path(p) => xattr::set(p, name, &x.value),
+            Target::File(f) => f.set_xattr(name, &x.value),
+        };
         match r {
             Err(e) if is_unsupported(&e) => {}
             // Unprivileged users cannot set trusted.* / security.* attributes.
@@ -118,7 +143,10 @@ pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> io::Result<()> {
         }
     }
     let mtime = filetime::FileTime::from_unix_time(node.mtime.0, node.mtime.1);
-    note(filetime::set_symlink_file_times(path, mtime, mtime));
+    note(match t {
+        Target::Path(p) => filetime::set_symlink_file_times(p, mtime, mtime),
+        Target::File(f) => filetime::set_file_handle_times(f, Some(mtime), Some(mtime)),
+    });
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),

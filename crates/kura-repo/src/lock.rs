@@ -68,7 +68,11 @@ impl LockInfo {
     pub fn describe(&self) -> String {
         format!(
             "{} lock held by {}@{} (pid {}) since {}",
-            if self.exclusive { "exclusive" } else { "shared" },
+            if self.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            },
             self.username,
             self.hostname,
             self.pid,
@@ -204,7 +208,10 @@ fn acquire<K>(repo: &Repository, exclusive: bool) -> Result<RepoLock<K>> {
             continue;
         }
         if let Some(reason) = &l.stale {
-            tracing::warn!("ignoring stale lock {} ({reason}); `kura unlock` removes it", &l.name[..8]);
+            tracing::warn!(
+                "ignoring stale lock {} ({reason}); `kura unlock` removes it",
+                &l.name[..8]
+            );
             ignored_stale.push(l);
             continue;
         }
@@ -225,7 +232,9 @@ fn acquire<K>(repo: &Repository, exclusive: bool) -> Result<RepoLock<K>> {
         std::thread::Builder::new()
             .name("kura-lock-refresh".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH_INTERVAL) {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(REFRESH_INTERVAL)
+                {
                     let info = LockInfo::current(exclusive);
                     match write_lock(backend.as_ref(), &key, &info) {
                         Ok(new) => {
@@ -256,10 +265,10 @@ impl<K> Drop for RepoLock<K> {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
-        if let Ok(name) = self.name.lock() {
-            if let Err(e) = self.backend.delete(FileKind::Lock, &name) {
-                tracing::warn!("removing lock {}: {e}", &name[..8.min(name.len())]);
-            }
+        if let Ok(name) = self.name.lock()
+            && let Err(e) = self.backend.delete(FileKind::Lock, &name)
+        {
+            tracing::warn!("removing lock {}: {e}", &name[..8.min(name.len())]);
         }
     }
 }

@@ -198,7 +198,10 @@ pub fn parse_header(plain: &[u8], data_end: u64, what: &str) -> Result<Vec<PackB
     let mut prev_end = MAGIC_PACK.len() as u64;
     for (start, end) in spans {
         if start < prev_end || end > data_end {
-            return Err(Error::corrupt(what, "blob outside pack data or overlapping"));
+            return Err(Error::corrupt(
+                what,
+                "blob outside pack data or overlapping",
+            ));
         }
         prev_end = end;
     }
@@ -255,7 +258,12 @@ pub fn header_from_pack_bytes(key: &MasterKey, pack: &[u8], what: &str) -> Resul
     header_from_sealed(key, &pack[end - hlen..end], (end - hlen) as u64, what)
 }
 
-fn header_from_sealed(key: &MasterKey, sealed: &[u8], data_end: u64, what: &str) -> Result<Vec<PackBlob>> {
+fn header_from_sealed(
+    key: &MasterKey,
+    sealed: &[u8],
+    data_end: u64,
+    what: &str,
+) -> Result<Vec<PackBlob>> {
     let plain = key
         .open(AAD_PACK_HEADER, sealed)
         .map_err(|e| Error::corrupt(what, format!("header: {e}")))?;
@@ -290,7 +298,8 @@ mod tests {
         assert_eq!(header_from_pack_bytes(&key, &bytes, "p").unwrap(), blobs);
         for (pb, d) in h.iter().zip(&datas) {
             let stored = bytes[pb.offset as usize..(pb.offset + pb.length) as usize].to_vec();
-            let back = crate::format::decode_blob(&key, pb.ty, &pb.id, stored, pb.raw_length).unwrap();
+            let back =
+                crate::format::decode_blob(&key, pb.ty, &pb.id, stored, pb.raw_length).unwrap();
             assert_eq!(&back, d);
         }
     }

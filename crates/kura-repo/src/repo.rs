@@ -97,7 +97,11 @@ impl std::fmt::Debug for Repository {
 
 impl Repository {
     /// Create a repository at an empty location.
-    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        opts: &InitOptions,
+    ) -> Result<Repository> {
         opts.chunker.validate()?;
         validate_compression(opts.compression)?;
         if opts.pack_size < 1024 * 1024 || opts.pack_size > 1024 * 1024 * 1024 {
@@ -148,7 +152,10 @@ impl Repository {
         };
         let keys = backend.list(FileKind::Key)?;
         if keys.is_empty() {
-            return Err(Error::corrupt(format!("repository {location}"), "has no key files"));
+            return Err(Error::corrupt(
+                format!("repository {location}"),
+                "has no key files",
+            ));
         }
         for k in &keys {
             let opened = KeyFile::from_bytes(&backend.get(FileKind::Key, &k.name)?)
@@ -164,7 +171,10 @@ impl Repository {
             let body = open_file(&key, MAGIC_CONFIG, &config_bytes, "config")?;
             let config: RepoConfig = from_cbor(&body, "config")?;
             if config.v != 1 {
-                return Err(Error::Unsupported(format!("repository config version {}", config.v)));
+                return Err(Error::Unsupported(format!(
+                    "repository config version {}",
+                    config.v
+                )));
             }
             let cdc = Cdc::new(config.chunker, key.chunker_seed())?;
             return Ok(Repository {
@@ -268,7 +278,10 @@ impl Repository {
         let body = open_file(&self.key, MAGIC_SNAPSHOT, &bytes, &what)?;
         let snapshot: Snapshot = from_cbor(&body, &what)?;
         if snapshot.v != 1 {
-            return Err(Error::Unsupported(format!("{what}: version {}", snapshot.v)));
+            return Err(Error::Unsupported(format!(
+                "{what}: version {}",
+                snapshot.v
+            )));
         }
         Ok(SnapshotEntry { id, snapshot })
     }
@@ -282,11 +295,12 @@ impl Repository {
                 .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
         }
         let names = self.backend.list(FileKind::Snapshot)?;
-        let name = unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot")
-            .map_err(|e| match e {
+        let name = unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot").map_err(
+            |e| match e {
                 Error::InvalidInput(m) if m.contains("no ") => Error::SnapshotNotFound(spec.into()),
                 other => other,
-            })?;
+            },
+        )?;
         self.load_snapshot_file(&name)
     }
 
@@ -296,7 +310,8 @@ impl Repository {
         let body = cbor(snapshot)?;
         let sealed = BlobEncoder::new(3)?.seal_file(&self.key, MAGIC_SNAPSHOT, &body)?;
         let id = Id::of_file(&sealed);
-        self.backend.put(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+        self.backend
+            .put(FileKind::Snapshot, &id.to_hex(), &sealed)?;
         Ok(id)
     }
 
@@ -459,7 +474,12 @@ impl IndexedRepo {
     }
 }
 
-fn write_key(backend: &dyn Backend, key: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<String> {
+fn write_key(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    password: &[u8],
+    kdf: KdfParams,
+) -> Result<String> {
     let bytes = KeyFile::create(key, password, kdf)?.to_bytes()?;
     let name = Id::of_file(&bytes).to_hex();
     backend.put(FileKind::Key, &name, &bytes)?;
@@ -488,7 +508,8 @@ pub(crate) fn unique_prefix<'a>(
 
 pub(crate) fn cbor<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).map_err(|e| Error::InvalidInput(format!("CBOR encode: {e}")))?;
+    ciborium::into_writer(v, &mut out)
+        .map_err(|e| Error::InvalidInput(format!("CBOR encode: {e}")))?;
     Ok(out)
 }
 

@@ -72,7 +72,10 @@ impl<'de> Deserialize<'de> for ChunkRef {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a 32-byte blob id or a zero-run length")
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<ChunkRef, E> {
+            fn visit_bytes<E: serde::de::Error>(
+                self,
+                v: &[u8],
+            ) -> std::result::Result<ChunkRef, E> {
                 Id::from_slice(v)
                     .map(ChunkRef::Blob)
                     .ok_or_else(|| E::invalid_length(v.len(), &self))
@@ -201,7 +204,10 @@ impl Tree {
         let tree: Tree =
             ciborium::from_reader(bytes).map_err(|e| Error::corrupt(what, format!("CBOR: {e}")))?;
         if tree.v != 1 {
-            return Err(Error::Unsupported(format!("{what}: tree version {}", tree.v)));
+            return Err(Error::Unsupported(format!(
+                "{what}: tree version {}",
+                tree.v
+            )));
         }
         for (i, n) in tree.nodes.iter().enumerate() {
             if let Some(p) = name_problem(&n.name) {
@@ -225,7 +231,11 @@ impl Tree {
             if !ok {
                 return Err(Error::corrupt(
                     what,
-                    format!("{} entry {:?} lacks its data", n.kind.as_str(), n.name_lossy()),
+                    format!(
+                        "{} entry {:?} lacks its data",
+                        n.kind.as_str(),
+                        n.name_lossy()
+                    ),
                 ));
             }
         }
@@ -249,7 +259,10 @@ mod tests {
     #[test]
     fn round_trip_with_non_utf8_names_and_xattrs() {
         let mut a = file(b"caf\xe9");
-        a.xattrs.push(Xattr { name: b"user.k".to_vec(), value: vec![0, 255] });
+        a.xattrs.push(Xattr {
+            name: b"user.k".to_vec(),
+            value: vec![0, 255],
+        });
         let mut d = Node::new(b"d".to_vec(), NodeKind::Dir);
         d.subtree = Some(Id([9; 32]));
         let mut l = Node::new(b"l".to_vec(), NodeKind::Symlink);
@@ -263,7 +276,10 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"a\0b"] {
-            let t = Tree { v: 1, nodes: vec![file(bad)] };
+            let t = Tree {
+                v: 1,
+                nodes: vec![file(bad)],
+            };
             let err = Tree::decode(&t.encode().unwrap(), "t").unwrap_err();
             assert!(err.to_string().contains("refusing"), "{err}");
         }
@@ -271,13 +287,30 @@ mod tests {
 
     #[test]
     fn duplicates_and_missing_data_are_refused() {
-        let t = Tree { v: 1, nodes: vec![file(b"a"), file(b"a")] };
-        assert!(Tree::decode(&t.encode().unwrap(), "t").unwrap_err().to_string().contains("duplicate"));
+        let t = Tree {
+            v: 1,
+            nodes: vec![file(b"a"), file(b"a")],
+        };
+        assert!(
+            Tree::decode(&t.encode().unwrap(), "t")
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate")
+        );
         let d = Node::new(b"d".to_vec(), NodeKind::Dir);
-        let t = Tree { v: 1, nodes: vec![d] };
+        let t = Tree {
+            v: 1,
+            nodes: vec![d],
+        };
         assert!(Tree::decode(&t.encode().unwrap(), "t").is_err());
-        let t = Tree { v: 2, nodes: vec![] };
-        assert!(matches!(Tree::decode(&t.encode().unwrap(), "t"), Err(Error::Unsupported(_))));
+        let t = Tree {
+            v: 2,
+            nodes: vec![],
+        };
+        assert!(matches!(
+            Tree::decode(&t.encode().unwrap(), "t"),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     proptest! {

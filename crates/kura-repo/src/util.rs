@@ -36,7 +36,9 @@ pub fn username() -> String {
 
 /// A point in time as seconds and nanoseconds since the Unix epoch (UTC). Stored in trees and
 /// snapshots as a two-element CBOR array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64, pub u32);
 
 impl Timestamp {

@@ -10,7 +10,11 @@ use crate::{App, exit};
 fn options(app: &App, a: &BackupArgs) -> BackupOptions {
     let cfg = &app.config.backup;
     let mut o = BackupOptions::default();
-    o.tags = if a.tags.is_empty() { cfg.tags.clone() } else { a.tags.clone() };
+    o.tags = if a.tags.is_empty() {
+        cfg.tags.clone()
+    } else {
+        a.tags.clone()
+    };
     o.host = a.host.clone();
     o.parent = match (&a.parent, a.force) {
         (_, true) => ParentChoice::None,
@@ -95,7 +99,11 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
             "warning: {} entr{} could not be read and {} left out (exit code {})",
             out.warnings.len(),
             if out.warnings.len() == 1 { "y" } else { "ies" },
-            if out.warnings.len() == 1 { "was" } else { "were" },
+            if out.warnings.len() == 1 {
+                "was"
+            } else {
+                "were"
+            },
             exit::INCOMPLETE
         );
         return Ok(exit::INCOMPLETE);

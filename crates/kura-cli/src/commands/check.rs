@@ -30,7 +30,10 @@ pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
             println!("error: {e}");
         }
         for x in &report.affected {
-            println!("affected: snapshot {} {}: {}", x.snapshot, x.path, x.problem);
+            println!(
+                "affected: snapshot {} {}: {}",
+                x.snapshot, x.path, x.problem
+            );
         }
         app.say(format!(
             "checked {} snapshot(s), {} tree(s), {} pack(s), {} blob(s){}",

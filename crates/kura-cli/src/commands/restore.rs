@@ -11,7 +11,9 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
-    let repo = repo.load_index().with_context(|| format!("load index of {loc}"))?;
+    let repo = repo
+        .load_index()
+        .with_context(|| format!("load index of {loc}"))?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let mut opts = RestoreOptions {
         includes: a.includes.clone(),
@@ -22,8 +24,14 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
     }
     let bar = app.bar();
     let started = std::time::Instant::now();
-    let out = restore(&repo, &lock, &snap, &a.target, &opts, &bar, &app.cancel)
-        .with_context(|| format!("restore snapshot {} to {}", snap.id.short(), a.target.display()))?;
+    let out =
+        restore(&repo, &lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(|| {
+            format!(
+                "restore snapshot {} to {}",
+                snap.id.short(),
+                a.target.display()
+            )
+        })?;
     let secs = started.elapsed().as_secs_f64();
     if app.global.json {
         println!(

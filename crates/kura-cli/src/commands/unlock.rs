@@ -19,7 +19,10 @@ pub fn run(app: &App, a: UnlockArgs) -> Result<i32> {
                 "removed lock {} ({}{})",
                 &l.name[..8],
                 l.info.describe(),
-                l.stale.as_ref().map(|s| format!("; stale: {s}")).unwrap_or_default()
+                l.stale
+                    .as_ref()
+                    .map(|s| format!("; stale: {s}"))
+                    .unwrap_or_default()
             ));
         }
         app.say(format!("{} lock(s) removed", removed.len()));

@@ -79,7 +79,9 @@ impl TestRepo {
     }
 
     pub fn snapshot_count(&self) -> usize {
-        fs::read_dir(self.path().join("snapshots")).map(|d| d.count()).unwrap_or(0)
+        fs::read_dir(self.path().join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Bytes of all files in the repository.
@@ -91,10 +93,10 @@ impl TestRepo {
 pub fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     for e in walkdir(p) {
-        if let Ok(md) = fs::symlink_metadata(&e) {
-            if md.is_file() {
-                total += md.len();
-            }
+        if let Ok(md) = fs::symlink_metadata(&e)
+            && md.is_file()
+        {
+            total += md.len();
         }
     }
     total
@@ -164,7 +166,10 @@ pub fn make_rich_tree(root: &Path, big_len: usize) {
     write(&weird, b"non-utf8 name");
     write(&root.join("spaces and \"quotes\" \n newline"), b"x");
     for i in 0..300 {
-        write(&root.join(format!("many/f{i:04}")), format!("small file {i}\n").as_bytes());
+        write(
+            &root.join(format!("many/f{i:04}")),
+            format!("small file {i}\n").as_bytes(),
+        );
     }
     let exe = root.join("dir/script.sh");
     write(&exe, b"#!/bin/sh\necho hi\n");
@@ -233,17 +238,28 @@ pub fn describe(root: &Path) -> Vec<(Vec<u8>, Entry)> {
             .map(|names| {
                 names
                     .filter_map(|n| {
-                        xattr::get(p, &n).ok().flatten().map(|v| (n.as_bytes().to_vec(), v))
+                        xattr::get(p, &n)
+                            .ok()
+                            .flatten()
+                            .map(|v| (n.as_bytes().to_vec(), v))
                     })
                     .collect()
             })
             .unwrap_or_default();
         xattrs.sort();
         out.push((
-            p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec(),
+            p.strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec(),
             Entry {
                 kind,
-                mode: if kind == "symlink" { 0 } else { md.mode() & 0o7777 },
+                mode: if kind == "symlink" {
+                    0
+                } else {
+                    md.mode() & 0o7777
+                },
                 uid: md.uid(),
                 gid: md.gid(),
                 mtime: (md.mtime(), md.mtime_nsec()),
@@ -263,8 +279,14 @@ pub fn describe(root: &Path) -> Vec<(Vec<u8>, Entry)> {
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let da = describe(a);
     let db = describe(b);
-    let names_a: Vec<_> = da.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
-    let names_b: Vec<_> = db.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+    let names_a: Vec<_> = da
+        .iter()
+        .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    let names_b: Vec<_> = db
+        .iter()
+        .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+        .collect();
     assert_eq!(names_a, names_b, "different entries");
     for ((name, ea), (_, eb)) in da.iter().zip(&db) {
         assert_eq!(ea, eb, "entry {:?} differs", String::from_utf8_lossy(name));

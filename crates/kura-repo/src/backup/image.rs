@@ -26,7 +26,8 @@ use crate::snapshot::{ImageInfo, Summary};
 /// Whether `path` is backed up as an image: block devices always, regular files with
 /// `--image`.
 pub(super) fn is_image_source(path: &Path, image_flag: bool) -> Result<bool> {
-    let md = std::fs::metadata(path).map_err(|e| Error::io(format!("source {}", path.display()), e))?;
+    let md =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("source {}", path.display()), e))?;
     let ft = md.file_type();
     if ft.is_block_device() {
         return Ok(true);

@@ -122,7 +122,8 @@ pub struct BackupOutcome {
 
 /// Absolute, lexically normalised (no `.`/`..`), without following symlinks.
 pub fn absolute_path(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).map_err(|e| Error::io(format!("source {}", p.display()), e))?;
+    let abs =
+        std::path::absolute(p).map_err(|e| Error::io(format!("source {}", p.display()), e))?;
     let mut out = PathBuf::from("/");
     for c in abs.components() {
         match c {
@@ -152,7 +153,9 @@ pub fn backup(
     cancel: &CancelToken,
 ) -> Result<BackupOutcome> {
     if sources.is_empty() {
-        return Err(Error::InvalidInput("nothing to back up: no paths given".into()));
+        return Err(Error::InvalidInput(
+            "nothing to back up: no paths given".into(),
+        ));
     }
     let compression = opts.compression.unwrap_or(repo.config().compression);
     validate_compression(compression)?;

@@ -97,10 +97,10 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn set(&self, e: Error) {
-        if let Ok(mut f) = self.first.lock() {
-            if f.is_none() {
-                *f = Some(e);
-            }
+        if let Ok(mut f) = self.first.lock()
+            && f.is_none()
+        {
+            *f = Some(e);
         }
         self.failed.store(true, Ordering::SeqCst);
     }
@@ -295,9 +295,7 @@ pub(crate) fn run<T>(
 
     // Packs that became durable are indexed even when the run failed, so a rerun reuses
     // them without having to adopt them as orphans.
-    let (pending, _) = index_state
-        .into_inner()
-        .map_err(|_| Error::Interrupted)?;
+    let (pending, _) = index_state.into_inner().map_err(|_| Error::Interrupted)?;
     let index_result = if pending.packs.is_empty() {
         Ok(())
     } else {
@@ -356,12 +354,11 @@ fn pack_loop(
         let r = w.add(b.ty, b.id, &b.data, b.raw_len as u32);
         budget.release(b.raw_len);
         r?;
-        if w.len() >= pack_size {
-            if let Some(w) = slot.take() {
-                if !finish(w, &tx)? {
-                    return Ok(());
-                }
-            }
+        if w.len() >= pack_size
+            && let Some(w) = slot.take()
+            && !finish(w, &tx)?
+        {
+            return Ok(());
         }
     }
     for w in open.into_iter().flatten() {
@@ -383,7 +380,8 @@ fn upload_loop(
         if failure.is_set() {
             return Ok(());
         }
-        repo.backend().put(FileKind::Pack, &p.id.to_hex(), &p.bytes)?;
+        repo.backend()
+            .put(FileKind::Pack, &p.id.to_hex(), &p.bytes)?;
         for b in &p.blobs {
             let counter = match b.ty {
                 BlobType::Data => &stats.data_blobs_new,

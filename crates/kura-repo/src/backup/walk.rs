@@ -145,9 +145,11 @@ pub(super) fn backup_tree(
 ) -> Result<(Id, Summary, Vec<String>)> {
     let mut gs = GlobSetBuilder::new();
     for pat in &opts.excludes {
-        gs.add(Glob::new(pat).map_err(|e| {
-            Error::InvalidInput(format!("invalid exclude pattern {pat:?}: {e}"))
-        })?);
+        gs.add(
+            Glob::new(pat).map_err(|e| {
+                Error::InvalidInput(format!("invalid exclude pattern {pat:?}: {e}"))
+            })?,
+        );
     }
     let ctx = Ctx {
         repo,
@@ -262,7 +264,10 @@ impl Walker<'_> {
             Ok(t) => Some(t),
             Err(e) => {
                 // Not fatal: without the parent entry the files are simply read again.
-                tracing::warn!("parent tree for {}: {e}; reading its files again", path.display());
+                tracing::warn!(
+                    "parent tree for {}: {e}; reading its files again",
+                    path.display()
+                );
                 None
             }
         }
@@ -277,7 +282,12 @@ impl Walker<'_> {
     }
 
     /// The intermediate directories above the sources.
-    fn walk_virtual(&mut self, entry: &VirtualEntry, path: &Path, parent: Option<&Tree>) -> Result<usize> {
+    fn walk_virtual(
+        &mut self,
+        entry: &VirtualEntry,
+        path: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<usize> {
         let VirtualEntry::Dir(dir) = entry else {
             // A source of "/" itself.
             let dev = std::fs::symlink_metadata(path)
@@ -313,7 +323,12 @@ impl Walker<'_> {
     }
 
     /// A real directory's contents.
-    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>, root_dev: Option<u64>) -> Result<usize> {
+    fn walk_dir(
+        &mut self,
+        path: &Path,
+        parent: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) -> Result<usize> {
         let token = self.token();
         let mut names: Vec<Vec<u8>> = Vec::new();
         match std::fs::read_dir(path) {
@@ -366,12 +381,18 @@ impl Walker<'_> {
             return Ok(None);
         }
         let Some(mut node) = node_from_metadata(name, md) else {
-            ctx.warn(format!("{}: unsupported file type, skipped", path.display()));
+            ctx.warn(format!(
+                "{}: unsupported file type, skipped",
+                path.display()
+            ));
             return Ok(None);
         };
         match read_xattrs(path) {
             Ok(x) => node.xattrs = x,
-            Err(e) => ctx.warn(format!("{}: extended attributes not saved: {e}", path.display())),
+            Err(e) => ctx.warn(format!(
+                "{}: extended attributes not saved: {e}",
+                path.display()
+            )),
         }
         let c = &ctx.counters;
         Ok(Some(match node.kind {
@@ -476,7 +497,8 @@ fn reader_loop(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) -> Result<()> {
 
 fn open_source(path: &Path) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME);
+    o.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME);
     match o.open(path) {
         // O_NOATIME is only allowed on files we own (or as root).
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => OpenOptions::new()
@@ -596,10 +618,10 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
     }
     // Keep only the root (the last directory finished).
     let mut out = HashMap::new();
-    if let Some(t) = last {
-        if let Some(id) = done.remove(&t) {
-            out.insert(t, id);
-        }
+    if let Some(t) = last
+        && let Some(id) = done.remove(&t)
+    {
+        out.insert(t, id);
     }
     Ok(out)
 }

@@ -42,7 +42,7 @@ pub(crate) fn write_sparse(f: &std::fs::File, offset: u64, data: &[u8]) -> std::
         let block_end = ((pos / HOLE_BLOCK) + 1) * HOLE_BLOCK;
         let next = block_end.min(end);
         let slice = &data[(pos - offset) as usize..(next - offset) as usize];
-        let full_block = pos % HOLE_BLOCK == 0 && next == block_end;
+        let full_block = pos.is_multiple_of(HOLE_BLOCK) && next == block_end;
         let hole = full_block && crate::chunker::is_zero(slice);
         match (hole, run_start) {
             (true, Some(s)) => {
@@ -68,10 +68,15 @@ pub(crate) trait Sink: Sync {
     fn damaged(&self, dest: u32, reason: String);
 }
 
+/// Destinations of one blob: (destination, offset).
+type Dests = Vec<(u32, u64)>;
+/// A pack's needed blobs with their destinations.
+type PackWork = Vec<(BlobLocation, Dests)>;
+
 /// One blob and the places it goes.
 pub(crate) struct BlobJob {
     pub id: Id,
-    pub dests: Vec<(u32, u64)>,
+    pub dests: Dests,
 }
 
 /// Fetch every blob in `jobs` and hand it to `sink`. Fatal errors (cancel, the repository
@@ -84,18 +89,26 @@ pub(crate) fn fetch_all(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<()> {
-    let mut by_pack: HashMap<Id, Vec<(BlobLocation, Vec<(u32, u64)>)>> = HashMap::new();
+    let mut by_pack: HashMap<Id, PackWork> = HashMap::new();
     for job in jobs {
-        match repo.index().get_all(&job.id).into_iter().find(|l| l.ty == BlobType::Data) {
+        match repo
+            .index()
+            .get_all(&job.id)
+            .into_iter()
+            .find(|l| l.ty == BlobType::Data)
+        {
             Some(loc) => by_pack.entry(loc.pack).or_default().push((loc, job.dests)),
             None => {
                 for (d, _) in job.dests {
-                    sink.damaged(d, format!("data blob {} is in no index (pack lost?)", job.id.short()));
+                    sink.damaged(
+                        d,
+                        format!("data blob {} is in no index (pack lost?)", job.id.short()),
+                    );
                 }
             }
         }
     }
-    let packs: Vec<(Id, Vec<(BlobLocation, Vec<(u32, u64)>)>)> = by_pack.into_iter().collect();
+    let packs: Vec<(Id, PackWork)> = by_pack.into_iter().collect();
     let next = AtomicUsize::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
@@ -126,7 +139,7 @@ pub(crate) fn fetch_all(
 fn restore_pack(
     repo: &IndexedRepo,
     pack: &Id,
-    blobs: &[(BlobLocation, Vec<(u32, u64)>)],
+    blobs: &[(BlobLocation, Dests)],
     sink: &dyn Sink,
     progress: &dyn Progress,
 ) {

@@ -26,7 +26,10 @@ pub(crate) fn load_fixed_index(repo: &IndexedRepo, info: &ImageInfo) -> Result<V
     for p in &info.pieces {
         let what = format!("fixed index piece {p}");
         let piece = FixedIndexPiece::decode(&repo.read_blob(BlobType::Tree, p)?, &what)?;
-        if piece.first != ids.len() as u64 || piece.size != info.size || piece.chunk_size != info.chunk_size {
+        if piece.first != ids.len() as u64
+            || piece.size != info.size
+            || piece.chunk_size != info.chunk_size
+        {
             return Err(Error::corrupt(what, "does not match the snapshot"));
         }
         ids.extend(piece.ids);

@@ -8,10 +8,13 @@
 //! symlinks from an earlier, hostile restore.
 //!
 //! # Order
-//! Directories and files are created while walking the tree; file contents are fetched in
-//! batches by [`fetch`] (many files, pack by pack, in parallel); file metadata is applied after
-//! a batch's contents are written, directory metadata last (deepest first), because writing
-//! into a directory changes its mtime.
+//! The walker creates directories, symlinks, special files and files without stored data;
+//! files with data are planned in batches and written by [`fetch`] (many files, pack by pack,
+//! in parallel). The worker that writes a file's last chunk sets its size, owner, mode,
+//! xattrs and times through its open descriptor, so metadata work is parallel too and takes
+//! no path lookups. Directory metadata comes last (deepest first), because creating entries
+//! changes a directory's mtime. Inside directories this restore created, nothing can be in
+//! the way, so entries are created without a prior `lstat`.
 
 mod fetch;
 pub(crate) mod image;
@@ -23,13 +26,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
 use crate::backup::CancelToken;
 use crate::error::{Error, Result};
-use crate::fsmeta::{apply_metadata, can_chown};
+use crate::fsmeta::{apply_metadata, apply_metadata_fd, can_chown};
 use crate::id::Id;
 use crate::lock::{RepoLock, Shared};
 use crate::progress::Progress;
@@ -130,7 +134,8 @@ pub fn restore(
                 pre_damaged: HashMap::new(),
             };
             progress.start("restore", None);
-            r.walk(root, target, Path::new("/"), &mut Vec::new(), opts.includes.is_empty())?;
+            let all = opts.includes.is_empty();
+            r.walk(root, target, Path::new("/"), &mut Vec::new(), all, false)?;
             r.flush()?;
             for (path, node) in r.dirs.iter().rev() {
                 if let Err(e) = apply_metadata(path, node, r.chown) {
@@ -145,9 +150,19 @@ pub fn restore(
     }
 }
 
+/// A file whose contents are being fetched.
 struct PlannedFile {
     path: PathBuf,
     node: Node,
+    /// Chunk writes still to come; the writer that brings it to zero finishes the file.
+    remaining: AtomicU32,
+}
+
+/// A directory on the way to an included entry; created on first need.
+struct PendingDir {
+    path: PathBuf,
+    node: Node,
+    created: bool,
 }
 
 struct TreeRestorer<'a> {
@@ -174,6 +189,18 @@ fn os(name: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(name)
 }
 
+/// Open (creating if needed) a file being restored, never following a symlink.
+fn open_restored(path: &Path, create_new: bool) -> io::Result<fs::File> {
+    let mut o = OpenOptions::new();
+    o.write(true).custom_flags(libc::O_NOFOLLOW).mode(0o600);
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    o.open(path)
+}
+
 impl TreeRestorer<'_> {
     fn error(&mut self, msg: String) {
         tracing::debug!("{msg}");
@@ -182,16 +209,17 @@ impl TreeRestorer<'_> {
     }
 
     /// Walk the tree `id` whose entries go below `dir` (on disk) and `snap_path` (in the
-    /// snapshot). `pending` holds ancestor directories not yet created (with includes, a
-    /// directory is created only when something in it is restored). `all` = an ancestor
-    /// matched the include patterns (or there are none).
+    /// snapshot). `pending` holds ancestor directories (with includes, a directory is created
+    /// only when something in it is restored). `all` = an ancestor matched the include
+    /// patterns (or there are none). `fresh` = `dir` was created by this restore.
     fn walk(
         &mut self,
         id: &Id,
         dir: &Path,
         snap_path: &Path,
-        pending: &mut Vec<(PathBuf, Node)>,
+        pending: &mut Vec<PendingDir>,
         all: bool,
+        fresh: bool,
     ) -> Result<()> {
         let tree = match self.repo.load_tree(id) {
             Ok(t) => t,
@@ -213,19 +241,24 @@ impl TreeRestorer<'_> {
             let included = all || self.includes.is_match(&spath);
             if node.kind == NodeKind::Dir {
                 let Some(sub) = node.subtree else { continue };
-                pending.push((path.clone(), node));
+                pending.push(PendingDir {
+                    path: path.clone(),
+                    node,
+                    created: false,
+                });
+                let mut child_fresh = false;
                 if included {
-                    self.create_pending(pending)?;
+                    child_fresh = self.create_pending(pending, fresh)?;
                 }
-                self.walk(&sub, &path, &spath, pending, included)?;
+                self.walk(&sub, &path, &spath, pending, included, child_fresh)?;
                 pending.pop();
                 continue;
             }
             if !included {
                 continue;
             }
-            self.create_pending(pending)?;
-            if let Err(e) = self.restore_entry(&path, node) {
+            let parent_fresh = self.create_pending(pending, fresh)?;
+            if let Err(e) = self.restore_entry(&path, node, parent_fresh) {
                 let msg = format!("{}: {e}", spath.display());
                 self.error(msg);
             }
@@ -236,47 +269,60 @@ impl TreeRestorer<'_> {
         Ok(())
     }
 
-    /// Create the directories in `pending` that do not exist yet.
-    fn create_pending(&mut self, pending: &mut [(PathBuf, Node)]) -> Result<()> {
-        for (path, node) in pending.iter_mut() {
-            if node.kind != NodeKind::Dir || node.subtree.is_none() {
-                continue; // already created (marked by clearing the subtree)
+    /// Create the directories in `pending` that do not exist yet. Returns whether the last
+    /// one is fresh (created now or earlier by this restore, so it was empty). `fresh` says
+    /// whether the first one's parent is.
+    fn create_pending(&mut self, pending: &mut [PendingDir], mut fresh: bool) -> Result<bool> {
+        for d in pending.iter_mut() {
+            if d.created {
+                fresh = true;
+                continue;
             }
-            match fs::symlink_metadata(path.as_path()) {
-                Ok(md) if md.is_dir() => {}
-                Ok(md) if md.file_type().is_symlink() => {
+            let existing = if fresh {
+                None
+            } else {
+                fs::symlink_metadata(&d.path).ok()
+            };
+            match existing {
+                Some(md) if md.is_dir() => fresh = false,
+                Some(md) if md.file_type().is_symlink() => {
                     return Err(Error::InvalidInput(format!(
                         "refusing to restore into {}: it is a symlink",
-                        path.display()
+                        d.path.display()
                     )));
                 }
-                Ok(_) => {
+                Some(_) => {
                     return Err(Error::InvalidInput(format!(
                         "cannot restore directory {}: a non-directory is in the way",
-                        path.display()
+                        d.path.display()
                     )));
                 }
-                Err(_) => fs::create_dir(path.as_path())
-                    .map_err(|e| Error::io(format!("create directory {}", path.display()), e))?,
+                None => {
+                    fs::create_dir(&d.path).map_err(|e| {
+                        Error::io(format!("create directory {}", d.path.display()), e)
+                    })?;
+                    fresh = true;
+                }
             }
             self.outcome.dirs += 1;
-            let mut meta = node.clone();
+            let mut meta = d.node.clone();
             meta.subtree = None;
-            self.dirs.push((path.clone(), meta));
-            node.subtree = None;
+            self.dirs.push((d.path.clone(), meta));
+            d.created = true;
         }
-        Ok(())
+        Ok(fresh)
     }
 
-    fn restore_entry(&mut self, path: &Path, node: Node) -> io::Result<()> {
+    fn restore_entry(&mut self, path: &Path, node: Node, parent_fresh: bool) -> io::Result<()> {
         // Replace whatever non-directory is in the way (restore overwrites).
-        if let Ok(md) = fs::symlink_metadata(path) {
+        if !parent_fresh && let Ok(md) = fs::symlink_metadata(path) {
             if md.is_dir() {
                 return Err(io::Error::other("a directory is in the way"));
             }
             fs::remove_file(path)?;
         }
-        if node.links > 1 && node.kind != NodeKind::Dir {
+        let multiply_linked = node.links > 1;
+        if multiply_linked {
             if let Some(first) = self.hardlinks.get(&(node.dev, node.inode)) {
                 fs::hard_link(first, path)?;
                 self.outcome.files += u64::from(node.kind == NodeKind::File);
@@ -286,53 +332,7 @@ impl TreeRestorer<'_> {
                 .insert((node.dev, node.inode), path.to_path_buf());
         }
         match node.kind {
-            NodeKind::File => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(path)?;
-                // The final size up front: zero runs stay holes.
-                f.set_len(node.size)?;
-                let idx = self.files.len() as u32;
-                let mut off = 0u64;
-                for c in node.content.iter().flatten() {
-                    match c {
-                        ChunkRef::Zero(n) => off += n,
-                        ChunkRef::Blob(id) => match self.repo.index().get(id) {
-                            Some(loc) => {
-                                self.jobs.entry(*id).or_default().push((idx, off));
-                                self.planned += 1;
-                                off += loc.raw_length as u64;
-                            }
-                            None => {
-                                // Later chunks' offsets are unknown without this one's length.
-                                self.pre_damaged.insert(
-                                    idx,
-                                    format!("data blob {} is in no index (pack lost?); \
-                                             restored up to offset {off}", id.short()),
-                                );
-                                break;
-                            }
-                        },
-                    }
-                }
-                if off != node.size && !self.pre_damaged.contains_key(&idx) {
-                    self.pre_damaged.insert(
-                        idx,
-                        format!("chunks add up to {off} bytes, the tree says {}", node.size),
-                    );
-                }
-                self.progress.add_total(node.size, 1);
-                self.outcome.files += 1;
-                self.outcome.bytes += node.size;
-                self.files.push(PlannedFile {
-                    path: path.to_path_buf(),
-                    node,
-                });
-                return Ok(());
-            }
+            NodeKind::File => return self.plan_file(path, node, multiply_linked),
             NodeKind::Symlink => {
                 let target = node.target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(os(target), path)?;
@@ -341,13 +341,76 @@ impl TreeRestorer<'_> {
             NodeKind::Blockdev => mknod(path, libc::S_IFBLK | (node.mode & 0o7777), node.rdev)?,
             NodeKind::Chardev => mknod(path, libc::S_IFCHR | (node.mode & 0o7777), node.rdev)?,
             NodeKind::Socket => return Ok(()), // sockets are not restorable; skipped
-            NodeKind::Dir => unreachable_dir()?,
+            NodeKind::Dir => return Err(io::Error::other("directory handled by the walker")),
         }
         self.outcome.other += 1;
         apply_metadata(path, &node, self.chown)
     }
 
-    /// Fetch the current batch's contents, then set its files' metadata.
+    /// A regular file: created now if it has no stored data (or is the first of a hardlink
+    /// group, which later links need to exist), else planned for the fetchers.
+    fn plan_file(&mut self, path: &Path, node: Node, create_now: bool) -> io::Result<()> {
+        let idx = self.files.len() as u32;
+        let mut off = 0u64;
+        let mut writes = 0u32;
+        let mut damage = None;
+        for c in node.content.iter().flatten() {
+            match c {
+                ChunkRef::Zero(n) => off += n,
+                ChunkRef::Blob(id) => match self.repo.index().get(id) {
+                    Some(loc) => {
+                        self.jobs.entry(*id).or_default().push((idx, off));
+                        writes += 1;
+                        off += loc.raw_length as u64;
+                    }
+                    None => {
+                        // Later chunks' offsets are unknown without this one's length.
+                        damage = Some(format!(
+                            "data blob {} is in no index (pack lost?); restored up to offset {off}",
+                            id.short()
+                        ));
+                        break;
+                    }
+                },
+            }
+        }
+        if damage.is_none() && off != node.size {
+            damage = Some(format!(
+                "chunks add up to {off} bytes, the tree says {}",
+                node.size
+            ));
+        }
+        self.outcome.files += 1;
+        self.outcome.bytes += node.size;
+        self.progress.add_total(node.size, 1);
+        if writes == 0 {
+            let f = open_restored(path, true)?;
+            f.set_len(node.size)?;
+            if let Some(reason) = damage {
+                self.outcome.damaged.push(Damaged {
+                    path: path.display().to_string(),
+                    reason,
+                });
+            }
+            return apply_metadata_fd(&f, &node, self.chown);
+        }
+        if create_now {
+            open_restored(path, true)?;
+        }
+        if let Some(reason) = damage {
+            self.pre_damaged.insert(idx, reason);
+        }
+        self.planned += writes as usize;
+        self.files.push(PlannedFile {
+            path: path.to_path_buf(),
+            node,
+            remaining: AtomicU32::new(writes),
+        });
+        Ok(())
+    }
+
+    /// Fetch the current batch's contents; the sink finishes each file as its last chunk
+    /// lands.
     fn flush(&mut self) -> Result<()> {
         let jobs: Vec<BlobJob> = self
             .jobs
@@ -358,10 +421,22 @@ impl TreeRestorer<'_> {
         let files = std::mem::take(&mut self.files);
         let sink = FileSink {
             files: &files,
+            chown: self.chown,
             damaged: Mutex::new(std::mem::take(&mut self.pre_damaged)),
+            errors: Mutex::new(Vec::new()),
         };
-        fetch_all(self.repo, jobs, &sink, self.opts.threads, self.progress, self.cancel)?;
+        fetch_all(
+            self.repo,
+            jobs,
+            &sink,
+            self.opts.threads,
+            self.progress,
+            self.cancel,
+        )?;
         let damaged = sink.damaged.into_inner().unwrap_or_default();
+        self.outcome
+            .errors
+            .extend(sink.errors.into_inner().unwrap_or_default());
         for (i, f) in files.iter().enumerate() {
             if let Some(reason) = damaged.get(&(i as u32)) {
                 let msg = format!("{}: damaged: {reason}", f.path.display());
@@ -372,18 +447,9 @@ impl TreeRestorer<'_> {
                     reason: reason.clone(),
                 });
             }
-            if let Err(e) = apply_metadata(&f.path, &f.node, self.chown) {
-                self.outcome
-                    .errors
-                    .push(format!("{}: metadata: {e}", f.path.display()));
-            }
         }
         Ok(())
     }
-}
-
-fn unreachable_dir() -> io::Result<()> {
-    Err(io::Error::other("directory handled by the walker"))
 }
 
 fn mknod(path: &Path, mode: u32, dev: u64) -> io::Result<()> {
@@ -400,7 +466,32 @@ fn mknod(path: &Path, mode: u32, dev: u64) -> io::Result<()> {
 
 struct FileSink<'a> {
     files: &'a [PlannedFile],
+    chown: bool,
     damaged: Mutex<HashMap<u32, String>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl FileSink<'_> {
+    /// One chunk of `dest` is done (written or lost); the last one finishes the file: final
+    /// size (a trailing zero run is a hole), then metadata, through the open descriptor.
+    fn chunk_done(&self, f: &PlannedFile, file: Option<fs::File>) {
+        if f.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let file = match file {
+            Some(file) => Ok(file),
+            None => open_restored(&f.path, false),
+        };
+        let r = file.and_then(|file| {
+            file.set_len(f.node.size)?;
+            apply_metadata_fd(&file, &f.node, self.chown)
+        });
+        if let Err(e) = r
+            && let Ok(mut errs) = self.errors.lock()
+        {
+            errs.push(format!("{}: metadata: {e}", f.path.display()));
+        }
+    }
 }
 
 impl Sink for FileSink<'_> {
@@ -409,16 +500,20 @@ impl Sink for FileSink<'_> {
             .files
             .get(dest as usize)
             .ok_or_else(|| io::Error::other("no such destination"))?;
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&f.path)?;
-        fetch::write_sparse(&file, offset, data)
+        let file = open_restored(&f.path, false)?;
+        let r = fetch::write_sparse(&file, offset, data);
+        if r.is_ok() {
+            self.chunk_done(f, Some(file));
+        }
+        r
     }
 
     fn damaged(&self, dest: u32, reason: String) {
         if let Ok(mut d) = self.damaged.lock() {
             d.entry(dest).or_insert(reason);
+        }
+        if let Some(f) = self.files.get(dest as usize) {
+            self.chunk_done(f, None);
         }
     }
 }
