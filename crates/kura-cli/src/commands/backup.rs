@@ -9,29 +9,33 @@ use crate::{App, exit};
 
 fn options(app: &App, a: &BackupArgs) -> BackupOptions {
     let cfg = &app.config.backup;
-    let mut o = BackupOptions::default();
-    o.tags = if a.tags.is_empty() {
-        cfg.tags.clone()
-    } else {
-        a.tags.clone()
-    };
-    o.host = a.host.clone();
-    o.parent = match (&a.parent, a.force) {
-        (_, true) => ParentChoice::None,
-        (Some(p), _) => ParentChoice::Snapshot(p.clone()),
-        (None, false) => ParentChoice::Auto,
-    };
-    o.excludes = cfg.exclude.iter().chain(&a.excludes).cloned().collect();
-    o.one_file_system = a.one_file_system || cfg.one_file_system.unwrap_or(false);
-    o.image = a.image;
-    o.compression = a.compression.or(cfg.compression);
-    if let Some(n) = a.read_concurrency.or(cfg.read_concurrency) {
-        o.readers = n.max(1);
+    let defaults = BackupOptions::default();
+    BackupOptions {
+        tags: if a.tags.is_empty() {
+            cfg.tags.clone()
+        } else {
+            a.tags.clone()
+        },
+        host: a.host.clone(),
+        parent: match (&a.parent, a.force) {
+            (_, true) => ParentChoice::None,
+            (Some(p), _) => ParentChoice::Snapshot(p.clone()),
+            (None, false) => ParentChoice::Auto,
+        },
+        excludes: cfg.exclude.iter().chain(&a.excludes).cloned().collect(),
+        one_file_system: a.one_file_system || cfg.one_file_system.unwrap_or(false),
+        image: a.image,
+        compression: a.compression.or(cfg.compression),
+        readers: a
+            .read_concurrency
+            .or(cfg.read_concurrency)
+            .map_or(defaults.readers, |n| n.max(1)),
+        inflight_bytes: a
+            .memory_mib
+            .or(cfg.memory_mib)
+            .map_or(defaults.inflight_bytes, |m| m.max(8) << 20),
+        ..defaults
     }
-    if let Some(m) = a.memory_mib.or(cfg.memory_mib) {
-        o.inflight_bytes = m.max(8) << 20;
-    }
-    o
 }
 
 pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
