@@ -136,7 +136,21 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Large buffers (chunks, packs) are allocated and freed at a high rate by many threads.
+/// glibc raises its mmap threshold after the first large free and then keeps such buffers in
+/// per-thread arenas, which inflates peak RSS by ~50% for nothing; a fixed 1 MiB threshold
+/// returns every large buffer to the kernel on free (measured: 125 → 79 MB peak RSS backing
+/// up /usr/share, same wall time).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let code = match run(cli) {
