@@ -52,6 +52,10 @@ pub enum Command {
     Dump(DumpArgs),
     /// Verify the repository
     Check(CheckArgs),
+    /// Remove snapshots by id or by a retention policy
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references
+    Prune(PruneArgs),
     /// Manage passphrases (key files)
     #[command(subcommand)]
     Key(KeyCommand),
@@ -167,6 +171,55 @@ pub struct CheckArgs {
     /// Read and verify every blob (reads the whole repository)
     #[arg(long)]
     pub read_data: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or unique prefixes); or give a policy instead
+    pub snapshots: Vec<String>,
+    /// Keep the n newest snapshots
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the n most recent hours that have one
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// … days
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// … weeks
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// … months
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// … years
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep snapshots younger than this before the newest one (e.g. 30d, 1y6m, 2w)
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Only consider snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Show what would be removed, remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Prune right after forgetting
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be done, change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Repack a partly used pack when at least this percentage of it is unused
+    #[arg(long, default_value_t = 20.0)]
+    pub repack_threshold: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -131,6 +131,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => commands::restore::run(&app, a),
         Command::Dump(a) => commands::dump::run(&app, a),
         Command::Check(a) => commands::check::run(&app, a),
+        Command::Forget(a) => commands::forget::run(&app, a),
+        Command::Prune(a) => commands::prune::run(&app, a),
         Command::Key(k) => commands::key::run(&app, k),
         Command::Unlock(a) => commands::unlock::run(&app, a),
     }

@@ -9,17 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
+use kura_repo::Repository;
 use kura_repo::backend::{Backend, FileKind, LocalBackend};
 use kura_repo::snapshot::Content;
-use kura_repo::{IndexedRepo, Repository};
-
-fn open_lib(repo: &TestRepo) -> IndexedRepo {
-    let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo.path()));
-    Repository::open(b, PASSWORD.as_bytes())
-        .unwrap()
-        .load_index()
-        .unwrap()
-}
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -212,19 +204,7 @@ fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
         .to_string();
     repo.ok(&["check"]);
     // Delete the data pack holding a.bin.
-    let lib = open_lib(&repo);
-    let node =
-        kura_repo::browse::find_node(&lib, &lib.find_snapshot(&s1).unwrap(), &src.join("a.bin"))
-            .unwrap();
-    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else {
-        panic!()
-    };
-    let pack = lib.index().get(&id).unwrap().pack;
-    fs::remove_file(
-        repo.path()
-            .join(FileKind::Pack.relative_path(&pack.to_hex())),
-    )
-    .unwrap();
+    fs::remove_file(pack_of(&repo, &s1, &src.join("a.bin"))).unwrap();
 
     let report = {
         let o = repo.run(&["--json", "check"]);

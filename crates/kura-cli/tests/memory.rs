@@ -7,7 +7,9 @@ use std::io::Write;
 
 use common::*;
 
-/// Run a command and return (exit code, peak RSS in bytes).
+/// Run a command and return (exit code, peak RSS in bytes). The child is reaped by `wait4`
+/// (which also reports its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_measured(mut cmd: std::process::Command) -> (i32, u64) {
     let child = cmd
         .stdout(std::process::Stdio::null())

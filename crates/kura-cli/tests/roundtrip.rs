@@ -166,7 +166,8 @@ fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks() {
     let o = repo.cmd().args(["dump", "latest"]).output().unwrap();
     assert_eq!(o.stdout, fs::read(&img).unwrap());
 
-    // Change 1 block: the image is read again, one chunk stored.
+    // Change 1 block (inside a hole, so chunk 5 now holds data): the image is read again,
+    // one chunk stored.
     {
         use std::os::unix::fs::FileExt;
         let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -174,7 +175,12 @@ fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks() {
     }
     let b = repo.backup(&["--image", img.to_str().unwrap()]);
     assert_eq!(b["parent"], a["snapshot_id"]);
-    assert_eq!(b["summary"]["bytes_read"], size);
+    // Every chunk holding data is read again (holes of the sparse image may be skipped).
+    let read = b["summary"]["bytes_read"].as_u64().unwrap();
+    assert!(
+        read >= (5 << 22) + 4608 && read <= size,
+        "read {read} of {size}"
+    );
     assert_eq!(b["summary"]["data_blobs_new"], 1, "{b}");
     repo.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert_eq!(fs::read(&out).unwrap(), fs::read(&img).unwrap());

@@ -89,15 +89,21 @@ impl BlobEncoder {
 
     /// Compress `data` behind `prefix` bytes of room, with the codec byte at `prefix`.
     /// Returns a buffer of `prefix + 1 + body` with capacity for a tag after it.
-    fn compress_with_room(&mut self, prefix: usize, data: &[u8]) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(prefix + 1 + data.len() + crate::crypto::TAG_LEN);
+    fn compress_with_room(&mut self, prefix: usize, data: &[u8], mut buf: Vec<u8>) -> Vec<u8> {
+        buf.clear();
+        // Room for the raw form plus the tag. Spare capacity also caps zstd's output (see
+        // below); a recycled buffer may be larger, which only costs a futile compression.
+        let want = prefix + 1 + data.len() + crate::crypto::TAG_LEN;
+        if buf.capacity() < want {
+            buf = Vec::with_capacity(want);
+        }
         buf.resize(prefix, 0);
         if let Some(c) = self.compressor.as_mut() {
             buf.push(CODEC_ZSTD);
             let mut cur = Cursor::new(buf);
             cur.set_position((prefix + 1) as u64);
-            // The buffer's spare capacity (data.len() + TAG_LEN) caps zstd's output: if zstd
-            // cannot fit, it fails with "destination too small" and the data is stored raw.
+            // The buffer's spare capacity caps zstd's output: if zstd cannot fit, it fails
+            // with "destination too small"; if it does not shrink the data, it is stored raw.
             match c.compress_to_buffer(data, &mut cur) {
                 Ok(n) if n < data.len() => return cur.into_inner(),
                 _ => buf = cur.into_inner(),
@@ -117,14 +123,27 @@ impl BlobEncoder {
         id: &Id,
         data: &[u8],
     ) -> Result<Vec<u8>> {
-        let mut buf = self.compress_with_room(NONCE_LEN, data);
+        self.encode_into(key, ty, id, data, Vec::new())
+    }
+
+    /// As [`encode`](Self::encode), reusing `out`'s allocation when it has the right size
+    /// (the backup pipeline recycles buffers to spare page faults).
+    pub fn encode_into(
+        &mut self,
+        key: &MasterKey,
+        ty: BlobType,
+        id: &Id,
+        data: &[u8],
+        out: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut buf = self.compress_with_room(NONCE_LEN, data, out);
         key.seal_in_place(&blob_aad(ty, id), &mut buf)?;
         Ok(buf)
     }
 
     /// Seal a whole file body behind `magic`.
     pub fn seal_file(&mut self, key: &MasterKey, magic: &[u8; 8], body: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = self.compress_with_room(NONCE_LEN, body);
+        let mut buf = self.compress_with_room(NONCE_LEN, body, Vec::new());
         key.seal_in_place(magic, &mut buf)?;
         let mut out = Vec::with_capacity(8 + buf.len());
         out.extend_from_slice(magic);

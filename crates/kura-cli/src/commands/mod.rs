@@ -3,9 +3,11 @@
 pub mod backup;
 pub mod check;
 pub mod dump;
+pub mod forget;
 pub mod init;
 pub mod key;
 pub mod ls;
+pub mod prune;
 pub mod restore;
 pub mod snapshots;
 pub mod unlock;

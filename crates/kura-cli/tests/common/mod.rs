@@ -297,3 +297,26 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn allocated(p: &Path) -> u64 {
     fs::metadata(p).unwrap().blocks() * 512
 }
+
+/// The repository opened through the library (for tests that inspect or damage it).
+pub fn open_lib(repo: &TestRepo) -> kura_repo::IndexedRepo {
+    let b: std::sync::Arc<dyn kura_repo::backend::Backend> =
+        std::sync::Arc::new(kura_repo::backend::LocalBackend::new(repo.path()));
+    kura_repo::Repository::open(b, PASSWORD.as_bytes())
+        .unwrap()
+        .load_index()
+        .unwrap()
+}
+
+/// The on-disk path of the pack holding the first chunk of `file` in snapshot `snap`.
+pub fn pack_of(repo: &TestRepo, snap: &str, file: &Path) -> PathBuf {
+    let lib = open_lib(repo);
+    let entry = lib.find_snapshot(snap).unwrap();
+    let node = kura_repo::browse::find_node(&lib, &entry, file).unwrap();
+    let Some(kura_repo::tree::ChunkRef::Blob(id)) = node.content.unwrap().first().copied() else {
+        panic!("{} has no stored chunk", file.display());
+    };
+    let pack = lib.index().get(&id).unwrap().pack;
+    repo.path()
+        .join(kura_repo::backend::FileKind::Pack.relative_path(&pack.to_hex()))
+}

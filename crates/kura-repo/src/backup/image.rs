@@ -44,6 +44,22 @@ pub(super) fn is_image_source(path: &Path, image_flag: bool) -> Result<bool> {
     Ok(false)
 }
 
+/// True when `[off, off+len)` of a regular file is entirely a hole (`SEEK_DATA` finds no data
+/// before its end). File systems without hole reporting say "data everywhere", which is safe.
+fn is_hole(f: &File, off: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(start) = libc::off_t::try_from(off) else {
+        return false;
+    };
+    // SAFETY: lseek on a valid descriptor; pread is positional, so moving the offset is harmless.
+    let next = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_DATA) };
+    if next < 0 {
+        // ENXIO: no data at or after `off` at all.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    next as u64 >= off + len
+}
+
 pub(super) fn backup_image(
     saver: &Saver<'_>,
     path: &Path,
@@ -86,12 +102,19 @@ pub(super) fn backup_image(
                             }
                             let off = n * cs;
                             let len = cs.min(size - off) as usize;
-                            let mut buf = vec![0u8; len];
+                            if !device && is_hole(f, off, len as u64) {
+                                // A hole in a sparse image: zeros, known without reading.
+                                progress.advance(len as u64, 0);
+                                continue;
+                            }
+                            let mut buf = saver.pool().get(len);
                             f.read_exact_at(&mut buf, off).map_err(|e| {
                                 Error::io(format!("read {} at offset {off}", path.display()), e)
                             })?;
                             bytes_read.fetch_add(len as u64, Ordering::Relaxed);
-                            if !is_zero(&buf) {
+                            if is_zero(&buf) {
+                                saver.pool().put(buf);
+                            } else {
                                 let (id, _) = saver.save(BlobType::Data, buf)?;
                                 ids.lock().map_err(|_| Error::Interrupted)?[n as usize] = id;
                             }

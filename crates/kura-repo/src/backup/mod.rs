@@ -105,7 +105,7 @@ impl Default for BackupOptions {
             readers: 2,
             encoders: cores,
             uploaders: 2,
-            inflight_bytes: 64 << 20,
+            inflight_bytes: 32 << 20,
         }
     }
 }

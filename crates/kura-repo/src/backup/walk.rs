@@ -330,12 +330,14 @@ impl Walker<'_> {
         root_dev: Option<u64>,
     ) -> Result<usize> {
         let token = self.token();
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        // (name, lstat result). `DirEntry::metadata` stats relative to the open directory
+        // (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`), sparing a full path walk per entry.
+        let mut entries: Vec<(Vec<u8>, std::io::Result<std::fs::Metadata>)> = Vec::new();
         match std::fs::read_dir(path) {
             Ok(rd) => {
                 for e in rd {
                     match e {
-                        Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                        Ok(e) => entries.push((e.file_name().as_bytes().to_vec(), e.metadata())),
                         Err(e) => {
                             self.ctx
                                 .warn(format!("{}: reading directory: {e}", path.display()));
@@ -348,12 +350,12 @@ impl Walker<'_> {
                 .ctx
                 .warn(format!("{}: reading directory: {e}", path.display())),
         }
-        names.sort_unstable();
-        let mut nodes = Vec::with_capacity(names.len());
-        for name in names {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (name, md) in entries {
             self.ctx.cancel.check()?;
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
-            let md = match std::fs::symlink_metadata(&child) {
+            let md = match md {
                 Ok(md) => md,
                 Err(e) => {
                     self.ctx.warn(format!("{}: {e}", child.display()));

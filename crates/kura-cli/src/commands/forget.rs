@@ -1,0 +1,91 @@
+use anyhow::{Context, Result};
+use kura_repo::Id;
+use kura_repo::forget::{KeepPolicy, apply_policy, parse_duration, remove_snapshots};
+use kura_repo::lock::RepoLock;
+use kura_repo::prune::PruneOptions;
+
+use crate::cli::ForgetArgs;
+use crate::exit::UsageError;
+use crate::output::table;
+use crate::{App, exit};
+
+pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within_secs: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        tags: a.keep_tag.clone(),
+    };
+    if policy.is_empty() == a.snapshots.is_empty() {
+        return Err(UsageError(
+            "give either snapshot ids or a policy (--keep-last, --keep-daily, …), not both and not neither"
+                .into(),
+        )
+        .into());
+    }
+    let repo = app.open()?;
+    let loc = repo.location();
+    let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
+    let mut remove: Vec<Id> = Vec::new();
+    if policy.is_empty() {
+        for s in &a.snapshots {
+            remove.push(repo.find_snapshot(s)?.id);
+        }
+        if !app.global.json {
+            for id in &remove {
+                app.say(format!("remove snapshot {}", id.short()));
+            }
+        }
+    } else {
+        let snaps: Vec<_> = repo
+            .list_snapshots()?
+            .into_iter()
+            .filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h))
+            .collect();
+        let groups = apply_policy(&snaps, &policy, &chrono::Local);
+        for g in &groups {
+            for d in g.decisions.iter().filter(|d| !d.keep) {
+                remove.push(d.id.parse()?);
+            }
+        }
+        if app.global.json {
+            println!("{}", serde_json::to_string_pretty(&groups)?);
+        } else {
+            for g in &groups {
+                app.say(format!("host {} paths {}", g.host, g.paths.join(" ")));
+                let rows: Vec<Vec<String>> = g
+                    .decisions
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id[..8].to_string(),
+                            d.time.clone(),
+                            if d.keep { "keep" } else { "remove" }.to_string(),
+                            d.reasons.join(","),
+                        ]
+                    })
+                    .collect();
+                app.say(table(&["ID", "Time", "Action", "Reasons"], &rows));
+            }
+        }
+    }
+    if a.dry_run {
+        app.say(format!(
+            "dry run: would remove {} snapshot(s)",
+            remove.len()
+        ));
+        return Ok(exit::OK);
+    }
+    let n = remove_snapshots(&repo, &lock, &remove)?;
+    if !app.global.json {
+        app.say(format!("removed {n} snapshot(s)"));
+    }
+    if a.prune {
+        super::prune::prune_locked(app, repo, &lock, &PruneOptions::default())?;
+    }
+    Ok(exit::OK)
+}

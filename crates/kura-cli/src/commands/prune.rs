@@ -1,0 +1,60 @@
+use anyhow::{Context, Result};
+use kura_repo::Repository;
+use kura_repo::lock::{Exclusive, RepoLock};
+use kura_repo::prune::{PruneOptions, PruneReport, prune};
+
+use crate::cli::PruneArgs;
+use crate::exit::UsageError;
+use crate::output::bytes;
+use crate::{App, exit};
+
+/// Prune an open repository under an exclusive lock the caller holds (shared with `forget
+/// --prune`).
+pub fn prune_locked(
+    app: &App,
+    repo: Repository,
+    lock: &RepoLock<Exclusive>,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
+    let loc = repo.location();
+    let repo = repo
+        .load_index()
+        .with_context(|| format!("load index of {loc}"))?;
+    let bar = app.bar();
+    let report =
+        prune(repo, lock, opts, &bar, &app.cancel).with_context(|| format!("prune {loc}"))?;
+    if app.global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        app.say(format!(
+            "{}{} blobs used, {} unused; packs: {} kept, {} deleted, {} repacked into {}; \
+             {} → {} ({} freed)",
+            if report.dry_run { "dry run: " } else { "" },
+            report.blobs_used,
+            report.blobs_unused,
+            report.packs_kept,
+            report.packs_deleted,
+            report.packs_repacked,
+            report.packs_written,
+            bytes(report.bytes_before),
+            bytes(report.bytes_after),
+            bytes(report.bytes_before.saturating_sub(report.bytes_after)),
+        ));
+    }
+    Ok(report)
+}
+
+pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
+    if !(0.0..=100.0).contains(&a.repack_threshold) {
+        return Err(UsageError("--repack-threshold is a percentage, 0 to 100".into()).into());
+    }
+    let repo = app.open()?;
+    let loc = repo.location();
+    let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
+    let opts = PruneOptions {
+        dry_run: a.dry_run,
+        repack_threshold: a.repack_threshold / 100.0,
+    };
+    prune_locked(app, repo, &lock, &opts)?;
+    Ok(exit::OK)
+}

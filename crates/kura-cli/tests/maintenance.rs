@@ -1,0 +1,181 @@
+//! forget and prune: retention, freeing space, repacking, refusing damaged repositories,
+//! and staying consistent when killed at any point.
+
+mod common;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Two snapshots sharing data; forgetting the first frees exactly its unique data.
+fn two_generations(repo: &TestRepo) -> (std::path::PathBuf, String, String) {
+    let src = repo.dir.path().join("src");
+    write(&src.join("shared.bin"), &pseudo_random(2 << 20, 1));
+    write(&src.join("old.bin"), &pseudo_random(6 << 20, 2));
+    let a = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::remove_file(src.join("old.bin")).unwrap();
+    write(&src.join("new.bin"), &pseudo_random(3 << 20, 3));
+    let b = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (src, a, b)
+}
+
+#[test]
+fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable() {
+    let repo = TestRepo::new(&[]);
+    let (src, a, b) = two_generations(&repo);
+    let before = repo.size();
+    // Dry runs change nothing.
+    let listing = walkdir(&repo.path());
+    repo.ok(&["forget", "--keep-last", "1", "--dry-run"]);
+    repo.ok(&["prune", "--dry-run"]);
+    assert_eq!(walkdir(&repo.path()), listing);
+
+    let groups = repo.json(&["forget", "--keep-last", "1"]);
+    let d = &groups[0]["decisions"];
+    assert_eq!(d[0]["id"], b.as_str());
+    assert_eq!(d[0]["keep"], true);
+    assert_eq!(d[1]["id"], a.as_str());
+    assert_eq!(d[1]["keep"], false);
+    assert_eq!(repo.snapshot_count(), 1);
+
+    let report = repo.json(&["prune"]);
+    // old.bin lived in the same pack as shared.bin and new.bin's predecessor data: the pack is
+    // partly used, so it is repacked rather than kept or deleted.
+    assert!(report["packs_repacked"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["blobs_unused"].as_u64().unwrap() >= 6, "{report}");
+    let after = repo.size();
+    let freed = before - after;
+    assert!(
+        freed > 5 << 20 && freed < 7 << 20,
+        "freed {freed} bytes, expected ~6 MiB"
+    );
+
+    repo.ok(&["check", "--read-data"]);
+    let t = repo.dir.path().join("t");
+    repo.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
+    // A second prune has nothing to do.
+    let again = repo.json(&["prune"]);
+    assert_eq!(again["packs_deleted"], 0, "{again}");
+    assert_eq!(again["packs_repacked"], 0, "{again}");
+}
+
+#[test]
+fn forget_by_id_and_usage_errors() {
+    let repo = TestRepo::new(&[]);
+    let (_, a, b) = two_generations(&repo);
+    let o = repo.run(&["forget"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = repo.run(&["forget", &a[..8], "--keep-last", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    repo.ok(&["forget", &a[..8]]);
+    let snaps = repo.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(snaps[0]["id"], b.as_str());
+    let o = repo.run(&["forget", "--keep-within", "3x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid duration"), "{}", stderr(&o));
+}
+
+#[test]
+fn prune_refuses_a_damaged_repository_and_deletes_nothing() {
+    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+    let (src, a, _) = two_generations(&repo);
+    repo.ok(&["forget", &a[..8]]);
+    // Lose one pack that the remaining snapshot needs.
+    fs::remove_file(pack_of(&repo, "latest", &src.join("new.bin"))).unwrap();
+    let listing = walkdir(&repo.path());
+    let o = repo.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refusing to prune"), "{}", stderr(&o));
+    assert_eq!(walkdir(&repo.path()), listing, "nothing deleted");
+}
+
+#[test]
+fn prune_killed_at_many_points_never_loses_referenced_data() {
+    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+    let src = repo.dir.path().join("src");
+    // Interleave kept and forgotten data so most packs end up partly used (repacking).
+    for i in 0..24u64 {
+        write(&src.join(format!("keep{i:02}")), &pseudo_random(700_000, i));
+        write(
+            &src.join(format!("drop{i:02}")),
+            &pseudo_random(700_000, 100 + i),
+        );
+    }
+    let first = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..24u64 {
+        fs::remove_file(src.join(format!("drop{i:02}"))).unwrap();
+    }
+    repo.backup(&[src.to_str().unwrap()]);
+    repo.ok(&["forget", &first[..8]]);
+    // Cut points: kill once the prune has made `cut` changes (packs or index files created or
+    // deleted) — from "nothing yet" to deep into the deletions.
+    let files = |repo: &TestRepo| -> std::collections::BTreeSet<String> {
+        ["data", "index"]
+            .iter()
+            .flat_map(|d| walkdir(&repo.path().join(d)))
+            .filter(|p| p.is_file())
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    let mut kills = 0;
+    for cut in [0usize, 1, 2, 4, 8, 14, 22, 32] {
+        let start = files(&repo);
+        let mut child = repo
+            .cmd()
+            .arg("prune")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none()
+            && files(&repo).symmetric_difference(&start).count() < cut
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+        let o = repo.run(&["check", "--read-data"]);
+        assert!(
+            o.status.success(),
+            "check after killing prune at cut {cut}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+        let t = repo.dir.path().join(format!("t{cut}"));
+        repo.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
+        fs::remove_dir_all(&t).unwrap();
+    }
+    assert!(kills >= 3, "too few kills landed mid-prune: {kills}");
+    // A final, uninterrupted prune leaves a tight repository.
+    repo.ok(&["prune", "--repack-threshold", "0"]);
+    repo.ok(&["check", "--read-data"]);
+    let size = repo.size();
+    assert!(
+        size < 20 << 20,
+        "repository still holds {size} bytes for ~16 MiB of kept data"
+    );
+}
