@@ -125,6 +125,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// only ask for ranges an index or header told them exist.
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// As [`get_range`](Self::get_range), into `buf` (replacing its contents), so callers
+    /// reading many ranges can reuse one allocation.
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.get_range(kind, name, offset, len)?;
+        Ok(())
+    }
+
     /// List every file of a kind (names without directories). Temporary files are never listed.
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
 

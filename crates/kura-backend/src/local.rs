@@ -126,6 +126,19 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let f = File::open(self.path(kind, name)).map_err(|e| self.err("get", kind, name, e))?;
         let len_usize = usize::try_from(len).map_err(|_| {
             BackendError::new(
@@ -136,8 +149,10 @@ impl Backend for LocalBackend {
                 format!("range length {len} too large"),
             )
         })?;
-        let mut buf = vec![0u8; len_usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
+        // Reuse the allocation; the bytes are overwritten by the read.
+        buf.resize(len_usize, 0);
+        buf.truncate(len_usize);
+        f.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 BackendError::new(
                     ErrorKind::Corrupt,
@@ -149,8 +164,7 @@ impl Backend for LocalBackend {
             } else {
                 self.err("get", kind, name, e)
             }
-        })?;
-        Ok(buf)
+        })
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {

@@ -13,10 +13,6 @@ use kura_repo::Repository;
 use kura_repo::backend::{Backend, FileKind, LocalBackend};
 use kura_repo::snapshot::Content;
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
     let repo = TestRepo::new(&[]);
@@ -26,8 +22,7 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
         .arg("snapshots")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
-    assert!(stderr(&o).contains("wrong password"), "{}", stderr(&o));
+    assert_fails(&o, 12, "wrong password");
 
     let o = repo
         .cmd()
@@ -35,8 +30,7 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
         .arg("snapshots")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
-    assert!(stderr(&o).contains("kura init"), "{}", stderr(&o));
+    assert_fails(&o, 10, "kura init");
 
     // No password source at all, stdin not a terminal: a clear error, not a hang.
     let o = repo
@@ -168,8 +162,7 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
 
     let t = repo.dir.path().join("t");
     let o = repo.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("victim.bin"), "{}", stderr(&o));
+    assert_fails(&o, 3, "victim.bin");
     let base = t.join(src.strip_prefix("/").unwrap());
     assert_eq!(
         fs::read(base.join("fine.bin")).unwrap(),
@@ -394,12 +387,7 @@ fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_rem
         let lib = Repository::open(b, PASSWORD.as_bytes()).unwrap();
         let _held = kura_repo::lock::RepoLock::exclusive(&lib).unwrap();
         let o = repo.run(&["backup", src.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("exclusive lock held by"),
-            "{}",
-            stderr(&o)
-        );
+        assert_fails(&o, 11, "exclusive lock held by");
         // Shared locks coexist with each other but not with exclusive ones.
         assert!(kura_repo::lock::RepoLock::shared(&lib).is_err());
     }

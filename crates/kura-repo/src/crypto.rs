@@ -127,25 +127,37 @@ impl MasterKey {
         aad: &[u8],
         buf: &mut Vec<u8>,
     ) -> std::result::Result<(), AuthError> {
-        if buf.len() < OVERHEAD {
+        let plain = self.open_slice(aad, buf)?;
+        let end = plain.end;
+        buf.truncate(end);
+        buf.drain(..NONCE_LEN);
+        Ok(())
+    }
+
+    /// Open a sealed message in place inside a larger buffer (no copy); returns the range of
+    /// `sealed` that now holds the plaintext. On failure `sealed` is unchanged.
+    pub fn open_slice(
+        &self,
+        aad: &[u8],
+        sealed: &mut [u8],
+    ) -> std::result::Result<std::ops::Range<usize>, AuthError> {
+        if sealed.len() < OVERHEAD {
             return Err(AuthError);
         }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&buf[..NONCE_LEN]);
-        let tag_at = buf.len() - TAG_LEN;
+        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        let tag_at = sealed.len() - TAG_LEN;
         let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&buf[tag_at..]);
+        tag.copy_from_slice(&sealed[tag_at..]);
         self.cipher
             .decrypt_inout_detached(
                 &XNonce::from(nonce),
                 aad,
-                (&mut buf[NONCE_LEN..tag_at]).into(),
+                (&mut sealed[NONCE_LEN..tag_at]).into(),
                 &tag.into(),
             )
             .map_err(|_| AuthError)?;
-        buf.truncate(tag_at);
-        buf.drain(..NONCE_LEN);
-        Ok(())
+        Ok(NONCE_LEN..tag_at)
     }
 }
 

@@ -160,21 +160,58 @@ pub fn decode_blob(
     mut stored: Vec<u8>,
     raw_len: u32,
 ) -> Result<Vec<u8>> {
+    decode_blob_slice(key, ty, id, &mut stored, raw_len)
+}
+
+/// As [`decode_blob`], decrypting in place inside a larger buffer (a ranged read of several
+/// blobs): the ciphertext is overwritten with plaintext, and only the result is allocated.
+pub fn decode_blob_slice(
+    key: &MasterKey,
+    ty: BlobType,
+    id: &Id,
+    stored: &mut [u8],
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decode_blob_into(key, ty, id, stored, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// As [`decode_blob_slice`], into `out` (replacing its contents, reusing its allocation).
+pub fn decode_blob_into(
+    key: &MasterKey,
+    ty: BlobType,
+    id: &Id,
+    stored: &mut [u8],
+    raw_len: u32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let what = || format!("{} blob {}", ty.as_str(), id);
-    key.open_in_place(&blob_aad(ty, id), &mut stored)
+    let plain = key
+        .open_slice(&blob_aad(ty, id), stored)
         .map_err(|e| Error::corrupt(what(), e.to_string()))?;
-    let data =
-        decompress_body(stored, Some(raw_len as usize)).map_err(|d| Error::corrupt(what(), d))?;
-    if data.len() != raw_len as usize {
+    out.clear();
+    match stored[plain].split_first() {
+        Some((&CODEC_RAW, body)) => out.extend_from_slice(body),
+        Some((&CODEC_ZSTD, body)) => {
+            out.reserve(raw_len as usize);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(body, out))
+                .map_err(|e| Error::corrupt(what(), format!("zstd: {e}")))?;
+        }
+        Some((other, _)) => return Err(Error::corrupt(what(), format!("unknown codec {other}"))),
+        None => return Err(Error::corrupt(what(), "empty plaintext")),
+    }
+    if out.len() != raw_len as usize {
         return Err(Error::corrupt(
             what(),
-            format!("length {} != indexed {}", data.len(), raw_len),
+            format!("length {} != indexed {}", out.len(), raw_len),
         ));
     }
-    if key.chunk_id(&data) != *id {
+    if key.chunk_id(out) != *id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Open a sealed file written by [`BlobEncoder::seal_file`].
@@ -191,29 +228,17 @@ pub fn open_file(key: &MasterKey, magic: &[u8; 8], bytes: &[u8], what: &str) -> 
         return Err(Error::corrupt(what, "bad magic"));
     }
     let mut buf = bytes[8..].to_vec();
-    key.open_in_place(magic, &mut buf)
+    let plain = key
+        .open_slice(magic, &mut buf)
         .map_err(|e| Error::corrupt(what, e.to_string()))?;
-    decompress_body(buf, None).map_err(|d| Error::corrupt(what, d))
-}
-
-/// `codec | body` → body.
-fn decompress_body(
-    mut plain: Vec<u8>,
-    raw_len: Option<usize>,
-) -> std::result::Result<Vec<u8>, String> {
-    let Some(&codec) = plain.first() else {
-        return Err("empty plaintext".into());
-    };
-    match codec {
-        CODEC_RAW => {
-            plain.remove(0);
-            Ok(plain)
+    // Sealed files have no recorded plaintext length: stream-decode.
+    match buf[plain].split_first() {
+        Some((&CODEC_RAW, body)) => Ok(body.to_vec()),
+        Some((&CODEC_ZSTD, body)) => {
+            zstd::stream::decode_all(body).map_err(|e| Error::corrupt(what, format!("zstd: {e}")))
         }
-        CODEC_ZSTD => match raw_len {
-            Some(n) => zstd::bulk::decompress(&plain[1..], n).map_err(|e| format!("zstd: {e}")),
-            None => zstd::stream::decode_all(&plain[1..]).map_err(|e| format!("zstd: {e}")),
-        },
-        other => Err(format!("unknown codec {other}")),
+        Some((other, _)) => Err(Error::corrupt(what, format!("unknown codec {other}"))),
+        None => Err(Error::corrupt(what, "empty plaintext")),
     }
 }
 

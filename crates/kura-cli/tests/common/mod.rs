@@ -320,3 +320,17 @@ pub fn pack_of(repo: &TestRepo, snap: &str, file: &Path) -> PathBuf {
     repo.path()
         .join(kura_repo::backend::FileKind::Pack.relative_path(&pack.to_hex()))
 }
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert a command failed with `code` and said `needle` on stderr.
+pub fn assert_fails(o: &Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(
+        stderr(o).contains(needle),
+        "expected {needle:?} in: {}",
+        stderr(o)
+    );
+}

@@ -15,7 +15,7 @@ use kura_backend::FileKind;
 
 use crate::backup::CancelToken;
 use crate::error::{Error, Result};
-use crate::format::{BlobType, decode_blob};
+use crate::format::{BlobType, decode_blob_into};
 use crate::id::Id;
 use crate::index::BlobLocation;
 use crate::progress::Progress;
@@ -114,6 +114,7 @@ pub(crate) fn fetch_all(
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
+                let mut bufs = Buffers::default();
                 loop {
                     if cancel.is_cancelled() {
                         if let Ok(mut f) = fatal.lock() {
@@ -125,7 +126,7 @@ pub(crate) fn fetch_all(
                     let Some((pack, blobs)) = packs.get(i) else {
                         return;
                     };
-                    restore_pack(repo, pack, blobs, sink, progress);
+                    restore_pack(repo, pack, blobs, sink, progress, &mut bufs);
                 }
             });
         }
@@ -136,12 +137,20 @@ pub(crate) fn fetch_all(
     }
 }
 
+/// Buffers one fetch worker reuses across packs (ranged reads, decoded blobs).
+#[derive(Default)]
+struct Buffers {
+    range: Vec<u8>,
+    blob: Vec<u8>,
+}
+
 fn restore_pack(
     repo: &IndexedRepo,
     pack: &Id,
     blobs: &[(BlobLocation, Dests)],
     sink: &dyn Sink,
     progress: &dyn Progress,
+    bufs: &mut Buffers,
 ) {
     let mut order: Vec<usize> = (0..blobs.len()).collect();
     order.sort_by_key(|&i| blobs[i].0.offset);
@@ -163,16 +172,24 @@ fn restore_pack(
         }
         let range = repo
             .backend()
-            .get_range(FileKind::Pack, &name, start, end - start)
+            .get_range_into(FileKind::Pack, &name, start, end - start, &mut bufs.range)
             .map_err(|e| e.to_string());
         for &k in &order[i..j] {
             let (loc, dests) = &blobs[k];
-            let data = range.as_ref().map_err(Clone::clone).and_then(|buf| {
+            let decoded = range.clone().and_then(|()| {
                 let a = (loc.offset as u64 - start) as usize;
-                let stored = buf[a..a + loc.length as usize].to_vec();
-                decode_blob(repo.key(), loc.ty, &loc.id, stored, loc.raw_length)
-                    .map_err(|e| e.to_string())
+                let stored = &mut bufs.range[a..a + loc.length as usize];
+                decode_blob_into(
+                    repo.key(),
+                    loc.ty,
+                    &loc.id,
+                    stored,
+                    loc.raw_length,
+                    &mut bufs.blob,
+                )
+                .map_err(|e| e.to_string())
             });
+            let data = decoded.map(|()| std::mem::take(&mut bufs.blob));
             // Fall back to any other copy of the blob.
             let data = data.or_else(|first| {
                 repo.index()
@@ -190,6 +207,7 @@ fn restore_pack(
                         }
                     }
                     progress.advance(d.len() as u64 * dests.len() as u64, 0);
+                    bufs.blob = d; // keep the allocation for the next blob
                 }
                 Err(e) => {
                     for &(dest, off) in dests {
