@@ -24,7 +24,7 @@ use crate::repo::IndexedRepo;
 /// Read blobs in one request when the gap between them is at most this.
 const MAX_GAP: u64 = 256 * 1024;
 /// Never read more than this in one request.
-const MAX_RANGE: u64 = 32 * 1024 * 1024;
+const MAX_RANGE: u64 = 8 * 1024 * 1024;
 
 /// Granularity of holes left by [`write_sparse`]: file systems allocate in blocks, so only
 /// whole aligned zero blocks are worth skipping.
