@@ -83,6 +83,9 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
     let n = remove_snapshots(&repo, &lock, &remove)?;
     if !app.global.json {
         app.say(format!("removed {n} snapshot(s)"));
+    } else if policy.is_empty() {
+        let ids: Vec<String> = remove.iter().map(|id| id.to_hex()).collect();
+        println!("{}", serde_json::json!({ "removed": ids }));
     }
     if a.prune {
         super::prune::prune_locked(app, repo, &lock, &PruneOptions::default())?;
