@@ -39,13 +39,11 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
         .arg("snapshots")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no password given"), "{}", stderr(&o));
+    assert_fails(&o, 1, "no password given");
 
     // init refuses to overwrite.
     let o = repo.run(&["init", "--kdf-memory-kib", "64"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_fails(&o, 1, "already exists");
 }
 
 #[test]
@@ -72,8 +70,7 @@ fn password_file_and_config_file_are_honoured() {
     assert!(o.status.success(), "{}", stderr(&o));
     fs::write(&cfg, "[repository]\nrepo = 3\n").unwrap();
     let o = repo.run(&["--config", cfg.to_str().unwrap(), "snapshots"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("kura.toml"), "{}", stderr(&o));
+    assert_fails(&o, 1, "kura.toml");
 }
 
 #[test]
@@ -110,12 +107,7 @@ fn keys_can_be_added_listed_and_removed() {
     assert!(o.status.success(), "{}", stderr(&o));
     // The key in use cannot be removed.
     let o = repo.run(&["key", "remove", &current["id"].as_str().unwrap()[..8]]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("opened the repository with"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails(&o, 1, "opened the repository with");
     // Removing the other one locks that passphrase out.
     repo.ok(&["key", "remove", &other["id"].as_str().unwrap()[..10]]);
     let o = repo
@@ -176,8 +168,7 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
         .arg(src.join("victim.bin"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    assert_fails(&o, 1, "corrupt");
 }
 
 #[test]

@@ -81,8 +81,7 @@ fn forget_by_id_and_usage_errors() {
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     assert_eq!(snaps[0]["id"], b.as_str());
     let o = repo.run(&["forget", "--keep-within", "3x"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid duration"), "{}", stderr(&o));
+    assert_fails(&o, 1, "invalid duration");
 }
 
 #[test]
