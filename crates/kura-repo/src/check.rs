@@ -218,7 +218,7 @@ pub fn check(
     for f in repo.backend().list(FileKind::Snapshot)? {
         cancel.check()?;
         report.snapshots += 1;
-        let snap = match repo.find_snapshot(&f.name) {
+        let snap = match repo.load_snapshot_file(&f.name) {
             Ok(s) => s,
             Err(e) if e.is_data_damage() => {
                 report

@@ -269,7 +269,7 @@ impl Repository {
         Ok(out)
     }
 
-    fn load_snapshot_file(&self, name: &str) -> Result<SnapshotEntry> {
+    pub(crate) fn load_snapshot_file(&self, name: &str) -> Result<SnapshotEntry> {
         let what = format!("snapshot {name}");
         let id: Id = name
             .parse()
