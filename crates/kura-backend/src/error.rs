@@ -28,6 +28,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Whether errors of this class are usually worth retrying.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Unreachable | ErrorKind::TimedOut)
+    }
+
     /// A short stable name, used in JSON output and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,6 +99,8 @@ pub struct BackendError {
     object: String,
     location: String,
     detail: String,
+    /// Worth retrying (connection trouble, timeouts, 5xx); decided where the cause is known.
+    transient: bool,
     #[source]
     source: Option<io::Error>,
 }
@@ -113,6 +120,7 @@ impl BackendError {
             object: object.into(),
             location: location.into(),
             detail: detail.into(),
+            transient: kind.is_transient(),
             source: None,
         }
     }
@@ -132,8 +140,37 @@ impl BackendError {
             object: object.into(),
             location: location.into(),
             detail,
+            transient: kind.is_transient(),
             source: Some(err),
         }
+    }
+
+    /// Override whether retrying may help (e.g. an HTTP 503 classified as `Other`).
+    pub fn with_transient(mut self, transient: bool) -> Self {
+        self.transient = transient;
+        self
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// Record how many attempts were made and how long they took, in the message:
+    /// "… connection refused after 3 tries, 12.1 s".
+    pub fn after_tries(mut self, tries: u32, elapsed: std::time::Duration) -> Self {
+        if tries > 1 {
+            self.detail = format!(
+                "{} after {tries} tries, {:.1} s",
+                self.detail,
+                elapsed.as_secs_f64()
+            );
+        }
+        self
+    }
+
+    /// The detail message (without operation, object and location).
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 
     pub fn kind(&self) -> ErrorKind {

@@ -20,13 +20,25 @@
 //!   "permission denied" from "no space" without parsing messages, and every error names the
 //!   operation, the object and the backend location.
 
+mod aws_profile;
+mod deadline;
 mod error;
 mod local;
+mod probe;
+pub mod retry;
+mod s3;
+mod target;
 
 pub use error::{BackendError, ErrorKind};
 pub use local::LocalBackend;
+pub use probe::{ProbeReport, probe};
+pub use retry::RetryPolicy;
+pub use s3::{S3Backend, S3Config};
+pub use target::{BackendOptions, Target, open};
 
 use std::fmt;
+
+pub use bytes::Bytes;
 
 /// The kinds of files a repository holds. Each kind has its own namespace (directory or key
 /// prefix); see `docs/FORMAT.md`.
@@ -44,6 +56,8 @@ pub enum FileKind {
     Snapshot,
     /// Lock files.
     Lock,
+    /// Objects written and removed by `kura target probe` (never part of a repository).
+    Probe,
 }
 
 impl FileKind {
@@ -66,6 +80,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Probe => "probe",
         }
     }
 
@@ -91,6 +106,7 @@ impl fmt::Display for FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshot",
             FileKind::Lock => "lock",
+            FileKind::Probe => "probe",
         })
     }
 }
@@ -115,8 +131,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// is already present.
     fn create(&self) -> Result<()>;
 
-    /// Store a whole file atomically and durably (see the crate docs).
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Store a whole file atomically and durably (see the crate docs). `Bytes` lets
+    /// implementations hand the data to another thread or an async client without copying.
+    fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()>;
 
     /// Read a whole file.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
@@ -145,8 +162,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Size of one file; [`ErrorKind::NotFound`] if it does not exist.
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo>;
 
-    /// Remove a file. Removing a file that does not exist is [`ErrorKind::NotFound`].
+    /// Remove a file. Removing a file that does not exist may succeed (object stores) or
+    /// fail with [`ErrorKind::NotFound`] (directories); callers treat both as done.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+
+    /// Free space in bytes, where the backend can tell (`None` for object stores).
+    fn free_space(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// Whether a file exists.
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {

@@ -1,34 +1,90 @@
-//! A repository in a local directory.
+//! A repository in a local (or locally mounted) directory.
 //!
 //! Writes are atomic and durable: each file is written to a temporary name beginning with `.`
 //! in its final directory, `fsync`ed, renamed into place, and the directory is `fsync`ed. A
 //! crash leaves at worst a `.…tmp-…` file, which [`Backend::list`] never reports.
+//!
+//! Every call runs on the [`Executor`](crate::deadline::Executor) under the operation's
+//! deadline, so a hung network mount is reported as `TimedOut` instead of hanging the caller,
+//! and transient errors (`ETIMEDOUT`, `ESTALE`, …) are retried within that deadline.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+
+use crate::deadline::Executor;
+use crate::retry::RetryPolicy;
 use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
 
 /// A repository rooted at a directory on a local (or locally mounted) filesystem.
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
+    inner: Arc<Inner>,
+    exec: Arc<Executor>,
+    policy: RetryPolicy,
+}
+
+#[derive(Debug)]
+struct Inner {
     root: PathBuf,
     location: String,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_policy(root, RetryPolicy::default())
+    }
+
+    pub fn with_policy(root: impl Into<PathBuf>, policy: RetryPolicy) -> Self {
         let root = root.into();
         let location = root.display().to_string();
-        LocalBackend { root, location }
+        LocalBackend {
+            inner: Arc::new(Inner { root, location }),
+            exec: Executor::new(8, "kura-fs"),
+            policy,
+        }
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.inner.root
     }
 
+    /// Run `f` on the executor under the deadline, with retries.
+    fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        object: String,
+        f: impl Fn(&Inner) -> Result<T> + Clone + Send + 'static,
+    ) -> Result<T> {
+        self.policy.run(|left| {
+            let inner = self.inner.clone();
+            let f = f.clone();
+            self.exec
+                .run(left, move || f(&inner))
+                .unwrap_or_else(|| Err(self.timed_out(op, &object, left)))
+        })
+    }
+
+    fn timed_out(&self, op: &'static str, object: &str, after: Duration) -> BackendError {
+        BackendError::new(
+            ErrorKind::TimedOut,
+            op,
+            object,
+            &self.inner.location,
+            format!(
+                "no answer from the file system within {:.1} s",
+                after.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl Inner {
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
         self.root.join(kind.relative_path(name))
     }
@@ -72,20 +128,6 @@ impl LocalBackend {
         }
         result
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn visible(name: &str) -> bool {
-    !name.starts_with('.')
-}
-
-impl Backend for LocalBackend {
-    fn location(&self) -> String {
-        self.location.clone()
-    }
 
     fn create(&self) -> Result<()> {
         let config = self.path(FileKind::Config, "config");
@@ -113,22 +155,6 @@ impl Backend for LocalBackend {
         }
         sync_dir(&self.root).map_err(|e| BackendError::io("create", ".", &self.location, e))?;
         Ok(())
-    }
-
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.path(kind, name);
-        self.write_atomic(&path, data)
-            .map_err(|e| self.err("put", kind, name, e))
-    }
-
-    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        fs::read(self.path(kind, name)).map_err(|e| self.err("get", kind, name, e))
-    }
-
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.get_range_into(kind, name, offset, len, &mut buf)?;
-        Ok(buf)
     }
 
     fn get_range_into(
@@ -173,7 +199,10 @@ impl Backend for LocalBackend {
         let list_dir = |dir: &Path, out: &mut Vec<FileInfo>| -> io::Result<()> {
             let rd = match fs::read_dir(dir) {
                 Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && kind == FileKind::Pack => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && matches!(kind, FileKind::Pack | FileKind::Probe) =>
+                {
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -223,17 +252,126 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn free_space(&self) -> Result<Option<u64>> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
+            BackendError::new(
+                ErrorKind::Other,
+                "statvfs",
+                ".",
+                &self.location,
+                "path contains NUL",
+            )
+        })?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is NUL-terminated; st is a valid out pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(BackendError::io(
+                "statvfs",
+                ".",
+                &self.location,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(Some(st.f_bavail as u64 * st.f_frsize as u64))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn visible(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    fn create(&self) -> Result<()> {
+        self.call("create", ".".into(), |i| i.create())
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
+        let name = name.to_string();
+        self.call("put", kind.relative_path(&name), move |i| {
+            let path = i.path(kind, &name);
+            i.write_atomic(&path, &data)
+                .map_err(|e| i.err("put", kind, &name, e))
+        })
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let name = name.to_string();
+        self.call("get", kind.relative_path(&name), move |i| {
+            fs::read(i.path(kind, &name)).map_err(|e| i.err("get", kind, &name, e))
+        })
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        // The buffer travels to the worker and back (it is lost only if the call times out).
+        let name = name.to_string();
+        let slot = Arc::new(std::sync::Mutex::new(std::mem::take(buf)));
+        let result = {
+            let slot = slot.clone();
+            self.call("get", kind.relative_path(&name), move |i| {
+                let mut b = slot
+                    .lock()
+                    .map(|mut g| std::mem::take(&mut *g))
+                    .unwrap_or_default();
+                let r = i.get_range_into(kind, &name, offset, len, &mut b);
+                if let Ok(mut g) = slot.lock() {
+                    *g = b;
+                }
+                r
+            })
+        };
+        if let Ok(mut g) = slot.lock() {
+            *buf = std::mem::take(&mut *g);
+        }
+        result
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        self.call("list", kind.dir().to_string(), move |i| i.list(kind))
+    }
+
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
-        let md =
-            fs::metadata(self.path(kind, name)).map_err(|e| self.err("stat", kind, name, e))?;
-        Ok(FileInfo {
-            name: name.to_string(),
-            size: md.len(),
+        let name = name.to_string();
+        self.call("stat", kind.relative_path(&name), move |i| {
+            let md =
+                fs::metadata(i.path(kind, &name)).map_err(|e| i.err("stat", kind, &name, e))?;
+            Ok(FileInfo {
+                name: name.clone(),
+                size: md.len(),
+            })
         })
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        fs::remove_file(self.path(kind, name)).map_err(|e| self.err("delete", kind, name, e))
+        let name = name.to_string();
+        self.call("delete", kind.relative_path(&name), move |i| {
+            fs::remove_file(i.path(kind, &name)).map_err(|e| i.err("delete", kind, &name, e))
+        })
+    }
+
+    fn free_space(&self) -> Result<Option<u64>> {
+        self.call("statvfs", ".".into(), |i| i.free_space())
     }
 }
 
@@ -246,8 +384,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path().join("repo"));
         b.create().unwrap();
-        b.put(FileKind::Pack, "ab12", b"hello world").unwrap();
-        b.put(FileKind::Index, "i1", b"idx").unwrap();
+        b.put(FileKind::Pack, "ab12", Bytes::from_static(b"hello world"))
+            .unwrap();
+        b.put(FileKind::Index, "i1", Bytes::from_static(b"idx"))
+            .unwrap();
         assert_eq!(b.get(FileKind::Pack, "ab12").unwrap(), b"hello world");
         assert_eq!(b.get_range(FileKind::Pack, "ab12", 6, 5).unwrap(), b"world");
         let packs = b.list(FileKind::Pack).unwrap();
@@ -270,7 +410,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path());
         b.create().unwrap();
-        b.put(FileKind::Snapshot, "s", b"abc").unwrap();
+        b.put(FileKind::Snapshot, "s", Bytes::from_static(b"abc"))
+            .unwrap();
         let e = b.get_range(FileKind::Snapshot, "s", 2, 5).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         fs::write(dir.path().join("snapshots/.s.tmp-1234"), b"partial").unwrap();
@@ -288,7 +429,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path());
         b.create().unwrap();
-        b.put(FileKind::Config, "config", b"x").unwrap();
+        b.put(FileKind::Config, "config", Bytes::from_static(b"x"))
+            .unwrap();
         assert_eq!(b.create().unwrap_err().kind(), ErrorKind::AlreadyExists);
     }
 }

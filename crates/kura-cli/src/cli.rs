@@ -16,9 +16,12 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Repository location (a directory)
+    /// Repository location: a directory, file:///path, or s3://bucket/prefix?endpoint=…
     #[arg(short = 'r', long, env = "KURA_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Deadline of each storage operation, retries included (e.g. 30s, 2m)
+    #[arg(long, env = "KURA_TIMEOUT", global = true)]
+    pub timeout: Option<String>,
     /// Read the repository password from this file (first line)
     #[arg(long, env = "KURA_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -61,6 +64,24 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// Storage targets: health probes
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Check a target: reachability, round-trip latency, write/read/delete, free space
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Target URL (a directory, file:///path, s3://bucket/prefix?…); default: the repository
+    pub url: Option<String>,
+    /// Size of the probe object in bytes
+    #[arg(long, default_value_t = 1 << 20)]
+    pub size: usize,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 //! [repository]
 //! repo = "/srv/backup/kura"
 //! password_file = "/etc/kura/password"
+//! timeout = "60s"          # deadline of each storage operation, retries included
 //!
 //! [backup]
 //! exclude = ["*.tmp", "/home/*/.cache"]
@@ -38,6 +39,8 @@ pub struct ConfigFile {
 pub struct RepositorySection {
     pub repo: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// Deadline of each storage operation, e.g. "60s".
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

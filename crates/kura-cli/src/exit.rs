@@ -1,6 +1,16 @@
 //! Exit codes (documented in README.md). Scripts depend on these; do not renumber.
 
 use kura_repo::Error;
+use kura_repo::backend::{BackendError, ErrorKind};
+
+fn backend_code(e: &BackendError) -> i32 {
+    match e.kind() {
+        ErrorKind::Unreachable | ErrorKind::TimedOut => TARGET_UNREACHABLE,
+        ErrorKind::PermissionDenied => TARGET_DENIED,
+        ErrorKind::NoSpace => TARGET_FULL,
+        _ => FATAL,
+    }
+}
 
 pub const OK: i32 = 0;
 /// A fatal error (the operation did not complete).
@@ -12,6 +22,15 @@ pub const USAGE: i32 = 2;
 pub const INCOMPLETE: i32 = 3;
 /// `check` found damage.
 pub const DAMAGED: i32 = 4;
+/// `target probe` found the target unhealthy.
+pub const TARGET_UNHEALTHY: i32 = 5;
+/// A storage target could not be reached or did not answer within its deadline (transient:
+/// retry later or use another target).
+pub const TARGET_UNREACHABLE: i32 = 6;
+/// A storage target refused access (credentials, permissions, read-only file system).
+pub const TARGET_DENIED: i32 = 7;
+/// A storage target is full.
+pub const TARGET_FULL: i32 = 8;
 /// There is no repository at the given location.
 pub const NO_REPOSITORY: i32 = 10;
 /// The repository is locked by another process.
@@ -30,8 +49,12 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 Error::WrongPassword { .. } => WRONG_PASSWORD,
                 Error::Locked { .. } => LOCKED,
                 Error::Interrupted => INTERRUPTED,
+                Error::Backend(b) => backend_code(b),
                 _ => FATAL,
             };
+        }
+        if let Some(b) = cause.downcast_ref::<BackendError>() {
+            return backend_code(b);
         }
         if let Some(UsageError(_)) = cause.downcast_ref::<UsageError>() {
             return USAGE;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kura_repo::backend::{Backend, LocalBackend};
+use kura_repo::backend::{Backend, BackendOptions};
 use kura_repo::backup::CancelToken;
 use kura_repo::{IndexedRepo, Repository};
 
@@ -44,16 +44,28 @@ impl App {
             })
     }
 
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        let loc = self.repo_location()?;
-        let path = loc.strip_prefix("file://").unwrap_or(&loc);
-        if path.contains("://") {
-            return Err(UsageError(format!(
-                "unsupported repository URL {loc:?}: only local directories are supported so far"
-            ))
-            .into());
+    /// Deadline and fault behaviour of storage operations (`--timeout`, `[repository] timeout`).
+    pub fn backend_options(&self) -> Result<BackendOptions> {
+        let mut opts = BackendOptions::default();
+        let timeout = self
+            .global
+            .timeout
+            .clone()
+            .or_else(|| self.config.repository.timeout.clone());
+        if let Some(t) = timeout {
+            opts.policy.deadline = kura_repo::backend::retry::parse_duration(&t)
+                .ok_or_else(|| UsageError(format!("invalid timeout {t:?}: use e.g. 30s, 2m")))?;
         }
-        Ok(Arc::new(LocalBackend::new(path)))
+        Ok(opts)
+    }
+
+    pub fn backend_for(&self, url: &str) -> Result<Arc<dyn Backend>> {
+        let opts = self.backend_options()?;
+        kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        self.backend_for(&self.repo_location()?)
     }
 
     pub fn password_file(&self) -> Option<std::path::PathBuf> {
@@ -87,6 +99,20 @@ impl App {
             println!("{}", msg.as_ref());
         }
     }
+}
+
+/// Run `f` under `lock`, then release it — or abandon it when the target stopped answering,
+/// so that a dead target costs one deadline, not two (the lock file becomes stale).
+pub fn with_lock<K, T>(
+    lock: kura_repo::lock::RepoLock<K>,
+    f: impl FnOnce(&kura_repo::lock::RepoLock<K>) -> Result<T>,
+) -> Result<T> {
+    let r = f(&lock);
+    match &r {
+        Err(e) if exit::code_for(e) == exit::TARGET_UNREACHABLE => lock.abandon(),
+        _ => drop(lock),
+    }
+    r
 }
 
 fn init_logging(verbose: u8) {
@@ -135,6 +161,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Prune(a) => commands::prune::run(&app, a),
         Command::Key(k) => commands::key::run(&app, k),
         Command::Unlock(a) => commands::unlock::run(&app, a),
+        Command::Target(t) => commands::target::run(&app, t),
     }
 }
 

@@ -6,16 +6,14 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
 use kura_repo::Repository;
-use kura_repo::backend::{Backend, FileKind, LocalBackend};
+use kura_repo::backend::FileKind;
 use kura_repo::snapshot::Content;
 
-#[test]
-fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
-    let repo = TestRepo::new(&[]);
+fn wrong_password_and_missing_repository_have_their_own_exit_codes(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let o = repo
         .cmd()
         .env("KURA_PASSWORD", "not it")
@@ -26,7 +24,7 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
 
     let o = repo
         .cmd()
-        .env("KURA_REPOSITORY", repo.dir.path().join("nothing-here"))
+        .env("KURA_REPOSITORY", repo.empty_location())
         .arg("snapshots")
         .output()
         .unwrap();
@@ -46,9 +44,8 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes() {
     assert_fails(&o, 1, "already exists");
 }
 
-#[test]
-fn password_file_and_config_file_are_honoured() {
-    let repo = TestRepo::new(&[]);
+fn password_file_and_config_file_are_honoured(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let pw = repo.dir.path().join("pw");
     fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let cfg = repo.dir.path().join("kura.toml");
@@ -73,9 +70,8 @@ fn password_file_and_config_file_are_honoured() {
     assert_fails(&o, 1, "kura.toml");
 }
 
-#[test]
-fn keys_can_be_added_listed_and_removed() {
-    let repo = TestRepo::new(&[]);
+fn keys_can_be_added_listed_and_removed(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let o = repo
         .cmd()
         .env("KURA_NEW_PASSWORD", "second secret")
@@ -120,9 +116,8 @@ fn keys_can_be_added_listed_and_removed() {
 }
 
 /// Two files in one pack; one blob is corrupted on disk.
-#[test]
-fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
-    let repo = TestRepo::new(&[]);
+fn corrupt_pack_is_found_named_and_restore_saves_the_rest(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
     write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
@@ -131,19 +126,8 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
         .unwrap()
         .to_string();
     // Flip one byte inside the victim's first blob.
-    let lib = open_lib(&repo);
-    let entry = lib.find_snapshot(&snap).unwrap();
-    let node = kura_repo::browse::find_node(&lib, &entry, &src.join("victim.bin")).unwrap();
-    let kura_repo::tree::ChunkRef::Blob(id) = node.content.unwrap()[0] else {
-        panic!()
-    };
-    let loc = lib.index().get(&id).unwrap();
-    let pack_path = repo
-        .path()
-        .join(FileKind::Pack.relative_path(&loc.pack.to_hex()));
-    let mut bytes = fs::read(&pack_path).unwrap();
-    bytes[loc.offset as usize + 1000] ^= 0x40;
-    fs::write(&pack_path, &bytes).unwrap();
+    let (pack, offset) = pack_of(&repo, &snap, &src.join("victim.bin"));
+    flip_pack_byte(&repo, &pack, offset as usize + 1000);
 
     let o = repo.run(&["check", "--read-data"]);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -171,9 +155,8 @@ fn corrupt_pack_is_found_named_and_restore_saves_the_rest() {
     assert_fails(&o, 1, "corrupt");
 }
 
-#[test]
-fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
-    let repo = TestRepo::new(&[]);
+fn missing_pack_is_reported_per_snapshot_and_file_without_read_data(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     write(&src.join("a.bin"), &pseudo_random(1 << 20, 5));
     write(&src.join("b.txt"), b"bbb");
@@ -188,7 +171,7 @@ fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
         .to_string();
     repo.ok(&["check"]);
     // Delete the data pack holding a.bin.
-    fs::remove_file(pack_of(&repo, &s1, &src.join("a.bin"))).unwrap();
+    delete_pack(&repo, &pack_of(&repo, &s1, &src.join("a.bin")).0);
 
     let report = {
         let o = repo.run(&["--json", "check"]);
@@ -205,13 +188,12 @@ fn missing_pack_is_reported_per_snapshot_and_file_without_read_data() {
     assert!(report["errors"].to_string().contains("missing"), "{report}");
 }
 
-#[test]
-fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
+fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved(store: Store) {
     assert!(
         is_root(),
         "needs root to drop privileges with setpriv (CI runs as root)"
     );
-    let repo = TestRepo::new(&[]);
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     write(&src.join("readable.txt"), b"ok");
     write(&src.join("secret.txt"), b"no");
@@ -221,10 +203,12 @@ fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
     fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
     // The repository (and the path to it) must be usable by the unprivileged user.
     fs::set_permissions(repo.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    std::process::Command::new("chown")
-        .args(["-R", "65534:65534", &repo.location])
-        .status()
-        .unwrap();
+    if store == Store::Local {
+        std::process::Command::new("chown")
+            .args(["-R", "65534:65534", &repo.location])
+            .status()
+            .unwrap();
+    }
     let o = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_kura"))
@@ -250,8 +234,7 @@ fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved() {
 
 /// A snapshot written by an attacker (or damaged storage) with names that would escape the
 /// restore target.
-#[test]
-fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
+fn hostile_names_are_refused_and_nothing_is_written_outside_the_target(store: Store) {
     use kura_repo::format::{BlobEncoder, BlobType};
     use kura_repo::index::IndexFile;
     use kura_repo::pack::PackWriter;
@@ -259,7 +242,7 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
     use kura_repo::tree::{ChunkRef, Node, NodeKind, Tree};
     use kura_repo::util::Timestamp;
 
-    let repo = TestRepo::new(&[]);
+    let repo = TestRepo::on(store, &[]);
     let lib = open_lib(&repo);
     let key = lib.key();
     let mut enc = BlobEncoder::new(0).unwrap();
@@ -325,7 +308,7 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
     }
     let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
     lib.backend()
-        .put(FileKind::Pack, &pack_id.to_hex(), &bytes)
+        .put(FileKind::Pack, &pack_id.to_hex(), bytes.into())
         .unwrap();
     lib.save_index_file(&IndexFile {
         packs: vec![(pack_id, blobs)],
@@ -368,25 +351,21 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target() {
     assert_eq!(o.status.code(), Some(4));
 }
 
-#[test]
-fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_removable() {
-    let repo = TestRepo::new(&[]);
+fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_removable(
+    store: Store,
+) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     write(&src.join("f"), b"data");
     {
-        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(repo.path()));
-        let lib = Repository::open(b, PASSWORD.as_bytes()).unwrap();
+        let lib = Repository::open(repo.backend(), PASSWORD.as_bytes()).unwrap();
         let _held = kura_repo::lock::RepoLock::exclusive(&lib).unwrap();
         let o = repo.run(&["backup", src.to_str().unwrap()]);
         assert_fails(&o, 11, "exclusive lock held by");
         // Shared locks coexist with each other but not with exclusive ones.
         assert!(kura_repo::lock::RepoLock::shared(&lib).is_err());
     }
-    assert_eq!(
-        fs::read_dir(repo.path().join("locks")).unwrap().count(),
-        0,
-        "lock released on drop"
-    );
+    assert_eq!(repo.count(FileKind::Lock), 0, "lock released on drop");
     // A process killed while holding a lock leaves a stale lock: ignored, then removable.
     let stale = stale_lock(&repo, &src);
     let o = repo.run(&["backup", src.to_str().unwrap()]);
@@ -396,7 +375,7 @@ fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_rem
         out.contains(&stale[..8]) && out.contains("is gone"),
         "{out}"
     );
-    assert_eq!(fs::read_dir(repo.path().join("locks")).unwrap().count(), 0);
+    assert_eq!(repo.count(FileKind::Lock), 0);
 }
 
 /// Start a backup of a large source, SIGKILL it once its lock exists; return the lock's name.
@@ -410,14 +389,15 @@ fn stale_lock(repo: &TestRepo, small_src: &Path) -> String {
         .arg(small_src)
         .spawn()
         .unwrap();
-    let locks = repo.path().join("locks");
     let name = loop {
-        if let Some(e) = fs::read_dir(&locks)
+        if let Some(f) = repo
+            .backend()
+            .list(FileKind::Lock)
             .unwrap()
-            .flatten()
-            .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .into_iter()
+            .next()
         {
-            break e.file_name().to_string_lossy().into_owned();
+            break f.name;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
@@ -426,9 +406,8 @@ fn stale_lock(repo: &TestRepo, small_src: &Path) -> String {
     name
 }
 
-#[test]
-fn two_concurrent_backups_into_one_repository_both_land() {
-    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+fn two_concurrent_backups_into_one_repository_both_land(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let a = repo.dir.path().join("a");
     let b = repo.dir.path().join("b");
     for i in 0..4 {
@@ -463,3 +442,15 @@ fn two_concurrent_backups_into_one_repository_both_land() {
         assert_same_tree(src, &t.join(src.strip_prefix("/").unwrap()));
     }
 }
+
+on_both!(
+    wrong_password_and_missing_repository_have_their_own_exit_codes,
+    password_file_and_config_file_are_honoured,
+    keys_can_be_added_listed_and_removed,
+    corrupt_pack_is_found_named_and_restore_saves_the_rest,
+    missing_pack_is_reported_per_snapshot_and_file_without_read_data,
+    unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved,
+    hostile_names_are_refused_and_nothing_is_written_outside_the_target,
+    a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_removable,
+    two_concurrent_backups_into_one_repository_both_land,
+);

@@ -9,19 +9,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn visible_files(dir: &std::path::Path) -> usize {
-    walkdir(dir)
-        .iter()
-        .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .count()
-}
+use kura_repo::backend::FileKind;
 
 /// Kill after the k-th pack has landed, for several k: every cut point leaves a repository
 /// that checks clean and a rerun that completes, reusing the packs already written.
-#[test]
-fn sigkill_at_many_points_leaves_a_consistent_repository() {
-    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+fn sigkill_at_many_points_leaves_a_consistent_repository(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let src = repo.dir.path().join("src");
     // 48 MiB of incompressible data in files of varied sizes, plus many small files.
     for i in 0..12u64 {
@@ -41,10 +34,9 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
         .filter(|p| p.is_file())
         .map(|p| fs::metadata(p).unwrap().len())
         .sum();
-    let packs_dir = repo.path().join("data");
     let mut killed_after = Vec::new();
     for cut in [0usize, 1, 4, 9, 17, 30] {
-        let before = visible_files(&packs_dir);
+        let before = repo.count(FileKind::Pack);
         let mut child = repo
             .cmd()
             .args(["backup", "--force"])
@@ -55,7 +47,7 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if visible_files(&packs_dir) >= before + cut || Instant::now() > deadline {
+            if repo.count(FileKind::Pack) >= before + cut || Instant::now() > deadline {
                 break;
             }
             if child.try_wait().unwrap().is_some() {
@@ -68,11 +60,9 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
         child.wait().unwrap();
         if finished {
             // The backup won the race; remove its snapshot so the next cut starts clean.
-            for e in fs::read_dir(repo.path().join("snapshots"))
-                .unwrap()
-                .flatten()
-            {
-                fs::remove_file(e.path()).unwrap();
+            let b = repo.backend();
+            for f in b.list(FileKind::Snapshot).unwrap() {
+                b.delete(FileKind::Snapshot, &f.name).unwrap();
             }
             continue;
         }
@@ -107,9 +97,8 @@ fn sigkill_at_many_points_leaves_a_consistent_repository() {
     assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
 }
 
-#[test]
-fn sigint_stops_cleanly_with_exit_130() {
-    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+fn sigint_stops_cleanly_with_exit_130(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let src = repo.dir.path().join("src");
     for i in 0..16u64 {
         write(&src.join(format!("f{i}")), &pseudo_random(4 << 20, i));
@@ -122,9 +111,8 @@ fn sigint_stops_cleanly_with_exit_130() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let packs_dir = repo.path().join("data");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while visible_files(&packs_dir) < 3 && Instant::now() < deadline {
+    while repo.count(FileKind::Pack) < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -136,13 +124,14 @@ fn sigint_stops_cleanly_with_exit_130() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(repo.snapshot_count(), 0);
-    assert_eq!(
-        fs::read_dir(repo.path().join("locks")).unwrap().count(),
-        0,
-        "lock removed"
-    );
+    assert_eq!(repo.count(FileKind::Lock), 0, "lock removed");
     repo.ok(&["check"]);
     // Packs written before the interrupt were indexed on the way out: nothing to adopt.
     let out = repo.ok(&["backup", src.to_str().unwrap()]);
     assert!(!out.contains("adopted"), "{out}");
 }
+
+on_both!(
+    sigkill_at_many_points_leaves_a_consistent_repository,
+    sigint_stops_cleanly_with_exit_130,
+);

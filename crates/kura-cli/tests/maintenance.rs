@@ -27,16 +27,15 @@ fn two_generations(repo: &TestRepo) -> (std::path::PathBuf, String, String) {
     (src, a, b)
 }
 
-#[test]
-fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable() {
-    let repo = TestRepo::new(&[]);
+fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let (src, a, b) = two_generations(&repo);
     let before = repo.size();
     // Dry runs change nothing.
-    let listing = walkdir(&repo.path());
+    let listing = repo.listing();
     repo.ok(&["forget", "--keep-last", "1", "--dry-run"]);
     repo.ok(&["prune", "--dry-run"]);
-    assert_eq!(walkdir(&repo.path()), listing);
+    assert_eq!(repo.listing(), listing);
 
     let groups = repo.json(&["forget", "--keep-last", "1"]);
     let d = &groups[0]["decisions"];
@@ -68,9 +67,8 @@ fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable() {
     assert_eq!(again["packs_repacked"], 0, "{again}");
 }
 
-#[test]
-fn forget_by_id_and_usage_errors() {
-    let repo = TestRepo::new(&[]);
+fn forget_by_id_and_usage_errors(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let (_, a, b) = two_generations(&repo);
     let o = repo.run(&["forget"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -84,22 +82,20 @@ fn forget_by_id_and_usage_errors() {
     assert_fails(&o, 1, "invalid duration");
 }
 
-#[test]
-fn prune_refuses_a_damaged_repository_and_deletes_nothing() {
-    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+fn prune_refuses_a_damaged_repository_and_deletes_nothing(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let (src, a, _) = two_generations(&repo);
     repo.ok(&["forget", &a[..8]]);
     // Lose one pack that the remaining snapshot needs.
-    fs::remove_file(pack_of(&repo, "latest", &src.join("new.bin"))).unwrap();
-    let listing = walkdir(&repo.path());
+    delete_pack(&repo, &pack_of(&repo, "latest", &src.join("new.bin")).0);
+    let listing = repo.listing();
     let o = repo.run(&["prune"]);
     assert_fails(&o, 1, "refusing to prune");
-    assert_eq!(walkdir(&repo.path()), listing, "nothing deleted");
+    assert_eq!(repo.listing(), listing, "nothing deleted");
 }
 
-#[test]
-fn prune_killed_at_many_points_never_loses_referenced_data() {
-    let repo = TestRepo::new(&["--pack-size-mib", "1"]);
+fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let src = repo.dir.path().join("src");
     // Interleave kept and forgotten data so most packs end up partly used (repacking).
     for i in 0..24u64 {
@@ -121,12 +117,10 @@ fn prune_killed_at_many_points_never_loses_referenced_data() {
     // Cut points: kill once the prune has made `cut` changes (packs or index files created or
     // deleted) — from "nothing yet" to deep into the deletions.
     let files = |repo: &TestRepo| -> std::collections::BTreeSet<String> {
-        ["data", "index"]
-            .iter()
-            .flat_map(|d| walkdir(&repo.path().join(d)))
-            .filter(|p| p.is_file())
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
+        repo.listing()
+            .into_iter()
+            .filter(|(kind, _, _)| kind == "pack" || kind == "index")
+            .map(|(_, name, _)| name)
             .collect()
     };
     let mut kills = 0;
@@ -173,3 +167,10 @@ fn prune_killed_at_many_points_never_loses_referenced_data() {
         "repository still holds {size} bytes for ~16 MiB of kept data"
     );
 }
+
+on_both!(
+    forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable,
+    forget_by_id_and_usage_errors,
+    prune_refuses_a_damaged_repository_and_deletes_nothing,
+    prune_killed_at_many_points_never_loses_referenced_data,
+);

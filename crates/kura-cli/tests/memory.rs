@@ -24,9 +24,8 @@ fn run_measured(mut cmd: std::process::Command) -> (i32, u64) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
 }
 
-#[test]
-fn backup_and_restore_of_a_large_file_use_bounded_memory() {
-    let repo = TestRepo::new(&[]);
+fn backup_and_restore_of_a_large_file_use_bounded_memory(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     // 512 MiB of incompressible data in one file: twice the bound asserted below.
@@ -57,3 +56,5 @@ fn backup_and_restore_of_a_large_file_use_bounded_memory() {
     let restored = target.join(src.strip_prefix("/").unwrap()).join("huge");
     assert_eq!(std::fs::metadata(&restored).unwrap().len(), size);
 }
+
+on_both!(backup_and_restore_of_a_large_file_use_bounded_memory,);

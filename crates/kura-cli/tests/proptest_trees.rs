@@ -106,32 +106,55 @@ fn materialise(dir: &Path, items: &[Item]) {
     }
 }
 
+/// One case: materialise, back up, restore and compare; edit, back up again, compare.
+fn random_tree_case(store: Store, items: &[Item], edit_seed: u64) {
+    let repo = TestRepo::on(
+        store,
+        &[
+            "--chunk-min",
+            "1024",
+            "--chunk-avg",
+            "4096",
+            "--chunk-max",
+            "16384",
+        ],
+    );
+    let src = repo.dir.path().join("src");
+    materialise(&src, items);
+    repo.backup(&[src.to_str().unwrap()]);
+    let t1 = repo.dir.path().join("t1");
+    repo.ok(&["restore", "latest", "--target", t1.to_str().unwrap()]);
+    assert_same_tree(&src, &t1.join(src.strip_prefix("/").unwrap()));
+
+    // Random edits: rewrite some files, then an incremental backup must match again.
+    let files: Vec<_> = walkdir(&src)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        if (edit_seed >> (i % 64)) & 1 == 1 {
+            let mut d = fs::read(f).unwrap();
+            d.extend_from_slice(&pseudo_random(100 + i, edit_seed ^ i as u64));
+            fs::write(f, d).unwrap();
+        }
+    }
+    repo.backup(&[src.to_str().unwrap()]);
+    let t2 = repo.dir.path().join("t2");
+    repo.ok(&["restore", "latest", "--target", t2.to_str().unwrap()]);
+    assert_same_tree(&src, &t2.join(src.strip_prefix("/").unwrap()));
+    repo.ok(&["check", "--read-data"]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_trees_round_trip(items in proptest::collection::vec(item(), 1..8), edit_seed in any::<u64>()) {
-        let repo = TestRepo::new(&["--chunk-min", "1024", "--chunk-avg", "4096", "--chunk-max", "16384"]);
-        let src = repo.dir.path().join("src");
-        materialise(&src, &items);
-        repo.backup(&[src.to_str().unwrap()]);
-        let t1 = repo.dir.path().join("t1");
-        repo.ok(&["restore", "latest", "--target", t1.to_str().unwrap()]);
-        assert_same_tree(&src, &t1.join(src.strip_prefix("/").unwrap()));
+    fn random_trees_round_trip_local(items in proptest::collection::vec(item(), 1..8), edit_seed in any::<u64>()) {
+        random_tree_case(Store::Local, &items, edit_seed);
+    }
 
-        // Random edits: rewrite some files, then an incremental backup must match again.
-        let files: Vec<_> = walkdir(&src).into_iter().filter(|p| fs::symlink_metadata(p).unwrap().is_file()).collect();
-        for (i, f) in files.iter().enumerate() {
-            if (edit_seed >> (i % 64)) & 1 == 1 {
-                let mut d = fs::read(f).unwrap();
-                d.extend_from_slice(&pseudo_random(100 + i, edit_seed ^ i as u64));
-                fs::write(f, d).unwrap();
-            }
-        }
-        repo.backup(&[src.to_str().unwrap()]);
-        let t2 = repo.dir.path().join("t2");
-        repo.ok(&["restore", "latest", "--target", t2.to_str().unwrap()]);
-        assert_same_tree(&src, &t2.join(src.strip_prefix("/").unwrap()));
-        repo.ok(&["check", "--read-data"]);
+    #[test]
+    fn random_trees_round_trip_s3(items in proptest::collection::vec(item(), 1..8), edit_seed in any::<u64>()) {
+        random_tree_case(Store::S3, &items, edit_seed);
     }
 }

@@ -8,9 +8,8 @@ use std::path::Path;
 
 use common::*;
 
-#[test]
-fn rich_tree_round_trips_exactly() {
-    let repo = TestRepo::new(&[]);
+fn rich_tree_round_trips_exactly(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     // Larger than the 4 MiB maximum chunk.
     make_rich_tree(&src, 9 * 1024 * 1024 + 17);
@@ -26,9 +25,8 @@ fn rich_tree_round_trips_exactly() {
     repo.ok(&["check", "--read-data"]);
 }
 
-#[test]
-fn restore_include_selects_subtrees_and_dump_streams_one_file() {
-    let repo = TestRepo::new(&[]);
+fn restore_include_selects_subtrees_and_dump_streams_one_file(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     make_rich_tree(&src, 5 << 20);
     repo.backup(&[src.to_str().unwrap()]);
@@ -60,9 +58,8 @@ fn restore_include_selects_subtrees_and_dump_streams_one_file() {
     assert_eq!(o.stdout, fs::read(src.join("dir/big.bin")).unwrap());
 }
 
-#[test]
-fn ls_lists_every_entry_and_json_is_ndjson() {
-    let repo = TestRepo::new(&[]);
+fn ls_lists_every_entry_and_json_is_ndjson(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     make_rich_tree(&src, 1000);
     repo.backup(&[src.to_str().unwrap()]);
@@ -85,9 +82,8 @@ fn ls_lists_every_entry_and_json_is_ndjson() {
     assert!(plain.contains("-rwsr-x--x"), "setuid shown: {plain}");
 }
 
-#[test]
-fn second_backup_of_unchanged_data_adds_under_one_percent_and_reads_nothing() {
-    let repo = TestRepo::new(&[]);
+fn second_backup_of_unchanged_data_adds_under_one_percent_and_reads_nothing(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     make_rich_tree(&src, 8 << 20);
     let first = repo.backup(&[src.to_str().unwrap()]);
@@ -104,9 +100,8 @@ fn second_backup_of_unchanged_data_adds_under_one_percent_and_reads_nothing() {
     assert!(growth < 0.01, "repository grew by {:.2}%", growth * 100.0);
 }
 
-#[test]
-fn incremental_reads_only_changed_files() {
-    let repo = TestRepo::new(&[]);
+fn incremental_reads_only_changed_files(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
     make_rich_tree(&src, 6 << 20);
     repo.backup(&[src.to_str().unwrap()]);
@@ -139,9 +134,8 @@ fn make_image(p: &Path, size: u64) {
         .unwrap();
 }
 
-#[test]
-fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks() {
-    let repo = TestRepo::new(&[]);
+fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let img = repo.dir.path().join("disk.img");
     let size = (40 << 20) + 4096 + 512;
     make_image(&img, size);
@@ -189,12 +183,11 @@ fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks() {
 
 /// A real block device: a loop device over a file, backed up without `--image` and restored
 /// onto a second loop device.
-#[test]
-fn block_device_round_trip_via_loop_devices() {
+fn block_device_round_trip_via_loop_devices(store: Store) {
     if !is_root() {
         panic!("this test needs root to create loop devices (run the suite as root, as CI does)");
     }
-    let repo = TestRepo::new(&[]);
+    let repo = TestRepo::on(store, &[]);
     let a = repo.dir.path().join("a.img");
     let b = repo.dir.path().join("b.img");
     make_image(&a, 24 << 20);
@@ -238,9 +231,8 @@ impl Drop for LoopDev {
     }
 }
 
-#[test]
-fn several_paths_and_excludes() {
-    let repo = TestRepo::new(&[]);
+fn several_paths_and_excludes(store: Store) {
+    let repo = TestRepo::on(store, &[]);
     let a = repo.dir.path().join("one/a");
     let b = repo.dir.path().join("two/b");
     write(&a.join("keep.txt"), b"a");
@@ -263,3 +255,14 @@ fn several_paths_and_excludes() {
     assert!(!base.join("two/b/cache").exists());
     assert_eq!(fs::read(base.join("two/b/y")).unwrap(), b"y");
 }
+
+on_both!(
+    rich_tree_round_trips_exactly,
+    restore_include_selects_subtrees_and_dump_streams_one_file,
+    ls_lists_every_entry_and_json_is_ndjson,
+    second_backup_of_unchanged_data_adds_under_one_percent_and_reads_nothing,
+    incremental_reads_only_changed_files,
+    image_round_trip_keeps_holes_and_dedups_unchanged_chunks,
+    block_device_round_trip_via_loop_devices,
+    several_paths_and_excludes,
+);

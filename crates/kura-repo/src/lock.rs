@@ -101,7 +101,7 @@ pub struct ListedLock {
 fn write_lock(backend: &dyn Backend, key: &MasterKey, info: &LockInfo) -> Result<String> {
     let sealed = BlobEncoder::new(0)?.seal_file(key, MAGIC_LOCK, &cbor(info)?)?;
     let name = Id::of_file(&sealed).to_hex();
-    backend.put(FileKind::Lock, &name, &sealed)?;
+    backend.put(FileKind::Lock, &name, sealed.into())?;
     Ok(name)
 }
 
@@ -170,6 +170,7 @@ pub struct RepoLock<K> {
     refresher: Option<JoinHandle<()>>,
     /// Stale locks that were ignored when this lock was taken (for reporting).
     pub ignored_stale: Vec<ListedLock>,
+    abandoned: bool,
     _kind: PhantomData<K>,
 }
 
@@ -255,12 +256,29 @@ fn acquire<K>(repo: &Repository, exclusive: bool) -> Result<RepoLock<K>> {
         stop: Some(stop),
         refresher: Some(refresher),
         ignored_stale,
+        abandoned: false,
         _kind: PhantomData,
     })
 }
 
+impl<K> RepoLock<K> {
+    /// Give the lock up without deleting its file: for when the target stopped answering,
+    /// where a delete would only wait out another deadline. The file becomes a stale lock
+    /// (its process is gone), which others ignore and `kura unlock` removes.
+    pub fn abandon(mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        self.abandoned = true;
+    }
+}
+
 impl<K> Drop for RepoLock<K> {
     fn drop(&mut self) {
+        if self.abandoned {
+            return;
+        }
         drop(self.stop.take());
         if let Some(h) = self.refresher.take() {
             let _ = h.join();

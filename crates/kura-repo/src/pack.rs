@@ -292,7 +292,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = kura_backend::LocalBackend::new(dir.path());
         b.create().unwrap();
-        b.put(FileKind::Pack, &id.to_hex(), &bytes).unwrap();
+        b.put(FileKind::Pack, &id.to_hex(), bytes.clone().into())
+            .unwrap();
         let h = read_header(&b, &key, &id.to_hex(), bytes.len() as u64).unwrap();
         assert_eq!(h, blobs);
         assert_eq!(header_from_pack_bytes(&key, &bytes, "p").unwrap(), blobs);

@@ -234,9 +234,11 @@ pub fn prune(
     let flush =
         |w: PackWriter, new_index: &mut IndexFile, report: &mut PruneReport| -> Result<()> {
             let (id, bytes, blobs) = w.finish(repo.key())?;
-            repo.backend().put(FileKind::Pack, &id.to_hex(), &bytes)?;
+            let size = bytes.len() as u64;
+            repo.backend()
+                .put(FileKind::Pack, &id.to_hex(), bytes.into())?;
             report.packs_written += 1;
-            report.bytes_after += bytes.len() as u64;
+            report.bytes_after += size;
             new_index.packs.push((id, blobs));
             Ok(())
         };

@@ -129,7 +129,7 @@ impl Repository {
         let key_name = write_key(backend.as_ref(), &key, password, opts.kdf)?;
         let body = cbor(&config)?;
         let sealed = BlobEncoder::new(0)?.seal_file(&key, MAGIC_CONFIG, &body)?;
-        backend.put(FileKind::Config, "config", &sealed)?;
+        backend.put(FileKind::Config, "config", sealed.into())?;
         let cdc = Cdc::new(config.chunker, key.chunker_seed())?;
         Ok(Repository {
             backend,
@@ -311,7 +311,7 @@ impl Repository {
         let sealed = BlobEncoder::new(3)?.seal_file(&self.key, MAGIC_SNAPSHOT, &body)?;
         let id = Id::of_file(&sealed);
         self.backend
-            .put(FileKind::Snapshot, &id.to_hex(), &sealed)?;
+            .put(FileKind::Snapshot, &id.to_hex(), sealed.into())?;
         Ok(id)
     }
 
@@ -321,7 +321,8 @@ impl Repository {
     pub fn save_index_file(&self, file: &IndexFile) -> Result<Id> {
         let sealed = BlobEncoder::new(0)?.seal_file(&self.key, MAGIC_INDEX, &file.encode())?;
         let id = Id::of_file(&sealed);
-        self.backend.put(FileKind::Index, &id.to_hex(), &sealed)?;
+        self.backend
+            .put(FileKind::Index, &id.to_hex(), sealed.into())?;
         Ok(id)
     }
 
@@ -482,7 +483,7 @@ fn write_key(
 ) -> Result<String> {
     let bytes = KeyFile::create(key, password, kdf)?.to_bytes()?;
     let name = Id::of_file(&bytes).to_hex();
-    backend.put(FileKind::Key, &name, &bytes)?;
+    backend.put(FileKind::Key, &name, bytes.into())?;
     Ok(name)
 }
 

@@ -42,18 +42,21 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
-    let (repo, adopted) = repo
-        .load_index_adopting_orphans()
-        .with_context(|| format!("load index of {loc}"))?;
-    if adopted > 0 {
-        app.say(format!(
-            "adopted {adopted} pack(s) left by an interrupted backup; their data is reused"
-        ));
-    }
-    let opts = options(app, &a);
-    let bar = app.bar();
-    let out = backup(&repo, &lock, &a.paths, &opts, &bar, &app.cancel)
-        .with_context(|| format!("back up to {loc}"))?;
+    let out = crate::with_lock(lock, |lock| {
+        let (repo, adopted) = repo
+            .load_index_adopting_orphans()
+            .with_context(|| format!("load index of {loc}"))?;
+        if adopted > 0 && !app.global.quiet {
+            // stderr: stdout carries only the summary (JSON with --json).
+            eprintln!(
+                "adopted {adopted} pack(s) left by an interrupted backup; their data is reused"
+            );
+        }
+        let opts = options(app, &a);
+        let bar = app.bar();
+        backup(&repo, lock, &a.paths, &opts, &bar, &app.cancel)
+            .with_context(|| format!("back up to {loc}"))
+    })?;
     let s = &out.snapshot.summary;
     let elapsed = (s.backup_end.0 - s.backup_start.0) as f64
         + (s.backup_end.1 as f64 - s.backup_start.1 as f64) / 1e9;

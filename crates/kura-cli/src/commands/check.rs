@@ -9,17 +9,19 @@ pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
-    let mut index_errors = Vec::new();
-    let repo = repo
-        .load_index_reporting(&mut index_errors)
-        .with_context(|| format!("load index of {loc}"))?;
-    let opts = CheckOptions {
-        read_data: a.read_data,
-        ..Default::default()
-    };
-    let bar = app.bar();
-    let report = check(&repo, &lock, index_errors, &opts, &bar, &app.cancel)
-        .with_context(|| format!("check {loc}"))?;
+    let report = crate::with_lock(lock, |lock| {
+        let mut index_errors = Vec::new();
+        let repo = repo
+            .load_index_reporting(&mut index_errors)
+            .with_context(|| format!("load index of {loc}"))?;
+        let opts = CheckOptions {
+            read_data: a.read_data,
+            ..Default::default()
+        };
+        let bar = app.bar();
+        check(&repo, lock, index_errors, &opts, &bar, &app.cancel)
+            .with_context(|| format!("check {loc}"))
+    })?;
     if app.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,7 +1,8 @@
 use anyhow::{Context, Result};
 use kura_repo::Id;
+use kura_repo::Repository;
 use kura_repo::forget::{KeepPolicy, apply_policy, parse_duration, remove_snapshots};
-use kura_repo::lock::RepoLock;
+use kura_repo::lock::{Exclusive, RepoLock};
 use kura_repo::prune::PruneOptions;
 
 use crate::cli::ForgetArgs;
@@ -30,6 +31,16 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
+    crate::with_lock(lock, |lock| forget_locked(app, &a, &policy, repo, lock))
+}
+
+fn forget_locked(
+    app: &App,
+    a: &ForgetArgs,
+    policy: &KeepPolicy,
+    repo: Repository,
+    lock: &RepoLock<Exclusive>,
+) -> Result<i32> {
     let mut remove: Vec<Id> = Vec::new();
     if policy.is_empty() {
         for s in &a.snapshots {
@@ -46,7 +57,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
             .into_iter()
             .filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h))
             .collect();
-        let groups = apply_policy(&snaps, &policy, &chrono::Local);
+        let groups = apply_policy(&snaps, policy, &chrono::Local);
         for g in &groups {
             for d in g.decisions.iter().filter(|d| !d.keep) {
                 remove.push(d.id.parse()?);
@@ -80,7 +91,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         ));
         return Ok(exit::OK);
     }
-    let n = remove_snapshots(&repo, &lock, &remove)?;
+    let n = remove_snapshots(&repo, lock, &remove)?;
     if !app.global.json {
         app.say(format!("removed {n} snapshot(s)"));
     } else if policy.is_empty() {
@@ -88,7 +99,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         println!("{}", serde_json::json!({ "removed": ids }));
     }
     if a.prune {
-        super::prune::prune_locked(app, repo, &lock, &PruneOptions::default())?;
+        super::prune::prune_locked(app, repo, lock, &PruneOptions::default())?;
     }
     Ok(exit::OK)
 }

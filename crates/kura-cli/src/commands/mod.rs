@@ -10,4 +10,5 @@ pub mod ls;
 pub mod prune;
 pub mod restore;
 pub mod snapshots;
+pub mod target;
 pub mod unlock;

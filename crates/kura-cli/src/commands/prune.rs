@@ -55,6 +55,6 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
     };
-    prune_locked(app, repo, &lock, &opts)?;
+    crate::with_lock(lock, |lock| prune_locked(app, repo, lock, &opts))?;
     Ok(exit::OK)
 }

@@ -11,27 +11,31 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
-    let repo = repo
-        .load_index()
-        .with_context(|| format!("load index of {loc}"))?;
-    let snap = repo.find_snapshot(&a.snapshot)?;
-    let mut opts = RestoreOptions {
-        includes: a.includes.clone(),
-        ..Default::default()
-    };
-    if let Some(t) = a.threads.or(app.config.restore.threads) {
-        opts.threads = t.max(1);
-    }
-    let bar = app.bar();
     let started = std::time::Instant::now();
-    let out =
-        restore(&repo, &lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(|| {
-            format!(
-                "restore snapshot {} to {}",
-                snap.id.short(),
-                a.target.display()
-            )
-        })?;
+    let (snap, out) = crate::with_lock(lock, |lock| {
+        let repo = repo
+            .load_index()
+            .with_context(|| format!("load index of {loc}"))?;
+        let snap = repo.find_snapshot(&a.snapshot)?;
+        let mut opts = RestoreOptions {
+            includes: a.includes.clone(),
+            ..Default::default()
+        };
+        if let Some(t) = a.threads.or(app.config.restore.threads) {
+            opts.threads = t.max(1);
+        }
+        let bar = app.bar();
+        let out = restore(&repo, lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(
+            || {
+                format!(
+                    "restore snapshot {} to {}",
+                    snap.id.short(),
+                    a.target.display()
+                )
+            },
+        )?;
+        Ok((snap, out))
+    })?;
     let secs = started.elapsed().as_secs_f64();
     if app.global.json {
         println!(

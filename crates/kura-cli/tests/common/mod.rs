@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod weed;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -13,27 +15,139 @@ use std::process::{Command, Output};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// A repository in a temp directory, driven through the `kura` binary.
+/// Where a test repository lives. Repository tests run on both (see [`on_both!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A directory in a temp dir.
+    Local,
+    /// A fresh prefix in the SeaweedFS bucket that `scripts/test.sh` starts
+    /// (`KURA_TEST_S3=s3://bucket?endpoint=…`, credentials in the AWS_* variables).
+    S3,
+}
+
+/// Generate one `#[test]` per store for each named test function `fn name(store: Store)`:
+/// `name::local` and `name::s3`. The test body is written once.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn local() {
+                    super::$name($crate::common::Store::Local)
+                }
+                #[test]
+                fn s3() {
+                    super::$name($crate::common::Store::S3)
+                }
+            }
+        )*
+    };
+}
+
+/// The S3 location of a fresh, unique prefix.
+fn s3_location() -> String {
+    let base = std::env::var("KURA_TEST_S3").unwrap_or_else(|_| {
+        panic!(
+            "KURA_TEST_S3 is not set: the S3 variants of the repository tests need the \
+             SeaweedFS server that scripts/test.sh starts (run the suite with scripts/test.sh)"
+        )
+    });
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).unwrap();
+    let prefix = format!("t-{}", hex::encode(rnd));
+    match base.split_once('?') {
+        Some((b, q)) => format!("{}/{prefix}?{q}", b.trim_end_matches('/')),
+        None => format!("{}/{prefix}", base.trim_end_matches('/')),
+    }
+}
+
+/// A repository (in a temp directory or an S3 prefix), driven through the `kura` binary.
+/// `dir` is a scratch directory for sources and restore targets either way.
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
     pub location: String,
+    pub store: Store,
 }
 
 impl TestRepo {
-    /// A new repository with a cheap KDF (tests open it hundreds of times). Extra `init`
-    /// arguments (e.g. small chunk sizes) may be given.
+    /// A new local repository with a cheap KDF (tests open it hundreds of times). Extra
+    /// `init` arguments (e.g. small chunk sizes) may be given.
     pub fn new(init_args: &[&str]) -> TestRepo {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let location = dir.path().join("repo").display().to_string();
-        let r = TestRepo { dir, location };
+        Self::on(Store::Local, init_args)
+    }
+
+    /// A new repository at an explicit location (e.g. on a private S3 server).
+    pub fn at(location: String, init_args: &[&str]) -> TestRepo {
+        let store = if location.starts_with("s3://") {
+            Store::S3
+        } else {
+            Store::Local
+        };
+        let r = TestRepo {
+            dir: tempfile::tempdir().expect("tempdir"),
+            location,
+            store,
+        };
         let mut args = vec!["init", "--kdf-memory-kib", "64"];
         args.extend_from_slice(init_args);
         r.ok(&args);
         r
     }
 
+    /// A new repository on `store`.
+    pub fn on(store: Store, init_args: &[&str]) -> TestRepo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = match store {
+            Store::Local => dir.path().join("repo").display().to_string(),
+            Store::S3 => s3_location(),
+        };
+        let r = TestRepo {
+            dir,
+            location,
+            store,
+        };
+        let mut args = vec!["init", "--kdf-memory-kib", "64"];
+        args.extend_from_slice(init_args);
+        r.ok(&args);
+        r
+    }
+
+    /// A location on the same store where no repository exists.
+    pub fn empty_location(&self) -> String {
+        match self.store {
+            Store::Local => self.dir.path().join("nothing-here").display().to_string(),
+            Store::S3 => s3_location(),
+        }
+    }
+
+    /// The repository directory (local repositories only).
     pub fn path(&self) -> PathBuf {
+        assert_eq!(self.store, Store::Local, "path() of an S3 repository");
         PathBuf::from(&self.location)
+    }
+
+    /// The repository's storage, for tests that inspect or damage it.
+    pub fn backend(&self) -> std::sync::Arc<dyn kura_repo::backend::Backend> {
+        kura_repo::backend::open(&self.location, &Default::default()).expect("open backend")
+    }
+
+    /// Every stored file: (kind, name, size).
+    pub fn listing(&self) -> std::collections::BTreeSet<(String, String, u64)> {
+        use kura_repo::backend::FileKind;
+        let b = self.backend();
+        let mut out = std::collections::BTreeSet::new();
+        for kind in FileKind::ALL {
+            for f in b.list(kind).unwrap() {
+                out.insert((kind.to_string(), f.name, f.size));
+            }
+        }
+        out
+    }
+
+    /// Number of stored files of one kind.
+    pub fn count(&self, kind: kura_repo::backend::FileKind) -> usize {
+        self.backend().list(kind).unwrap().len()
     }
 
     pub fn cmd(&self) -> Command {
@@ -79,27 +193,13 @@ impl TestRepo {
     }
 
     pub fn snapshot_count(&self) -> usize {
-        fs::read_dir(self.path().join("snapshots"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.count(kura_repo::backend::FileKind::Snapshot)
     }
 
     /// Bytes of all files in the repository.
     pub fn size(&self) -> u64 {
-        dir_size(&self.path())
+        self.listing().iter().map(|(_, _, s)| s).sum()
     }
-}
-
-pub fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    for e in walkdir(p) {
-        if let Ok(md) = fs::symlink_metadata(&e)
-            && md.is_file()
-        {
-            total += md.len();
-        }
-    }
-    total
 }
 
 /// Every path below `root` (not following symlinks), sorted.
@@ -300,25 +400,39 @@ pub fn allocated(p: &Path) -> u64 {
 
 /// The repository opened through the library (for tests that inspect or damage it).
 pub fn open_lib(repo: &TestRepo) -> kura_repo::IndexedRepo {
-    let b: std::sync::Arc<dyn kura_repo::backend::Backend> =
-        std::sync::Arc::new(kura_repo::backend::LocalBackend::new(repo.path()));
-    kura_repo::Repository::open(b, PASSWORD.as_bytes())
+    kura_repo::Repository::open(repo.backend(), PASSWORD.as_bytes())
         .unwrap()
         .load_index()
         .unwrap()
 }
 
-/// The on-disk path of the pack holding the first chunk of `file` in snapshot `snap`.
-pub fn pack_of(repo: &TestRepo, snap: &str, file: &Path) -> PathBuf {
+/// The pack (name) holding the first chunk of `file` in snapshot `snap`, and the chunk's
+/// offset in it.
+pub fn pack_of(repo: &TestRepo, snap: &str, file: &Path) -> (String, u32) {
     let lib = open_lib(repo);
     let entry = lib.find_snapshot(snap).unwrap();
     let node = kura_repo::browse::find_node(&lib, &entry, file).unwrap();
     let Some(kura_repo::tree::ChunkRef::Blob(id)) = node.content.unwrap().first().copied() else {
         panic!("{} has no stored chunk", file.display());
     };
-    let pack = lib.index().get(&id).unwrap().pack;
-    repo.path()
-        .join(kura_repo::backend::FileKind::Pack.relative_path(&pack.to_hex()))
+    let loc = lib.index().get(&id).unwrap();
+    (loc.pack.to_hex(), loc.offset)
+}
+
+/// Remove a pack from the repository's storage.
+pub fn delete_pack(repo: &TestRepo, name: &str) {
+    repo.backend()
+        .delete(kura_repo::backend::FileKind::Pack, name)
+        .unwrap();
+}
+
+/// Flip one bit of a stored pack at `offset` (rewriting the object).
+pub fn flip_pack_byte(repo: &TestRepo, name: &str, offset: usize) {
+    use kura_repo::backend::FileKind;
+    let b = repo.backend();
+    let mut bytes = b.get(FileKind::Pack, name).unwrap();
+    bytes[offset] ^= 0x40;
+    b.put(FileKind::Pack, name, bytes.into()).unwrap();
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -369,7 +369,15 @@ pub(crate) fn run<T>(
     // Packs that became durable are indexed even when the run failed, so a rerun reuses
     // them without having to adopt them as orphans.
     let (pending, _) = index_state.into_inner().map_err(|_| Error::Interrupted)?;
-    let index_result = if pending.packs.is_empty() {
+    // …unless the target itself stopped answering: that write would only wait out another
+    // deadline, and the next backup adopts those packs anyway.
+    let target_down = failure.is_set()
+        && failure
+            .first
+            .lock()
+            .ok()
+            .is_some_and(|f| matches!(&*f, Some(Error::Backend(b)) if b.is_transient()));
+    let index_result = if pending.packs.is_empty() || target_down {
         Ok(())
     } else {
         repo.save_index_file(&pending).map(|_| ())
@@ -457,7 +465,7 @@ fn upload_loop(
             return Ok(());
         }
         repo.backend()
-            .put(FileKind::Pack, &p.id.to_hex(), &p.bytes)?;
+            .put(FileKind::Pack, &p.id.to_hex(), p.bytes.into())?;
         for b in &p.blobs {
             let counter = match b.ty {
                 BlobType::Data => &stats.data_blobs_new,

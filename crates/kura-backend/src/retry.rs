@@ -1,0 +1,168 @@
+//! Deadlines and retries, shared by every backend.
+//!
+//! Every operation has one deadline covering all its attempts. Transient failures
+//! (unreachable, timed out, HTTP 5xx/429) are retried with exponential backoff and full
+//! jitter, as long as the next attempt can still start before the deadline; permanent ones
+//! (not found, permission denied, no space, corrupt) return at once. The final error says how
+//! many attempts were made and how long they took.
+
+use std::time::{Duration, Instant};
+
+use crate::BackendError;
+
+/// Deadline and backoff of backend operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total time an operation may take, retries included.
+    pub deadline: Duration,
+    /// First backoff; doubles per attempt.
+    pub initial_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            deadline: Duration::from_secs(60),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A cheap random number for jitter (no need for a CSPRNG here).
+fn jitter_fraction() -> f64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl RetryPolicy {
+    /// Run `attempt` until it succeeds, fails permanently, or the deadline would pass.
+    /// `attempt` gets the time left before the deadline and must not exceed it.
+    pub fn run<T>(
+        &self,
+        mut attempt: impl FnMut(Duration) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let start = Instant::now();
+        let mut backoff = self.initial_backoff;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let left = self.deadline.saturating_sub(start.elapsed());
+            match attempt(left) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    // Full jitter: sleep a random time in [backoff/2, backoff].
+                    let sleep = backoff.mul_f64(0.5 + 0.5 * jitter_fraction());
+                    let elapsed = start.elapsed();
+                    if !e.is_transient() || elapsed + sleep >= self.deadline {
+                        return Err(e.after_tries(tries, elapsed));
+                    }
+                    tracing::debug!("retrying after {:?}: {e}", sleep);
+                    std::thread::sleep(sleep);
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+/// Parse `30s`, `1500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn err(kind: ErrorKind) -> BackendError {
+        BackendError::new(kind, "get", "data/ab", "test", "boom")
+    }
+
+    #[test]
+    fn transient_errors_are_retried_until_success() {
+        let p = RetryPolicy {
+            deadline: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+        };
+        let mut n = 0;
+        let v = p
+            .run(|_| {
+                n += 1;
+                if n < 4 {
+                    Err(err(ErrorKind::Unreachable))
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap();
+        assert_eq!(v, 4);
+    }
+
+    #[test]
+    fn permanent_errors_return_at_once() {
+        let p = RetryPolicy::default();
+        let mut n = 0;
+        let e = p
+            .run(|_| -> Result<(), _> {
+                n += 1;
+                Err(err(ErrorKind::PermissionDenied))
+            })
+            .unwrap_err();
+        assert_eq!(n, 1);
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(!e.to_string().contains("tries"));
+    }
+
+    #[test]
+    fn the_deadline_bounds_retries_and_the_message_counts_them() {
+        let p = RetryPolicy {
+            deadline: Duration::from_millis(300),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+        };
+        let start = Instant::now();
+        let e = p
+            .run(|_| -> Result<(), _> { Err(err(ErrorKind::Unreachable)) })
+            .unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            start.elapsed()
+        );
+        let msg = e.to_string();
+        assert!(msg.starts_with("get data/ab on test: boom after "), "{msg}");
+        assert!(msg.contains(" tries, 0."), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("5y"), None);
+    }
+}

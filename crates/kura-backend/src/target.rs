@@ -1,0 +1,221 @@
+//! Target URLs: where a repository lives, and how to reach it.
+//!
+//! - a path (`/srv/backup`, `backups/here`) or `file:///srv/backup`: a local directory;
+//! - `s3://BUCKET/PREFIX?endpoint=…&region=…&path-style=true&timeout=30s`: an S3-compatible
+//!   bucket (AWS S3, Ceph RGW, Garage, MinIO, SeaweedFS). Credentials come from the usual AWS
+//!   environment variables and the shared credentials/config files; the query string can set
+//!   `endpoint`, `region`, `path-style`, `allow-http`, `timeout` (operation deadline,
+//!   retries included) and `connect-timeout`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::retry::{RetryPolicy, parse_duration};
+use crate::s3::{S3Backend, S3Config};
+use crate::{Backend, BackendError, ErrorKind, LocalBackend, Result};
+
+/// How backends behave under faults; shared by every target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Deadline and backoff of each operation.
+    pub policy: RetryPolicy,
+    /// How long to wait for a connection (object stores).
+    pub connect_timeout: Duration,
+    /// Objects larger than this are uploaded in parts (object stores).
+    pub multipart_threshold: usize,
+    /// Part size of multipart uploads.
+    pub part_size: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            policy: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(5),
+            multipart_threshold: 8 << 20,
+            part_size: 8 << 20,
+        }
+    }
+}
+
+/// A parsed target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Local(PathBuf),
+    S3(S3Config),
+}
+
+fn bad(url: &str, why: impl Into<String>) -> BackendError {
+    BackendError::new(ErrorKind::Other, "parse", url, "target URL", why)
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_bool(url: &str, key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(bad(url, format!("{key} must be true or false, not {v:?}"))),
+    }
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target> {
+        if url.is_empty() {
+            return Err(bad(url, "empty"));
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad(
+                    url,
+                    "file:// URLs need an absolute path (file:///srv/backup)",
+                ));
+            }
+            return Ok(Target::Local(PathBuf::from(percent_decode(path))));
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            if let Some((scheme, _)) = url.split_once("://") {
+                return Err(bad(
+                    url,
+                    format!(
+                        "unsupported scheme {scheme:?}: use a path, file:///path or s3://bucket/prefix"
+                    ),
+                ));
+            }
+            return Ok(Target::Local(PathBuf::from(url)));
+        };
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err(bad(url, "no bucket (s3://BUCKET/PREFIX)"));
+        }
+        let mut cfg = S3Config {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            ..S3Config::default()
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "endpoint" => cfg.endpoint = Some(v),
+                "region" => cfg.region = Some(v),
+                "path-style" | "path_style" => cfg.path_style = Some(parse_bool(url, k, &v)?),
+                "allow-http" | "allow_http" => cfg.allow_http = Some(parse_bool(url, k, &v)?),
+                "timeout" => {
+                    cfg.timeout = Some(
+                        parse_duration(&v).ok_or_else(|| bad(url, format!("bad timeout {v:?}")))?,
+                    )
+                }
+                "connect-timeout" | "connect_timeout" => {
+                    cfg.connect_timeout = Some(
+                        parse_duration(&v)
+                            .ok_or_else(|| bad(url, format!("bad connect-timeout {v:?}")))?,
+                    )
+                }
+                other => {
+                    return Err(bad(
+                        url,
+                        format!(
+                            "unknown option {other:?} (known: endpoint, region, path-style, \\
+                             allow-http, timeout, connect-timeout)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Target::S3(cfg))
+    }
+}
+
+/// Open the backend a URL names.
+pub fn open(url: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    match Target::parse(url)? {
+        Target::Local(p) => Ok(Arc::new(LocalBackend::with_policy(p, opts.policy))),
+        Target::S3(cfg) => Ok(Arc::new(S3Backend::new(cfg, opts)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_forms() {
+        assert_eq!(
+            Target::parse("/srv/b").unwrap(),
+            Target::Local("/srv/b".into())
+        );
+        assert_eq!(
+            Target::parse("rel/dir").unwrap(),
+            Target::Local("rel/dir".into())
+        );
+        assert_eq!(
+            Target::parse("file:///srv/with%20space").unwrap(),
+            Target::Local("/srv/with space".into())
+        );
+        assert!(Target::parse("file://relative").is_err());
+        assert!(Target::parse("").is_err());
+        assert!(
+            Target::parse("ftp://x/y")
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported scheme")
+        );
+        // Malformed escapes and multi-byte characters pass through, never panic.
+        assert_eq!(
+            Target::parse("file:///a%zz%é%").unwrap(),
+            Target::Local("/a%zz%é%".into())
+        );
+    }
+
+    #[test]
+    fn s3_forms() {
+        let Target::S3(c) = Target::parse(
+            "s3://backups/prod/db?endpoint=http://127.0.0.1:8333&region=eu-1&path-style=true&timeout=2m&connect-timeout=1500ms",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.bucket, "backups");
+        assert_eq!(c.prefix, "prod/db");
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(c.region.as_deref(), Some("eu-1"));
+        assert_eq!(c.path_style, Some(true));
+        assert_eq!(c.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.connect_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.location(), "s3://backups/prod/db");
+        let Target::S3(c) = Target::parse("s3://b").unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("b", ""));
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "s3://b/p?nope=1",
+            "s3://b?timeout=soon",
+            "s3://b?path-style=maybe",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
