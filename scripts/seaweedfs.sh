@@ -50,9 +50,11 @@ JSON
     SEAWEED_ENDPOINT=http://127.0.0.1:$sp
     local i
     for i in $(seq 1 120); do
-        if curl -s -o /dev/null "$SEAWEED_ENDPOINT/" 2>/dev/null &&
+        # Peer addresses carry their gRPC port after a dot; without it the shell assumes
+        # port+10000 and waits forever, hence also the timeout.
+        if curl -s -m 5 -o /dev/null "$SEAWEED_ENDPOINT/" 2>/dev/null &&
             echo "s3.bucket.create -name $SEAWEED_BUCKET" |
-                "$WEED" shell -master="127.0.0.1:$mp" -filer="127.0.0.1:$fp" 2>&1 |
+                timeout 30 "$WEED" shell -master="127.0.0.1:$mp.$mg" -filer="127.0.0.1:$fp.$fg" 2>&1 |
                 grep -q "created bucket\|already exists"; then
             export SEAWEED_ENDPOINT SEAWEED_PID
             return 0
