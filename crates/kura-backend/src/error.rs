@@ -125,6 +125,17 @@ impl BackendError {
         }
     }
 
+    /// `create` on a location that already holds a repository.
+    pub fn repository_exists(location: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::AlreadyExists,
+            "create",
+            "config",
+            location,
+            "a repository already exists here",
+        )
+    }
+
     /// Wrap an OS error, classifying it.
     pub fn io(
         op: &'static str,

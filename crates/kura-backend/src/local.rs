@@ -132,13 +132,7 @@ impl Inner {
     fn create(&self) -> Result<()> {
         let config = self.path(FileKind::Config, "config");
         if config.exists() {
-            return Err(BackendError::new(
-                ErrorKind::AlreadyExists,
-                "create",
-                "config",
-                &self.location,
-                "a repository already exists here",
-            ));
+            return Err(BackendError::repository_exists(&self.location));
         }
         let mk = |p: &Path| {
             fs::create_dir_all(p)

@@ -280,13 +280,7 @@ impl Backend for S3Backend {
 
     fn create(&self) -> Result<()> {
         if self.exists(FileKind::Config, "config")? {
-            return Err(BackendError::new(
-                ErrorKind::AlreadyExists,
-                "create",
-                "config",
-                &self.location,
-                "a repository already exists here",
-            ));
+            return Err(BackendError::repository_exists(&self.location));
         }
         // Object stores have no directories; check the bucket answers and is writable.
         let probe = self.key_of("probe/.create");

@@ -133,12 +133,19 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // The prune runs in short slices and is stopped (SIGSTOP) while the repository is
+        // listed, so the kill lands at the cut however slow a listing is (S3) compared with
+        // the prune's own progress.
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
         while child.try_wait().unwrap().is_none()
             && files(&repo).symmetric_difference(&start).count() < cut
             && std::time::Instant::now() < deadline
         {
-            std::thread::sleep(Duration::from_micros(200));
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            std::thread::sleep(Duration::from_millis(2));
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
         }
         if child.try_wait().unwrap().is_none() {
             kills += 1;
@@ -157,7 +164,7 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
         assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
         fs::remove_dir_all(&t).unwrap();
     }
-    assert!(kills >= 3, "too few kills landed mid-prune: {kills}");
+    assert!(kills >= 4, "too few kills landed mid-prune: {kills}");
     // A final, uninterrupted prune leaves a tight repository.
     repo.ok(&["prune", "--repack-threshold", "0"]);
     repo.ok(&["check", "--read-data"]);
