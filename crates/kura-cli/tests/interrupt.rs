@@ -45,17 +45,9 @@ fn sigkill_at_many_points_leaves_a_consistent_repository(store: Store) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if repo.count(FileKind::Pack) >= before + cut || Instant::now() > deadline {
-                break;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let finished = child.try_wait().unwrap().is_some();
+        let finished = !step_until(&mut child, Duration::from_secs(60), || {
+            repo.count(FileKind::Pack) >= before + cut
+        });
         child.kill().ok();
         child.wait().unwrap();
         if finished {

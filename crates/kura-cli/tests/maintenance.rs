@@ -133,21 +133,11 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The prune runs in short slices and is stopped (SIGSTOP) while the repository is
-        // listed, so the kill lands at the cut however slow a listing is (S3) compared with
-        // the prune's own progress.
-        let pid = child.id() as i32;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
-        while child.try_wait().unwrap().is_none()
-            && files(&repo).symmetric_difference(&start).count() < cut
-            && std::time::Instant::now() < deadline
-        {
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-            std::thread::sleep(Duration::from_millis(2));
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-        }
-        if child.try_wait().unwrap().is_none() {
+        // Stepped in SIGSTOP slices, so the kill lands at the cut even on S3, whose listings
+        // are slow next to the prune's progress.
+        if step_until(&mut child, Duration::from_secs(60), || {
+            files(&repo).symmetric_difference(&start).count() >= cut
+        }) {
             kills += 1;
         }
         child.kill().ok();

@@ -448,3 +448,27 @@ pub fn assert_fails(o: &Output, code: i32, needle: &str) {
         stderr(o)
     );
 }
+
+/// Let `child` run in short slices, stopped (SIGSTOP) between them while `reached()` is
+/// checked, until `reached()` holds, the child exits, or `limit` passes. Returns whether the
+/// child is still running (stopped) — then the caller's kill lands at the point `reached`
+/// describes, however slow checking is (an S3 listing) next to the child's own progress.
+/// The child is left stopped; SIGKILL ends it as it is.
+pub fn step_until(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    mut reached: impl FnMut() -> bool,
+) -> bool {
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + limit;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    while child.try_wait().unwrap().is_none() && !reached() {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    child.try_wait().unwrap().is_none()
+}
