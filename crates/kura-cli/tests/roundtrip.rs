@@ -5,6 +5,10 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use kura_repo::backend::{Backend, Bytes, FileInfo, FileKind, Result as BResult};
 
 use common::*;
 
@@ -256,6 +260,89 @@ fn several_paths_and_excludes(store: Store) {
     assert_eq!(fs::read(base.join("two/b/y")).unwrap(), b"y");
 }
 
+/// Counts pack reads on the way to the real backend (instrumentation, not a fake: every call
+/// reaches the local directory or S3).
+#[derive(Debug)]
+struct CountingBackend {
+    inner: Arc<dyn Backend>,
+    pack_reads: AtomicUsize,
+}
+
+impl Backend for CountingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> BResult<()> {
+        self.inner.create()
+    }
+    fn put(&self, kind: FileKind, name: &str, data: Bytes) -> BResult<()> {
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: FileKind, name: &str) -> BResult<Vec<u8>> {
+        if kind == FileKind::Pack {
+            self.pack_reads.fetch_add(1, Relaxed);
+        }
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+        if kind == FileKind::Pack {
+            self.pack_reads.fetch_add(1, Relaxed);
+        }
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
+        self.inner.list(kind)
+    }
+    fn stat(&self, kind: FileKind, name: &str) -> BResult<FileInfo> {
+        self.inner.stat(kind, name)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> BResult<()> {
+        self.inner.delete(kind, name)
+    }
+}
+
+/// Walking a snapshot costs one request per pack of trees, not one per directory (on S3 each
+/// request is a round trip).
+fn walking_a_tree_reads_each_tree_pack_once(store: Store) {
+    let repo = TestRepo::on(store, &[]);
+    let src = repo.dir.path().join("src");
+    for i in 0..300 {
+        write(
+            &src.join(format!("d{}/e{i}/f", i % 17)),
+            format!("{i}").as_bytes(),
+        );
+    }
+    repo.backup(&[src.to_str().unwrap()]);
+    let counting = Arc::new(CountingBackend {
+        inner: repo.backend(),
+        pack_reads: Default::default(),
+    });
+    let lib = kura_repo::Repository::open(counting.clone(), PASSWORD.as_bytes())
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let tree_packs: std::collections::BTreeSet<_> = lib
+        .index()
+        .iter()
+        .filter(|l| l.ty == kura_repo::format::BlobType::Tree)
+        .map(|l| l.pack)
+        .collect();
+    let snap = lib.find_snapshot("latest").unwrap();
+    let mut dirs = 0;
+    kura_repo::browse::list(&lib, &snap, Path::new(""), &mut |_, n| {
+        dirs += usize::from(n.kind == kura_repo::tree::NodeKind::Dir);
+        Ok(())
+    })
+    .unwrap();
+    assert!(dirs > 300, "{dirs} directories walked");
+    let reads = counting.pack_reads.load(Relaxed);
+    assert!(
+        reads <= tree_packs.len(),
+        "{reads} pack reads for {dirs} directories in {} tree pack(s)",
+        tree_packs.len()
+    );
+}
+
 on_both!(
     rich_tree_round_trips_exactly,
     restore_include_selects_subtrees_and_dump_streams_one_file,
@@ -265,4 +352,5 @@ on_both!(
     image_round_trip_keeps_holes_and_dedups_unchanged_chunks,
     block_device_round_trip_via_loop_devices,
     several_paths_and_excludes,
+    walking_a_tree_reads_each_tree_pack_once,
 );

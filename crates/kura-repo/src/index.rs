@@ -123,6 +123,22 @@ impl Index {
         self.entries.iter().map(|e| self.location(e))
     }
 
+    /// For each pack holding tree blobs: the span from its first tree blob's offset to the end
+    /// of its last (see `treecache`).
+    pub fn tree_spans(&self) -> std::collections::HashMap<Id, (u32, u32)> {
+        let mut spans: std::collections::HashMap<usize, (u32, u32)> = Default::default();
+        for e in self.entries.iter().filter(|e| e.pack & TREE_BIT != 0) {
+            let end = e.offset.saturating_add(e.length);
+            let s = spans.entry(e.pack_idx()).or_insert((e.offset, end));
+            s.0 = s.0.min(e.offset);
+            s.1 = s.1.max(end);
+        }
+        spans
+            .into_iter()
+            .map(|(p, span)| (self.packs[p], span))
+            .collect()
+    }
+
     /// Heap bytes held (entries and pack ids, by capacity).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<IndexEntry>()

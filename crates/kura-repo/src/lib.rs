@@ -50,6 +50,7 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod tree;
+mod treecache;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -361,6 +361,7 @@ impl Repository {
             }
         }
         Ok(IndexedRepo {
+            tree_cache: Default::default(),
             repo: self,
             index: b.finish(),
         })
@@ -369,7 +370,11 @@ impl Repository {
     /// Read every index file into memory.
     pub fn load_index(self) -> Result<IndexedRepo> {
         let index = self.read_all_index_files()?.finish();
-        Ok(IndexedRepo { repo: self, index })
+        Ok(IndexedRepo {
+            repo: self,
+            index,
+            tree_cache: Default::default(),
+        })
     }
 
     /// Load the index, first adopting *orphan packs* (durable packs no index file lists: left
@@ -403,6 +408,7 @@ impl Repository {
             IndexedRepo {
                 repo: self,
                 index: b.finish(),
+                tree_cache: Default::default(),
             },
             n,
         ))
@@ -413,6 +419,7 @@ impl Repository {
 pub struct IndexedRepo {
     repo: Repository,
     index: Index,
+    tree_cache: crate::treecache::TreeCache,
 }
 
 impl std::ops::Deref for IndexedRepo {
@@ -429,6 +436,28 @@ impl IndexedRepo {
 
     /// Read, decrypt, decompress and verify one blob at a known location.
     pub fn read_blob_at(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        if loc.ty == BlobType::Tree
+            && let Some((start, end)) = self.tree_cache.span(&self.index, &loc.pack)
+            && loc.offset >= start
+            && loc.offset.checked_add(loc.length).is_some_and(|e| e <= end)
+        {
+            let span = match self.tree_cache.get(&loc.pack) {
+                Some(s) => s,
+                None => {
+                    let s = std::sync::Arc::new(self.repo.backend.get_range(
+                        FileKind::Pack,
+                        &loc.pack.to_hex(),
+                        start as u64,
+                        (end - start) as u64,
+                    )?);
+                    self.tree_cache.insert(loc.pack, s.clone());
+                    s
+                }
+            };
+            let at = (loc.offset - start) as usize;
+            let stored = span[at..at + loc.length as usize].to_vec();
+            return decode_blob(&self.repo.key, loc.ty, &loc.id, stored, loc.raw_length);
+        }
         let stored = self.repo.backend.get_range(
             FileKind::Pack,
             &loc.pack.to_hex(),
