@@ -132,12 +132,23 @@ impl Target {
                             .ok_or_else(|| bad(url, format!("bad connect-timeout {v:?}")))?,
                     )
                 }
+                "multipart-threshold" | "multipart_threshold" => {
+                    cfg.multipart_threshold = Some(
+                        parse_size(&v)
+                            .ok_or_else(|| bad(url, format!("bad multipart-threshold {v:?}")))?,
+                    )
+                }
+                "part-size" | "part_size" => {
+                    cfg.part_size = Some(
+                        parse_size(&v).ok_or_else(|| bad(url, format!("bad part-size {v:?}")))?,
+                    )
+                }
                 other => {
                     return Err(bad(
                         url,
                         format!(
                             "unknown option {other:?} (known: endpoint, region, path-style, \\
-                             allow-http, timeout, connect-timeout)"
+                             allow-http, timeout, connect-timeout, multipart-threshold, part-size)"
                         ),
                     ));
                 }
@@ -145,6 +156,21 @@ impl Target {
         }
         Ok(Target::S3(cfg))
     }
+}
+
+/// A byte size: `8388608`, `512K`/`512KiB`, `8M`/`8MiB`, `1G`/`1GiB` (binary units).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: usize = s[..split].parse().ok()?;
+    let shift = match s[split..].trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift).filter(|&v| v > 0)
 }
 
 /// Open the backend a URL names.
@@ -189,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8388608"), Some(8 << 20));
+        assert_eq!(parse_size("512K"), Some(512 << 10));
+        assert_eq!(parse_size("8MiB"), Some(8 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        for bad in ["", "M", "0", "8 X", "-1", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn s3_forms() {
         let Target::S3(c) = Target::parse(
             "s3://backups/prod/db?endpoint=http://127.0.0.1:8333&region=eu-1&path-style=true&timeout=2m&connect-timeout=1500ms",
@@ -208,12 +245,21 @@ mod tests {
             panic!()
         };
         assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("b", ""));
+        let Target::S3(c) =
+            Target::parse("s3://b?multipart-threshold=64MiB&part-size=16M").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.multipart_threshold, Some(64 << 20));
+        assert_eq!(c.part_size, Some(16 << 20));
         for bad in [
             "s3://",
             "s3:///x",
             "s3://b/p?nope=1",
             "s3://b?timeout=soon",
             "s3://b?path-style=maybe",
+            "s3://b?part-size=8X",
+            "s3://b?multipart-threshold=0",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
