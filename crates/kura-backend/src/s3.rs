@@ -117,8 +117,9 @@ impl S3Backend {
                 .as_deref()
                 .is_some_and(|e| e.starts_with("http://"))
         });
-        // Custom endpoints (Ceph, MinIO, Garage, SeaweedFS) usually want path-style requests.
-        let path_style = cfg.path_style.unwrap_or(true);
+        // Custom endpoints (Ceph, MinIO, Garage, SeaweedFS) want path-style requests; AWS
+        // itself prefers virtual-hosted ones.
+        let path_style = cfg.path_style.unwrap_or(endpoint.is_some());
         b = b
             .with_allow_http(allow_http)
             .with_virtual_hosted_style_request(!path_style)
