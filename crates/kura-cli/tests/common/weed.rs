@@ -70,8 +70,6 @@ impl Proc {
 /// A SeaweedFS deployment: a single `weed server`, or a cluster of separate processes.
 pub struct Weed {
     procs: Vec<Proc>,
-    master: String,
-    filer: String,
     s3_port: u16,
     /// Index of the process serving S3 (killed/stopped by the fault tests).
     s3_proc: usize,
@@ -138,8 +136,6 @@ impl Weed {
                 child: None,
                 log: dir.join("weed.log"),
             }],
-            master: format!("127.0.0.1:{mp}"),
-            filer: format!("127.0.0.1:{fp}"),
             s3_port: sp,
             s3_proc: 0,
             volumes: vec![0],
@@ -232,8 +228,6 @@ impl Weed {
         });
         let mut w = Weed {
             procs,
-            master,
-            filer: format!("127.0.0.1:{fp}.{fg}"),
             s3_port: sp,
             s3_proc,
             volumes: vol_idx,
