@@ -29,8 +29,14 @@ need curl || DEBIAN_FRONTEND=noninteractive apt-get install -y curl >/dev/null
 source scripts/seaweedfs.sh
 seaweed_install
 s3dir=$(mktemp -d /tmp/kura-test-s3.XXXXXX)
-trap 'seaweed_stop; rm -rf "$s3dir"' EXIT
+# A real PostgreSQL for the catalog tests (each runs on SQLite and on PostgreSQL).
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+pgdir=$(mktemp -d /tmp/kura-test-pg.XXXXXX)
+trap 'seaweed_stop; pg_stop; rm -rf "$s3dir" "$pgdir"' EXIT
 seaweed_start "$s3dir"
+pg_start "$pgdir"
+echo "PostgreSQL at $KURA_TEST_PG"
 export KURA_TEST_WEED=$WEED
 export KURA_TEST_S3="s3://$SEAWEED_BUCKET?endpoint=$SEAWEED_ENDPOINT"
 export AWS_ACCESS_KEY_ID=$SEAWEED_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SEAWEED_SECRET_KEY

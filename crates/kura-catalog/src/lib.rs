@@ -1,0 +1,200 @@
+//! The catalog: kura's resource inventory (seed tables 420–470), job definitions (backup
+//! processing information 410) and backups with their extents (backup data save information
+//! 460), in SQLite for one manager on one machine or PostgreSQL for several managers and
+//! workers — the same code and the same queries (sqlx's `Any` driver) on both.
+//!
+//! # Model
+//! - **Resources** (`resources`): workers, targets, media, paths, copy engines. A resource has
+//!   `slots` (how many streams it serves at once: 1 for targets and media, so no two streams
+//!   share one; more for a machine's own worker and path), an operator switch (`enabled`) and
+//!   a health flag set by repeated errors. Its state is derived, never stored twice:
+//!   *not usable* (disabled or unhealthy), *in use* (every slot allocated), else *usable*.
+//! - **Allocations** (`allocations`): which process (job run) holds a slot of which resource
+//!   for which stream, until when (a lease). A manager that dies stops renewing; the next
+//!   `secure` reclaims expired leases, so nothing stays stuck.
+//! - **Routes** (`routes`): which worker reaches which target over which path. A target that
+//!   is not sequential media gets one implicit medium (`<target>.medium`) when it is added.
+//! - **Events** (`events`): every state change, with its reason.
+//!
+//! # Locking
+//! `secure` must be all-or-nothing and safe against concurrent managers. Each securing
+//! transaction starts by updating the `meta` row `alloc`: on PostgreSQL that row lock
+//! serialises securing across managers (and the transaction sees every committed allocation
+//! once it holds it); on SQLite the write takes the database's reserved lock at once, so a
+//! second writer waits (busy timeout) instead of failing at commit. Securing is rare (once per
+//! job), so serialising it costs nothing measurable, and the same statement works on both.
+
+mod resources;
+mod secure;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions};
+
+pub use resources::{Kind, Resource, State};
+pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
+
+/// Errors the catalog reports; each says what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("catalog {url}: {source}")]
+    Db {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no resource named {0:?}")]
+    UnknownResource(String),
+    #[error("a resource named {0:?} already exists")]
+    Duplicate(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// `secure` could not find enough disjoint subsystems; the message says why.
+    #[error("cannot secure {need} subsystem(s): {why}")]
+    Unavailable { need: usize, why: String },
+    #[error("catalog: {0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which database is behind the catalog (DDL differs; queries do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A catalog database. Blocking API (kura's pipelines are threads); an internal runtime
+/// drives sqlx.
+pub struct Catalog {
+    pool: AnyPool,
+    rt: tokio::runtime::Runtime,
+    dialect: Dialect,
+    url: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Catalog {
+    /// Open (creating a SQLite file if needed) and migrate. `url`: `sqlite:///path/catalog.db`,
+    /// a plain path (SQLite), or `postgres://user@host:port/db`.
+    pub fn open(url: &str) -> Result<Catalog> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_string(), Dialect::Postgres)
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            (format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Other(format!("start runtime: {e}")))?;
+        let db = |source| Error::Db {
+            url: redact(&url),
+            source,
+        };
+        let opts = AnyConnectOptions::from_str(&url)
+            .map_err(db)?
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = rt
+            .block_on(
+                AnyPoolOptions::new()
+                    .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if dialect == Dialect::Sqlite {
+                                sqlx::query("PRAGMA foreign_keys = ON")
+                                    .execute(&mut *conn)
+                                    .await?;
+                                sqlx::query("PRAGMA busy_timeout = 30000")
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts),
+            )
+            .map_err(db)?;
+        let cat = Catalog {
+            pool,
+            rt,
+            dialect,
+            url: redact(&url),
+        };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn migrate(&self) -> Result<()> {
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        let sql = match self.dialect {
+            Dialect::Sqlite => include_str!("../migrations/0001_inventory.sqlite.sql"),
+            Dialect::Postgres => include_str!("../migrations/0001_inventory.postgres.sql"),
+        };
+        let migrator = Migrator {
+            migrations: vec![Migration::new(
+                1,
+                "inventory".into(),
+                MigrationType::Simple,
+                sql.into(),
+                false,
+            )]
+            .into(),
+            ignore_missing: false,
+            locking: true,
+            no_tx: false,
+        };
+        self.rt.block_on(migrator.run(&self.pool))?;
+        Ok(())
+    }
+
+    pub(crate) fn db(&self, source: sqlx::Error) -> Error {
+        Error::Db {
+            url: self.url.clone(),
+            source,
+        }
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("postgres://kura:secret@db:5432/kura"),
+            "postgres://kura:***@db:5432/kura"
+        );
+        assert_eq!(super::redact("sqlite:///x.db"), "sqlite:///x.db");
+    }
+}
