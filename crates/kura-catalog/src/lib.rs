@@ -144,10 +144,11 @@ impl Catalog {
 
     fn migrate(&self) -> Result<()> {
         use sqlx::migrate::{Migration, MigrationType, Migrator};
-        let sql = match self.dialect {
-            Dialect::Sqlite => include_str!("../migrations/0001_inventory.sqlite.sql"),
-            Dialect::Postgres => include_str!("../migrations/0001_inventory.postgres.sql"),
+        let id = match self.dialect {
+            Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
         };
+        let sql = include_str!("../migrations/0001_inventory.sql").replace("{{ID}}", id);
         let migrator = Migrator {
             migrations: vec![Migration::new(
                 1,

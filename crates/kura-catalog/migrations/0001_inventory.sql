@@ -1,9 +1,10 @@
--- kura catalog v1 (PostgreSQL). Keep in step with 0001_inventory.sqlite.sql: same tables,
--- same columns, same meaning; only the id column's type differs.
+-- kura catalog v1, for SQLite and PostgreSQL alike. The one dialect difference, the type of
+-- generated id columns, is a placeholder (ID in double braces): Catalog::migrate puts
+-- "INTEGER PRIMARY KEY AUTOINCREMENT" (SQLite) or "BIGSERIAL PRIMARY KEY" (PostgreSQL).
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 INSERT INTO meta (k, v) VALUES ('alloc', '0');
 CREATE TABLE resources (
-    id BIGSERIAL PRIMARY KEY,
+    id {{ID}},
     kind TEXT NOT NULL CHECK (kind IN ('worker', 'target', 'medium', 'path', 'copy-engine')),
     name TEXT NOT NULL UNIQUE,
     config TEXT NOT NULL DEFAULT '{}',
@@ -30,14 +31,14 @@ CREATE TABLE allocations (
 );
 CREATE INDEX allocations_process ON allocations (process);
 CREATE TABLE events (
-    id BIGSERIAL PRIMARY KEY,
+    id {{ID}},
     resource BIGINT NOT NULL,
     at BIGINT NOT NULL,
     what TEXT NOT NULL,
     reason TEXT NOT NULL
 );
 CREATE TABLE jobs (
-    id BIGSERIAL PRIMARY KEY,
+    id {{ID}},
     name TEXT NOT NULL UNIQUE,
     object TEXT NOT NULL,
     schedule TEXT,
@@ -46,7 +47,7 @@ CREATE TABLE jobs (
     config TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE job_runs (
-    id BIGSERIAL PRIMARY KEY,
+    id {{ID}},
     job BIGINT REFERENCES jobs (id) ON DELETE SET NULL,
     started BIGINT NOT NULL,
     ended BIGINT,
@@ -64,7 +65,7 @@ CREATE TABLE streams (
     PRIMARY KEY (run, stream)
 );
 CREATE TABLE backups (
-    id BIGSERIAL PRIMARY KEY,
+    id {{ID}},
     run BIGINT REFERENCES job_runs (id) ON DELETE SET NULL,
     object TEXT NOT NULL,
     started BIGINT NOT NULL,
