@@ -140,7 +140,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Read `len` bytes at `offset`. Reading past the end is [`ErrorKind::Corrupt`]: callers
     /// only ask for ranges an index or header told them exist.
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
 
     /// As [`get_range`](Self::get_range), into `buf` (replacing its contents), so callers
     /// reading many ranges can reuse one allocation.
@@ -151,10 +155,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         offset: u64,
         len: u64,
         buf: &mut Vec<u8>,
-    ) -> Result<()> {
-        *buf = self.get_range(kind, name, offset, len)?;
-        Ok(())
-    }
+    ) -> Result<()>;
 
     /// List every file of a kind (names without directories). Temporary files are never listed.
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;

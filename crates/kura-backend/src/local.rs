@@ -304,12 +304,6 @@ impl Backend for LocalBackend {
         })
     }
 
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.get_range_into(kind, name, offset, len, &mut buf)?;
-        Ok(buf)
-    }
-
     fn get_range_into(
         &self,
         kind: FileKind,

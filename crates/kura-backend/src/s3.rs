@@ -330,12 +330,6 @@ impl Backend for S3Backend {
         Ok(b.to_vec())
     }
 
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.get_range_into(kind, name, offset, len, &mut buf)?;
-        Ok(buf)
-    }
-
     /// Streams the body straight into `buf`: no intermediate `Bytes` to collect and copy
     /// again, and the caller's buffer (8 MiB during a restore) is reused rather than a fresh
     /// allocation faulted in for every range.

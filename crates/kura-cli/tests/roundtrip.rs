@@ -284,11 +284,18 @@ impl Backend for CountingBackend {
         }
         self.inner.get(kind, name)
     }
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> BResult<()> {
         if kind == FileKind::Pack {
             self.pack_reads.fetch_add(1, Relaxed);
         }
-        self.inner.get_range(kind, name, offset, len)
+        self.inner.get_range_into(kind, name, offset, len, buf)
     }
     fn list(&self, kind: FileKind) -> BResult<Vec<FileInfo>> {
         self.inner.list(kind)
