@@ -24,6 +24,7 @@
 //! second writer waits (busy timeout) instead of failing at commit. Securing is rare (once per
 //! job), so serialising it costs nothing measurable, and the same statement works on both.
 
+mod jobs;
 mod resources;
 mod secure;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
 pub use resources::{Kind, Resource, State};
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
 
@@ -53,9 +55,14 @@ pub enum Error {
     Duplicate(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("no job {0:?}")]
+    UnknownJob(String),
     /// `secure` could not find enough disjoint subsystems; the message says why.
     #[error("cannot secure {need} subsystem(s): {why}")]
     Unavailable { need: usize, why: String },
+    /// A renewal came too late: the lease had expired and the resources were reclaimed.
+    #[error("process {0} lost its resources: its lease expired before renewal")]
+    LeaseLost(i64),
     #[error("catalog: {0}")]
     Other(String),
 }
@@ -76,13 +83,8 @@ pub struct Catalog {
     rt: tokio::runtime::Runtime,
     dialect: Dialect,
     url: String,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// Added to the wall clock (ms); see [`Catalog::advance_clock`].
+    skew: std::sync::atomic::AtomicI64,
 }
 
 impl Catalog {
@@ -133,6 +135,7 @@ impl Catalog {
             rt,
             dialect,
             url: redact(&url),
+            skew: std::sync::atomic::AtomicI64::new(0),
         };
         cat.migrate()?;
         Ok(cat)
@@ -140,6 +143,30 @@ impl Catalog {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The catalog's location, password removed (for messages).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Now, in ms since the epoch, as this handle sees it. Leases compare wall clocks of
+    /// different managers, so managers sharing a PostgreSQL catalog need synchronised clocks
+    /// (NTP); a lease of minutes tolerates the usual skew of milliseconds.
+    pub(crate) fn now(&self) -> i64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        wall + self.skew.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Move this handle's clock forward, as if `by` had passed: leases held by others look
+    /// that much older. For simulations and tests of lease expiry (a crashed manager) that
+    /// should not sleep for minutes.
+    pub fn advance_clock(&self, by: Duration) {
+        self.skew
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn migrate(&self) -> Result<()> {
@@ -164,6 +191,19 @@ impl Catalog {
         };
         self.rt.block_on(migrator.run(&self.pool))?;
         Ok(())
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at BEGIN
+    /// (`BEGIN IMMEDIATE`), so a second writer waits its busy timeout; a deferred transaction
+    /// that reads first and then writes would instead fail at once with "database is locked"
+    /// when another connection wrote meanwhile (SQLite cannot upgrade its lock then).
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
     }
 
     pub(crate) fn db(&self, source: sqlx::Error) -> Error {

@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Catalog, Error, Result, now_ms};
+use crate::{Catalog, Error, Result};
 
 /// Consecutive errors after which a resource is taken out of service automatically.
 pub const ERRORS_TO_NOT_USABLE: i64 = 3;
@@ -178,11 +178,11 @@ impl Catalog {
                 "target {name} needs a config with \"url\""
             )));
         }
-        let now = now_ms();
+        let now = self.now();
         let sequential = config.get("sequential").and_then(Value::as_bool) == Some(true);
         let cfg = config.to_string();
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             let exists = sqlx::query("SELECT id FROM resources WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
@@ -307,9 +307,9 @@ impl Catalog {
     /// Take a resource out of service (maintenance) or put it back.
     pub fn set_enabled(&self, name: &str, enabled: bool, reason: &str) -> Result<()> {
         let r = self.resource(name)?;
-        let now = now_ms();
+        let now = self.now();
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             sqlx::query("UPDATE resources SET enabled = $1, since = $2 WHERE id = $3")
                 .bind(i64::from(enabled))
                 .bind(now)
@@ -334,21 +334,39 @@ impl Catalog {
                 r.allocations[0].0
             )));
         }
+        let held: i64 = self
+            .rt
+            .block_on(
+                sqlx::query(
+                    "SELECT COUNT(*) FROM extents e LEFT JOIN resources m ON m.id = e.medium \
+                     WHERE e.target = $1 OR e.medium = $1 OR m.parent = $1",
+                )
+                .bind(r.id)
+                .fetch_one(&self.pool),
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| self.db(e))?;
+        if held > 0 {
+            return Err(Error::Invalid(format!(
+                "{name} holds {held} extent(s) of recorded backups; removing it would lose \
+                 track of them (disable it instead)"
+            )));
+        }
         self.exec("DELETE FROM resources WHERE id = $1", |q| q.bind(r.id))?;
         self.exec(
             "INSERT INTO events (resource, at, what, reason) VALUES ($1, $2, 'removed', '')",
-            |q| q.bind(r.id).bind(now_ms()),
+            |q| q.bind(r.id).bind(self.now()),
         )
     }
 
     /// Report a failed operation on a resource; the third in a row makes it not usable.
     pub fn record_error(&self, name: &str, error: &str) -> Result<State> {
         let r = self.resource(name)?;
-        let now = now_ms();
+        let now = self.now();
         let errors = r.errors + 1;
         let fail = r.healthy && errors >= ERRORS_TO_NOT_USABLE;
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             sqlx::query(
                 "UPDATE resources SET errors = errors + 1, last_error = $1, \
                  healthy = CASE WHEN errors + 1 >= $2 THEN 0 ELSE healthy END, \
@@ -377,9 +395,9 @@ impl Catalog {
     /// becomes usable again.
     pub fn record_ok(&self, name: &str) -> Result<()> {
         let r = self.resource(name)?;
-        let now = now_ms();
+        let now = self.now();
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             sqlx::query(
                 "UPDATE resources SET errors = 0, healthy = 1, \
                  since = CASE WHEN healthy = 0 THEN $1 ELSE since END WHERE id = $2",
@@ -415,7 +433,7 @@ impl Catalog {
         })
     }
 
-    fn exec<'q>(
+    pub(crate) fn exec<'q>(
         &self,
         sql: &'q str,
         bind: impl FnOnce(

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use crate::resources::{Kind, Resource, load_all};
-use crate::{Catalog, Error, Result, now_ms};
+use crate::resources::{Kind, Resource, event, load_all};
+use crate::{Catalog, Error, Result};
 
 /// What a job asks for besides the count.
 #[derive(Debug, Clone)]
@@ -45,15 +45,46 @@ pub struct Secured {
     pub subsystems: Vec<Subsystem>,
 }
 
-/// Releases its process's allocations when dropped — on success, error or panic alike.
+/// Holds a process's allocations and releases them when it ends: [`finish`](Self::finish)
+/// records the outcome; dropping it unfinished (an early return or a panic) records the run
+/// as `aborted`. Either way nothing stays in use.
 pub struct SecuredGuard<'a> {
     catalog: &'a Catalog,
     pub secured: Secured,
+    finished: bool,
+}
+
+impl SecuredGuard<'_> {
+    /// Release everything and record how the run ended (`Err` carries the reason).
+    pub fn finish(mut self, outcome: std::result::Result<(), String>) -> Result<()> {
+        self.finished = true;
+        let (state, error) = match &outcome {
+            Ok(()) => ("succeeded", None),
+            Err(e) => ("failed", Some(e.as_str())),
+        };
+        self.catalog.end_run(self.secured.process, state, error)
+    }
+
+    /// Extend the leases (call well within the lease, e.g. every lease/3).
+    pub fn renew(&self, lease: Duration) -> Result<()> {
+        self.catalog.renew(self.secured.process, lease)
+    }
 }
 
 impl Drop for SecuredGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.catalog.release(self.secured.process) {
+        if self.finished {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "the job panicked"
+        } else {
+            "the job ended without reporting an outcome"
+        };
+        if let Err(e) = self
+            .catalog
+            .end_run(self.secured.process, "aborted", Some(why))
+        {
             // The lease still expires; log so an operator sees why resources stayed busy.
             tracing::warn!(
                 "release process {}: {e} (lease will expire)",
@@ -123,6 +154,7 @@ impl Catalog {
                     return r.map(|secured| SecuredGuard {
                         catalog: self,
                         secured,
+                        finished: false,
                     });
                 }
             }
@@ -130,19 +162,25 @@ impl Catalog {
     }
 
     fn try_secure(&self, job: i64, n: usize, c: &Constraints) -> Result<Secured> {
-        let now = now_ms();
+        let now = self.now();
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             // The allocation lock (see the crate docs), then reclaim dead managers' leases.
             sqlx::query("UPDATE meta SET v = v WHERE k = 'alloc'")
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db(e))?;
-            sqlx::query("DELETE FROM allocations WHERE lease_until < $1")
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db(e))?;
+            reclaim_expired(&mut tx, now).await.map_err(|e| self.db(e))?;
+            if job > 0 {
+                let known = sqlx::query("SELECT id FROM jobs WHERE id = $1")
+                    .bind(job)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                if known.is_none() {
+                    return Err(Error::UnknownJob(job.to_string()));
+                }
+            }
             let all = load_all(&mut tx).await.map_err(|e| self.db(e))?;
             let routes = sqlx::query("SELECT worker, path, target FROM routes")
                 .fetch_all(&mut *tx)
@@ -235,6 +273,10 @@ impl Catalog {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db(e))?;
+                    let why = format!("process {process} stream {stream}");
+                    event(&mut tx, r.id, now, "in use", &why)
+                        .await
+                        .map_err(|e| self.db(e))?;
                 }
                 sqlx::query(
                     "INSERT INTO streams (run, stream, worker, path, target, medium, state) \
@@ -262,39 +304,127 @@ impl Catalog {
         })
     }
 
-    /// Extend the leases of a process (call well within the lease).
+    /// Extend the leases of a process (call well within the lease). Fails with
+    /// [`Error::LeaseLost`] when the lease had already expired and was reclaimed: the job
+    /// must stop, its resources may now belong to another.
     pub fn renew(&self, process: i64, lease: Duration) -> Result<()> {
-        let until = now_ms() + lease.as_millis() as i64;
-        self.rt
+        let now = self.now();
+        let until = now + lease.as_millis() as i64;
+        let done = self
+            .rt
             .block_on(
-                sqlx::query("UPDATE allocations SET lease_until = $1 WHERE process = $2")
-                    .bind(until)
-                    .bind(process)
-                    .execute(&self.pool),
+                sqlx::query(
+                    "UPDATE allocations SET lease_until = $1 \
+                     WHERE process = $2 AND lease_until >= $3",
+                )
+                .bind(until)
+                .bind(process)
+                .bind(now)
+                .execute(&self.pool),
             )
-            .map(|_| ())
-            .map_err(|e| self.db(e))
+            .map_err(|e| self.db(e))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::LeaseLost(process));
+        }
+        Ok(())
     }
 
-    /// Free everything a process holds and end its run.
+    /// Free everything a process holds and end its run as `released` (prefer
+    /// [`SecuredGuard::finish`], which records the outcome).
     pub fn release(&self, process: i64) -> Result<()> {
-        let now = now_ms();
+        self.end_run(process, "released", None)
+    }
+
+    /// Free a process's allocations (an event per resource) and record its end, in one
+    /// transaction. A run already ended (e.g. reclaimed after its lease expired) keeps its
+    /// first outcome.
+    pub(crate) fn end_run(&self, process: i64, state: &str, error: Option<&str>) -> Result<()> {
+        let now = self.now();
         self.rt.block_on(async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
+            let held = sqlx::query("SELECT resource, stream FROM allocations WHERE process = $1")
+                .bind(process)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            for row in &held {
+                let (resource, stream): (i64, i64) = (
+                    row.try_get(0).map_err(|e| self.db(e))?,
+                    row.try_get(1).map_err(|e| self.db(e))?,
+                );
+                let why = format!("process {process} stream {stream} ({state})");
+                event(&mut tx, resource, now, "released", &why)
+                    .await
+                    .map_err(|e| self.db(e))?;
+            }
             sqlx::query("DELETE FROM allocations WHERE process = $1")
                 .bind(process)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db(e))?;
             sqlx::query(
-                "UPDATE job_runs SET ended = $1, state = 'ended' WHERE id = $2 AND ended IS NULL",
+                "UPDATE job_runs SET ended = $1, state = $2, error = $3 \
+                 WHERE id = $4 AND ended IS NULL",
             )
             .bind(now)
+            .bind(state)
+            .bind(error)
             .bind(process)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.db(e))?;
+            sqlx::query("UPDATE streams SET state = 'ended' WHERE run = $1 AND state = 'secured'")
+                .bind(process)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
             tx.commit().await.map_err(|e| self.db(e))
         })
     }
+}
+
+/// Free the allocations of processes whose lease ran out (their manager died or hung): an
+/// event per resource, the run ends as `expired`, its streams as `lost`.
+async fn reclaim_expired(
+    conn: &mut sqlx::AnyConnection,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    let expired =
+        sqlx::query("SELECT resource, process, stream FROM allocations WHERE lease_until < $1")
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    if expired.is_empty() {
+        return Ok(());
+    }
+    let mut processes = Vec::new();
+    for row in &expired {
+        let (resource, process, stream): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let why = format!("lease of process {process} stream {stream} expired");
+        event(&mut *conn, resource, now, "reclaimed", &why).await?;
+        if !processes.contains(&process) {
+            processes.push(process);
+        }
+    }
+    for p in processes {
+        tracing::warn!("process {p}: lease expired, its resources are reclaimed");
+        sqlx::query(
+            "UPDATE job_runs SET ended = $1, state = 'expired', \
+             error = 'lease expired (manager died or hung)' WHERE id = $2 AND ended IS NULL",
+        )
+        .bind(now)
+        .bind(p)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE streams SET state = 'lost' WHERE run = $1 AND state = 'secured'")
+            .bind(p)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM allocations WHERE lease_until < $1")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

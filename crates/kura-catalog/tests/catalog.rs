@@ -2,81 +2,14 @@
 //! scripts/test.sh): every test gets a fresh database.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kura_catalog::{Catalog, Constraints, Error, Kind, State};
 use serde_json::json;
 
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
+mod common;
 
-/// A fresh catalog and what keeps it alive (the SQLite file's directory).
-struct Fresh {
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-fn fresh(db: Db) -> Fresh {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = tempfile::tempdir().unwrap();
-    let url = match db {
-        Db::Sqlite => format!("sqlite://{}", dir.path().join("catalog.db").display()),
-        Db::Postgres => {
-            let base = std::env::var("KURA_TEST_PG").expect(
-                "KURA_TEST_PG is not set: the PostgreSQL variants need scripts/test.sh \
-                 (or a postgres://… URL of a database the tests may create databases from)",
-            );
-            let name = format!(
-                "kt_{}_{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            );
-            let out = std::process::Command::new("psql")
-                .arg(&base)
-                .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let (prefix, _) = base.rsplit_once('/').unwrap();
-            format!("{prefix}/{name}")
-        }
-    };
-    Fresh { url, _dir: dir }
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Db::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Db::Postgres)
-            }
-        }
-    )*};
-}
-
-/// The single-machine default plus `n` targets.
-fn with_targets(db: Db, n: usize) -> (Fresh, Catalog) {
-    let f = fresh(db);
-    let c = Catalog::open(&f.url).unwrap();
-    for i in 0..n {
-        c.add_local_target(&format!("t{i}"), &format!("/srv/t{i}"))
-            .unwrap();
-    }
-    (f, c)
-}
+use common::{Db, Fresh, fresh, with_targets};
 
 fn registers_resources_with_implicit_media_and_rejects_bad_input(db: Db) {
     let (f, c) = with_targets(db, 2);
@@ -194,9 +127,9 @@ fn repeated_errors_make_a_target_not_usable_with_the_reason(db: Db) {
     c.set_enabled("t0", true, "done").unwrap();
     c.secure(0, 2, &Constraints::default()).unwrap();
     let ev: Vec<String> = c.events("t1").unwrap().into_iter().map(|e| e.1).collect();
-    assert_eq!(ev, ["added", "not usable", "usable"]);
+    assert_eq!(ev, ["added", "not usable", "usable", "in use", "released"]);
     let ev: Vec<String> = c.events("t0").unwrap().into_iter().map(|e| e.1).collect();
-    assert_eq!(ev, ["added", "disabled", "enabled"]);
+    assert_eq!(ev, ["added", "disabled", "enabled", "in use", "released"]);
 }
 
 fn expired_leases_are_reclaimed_and_waiting_secures_when_freed(db: Db) {

@@ -1,0 +1,490 @@
+//! Job definitions (seed: backup processing information 410), their runs and streams, and
+//! the backups they wrote with each backup's extents (seed: backup data save information 460).
+//!
+//! # Durability
+//! The catalog must never claim data that is not durable. So an extent is recorded only
+//! after its target acknowledged the write ([`Catalog::record_extent`] is called with what
+//! the target returned), and a backup becomes `complete` only through
+//! [`Catalog::finish_backup`], after every stream has finished. A manager that dies leaves
+//! its backup `running`: restores and retention treat anything but `complete` as unusable.
+
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Catalog, Error, Result};
+
+/// How a job uses its n subsystems (seed 001: mirror writes every extent to each;
+/// fail-over moves a stream to a spare when one fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Mirror,
+    Failover,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Mirror => "mirror",
+            Mode::Failover => "failover",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "mirror" => Ok(Mode::Mirror),
+            "failover" => Ok(Mode::Failover),
+            _ => Err(Error::Invalid(format!(
+                "unknown mode {s:?} (mirror, failover)"
+            ))),
+        }
+    }
+}
+
+/// A job definition: what to back up, when, onto how many subsystems, how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDef {
+    /// The job number (the seed's "process number" of a run is [`Run::id`]).
+    pub id: i64,
+    pub name: String,
+    /// What is backed up: a path, a volume name, an image.
+    pub object: String,
+    /// When it runs (kept for the scheduler; not interpreted by the catalog).
+    pub schedule: Option<String>,
+    /// How many disjoint subsystems a run secures.
+    pub redundancy: i64,
+    pub mode: Mode,
+    pub config: Value,
+}
+
+/// One stream of a run: the subsystem it used and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRow {
+    pub stream: i64,
+    pub worker: String,
+    pub path: String,
+    pub target: String,
+    pub medium: String,
+    /// `secured`, `ended`, or `lost` (lease expired).
+    pub state: String,
+}
+
+/// One run of a job (or an ad-hoc run, `job == None`): the process number and its streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub id: i64,
+    pub job: Option<i64>,
+    pub started: i64,
+    pub ended: Option<i64>,
+    /// `running`, `succeeded`, `failed`, `aborted`, `released`, or `expired`.
+    pub state: String,
+    pub error: Option<String>,
+    pub streams: Vec<StreamRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupState {
+    Running,
+    Complete,
+    Failed,
+}
+
+impl BackupState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupState::Running => "running",
+            BackupState::Complete => "complete",
+            BackupState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> BackupState {
+        match s {
+            "complete" => BackupState::Complete,
+            "running" => BackupState::Running,
+            _ => BackupState::Failed,
+        }
+    }
+}
+
+/// A backup of one object by one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub id: i64,
+    pub run: Option<i64>,
+    pub object: String,
+    pub started: i64,
+    pub ended: Option<i64>,
+    /// The point in time the data represents (a snapshot's or split's time), ms.
+    pub data_time: i64,
+    pub state: BackupState,
+}
+
+/// Where one piece of a backup's source was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub stream: i64,
+    pub seq: i64,
+    pub source_offset: i64,
+    pub source_length: i64,
+    pub target: String,
+    pub medium: String,
+    /// Where on the medium (a pack id, an object key, a tape block).
+    pub position: String,
+    /// Bytes stored.
+    pub size: i64,
+}
+
+fn valid_job_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "job name {name:?}: use 1–128 letters, digits, '-', '_', '.', ':' or '@', \
+             not only digits (numbers name jobs by id)"
+        )))
+    }
+}
+
+fn row_to_job(r: &AnyRow) -> std::result::Result<JobDef, sqlx::Error> {
+    let mode: String = r.try_get("mode")?;
+    let config: String = r.try_get("config")?;
+    Ok(JobDef {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        object: r.try_get("object")?,
+        schedule: r.try_get("schedule")?,
+        redundancy: r.try_get("redundancy")?,
+        mode: Mode::parse(&mode).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+        config: serde_json::from_str(&config).unwrap_or(Value::Null),
+    })
+}
+
+impl Catalog {
+    /// Define a job. `redundancy` is the n its runs secure (at least 1).
+    pub fn add_job(
+        &self,
+        name: &str,
+        object: &str,
+        schedule: Option<&str>,
+        redundancy: i64,
+        mode: Mode,
+        config: Value,
+    ) -> Result<i64> {
+        valid_job_name(name)?;
+        if object.trim().is_empty() {
+            return Err(Error::Invalid(format!("job {name}: the object is empty")));
+        }
+        if redundancy < 1 {
+            return Err(Error::Invalid(format!(
+                "job {name}: redundancy must be at least 1 (got {redundancy})"
+            )));
+        }
+        if schedule.is_some_and(|s| s.trim().is_empty()) {
+            return Err(Error::Invalid(format!("job {name}: the schedule is empty")));
+        }
+        let cfg = config.to_string();
+        self.rt.block_on(async {
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
+            let exists = sqlx::query("SELECT id FROM jobs WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            if exists.is_some() {
+                return Err(Error::Duplicate(name.to_string()));
+            }
+            let id: i64 = sqlx::query(
+                "INSERT INTO jobs (name, object, schedule, redundancy, mode, config) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(name)
+            .bind(object)
+            .bind(schedule)
+            .bind(redundancy)
+            .bind(mode.as_str())
+            .bind(&cfg)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.db(e))?;
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok(id)
+        })
+    }
+
+    /// Every job definition, by number.
+    pub fn jobs(&self) -> Result<Vec<JobDef>> {
+        self.rt.block_on(async {
+            sqlx::query(
+                "SELECT id, name, object, schedule, redundancy, mode, config FROM jobs ORDER BY id",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .and_then(|rows| rows.iter().map(row_to_job).collect())
+            .map_err(|e| self.db(e))
+        })
+    }
+
+    /// A job by name or by number.
+    pub fn job(&self, name_or_number: &str) -> Result<JobDef> {
+        let number: Option<i64> = name_or_number.parse().ok();
+        self.jobs()?
+            .into_iter()
+            .find(|j| j.name == name_or_number || Some(j.id) == number)
+            .ok_or_else(|| Error::UnknownJob(name_or_number.to_string()))
+    }
+
+    /// Delete a job definition. Its runs and backups stay (their job becomes unknown).
+    pub fn remove_job(&self, name_or_number: &str) -> Result<()> {
+        let j = self.job(name_or_number)?;
+        let running = self
+            .runs(Some(j.id), 1)?
+            .into_iter()
+            .any(|r| r.ended.is_none());
+        if running {
+            return Err(Error::Invalid(format!(
+                "job {} is running; wait for it or let its lease expire",
+                j.name
+            )));
+        }
+        self.exec("DELETE FROM jobs WHERE id = $1", |q| q.bind(j.id))
+    }
+
+    /// The newest `limit` runs (of one job, or of all), newest first, with their streams.
+    pub fn runs(&self, job: Option<i64>, limit: i64) -> Result<Vec<Run>> {
+        self.rt.block_on(async {
+            let db = |e| self.db(e);
+            let rows = match job {
+                Some(j) => {
+                    sqlx::query(
+                        "SELECT id, job, started, ended, state, error FROM job_runs \
+                         WHERE job = $1 ORDER BY id DESC LIMIT $2",
+                    )
+                    .bind(j)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                }
+                None => {
+                    sqlx::query(
+                        "SELECT id, job, started, ended, state, error FROM job_runs \
+                         ORDER BY id DESC LIMIT $1",
+                    )
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                }
+            }
+            .map_err(db)?;
+            let mut runs = Vec::new();
+            for r in &rows {
+                let id: i64 = r.try_get("id").map_err(db)?;
+                let streams = sqlx::query(
+                    "SELECT s.stream, w.name, p.name, t.name, m.name, s.state FROM streams s \
+                     LEFT JOIN resources w ON w.id = s.worker \
+                     LEFT JOIN resources p ON p.id = s.path \
+                     LEFT JOIN resources t ON t.id = s.target \
+                     LEFT JOIN resources m ON m.id = s.medium \
+                     WHERE s.run = $1 ORDER BY s.stream",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                let name = |row: &AnyRow, i: usize| -> std::result::Result<String, sqlx::Error> {
+                    Ok(row
+                        .try_get::<Option<String>, _>(i)?
+                        .unwrap_or_else(|| "(removed)".into()))
+                };
+                let streams = streams
+                    .iter()
+                    .map(|s| {
+                        Ok(StreamRow {
+                            stream: s.try_get(0)?,
+                            worker: name(s, 1)?,
+                            path: name(s, 2)?,
+                            target: name(s, 3)?,
+                            medium: name(s, 4)?,
+                            state: s.try_get(5)?,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+                    .map_err(db)?;
+                runs.push(Run {
+                    id,
+                    job: r.try_get("job").map_err(db)?,
+                    started: r.try_get("started").map_err(db)?,
+                    ended: r.try_get("ended").map_err(db)?,
+                    state: r.try_get("state").map_err(db)?,
+                    error: r.try_get("error").map_err(db)?,
+                    streams,
+                });
+            }
+            Ok(runs)
+        })
+    }
+
+    /// Start recording a backup of `object` by run `run`, representing the data as of
+    /// `data_time` (ms). It stays `running` until [`finish_backup`](Self::finish_backup).
+    pub fn begin_backup(&self, run: i64, object: &str, data_time: i64) -> Result<i64> {
+        let now = self.now();
+        self.rt.block_on(async {
+            let known = sqlx::query("SELECT ended FROM job_runs WHERE id = $1")
+                .bind(run)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+            match known {
+                None => return Err(Error::Invalid(format!("no run (process) {run}"))),
+                Some(r)
+                    if r.try_get::<Option<i64>, _>(0)
+                        .map_err(|e| self.db(e))?
+                        .is_some() =>
+                {
+                    return Err(Error::Invalid(format!("run {run} has already ended")));
+                }
+                Some(_) => {}
+            }
+            sqlx::query(
+                "INSERT INTO backups (run, object, started, data_time, state) \
+                 VALUES ($1, $2, $3, $4, 'running') RETURNING id",
+            )
+            .bind(run)
+            .bind(object)
+            .bind(now)
+            .bind(data_time)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.db(e))
+        })
+    }
+
+    /// Record an extent the target has acknowledged as durable. Call it only after the write
+    /// returned: the catalog's promise is that every recorded extent can be read back.
+    pub fn record_extent(&self, backup: i64, e: &Extent) -> Result<()> {
+        let (t, m) = (self.resource(&e.target)?, self.resource(&e.medium)?);
+        if m.parent != Some(t.id) {
+            return Err(Error::Invalid(format!(
+                "medium {} does not belong to target {}",
+                e.medium, e.target
+            )));
+        }
+        if e.source_offset < 0 || e.source_length < 0 || e.size < 0 || e.seq < 0 {
+            return Err(Error::Invalid(format!(
+                "extent {} of backup {backup}: negative offset, length, size or sequence",
+                e.seq
+            )));
+        }
+        let state = self.backup(backup)?.state;
+        if state != BackupState::Running {
+            return Err(Error::Invalid(format!(
+                "backup {backup} is {}; extents are recorded while it runs",
+                state.as_str()
+            )));
+        }
+        self.exec(
+            "INSERT INTO extents (backup, stream, seq, source_offset, source_length, target, \
+             medium, position, size, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'durable')",
+            |q| {
+                q.bind(backup)
+                    .bind(e.stream)
+                    .bind(e.seq)
+                    .bind(e.source_offset)
+                    .bind(e.source_length)
+                    .bind(t.id)
+                    .bind(m.id)
+                    .bind(e.position.clone())
+                    .bind(e.size)
+            },
+        )
+    }
+
+    /// End a backup: `Complete` only when the caller has every extent durable, else `Failed`.
+    pub fn finish_backup(&self, backup: i64, state: BackupState) -> Result<()> {
+        if state == BackupState::Running {
+            return Err(Error::Invalid("a backup cannot finish as running".into()));
+        }
+        let now = self.now();
+        self.exec(
+            "UPDATE backups SET state = $1, ended = $2 WHERE id = $3 AND state = 'running'",
+            |q| q.bind(state.as_str()).bind(now).bind(backup),
+        )
+    }
+
+    pub fn backup(&self, id: i64) -> Result<Backup> {
+        self.backups(None)?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| Error::Invalid(format!("no backup {id}")))
+    }
+
+    /// Backups (of one object, or all), newest first.
+    pub fn backups(&self, object: Option<&str>) -> Result<Vec<Backup>> {
+        self.rt.block_on(async {
+            let db = |e| self.db(e);
+            let rows = sqlx::query(
+                "SELECT id, run, object, started, ended, data_time, state FROM backups \
+                 ORDER BY id DESC",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let b = Backup {
+                    id: r.try_get(0).map_err(db)?,
+                    run: r.try_get(1).map_err(db)?,
+                    object: r.try_get(2).map_err(db)?,
+                    started: r.try_get(3).map_err(db)?,
+                    ended: r.try_get(4).map_err(db)?,
+                    data_time: r.try_get(5).map_err(db)?,
+                    state: BackupState::parse(&r.try_get::<String, _>(6).map_err(db)?),
+                };
+                if object.is_none_or(|o| o == b.object) {
+                    out.push(b);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The extents of a backup in source order (then by target).
+    pub fn extents(&self, backup: i64) -> Result<Vec<Extent>> {
+        self.rt.block_on(async {
+            sqlx::query(
+                "SELECT e.stream, e.seq, e.source_offset, e.source_length, t.name, m.name, \
+                 e.position, e.size FROM extents e \
+                 JOIN resources t ON t.id = e.target JOIN resources m ON m.id = e.medium \
+                 WHERE e.backup = $1 ORDER BY e.seq, t.name",
+            )
+            .bind(backup)
+            .fetch_all(&self.pool)
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok(Extent {
+                            stream: r.try_get(0)?,
+                            seq: r.try_get(1)?,
+                            source_offset: r.try_get(2)?,
+                            source_length: r.try_get(3)?,
+                            target: r.try_get(4)?,
+                            medium: r.try_get(5)?,
+                            position: r.try_get(6)?,
+                            size: r.try_get(7)?,
+                        })
+                    })
+                    .collect()
+            })
+            .map_err(|e| self.db(e))
+        })
+    }
+}
