@@ -9,7 +9,7 @@ use serde_json::json;
 
 mod common;
 
-use common::{Db, Fresh, fresh, with_targets};
+use common::{Db, with_targets};
 
 fn registers_resources_with_implicit_media_and_rejects_bad_input(db: Db) {
     let (f, c) = with_targets(db, 2);
