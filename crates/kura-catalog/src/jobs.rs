@@ -249,8 +249,8 @@ impl Catalog {
             .into_iter()
             .any(|r| r.ended.is_none());
         if running {
-            return Err(Error::Invalid(format!(
-                "job {} is running; wait for it or let its lease expire",
+            return Err(Error::InUse(format!(
+                "job {} is running; wait for it to end or its lease to expire",
                 j.name
             )));
         }

@@ -32,7 +32,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
 pub use resources::{Kind, Resource, State};
@@ -41,7 +41,7 @@ pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
 /// Errors the catalog reports; each says what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("catalog {url}: {source}")]
+    #[error("catalog {url}")]
     Db {
         url: String,
         #[source]
@@ -51,8 +51,11 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no resource named {0:?}")]
     UnknownResource(String),
-    #[error("a resource named {0:?} already exists")]
+    #[error("{0:?} already exists")]
     Duplicate(String),
+    /// The thing is in use by a running job; the message says by whom.
+    #[error("{0}")]
+    InUse(String),
     #[error("invalid input: {0}")]
     Invalid(String),
     #[error("no job {0:?}")]
@@ -67,7 +70,27 @@ pub enum Error {
     Other(String),
 }
 
+impl Error {
+    /// The database could not be reached (connection refused, timed out, TLS): transient,
+    /// unlike a query or schema error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Db {
+                source: sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolClosed,
+                ..
+            }
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// How long opening the catalog waits for the database to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which database is behind the catalog (DDL differs; queries do not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +115,7 @@ impl Catalog {
     /// a plain path (SQLite), or `postgres://user@host:port/db`.
     pub fn open(url: &str) -> Result<Catalog> {
         sqlx::any::install_default_drivers();
+        let shown = redact(url);
         let (url, dialect) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (url.to_string(), Dialect::Postgres)
         } else {
@@ -103,12 +127,27 @@ impl Catalog {
             .build()
             .map_err(|e| Error::Other(format!("start runtime: {e}")))?;
         let db = |source| Error::Db {
-            url: redact(&url),
+            url: shown.clone(),
             source,
         };
         let opts = AnyConnectOptions::from_str(&url)
             .map_err(db)?
             .log_statements(tracing::log::LevelFilter::Trace);
+        // One direct connection first: a pool retries until its acquire timeout and then
+        // reports only "pool timed out", hiding "connection refused" or a wrong password.
+        rt.block_on(async {
+            match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect_with(&opts))
+                .await
+            {
+                Ok(Ok(conn)) => conn.close().await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                ))),
+            }
+        })
+        .map_err(db)?;
         let pool = rt
             .block_on(
                 AnyPoolOptions::new()
@@ -134,7 +173,7 @@ impl Catalog {
             pool,
             rt,
             dialect,
-            url: redact(&url),
+            url: shown.clone(),
             skew: std::sync::atomic::AtomicI64::new(0),
         };
         cat.migrate()?;
@@ -143,6 +182,11 @@ impl Catalog {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// An embedded (SQLite) catalog: one manager on one machine.
+    pub fn is_embedded(&self) -> bool {
+        self.dialect == Dialect::Sqlite
     }
 
     /// The catalog's location, password removed (for messages).
@@ -215,7 +259,7 @@ impl Catalog {
 }
 
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

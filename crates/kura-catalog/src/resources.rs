@@ -106,7 +106,7 @@ impl Resource {
 
     /// Why it cannot be used, for messages ("not usable since 14:02 (probe: …)").
     pub fn why_not(&self) -> String {
-        let when = chrono_hm(self.since);
+        let when = utc_minute(self.since);
         if !self.enabled {
             format!("{} disabled since {when}", self.name)
         } else if !self.healthy {
@@ -122,10 +122,25 @@ impl Resource {
     }
 }
 
-/// `HH:MM` (UTC) of a millisecond timestamp.
-fn chrono_hm(ms: i64) -> String {
+/// `YYYY-MM-DD HH:MM UTC` of a millisecond timestamp.
+fn utc_minute(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
     let secs = ms.div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
 }
 
 fn valid_name(name: &str) -> Result<()> {
@@ -140,6 +155,19 @@ fn valid_name(name: &str) -> Result<()> {
         Err(Error::Invalid(format!(
             "resource name {name:?}: use 1–128 letters, digits, '-', '_', '.', ':' or '@'"
         )))
+    }
+}
+
+/// A target URL must parse as one (same rules as `--repo`) and, for a directory, be
+/// absolute: managers and workers run in different directories, a relative path would name
+/// different places for each.
+fn valid_target_url(name: &str, url: &str) -> Result<()> {
+    match kura_backend::Target::parse(url) {
+        Err(e) => Err(Error::Invalid(format!("target {name}: {e}"))),
+        Ok(kura_backend::Target::Local(p)) if !p.is_absolute() => Err(Error::Invalid(format!(
+            "target {name}: {url:?} is a relative path; give an absolute one"
+        ))),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -173,10 +201,13 @@ impl Catalog {
         if slots < 1 {
             return Err(Error::Invalid(format!("{name}: slots must be at least 1")));
         }
-        if kind == Kind::Target && config.get("url").and_then(Value::as_str).is_none() {
-            return Err(Error::Invalid(format!(
-                "target {name} needs a config with \"url\""
-            )));
+        if kind == Kind::Target {
+            let Some(url) = config.get("url").and_then(Value::as_str) else {
+                return Err(Error::Invalid(format!(
+                    "target {name} needs a config with \"url\""
+                )));
+            };
+            valid_target_url(name, url)?;
         }
         let now = self.now();
         let sequential = config.get("sequential").and_then(Value::as_bool) == Some(true);
@@ -289,6 +320,25 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Every declared route as (worker, path, target) names.
+    pub fn routes(&self) -> Result<Vec<(String, String, String)>> {
+        self.rt.block_on(async {
+            sqlx::query(
+                "SELECT w.name, p.name, t.name FROM routes r JOIN resources w ON w.id = r.worker \
+                 JOIN resources p ON p.id = r.path JOIN resources t ON t.id = r.target \
+                 ORDER BY w.name, p.name, t.name",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect()
+            })
+            .map_err(|e| self.db(e))
+        })
+    }
+
     /// Every resource with its allocations, by kind then name.
     pub fn resources(&self) -> Result<Vec<Resource>> {
         self.rt.block_on(async {
@@ -329,8 +379,9 @@ impl Catalog {
     pub fn remove_resource(&self, name: &str) -> Result<()> {
         let r = self.resource(name)?;
         if !r.allocations.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{name} is in use by process {}; release or disable it first",
+            return Err(Error::InUse(format!(
+                "{name} is in use by process {}; wait for it to end (disable it to keep new \
+                 jobs off)",
                 r.allocations[0].0
             )));
         }
@@ -489,4 +540,15 @@ pub(crate) async fn load_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_minutes() {
+        assert_eq!(super::utc_minute(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc_minute(1_700_000_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(super::utc_minute(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(super::utc_minute(1_798_761_599_000), "2026-12-31 23:59 UTC");
+    }
 }

@@ -178,7 +178,7 @@ impl Catalog {
                     .await
                     .map_err(|e| self.db(e))?;
                 if known.is_none() {
-                    return Err(Error::UnknownJob(job.to_string()));
+                    return Err(self.refuse(tx, Error::UnknownJob(job.to_string())).await);
                 }
             }
             let all = load_all(&mut tx).await.map_err(|e| self.db(e))?;
@@ -195,15 +195,16 @@ impl Catalog {
             if let Some(names) = &c.targets
                 && let Some(missing) = names.iter().find(|n| !all.iter().any(|r| r.name == **n))
             {
-                return Err(Error::UnknownResource(missing.clone()));
+                return Err(self.refuse(tx, Error::UnknownResource(missing.clone())).await);
             }
             let targets: Vec<&Resource> =
                 all.iter().filter(|r| r.kind == Kind::Target && wanted(r)).collect();
             if n > targets.len() {
-                return Err(Error::Invalid(format!(
+                let e = Error::Invalid(format!(
                     "a job asks for {n} subsystems but only {} target(s) exist",
                     targets.len()
-                )));
+                ));
+                return Err(self.refuse(tx, e).await);
             }
             let mut cands = Vec::new();
             for row in &routes {
@@ -245,7 +246,7 @@ impl Catalog {
                 } else if usable >= n {
                     msg.push_str(", but not enough disjoint routes (workers, paths, media)");
                 }
-                return Err(Error::Unavailable { need: n, why: msg });
+                return Err(self.refuse(tx, Error::Unavailable { need: n, why: msg }).await);
             }
             let process: i64 = sqlx::query(
                 "INSERT INTO job_runs (job, started, state) VALUES ($1, $2, 'running') RETURNING id",
@@ -302,6 +303,16 @@ impl Catalog {
             tx.commit().await.map_err(|e| self.db(e))?;
             Ok(Secured { process, subsystems })
         })
+    }
+
+    /// End a securing transaction that secures nothing, with `e`. It still commits: the
+    /// expired leases it reclaimed stay reclaimed (a rollback would leave a dead manager's
+    /// run `running` and its resources in use until some later secure succeeded).
+    async fn refuse(&self, tx: sqlx::Transaction<'static, sqlx::Any>, e: Error) -> Error {
+        match tx.commit().await {
+            Ok(()) => e,
+            Err(db) => self.db(db),
+        }
     }
 
     /// Extend the leases of a process (call well within the lease). Fails with

@@ -25,6 +25,10 @@ pub struct GlobalArgs {
     /// Read the repository password from this file (first line)
     #[arg(long, env = "KURA_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+    /// Catalog: a SQLite file path or postgres://user@host/db (default:
+    /// $XDG_DATA_HOME/kura/catalog.db)
+    #[arg(long, env = "KURA_CATALOG", global = true)]
+    pub catalog: Option<String>,
     /// Configuration file (TOML); default: $XDG_CONFIG_HOME/kura/config.toml if it exists
     #[arg(long, env = "KURA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -67,6 +71,126 @@ pub enum Command {
     /// Storage targets: health probes
     #[command(subcommand)]
     Target(TargetCommand),
+    /// The resource inventory: workers, targets, media, paths, copy engines
+    #[command(subcommand)]
+    Resource(ResourceCommand),
+    /// Job definitions and their runs
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResourceCommand {
+    /// Register a resource (a target also gets its implicit medium NAME.medium)
+    Add(ResourceAddArgs),
+    /// Declare that WORKER reaches TARGET over PATH
+    Route(RouteArgs),
+    /// List resources: number, kind, name, state, process, stream
+    List(ResourceListArgs),
+    /// One resource: configuration, state, allocations, routes and events
+    Show(ResourceNameArgs),
+    /// Put a resource back in service
+    Enable(ResourceNameArgs),
+    /// Take a resource out of service (maintenance); running jobs keep what they hold
+    Disable(ResourceDisableArgs),
+    /// Delete a resource (its medium and routes go with it)
+    Remove(ResourceNameArgs),
+    /// Probe targets (all, or the named ones) and record the result as their health
+    Probe(ResourceProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceAddArgs {
+    /// worker, target, medium, path or copy-engine
+    pub kind: String,
+    /// Name (letters, digits, '-', '_', '.', ':', '@')
+    pub name: String,
+    /// For a target: its URL (a directory, file:///path or s3://bucket/prefix?…)
+    pub url: Option<String>,
+    /// Streams it serves at once (default: 1; the local worker and path: 64)
+    #[arg(long)]
+    pub slots: Option<i64>,
+    /// A target with labelled sequential media (tape): no implicit medium
+    #[arg(long)]
+    pub sequential: bool,
+    /// For a medium: the (sequential) target it belongs to
+    #[arg(long)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    pub worker: String,
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceListArgs {
+    /// Only this kind (worker, target, medium, path, copy-engine)
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceNameArgs {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceDisableArgs {
+    pub name: String,
+    /// Why (recorded in the resource's events)
+    #[arg(long, default_value = "maintenance")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResourceProbeArgs {
+    /// Targets or media to probe (default: every target)
+    pub names: Vec<String>,
+    /// Size of the probe object in bytes
+    #[arg(long, default_value_t = 1 << 20)]
+    pub size: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Define a job
+    Add(JobAddArgs),
+    /// List job definitions with their last run
+    List,
+    /// One job: definition and recent runs with their streams
+    Show(JobShowArgs),
+    /// Delete a job definition (its runs and backups stay recorded)
+    Remove(JobNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobAddArgs {
+    /// Name (not only digits: numbers name jobs by number)
+    pub name: String,
+    /// What to back up: a path, an image, a volume
+    #[arg(long)]
+    pub object: String,
+    /// When it runs (kept for the scheduler)
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// How many disjoint subsystems (targets) each run writes to
+    #[arg(long, default_value_t = 2)]
+    pub redundancy: i64,
+    /// mirror (every target gets all data) or failover (a spare takes over a failed stream)
+    #[arg(long, default_value = "mirror")]
+    pub mode: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JobShowArgs {
+    /// Job name or number
+    pub job: String,
+    /// How many recent runs to show
+    #[arg(long, default_value_t = 10)]
+    pub runs: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,4 +397,10 @@ pub struct UnlockArgs {
     /// Remove every lock, not only stale ones (make sure no kura process uses the repository)
     #[arg(long)]
     pub remove_all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobNameArgs {
+    /// Job name or number
+    pub job: String,
 }

@@ -16,6 +16,9 @@
 //!
 //! [restore]
 //! threads = 4
+//!
+//! [catalog]
+//! url = "postgres://kura@db.example/kura"   # default: $XDG_DATA_HOME/kura/catalog.db
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,15 @@ pub struct ConfigFile {
     pub backup: BackupSection,
     #[serde(default)]
     pub restore: RestoreSection,
+    #[serde(default)]
+    pub catalog: CatalogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    /// A SQLite file path (`sqlite://` optional) or `postgres://…`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +101,15 @@ fn default_path() -> Option<PathBuf> {
     Some(base.join("kura").join("config.toml"))
 }
 
+/// The embedded catalog's default file: `$XDG_DATA_HOME/kura/catalog.db`
+/// (`~/.local/share/kura/catalog.db`).
+pub fn default_catalog() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("kura").join("catalog.db"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +125,8 @@ mod tests {
             compression = 5
             [restore]
             threads = 8
+            [catalog]
+            url = "postgres://kura@db/kura"
             "#,
         )
         .unwrap();
@@ -111,6 +134,7 @@ mod tests {
         assert_eq!(c.backup.exclude, vec!["*.tmp"]);
         assert_eq!(c.backup.compression, Some(5));
         assert_eq!(c.restore.threads, Some(8));
+        assert_eq!(c.catalog.url.as_deref(), Some("postgres://kura@db/kura"));
     }
 
     #[test]

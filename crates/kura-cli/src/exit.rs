@@ -12,6 +12,18 @@ fn backend_code(e: &BackendError) -> i32 {
     }
 }
 
+fn catalog_code(e: &kura_catalog::Error) -> i32 {
+    use kura_catalog::Error as C;
+    match e {
+        C::Invalid(_) => USAGE,
+        C::UnknownResource(_) | C::UnknownJob(_) => NOT_FOUND,
+        C::Duplicate(_) | C::InUse(_) => CONFLICT,
+        C::Unavailable { .. } | C::LeaseLost(_) => UNAVAILABLE,
+        C::Db { .. } if e.is_unreachable() => CATALOG_UNREACHABLE,
+        _ => FATAL,
+    }
+}
+
 pub const OK: i32 = 0;
 /// A fatal error (the operation did not complete).
 pub const FATAL: i32 = 1;
@@ -37,6 +49,14 @@ pub const NO_REPOSITORY: i32 = 10;
 pub const LOCKED: i32 = 11;
 /// Wrong password.
 pub const WRONG_PASSWORD: i32 = 12;
+/// A named resource or job does not exist in the catalog.
+pub const NOT_FOUND: i32 = 13;
+/// A resource or job of that name already exists, or the resource is in use.
+pub const CONFLICT: i32 = 14;
+/// Not enough usable resources to secure what a job needs.
+pub const UNAVAILABLE: i32 = 15;
+/// The catalog database could not be reached or opened.
+pub const CATALOG_UNREACHABLE: i32 = 16;
 /// Interrupted (SIGINT).
 pub const INTERRUPTED: i32 = 130;
 
@@ -52,6 +72,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 Error::Backend(b) => backend_code(b),
                 _ => FATAL,
             };
+        }
+        if let Some(e) = cause.downcast_ref::<kura_catalog::Error>() {
+            return catalog_code(e);
         }
         if let Some(b) = cause.downcast_ref::<BackendError>() {
             return backend_code(b);

@@ -89,6 +89,37 @@ impl App {
             .with_context(|| format!("load index of {loc}"))
     }
 
+    /// The catalog: `--catalog`, KURA_CATALOG, `[catalog] url`, or the embedded default
+    /// file. An embedded (SQLite) catalog is a single machine's: it registers the machine
+    /// itself as worker and path, so the user only adds targets.
+    pub fn catalog(&self) -> Result<kura_catalog::Catalog> {
+        let url = match self
+            .global
+            .catalog
+            .clone()
+            .or_else(|| self.config.catalog.url.clone())
+        {
+            Some(u) => u,
+            None => {
+                let path = config::default_catalog().ok_or_else(|| {
+                    UsageError("no catalog given and no home directory: use --catalog".into())
+                })?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("create catalog directory {}", dir.display()))?;
+                }
+                path.to_string_lossy().into_owned()
+            }
+        };
+        let catalog = kura_catalog::Catalog::open(&url).context("open catalog")?;
+        if catalog.is_embedded() {
+            catalog
+                .ensure_local(LOCAL_SLOTS)
+                .context("register this machine in the catalog")?;
+        }
+        Ok(catalog)
+    }
+
     pub fn bar(&self) -> progress::Bar {
         progress::Bar::new(self.global.quiet, self.global.json)
     }
@@ -100,6 +131,9 @@ impl App {
         }
     }
 }
+
+/// Streams the local worker and path of an embedded catalog serve at once.
+pub const LOCAL_SLOTS: i64 = 64;
 
 /// Run `f` under `lock`, then release it — or abandon it when the target stopped answering,
 /// so that a dead target costs one deadline, not two (the lock file becomes stale).
@@ -162,6 +196,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Key(k) => commands::key::run(&app, k),
         Command::Unlock(a) => commands::unlock::run(&app, a),
         Command::Target(t) => commands::target::run(&app, t),
+        Command::Resource(r) => commands::resource::run(&app, r),
+        Command::Job(j) => commands::job::run(&app, j),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Human and JSON renderings of listings. Pure functions of their input, so snapshot tests
 //! (insta) pin the formats.
 
+pub mod catalog;
+
 use kura_repo::snapshot::{Content, SnapshotEntry};
 use kura_repo::tree::{Node, NodeKind};
 use kura_repo::util::Timestamp;
@@ -31,6 +33,24 @@ pub fn local_time(t: Timestamp) -> String {
                 .to_string()
         })
         .unwrap_or_else(|| t.to_rfc3339())
+}
+
+/// Local time `YYYY-MM-DD HH:MM:SS` of milliseconds since the epoch (the catalog's times).
+pub fn local_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// RFC 3339 (UTC, milliseconds) of milliseconds since the epoch, for JSON.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// A plain text table: columns padded to their widest cell.

@@ -1,0 +1,78 @@
+//! `kura job …`: job definitions and their runs (the seed's backup processing information).
+
+use anyhow::Result;
+use kura_catalog::Mode;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::cli::JobCommand;
+use crate::exit;
+use crate::output::catalog::{job_detail, job_json, job_table, run_json};
+use crate::output::{local_ms, rfc3339_ms};
+
+pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
+    let cat = app.catalog()?;
+    match cmd {
+        JobCommand::Add(a) => {
+            let mode = Mode::parse(&a.mode)?;
+            let id = cat.add_job(
+                &a.name,
+                &a.object,
+                a.schedule.as_deref(),
+                a.redundancy,
+                mode,
+                json!({}),
+            )?;
+            app.say(format!(
+                "added job {} (number {id}): {} onto {} subsystem(s), {}",
+                a.name,
+                a.object,
+                a.redundancy,
+                mode.as_str()
+            ));
+        }
+        JobCommand::List => {
+            let mut jobs = Vec::new();
+            for j in cat.jobs()? {
+                let last = cat.runs(Some(j.id), 1)?.into_iter().next();
+                jobs.push((j, last));
+            }
+            if app.global.json {
+                let v: Vec<Value> = jobs
+                    .iter()
+                    .map(|(j, last)| {
+                        let mut v = job_json(j);
+                        v["last_run"] = last
+                            .as_ref()
+                            .map_or(Value::Null, |r| run_json(r, &rfc3339_ms));
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", job_table(&jobs, &local_ms));
+            }
+        }
+        JobCommand::Show(a) => {
+            let j = cat.job(&a.job)?;
+            let runs = cat.runs(Some(j.id), a.runs.max(0))?;
+            if app.global.json {
+                let mut v = job_json(&j);
+                v["runs"] = json!(
+                    runs.iter()
+                        .map(|r| run_json(r, &rfc3339_ms))
+                        .collect::<Vec<_>>()
+                );
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", job_detail(&j, &runs, &local_ms));
+            }
+        }
+        JobCommand::Remove(a) => {
+            let j = cat.job(&a.job)?;
+            cat.remove_job(&a.job)?;
+            app.say(format!("removed job {} (number {})", j.name, j.id));
+        }
+    }
+    Ok(exit::OK)
+}
