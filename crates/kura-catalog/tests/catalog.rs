@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kura_catalog::{Catalog, Constraints, Error, Kind, State};
+use kura_catalog::{BackupState, Catalog, Constraints, Error, Extent, Kind, Mode, State};
 use serde_json::json;
 
 mod common;
@@ -191,10 +191,207 @@ fn concurrent_securing_never_shares_a_target(db: Db) {
     );
 }
 
+fn invalid_target_urls_are_refused(db: Db) {
+    let (_f, c) = with_targets(db, 0);
+    for (url, why) in [
+        ("s3://", "no bucket"),
+        ("ftp://host/x", "unsupported scheme"),
+        ("relative/dir", "relative path"),
+        ("s3://b/p?colour=blue", "unknown option"),
+        ("", "empty"),
+    ] {
+        match c.add_resource(Kind::Target, "t", json!({ "url": url }), 1) {
+            Err(Error::Invalid(m)) => assert!(m.contains(why), "{url:?}: {m}"),
+            other => panic!("{url:?} accepted: {other:?}"),
+        }
+    }
+    assert!(matches!(c.resource("t"), Err(Error::UnknownResource(_))));
+    c.add_resource(
+        Kind::Target,
+        "s3",
+        json!({"url": "s3://b/p?endpoint=http://127.0.0.1:1"}),
+        1,
+    )
+    .unwrap();
+}
+
+fn runs_record_their_outcome_and_expired_leases_are_lost(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let job = c
+        .add_job(
+            "db",
+            "/srv/db",
+            Some("daily 02:00"),
+            2,
+            Mode::Mirror,
+            json!({}),
+        )
+        .unwrap();
+    assert!(matches!(
+        c.add_job("db", "/x", None, 1, Mode::Failover, json!({})),
+        Err(Error::Duplicate(_))
+    ));
+    assert!(matches!(
+        c.add_job("j0", "/x", None, 0, Mode::Mirror, json!({})),
+        Err(Error::Invalid(m)) if m.contains("redundancy")
+    ));
+    assert!(matches!(
+        c.secure(job + 100, 1, &Constraints::default()),
+        Err(Error::UnknownJob(_))
+    ));
+    assert_eq!(c.job("db").unwrap().id, job);
+    assert_eq!(c.job(&job.to_string()).unwrap().name, "db");
+    // Succeeded, failed, aborted (dropped unfinished), expired (crashed manager).
+    c.secure(job, 2, &Constraints::default())
+        .unwrap()
+        .finish(Ok(()))
+        .unwrap();
+    c.secure(job, 1, &Constraints::default())
+        .unwrap()
+        .finish(Err("t0 full".into()))
+        .unwrap();
+    drop(c.secure(job, 1, &Constraints::default()).unwrap());
+    let crashed = c.secure(job, 2, &Constraints::default()).unwrap();
+    let process = crashed.secured.process;
+    std::mem::forget(crashed);
+    assert!(matches!(
+        c.secure(job, 1, &Constraints::default()),
+        Err(Error::Unavailable { .. })
+    ));
+    c.advance_clock(Duration::from_secs(301));
+    let g = c.secure(job, 2, &Constraints::default()).unwrap();
+    assert!(matches!(
+        c.renew(process, Duration::from_secs(60)),
+        Err(Error::LeaseLost(p)) if p == process
+    ));
+    g.renew(Duration::from_secs(60)).unwrap();
+    assert!(matches!(c.remove_job("db"), Err(Error::InUse(_))));
+    g.finish(Ok(())).unwrap();
+    let runs = c.runs(Some(job), 10).unwrap();
+    let states: Vec<&str> = runs.iter().map(|r| r.state.as_str()).collect();
+    assert_eq!(
+        states,
+        ["succeeded", "expired", "aborted", "failed", "succeeded"]
+    );
+    assert_eq!(runs[3].error.as_deref(), Some("t0 full"));
+    assert!(runs.iter().all(|r| r.ended.is_some()));
+    let lost: Vec<&str> = runs[1].streams.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(lost, ["lost", "lost"]);
+    assert_eq!(runs[0].streams.len(), 2);
+    assert!(runs[0].streams.iter().all(|s| s.state == "ended"));
+    let ev: Vec<String> = c.events("t0").unwrap().into_iter().map(|e| e.1).collect();
+    assert!(ev.contains(&"reclaimed".to_string()), "{ev:?}");
+    c.remove_job("db").unwrap();
+    assert!(matches!(c.job("db"), Err(Error::UnknownJob(_))));
+    assert_eq!(c.runs(None, 10).unwrap().len(), 5, "runs outlive their job");
+}
+
+fn backups_record_only_acknowledged_extents(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let g = c.secure(0, 2, &Constraints::default()).unwrap();
+    let run = g.secured.process;
+    let b = c.begin_backup(run, "/srv/db", 1_700_000_000_000).unwrap();
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Running);
+    let subs = g.secured.subsystems.clone();
+    let ext = |seq: i64, stream: i64| {
+        let s = &subs[stream as usize];
+        Extent {
+            stream,
+            seq,
+            source_offset: seq << 20,
+            source_length: 1 << 20,
+            target: s.target.clone(),
+            medium: s.medium.clone(),
+            position: format!("pack-{seq}"),
+            size: 1000 + seq,
+        }
+    };
+    for seq in 0..3 {
+        for stream in 0..2 {
+            c.record_extent(b, &ext(seq, stream)).unwrap();
+        }
+    }
+    // A medium of another target, negative ranges: refused.
+    let mut wrong = ext(3, 0);
+    wrong.medium = g.secured.subsystems[1].medium.clone();
+    assert!(
+        matches!(c.record_extent(b, &wrong), Err(Error::Invalid(m)) if m.contains("does not belong"))
+    );
+    let mut neg = ext(3, 0);
+    neg.source_length = -1;
+    assert!(matches!(c.record_extent(b, &neg), Err(Error::Invalid(_))));
+    let got = c.extents(b).unwrap();
+    assert_eq!(got.len(), 6);
+    assert_eq!(got[0].seq, 0);
+    assert_eq!(got[5], {
+        let mut e = ext(2, 0);
+        if got[5].target != e.target {
+            e = ext(2, 1);
+        }
+        e
+    });
+    // Holding extents, a target cannot be removed (its data would be lost track of).
+    let t = g.secured.subsystems[0].target.clone();
+    g.finish(Ok(())).unwrap();
+    assert!(matches!(c.remove_resource(&t), Err(Error::Invalid(m)) if m.contains("extent")));
+    assert!(matches!(
+        c.begin_backup(run, "/srv/db", 0),
+        Err(Error::Invalid(m)) if m.contains("already ended")
+    ));
+    c.finish_backup(b, BackupState::Complete).unwrap();
+    // Finished is final: no more extents, no second outcome.
+    assert!(matches!(
+        c.record_extent(b, &ext(9, 0)),
+        Err(Error::Invalid(_))
+    ));
+    c.finish_backup(b, BackupState::Failed).unwrap();
+    let back = c.backups(Some("/srv/db")).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].state, BackupState::Complete);
+    assert_eq!(back[0].data_time, 1_700_000_000_000);
+    assert!(back[0].ended.is_some());
+    assert!(c.backups(Some("/other")).unwrap().is_empty());
+}
+
+fn selection_prefers_healthy_and_least_loaded(db: Db) {
+    let f = common::fresh(db);
+    let c = Catalog::open(&f.url).unwrap();
+    for w in ["w1", "w2"] {
+        c.add_resource(Kind::Worker, w, json!(null), 4).unwrap();
+    }
+    c.add_resource(Kind::Path, "p", json!(null), 8).unwrap();
+    for t in ["a", "b", "c"] {
+        c.add_resource(Kind::Target, t, json!({"url": format!("/srv/{t}")}), 1)
+            .unwrap();
+        for w in ["w1", "w2"] {
+            c.add_route(w, "p", t).unwrap();
+        }
+    }
+    // "a" sorts first by name but has failed twice (still usable): "b" is preferred.
+    c.record_error("a", "timeout").unwrap();
+    c.record_error("a", "timeout").unwrap();
+    let g1 = c.secure(0, 1, &Constraints::default()).unwrap();
+    assert_eq!(g1.secured.subsystems[0].target, "b");
+    // The next stream goes to the other, idle worker.
+    let g2 = c.secure(0, 1, &Constraints::default()).unwrap();
+    assert_eq!(g2.secured.subsystems[0].target, "c");
+    assert_ne!(
+        g1.secured.subsystems[0].worker,
+        g2.secured.subsystems[0].worker
+    );
+    // Only the erring one is left, and it is still taken rather than failing.
+    let g3 = c.secure(0, 1, &Constraints::default()).unwrap();
+    assert_eq!(g3.secured.subsystems[0].target, "a");
+}
+
 on_both!(
     registers_resources_with_implicit_media_and_rejects_bad_input,
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
     repeated_errors_make_a_target_not_usable_with_the_reason,
     expired_leases_are_reclaimed_and_waiting_secures_when_freed,
     concurrent_securing_never_shares_a_target,
+    invalid_target_urls_are_refused,
+    runs_record_their_outcome_and_expired_leases_are_lost,
+    backups_record_only_acknowledged_extents,
+    selection_prefers_healthy_and_least_loaded,
 );
