@@ -384,6 +384,39 @@ fn selection_prefers_healthy_and_least_loaded(db: Db) {
     assert_eq!(g3.secured.subsystems[0].target, "a");
 }
 
+/// A catalog written by a newer kura (a migration this binary does not know) is refused,
+/// not used with a schema the code does not understand.
+#[test]
+fn a_newer_catalog_is_refused() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let f = common::fresh(Db::Sqlite);
+    drop(Catalog::open(&f.url).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&f.url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (2, 'future', 1, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    });
+    match Catalog::open(&f.url) {
+        Err(Error::Migrate(e)) => assert!(e.to_string().contains('2'), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a catalog from a newer kura was opened"),
+    }
+}
+
 on_both!(
     registers_resources_with_implicit_media_and_rejects_bad_input,
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
