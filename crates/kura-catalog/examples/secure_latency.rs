@@ -14,7 +14,9 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).ok_or("usage: secure_latency URL [TARGETS] [ROUNDS]")?;
+    let url = args
+        .get(1)
+        .ok_or("usage: secure_latency URL [TARGETS] [ROUNDS]")?;
     let targets: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
     let rounds: usize = args.get(3).map_or(Ok(300), |s| s.parse())?;
     let c = Catalog::open(url)?;
