@@ -244,6 +244,7 @@ impl Catalog {
     /// Delete a job definition. Its runs and backups stay (their job becomes unknown).
     pub fn remove_job(&self, name_or_number: &str) -> Result<()> {
         let j = self.job(name_or_number)?;
+        self.reclaim()?;
         let running = self
             .runs(Some(j.id), 1)?
             .into_iter()

@@ -377,6 +377,7 @@ impl Catalog {
 
     /// Remove a resource (its medium, routes and allocations go with it).
     pub fn remove_resource(&self, name: &str) -> Result<()> {
+        self.reclaim()?;
         let r = self.resource(name)?;
         if !r.allocations.is_empty() {
             return Err(Error::InUse(format!(

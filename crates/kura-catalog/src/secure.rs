@@ -166,10 +166,7 @@ impl Catalog {
         self.rt.block_on(async {
             let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             // The allocation lock (see the crate docs), then reclaim dead managers' leases.
-            sqlx::query("UPDATE meta SET v = v WHERE k = 'alloc'")
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db(e))?;
+            lock_allocations(&mut tx).await.map_err(|e| self.db(e))?;
             reclaim_expired(&mut tx, now).await.map_err(|e| self.db(e))?;
             if job > 0 {
                 let known = sqlx::query("SELECT id FROM jobs WHERE id = $1")
@@ -321,23 +318,41 @@ impl Catalog {
     pub fn renew(&self, process: i64, lease: Duration) -> Result<()> {
         let now = self.now();
         let until = now + lease.as_millis() as i64;
-        let done = self
-            .rt
-            .block_on(
-                sqlx::query(
-                    "UPDATE allocations SET lease_until = $1 \
-                     WHERE process = $2 AND lease_until >= $3",
-                )
-                .bind(until)
-                .bind(process)
-                .bind(now)
-                .execute(&self.pool),
+        let done = self.rt.block_on(async {
+            // Under the allocation lock, so a renewal and a reclaim never interleave.
+            let mut tx = self.write_tx().await?;
+            lock_allocations(&mut tx).await?;
+            let done = sqlx::query(
+                "UPDATE allocations SET lease_until = $1 WHERE process = $2 AND lease_until >= $3",
             )
-            .map_err(|e| self.db(e))?;
-        if done.rows_affected() == 0 {
+            .bind(until)
+            .bind(process)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected())
+        });
+        if done.map_err(|e| self.db(e))? == 0 {
             return Err(Error::LeaseLost(process));
         }
         Ok(())
+    }
+
+    /// Free the resources of every process whose lease ran out; returns how many allocations
+    /// were freed. `secure` does this itself; call it before showing or changing the
+    /// inventory so that a dead manager's holdings do not look alive.
+    pub fn reclaim(&self) -> Result<usize> {
+        let now = self.now();
+        self.rt
+            .block_on(async {
+                let mut tx = self.write_tx().await?;
+                lock_allocations(&mut tx).await?;
+                let n = reclaim_expired(&mut tx, now).await?;
+                tx.commit().await?;
+                Ok(n)
+            })
+            .map_err(|e| self.db(e))
     }
 
     /// Free everything a process holds and end its run as `released` (prefer
@@ -394,19 +409,30 @@ impl Catalog {
     }
 }
 
+/// The allocation lock (see the crate docs): held until the transaction ends.
+async fn lock_allocations(conn: &mut sqlx::AnyConnection) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("UPDATE meta SET v = v WHERE k = 'alloc'")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// Free the allocations of processes whose lease ran out (their manager died or hung): an
 /// event per resource, the run ends as `expired`, its streams as `lost`.
 async fn reclaim_expired(
     conn: &mut sqlx::AnyConnection,
     now: i64,
-) -> std::result::Result<(), sqlx::Error> {
-    let expired =
-        sqlx::query("SELECT resource, process, stream FROM allocations WHERE lease_until < $1")
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
+) -> std::result::Result<usize, sqlx::Error> {
+    // Act only on the rows this statement deleted: what a concurrent renewal saved is not
+    // reported as lost.
+    let expired = sqlx::query(
+        "DELETE FROM allocations WHERE lease_until < $1 RETURNING resource, process, stream",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
     if expired.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut processes = Vec::new();
     for row in &expired {
@@ -433,9 +459,5 @@ async fn reclaim_expired(
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("DELETE FROM allocations WHERE lease_until < $1")
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    Ok(expired.len())
 }

@@ -384,6 +384,32 @@ fn selection_prefers_healthy_and_least_loaded(db: Db) {
     assert_eq!(g3.secured.subsystems[0].target, "a");
 }
 
+fn reclaim_frees_a_dead_managers_holdings_without_a_secure(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let job = c
+        .add_job("j", "/x", None, 2, Mode::Mirror, json!({}))
+        .unwrap();
+    let g = c.secure(job, 2, &Constraints::default()).unwrap();
+    let process = g.secured.process;
+    std::mem::forget(g);
+    assert_eq!(c.reclaim().unwrap(), 0, "the lease is still live");
+    assert!(matches!(c.remove_job("j"), Err(Error::InUse(_))));
+    assert!(matches!(c.remove_resource("t0"), Err(Error::InUse(_))));
+    c.advance_clock(Duration::from_secs(301));
+    // Removing the job reclaims first: the dead run no longer holds it.
+    c.remove_job("j").unwrap();
+    let run = c.runs(None, 1).unwrap().remove(0);
+    assert_eq!((run.id, run.state.as_str()), (process, "expired"));
+    assert!(
+        c.resources()
+            .unwrap()
+            .iter()
+            .all(|r| r.allocations.is_empty())
+    );
+    assert_eq!(c.reclaim().unwrap(), 0);
+    c.remove_resource("t0").unwrap();
+}
+
 /// A catalog written by a newer kura (a migration this binary does not know) is refused,
 /// not used with a schema the code does not understand.
 #[test]
@@ -427,4 +453,5 @@ on_both!(
     runs_record_their_outcome_and_expired_leases_are_lost,
     backups_record_only_acknowledged_extents,
     selection_prefers_healthy_and_least_loaded,
+    reclaim_frees_a_dead_managers_holdings_without_a_secure,
 );
