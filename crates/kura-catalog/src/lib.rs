@@ -250,6 +250,26 @@ impl Catalog {
         }
     }
 
+    /// Fail with [`Error::Duplicate`] when `sql` (a `SELECT … WHERE name = $1`) finds a row:
+    /// checked inside the inserting transaction, so the message is ours on both databases
+    /// rather than each one's unique-constraint text.
+    pub(crate) async fn refuse_duplicate(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        sql: &str,
+        name: &str,
+    ) -> Result<()> {
+        let found = sqlx::query(sql)
+            .bind(name)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        match found {
+            Some(_) => Err(Error::Duplicate(name.to_string())),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn db(&self, source: sqlx::Error) -> Error {
         Error::Db {
             url: self.url.clone(),

@@ -214,14 +214,8 @@ impl Catalog {
         let cfg = config.to_string();
         self.rt.block_on(async {
             let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
-            let exists = sqlx::query("SELECT id FROM resources WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.db(e))?;
-            if exists.is_some() {
-                return Err(Error::Duplicate(name.to_string()));
-            }
+            self.refuse_duplicate(&mut tx, "SELECT id FROM resources WHERE name = $1", name)
+                .await?;
             let id: i64 = sqlx::query(
                 "INSERT INTO resources (kind, name, config, slots, since) \
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",

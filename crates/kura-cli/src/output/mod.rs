@@ -24,25 +24,21 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+fn local(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
 /// Local time `YYYY-MM-DD HH:MM:SS`.
 pub fn local_time(t: Timestamp) -> String {
-    t.to_chrono()
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_else(|| t.to_rfc3339())
+    t.to_chrono().map(local).unwrap_or_else(|| t.to_rfc3339())
 }
 
 /// Local time `YYYY-MM-DD HH:MM:SS` of milliseconds since the epoch (the catalog's times).
 pub fn local_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .map(local)
         .unwrap_or_else(|| ms.to_string())
 }
 
