@@ -24,6 +24,7 @@ mod aws_profile;
 mod deadline;
 mod error;
 mod local;
+mod mirror;
 mod probe;
 pub mod retry;
 mod s3;
@@ -31,6 +32,7 @@ mod target;
 
 pub use error::{BackendError, ErrorKind};
 pub use local::LocalBackend;
+pub use mirror::{MemberStatus, MirrorBackend, MirrorOptions};
 pub use probe::{ProbeReport, probe};
 pub use retry::RetryPolicy;
 pub use s3::{S3Backend, S3Config};

@@ -1,0 +1,505 @@
+//! One repository written to several targets at once (issue 5's mirror mode, seed 001).
+//!
+//! The targets of a *repository group* share the master key and the chunking parameters, so
+//! the repository layer above produces exactly one byte stream of files and this backend fans
+//! each file out to every member. The members end up byte-identical without re-encoding.
+//!
+//! # Ordering and durability
+//! - **Packs** are written behind: `put` queues the pack for each live member and returns;
+//!   each member has its own writer threads and a byte-bounded queue. The repository's
+//!   pipeline therefore runs at the speed of the slowest *live* member, never of a dead one.
+//! - **Index files and snapshots** are barriers: before one is written to a member, that
+//!   member's queue is drained, so a member never holds an index or snapshot that names a
+//!   pack it does not have (the invariant a single backend gets from the pipeline's order).
+//! - **Locks, keys, config** are written to every live member directly.
+//!
+//! # Dropping a member
+//! A member whose write fails (after its own retries within its deadline) or whose queue
+//! makes no progress for `stall_timeout` is dropped with the reason; it gets nothing more
+//! (in particular no snapshot, so it never claims the backup). Writes succeed while at least
+//! `quorum` members are live; below that every write fails with the members' reasons, and
+//! no further index or snapshot is written anywhere. (Targets have no common transaction: if
+//! members fail *during* the snapshot's own write, those that finished it keep it.)
+//!
+//! # Reads
+//! Reads go to the first live member that answers. Listings of packs, index files and
+//! snapshots are the *intersection* over live members: after a member missed a backup, only
+//! what every member holds counts as present, so deduplication never skips a chunk that one
+//! member lacks. Lock listings are the union (a lock anywhere is a lock).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
+
+/// How a mirror behaves.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    /// Writes succeed while at least this many members are live (1..=members).
+    pub quorum: usize,
+    /// Bytes of packs queued per member before `put` waits for it.
+    pub queue_bytes: usize,
+    /// A member whose queue makes no progress this long is dropped.
+    pub stall_timeout: Duration,
+    /// Writer threads per member.
+    pub writers: usize,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        MirrorOptions {
+            quorum: 1,
+            queue_bytes: 64 << 20,
+            stall_timeout: Duration::from_secs(120),
+            writers: 2,
+        }
+    }
+}
+
+/// What became of one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub location: String,
+    /// `None` while live; the reason once dropped.
+    pub dropped: Option<String>,
+    /// Files and bytes this member has durably written.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+struct Queue {
+    items: VecDeque<(FileKind, String, Bytes)>,
+    queued_bytes: usize,
+    in_flight: usize,
+    /// Files completed; waiters watch it to tell a slow member from a stalled one.
+    done: u64,
+    bytes: u64,
+    dropped: Option<String>,
+    closing: bool,
+}
+
+struct Member {
+    backend: Arc<dyn Backend>,
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+impl Member {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A writer thread never panics while holding the lock (no user code runs under it);
+        // if one did, the queue's data is still consistent, so keep going.
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drop_with(&self, q: &mut Queue, reason: String) {
+        if q.dropped.is_none() {
+            tracing::warn!("mirror: dropping {}: {reason}", self.backend.location());
+            q.dropped = Some(reason);
+        }
+        q.items.clear();
+        q.queued_bytes = 0;
+        self.cv.notify_all();
+    }
+
+    /// Wait until `ready(q)` or the member is dropped; a wait without progress for `stall`
+    /// drops it. Returns whether it is still live.
+    fn wait_for(&self, stall: Duration, what: &str, ready: impl Fn(&Queue) -> bool) -> bool {
+        let mut q = self.lock();
+        let mut seen = q.done;
+        let mut since = Instant::now();
+        loop {
+            if q.dropped.is_some() {
+                return false;
+            }
+            if ready(&q) {
+                return true;
+            }
+            if q.done != seen {
+                seen = q.done;
+                since = Instant::now();
+            }
+            let left = stall.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                let reason = format!(
+                    "stalled: no write finished for {} s while {what}",
+                    stall.as_secs()
+                );
+                self.drop_with(&mut q, reason);
+                return false;
+            }
+            q = self
+                .cv
+                .wait_timeout(q, left.min(Duration::from_millis(500)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn writer(self: Arc<Self>) {
+        loop {
+            let (kind, name, data) = {
+                let mut q = self.lock();
+                loop {
+                    if q.dropped.is_some() || (q.closing && q.items.is_empty()) {
+                        return;
+                    }
+                    if let Some(item) = q.items.pop_front() {
+                        q.in_flight += 1;
+                        break item;
+                    }
+                    q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let len = data.len();
+            let r = self.backend.put(kind, &name, data);
+            let mut q = self.lock();
+            q.in_flight -= 1;
+            q.queued_bytes = q.queued_bytes.saturating_sub(len);
+            match r {
+                Ok(()) => {
+                    q.done += 1;
+                    q.bytes += len as u64;
+                    self.cv.notify_all();
+                }
+                Err(e) => self.drop_with(&mut q, format!("{e}")),
+            }
+        }
+    }
+}
+
+/// A backend that writes every file to each of its members (see the module docs).
+pub struct MirrorBackend {
+    members: Vec<Arc<Member>>,
+    opts: MirrorOptions,
+    /// Writer threads with the index of their member.
+    threads: Mutex<Vec<(usize, std::thread::JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for MirrorBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorBackend")
+            .field("location", &self.location())
+            .finish()
+    }
+}
+
+impl MirrorBackend {
+    pub fn new(backends: Vec<Arc<dyn Backend>>, opts: MirrorOptions) -> Result<MirrorBackend> {
+        if backends.is_empty() || opts.quorum == 0 || opts.quorum > backends.len() {
+            return Err(BackendError::new(
+                ErrorKind::Other,
+                "mirror",
+                "",
+                "mirror",
+                format!(
+                    "quorum {} must be between 1 and the number of targets ({})",
+                    opts.quorum,
+                    backends.len()
+                ),
+            ));
+        }
+        let members: Vec<Arc<Member>> = backends
+            .into_iter()
+            .map(|backend| {
+                Arc::new(Member {
+                    backend,
+                    q: Mutex::new(Queue {
+                        items: VecDeque::new(),
+                        queued_bytes: 0,
+                        in_flight: 0,
+                        done: 0,
+                        bytes: 0,
+                        dropped: None,
+                        closing: false,
+                    }),
+                    cv: Condvar::new(),
+                })
+            })
+            .collect();
+        let mut threads = Vec::new();
+        for (mi, m) in members.iter().enumerate() {
+            for i in 0..opts.writers.max(1) {
+                let m = Arc::clone(m);
+                let t = std::thread::Builder::new()
+                    .name(format!("mirror-w{i}"))
+                    .spawn(move || m.writer())
+                    .map_err(|e| {
+                        BackendError::new(
+                            ErrorKind::Other,
+                            "mirror",
+                            "",
+                            "mirror",
+                            format!("start writer: {e}"),
+                        )
+                    })?;
+                threads.push((mi, t));
+            }
+        }
+        Ok(MirrorBackend {
+            members,
+            opts,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Drop a member by hand (its reason is recorded), e.g. when a probe found it unhealthy.
+    pub fn drop_member(&self, index: usize, reason: &str) {
+        if let Some(m) = self.members.get(index) {
+            let mut q = m.lock();
+            m.drop_with(&mut q, reason.to_string());
+        }
+    }
+
+    /// Each member's state, in the order given to [`new`](Self::new).
+    pub fn status(&self) -> Vec<MemberStatus> {
+        self.members
+            .iter()
+            .map(|m| {
+                let q = m.lock();
+                MemberStatus {
+                    location: m.backend.location(),
+                    dropped: q.dropped.clone(),
+                    files: q.done,
+                    bytes: q.bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Wait until every live member has written everything queued (or was dropped).
+    pub fn flush(&self) -> Result<()> {
+        for m in &self.members {
+            m.wait_for(self.opts.stall_timeout, "flushing", |q| {
+                q.items.is_empty() && q.in_flight == 0
+            });
+        }
+        self.check_quorum("flush", "")
+    }
+
+    fn live(&self) -> Vec<&Arc<Member>> {
+        self.members
+            .iter()
+            .filter(|m| m.lock().dropped.is_none())
+            .collect()
+    }
+
+    fn check_quorum(&self, op: &'static str, name: &str) -> Result<()> {
+        let live = self.live().len();
+        if live >= self.opts.quorum {
+            return Ok(());
+        }
+        let reasons: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|m| {
+                m.lock()
+                    .dropped
+                    .as_ref()
+                    .map(|r| format!("{}: {r}", m.backend.location()))
+            })
+            .collect();
+        Err(BackendError::new(
+            ErrorKind::Unreachable,
+            op,
+            name,
+            self.location(),
+            format!(
+                "{live} of {} targets left, quorum {} lost ({})",
+                self.members.len(),
+                self.opts.quorum,
+                reasons.join("; ")
+            ),
+        ))
+    }
+
+    /// Write to every live member now, in parallel; a failure drops that member.
+    fn put_direct(&self, kind: FileKind, name: &str, data: &Bytes) {
+        std::thread::scope(|s| {
+            for m in self.live() {
+                s.spawn(move || {
+                    let r = m.backend.put(kind, name, data.clone());
+                    let mut q = m.lock();
+                    match r {
+                        Ok(()) => {
+                            q.done += 1;
+                            q.bytes += data.len() as u64;
+                        }
+                        Err(e) => m.drop_with(&mut q, format!("{e}")),
+                    }
+                });
+            }
+        });
+    }
+
+    /// The first live member's answer; on an error the next one is asked (a member that
+    /// missed a backup may lack a file another has).
+    fn read<T>(
+        &self,
+        op: &'static str,
+        name: &str,
+        mut f: impl FnMut(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let mut last = None;
+        for m in self.live() {
+            match f(m.backend.as_ref()) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            BackendError::new(
+                ErrorKind::Unreachable,
+                op,
+                name,
+                self.location(),
+                "no live target left",
+            )
+        }))
+    }
+}
+
+impl Drop for MirrorBackend {
+    fn drop(&mut self) {
+        for m in &self.members {
+            let mut q = m.lock();
+            q.closing = true;
+            m.cv.notify_all();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for (mi, t) in threads {
+            // A dropped member's writer may sit in a put until that target's deadline; it
+            // holds its own reference and ends by itself. Live members' writers are done.
+            if self.members[mi].lock().dropped.is_none() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Backend for MirrorBackend {
+    fn location(&self) -> String {
+        let locs: Vec<String> = self.members.iter().map(|m| m.backend.location()).collect();
+        format!("mirror({})", locs.join(", "))
+    }
+
+    fn create(&self) -> Result<()> {
+        for m in &self.members {
+            m.backend.create()?;
+        }
+        Ok(())
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
+        self.check_quorum("put", name)?;
+        match kind {
+            FileKind::Pack => {
+                let cap = self.opts.queue_bytes;
+                let len = data.len();
+                for m in self.live() {
+                    let room = m.wait_for(self.opts.stall_timeout, "its queue was full", |q| {
+                        q.items.is_empty() || q.queued_bytes + len <= cap
+                    });
+                    if room {
+                        let mut q = m.lock();
+                        if q.dropped.is_none() {
+                            q.items.push_back((kind, name.to_string(), data.clone()));
+                            q.queued_bytes += len;
+                            m.cv.notify_all();
+                        }
+                    }
+                }
+            }
+            FileKind::Index | FileKind::Snapshot => {
+                for m in self.live() {
+                    m.wait_for(self.opts.stall_timeout, "draining before an index", |q| {
+                        q.items.is_empty() && q.in_flight == 0
+                    });
+                }
+                // Below quorum after draining: write no index or snapshot anywhere.
+                self.check_quorum("put", name)?;
+                self.put_direct(kind, name, &data);
+            }
+            _ => self.put_direct(kind, name, &data),
+        }
+        self.check_quorum("put", name)
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.read("get", name, |b| b.get(kind, name))
+    }
+
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.read("get", name, |b| {
+            b.get_range_into(kind, name, offset, len, buf)
+        })
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        let mut counts: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
+        let live = self.live();
+        let mut listed = 0;
+        for m in &live {
+            match m.backend.list(kind) {
+                Ok(files) => {
+                    listed += 1;
+                    for f in files {
+                        counts.entry(f.name.clone()).or_insert((0, f)).0 += 1;
+                    }
+                }
+                Err(e) => {
+                    let mut q = m.lock();
+                    m.drop_with(&mut q, format!("{e}"));
+                }
+            }
+        }
+        self.check_quorum("list", kind.dir())?;
+        let union = kind == FileKind::Lock;
+        Ok(counts
+            .into_values()
+            .filter(|(n, _)| union || *n == listed)
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
+        self.read("stat", name, |b| b.stat(kind, name))
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let mut first_err = None;
+        let mut any_ok = false;
+        for m in self.live() {
+            match m.backend.delete(kind, name) {
+                Ok(()) => any_ok = true,
+                Err(e) if e.kind() == ErrorKind::NotFound => any_ok = true,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) if !any_ok => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn free_space(&self) -> Result<Option<u64>> {
+        let mut min: Option<u64> = None;
+        for m in self.live() {
+            if let Some(v) = m.backend.free_space()? {
+                min = Some(min.map_or(v, |x| x.min(v)));
+            }
+        }
+        Ok(min)
+    }
+}

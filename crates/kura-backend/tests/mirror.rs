@@ -1,0 +1,171 @@
+//! The mirror backend over real directories, with real faults: a member whose directory is
+//! replaced by a file mid-stream (every write fails with ENOTDIR), members that diverged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kura_backend::{Backend, Bytes, FileKind, LocalBackend, MirrorBackend, MirrorOptions};
+
+fn members(dir: &Path, n: usize) -> (Vec<PathBuf>, Vec<Arc<dyn Backend>>) {
+    let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("t{i}"))).collect();
+    let backends = paths
+        .iter()
+        .map(|p| {
+            let b = LocalBackend::new(p);
+            b.create().unwrap();
+            Arc::new(b) as Arc<dyn Backend>
+        })
+        .collect();
+    (paths, backends)
+}
+
+fn pack(i: usize) -> (String, Bytes) {
+    (
+        format!("{i:064x}"),
+        Bytes::from(vec![(i % 251) as u8; 256 * 1024 + i]),
+    )
+}
+
+fn names(b: &dyn Backend, kind: FileKind) -> Vec<String> {
+    let mut v: Vec<String> = b.list(kind).unwrap().into_iter().map(|f| f.name).collect();
+    v.sort();
+    v
+}
+
+/// A real fault: the target's directory is swapped for a plain file.
+fn break_dir(p: &Path) {
+    std::fs::rename(p, p.with_extension("gone")).unwrap();
+    std::fs::write(p, b"not a directory").unwrap();
+}
+
+#[test]
+fn every_member_gets_the_same_files_and_indexes_follow_their_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, backends) = members(dir.path(), 3);
+    let m = MirrorBackend::new(
+        backends.clone(),
+        MirrorOptions {
+            quorum: 3,
+            ..MirrorOptions::default()
+        },
+    )
+    .unwrap();
+    for round in 0..3 {
+        for i in 0..20 {
+            let (n, d) = pack(round * 100 + i);
+            m.put(FileKind::Pack, &n, d).unwrap();
+        }
+        // The barrier: once the index is written, each member already holds every pack
+        // queued before it.
+        m.put(FileKind::Index, &format!("idx{round}"), Bytes::from_static(b"i"))
+            .unwrap();
+        for b in &backends {
+            assert_eq!(b.list(FileKind::Pack).unwrap().len(), 20 * (round + 1));
+            assert!(b.exists(FileKind::Index, &format!("idx{round}")).unwrap());
+        }
+    }
+    m.put(FileKind::Snapshot, "snap", Bytes::from_static(b"s"))
+        .unwrap();
+    m.flush().unwrap();
+    let first = names(backends[0].as_ref(), FileKind::Pack);
+    for b in &backends[1..] {
+        assert_eq!(names(b.as_ref(), FileKind::Pack), first);
+        for n in &first {
+            assert_eq!(
+                b.get(FileKind::Pack, n).unwrap(),
+                backends[0].get(FileKind::Pack, n).unwrap()
+            );
+        }
+    }
+    let st = m.status();
+    assert!(st.iter().all(|s| s.dropped.is_none() && s.files == 64), "{st:?}");
+    assert_eq!(m.get(FileKind::Snapshot, "snap").unwrap(), b"s");
+}
+
+#[test]
+fn a_failing_member_is_dropped_with_its_reason_and_the_others_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, backends) = members(dir.path(), 3);
+    let m = MirrorBackend::new(
+        backends.clone(),
+        MirrorOptions {
+            quorum: 2,
+            ..MirrorOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..10 {
+        let (n, d) = pack(i);
+        m.put(FileKind::Pack, &n, d).unwrap();
+    }
+    m.flush().unwrap();
+    break_dir(&paths[1]);
+    for i in 10..30 {
+        let (n, d) = pack(i);
+        m.put(FileKind::Pack, &n, d).unwrap();
+    }
+    m.put(FileKind::Index, "idx", Bytes::from_static(b"i"))
+        .unwrap();
+    m.put(FileKind::Snapshot, "snap", Bytes::from_static(b"s"))
+        .unwrap();
+    let st = m.status();
+    assert!(st[0].dropped.is_none() && st[2].dropped.is_none(), "{st:?}");
+    let why = st[1].dropped.as_deref().expect("member 1 dropped");
+    assert!(why.contains("Not a directory"), "{why}");
+    for i in [0, 2] {
+        assert_eq!(backends[i].list(FileKind::Pack).unwrap().len(), 30);
+        assert!(backends[i].exists(FileKind::Snapshot, "snap").unwrap());
+    }
+    // The dropped member never got the snapshot (restore its directory to look).
+    std::fs::remove_file(&paths[1]).unwrap();
+    std::fs::rename(paths[1].with_extension("gone"), &paths[1]).unwrap();
+    assert!(!backends[1].exists(FileKind::Snapshot, "snap").unwrap());
+    assert!(!backends[1].exists(FileKind::Index, "idx").unwrap());
+    // Below quorum every write fails and names the reasons.
+    break_dir(&paths[2]);
+    let (n, d) = pack(99);
+    let _ = m.put(FileKind::Pack, &n, d);
+    let e = m
+        .put(FileKind::Index, "idx2", Bytes::from_static(b"i"))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("quorum 2 lost") && msg.contains("Not a directory"), "{msg}");
+    assert!(!backends[0].exists(FileKind::Index, "idx2").unwrap_or(false));
+}
+
+#[test]
+fn listings_are_what_every_member_holds_and_locks_are_anyones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, backends) = members(dir.path(), 2);
+    // Member 0 has an index and a snapshot member 1 missed (it was down for a backup).
+    backends[0]
+        .put(FileKind::Index, "only0", Bytes::from_static(b"x"))
+        .unwrap();
+    backends[0]
+        .put(FileKind::Snapshot, "only0", Bytes::from_static(b"x"))
+        .unwrap();
+    backends[1]
+        .put(FileKind::Lock, "lock1", Bytes::from_static(b"l"))
+        .unwrap();
+    for b in &backends {
+        b.put(FileKind::Index, "both", Bytes::from_static(b"y"))
+            .unwrap();
+    }
+    let m = MirrorBackend::new(backends.clone(), MirrorOptions::default()).unwrap();
+    assert_eq!(names(&m, FileKind::Index), ["both"]);
+    assert!(names(&m, FileKind::Snapshot).is_empty());
+    assert_eq!(names(&m, FileKind::Lock), ["lock1"]);
+    // A file only one member has is still readable (reads try the next member).
+    assert_eq!(m.get(FileKind::Snapshot, "only0").unwrap(), b"x");
+    assert_eq!(m.get(FileKind::Lock, "lock1").unwrap(), b"l");
+    assert!(
+        MirrorBackend::new(
+            backends,
+            MirrorOptions {
+                quorum: 3,
+                ..MirrorOptions::default()
+            }
+        )
+        .is_err()
+    );
+}
