@@ -245,6 +245,14 @@ impl MirrorBackend {
         })
     }
 
+    /// The member backends, in the order given.
+    pub fn members(&self) -> Vec<Arc<dyn Backend>> {
+        self.members
+            .iter()
+            .map(|m| Arc::clone(&m.backend))
+            .collect()
+    }
+
     /// Drop a member by hand (its reason is recorded), e.g. when a probe found it unhealthy.
     pub fn drop_member(&self, index: usize, reason: &str) {
         if let Some(m) = self.members.get(index) {
@@ -315,38 +323,130 @@ impl MirrorBackend {
         ))
     }
 
-    /// Write to every live member now, in parallel; a failure drops that member.
-    fn put_direct(&self, kind: FileKind, name: &str, data: &Bytes) {
-        std::thread::scope(|s| {
-            for m in self.live() {
-                s.spawn(move || {
-                    let r = m.backend.put(kind, name, data.clone());
-                    let mut q = m.lock();
-                    match r {
-                        Ok(()) => {
-                            q.done += 1;
-                            q.bytes += data.len() as u64;
-                        }
-                        Err(e) => m.drop_with(&mut q, format!("{e}")),
-                    }
-                });
+    /// Run `f` on every live member at once, each in its own thread, and wait at most the
+    /// stall timeout for the answers. A member that does not answer in time is dropped (its
+    /// thread ends by itself when that target's own deadline passes); one that fails is
+    /// dropped too unless `keep_on_error` says the error is an answer (e.g. "not found").
+    /// Returns (member index, result) for those that answered.
+    fn on_each<T: Send + 'static>(
+        &self,
+        what: &str,
+        keep_on_error: impl Fn(&BackendError) -> bool,
+        f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
+    ) -> Vec<(usize, Result<T>)> {
+        let f = Arc::new(f);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if m.lock().dropped.is_some() {
+                continue;
             }
-        });
+            let (tx, f, b) = (tx.clone(), Arc::clone(&f), Arc::clone(&m.backend));
+            let spawned = std::thread::Builder::new()
+                .name("mirror-op".into())
+                .spawn(move || {
+                    let _ = tx.send((i, f(b.as_ref())));
+                });
+            match spawned {
+                Ok(_) => asked.push(i),
+                Err(e) => {
+                    let mut q = m.lock();
+                    m.drop_with(&mut q, format!("start a thread for {what}: {e}"));
+                }
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.opts.stall_timeout;
+        let mut out = Vec::new();
+        while out.len() < asked.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(answer) => out.push(answer),
+                Err(_) => break,
+            }
+        }
+        for &i in &asked {
+            let m = &self.members[i];
+            match out.iter().find(|(j, _)| *j == i) {
+                None => {
+                    let mut q = m.lock();
+                    let reason = format!(
+                        "stalled: no answer for {} s to {what}",
+                        self.opts.stall_timeout.as_secs()
+                    );
+                    m.drop_with(&mut q, reason);
+                }
+                Some((_, Err(e))) if !keep_on_error(e) => {
+                    let mut q = m.lock();
+                    m.drop_with(&mut q, format!("{e}"));
+                }
+                Some(_) => {}
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
     }
 
-    /// The first live member's answer; on an error the next one is asked (a member that
-    /// missed a backup may lack a file another has).
-    fn read<T>(
+    /// Write to every live member now, in parallel; a failure or a stall drops that member.
+    fn put_direct(&self, kind: FileKind, name: &str, data: &Bytes) {
+        let (n, d) = (name.to_string(), data.clone());
+        let len = data.len() as u64;
+        for (i, r) in self.on_each(
+            &format!("writing {name}"),
+            |_| false,
+            move |b| b.put(kind, &n, d.clone()),
+        ) {
+            if r.is_ok() {
+                let mut q = self.members[i].lock();
+                q.done += 1;
+                q.bytes += len;
+            }
+        }
+    }
+
+    /// Read one file from every live member (e.g. to compare their configs); a member that
+    /// stalls or fails other than "not found" is dropped.
+    pub fn get_each(&self, kind: FileKind, name: &str) -> Vec<(usize, Result<Vec<u8>>)> {
+        let n = name.to_string();
+        self.on_each(
+            &format!("reading {name}"),
+            |e| e.kind() == ErrorKind::NotFound,
+            move |b| b.get(kind, &n),
+        )
+    }
+
+    /// The first live member's answer; on an error (or a stall) the next one is asked (a
+    /// member that missed a backup may lack a file another has).
+    fn read<T: Send + 'static>(
         &self,
         op: &'static str,
         name: &str,
-        mut f: impl FnMut(&dyn Backend) -> Result<T>,
+        f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
+        let f = Arc::new(f);
         let mut last = None;
         for m in self.live() {
-            match f(m.backend.as_ref()) {
-                Ok(v) => return Ok(v),
-                Err(e) => last = Some(e),
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (f2, b) = (Arc::clone(&f), Arc::clone(&m.backend));
+            std::thread::Builder::new()
+                .name("mirror-read".into())
+                .spawn(move || {
+                    let _ = tx.send(f2(b.as_ref()));
+                })
+                .map_err(|e| {
+                    BackendError::new(ErrorKind::Other, op, name, self.location(), e.to_string())
+                })?;
+            match rx.recv_timeout(self.opts.stall_timeout) {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    let mut q = m.lock();
+                    let reason = format!(
+                        "stalled: no answer for {} s to {op} {name}",
+                        self.opts.stall_timeout.as_secs()
+                    );
+                    m.drop_with(&mut q, reason);
+                }
             }
         }
         Err(last.unwrap_or_else(|| {
@@ -428,7 +528,8 @@ impl Backend for MirrorBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.read("get", name, |b| b.get(kind, name))
+        let n = name.to_string();
+        self.read("get", name, move |b| b.get(kind, &n))
     }
 
     fn get_range_into(
@@ -439,30 +540,28 @@ impl Backend for MirrorBackend {
         len: u64,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        self.read("get", name, |b| {
-            b.get_range_into(kind, name, offset, len, buf)
-        })
+        let n = name.to_string();
+        *buf = self.read("get", name, move |b| b.get_range(kind, &n, offset, len))?;
+        Ok(())
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        let answers = self.on_each(
+            &format!("listing {}", kind.dir()),
+            |_| false,
+            move |b| b.list(kind),
+        );
+        self.check_quorum("list", kind.dir())?;
         let mut counts: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
-        let live = self.live();
         let mut listed = 0;
-        for m in &live {
-            match m.backend.list(kind) {
-                Ok(files) => {
-                    listed += 1;
-                    for f in files {
-                        counts.entry(f.name.clone()).or_insert((0, f)).0 += 1;
-                    }
-                }
-                Err(e) => {
-                    let mut q = m.lock();
-                    m.drop_with(&mut q, format!("{e}"));
+        for (_, r) in answers {
+            if let Ok(files) = r {
+                listed += 1;
+                for f in files {
+                    counts.entry(f.name.clone()).or_insert((0, f)).0 += 1;
                 }
             }
         }
-        self.check_quorum("list", kind.dir())?;
         let union = kind == FileKind::Lock;
         Ok(counts
             .into_values()
@@ -472,25 +571,21 @@ impl Backend for MirrorBackend {
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
-        self.read("stat", name, |b| b.stat(kind, name))
+        let n = name.to_string();
+        self.read("stat", name, move |b| b.stat(kind, &n))
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        let mut first_err = None;
-        let mut any_ok = false;
-        for m in self.live() {
-            match m.backend.delete(kind, name) {
-                Ok(()) => any_ok = true,
-                Err(e) if e.kind() == ErrorKind::NotFound => any_ok = true,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
+        let n = name.to_string();
+        let answers = self.on_each(
+            &format!("deleting {name}"),
+            |e| e.kind() == ErrorKind::NotFound,
+            move |b| b.delete(kind, &n),
+        );
+        if answers.is_empty() {
+            self.check_quorum("delete", name)?;
         }
-        match first_err {
-            Some(e) if !any_ok => Err(e),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     fn free_space(&self) -> Result<Option<u64>> {

@@ -57,8 +57,12 @@ fn every_member_gets_the_same_files_and_indexes_follow_their_packs() {
         }
         // The barrier: once the index is written, each member already holds every pack
         // queued before it.
-        m.put(FileKind::Index, &format!("idx{round}"), Bytes::from_static(b"i"))
-            .unwrap();
+        m.put(
+            FileKind::Index,
+            &format!("idx{round}"),
+            Bytes::from_static(b"i"),
+        )
+        .unwrap();
         for b in &backends {
             assert_eq!(b.list(FileKind::Pack).unwrap().len(), 20 * (round + 1));
             assert!(b.exists(FileKind::Index, &format!("idx{round}")).unwrap());
@@ -78,7 +82,10 @@ fn every_member_gets_the_same_files_and_indexes_follow_their_packs() {
         }
     }
     let st = m.status();
-    assert!(st.iter().all(|s| s.dropped.is_none() && s.files == 64), "{st:?}");
+    assert!(
+        st.iter().all(|s| s.dropped.is_none() && s.files == 64),
+        "{st:?}"
+    );
     assert_eq!(m.get(FileKind::Snapshot, "snap").unwrap(), b"s");
 }
 
@@ -129,7 +136,10 @@ fn a_failing_member_is_dropped_with_its_reason_and_the_others_finish() {
         .put(FileKind::Index, "idx2", Bytes::from_static(b"i"))
         .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("quorum 2 lost") && msg.contains("Not a directory"), "{msg}");
+    assert!(
+        msg.contains("quorum 2 lost") && msg.contains("Not a directory"),
+        "{msg}"
+    );
     assert!(!backends[0].exists(FileKind::Index, "idx2").unwrap_or(false));
 }
 

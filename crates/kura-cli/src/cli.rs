@@ -19,6 +19,16 @@ pub struct GlobalArgs {
     /// Repository location: a directory, file:///path, or s3://bucket/prefix?endpoint=…
     #[arg(short = 'r', long, env = "KURA_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Also write to this target (repeatable): the repository and these form a group that
+    /// gets every file (mirror); each one is a complete repository of its own
+    #[arg(long = "mirror", global = true, value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// With --mirror: how many targets must finish for a backup to succeed
+    #[arg(long, global = true, default_value_t = 1)]
+    pub quorum: usize,
+    /// With --mirror: drop a target whose writes make no progress for this long (e.g. 2m)
+    #[arg(long, global = true, default_value = "2m")]
+    pub stall_timeout: String,
     /// Deadline of each storage operation, retries included (e.g. 30s, 2m)
     #[arg(long, env = "KURA_TIMEOUT", global = true)]
     pub timeout: Option<String>,

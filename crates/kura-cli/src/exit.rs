@@ -43,6 +43,9 @@ pub const TARGET_UNREACHABLE: i32 = 6;
 pub const TARGET_DENIED: i32 = 7;
 /// A storage target is full.
 pub const TARGET_FULL: i32 = 8;
+/// A mirrored backup succeeded (quorum met) but one or more targets were dropped; the report
+/// names them and why.
+pub const DEGRADED: i32 = 9;
 /// There is no repository at the given location.
 pub const NO_REPOSITORY: i32 = 10;
 /// The repository is locked by another process.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kura_repo::backend::{Backend, BackendOptions};
+use kura_repo::backend::{Backend, BackendOptions, FileKind, MirrorBackend, MirrorOptions};
 use kura_repo::backup::CancelToken;
 use kura_repo::{IndexedRepo, Repository};
 
@@ -28,6 +28,8 @@ pub struct App {
     pub global: GlobalArgs,
     pub config: ConfigFile,
     pub cancel: CancelToken,
+    /// Set by [`App::backend`] when `--mirror` is given.
+    pub mirror: std::sync::OnceLock<Arc<MirrorBackend>>,
 }
 
 impl App {
@@ -64,8 +66,76 @@ impl App {
         kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))
     }
 
+    /// The repository's backend: one target, or with `--mirror` a [`MirrorBackend`] over the
+    /// repository and the mirrors (kept for [`App::mirror_status`]).
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        self.backend_for(&self.repo_location()?)
+        let first = self.backend_for(&self.repo_location()?)?;
+        if self.global.mirrors.is_empty() {
+            return Ok(first);
+        }
+        let mut members = vec![first];
+        for url in &self.global.mirrors {
+            members.push(self.backend_for(url)?);
+        }
+        let stall = kura_repo::backend::retry::parse_duration(&self.global.stall_timeout)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "invalid --stall-timeout {:?}: use e.g. 30s, 2m",
+                    self.global.stall_timeout
+                ))
+            })?;
+        if self.global.quorum == 0 || self.global.quorum > members.len() {
+            return Err(UsageError(format!(
+                "--quorum {} must be between 1 and the number of targets ({})",
+                self.global.quorum,
+                members.len()
+            ))
+            .into());
+        }
+        let mirror = Arc::new(MirrorBackend::new(
+            members,
+            MirrorOptions {
+                quorum: self.global.quorum,
+                stall_timeout: stall,
+                ..MirrorOptions::default()
+            },
+        )?);
+        let _ = self.mirror.set(Arc::clone(&mirror));
+        Ok(mirror)
+    }
+
+    /// Each mirror target's outcome (empty without `--mirror`).
+    pub fn mirror_status(&self) -> Vec<kura_repo::backend::MemberStatus> {
+        self.mirror.get().map(|m| m.status()).unwrap_or_default()
+    }
+
+    /// With `--mirror`: every target must hold the same repository (the same sealed config,
+    /// written by `kura init --mirror …`). A target that cannot be read now is dropped if the
+    /// quorum allows; one holding another repository is refused.
+    fn check_group(&self) -> Result<()> {
+        let Some(m) = self.mirror.get() else {
+            return Ok(());
+        };
+        let members = m.members();
+        let mut reference: Option<(String, Vec<u8>)> = None;
+        for (i, answer) in m.get_each(FileKind::Config, "config") {
+            let loc = members[i].location();
+            match answer {
+                Ok(bytes) => match &reference {
+                    None => reference = Some((loc, bytes)),
+                    Some((first, r)) if *r != bytes => {
+                        return Err(UsageError(format!(
+                            "{loc} does not hold the same repository as {first}: mirrors must \
+                             form a group (create them together with kura init --mirror)"
+                        ))
+                        .into());
+                    }
+                    Some(_) => {}
+                },
+                Err(e) => m.drop_member(i, &format!("at open: {e}")),
+            }
+        }
+        Ok(())
     }
 
     pub fn password_file(&self) -> Option<std::path::PathBuf> {
@@ -77,6 +147,7 @@ impl App {
 
     pub fn open(&self) -> Result<Repository> {
         let backend = self.backend()?;
+        self.check_group()?;
         let password = password::get(self.password_file().as_deref())?;
         let loc = backend.location();
         Repository::open(backend, &password).with_context(|| format!("open repository {loc}"))
@@ -184,6 +255,7 @@ fn run(cli: Cli) -> Result<i32> {
         global: cli.global,
         config,
         cancel,
+        mirror: std::sync::OnceLock::new(),
     };
     match cli.command {
         Command::Init(a) => commands::init::run(&app, a),

@@ -1,4 +1,5 @@
 use anyhow::{Context, Result};
+use kura_repo::backend::MemberStatus;
 use kura_repo::backup::{BackupOptions, ParentChoice, backup};
 use kura_repo::lock::RepoLock;
 use serde_json::json;
@@ -57,6 +58,8 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
         backup(&repo, lock, &a.paths, &opts, &bar, &app.cancel)
             .with_context(|| format!("back up to {loc}"))
     })?;
+    let targets = app.mirror_status();
+    let dropped: Vec<&MemberStatus> = targets.iter().filter(|t| t.dropped.is_some()).collect();
     let s = &out.snapshot.summary;
     let elapsed = (s.backup_end.0 - s.backup_start.0) as f64
         + (s.backup_end.1 as f64 - s.backup_start.1 as f64) / 1e9;
@@ -70,6 +73,13 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
                 "duration_seconds": elapsed,
                 "summary": summary_json(s),
                 "warnings": out.warnings,
+                "targets": targets.iter().map(|t| json!({
+                    "location": t.location,
+                    "complete": t.dropped.is_none(),
+                    "dropped": t.dropped,
+                    "files": t.files,
+                    "bytes": t.bytes,
+                })).collect::<Vec<_>>(),
             })
         );
     } else if !app.global.quiet {
@@ -100,6 +110,21 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
             bytes((s.bytes_read as f64 / elapsed.max(0.001)) as u64)
         );
         println!("snapshot {} saved", out.id.short());
+        for t in targets.iter().filter(|t| t.dropped.is_none()) {
+            println!(
+                "  complete on {} ({} files, {})",
+                t.location,
+                t.files,
+                bytes(t.bytes)
+            );
+        }
+    }
+    for t in &dropped {
+        eprintln!(
+            "warning: target {} was dropped and holds no copy of this snapshot: {}",
+            t.location,
+            t.dropped.as_deref().unwrap_or("")
+        );
     }
     if !out.warnings.is_empty() {
         eprintln!(
@@ -114,6 +139,9 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
             exit::INCOMPLETE
         );
         return Ok(exit::INCOMPLETE);
+    }
+    if !dropped.is_empty() {
+        return Ok(exit::DEGRADED);
     }
     Ok(exit::OK)
 }
