@@ -96,7 +96,7 @@ impl Member {
 
     fn drop_with(&self, q: &mut Queue, reason: String) {
         if q.dropped.is_none() {
-            tracing::warn!("mirror: dropping {}: {reason}", self.backend.location());
+            tracing::info!("mirror: dropping {}: {reason}", self.backend.location());
             q.dropped = Some(reason);
         }
         q.items.clear();

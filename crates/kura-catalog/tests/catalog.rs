@@ -443,7 +443,7 @@ fn a_newer_catalog_is_refused() {
     }
 }
 
-on_both!(
+on_both_dbs!(
     registers_resources_with_implicit_media_and_rejects_bad_input,
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
     repeated_errors_make_a_target_not_usable_with_the_reason,

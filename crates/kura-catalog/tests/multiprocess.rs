@@ -238,4 +238,4 @@ fn processes_never_share_a_target_and_a_killed_one_is_reclaimed(db: Db) {
     }
 }
 
-on_both!(processes_never_share_a_target_and_a_killed_one_is_reclaimed);
+on_both_dbs!(processes_never_share_a_target_and_a_killed_one_is_reclaimed);

@@ -461,4 +461,4 @@ fn random_histories_keep_every_invariant(db: Db) {
     assert_eq!(kinds, all, "outcomes seen: {seen:?}");
 }
 
-on_both!(random_histories_keep_every_invariant);
+on_both_dbs!(random_histories_keep_every_invariant);

@@ -23,10 +23,10 @@ pub struct GlobalArgs {
     /// gets every file (mirror); each one is a complete repository of its own
     #[arg(long = "mirror", global = true, value_name = "URL")]
     pub mirrors: Vec<String>,
-    /// With --mirror: how many targets must finish for a backup to succeed
+    /// With --mirror or a job: how many targets must finish for a backup to succeed
     #[arg(long, global = true, default_value_t = 1)]
     pub quorum: usize,
-    /// With --mirror: drop a target whose writes make no progress for this long (e.g. 2m)
+    /// With --mirror or a job: drop a target whose writes make no progress this long (e.g. 2m)
     #[arg(long, global = true, default_value = "2m")]
     pub stall_timeout: String,
     /// Deadline of each storage operation, retries included (e.g. 30s, 2m)
@@ -81,6 +81,8 @@ pub enum Command {
     /// Storage targets: health probes
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Backups recorded in the catalog, with their copies
+    Backups(BackupsArgs),
     /// The resource inventory: workers, targets, media, paths, copy engines
     #[command(subcommand)]
     Resource(ResourceCommand),
@@ -174,6 +176,8 @@ pub enum JobCommand {
     Show(JobShowArgs),
     /// Delete a job definition (its runs and backups stay recorded)
     Remove(JobNameArgs),
+    /// Run a job now: secure its targets, back up, record the copies in the catalog
+    Run(JobNameArgs),
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +196,26 @@ pub struct JobAddArgs {
     /// mirror (every target gets all data) or failover (a spare takes over a failed stream)
     #[arg(long, default_value = "mirror")]
     pub mode: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How a job run uses its targets; shared by `job add` and `backup --redundancy` (with the
+/// global `--quorum` and `--stall-timeout`).
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Use only these targets (repeatable; default: any usable target)
+    #[arg(long = "target", value_name = "NAME")]
+    pub targets: Vec<String>,
+    /// Command run before the data is read (e.g. quiesce a database); its failure fails the run
+    #[arg(long)]
+    pub pre: Option<String>,
+    /// Command run after the backup, failure included (KURA_RESULT says which)
+    #[arg(long)]
+    pub post: Option<String>,
+    /// How long each hook may take
+    #[arg(long, default_value = "10m")]
+    pub hook_timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +299,11 @@ pub struct BackupArgs {
     /// Memory for chunk data in flight, in MiB
     #[arg(long)]
     pub memory_mib: Option<usize>,
+    /// Back up onto this many targets of the catalog at once (mirror), instead of --repo
+    #[arg(long)]
+    pub redundancy: Option<usize>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -413,4 +442,11 @@ pub struct UnlockArgs {
 pub struct JobNameArgs {
     /// Job name or number
     pub job: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsArgs {
+    /// Only backups of this object
+    #[arg(long)]
+    pub object: Option<String>,
 }

@@ -12,6 +12,18 @@ fn backend_code(e: &BackendError) -> i32 {
     }
 }
 
+fn repo_code(e: &Error) -> i32 {
+    match e {
+        Error::NotARepository(_) => NO_REPOSITORY,
+        Error::WrongPassword { .. } => WRONG_PASSWORD,
+        Error::Locked { .. } => LOCKED,
+        Error::Interrupted => INTERRUPTED,
+        Error::NotAGroup(_) => USAGE,
+        Error::Backend(b) => backend_code(b),
+        _ => FATAL,
+    }
+}
+
 fn catalog_code(e: &kura_catalog::Error) -> i32 {
     use kura_catalog::Error as C;
     match e {
@@ -67,17 +79,19 @@ pub const INTERRUPTED: i32 = 130;
 pub fn code_for(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<Error>() {
-            return match e {
-                Error::NotARepository(_) => NO_REPOSITORY,
-                Error::WrongPassword { .. } => WRONG_PASSWORD,
-                Error::Locked { .. } => LOCKED,
-                Error::Interrupted => INTERRUPTED,
-                Error::Backend(b) => backend_code(b),
-                _ => FATAL,
-            };
+            return repo_code(e);
         }
         if let Some(e) = cause.downcast_ref::<kura_catalog::Error>() {
             return catalog_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<kura_manager::Error>() {
+            return match e {
+                kura_manager::Error::Catalog(c) => catalog_code(c),
+                kura_manager::Error::Repo(r) => repo_code(r),
+                kura_manager::Error::Backend(b) => backend_code(b),
+                kura_manager::Error::Invalid(_) => USAGE,
+                kura_manager::Error::Hook(_) => FATAL,
+            };
         }
         if let Some(b) = cause.downcast_ref::<BackendError>() {
             return backend_code(b);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use kura_repo::backend::{Backend, BackendOptions, FileKind, MirrorBackend, MirrorOptions};
+use kura_repo::backend::{Backend, BackendOptions, MirrorBackend, MirrorOptions};
 use kura_repo::backup::CancelToken;
 use kura_repo::{IndexedRepo, Repository};
 
@@ -109,33 +109,12 @@ impl App {
         self.mirror.get().map(|m| m.status()).unwrap_or_default()
     }
 
-    /// With `--mirror`: every target must hold the same repository (the same sealed config,
-    /// written by `kura init --mirror …`). A target that cannot be read now is dropped if the
-    /// quorum allows; one holding another repository is refused.
+    /// With `--mirror`: every target must hold the same repository (see `kura_repo::group`).
     fn check_group(&self) -> Result<()> {
-        let Some(m) = self.mirror.get() else {
-            return Ok(());
-        };
-        let members = m.members();
-        let mut reference: Option<(String, Vec<u8>)> = None;
-        for (i, answer) in m.get_each(FileKind::Config, "config") {
-            let loc = members[i].location();
-            match answer {
-                Ok(bytes) => match &reference {
-                    None => reference = Some((loc, bytes)),
-                    Some((first, r)) if *r != bytes => {
-                        return Err(UsageError(format!(
-                            "{loc} does not hold the same repository as {first}: mirrors must \
-                             form a group (create them together with kura init --mirror)"
-                        ))
-                        .into());
-                    }
-                    Some(_) => {}
-                },
-                Err(e) => m.drop_member(i, &format!("at open: {e}")),
-            }
+        match self.mirror.get() {
+            Some(m) => Ok(kura_repo::group::verify(m)?),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn password_file(&self) -> Option<std::path::PathBuf> {
@@ -272,6 +251,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Target(t) => commands::target::run(&app, t),
         Command::Resource(r) => commands::resource::run(&app, r),
         Command::Job(j) => commands::job::run(&app, j),
+        Command::Backups(a) => commands::backups::run(&app, a),
     }
 }
 

@@ -417,7 +417,7 @@ fn jobs_list_show_remove(db: Db) {
     assert_eq!(left, ["home"]);
 }
 
-on_both!(
+on_both_dbs!(
     bad_input_gets_clear_errors_and_documented_exit_codes,
     list_shows_number_name_state_process_stream,
     probes_feed_health,

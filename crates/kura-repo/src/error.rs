@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// Targets given together do not hold one repository (see `group`).
+    #[error("{0}")]
+    NotAGroup(String),
+
     #[error("no snapshot matches {0:?}")]
     SnapshotNotFound(String),
 

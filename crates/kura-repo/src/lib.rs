@@ -39,6 +39,7 @@ pub mod error;
 pub mod forget;
 pub mod format;
 pub mod fsmeta;
+pub mod group;
 pub mod id;
 pub mod image;
 pub mod index;

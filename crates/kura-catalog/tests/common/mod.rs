@@ -51,7 +51,7 @@ pub fn fresh(db: Db) -> Fresh {
 }
 
 #[macro_export]
-macro_rules! on_both {
+macro_rules! on_both_dbs {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[test]

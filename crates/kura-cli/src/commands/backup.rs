@@ -40,6 +40,10 @@ fn options(app: &App, a: &BackupArgs) -> BackupOptions {
 }
 
 pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
+    if let Some(n) = a.redundancy {
+        let opts = options(app, &a);
+        return crate::commands::jobrun::run_adhoc(app, &a.paths, n, &a.run, opts);
+    }
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;

@@ -21,7 +21,7 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
                 a.schedule.as_deref(),
                 a.redundancy,
                 mode,
-                json!({}),
+                crate::commands::jobrun::settings_json(app, a.redundancy, &a.run)?,
             )?;
             app.say(format!(
                 "added job {} (number {id}): {} onto {} subsystem(s), {}",
@@ -67,6 +67,10 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
             } else {
                 print!("{}", job_detail(&j, &runs, &local_ms));
             }
+        }
+        JobCommand::Run(a) => {
+            let j = cat.job(&a.job)?;
+            return crate::commands::jobrun::run_job(app, &cat, &j);
         }
         JobCommand::Remove(a) => {
             let j = cat.job(&a.job)?;

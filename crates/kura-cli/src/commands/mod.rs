@@ -1,11 +1,13 @@
 //! One module per subcommand.
 
 pub mod backup;
+pub mod backups;
 pub mod check;
 pub mod dump;
 pub mod forget;
 pub mod init;
 pub mod job;
+pub mod jobrun;
 pub mod key;
 pub mod ls;
 pub mod prune;

@@ -1,0 +1,209 @@
+//! Running a backup job over the catalog: `kura job run NAME` and
+//! `kura backup --redundancy N`. The engine is `kura_manager`; this module turns arguments and
+//! job definitions into a [`MirrorJob`] and prints the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kura_catalog::{Catalog, JobDef, Mode};
+use kura_manager::{Hook, MirrorJob, run_mirror};
+use kura_repo::backend::retry::parse_duration;
+use kura_repo::backup::BackupOptions;
+use serde_json::{Value, json};
+
+use crate::cli::RunArgs;
+use crate::exit::{self, UsageError};
+use crate::output::{bytes, summary_json};
+use crate::{App, password};
+
+/// How long a run's allocations live without renewal (renewed every third of it).
+const LEASE: Duration = Duration::from_secs(300);
+
+fn duration(what: &str, s: &str) -> Result<Duration> {
+    parse_duration(s)
+        .ok_or_else(|| UsageError(format!("invalid {what} {s:?}: use e.g. 30s, 2m")).into())
+}
+
+/// The run settings a job definition stores in its config.
+pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
+    let quorum = app.global.quorum;
+    if quorum == 0 || quorum as i64 > redundancy {
+        return Err(UsageError(format!(
+            "--quorum {quorum} must be between 1 and the redundancy ({redundancy})"
+        ))
+        .into());
+    }
+    duration("--hook-timeout", &r.hook_timeout)?;
+    duration("--stall-timeout", &app.global.stall_timeout)?;
+    Ok(json!({
+        "quorum": quorum,
+        "targets": r.targets,
+        "pre": r.pre,
+        "post": r.post,
+        "hook_timeout": r.hook_timeout,
+        "stall_timeout": app.global.stall_timeout,
+    }))
+}
+
+fn hook(cmd: Option<&str>, timeout: Duration) -> Option<Hook> {
+    cmd.map(|c| Hook {
+        command: c.to_string(),
+        timeout,
+    })
+}
+
+fn backup_options(app: &App) -> BackupOptions {
+    let cfg = &app.config.backup;
+    BackupOptions {
+        excludes: cfg.exclude.clone(),
+        one_file_system: cfg.one_file_system.unwrap_or(false),
+        compression: cfg.compression,
+        tags: cfg.tags.clone(),
+        ..BackupOptions::default()
+    }
+}
+
+/// `kura job run NAME`.
+pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
+    if def.mode == Mode::Failover {
+        return Err(UsageError(format!(
+            "job {}: fail-over mode is not built yet (only mirror runs); change the job's mode",
+            def.name
+        ))
+        .into());
+    }
+    let c = &def.config;
+    let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+    let hook_timeout = duration("hook_timeout", &s("hook_timeout").unwrap_or("10m".into()))?;
+    let targets: Vec<String> = c
+        .get("targets")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let job = MirrorJob {
+        job: def.id,
+        object: def.object.clone(),
+        sources: vec![PathBuf::from(&def.object)],
+        redundancy: def.redundancy as usize,
+        quorum: c.get("quorum").and_then(Value::as_u64).unwrap_or(1) as usize,
+        targets: (!targets.is_empty()).then_some(targets),
+        stall_timeout: duration("stall_timeout", &s("stall_timeout").unwrap_or("2m".into()))?,
+        lease: LEASE,
+        pre: hook(s("pre").as_deref(), hook_timeout),
+        post: hook(s("post").as_deref(), hook_timeout),
+        backup: backup_options(app),
+    };
+    execute(app, cat, &def.name, job)
+}
+
+/// `kura backup PATHS --redundancy N`: an ad-hoc run (job number 0).
+pub fn run_adhoc(
+    app: &App,
+    paths: &[PathBuf],
+    redundancy: usize,
+    r: &RunArgs,
+    opts: BackupOptions,
+) -> Result<i32> {
+    let cat = app.catalog()?;
+    let hook_timeout = duration("--hook-timeout", &r.hook_timeout)?;
+    let mut object = Vec::new();
+    for p in paths {
+        object.push(kura_repo::backup::absolute_path(p)?.display().to_string());
+    }
+    let object = object.join(" ");
+    let job = MirrorJob {
+        job: 0,
+        object,
+        sources: paths.to_vec(),
+        redundancy,
+        quorum: app.global.quorum,
+        targets: (!r.targets.is_empty()).then(|| r.targets.clone()),
+        stall_timeout: duration("--stall-timeout", &app.global.stall_timeout)?,
+        lease: LEASE,
+        pre: hook(r.pre.as_deref(), hook_timeout),
+        post: hook(r.post.as_deref(), hook_timeout),
+        backup: opts,
+    };
+    execute(app, &cat, "backup", job)
+}
+
+fn execute(app: &App, cat: &Catalog, name: &str, job: MirrorJob) -> Result<i32> {
+    let password = password::get(app.password_file().as_deref())?;
+    let open = |url: &str| -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
+        app.backend_for(url)
+            .map_err(|e| kura_manager::Error::Invalid(format!("{e:#}")))
+    };
+    let bar = app.bar();
+    let report = run_mirror(cat, &job, &open, &password, &bar, &app.cancel)
+        .with_context(|| format!("{name}: mirrored backup of {}", job.object))?;
+    let s = &report.outcome.snapshot.summary;
+    let dropped: Vec<_> = report
+        .copies
+        .iter()
+        .filter(|c| c.dropped.is_some())
+        .collect();
+    if app.global.json {
+        println!(
+            "{}",
+            json!({
+                "message_type": "summary",
+                "process": report.process,
+                "backup": report.backup,
+                "snapshot_id": report.outcome.id.to_hex(),
+                "summary": summary_json(s),
+                "warnings": report.outcome.warnings,
+                "post_hook_error": report.post_error,
+                "copies": report.copies.iter().map(|c| json!({
+                    "stream": c.stream,
+                    "target": c.target,
+                    "location": c.location,
+                    "complete": c.dropped.is_none(),
+                    "dropped": c.dropped,
+                    "bytes": c.bytes,
+                })).collect::<Vec<_>>(),
+            })
+        );
+    } else if !app.global.quiet {
+        println!(
+            "{name}: process {}, backup {}, snapshot {} of {}",
+            report.process,
+            report.backup,
+            report.outcome.id.short(),
+            bytes(s.total_bytes)
+        );
+        for c in report.copies.iter().filter(|c| c.dropped.is_none()) {
+            println!(
+                "  stream {}: complete on {} ({}, {})",
+                c.stream,
+                c.target,
+                c.location,
+                bytes(c.bytes)
+            );
+        }
+    }
+    for c in &dropped {
+        eprintln!(
+            "warning: stream {} on {} was dropped and holds no copy: {}",
+            c.stream,
+            c.target,
+            c.dropped.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(e) = &report.post_error {
+        eprintln!("kura: {e}");
+        return Ok(exit::FATAL);
+    }
+    Ok(if !report.outcome.warnings.is_empty() {
+        exit::INCOMPLETE
+    } else if !dropped.is_empty() {
+        exit::DEGRADED
+    } else {
+        exit::OK
+    })
+}

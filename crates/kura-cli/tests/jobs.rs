@@ -1,0 +1,306 @@
+//! Backup jobs run over the catalog (`kura job run`, `kura backup --redundancy`): mirror mode
+//! onto n secured targets of one repository group, with hooks, a broken target (a directory
+//! replaced by a file: every operation fails with ENOTDIR), and a quorum that cannot be met.
+//! Run on the embedded SQLite catalog and on PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+#[path = "../../kura-catalog/tests/common/mod.rs"]
+mod catalog_common;
+mod common;
+
+use catalog_common::{Db, Fresh, fresh};
+use common::{assert_same_tree, pseudo_random, write};
+
+const DEGRADED: i32 = 9;
+
+struct Setup {
+    f: Fresh,
+    targets: Vec<PathBuf>,
+    src: PathBuf,
+}
+
+impl Setup {
+    /// `n` local targets forming one repository group, registered in the catalog (on
+    /// PostgreSQL with an explicit worker, path and routes).
+    fn new(db: Db, n: usize) -> Setup {
+        let f = fresh(db);
+        let base = f._dir.path().to_path_buf();
+        let targets: Vec<PathBuf> = (0..n).map(|i| base.join(format!("t{i}"))).collect();
+        let s = Setup {
+            src: base.join("src"),
+            targets,
+            f,
+        };
+        let mut init = vec!["-r".to_string(), s.targets[0].display().to_string()];
+        for t in &s.targets[1..] {
+            init.push("--mirror".into());
+            init.push(t.display().to_string());
+        }
+        init.extend(["init", "--kdf-memory-kib", "64"].map(String::from));
+        s.ok(&init.iter().map(String::as_str).collect::<Vec<_>>());
+        if matches!(db, Db::Postgres) {
+            s.ok(&["resource", "add", "worker", "w", "--slots", "8"]);
+            s.ok(&["resource", "add", "path", "p", "--slots", "8"]);
+        }
+        for (i, t) in s.targets.iter().enumerate() {
+            let name = format!("t{i}");
+            s.ok(&["resource", "add", "target", &name, t.to_str().unwrap()]);
+            if matches!(db, Db::Postgres) {
+                s.ok(&["resource", "route", "w", "p", &name]);
+            }
+        }
+        for i in 0..5u64 {
+            write(
+                &s.src.join(format!("d/f{i}")),
+                &pseudo_random(3 << 20, i + 11),
+            );
+        }
+        write(&s.src.join("note"), b"mirrored");
+        s
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kura"))
+            .env("KURA_CATALOG", &self.f.url)
+            .env("KURA_PASSWORD", "test-password")
+            .env_remove("KURA_REPOSITORY")
+            .env_remove("KURA_CONFIG")
+            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"))
+            .args(args)
+            .output()
+            .expect("run kura")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kura {args:?}: {:?}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Restore `snapshot` from one target alone and compare with the source.
+    fn restores_from(&self, target: &Path, snapshot: &str) {
+        let dest = self.f._dir.path().join(format!(
+            "restore-{}-{snapshot}",
+            target.file_name().unwrap().to_string_lossy()
+        ));
+        self.ok(&[
+            "-r",
+            target.to_str().unwrap(),
+            "restore",
+            snapshot,
+            "--target",
+            dest.to_str().unwrap(),
+        ]);
+        assert_same_tree(&self.src, &dest.join(self.src.strip_prefix("/").unwrap()));
+        self.ok(&["-r", target.to_str().unwrap(), "check", "--read-data"]);
+    }
+
+    fn nothing_held(&self) {
+        let rs = self.json(&["resource", "list"]);
+        for r in rs.as_array().unwrap() {
+            assert_eq!(r["allocations"], Value::Array(vec![]), "{r}");
+        }
+    }
+}
+
+/// A real fault: the target's directory is swapped for a plain file.
+fn break_dir(p: &Path) {
+    std::fs::rename(p, p.with_extension("gone")).unwrap();
+    std::fs::write(p, b"not a directory").unwrap();
+}
+
+fn a_job_mirrors_onto_n_targets_and_records_each_copy(db: Db) {
+    let s = Setup::new(db, 3);
+    let log = s.f._dir.path().join("hooks.log");
+    let hook = |phase: &str| {
+        format!(
+            "echo {phase} $KURA_PHASE $KURA_PROCESS $KURA_RESULT >> {}",
+            log.display()
+        )
+    };
+    s.ok(&[
+        "job",
+        "add",
+        "nightly",
+        "--object",
+        s.src.to_str().unwrap(),
+        "--redundancy",
+        "2",
+        "--pre",
+        &hook("A"),
+        "--post",
+        &hook("B"),
+    ]);
+    let v = s.json(&["job", "run", "nightly"]);
+    let process = v["process"].as_i64().unwrap();
+    let copies = v["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|c| c["complete"] == true), "{v}");
+    let snap = v["snapshot_id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        format!("A pre {process}\nB post {process} succeeded\n")
+    );
+    // The catalog: one complete backup, one copy per target, positioned at the snapshot.
+    let b = s.json(&["backups"]);
+    assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b[0]["state"], "complete");
+    assert_eq!(b[0]["object"], s.src.to_str().unwrap());
+    let ext = b[0]["extents"].as_array().unwrap();
+    assert_eq!(ext.len(), 2);
+    for e in ext {
+        assert_eq!(e["position"], snap);
+        assert!(e["size"].as_i64().unwrap() > 15 << 20, "{e}");
+        let t: usize = e["target"].as_str().unwrap()[1..].parse().unwrap();
+        s.restores_from(&s.targets[t], &snap[..8]);
+    }
+    let run = &s.json(&["job", "show", "nightly"])["runs"][0];
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(run["process"], process);
+    s.nothing_held();
+}
+
+fn a_broken_target_is_dropped_and_counts_against_its_health(db: Db) {
+    let s = Setup::new(db, 3);
+    break_dir(&s.targets[2]);
+    let src = s.src.to_str().unwrap().to_string();
+    // Each run that drops t2 counts one error against it; the third makes it not usable.
+    for round in 1..=4 {
+        let o = s.run(&[
+            "--json",
+            "backup",
+            &src,
+            "--redundancy",
+            "3",
+            "--quorum",
+            "2",
+        ]);
+        if round == 4 {
+            // Not usable any more: three targets cannot be secured.
+            assert_eq!(
+                o.status.code(),
+                Some(15),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("t2 not usable since"), "{err}");
+            break;
+        }
+        assert_eq!(
+            o.status.code(),
+            Some(DEGRADED),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let dropped: Vec<&Value> = v["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["complete"] == false)
+            .collect();
+        assert_eq!(dropped.len(), 1, "{v}");
+        assert_eq!(dropped[0]["target"], "t2");
+        assert!(
+            dropped[0]["dropped"]
+                .as_str()
+                .unwrap()
+                .contains("Not a directory")
+        );
+        let b = s.json(&["backups"]);
+        let targets: Vec<&str> = b[0]["extents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["t0", "t1"], "only complete copies are recorded");
+        if round == 1 {
+            s.restores_from(&s.targets[1], &v["snapshot_id"].as_str().unwrap()[..8]);
+        }
+    }
+    let t2 = s.json(&["resource", "show", "t2"]);
+    assert_eq!(t2["state"], "not usable", "{t2}");
+    // Two usable targets remain: a two-way mirror still runs.
+    let o = s.run(&["backup", &src, "--redundancy", "2"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    s.nothing_held();
+}
+
+fn a_failing_pre_hook_or_a_lost_quorum_records_nothing(db: Db) {
+    let s = Setup::new(db, 2);
+    let log = s.f._dir.path().join("post.log");
+    let src = s.src.to_str().unwrap().to_string();
+    let post = format!("echo $KURA_RESULT > {}", log.display());
+    let o = s.run(&[
+        "backup",
+        &src,
+        "--redundancy",
+        "2",
+        "--pre",
+        "echo cannot quiesce >&2; exit 4",
+        "--post",
+        &post,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pre hook") && err.contains("cannot quiesce"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "failed\n");
+    // Quorum 2 with one target broken: the run fails and the survivor gets no snapshot.
+    break_dir(&s.targets[1]);
+    let o = s.run(&["backup", &src, "--redundancy", "2", "--quorum", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(err.contains("quorum 2 lost"), "{err}");
+    let snaps = s.json(&["-r", s.targets[0].to_str().unwrap(), "snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+    assert_eq!(s.json(&["backups"]).as_array().unwrap().len(), 0);
+    let runs = s.json(&["job", "list"]);
+    assert!(runs.as_array().unwrap().is_empty());
+    s.nothing_held();
+    // Input the engine refuses.
+    let o = s.run(&["backup", &src, "--redundancy", "2", "--quorum", "3"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = s.run(&["backup", &src, "--redundancy", "5"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+on_both_dbs!(
+    a_job_mirrors_onto_n_targets_and_records_each_copy,
+    a_broken_target_is_dropped_and_counts_against_its_health,
+    a_failing_pre_hook_or_a_lost_quorum_records_nothing,
+);

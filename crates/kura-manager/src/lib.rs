@@ -1,0 +1,45 @@
+//! The job engine: runs a backup job over subsystems the catalog secured (seeds 000/001).
+//!
+//! A run goes: secure n disjoint subsystems (`kura_catalog::Catalog::secure`) → keep the
+//! lease alive from a side thread → pre hook → open the targets as one repository group →
+//! back up → record what is durable in the catalog → post hook (always) → release with the
+//! outcome. Resources are released on every path, panics included (the catalog's guard).
+//!
+//! # Modes
+//! - **mirror** (built): every file goes to all n targets at once through a
+//!   [`MirrorBackend`](kura_backend::MirrorBackend); a target that fails or stalls is dropped
+//!   with its reason and the others go on; the run succeeds when at least `quorum` finish.
+//!   Each finished target holds a complete repository with the snapshot, and the catalog
+//!   records one copy per finished target (an extent covering the whole source, positioned
+//!   at the snapshot id).
+//! - **failover** (not yet): extents to one active subsystem at a time. Asking for it is an
+//!   error that says so.
+//!
+//! # What the catalog is told
+//! Only what is durable: the backup row and its copies are written after the snapshot was
+//! written on each of those targets. A target dropped during the run gets an error recorded
+//! against its health (three in a row make it *not usable*). A run that fails records no
+//! backup at all.
+
+mod hooks;
+mod mirror;
+
+pub use hooks::{Hook, HookPhase};
+pub use mirror::{Copy, JobReport, MirrorJob, run_mirror};
+
+/// Errors of a job run, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Catalog(#[from] kura_catalog::Error),
+    #[error(transparent)]
+    Repo(#[from] kura_repo::Error),
+    #[error(transparent)]
+    Backend(#[from] kura_backend::BackendError),
+    #[error("{0}")]
+    Hook(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,42 @@
+//! Repository groups: the targets of a mirrored (or, later, fail-over) job hold one
+//! repository — the same sealed config file and key files, written once by `init` through a
+//! [`MirrorBackend`] — so a chunk has the same id, and a pack the same bytes, on each.
+//!
+//! A target that holds a *different* repository must never join: packs encrypted with one
+//! master key are unreadable under another's config. [`verify`] compares the members' config
+//! files byte for byte before anything is written.
+
+use kura_backend::{FileKind, MirrorBackend};
+
+use crate::error::{Error, Result};
+
+/// Check that every live member holds the same repository. A member that cannot be read
+/// (stalled, unreachable) is dropped with the reason — the mirror's quorum decides later
+/// whether the job can go on; one holding another repository, or none, is an error.
+pub fn verify(mirror: &MirrorBackend) -> Result<()> {
+    let members = mirror.members();
+    let mut reference: Option<(String, Vec<u8>)> = None;
+    for (i, answer) in mirror.get_each(FileKind::Config, "config") {
+        let loc = members[i].location();
+        match answer {
+            Ok(bytes) => match &reference {
+                None => reference = Some((loc, bytes)),
+                Some((first, r)) if *r != bytes => {
+                    return Err(Error::NotAGroup(format!(
+                        "{loc} does not hold the same repository as {first}: mirrors must form \
+                         a group (create them together with kura init --mirror)"
+                    )));
+                }
+                Some(_) => {}
+            },
+            Err(e) if e.kind() == kura_backend::ErrorKind::NotFound => {
+                return Err(Error::NotAGroup(format!(
+                    "{loc} holds no repository: create the group's targets together with \
+                     kura init --mirror"
+                )));
+            }
+            Err(e) => mirror.drop_member(i, &format!("at open: {e}")),
+        }
+    }
+    Ok(())
+}
