@@ -41,8 +41,10 @@ if [ ! -f "$DATA/.done" ]; then
     log "building the dataset in $DATA"
     rm -rf "$DATA" && mkdir -p "$DATA"
     cp -a "$SRC_DIR" "$DATA/share"
-    { tar -cf - /usr/lib 2>/dev/null | head -c $((TAR_MB << 20));
-      openssl enc -aes-256-ctr -pass pass:kura -nosalt </dev/zero 2>/dev/null | head -c $((RANDOM_MB << 20)); } >"$DATA/big.bin"
+    # (the producers end on SIGPIPE when head has enough: not an error here)
+    { tar -cf - /usr/lib 2>/dev/null | head -c $((TAR_MB << 20)) || true;
+      openssl enc -aes-256-ctr -pass pass:kura -nosalt </dev/zero 2>/dev/null |
+          head -c $((RANDOM_MB << 20)) || true; } >"$DATA/big.bin"
     touch "$DATA/.done"
 fi
 DATA_BYTES=$(du -sb "$DATA" | cut -f1)
@@ -50,6 +52,7 @@ DATA_BYTES=$(du -sb "$DATA" | cut -f1)
 # shellcheck source=../scripts/seaweedfs.sh
 source "$REPO_ROOT/scripts/seaweedfs.sh"
 seaweed_install
+rm -rf "$BENCH_DIR/weed"   # a fresh server each run (the bucket is created anew)
 seaweed_start "$BENCH_DIR/weed" >/dev/null
 trap 'seaweed_stop' EXIT
 export AWS_ACCESS_KEY_ID=$SEAWEED_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SEAWEED_SECRET_KEY

@@ -8,9 +8,11 @@
 //! - **Packs** are written behind: `put` queues the pack for each live member and returns;
 //!   each member has its own writer threads and a byte-bounded queue. The repository's
 //!   pipeline therefore runs at the speed of the slowest *live* member, never of a dead one.
-//! - **Index files and snapshots** are barriers: before one is written to a member, that
-//!   member's queue is drained, so a member never holds an index or snapshot that names a
-//!   pack it does not have (the invariant a single backend gets from the pipeline's order).
+//! - **Index files and snapshots** are queued too, as barriers: a member's writer starts one
+//!   only when every file queued before it on that member is written, so a member never holds
+//!   an index or snapshot naming a pack it does not have (the invariant a single backend gets
+//!   from the pipeline's order) — without stalling the pipeline while the queues drain. A
+//!   snapshot `put` then waits until the snapshot is written on every live member.
 //! - **Locks, keys, config** are written to every live member directly.
 //!
 //! # Dropping a member
@@ -85,6 +87,10 @@ struct Member {
     backend: Arc<dyn Backend>,
     q: Mutex<Queue>,
     cv: Condvar,
+    /// Live members of the whole mirror and its quorum, shared by all members: a writer does
+    /// not write a snapshot once the mirror fell below its quorum.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    quorum: usize,
 }
 
 impl Member {
@@ -98,6 +104,7 @@ impl Member {
         if q.dropped.is_none() {
             tracing::info!("mirror: dropping {}: {reason}", self.backend.location());
             q.dropped = Some(reason);
+            self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
         q.items.clear();
         q.queued_bytes = 0;
@@ -146,7 +153,15 @@ impl Member {
                     if q.dropped.is_some() || (q.closing && q.items.is_empty()) {
                         return;
                     }
-                    if let Some(item) = q.items.pop_front() {
+                    // A barrier (index, snapshot) waits at the front until every write
+                    // before it finished: a member never holds an index naming a pack it
+                    // does not have, or a snapshot before its index.
+                    let front_ready = match q.items.front() {
+                        Some((FileKind::Index | FileKind::Snapshot, _, _)) => q.in_flight == 0,
+                        Some(_) => true,
+                        None => false,
+                    };
+                    if front_ready && let Some(item) = q.items.pop_front() {
                         q.in_flight += 1;
                         break item;
                     }
@@ -154,6 +169,16 @@ impl Member {
                 }
             };
             let len = data.len();
+            if kind == FileKind::Snapshot
+                && self.live.load(std::sync::atomic::Ordering::SeqCst) < self.quorum
+            {
+                // The backup failed (below quorum): this member must not claim it.
+                let mut q = self.lock();
+                q.in_flight -= 1;
+                q.queued_bytes = q.queued_bytes.saturating_sub(len);
+                self.cv.notify_all();
+                continue;
+            }
             let r = self.backend.put(kind, &name, data);
             let mut q = self.lock();
             q.in_flight -= 1;
@@ -201,10 +226,13 @@ impl MirrorBackend {
                 ),
             ));
         }
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(backends.len()));
         let members: Vec<Arc<Member>> = backends
             .into_iter()
             .map(|backend| {
                 Arc::new(Member {
+                    live: Arc::clone(&live),
+                    quorum: opts.quorum,
                     backend,
                     q: Mutex::new(Queue {
                         items: VecDeque::new(),
@@ -387,6 +415,27 @@ impl MirrorBackend {
         out
     }
 
+    /// Queue a file for every live member, waiting (up to the stall timeout) for room. Index
+    /// files and snapshots are barriers: a writer starts one only when everything queued
+    /// before it is written (see [`Member::writer`]).
+    fn enqueue(&self, kind: FileKind, name: &str, data: &Bytes) {
+        let cap = self.opts.queue_bytes;
+        let len = data.len();
+        for m in self.live() {
+            let room = m.wait_for(self.opts.stall_timeout, "its queue was full", |q| {
+                q.items.is_empty() || q.queued_bytes + len <= cap
+            });
+            if room {
+                let mut q = m.lock();
+                if q.dropped.is_none() {
+                    q.items.push_back((kind, name.to_string(), data.clone()));
+                    q.queued_bytes += len;
+                    m.cv.notify_all();
+                }
+            }
+        }
+    }
+
     /// Write to every live member now, in parallel; a failure or a stall drops that member.
     fn put_direct(&self, kind: FileKind, name: &str, data: &Bytes) {
         let (n, d) = (name.to_string(), data.clone());
@@ -495,32 +544,16 @@ impl Backend for MirrorBackend {
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
         self.check_quorum("put", name)?;
         match kind {
-            FileKind::Pack => {
-                let cap = self.opts.queue_bytes;
-                let len = data.len();
+            FileKind::Pack | FileKind::Index => self.enqueue(kind, name, &data),
+            FileKind::Snapshot => {
+                // Queued behind everything before it, then waited for: the backup succeeds
+                // only once its snapshot is durable on at least the quorum.
+                self.enqueue(kind, name, &data);
                 for m in self.live() {
-                    let room = m.wait_for(self.opts.stall_timeout, "its queue was full", |q| {
-                        q.items.is_empty() || q.queued_bytes + len <= cap
-                    });
-                    if room {
-                        let mut q = m.lock();
-                        if q.dropped.is_none() {
-                            q.items.push_back((kind, name.to_string(), data.clone()));
-                            q.queued_bytes += len;
-                            m.cv.notify_all();
-                        }
-                    }
-                }
-            }
-            FileKind::Index | FileKind::Snapshot => {
-                for m in self.live() {
-                    m.wait_for(self.opts.stall_timeout, "draining before an index", |q| {
+                    m.wait_for(self.opts.stall_timeout, "writing the snapshot", |q| {
                         q.items.is_empty() && q.in_flight == 0
                     });
                 }
-                // Below quorum after draining: write no index or snapshot anywhere.
-                self.check_quorum("put", name)?;
-                self.put_direct(kind, name, &data);
             }
             _ => self.put_direct(kind, name, &data),
         }

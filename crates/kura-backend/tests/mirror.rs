@@ -55,21 +55,33 @@ fn every_member_gets_the_same_files_and_indexes_follow_their_packs() {
             let (n, d) = pack(round * 100 + i);
             m.put(FileKind::Pack, &n, d).unwrap();
         }
-        // The barrier: once the index is written, each member already holds every pack
-        // queued before it.
-        m.put(
-            FileKind::Index,
-            &format!("idx{round}"),
-            Bytes::from_static(b"i"),
-        )
-        .unwrap();
-        for b in &backends {
-            assert_eq!(b.list(FileKind::Pack).unwrap().len(), 20 * (round + 1));
-            assert!(b.exists(FileKind::Index, &format!("idx{round}")).unwrap());
+        // The barrier: whenever a member holds this index, it holds every pack queued
+        // before it (watched while the writers work).
+        let idx = format!("idx{round}");
+        m.put(FileKind::Index, &idx, Bytes::from_static(b"i"))
+            .unwrap();
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(5) {
+            for b in &backends {
+                if b.exists(FileKind::Index, &idx).unwrap() {
+                    assert_eq!(b.list(FileKind::Pack).unwrap().len(), 20 * (round + 1));
+                }
+            }
+            if backends
+                .iter()
+                .all(|b| b.exists(FileKind::Index, &idx).unwrap())
+            {
+                break;
+            }
         }
     }
     m.put(FileKind::Snapshot, "snap", Bytes::from_static(b"s"))
         .unwrap();
+    // A snapshot put returns once the snapshot is written on every live member.
+    for b in &backends {
+        assert!(b.exists(FileKind::Snapshot, "snap").unwrap());
+        assert_eq!(b.list(FileKind::Index).unwrap().len(), 3);
+    }
     m.flush().unwrap();
     let first = names(backends[0].as_ref(), FileKind::Pack);
     for b in &backends[1..] {
@@ -128,19 +140,30 @@ fn a_failing_member_is_dropped_with_its_reason_and_the_others_finish() {
     std::fs::rename(paths[1].with_extension("gone"), &paths[1]).unwrap();
     assert!(!backends[1].exists(FileKind::Snapshot, "snap").unwrap());
     assert!(!backends[1].exists(FileKind::Index, "idx").unwrap());
-    // Below quorum every write fails and names the reasons.
+    // Below quorum the snapshot fails, names the reasons, and lands nowhere; later writes
+    // fail at once.
     break_dir(&paths[2]);
     let (n, d) = pack(99);
     let _ = m.put(FileKind::Pack, &n, d);
+    let _ = m.put(FileKind::Index, "idx2", Bytes::from_static(b"i"));
     let e = m
-        .put(FileKind::Index, "idx2", Bytes::from_static(b"i"))
+        .put(FileKind::Snapshot, "snap2", Bytes::from_static(b"s"))
         .unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("quorum 2 lost") && msg.contains("Not a directory"),
         "{msg}"
     );
-    assert!(!backends[0].exists(FileKind::Index, "idx2").unwrap_or(false));
+    assert!(
+        m.put(FileKind::Lock, "l", Bytes::from_static(b"l"))
+            .is_err()
+    );
+    // Member 0 alone is below quorum, but it still writes in order; what it holds is
+    // consistent, and the caller was told the backup failed.
+    m.flush().ok();
+    if backends[0].exists(FileKind::Snapshot, "snap2").unwrap() {
+        assert!(backends[0].exists(FileKind::Index, "idx2").unwrap());
+    }
 }
 
 #[test]

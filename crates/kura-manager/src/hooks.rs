@@ -39,15 +39,25 @@ impl Hook {
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::Hook(format!("{name} hook {:?}: start: {e}", self.command)))?;
+        // Read stderr as it comes: a hook that writes more than a pipe holds must not block.
+        let reader = child.stderr.take().map(|mut s| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                // Keep the end, where the reason usually is.
+                match text.char_indices().rev().nth(4000) {
+                    Some((i, _)) => format!("…{}", &text[i..]),
+                    None => text,
+                }
+            })
+        });
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    let mut err = String::new();
-                    if let Some(mut s) = child.stderr.take() {
-                        use std::io::Read;
-                        let _ = s.read_to_string(&mut err);
-                    }
+                    let err = reader.and_then(|r| r.join().ok()).unwrap_or_default();
                     if status.success() {
                         return Ok(());
                     }
@@ -62,6 +72,7 @@ impl Hook {
                     )));
                 }
                 Ok(None) if std::time::Instant::now() >= deadline => {
+                    // The hook's own children may keep stderr open: do not wait for the reader.
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Error::Hook(format!(
@@ -111,6 +122,12 @@ mod tests {
             e.contains("quiesce failed") && e.contains("exit status: 3"),
             "{e}"
         );
+        // More stderr than a pipe holds does not block the hook.
+        let e = hook("head -c 300000 /dev/zero | tr '\\0' x >&2; exit 1", 10)
+            .run(HookPhase::Pre, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xxxx") && e.len() < 5000, "{}", e.len());
         let t = std::time::Instant::now();
         let e = hook("sleep 30", 1)
             .run(HookPhase::Post, &[])
