@@ -418,7 +418,7 @@ impl Catalog {
         self.backups(None)?
             .into_iter()
             .find(|b| b.id == id)
-            .ok_or_else(|| Error::Invalid(format!("no backup {id}")))
+            .ok_or(Error::UnknownBackup(id))
     }
 
     /// Backups (of one object, or all), newest first.

@@ -60,6 +60,8 @@ pub enum Error {
     Invalid(String),
     #[error("no job {0:?}")]
     UnknownJob(String),
+    #[error("no backup {0} in the catalog")]
+    UnknownBackup(i64),
     /// `secure` could not find enough disjoint subsystems; the message says why.
     #[error("cannot secure {need} subsystem(s): {why}")]
     Unavailable { need: usize, why: String },

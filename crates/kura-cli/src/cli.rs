@@ -330,7 +330,12 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Snapshot id (or unique prefix, or `latest`)
-    pub snapshot: String,
+    #[arg(required_unless_present = "backup")]
+    pub snapshot: Option<String>,
+    /// Restore backup N of the catalog from whichever target holding a copy answers
+    /// (healthy ones first), instead of a snapshot of --repo
+    #[arg(long, conflicts_with = "snapshot")]
+    pub backup: Option<i64>,
     /// Directory to restore into (for an image: a file, a block device, or a directory)
     #[arg(short, long)]
     pub target: PathBuf,

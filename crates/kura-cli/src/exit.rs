@@ -28,7 +28,7 @@ fn catalog_code(e: &kura_catalog::Error) -> i32 {
     use kura_catalog::Error as C;
     match e {
         C::Invalid(_) => USAGE,
-        C::UnknownResource(_) | C::UnknownJob(_) => NOT_FOUND,
+        C::UnknownResource(_) | C::UnknownJob(_) | C::UnknownBackup(_) => NOT_FOUND,
         C::Duplicate(_) | C::InUse(_) => CONFLICT,
         C::Unavailable { .. } | C::LeaseLost(_) => UNAVAILABLE,
         C::Db { .. } if e.is_unreachable() => CATALOG_UNREACHABLE,

@@ -173,6 +173,40 @@ fn a_job_mirrors_onto_n_targets_and_records_each_copy(db: Db) {
     assert_eq!(run["state"], "succeeded");
     assert_eq!(run["process"], process);
     s.nothing_held();
+    // Restore by catalog number: the copy on a broken target is skipped (and counted against
+    // it), the other one restores.
+    let first = ext[0]["target"].as_str().unwrap().to_string();
+    let t: usize = first[1..].parse().unwrap();
+    break_dir(&s.targets[t]);
+    let dest = s.f._dir.path().join("by-backup");
+    let o = s.run(&[
+        "restore",
+        "--backup",
+        "1",
+        "--target",
+        dest.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("copy on {first} not restorable")),
+        "{err}"
+    );
+    assert_same_tree(&s.src, &dest.join(s.src.strip_prefix("/").unwrap()));
+    assert_eq!(s.json(&["resource", "show", &first])["errors"], 1);
+    let o = s.run(&[
+        "restore",
+        "--backup",
+        "7",
+        "--target",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn a_broken_target_is_dropped_and_counts_against_its_health(db: Db) {

@@ -1,41 +1,25 @@
 use anyhow::{Context, Result};
+use kura_catalog::BackupState;
+use kura_repo::Repository;
 use kura_repo::lock::RepoLock;
-use kura_repo::restore::{RestoreOptions, restore};
+use kura_repo::restore::{RestoreOptions, RestoreOutcome, restore};
+use kura_repo::snapshot::SnapshotEntry;
 use serde_json::json;
 
 use crate::cli::RestoreArgs;
+use crate::exit::UsageError;
 use crate::output::bytes;
 use crate::{App, exit};
 
 pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
-    let repo = app.open()?;
-    let loc = repo.location();
-    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
     let started = std::time::Instant::now();
-    let (snap, out) = crate::with_lock(lock, |lock| {
-        let repo = repo
-            .load_index()
-            .with_context(|| format!("load index of {loc}"))?;
-        let snap = repo.find_snapshot(&a.snapshot)?;
-        let mut opts = RestoreOptions {
-            includes: a.includes.clone(),
-            ..Default::default()
-        };
-        if let Some(t) = a.threads.or(app.config.restore.threads) {
-            opts.threads = t.max(1);
+    let (snap, out) = match (a.backup, &a.snapshot) {
+        (Some(b), _) => from_catalog(app, b, &a)?,
+        (None, Some(spec)) => restore_from(app, app.open()?, spec, &a)?,
+        (None, None) => {
+            return Err(UsageError("give a snapshot or --backup N".into()).into());
         }
-        let bar = app.bar();
-        let out = restore(&repo, lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(
-            || {
-                format!(
-                    "restore snapshot {} to {}",
-                    snap.id.short(),
-                    a.target.display()
-                )
-            },
-        )?;
-        Ok((snap, out))
-    })?;
+    };
     let secs = started.elapsed().as_secs_f64();
     if app.global.json {
         println!(
@@ -80,4 +64,102 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
         return Ok(exit::INCOMPLETE);
     }
     Ok(exit::OK)
+}
+
+/// Restore snapshot `spec` of an opened repository.
+fn restore_from(
+    app: &App,
+    repo: Repository,
+    spec: &str,
+    a: &RestoreArgs,
+) -> Result<(SnapshotEntry, RestoreOutcome)> {
+    let loc = repo.location();
+    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    crate::with_lock(lock, |lock| {
+        let repo = repo
+            .load_index()
+            .with_context(|| format!("load index of {loc}"))?;
+        let snap = repo.find_snapshot(spec)?;
+        let mut opts = RestoreOptions {
+            includes: a.includes.clone(),
+            ..Default::default()
+        };
+        if let Some(t) = a.threads.or(app.config.restore.threads) {
+            opts.threads = t.max(1);
+        }
+        let bar = app.bar();
+        let out = restore(&repo, lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(
+            || {
+                format!(
+                    "restore snapshot {} from {loc} to {}",
+                    snap.id.short(),
+                    a.target.display()
+                )
+            },
+        )?;
+        Ok((snap, out))
+    })
+}
+
+/// Restore a catalog backup from one of its copies: targets that are usable first (fewest
+/// errors first), then the rest; a copy that cannot be read (target down, gone, damaged
+/// beyond reading its index) counts against that target's health and the next is tried.
+fn from_catalog(
+    app: &App,
+    backup: i64,
+    a: &RestoreArgs,
+) -> Result<(SnapshotEntry, RestoreOutcome)> {
+    let cat = app.catalog()?;
+    let b = cat.backup(backup)?;
+    if b.state != BackupState::Complete {
+        return Err(UsageError(format!(
+            "backup {backup} is {}: only complete backups are restorable",
+            b.state.as_str()
+        ))
+        .into());
+    }
+    let mut copies: Vec<(kura_catalog::Resource, String)> = Vec::new();
+    for e in cat.extents(backup)? {
+        if e.seq == 0 && !copies.iter().any(|(t, _)| t.name == e.target) {
+            copies.push((cat.resource(&e.target)?, e.position));
+        }
+    }
+    copies.sort_by_key(|(t, _)| (t.state() == kura_catalog::State::NotUsable, t.errors));
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let mut failures = Vec::new();
+    for (t, snapshot) in &copies {
+        let url = t.config.get("url").and_then(|v| v.as_str()).unwrap_or("");
+        let attempt = app.backend_for(url).and_then(|backend| {
+            let repo = Repository::open(backend, &password)
+                .with_context(|| format!("open repository on target {}", t.name))?;
+            restore_from(app, repo, snapshot, a)
+        });
+        match attempt {
+            Ok(done) => {
+                if !app.global.quiet && !app.global.json {
+                    eprintln!("restoring backup {backup} from target {}", t.name);
+                }
+                return Ok(done);
+            }
+            Err(e)
+                if exit::code_for(&e) == exit::WRONG_PASSWORD
+                    || exit::code_for(&e) == exit::INTERRUPTED =>
+            {
+                return Err(e);
+            }
+            Err(e) => {
+                eprintln!("warning: copy on {} not restorable: {e:#}", t.name);
+                cat.record_error(&t.name, &format!("restore of backup {backup}: {e:#}"))?;
+                failures.push(format!("{}: {e:#}", t.name));
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "backup {backup}: no copy could be restored ({})",
+        if failures.is_empty() {
+            "it has no copies".to_string()
+        } else {
+            failures.join("; ")
+        }
+    ))
 }
