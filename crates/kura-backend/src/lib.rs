@@ -58,19 +58,23 @@ pub enum FileKind {
     Snapshot,
     /// Lock files.
     Lock,
+    /// The catalog's records of backups held here (so the catalog can be rebuilt from the
+    /// targets alone).
+    Catalog,
     /// Objects written and removed by `kura target probe` (never part of a repository).
     Probe,
 }
 
 impl FileKind {
     /// Every kind, in the order `init` creates their directories.
-    pub const ALL: [FileKind; 6] = [
+    pub const ALL: [FileKind; 7] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
         FileKind::Index,
         FileKind::Snapshot,
         FileKind::Lock,
+        FileKind::Catalog,
     ];
 
     /// The directory (or key prefix) holding files of this kind; empty for the config file.
@@ -82,6 +86,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Catalog => "catalog",
             FileKind::Probe => "probe",
         }
     }
@@ -108,6 +113,7 @@ impl fmt::Display for FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshot",
             FileKind::Lock => "lock",
+            FileKind::Catalog => "catalog record",
             FileKind::Probe => "probe",
         })
     }

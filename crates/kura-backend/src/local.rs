@@ -195,7 +195,9 @@ impl Inner {
                 Ok(rd) => rd,
                 Err(e)
                     if e.kind() == io::ErrorKind::NotFound
-                        && matches!(kind, FileKind::Pack | FileKind::Probe) =>
+                        // Repositories made before catalog records existed have no such
+                        // directory.
+                        && matches!(kind, FileKind::Pack | FileKind::Probe | FileKind::Catalog) =>
                 {
                     return Ok(());
                 }

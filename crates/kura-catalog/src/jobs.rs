@@ -414,6 +414,83 @@ impl Catalog {
         )
     }
 
+    /// Re-enter a backup read back from a target's catalog record (`kura catalog rebuild`):
+    /// `complete`, without a run. A backup the catalog already has (same object, start and
+    /// data time) gets only the extents it lacks. Returns the backup's number, whether it is
+    /// new, and the extents left out because their target or medium is not registered here.
+    pub fn import_backup(
+        &self,
+        object: &str,
+        started: i64,
+        ended: i64,
+        data_time: i64,
+        extents: &[Extent],
+    ) -> Result<(i64, bool, Vec<Extent>)> {
+        let existing = self
+            .backups(Some(object))?
+            .into_iter()
+            .find(|b| b.started == started && b.data_time == data_time);
+        let have: Vec<(i64, String)> = match &existing {
+            Some(b) => self
+                .extents(b.id)?
+                .into_iter()
+                .map(|e| (e.seq, e.target))
+                .collect(),
+            None => Vec::new(),
+        };
+        let known: Vec<String> = self.resources()?.into_iter().map(|r| r.name).collect();
+        let (usable, skipped): (Vec<&Extent>, Vec<&Extent>) = extents
+            .iter()
+            .filter(|e| !have.contains(&(e.seq, e.target.clone())))
+            .partition(|e| known.contains(&e.target) && known.contains(&e.medium));
+        let existing_id = existing.as_ref().map(|b| b.id);
+        let id: i64 = self.rt.block_on(async {
+            let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
+            let id: i64 = match existing_id {
+                Some(id) => id,
+                None => sqlx::query(
+                    "INSERT INTO backups (run, object, started, ended, data_time, state) \
+                     VALUES (NULL, $1, $2, $3, $4, 'complete') RETURNING id",
+                )
+                .bind(object)
+                .bind(started)
+                .bind(ended)
+                .bind(data_time)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| self.db(e))?,
+            };
+            for e in &usable {
+                sqlx::query(
+                    "INSERT INTO extents (backup, stream, seq, source_offset, source_length, \
+                     target, medium, position, size, state) SELECT $1, $2, $3, $4, $5, t.id, \
+                     m.id, $6, $7, 'durable' FROM resources t, resources m \
+                     WHERE t.name = $8 AND m.name = $9",
+                )
+                .bind(id)
+                .bind(e.stream)
+                .bind(e.seq)
+                .bind(e.source_offset)
+                .bind(e.source_length)
+                .bind(e.position.clone())
+                .bind(e.size)
+                .bind(e.target.clone())
+                .bind(e.medium.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            }
+            tx.commit().await.map_err(|e| self.db(e))?;
+            Ok::<_, Error>(id)
+        })?;
+        Ok((
+            id,
+            existing_id.is_none(),
+            skipped.into_iter().cloned().collect(),
+        ))
+    }
+
     pub fn backup(&self, id: i64) -> Result<Backup> {
         self.backups(None)?
             .into_iter()

@@ -83,6 +83,9 @@ pub enum Command {
     Target(TargetCommand),
     /// Backups recorded in the catalog, with their copies
     Backups(BackupsArgs),
+    /// The catalog database itself
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// The resource inventory: workers, targets, media, paths, copy engines
     #[command(subcommand)]
     Resource(ResourceCommand),
@@ -454,4 +457,18 @@ pub struct BackupsArgs {
     /// Only backups of this object
     #[arg(long)]
     pub object: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Re-enter the backups recorded on these targets (after losing the catalog database):
+    /// add the targets first (kura resource add target …), then rebuild from any of them
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Targets (names in the catalog) to read the records from
+    #[arg(long = "from", required = true, value_name = "TARGET")]
+    pub from: Vec<String>,
 }

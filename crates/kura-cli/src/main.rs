@@ -252,6 +252,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Resource(r) => commands::resource::run(&app, r),
         Command::Job(j) => commands::job::run(&app, j),
         Command::Backups(a) => commands::backups::run(&app, a),
+        Command::Catalog(c) => commands::backups::catalog(&app, c),
     }
 }
 

@@ -19,6 +19,8 @@ const DEGRADED: i32 = 9;
 
 struct Setup {
     f: Fresh,
+    /// The catalog in use (starts as `f`'s; a test may switch to an empty one).
+    url: String,
     targets: Vec<PathBuf>,
     src: PathBuf,
 }
@@ -33,6 +35,7 @@ impl Setup {
         let s = Setup {
             src: base.join("src"),
             targets,
+            url: f.url.clone(),
             f,
         };
         let mut init = vec!["-r".to_string(), s.targets[0].display().to_string()];
@@ -46,12 +49,8 @@ impl Setup {
             s.ok(&["resource", "add", "worker", "w", "--slots", "8"]);
             s.ok(&["resource", "add", "path", "p", "--slots", "8"]);
         }
-        for (i, t) in s.targets.iter().enumerate() {
-            let name = format!("t{i}");
-            s.ok(&["resource", "add", "target", &name, t.to_str().unwrap()]);
-            if matches!(db, Db::Postgres) {
-                s.ok(&["resource", "route", "w", "p", &name]);
-            }
+        for i in 0..n {
+            s.register(db, i);
         }
         for i in 0..5u64 {
             write(
@@ -63,9 +62,19 @@ impl Setup {
         s
     }
 
+    /// Add target `i` to the catalog in use (routed on PostgreSQL).
+    fn register(&self, db: Db, i: usize) {
+        let name = format!("t{i}");
+        let t = self.targets[i].to_str().unwrap();
+        self.ok(&["resource", "add", "target", &name, t]);
+        if matches!(db, Db::Postgres) {
+            self.ok(&["resource", "route", "w", "p", &name]);
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_kura"))
-            .env("KURA_CATALOG", &self.f.url)
+            .env("KURA_CATALOG", &self.url)
             .env("KURA_PASSWORD", "test-password")
             .env_remove("KURA_REPOSITORY")
             .env_remove("KURA_CONFIG")
@@ -333,8 +342,95 @@ fn a_failing_pre_hook_or_a_lost_quorum_records_nothing(db: Db) {
     );
 }
 
+fn the_catalog_is_rebuilt_from_the_targets(db: Db) {
+    let mut s = Setup::new(db, 2);
+    s.ok(&[
+        "job",
+        "add",
+        "j",
+        "--object",
+        s.src.to_str().unwrap(),
+        "--redundancy",
+        "2",
+    ]);
+    s.ok(&["job", "run", "j"]);
+    write(&s.src.join("note"), b"changed after the first backup");
+    s.ok(&["job", "run", "j"]);
+    let before = s.json(&["backups"]);
+    // The catalog database is lost: start from an empty one that knows only t0.
+    let empty = fresh(db);
+    s.url = empty.url.clone();
+    if matches!(db, Db::Postgres) {
+        s.ok(&["resource", "add", "worker", "w", "--slots", "8"]);
+        s.ok(&["resource", "add", "path", "p", "--slots", "8"]);
+    }
+    s.register(db, 0);
+    assert!(s.json(&["backups"]).as_array().unwrap().is_empty());
+    let o = s.run(&["--json", "catalog", "rebuild", "--from", "t0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["records"].as_u64(), v["imported"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["unknown_targets"], serde_json::json!(["t1"]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("left out: t1"));
+    // With t1 registered, a second rebuild adds its copies and nothing twice.
+    s.register(db, 1);
+    let v = s.json(&["catalog", "rebuild", "--from", "t1", "--from", "t0"]);
+    assert_eq!(
+        (v["imported"].as_u64(), v["already_known"].as_u64()),
+        (Some(0), Some(4)),
+        "{v}"
+    );
+    let after = s.json(&["backups"]);
+    let shape = |b: &Value| {
+        let mut v: Vec<(String, String, i64, String, String)> = b
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let (o, t) = (
+                    b["object"].as_str().unwrap(),
+                    b["data_time"].as_str().unwrap(),
+                );
+                b["extents"].as_array().unwrap().iter().map(move |e| {
+                    (
+                        o.to_string(),
+                        t.to_string(),
+                        e["size"].as_i64().unwrap(),
+                        e["target"].as_str().unwrap().to_string(),
+                        e["position"].as_str().unwrap().to_string(),
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        shape(&after),
+        shape(&before),
+        "the rebuilt catalog holds what was lost"
+    );
+    // And it restores: the newest backup, from its copies.
+    let newest = after[0]["backup"].as_i64().unwrap().to_string();
+    let dest = s.f._dir.path().join("after-rebuild");
+    s.ok(&[
+        "restore",
+        "--backup",
+        &newest,
+        "--target",
+        dest.to_str().unwrap(),
+    ]);
+    assert_same_tree(&s.src, &dest.join(s.src.strip_prefix("/").unwrap()));
+    drop(empty);
+}
+
 on_both_dbs!(
     a_job_mirrors_onto_n_targets_and_records_each_copy,
     a_broken_target_is_dropped_and_counts_against_its_health,
     a_failing_pre_hook_or_a_lost_quorum_records_nothing,
+    the_catalog_is_rebuilt_from_the_targets,
 );

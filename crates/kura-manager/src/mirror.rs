@@ -9,6 +9,7 @@ use kura_backend::{Backend, MirrorBackend, MirrorOptions};
 use kura_catalog::{BackupState, Catalog, Constraints, Extent};
 use kura_repo::Repository;
 use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken, backup};
+use kura_repo::catalog_record::{CatalogRecord, RecordExtent};
 use kura_repo::lock::RepoLock;
 use kura_repo::progress::Progress;
 
@@ -19,6 +20,8 @@ use crate::{Error, Result};
 pub struct MirrorJob {
     /// The job definition's number, or 0 for an ad-hoc backup.
     pub job: i64,
+    /// The job's name (kept in the catalog records on the targets).
+    pub job_name: Option<String>,
     /// What the catalog calls the backed-up object (a path, an image).
     pub object: String,
     pub sources: Vec<PathBuf>,
@@ -230,16 +233,15 @@ fn back_up(
     for c in copies.iter().filter(|c| c.dropped.is_none()) {
         catalog.record_ok(&c.target)?;
     }
-    // Only now, with the snapshot durable on each finished target, does the catalog hear of it.
-    let t = outcome.snapshot.time;
-    let data_time = t.0 * 1000 + i64::from(t.1) / 1_000_000;
-    let b = catalog.begin_backup(secured.process, &job.object, data_time)?;
+    let ms = |t: kura_repo::util::Timestamp| t.0 * 1000 + i64::from(t.1) / 1_000_000;
+    let data_time = ms(outcome.snapshot.time);
     let total = outcome.snapshot.summary.total_bytes as i64;
-    for c in copies.iter().filter(|c| c.dropped.is_none()) {
-        let sub = &secured.subsystems[c.stream as usize];
-        catalog.record_extent(
-            b,
-            &Extent {
+    let extents: Vec<Extent> = copies
+        .iter()
+        .filter(|c| c.dropped.is_none())
+        .map(|c| {
+            let sub = &secured.subsystems[c.stream as usize];
+            Extent {
                 stream: c.stream,
                 seq: 0,
                 source_offset: 0,
@@ -248,8 +250,41 @@ fn back_up(
                 medium: sub.medium.clone(),
                 position: outcome.id.to_hex(),
                 size: c.bytes as i64,
-            },
-        )?;
+            }
+        })
+        .collect();
+    // The record goes to every target holding a copy (the live mirror members), so the
+    // catalog can be rebuilt from any of them. A target that fails this write keeps its copy;
+    // the others' records list it.
+    let summary = &outcome.snapshot.summary;
+    let record = CatalogRecord {
+        v: 1,
+        object: job.object.clone(),
+        started: ms(summary.backup_start),
+        ended: ms(summary.backup_end),
+        data_time,
+        job: job.job_name.clone(),
+        extents: extents
+            .iter()
+            .map(|e| RecordExtent {
+                stream: e.stream,
+                seq: e.seq,
+                source_offset: e.source_offset,
+                source_length: e.source_length,
+                target: e.target.clone(),
+                medium: e.medium.clone(),
+                position: e.position.clone(),
+                size: e.size,
+            })
+            .collect(),
+    };
+    if let Err(e) = indexed.into_repository().save_catalog_record(&record) {
+        tracing::warn!("catalog record on the targets: {e}");
+    }
+    // Only now, with the snapshot durable on each finished target, does the catalog hear of it.
+    let b = catalog.begin_backup(secured.process, &job.object, data_time)?;
+    for e in &extents {
+        catalog.record_extent(b, e)?;
     }
     catalog.finish_backup(b, BackupState::Complete)?;
     Ok((b, outcome, copies))

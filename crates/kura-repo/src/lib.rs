@@ -32,6 +32,7 @@
 
 pub mod backup;
 pub mod browse;
+pub mod catalog_record;
 pub mod check;
 pub mod chunker;
 pub mod crypto;

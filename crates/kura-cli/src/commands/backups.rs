@@ -1,9 +1,15 @@
-//! `kura backups`: the catalog's backups with their copies (targets) and sections.
+//! `kura backups`: the catalog's backups with their copies (targets) and sections;
+//! `kura catalog rebuild`: re-enter them from the records on the targets.
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::cli::BackupsArgs;
+use anyhow::Context;
+use kura_catalog::{Extent, Kind};
+use kura_repo::Repository;
+
+use crate::cli::{BackupsArgs, CatalogCommand};
+use crate::exit::UsageError;
 use crate::output::{local_ms, rfc3339_ms, table};
 use crate::{App, exit};
 
@@ -58,6 +64,79 @@ pub fn run(app: &App, a: BackupsArgs) -> Result<i32> {
             )
         );
         println!("{} backup(s)", backups.len());
+    }
+    Ok(exit::OK)
+}
+
+/// `kura catalog rebuild --from TARGET…`.
+pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
+    let CatalogCommand::Rebuild(a) = c;
+    let cat = app.catalog()?;
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let (mut imported, mut known, mut left_out) = (0usize, 0usize, Vec::new());
+    let mut records = 0usize;
+    for name in &a.from {
+        let t = cat.resource(name)?;
+        if t.kind != Kind::Target {
+            return Err(
+                UsageError(format!("{name} is a {}, not a target", t.kind.as_str())).into(),
+            );
+        }
+        let url = t.config.get("url").and_then(Value::as_str).unwrap_or("");
+        let repo = Repository::open(app.backend_for(url)?, &password)
+            .with_context(|| format!("open repository on target {name}"))?;
+        let recs = repo
+            .catalog_records()
+            .with_context(|| format!("read catalog records on target {name}"))?;
+        records += recs.len();
+        for (_, r) in recs {
+            let extents: Vec<Extent> = r
+                .extents
+                .iter()
+                .map(|e| Extent {
+                    stream: e.stream,
+                    seq: e.seq,
+                    source_offset: e.source_offset,
+                    source_length: e.source_length,
+                    target: e.target.clone(),
+                    medium: e.medium.clone(),
+                    position: e.position.clone(),
+                    size: e.size,
+                })
+                .collect();
+            let (_, new, skipped) =
+                cat.import_backup(&r.object, r.started, r.ended, r.data_time, &extents)?;
+            if new {
+                imported += 1;
+            } else {
+                known += 1;
+            }
+            left_out.extend(skipped.into_iter().map(|e| e.target));
+        }
+    }
+    left_out.sort();
+    left_out.dedup();
+    if app.global.json {
+        println!(
+            "{}",
+            json!({
+                "records": records,
+                "imported": imported,
+                "already_known": known,
+                "unknown_targets": left_out,
+            })
+        );
+    } else {
+        app.say(format!(
+            "read {records} record(s): {imported} backup(s) re-entered, {known} already known"
+        ));
+    }
+    if !left_out.is_empty() {
+        eprintln!(
+            "warning: copies on targets not in this catalog were left out: {} (add them with \
+             kura resource add target, then rebuild again)",
+            left_out.join(", ")
+        );
     }
     Ok(exit::OK)
 }

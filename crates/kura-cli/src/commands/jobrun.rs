@@ -88,6 +88,7 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
         .unwrap_or_default();
     let job = MirrorJob {
         job: def.id,
+        job_name: Some(def.name.clone()),
         object: def.object.clone(),
         sources: vec![PathBuf::from(&def.object)],
         redundancy: def.redundancy as usize,
@@ -119,6 +120,7 @@ pub fn run_adhoc(
     let object = object.join(" ");
     let job = MirrorJob {
         job: 0,
+        job_name: None,
         object,
         sources: paths.to_vec(),
         redundancy,
