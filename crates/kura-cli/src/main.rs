@@ -236,6 +236,24 @@ fn run(cli: Cli) -> Result<i32> {
         cancel,
         mirror: std::sync::OnceLock::new(),
     };
+    if !app.global.mirrors.is_empty() {
+        let what = match &cli.command {
+            Command::Check(_) => Some("check"),
+            Command::Forget(_) => Some("forget"),
+            Command::Prune(_) => Some("prune"),
+            Command::Key(_) => Some("key"),
+            Command::Unlock(_) => Some("unlock"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            // Through a mirror these would see only what every target holds (or read one
+            // target only): run them on each target, which is a complete repository.
+            return Err(UsageError(format!(
+                "{what} works on one target at a time: run it with -r on each member of the group"
+            ))
+            .into());
+        }
+    }
     match cli.command {
         Command::Init(a) => commands::init::run(&app, a),
         Command::Backup(a) => commands::backup::run(&app, a),

@@ -73,6 +73,14 @@ fn a_mirrored_backup_leaves_a_complete_repository_on_each_target() {
     for loc in [repo.location.as_str(), s3.as_str()] {
         restores_alone(loc, &src, repo.dir.path());
     }
+    // Maintenance runs per target, never through the mirror.
+    for cmd in ["check", "prune", "unlock"] {
+        assert_fails(
+            &repo.run(&["--mirror", &s3, cmd]),
+            2,
+            "works on one target at a time",
+        );
+    }
     // A repository of another group is refused as a mirror.
     let other = TestRepo::new(&[]);
     assert_fails(
