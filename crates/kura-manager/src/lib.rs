@@ -23,6 +23,7 @@
 
 mod hooks;
 mod mirror;
+pub mod rebuild;
 
 pub use hooks::{Hook, HookPhase};
 pub use mirror::{Copy, JobReport, MirrorJob, run_mirror};

@@ -9,7 +9,7 @@ use kura_backend::{Backend, MirrorBackend, MirrorOptions};
 use kura_catalog::{BackupState, Catalog, Constraints, Extent};
 use kura_repo::Repository;
 use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken, backup};
-use kura_repo::catalog_record::{CatalogRecord, RecordExtent};
+use kura_repo::catalog_record::CatalogRecord;
 use kura_repo::lock::RepoLock;
 use kura_repo::progress::Progress;
 
@@ -264,19 +264,7 @@ fn back_up(
         ended: ms(summary.backup_end),
         data_time,
         job: job.job_name.clone(),
-        extents: extents
-            .iter()
-            .map(|e| RecordExtent {
-                stream: e.stream,
-                seq: e.seq,
-                source_offset: e.source_offset,
-                source_length: e.source_length,
-                target: e.target.clone(),
-                medium: e.medium.clone(),
-                position: e.position.clone(),
-                size: e.size,
-            })
-            .collect(),
+        extents: extents.iter().map(crate::rebuild::to_record).collect(),
     };
     if let Err(e) = indexed.into_repository().save_catalog_record(&record) {
         tracing::warn!("catalog record on the targets: {e}");

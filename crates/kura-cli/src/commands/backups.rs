@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use anyhow::Context;
-use kura_catalog::{Extent, Kind};
+use kura_catalog::Kind;
 use kura_repo::Repository;
 
 use crate::cli::{BackupsArgs, CatalogCommand};
@@ -73,8 +73,7 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
     let CatalogCommand::Rebuild(a) = c;
     let cat = app.catalog()?;
     let password = crate::password::get(app.password_file().as_deref())?;
-    let (mut imported, mut known, mut left_out) = (0usize, 0usize, Vec::new());
-    let mut records = 0usize;
+    let mut total = kura_manager::rebuild::Rebuilt::default();
     for name in &a.from {
         let t = cat.resource(name)?;
         if t.kind != Kind::Target {
@@ -85,37 +84,21 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
         let url = t.config.get("url").and_then(Value::as_str).unwrap_or("");
         let repo = Repository::open(app.backend_for(url)?, &password)
             .with_context(|| format!("open repository on target {name}"))?;
-        let recs = repo
-            .catalog_records()
-            .with_context(|| format!("read catalog records on target {name}"))?;
-        records += recs.len();
-        for (_, r) in recs {
-            let extents: Vec<Extent> = r
-                .extents
-                .iter()
-                .map(|e| Extent {
-                    stream: e.stream,
-                    seq: e.seq,
-                    source_offset: e.source_offset,
-                    source_length: e.source_length,
-                    target: e.target.clone(),
-                    medium: e.medium.clone(),
-                    position: e.position.clone(),
-                    size: e.size,
-                })
-                .collect();
-            let (_, new, skipped) =
-                cat.import_backup(&r.object, r.started, r.ended, r.data_time, &extents)?;
-            if new {
-                imported += 1;
-            } else {
-                known += 1;
-            }
-            left_out.extend(skipped.into_iter().map(|e| e.target));
-        }
+        let r = kura_manager::rebuild::rebuild_from(&cat, &repo)
+            .with_context(|| format!("rebuild from the records on target {name}"))?;
+        total.records += r.records;
+        total.imported += r.imported;
+        total.already_known += r.already_known;
+        total.unknown_targets.extend(r.unknown_targets);
     }
-    left_out.sort();
-    left_out.dedup();
+    total.unknown_targets.sort();
+    total.unknown_targets.dedup();
+    let (records, imported, known, left_out) = (
+        total.records,
+        total.imported,
+        total.already_known,
+        total.unknown_targets,
+    );
     if app.global.json {
         println!(
             "{}",

@@ -1,0 +1,68 @@
+//! Rebuilding the catalog database from the records on the targets (see
+//! `kura_repo::catalog_record`), and the one place that converts between the catalog's
+//! extents and the records' (the two crates do not know each other).
+
+use kura_catalog::{Catalog, Extent};
+use kura_repo::Repository;
+use kura_repo::catalog_record::RecordExtent;
+
+use crate::Result;
+
+pub fn to_record(e: &Extent) -> RecordExtent {
+    RecordExtent {
+        stream: e.stream,
+        seq: e.seq,
+        source_offset: e.source_offset,
+        source_length: e.source_length,
+        target: e.target.clone(),
+        medium: e.medium.clone(),
+        position: e.position.clone(),
+        size: e.size,
+    }
+}
+
+pub fn from_record(e: &RecordExtent) -> Extent {
+    Extent {
+        stream: e.stream,
+        seq: e.seq,
+        source_offset: e.source_offset,
+        source_length: e.source_length,
+        target: e.target.clone(),
+        medium: e.medium.clone(),
+        position: e.position.clone(),
+        size: e.size,
+    }
+}
+
+/// What a rebuild from one repository did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub records: usize,
+    /// Backups the catalog did not have.
+    pub imported: usize,
+    /// Backups it had (only missing copies were added).
+    pub already_known: usize,
+    /// Targets named in records but not registered in the catalog (their copies left out).
+    pub unknown_targets: Vec<String>,
+}
+
+/// Re-enter every backup recorded in `repo` (a target's repository) into `catalog`.
+pub fn rebuild_from(catalog: &Catalog, repo: &Repository) -> Result<Rebuilt> {
+    let mut out = Rebuilt::default();
+    for (_, r) in repo.catalog_records()? {
+        out.records += 1;
+        let extents: Vec<Extent> = r.extents.iter().map(from_record).collect();
+        let (_, new, skipped) =
+            catalog.import_backup(&r.object, r.started, r.ended, r.data_time, &extents)?;
+        if new {
+            out.imported += 1;
+        } else {
+            out.already_known += 1;
+        }
+        out.unknown_targets
+            .extend(skipped.into_iter().map(|e| e.target));
+    }
+    out.unknown_targets.sort();
+    out.unknown_targets.dedup();
+    Ok(out)
+}
