@@ -29,7 +29,8 @@ fn duration(what: &str, s: &str) -> Result<Duration> {
 /// The run settings a job definition stores in its config.
 pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
     let quorum = app.global.quorum;
-    if quorum == 0 || quorum as i64 > redundancy {
+    // (A redundancy below 1 is the catalog's to refuse, with its own message.)
+    if redundancy >= 1 && (quorum == 0 || quorum as i64 > redundancy) {
         return Err(UsageError(format!(
             "--quorum {quorum} must be between 1 and the redundancy ({redundancy})"
         ))
