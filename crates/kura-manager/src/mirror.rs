@@ -271,8 +271,11 @@ fn back_up(
     }
     // Only now, with the snapshot durable on each finished target, does the catalog hear of it.
     let b = catalog.begin_backup(secured.process, &job.object, data_time)?;
-    for e in &extents {
-        catalog.record_extent(b, e)?;
+    let recorded = extents.iter().try_for_each(|e| catalog.record_extent(b, e));
+    if let Err(e) = recorded {
+        // Never leave a half-recorded backup looking like it may still complete.
+        let _ = catalog.finish_backup(b, BackupState::Failed);
+        return Err(e.into());
     }
     catalog.finish_backup(b, BackupState::Complete)?;
     Ok((b, outcome, copies))
