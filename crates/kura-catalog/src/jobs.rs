@@ -152,6 +152,20 @@ fn valid_job_name(name: &str) -> Result<()> {
     }
 }
 
+const BACKUP_SELECT: &str = "SELECT id, run, object, started, ended, data_time, state FROM backups";
+
+fn row_to_backup(r: &AnyRow) -> std::result::Result<Backup, sqlx::Error> {
+    Ok(Backup {
+        id: r.try_get(0)?,
+        run: r.try_get(1)?,
+        object: r.try_get(2)?,
+        started: r.try_get(3)?,
+        ended: r.try_get(4)?,
+        data_time: r.try_get(5)?,
+        state: BackupState::parse(&r.try_get::<String, _>(6)?),
+    })
+}
+
 fn row_to_job(r: &AnyRow) -> std::result::Result<JobDef, sqlx::Error> {
     let mode: String = r.try_get("mode")?;
     let config: String = r.try_get("config")?;
@@ -492,40 +506,41 @@ impl Catalog {
     }
 
     pub fn backup(&self, id: i64) -> Result<Backup> {
-        self.backups(None)?
-            .into_iter()
-            .find(|b| b.id == id)
-            .ok_or(Error::UnknownBackup(id))
+        let row = self
+            .rt
+            .block_on(
+                sqlx::query(&format!("{BACKUP_SELECT} WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool),
+            )
+            .map_err(|e| self.db(e))?;
+        match row {
+            Some(r) => row_to_backup(&r).map_err(|e| self.db(e)),
+            None => Err(Error::UnknownBackup(id)),
+        }
     }
 
     /// Backups (of one object, or all), newest first.
     pub fn backups(&self, object: Option<&str>) -> Result<Vec<Backup>> {
-        self.rt.block_on(async {
-            let db = |e| self.db(e);
-            let rows = sqlx::query(
-                "SELECT id, run, object, started, ended, data_time, state FROM backups \
-                 ORDER BY id DESC",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-            let mut out = Vec::new();
-            for r in &rows {
-                let b = Backup {
-                    id: r.try_get(0).map_err(db)?,
-                    run: r.try_get(1).map_err(db)?,
-                    object: r.try_get(2).map_err(db)?,
-                    started: r.try_get(3).map_err(db)?,
-                    ended: r.try_get(4).map_err(db)?,
-                    data_time: r.try_get(5).map_err(db)?,
-                    state: BackupState::parse(&r.try_get::<String, _>(6).map_err(db)?),
-                };
-                if object.is_none_or(|o| o == b.object) {
-                    out.push(b);
+        let rows = self.rt.block_on(async {
+            match object {
+                Some(o) => {
+                    sqlx::query(&format!(
+                        "{BACKUP_SELECT} WHERE object = $1 ORDER BY id DESC"
+                    ))
+                    .bind(o)
+                    .fetch_all(&self.pool)
+                    .await
+                }
+                None => {
+                    sqlx::query(&format!("{BACKUP_SELECT} ORDER BY id DESC"))
+                        .fetch_all(&self.pool)
+                        .await
                 }
             }
-            Ok(out)
-        })
+        });
+        rows.and_then(|rows| rows.iter().map(row_to_backup).collect())
+            .map_err(|e| self.db(e))
     }
 
     /// The extents of a backup in source order (then by target).

@@ -8,35 +8,48 @@ use crate::cli::BackupArgs;
 use crate::output::{bytes, summary_json};
 use crate::{App, exit};
 
-fn options(app: &App, a: &BackupArgs) -> BackupOptions {
+/// The `[backup]` section of the config file over the defaults (what a job run uses).
+pub fn from_config(app: &App) -> BackupOptions {
     let cfg = &app.config.backup;
     let defaults = BackupOptions::default();
     BackupOptions {
-        tags: if a.tags.is_empty() {
-            cfg.tags.clone()
-        } else {
-            a.tags.clone()
-        },
-        host: a.host.clone(),
-        parent: match (&a.parent, a.force) {
-            (_, true) => ParentChoice::None,
-            (Some(p), _) => ParentChoice::Snapshot(p.clone()),
-            (None, false) => ParentChoice::Auto,
-        },
-        excludes: cfg.exclude.iter().chain(&a.excludes).cloned().collect(),
-        one_file_system: a.one_file_system || cfg.one_file_system.unwrap_or(false),
-        image: a.image,
-        compression: a.compression.or(cfg.compression),
-        readers: a
-            .read_concurrency
-            .or(cfg.read_concurrency)
-            .map_or(defaults.readers, |n| n.max(1)),
-        inflight_bytes: a
+        tags: cfg.tags.clone(),
+        excludes: cfg.exclude.clone(),
+        one_file_system: cfg.one_file_system.unwrap_or(false),
+        compression: cfg.compression,
+        readers: cfg.read_concurrency.map_or(defaults.readers, |n| n.max(1)),
+        inflight_bytes: cfg
             .memory_mib
-            .or(cfg.memory_mib)
             .map_or(defaults.inflight_bytes, |m| m.max(8) << 20),
         ..defaults
     }
+}
+
+/// The command line over the config file.
+fn options(app: &App, a: &BackupArgs) -> BackupOptions {
+    let mut o = from_config(app);
+    if !a.tags.is_empty() {
+        o.tags = a.tags.clone();
+    }
+    o.host = a.host.clone();
+    o.parent = match (&a.parent, a.force) {
+        (_, true) => ParentChoice::None,
+        (Some(p), _) => ParentChoice::Snapshot(p.clone()),
+        (None, false) => ParentChoice::Auto,
+    };
+    o.excludes.extend(a.excludes.iter().cloned());
+    o.one_file_system |= a.one_file_system;
+    o.image = a.image;
+    if a.compression.is_some() {
+        o.compression = a.compression;
+    }
+    if let Some(n) = a.read_concurrency {
+        o.readers = n.max(1);
+    }
+    if let Some(m) = a.memory_mib {
+        o.inflight_bytes = m.max(8) << 20;
+    }
+    o
 }
 
 pub fn run(app: &App, a: BackupArgs) -> Result<i32> {

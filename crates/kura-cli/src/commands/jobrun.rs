@@ -55,17 +55,6 @@ fn hook(cmd: Option<&str>, timeout: Duration) -> Option<Hook> {
     })
 }
 
-fn backup_options(app: &App) -> BackupOptions {
-    let cfg = &app.config.backup;
-    BackupOptions {
-        excludes: cfg.exclude.clone(),
-        one_file_system: cfg.one_file_system.unwrap_or(false),
-        compression: cfg.compression,
-        tags: cfg.tags.clone(),
-        ..BackupOptions::default()
-    }
-}
-
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
     if def.mode == Mode::Failover {
@@ -99,7 +88,7 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
         lease: LEASE,
         pre: hook(s("pre").as_deref(), hook_timeout),
         post: hook(s("post").as_deref(), hook_timeout),
-        backup: backup_options(app),
+        backup: crate::commands::backup::from_config(app),
     };
     execute(app, cat, &def.name, job)
 }
