@@ -23,20 +23,24 @@
 mod aws_profile;
 mod deadline;
 mod error;
+mod failover;
 mod local;
 mod mirror;
 mod probe;
 pub mod retry;
 mod s3;
 mod target;
+mod union;
 
 pub use error::{BackendError, ErrorKind};
+pub use failover::{FailoverBackend, FailoverMember, FailoverOptions, FailoverStatus, Section};
 pub use local::LocalBackend;
 pub use mirror::{MemberStatus, MirrorBackend, MirrorOptions};
 pub use probe::{ProbeReport, probe};
 pub use retry::RetryPolicy;
 pub use s3::{S3Backend, S3Config};
 pub use target::{BackendOptions, Target, open};
+pub use union::UnionBackend;
 
 use std::fmt;
 
@@ -142,6 +146,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Store a whole file atomically and durably (see the crate docs). `Bytes` lets
     /// implementations hand the data to another thread or an async client without copying.
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()>;
+
+    /// Write an index file that lists `packs` (pack names). Backends that acknowledge
+    /// extents (fail-over) wait here until those packs are durable; the rest just `put`.
+    fn put_index(&self, name: &str, data: Bytes, packs: &[String]) -> Result<()> {
+        let _ = packs;
+        self.put(FileKind::Index, name, data)
+    }
 
     /// Read a whole file.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;

@@ -81,8 +81,11 @@ pub enum Command {
     /// Storage targets: health probes
     #[command(subcommand)]
     Target(TargetCommand),
-    /// Backups recorded in the catalog, with their copies
+    /// Backups recorded in the catalog, with their copies and sections
     Backups(BackupsArgs),
+    /// Copy the sections of a backup each of its targets lacks from one that has them, so
+    /// that every target ends with a complete copy
+    Heal(HealArgs),
     /// The catalog database itself
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -196,9 +199,6 @@ pub struct JobAddArgs {
     /// How many disjoint subsystems (targets) each run writes to
     #[arg(long, default_value_t = 2)]
     pub redundancy: i64,
-    /// mirror (every target gets all data) or failover (a spare takes over a failed stream)
-    #[arg(long, default_value = "mirror")]
-    pub mode: String,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -219,6 +219,16 @@ pub struct RunArgs {
     /// How long each hook may take
     #[arg(long, default_value = "10m")]
     pub hook_timeout: String,
+    /// mirror (every target gets all data, at once) or failover (one target at a time; the
+    /// next takes over from the first unacknowledged extent)
+    #[arg(long, default_value = "mirror")]
+    pub mode: String,
+    /// Fail-over: the extent size, acknowledged as a unit (e.g. 64MiB, 1GiB)
+    #[arg(long, default_value = "64MiB")]
+    pub extent_size: String,
+    /// Fail-over: move to the next target when nothing on the active one finishes this long
+    #[arg(long, default_value = "2m")]
+    pub extent_timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -302,7 +312,7 @@ pub struct BackupArgs {
     /// Memory for chunk data in flight, in MiB
     #[arg(long)]
     pub memory_mib: Option<usize>,
-    /// Back up onto this many targets of the catalog at once (mirror), instead of --repo
+    /// Back up onto this many targets of the catalog (see --mode), instead of --repo
     #[arg(long)]
     pub redundancy: Option<usize>,
     #[command(flatten)]
@@ -450,6 +460,12 @@ pub struct UnlockArgs {
 pub struct JobNameArgs {
     /// Job name or number
     pub job: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HealArgs {
+    /// The catalog's backup number
+    pub backup: i64,
 }
 
 #[derive(Debug, Args)]

@@ -271,6 +271,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Job(j) => commands::job::run(&app, j),
         Command::Backups(a) => commands::backups::run(&app, a),
         Command::Catalog(c) => commands::backups::catalog(&app, c),
+        Command::Heal(a) => commands::heal::run(&app, a),
     }
 }
 

@@ -21,12 +21,18 @@
 //! against its health (three in a row make it *not usable*). A run that fails records no
 //! backup at all.
 
+mod failover;
+pub mod heal;
 mod hooks;
 mod mirror;
+pub mod position;
 pub mod rebuild;
+mod run;
 
+pub use heal::{BackupView, HealReport, heal, open_backup};
 pub use hooks::{Hook, HookPhase};
-pub use mirror::{Copy, JobReport, MirrorJob, run_mirror};
+pub use position::Position;
+pub use run::{Copy, JobReport, JobSpec, RunMode, run_job};
 
 /// Errors of a job run, each naming what failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,16 +15,31 @@ use crate::error::{Error, Result};
 /// whether the job can go on; one holding another repository, or none, is an error.
 pub fn verify(mirror: &MirrorBackend) -> Result<()> {
     let members = mirror.members();
-    let mut reference: Option<(String, Vec<u8>)> = None;
-    for (i, answer) in mirror.get_each(FileKind::Config, "config") {
-        let loc = members[i].location();
+    let (indices, answers): (Vec<usize>, Vec<(String, kura_backend::Result<Vec<u8>>)>) = mirror
+        .get_each(FileKind::Config, "config")
+        .into_iter()
+        .map(|(i, a)| (i, (members[i].location(), a)))
+        .unzip();
+    for (j, why) in compare(&answers)? {
+        mirror.drop_member(indices[j], &format!("at open: {why}"));
+    }
+    Ok(())
+}
+
+/// Compare the config files read from a group's members (location, what the read gave):
+/// a member holding another repository, or none, is an error. Returns the positions in
+/// `answers` that could not be read, with the reason: the caller drops or fails them.
+pub fn compare(answers: &[(String, kura_backend::Result<Vec<u8>>)]) -> Result<Vec<(usize, String)>> {
+    let mut reference: Option<(&str, &[u8])> = None;
+    let mut unreadable = Vec::new();
+    for (j, (loc, answer)) in answers.iter().enumerate() {
         match answer {
-            Ok(bytes) => match &reference {
+            Ok(bytes) => match reference {
                 None => reference = Some((loc, bytes)),
-                Some((first, r)) if *r != bytes => {
+                Some((first, r)) if r != bytes.as_slice() => {
                     return Err(Error::NotAGroup(format!(
-                        "{loc} does not hold the same repository as {first}: mirrors must form \
-                         a group (create them together with kura init --mirror)"
+                        "{loc} does not hold the same repository as {first}: the targets of \
+                         a job must form a group (create them together with kura init --mirror)"
                     )));
                 }
                 Some(_) => {}
@@ -35,8 +50,8 @@ pub fn verify(mirror: &MirrorBackend) -> Result<()> {
                      kura init --mirror"
                 )));
             }
-            Err(e) => mirror.drop_member(i, &format!("at open: {e}")),
+            Err(e) => unreadable.push((j, e.to_string())),
         }
     }
-    Ok(())
+    Ok(unreadable)
 }

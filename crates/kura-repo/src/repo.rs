@@ -191,6 +191,38 @@ impl Repository {
         })
     }
 
+    /// The same repository on another member of its group (a target created with it by
+    /// `init --mirror`), without asking for the password again: the member's config must
+    /// open under this master key and name the same repository.
+    pub fn member(&self, backend: Arc<dyn Backend>) -> Result<Repository> {
+        let location = backend.location();
+        let bytes = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotARepository(location));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let not_member = || {
+            Error::NotAGroup(format!(
+                "{location} does not hold the same repository as {}",
+                self.location()
+            ))
+        };
+        let body = open_file(&self.key, MAGIC_CONFIG, &bytes, "config").map_err(|_| not_member())?;
+        let config: RepoConfig = from_cbor(&body, "config")?;
+        if config.id != self.config.id {
+            return Err(not_member());
+        }
+        Ok(Repository {
+            backend,
+            key: self.key.clone(),
+            key_name: self.key_name.clone(),
+            config,
+            cdc: self.cdc.clone(),
+        })
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -321,8 +353,9 @@ impl Repository {
     pub fn save_index_file(&self, file: &IndexFile) -> Result<Id> {
         let sealed = BlobEncoder::new(0)?.seal_file(&self.key, MAGIC_INDEX, &file.encode())?;
         let id = Id::of_file(&sealed);
+        let packs: Vec<String> = file.packs.iter().map(|(p, _)| p.to_hex()).collect();
         self.backend
-            .put(FileKind::Index, &id.to_hex(), sealed.into())?;
+            .put_index(&id.to_hex(), sealed.into(), &packs)?;
         Ok(id)
     }
 

@@ -20,15 +20,14 @@ pub fn run(app: &App, a: BackupsArgs) -> Result<i32> {
     let mut out = Vec::new();
     for b in &backups {
         let extents = cat.extents(b.id)?;
-        let mut targets: Vec<&str> = extents.iter().map(|e| e.target.as_str()).collect();
-        targets.dedup();
+        let targets = placement(&extents);
         rows.push(vec![
             b.id.to_string(),
             b.object.clone(),
             local_ms(b.data_time),
             b.state.as_str().to_string(),
             b.run.map_or("-".into(), |r| r.to_string()),
-            targets.join(","),
+            targets,
         ]);
         out.push(json!({
             "backup": b.id,
@@ -58,7 +57,7 @@ pub fn run(app: &App, a: BackupsArgs) -> Result<i32> {
                     "Data time",
                     "State",
                     "Process",
-                    "Copies"
+                    "Copies / sections"
                 ],
                 &rows
             )
@@ -66,6 +65,53 @@ pub fn run(app: &App, a: BackupsArgs) -> Result<i32> {
         println!("{} backup(s)", backups.len());
     }
     Ok(exit::OK)
+}
+
+/// Where a backup is, for the listing: `t1,t2` for whole copies; `t1§0-2,t2§3` for the
+/// sections of a fail-over backup (`t3§-` holds only the manifest).
+fn placement(extents: &[kura_catalog::Extent]) -> String {
+    use kura_manager::Position;
+    let mut by_target: std::collections::BTreeMap<&str, (bool, Vec<i64>)> = Default::default();
+    for e in extents {
+        let entry = by_target.entry(&e.target).or_default();
+        match e.position.parse::<Position>() {
+            Ok(Position::Section { index, .. }) if !index.is_empty() => entry.1.push(e.seq),
+            Ok(Position::Section { .. }) => {}
+            _ => entry.0 = true,
+        }
+    }
+    by_target
+        .into_iter()
+        .map(|(t, (whole, seqs))| {
+            if whole {
+                t.to_string()
+            } else if seqs.is_empty() {
+                format!("{t}\u{a7}-")
+            } else {
+                format!("{t}\u{a7}{}", ranges(&seqs))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `0,1,2,5` → `0-2,5`.
+fn ranges(seqs: &[i64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            seqs[i].to_string()
+        } else {
+            format!("{}-{}", seqs[i], seqs[j])
+        });
+        i = j + 1;
+    }
+    out.join(".")
 }
 
 /// `kura catalog rebuild --from TARGET…`.

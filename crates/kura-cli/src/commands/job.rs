@@ -14,7 +14,7 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
     let cat = app.catalog()?;
     match cmd {
         JobCommand::Add(a) => {
-            let mode = Mode::parse(&a.mode)?;
+            let mode = Mode::parse(&a.run.mode)?;
             let id = cat.add_job(
                 &a.name,
                 &a.object,

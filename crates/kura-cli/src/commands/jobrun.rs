@@ -1,6 +1,6 @@
 //! Running a backup job over the catalog: `kura job run NAME` and
 //! `kura backup --redundancy N`. The engine is `kura_manager`; this module turns arguments and
-//! job definitions into a [`MirrorJob`] and prints the report.
+//! job definitions into a [`JobSpec`] and prints the report.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kura_catalog::{Catalog, JobDef, Mode};
-use kura_manager::{Hook, MirrorJob, run_mirror};
+use kura_manager::{Hook, JobSpec, RunMode, run_job as run_spec};
 use kura_repo::backend::retry::parse_duration;
 use kura_repo::backup::BackupOptions;
 use serde_json::{Value, json};
@@ -38,14 +38,58 @@ pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
     }
     duration("--hook-timeout", &r.hook_timeout)?;
     duration("--stall-timeout", &app.global.stall_timeout)?;
+    duration("--extent-timeout", &r.extent_timeout)?;
+    let extent_size = size("--extent-size", &r.extent_size)?;
     Ok(json!({
         "quorum": quorum,
+        "extent_size": extent_size,
+        "extent_timeout": r.extent_timeout,
         "targets": r.targets,
         "pre": r.pre,
         "post": r.post,
         "hook_timeout": r.hook_timeout,
         "stall_timeout": app.global.stall_timeout,
     }))
+}
+
+/// `64MiB`, `1GiB`, `512KiB`, `1048576` (bytes); at least 1 MiB.
+fn size(what: &str, s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => 0,
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(v) if v >= 1 << 20 => Ok(v),
+        _ => Err(UsageError(format!(
+            "invalid {what} {s:?}: use e.g. 64MiB or 1GiB (at least 1MiB)"
+        ))
+        .into()),
+    }
+}
+
+fn mode(
+    mode: Mode,
+    quorum: usize,
+    stall_timeout: Duration,
+    extent_bytes: u64,
+    extent_timeout: Duration,
+) -> RunMode {
+    match mode {
+        Mode::Mirror => RunMode::Mirror {
+            quorum,
+            stall_timeout,
+        },
+        Mode::Failover => RunMode::Failover {
+            extent_bytes,
+            extent_timeout,
+        },
+    }
 }
 
 fn hook(cmd: Option<&str>, timeout: Duration) -> Option<Hook> {
@@ -57,13 +101,6 @@ fn hook(cmd: Option<&str>, timeout: Duration) -> Option<Hook> {
 
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
-    if def.mode == Mode::Failover {
-        return Err(UsageError(format!(
-            "job {}: fail-over mode is not built yet (only mirror runs); change the job's mode",
-            def.name
-        ))
-        .into());
-    }
     let c = &def.config;
     let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
     let hook_timeout = duration("hook_timeout", &s("hook_timeout").unwrap_or("10m".into()))?;
@@ -76,15 +113,25 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
                 .collect()
         })
         .unwrap_or_default();
-    let job = MirrorJob {
+    let job = JobSpec {
         job: def.id,
         job_name: Some(def.name.clone()),
         object: def.object.clone(),
         sources: vec![PathBuf::from(&def.object)],
         redundancy: def.redundancy as usize,
-        quorum: c.get("quorum").and_then(Value::as_u64).unwrap_or(1) as usize,
+        mode: mode(
+            def.mode,
+            c.get("quorum").and_then(Value::as_u64).unwrap_or(1) as usize,
+            duration("stall_timeout", &s("stall_timeout").unwrap_or("2m".into()))?,
+            c.get("extent_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(64 << 20),
+            duration(
+                "extent_timeout",
+                &s("extent_timeout").unwrap_or("2m".into()),
+            )?,
+        ),
         targets: (!targets.is_empty()).then_some(targets),
-        stall_timeout: duration("stall_timeout", &s("stall_timeout").unwrap_or("2m".into()))?,
         lease: LEASE,
         pre: hook(s("pre").as_deref(), hook_timeout),
         post: hook(s("post").as_deref(), hook_timeout),
@@ -108,15 +155,20 @@ pub fn run_adhoc(
         object.push(kura_repo::backup::absolute_path(p)?.display().to_string());
     }
     let object = object.join(" ");
-    let job = MirrorJob {
+    let job = JobSpec {
         job: 0,
         job_name: None,
         object,
         sources: paths.to_vec(),
         redundancy,
-        quorum: app.global.quorum,
+        mode: mode(
+            Mode::parse(&r.mode)?,
+            app.global.quorum,
+            duration("--stall-timeout", &app.global.stall_timeout)?,
+            size("--extent-size", &r.extent_size)?,
+            duration("--extent-timeout", &r.extent_timeout)?,
+        ),
         targets: (!r.targets.is_empty()).then(|| r.targets.clone()),
-        stall_timeout: duration("--stall-timeout", &app.global.stall_timeout)?,
         lease: LEASE,
         pre: hook(r.pre.as_deref(), hook_timeout),
         post: hook(r.post.as_deref(), hook_timeout),
@@ -125,15 +177,14 @@ pub fn run_adhoc(
     execute(app, &cat, "backup", job)
 }
 
-fn execute(app: &App, cat: &Catalog, name: &str, job: MirrorJob) -> Result<i32> {
+fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
     let password = password::get(app.password_file().as_deref())?;
-    let open = |url: &str| -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
-        app.backend_for(url)
-            .map_err(|e| kura_manager::Error::Invalid(format!("{e:#}")))
-    };
+    let open = |url: &str| crate::commands::heal::open(app, url);
     let bar = app.bar();
-    let report = run_mirror(cat, &job, &open, &password, &bar, &app.cancel)
-        .with_context(|| format!("{name}: mirrored backup of {}", job.object))?;
+    let failover = matches!(job.mode, RunMode::Failover { .. });
+    let what = if failover { "fail-over" } else { "mirrored" };
+    let report = run_spec(cat, &job, &open, &password, &bar, &app.cancel)
+        .with_context(|| format!("{name}: {what} backup of {}", job.object))?;
     let s = &report.outcome.snapshot.summary;
     let dropped: Vec<_> = report
         .copies
@@ -151,13 +202,24 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: MirrorJob) -> Result<i32> 
                 "summary": summary_json(s),
                 "warnings": report.outcome.warnings,
                 "post_hook_error": report.post_error,
+                "mode": if failover { "failover" } else { "mirror" },
+                "failovers": report.failovers,
                 "copies": report.copies.iter().map(|c| json!({
                     "stream": c.stream,
                     "target": c.target,
                     "location": c.location,
-                    "complete": c.dropped.is_none(),
+                    "complete": !failover && c.dropped.is_none(),
                     "dropped": c.dropped,
                     "bytes": c.bytes,
+                })).collect::<Vec<_>>(),
+                "extents": report.extents.iter().map(|e| json!({
+                    "seq": e.seq,
+                    "stream": e.stream,
+                    "target": e.target,
+                    "position": e.position,
+                    "source_offset": e.source_offset,
+                    "source_length": e.source_length,
+                    "size": e.size,
                 })).collect::<Vec<_>>(),
             })
         );
@@ -169,17 +231,38 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: MirrorJob) -> Result<i32> 
             report.outcome.id.short(),
             bytes(s.total_bytes)
         );
-        for c in report.copies.iter().filter(|c| c.dropped.is_none()) {
-            println!(
-                "  stream {}: complete on {} ({}, {})",
-                c.stream,
-                c.target,
-                c.location,
-                bytes(c.bytes)
-            );
+        if failover {
+            for e in &report.extents {
+                println!(
+                    "  section {}: on {} (stream {}, {})",
+                    e.seq,
+                    e.target,
+                    e.stream,
+                    bytes(e.size.max(0) as u64)
+                );
+            }
+        } else {
+            for c in report.copies.iter().filter(|c| c.dropped.is_none()) {
+                println!(
+                    "  stream {}: complete on {} ({}, {})",
+                    c.stream,
+                    c.target,
+                    c.location,
+                    bytes(c.bytes)
+                );
+            }
         }
     }
-    for c in &dropped {
+    for c in dropped.iter().filter(|_| failover) {
+        eprintln!(
+            "warning: target {} (stream {}) failed; the run moved on from its first \
+             unacknowledged extent: {}",
+            c.target,
+            c.stream,
+            c.dropped.as_deref().unwrap_or("")
+        );
+    }
+    for c in dropped.iter().filter(|_| !failover) {
         eprintln!(
             "warning: stream {} on {} was dropped and holds no copy: {}",
             c.stream,

@@ -5,6 +5,7 @@ pub mod backups;
 pub mod check;
 pub mod dump;
 pub mod forget;
+pub mod heal;
 pub mod init;
 pub mod job;
 pub mod jobrun;

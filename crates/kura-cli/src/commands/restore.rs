@@ -118,8 +118,18 @@ fn from_catalog(
         ))
         .into());
     }
+    let extents = cat.extents(backup)?;
+    let sectioned = extents.iter().any(|e| {
+        matches!(
+            e.position.parse::<kura_manager::Position>(),
+            Ok(kura_manager::Position::Section { .. })
+        )
+    });
+    if sectioned {
+        return sectioned_restore(app, &cat, backup, a);
+    }
     let mut copies: Vec<(kura_catalog::Resource, String)> = Vec::new();
-    for e in cat.extents(backup)? {
+    for e in extents {
         if e.seq == 0 && !copies.iter().any(|(t, _)| t.name == e.target) {
             copies.push((cat.resource(&e.target)?, e.position));
         }
@@ -162,4 +172,27 @@ fn from_catalog(
             failures.join("; ")
         }
     ))
+}
+
+/// Restore a sectioned (fail-over) backup: one repository view over every target holding a
+/// section, healthiest first; each file is read from the first that has it. A section whose
+/// targets are all unreachable makes the restore fail naming what is missing.
+fn sectioned_restore(
+    app: &App,
+    cat: &kura_catalog::Catalog,
+    backup: i64,
+    a: &RestoreArgs,
+) -> Result<(SnapshotEntry, RestoreOutcome)> {
+    let view = kura_manager::open_backup(cat, backup, &|url| crate::commands::heal::open(app, url))?;
+    let names: Vec<&str> = view.targets.iter().map(|(t, _)| t.as_str()).collect();
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let repo = Repository::open(view.union(), &password)
+        .with_context(|| format!("open backup {backup} over targets {}", names.join(", ")))?;
+    if !app.global.quiet && !app.global.json {
+        eprintln!(
+            "restoring sectioned backup {backup} from targets {}",
+            names.join(", ")
+        );
+    }
+    restore_from(app, repo, &view.snapshot.to_hex(), a)
 }

@@ -89,6 +89,10 @@ pub struct BackupOptions {
     pub uploaders: usize,
     /// Bytes of chunk data queued between readers and packer at most.
     pub inflight_bytes: usize,
+    /// Close an *extent* (write an index file listing the packs since the last one) once
+    /// this many pack bytes were uploaded. A fail-over backend acknowledges extents at their
+    /// index file; `None` keeps the default cadence (every 16 packs or 5 minutes).
+    pub extent_bytes: Option<u64>,
 }
 
 impl Default for BackupOptions {
@@ -106,6 +110,7 @@ impl Default for BackupOptions {
             encoders: cores,
             uploaders: 2,
             inflight_bytes: 32 << 20,
+            extent_bytes: None,
         }
     }
 }
@@ -193,6 +198,7 @@ pub fn backup(
         uploaders: opts.uploaders,
         inflight_bytes: opts.inflight_bytes,
         compression,
+        extent_bytes: opts.extent_bytes,
     };
     let (content, mut summary, warnings) = if image_source {
         let (info, summary) = saver::run(repo, cfg, &stats, |saver| {

@@ -197,6 +197,15 @@ struct EncodedBlob {
     raw_len: usize,
 }
 
+/// Packs uploaded but not yet listed in an index file.
+struct IndexState {
+    file: IndexFile,
+    since: Instant,
+    /// Pack bytes in `file`.
+    bytes: u64,
+    extent_bytes: Option<u64>,
+}
+
 struct FinishedPack {
     id: Id,
     bytes: Vec<u8>,
@@ -211,6 +220,8 @@ pub(crate) struct SaverConfig {
     /// Raw bytes queued for encoding at most.
     pub inflight_bytes: usize,
     pub compression: i32,
+    /// Write an index file once this many pack bytes are unindexed (an extent).
+    pub extent_bytes: Option<u64>,
 }
 
 /// The front of the sink, shared by reference with every producer thread.
@@ -290,7 +301,12 @@ pub(crate) fn run<T>(
     let (raw_tx, raw_rx) = bounded::<RawBlob>(encoders * 2);
     let (enc_tx, enc_rx) = bounded::<EncodedBlob>(encoders * 2);
     let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
-    let index_state = Mutex::new((IndexFile::default(), Instant::now()));
+    let index_state = Mutex::new(IndexState {
+        file: IndexFile::default(),
+        since: Instant::now(),
+        bytes: 0,
+        extent_bytes: cfg.extent_bytes,
+    });
     let pool = BufferPool::new(encoders + 2);
 
     let result = std::thread::scope(|s| {
@@ -368,7 +384,7 @@ pub(crate) fn run<T>(
 
     // Packs that became durable are indexed even when the run failed, so a rerun reuses
     // them without having to adopt them as orphans.
-    let (pending, _) = index_state.into_inner().map_err(|_| Error::Interrupted)?;
+    let pending = index_state.into_inner().map_err(|_| Error::Interrupted)?.file;
     // …unless the target itself stopped answering: that write would only wait out another
     // deadline, and the next backup adopts those packs anyway.
     let target_down = failure.is_set()
@@ -458,12 +474,13 @@ fn upload_loop(
     stats: &SaverStats,
     failure: &Failure,
     rx: Receiver<FinishedPack>,
-    index_state: &Mutex<(IndexFile, Instant)>,
+    index_state: &Mutex<IndexState>,
 ) -> Result<()> {
     for p in rx {
         if failure.is_set() {
             return Ok(());
         }
+        let pack_len = p.bytes.len() as u64;
         repo.backend()
             .put(FileKind::Pack, &p.id.to_hex(), p.bytes.into())?;
         for b in &p.blobs {
@@ -483,10 +500,16 @@ fn upload_loop(
         // The pack is durable: list it in the next index file, and write that file when due.
         let due = {
             let mut st = index_state.lock().map_err(|_| Error::Interrupted)?;
-            st.0.packs.push((p.id, p.blobs));
-            if st.0.packs.len() >= INDEX_EVERY_PACKS || st.1.elapsed() >= INDEX_EVERY {
-                st.1 = Instant::now();
-                Some(std::mem::take(&mut st.0))
+            st.file.packs.push((p.id, p.blobs));
+            st.bytes += pack_len;
+            let extent_full = st.extent_bytes.is_some_and(|e| st.bytes >= e);
+            if extent_full
+                || st.file.packs.len() >= INDEX_EVERY_PACKS
+                || st.since.elapsed() >= INDEX_EVERY
+            {
+                st.since = Instant::now();
+                st.bytes = 0;
+                Some(std::mem::take(&mut st.file))
             } else {
                 None
             }

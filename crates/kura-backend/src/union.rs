@@ -1,0 +1,202 @@
+//! A read view over several targets of one repository group: the union of what they hold.
+//!
+//! A fail-over backup is *sectioned*: its extents lie on different targets (each section is
+//! the packs one index file lists there), and no single target holds all of it. Restoring it,
+//! healing it, or reading a mirrored backup whose copies each lost something, means reading
+//! the group as one repository: listings are the union of the members' (a file is present if
+//! any member has it), and each read goes to the members in the order given (the caller
+//! puts the healthiest first) until one answers. Members share the master key, so the same
+//! name means the same bytes everywhere.
+//!
+//! The view writes only lock files (to every member, so a prune on any of them sees the
+//! reader); other writes are refused. Listings skip a member that cannot list (with a
+//! warning): what it alone held is then missing, and reading it fails with its name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
+
+pub struct UnionBackend {
+    members: Vec<Arc<dyn Backend>>,
+}
+
+impl std::fmt::Debug for UnionBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnionBackend")
+            .field("location", &self.location())
+            .finish()
+    }
+}
+
+impl UnionBackend {
+    /// Members in the order reads try them.
+    pub fn new(members: Vec<Arc<dyn Backend>>) -> UnionBackend {
+        UnionBackend { members }
+    }
+
+    pub fn members(&self) -> &[Arc<dyn Backend>] {
+        &self.members
+    }
+
+    fn read<T>(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        let mut errors = Vec::new();
+        let mut all_not_found = true;
+        for m in &self.members {
+            match f(m.as_ref()) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    all_not_found &= e.kind() == ErrorKind::NotFound;
+                    errors.push(format!("{}: {}", m.location(), e.detail()));
+                }
+            }
+        }
+        Err(BackendError::new(
+            if all_not_found {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Unreachable
+            },
+            op,
+            name,
+            self.location(),
+            format!("no target could serve it ({})", errors.join("; ")),
+        ))
+    }
+
+    fn read_only(&self, op: &'static str, kind: FileKind, name: &str) -> BackendError {
+        BackendError::new(
+            ErrorKind::Other,
+            op,
+            name,
+            self.location(),
+            format!("a union of targets is a read view; cannot write a {kind}"),
+        )
+    }
+}
+
+impl Backend for UnionBackend {
+    fn location(&self) -> String {
+        let locs: Vec<String> = self.members.iter().map(|m| m.location()).collect();
+        format!("union({})", locs.join(", "))
+    }
+
+    fn create(&self) -> Result<()> {
+        Err(self.read_only("create", FileKind::Config, "config"))
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
+        if kind != FileKind::Lock {
+            return Err(self.read_only("put", kind, name));
+        }
+        let mut last = None;
+        let mut any = false;
+        for m in &self.members {
+            match m.put(kind, name, data.clone()) {
+                Ok(()) => any = true,
+                Err(e) => {
+                    tracing::warn!("lock on {}: {e}", m.location());
+                    last = Some(e);
+                }
+            }
+        }
+        match (any, last) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.read("get", name, |b| b.get(kind, name))
+    }
+
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read("get", name, |b| b.get_range(kind, name, offset, len))?;
+        Ok(())
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        let mut all: BTreeMap<String, FileInfo> = BTreeMap::new();
+        let mut last = None;
+        let mut listed = 0;
+        for m in &self.members {
+            match m.list(kind) {
+                Ok(files) => {
+                    listed += 1;
+                    for f in files {
+                        all.entry(f.name.clone()).or_insert(f);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("listing {} of {}: {e}", kind.dir(), m.location());
+                    last = Some(e);
+                }
+            }
+        }
+        match (listed, last) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(all.into_values().collect()),
+        }
+    }
+
+    fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
+        self.read("stat", name, |b| b.stat(kind, name))
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        if kind != FileKind::Lock {
+            return Err(self.read_only("delete", kind, name));
+        }
+        for m in &self.members {
+            let _ = m.delete(kind, name);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalBackend;
+
+    #[test]
+    fn union_lists_everything_and_reads_from_whoever_has_it() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a: Arc<dyn Backend> = Arc::new(LocalBackend::new(d1.path()));
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d2.path()));
+        a.create().unwrap();
+        b.create().unwrap();
+        a.put(FileKind::Pack, "aa01", Bytes::from_static(b"one")).unwrap();
+        b.put(FileKind::Pack, "bb02", Bytes::from_static(b"two")).unwrap();
+        b.put(FileKind::Pack, "aa01", Bytes::from_static(b"one")).unwrap();
+        let u = UnionBackend::new(vec![a.clone(), b.clone()]);
+        let names: Vec<String> = u.list(FileKind::Pack).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["aa01", "bb02"]);
+        assert_eq!(u.get(FileKind::Pack, "bb02").unwrap(), b"two");
+        assert_eq!(u.get_range(FileKind::Pack, "bb02", 1, 2).unwrap(), b"wo");
+        let missing = u.get(FileKind::Pack, "cc03").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        // Writes other than locks are refused; locks reach every member.
+        assert!(u.put(FileKind::Pack, "dd", Bytes::new()).is_err());
+        u.put(FileKind::Lock, "l1", Bytes::from_static(b"x")).unwrap();
+        assert!(a.exists(FileKind::Lock, "l1").unwrap() && b.exists(FileKind::Lock, "l1").unwrap());
+        // A member that cannot list is skipped; the rest still answer.
+        drop(d1);
+        let names: Vec<String> = u.list(FileKind::Pack).unwrap().into_iter().map(|f| f.name).collect();
+        assert!(names.contains(&"bb02".to_string()));
+    }
+}

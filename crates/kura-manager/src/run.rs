@@ -1,0 +1,352 @@
+//! One run of a job: secure, renew, hooks, back up in the job's mode, record, release (see
+//! the crate docs). The modes' own parts are in [`crate::mirror`] and [`crate::failover`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kura_backend::Backend;
+use kura_catalog::{BackupState, Catalog, Constraints, Extent, Secured};
+use kura_repo::Repository;
+use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken};
+use kura_repo::catalog_record::CatalogRecord;
+use kura_repo::progress::Progress;
+
+use crate::hooks::{Hook, HookPhase};
+use crate::position::Position;
+use crate::{Error, Result};
+
+/// How a run uses its n subsystems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    /// Every file to all n targets at once; succeed when `quorum` finish. A target whose
+    /// writes make no progress for `stall_timeout` is dropped.
+    Mirror {
+        quorum: usize,
+        stall_timeout: Duration,
+    },
+    /// One target at a time, extent by extent; move to the next on an error or when nothing
+    /// finishes for `extent_timeout`.
+    Failover {
+        extent_bytes: u64,
+        extent_timeout: Duration,
+    },
+}
+
+/// One backup job run.
+pub struct JobSpec {
+    /// The job definition's number, or 0 for an ad-hoc backup.
+    pub job: i64,
+    /// The job's name (kept in the catalog records on the targets).
+    pub job_name: Option<String>,
+    /// What the catalog calls the backed-up object (a path, an image).
+    pub object: String,
+    pub sources: Vec<PathBuf>,
+    /// n: how many targets to secure.
+    pub redundancy: usize,
+    pub mode: RunMode,
+    /// Only these targets (names), if set.
+    pub targets: Option<Vec<String>>,
+    pub lease: Duration,
+    pub pre: Option<Hook>,
+    pub post: Option<Hook>,
+    pub backup: BackupOptions,
+}
+
+/// One target's part in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    pub stream: i64,
+    pub target: String,
+    pub location: String,
+    /// Mirror: `None` when the target holds the complete snapshot, else why it was dropped.
+    /// Fail-over: why the target was failed, if it was.
+    pub dropped: Option<String>,
+    /// Mirror: bytes written. Fail-over: bytes sent (acknowledged or not).
+    pub bytes: u64,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct JobReport {
+    pub process: i64,
+    /// The catalog's backup number.
+    pub backup: i64,
+    pub outcome: BackupOutcome,
+    pub copies: Vec<Copy>,
+    /// Fail-over: the acknowledged extents (catalog rows), in order; mirror: one per copy.
+    pub extents: Vec<Extent>,
+    /// Fail-over: how often the run moved to the next target.
+    pub failovers: usize,
+    /// The post hook's failure, if it failed after a successful backup.
+    pub post_error: Option<String>,
+}
+
+/// Run a backup job: see the crate docs for the steps. `open` turns a target URL into a
+/// backend (the caller's options: deadlines, credentials).
+pub fn run_job(
+    catalog: &Catalog,
+    job: &JobSpec,
+    open: &dyn Fn(&str) -> Result<Arc<dyn Backend>>,
+    password: &[u8],
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<JobReport> {
+    match &job.mode {
+        RunMode::Mirror { quorum, .. } if *quorum == 0 || *quorum > job.redundancy => {
+            return Err(Error::Invalid(format!(
+                "quorum {quorum} must be between 1 and the redundancy ({})",
+                job.redundancy
+            )));
+        }
+        RunMode::Failover { extent_bytes, .. } if *extent_bytes < 1 << 20 => {
+            return Err(Error::Invalid(format!(
+                "extent size {extent_bytes} bytes is below the 1 MiB minimum"
+            )));
+        }
+        _ => {}
+    }
+    let guard = catalog.secure(
+        job.job,
+        job.redundancy,
+        &Constraints {
+            targets: job.targets.clone(),
+            lease: job.lease,
+            wait: Duration::ZERO,
+        },
+    )?;
+    let process = guard.secured.process;
+    let env = vec![
+        ("KURA_JOB", job.job.to_string()),
+        ("KURA_PROCESS", process.to_string()),
+        ("KURA_OBJECT", job.object.clone()),
+    ];
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        // Keep the lease alive; a lost lease means another manager may take the targets:
+        // stop the backup.
+        s.spawn(|| {
+            let every = job.lease / 3;
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                waited += Duration::from_millis(100);
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    if let Err(e) = guard.renew(job.lease) {
+                        tracing::error!("process {process}: {e}; stopping the backup");
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            }
+        });
+        let r = (|| {
+            if let Some(h) = &job.pre {
+                h.run(HookPhase::Pre, &env)?;
+            }
+            let members = open_targets(catalog, &guard.secured, open)?;
+            let done = match &job.mode {
+                RunMode::Mirror {
+                    quorum,
+                    stall_timeout,
+                } => crate::mirror::back_up(
+                    job,
+                    members,
+                    *quorum,
+                    *stall_timeout,
+                    password,
+                    progress,
+                    cancel,
+                ),
+                RunMode::Failover {
+                    extent_bytes,
+                    extent_timeout,
+                } => crate::failover::back_up(
+                    job,
+                    members,
+                    *extent_bytes,
+                    *extent_timeout,
+                    password,
+                    progress,
+                    cancel,
+                ),
+            }?;
+            record(catalog, job, &guard.secured, done)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let post_error = job.post.as_ref().and_then(|h| {
+        let mut env = env.clone();
+        env.push((
+            "KURA_RESULT",
+            if result.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            }
+            .into(),
+        ));
+        if let Err(e) = &result {
+            env.push(("KURA_ERROR", e.to_string()));
+        }
+        h.run(HookPhase::Post, &env).err().map(|e| e.to_string())
+    });
+    match result {
+        Ok((backup, outcome, copies, extents, failovers)) => {
+            let outcome_for_run = match &post_error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
+            guard.finish(outcome_for_run)?;
+            Ok(JobReport {
+                process,
+                backup,
+                outcome,
+                copies,
+                extents,
+                failovers,
+                post_error,
+            })
+        }
+        Err(e) => {
+            let mut why = e.to_string();
+            if let Some(p) = &post_error {
+                why.push_str(&format!("; then {p}"));
+            }
+            guard.finish(Err(why))?;
+            Err(e)
+        }
+    }
+}
+
+type Done = (i64, BackupOutcome, Vec<Copy>, Vec<Extent>, usize);
+
+/// What a mode's backup hands back for recording.
+pub(crate) struct ModeDone {
+    /// The backup's result (the error if it failed).
+    pub outcome: kura_repo::Result<BackupOutcome>,
+    /// Per secured subsystem, in stream order: its location, the reason it dropped out (if
+    /// it did) and the bytes it took.
+    pub members: Vec<(String, Option<String>, u64)>,
+    /// For a successful backup: the repository (to write the catalog record through) and the
+    /// extents to record, with `position` left to fill from the snapshot id, as
+    /// (subsystem index, seq, source offset, length, size, section).
+    pub repo: Option<Repository>,
+    pub pieces: Vec<Piece>,
+    pub failovers: usize,
+}
+
+/// One piece of a backup on one subsystem, before the snapshot id is known.
+pub(crate) struct Piece {
+    pub member: usize,
+    pub seq: i64,
+    pub source_offset: i64,
+    pub source_length: i64,
+    pub size: i64,
+    /// `None`: a whole copy; `Some(index)`: a section listed by that index file (empty for
+    /// a target holding only the snapshot manifest).
+    pub section: Option<String>,
+}
+
+fn open_targets(
+    catalog: &Catalog,
+    secured: &Secured,
+    open: &dyn Fn(&str) -> Result<Arc<dyn Backend>>,
+) -> Result<Vec<Arc<dyn Backend>>> {
+    let mut members = Vec::new();
+    for sub in &secured.subsystems {
+        let t = catalog.resource(&sub.target)?;
+        let url = t
+            .config
+            .get("url")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| Error::Invalid(format!("target {} has no url", sub.target)))?;
+        members.push(open(url)?);
+    }
+    Ok(members)
+}
+
+/// Health, catalog record on the targets, then the catalog rows — in that order, and only
+/// for a backup whose snapshot is durable.
+fn record(catalog: &Catalog, job: &JobSpec, secured: &Secured, done: ModeDone) -> Result<Done> {
+    let copies: Vec<Copy> = secured
+        .subsystems
+        .iter()
+        .zip(&done.members)
+        .map(|(sub, (location, dropped, bytes))| Copy {
+            stream: sub.stream,
+            target: sub.target.clone(),
+            location: location.clone(),
+            dropped: dropped.clone(),
+            bytes: *bytes,
+        })
+        .collect();
+    // Health: a target dropped from the run counts as an error against it.
+    for c in &copies {
+        if let Some(why) = &c.dropped {
+            catalog.record_error(&c.target, &format!("process {}: {why}", secured.process))?;
+        }
+    }
+    let outcome = done.outcome?;
+    for c in copies.iter().filter(|c| c.dropped.is_none()) {
+        catalog.record_ok(&c.target)?;
+    }
+    let ms = |t: kura_repo::util::Timestamp| t.0 * 1000 + i64::from(t.1) / 1_000_000;
+    let data_time = ms(outcome.snapshot.time);
+    let snapshot = outcome.id;
+    let extents: Vec<Extent> = done
+        .pieces
+        .iter()
+        .map(|p| {
+            let sub = &secured.subsystems[p.member];
+            Extent {
+                stream: sub.stream,
+                seq: p.seq,
+                source_offset: p.source_offset,
+                source_length: p.source_length,
+                target: sub.target.clone(),
+                medium: sub.medium.clone(),
+                position: match &p.section {
+                    None => Position::Copy(snapshot),
+                    Some(index) => Position::Section {
+                        snapshot,
+                        index: index.clone(),
+                    },
+                }
+                .to_string(),
+                size: p.size,
+            }
+        })
+        .collect();
+    // The record goes to every target holding part of the backup, so the catalog can be
+    // rebuilt from any of them. A target that fails this write keeps its data; the others'
+    // records list it.
+    let summary = &outcome.snapshot.summary;
+    let record = CatalogRecord {
+        v: 1,
+        object: job.object.clone(),
+        started: ms(summary.backup_start),
+        ended: ms(summary.backup_end),
+        data_time,
+        job: job.job_name.clone(),
+        extents: extents.iter().map(crate::rebuild::to_record).collect(),
+    };
+    if let Some(repo) = &done.repo
+        && let Err(e) = repo.save_catalog_record(&record)
+    {
+        tracing::warn!("catalog record on the targets: {e}");
+    }
+    // Only now, with the snapshot durable, does the catalog hear of it.
+    let b = catalog.begin_backup(secured.process, &job.object, data_time)?;
+    let recorded = extents.iter().try_for_each(|e| catalog.record_extent(b, e));
+    if let Err(e) = recorded {
+        // Never leave a half-recorded backup looking like it may still complete.
+        let _ = catalog.finish_backup(b, BackupState::Failed);
+        return Err(e.into());
+    }
+    catalog.finish_backup(b, BackupState::Complete)?;
+    Ok((b, outcome, copies, extents, done.failovers))
+}
