@@ -150,22 +150,34 @@ fn err(op: &'static str, name: &str, location: String, detail: impl Into<String>
 fn within<T: Send + 'static>(
     b: &Arc<dyn Backend>,
     timeout: Duration,
+    op: &'static str,
+    name: &str,
     f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
-) -> std::result::Result<T, String> {
+) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let b = Arc::clone(b);
+    let b2 = Arc::clone(b);
     std::thread::Builder::new()
         .name("failover-op".into())
         .spawn(move || {
-            let _ = tx.send(f(b.as_ref()));
+            let _ = tx.send(f(b2.as_ref()));
         })
-        .map_err(|e| format!("start a thread: {e}"))?;
+        .map_err(|e| {
+            BackendError::new(
+                ErrorKind::Other,
+                op,
+                name,
+                b.location(),
+                format!("start a thread: {e}"),
+            )
+        })?;
     match rx.recv_timeout(timeout) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "stalled: no answer for {} s",
-            timeout.as_secs_f64().round()
+        Ok(r) => r,
+        Err(_) => Err(BackendError::new(
+            ErrorKind::TimedOut,
+            op,
+            name,
+            b.location(),
+            format!("stalled: no answer for {} s", timeout.as_secs_f64().round()),
         )),
     }
 }
@@ -200,10 +212,7 @@ impl Inner {
     /// pending pack is queued again for it.
     fn fail_over(self: &Arc<Self>, st: &mut State, m: usize, reason: String) {
         if st.failed[m].is_none() {
-            tracing::warn!(
-                "failover: {} failed: {reason}",
-                self.members[m].location()
-            );
+            tracing::warn!("failover: {} failed: {reason}", self.members[m].location());
             st.failed[m] = Some(reason);
         }
         if st.active != Some(m) {
@@ -331,9 +340,14 @@ impl Inner {
                 (m, st.generation)
             };
             let (n, d) = (name.to_string(), data.clone());
-            let r = within(&self.members[m], self.opts.extent_timeout, move |b| {
-                b.put(kind, &n, d)
-            });
+            let r = within(
+                &self.members[m],
+                self.opts.extent_timeout,
+                "put",
+                name,
+                move |b| b.put(kind, &n, d),
+            )
+            .map_err(|e| e.to_string());
             let mut st = self.lock();
             match r {
                 Ok(()) if st.generation == g => return Ok((m, st)),
@@ -347,14 +361,17 @@ impl Inner {
 
     /// Best effort: write to each of `to` at once; returns those that took it.
     fn put_to(&self, to: &[usize], kind: FileKind, name: &str, data: &Bytes) -> Vec<usize> {
-        let handles: Vec<(usize, std::thread::JoinHandle<std::result::Result<(), String>>)> = to
+        let handles: Vec<(usize, std::thread::JoinHandle<Result<()>>)> = to
             .iter()
             .filter_map(|&m| {
                 let (b, n, d) = (Arc::clone(&self.members[m]), name.to_string(), data.clone());
                 let t = self.opts.extent_timeout;
                 std::thread::Builder::new()
                     .name("failover-put".into())
-                    .spawn(move || within(&b, t, move |b| b.put(kind, &n, d)))
+                    .spawn(move || {
+                        let n2 = n.clone();
+                        within(&b, t, "put", &n, move |b| b.put(kind, &n2, d))
+                    })
                     .ok()
                     .map(|h| (m, h))
             })
@@ -441,6 +458,15 @@ impl FailoverBackend {
         }
     }
 
+    /// An error naming every member's reason once all have failed.
+    pub fn check_alive(&self) -> Result<()> {
+        let st = self.inner.lock();
+        match st.active {
+            Some(_) => Ok(()),
+            None => Err(self.inner.all_failed(&st, "open", "repository group")),
+        }
+    }
+
     /// Members holding a section or the snapshot.
     fn holders(st: &State) -> Vec<usize> {
         let mut v: Vec<usize> = st.sections.iter().map(|s| s.member).collect();
@@ -488,22 +514,29 @@ impl FailoverBackend {
             o
         };
         let f = Arc::new(f);
-        let mut last = None;
+        let mut errors = Vec::new();
+        let mut all_not_found = true;
         for m in order {
             let f = Arc::clone(&f);
-            match within(&self.inner.members[m], self.inner.opts.extent_timeout, move |b| {
-                f(b)
-            }) {
+            let b = &self.inner.members[m];
+            match within(b, self.inner.opts.extent_timeout, op, name, move |b| f(b)) {
                 Ok(v) => return Ok(v),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    all_not_found &= e.kind() == ErrorKind::NotFound;
+                    errors.push(format!("{}: {}", b.location(), e.detail()));
+                }
             }
         }
         Err(BackendError::new(
-            ErrorKind::NotFound,
+            if all_not_found {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Unreachable
+            },
             op,
             name,
             self.location(),
-            last.unwrap_or_else(|| "no target".into()),
+            format!("no target could serve it ({})", errors.join("; ")),
         ))
     }
 }
@@ -552,10 +585,11 @@ impl Backend for FailoverBackend {
             FileKind::Index => self.put_index(name, data, &[]),
             FileKind::Snapshot => {
                 // Every pack must be durable somewhere before a snapshot names it.
-                let (m, mut st) =
-                    inner.put_on_active(kind, name, &data, |st| st.pending.iter().all(|p| p.durable))?;
+                let (m, mut st) = inner
+                    .put_on_active(kind, name, &data, |st| st.pending.iter().all(|p| p.durable))?;
                 st.snapshot[m] = true;
-                let others: Vec<usize> = Self::holders(&st).into_iter().filter(|&i| i != m).collect();
+                let others: Vec<usize> =
+                    Self::holders(&st).into_iter().filter(|&i| i != m).collect();
                 drop(st);
                 let ok = inner.put_to(&others, kind, name, &data);
                 let mut st = inner.lock();
@@ -587,9 +621,12 @@ impl Backend for FailoverBackend {
     fn put_index(&self, name: &str, data: Bytes, packs: &[String]) -> Result<()> {
         let inner = &self.inner;
         let (m, mut st) = inner.put_on_active(FileKind::Index, name, &data, |st| {
-            packs
-                .iter()
-                .all(|n| st.pending.iter().find(|p| &p.name == n).is_none_or(|p| p.durable))
+            packs.iter().all(|n| {
+                st.pending
+                    .iter()
+                    .find(|p| &p.name == n)
+                    .is_none_or(|p| p.durable)
+            })
         })?;
         // Acknowledged: these packs are durable on `m` and indexed there; they are never
         // sent again.
@@ -637,9 +674,14 @@ impl Backend for FailoverBackend {
         let mut counts: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
         let mut listed = 0;
         for m in &to {
-            match within(&self.inner.members[*m], self.inner.opts.extent_timeout, move |b| {
-                b.list(kind)
-            }) {
+            let b = &self.inner.members[*m];
+            match within(
+                b,
+                self.inner.opts.extent_timeout,
+                "list",
+                kind.dir(),
+                move |b| b.list(kind),
+            ) {
                 Ok(files) => {
                     listed += 1;
                     for f in files {
@@ -648,7 +690,7 @@ impl Backend for FailoverBackend {
                 }
                 Err(e) => {
                     let mut st = self.inner.lock();
-                    self.inner.fail_over(&mut st, *m, e);
+                    self.inner.fail_over(&mut st, *m, e.to_string());
                 }
             }
         }
@@ -672,9 +714,14 @@ impl Backend for FailoverBackend {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         for m in self.healthy() {
             let n = name.to_string();
-            let _ = within(&self.inner.members[m], self.inner.opts.extent_timeout, move |b| {
-                b.delete(kind, &n)
-            });
+            let n2 = n.clone();
+            let _ = within(
+                &self.inner.members[m],
+                self.inner.opts.extent_timeout,
+                "delete",
+                &n,
+                move |b| b.delete(kind, &n2),
+            );
         }
         Ok(())
     }

@@ -180,11 +180,19 @@ mod tests {
         let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d2.path()));
         a.create().unwrap();
         b.create().unwrap();
-        a.put(FileKind::Pack, "aa01", Bytes::from_static(b"one")).unwrap();
-        b.put(FileKind::Pack, "bb02", Bytes::from_static(b"two")).unwrap();
-        b.put(FileKind::Pack, "aa01", Bytes::from_static(b"one")).unwrap();
+        a.put(FileKind::Pack, "aa01", Bytes::from_static(b"one"))
+            .unwrap();
+        b.put(FileKind::Pack, "bb02", Bytes::from_static(b"two"))
+            .unwrap();
+        b.put(FileKind::Pack, "aa01", Bytes::from_static(b"one"))
+            .unwrap();
         let u = UnionBackend::new(vec![a.clone(), b.clone()]);
-        let names: Vec<String> = u.list(FileKind::Pack).unwrap().into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = u
+            .list(FileKind::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, ["aa01", "bb02"]);
         assert_eq!(u.get(FileKind::Pack, "bb02").unwrap(), b"two");
         assert_eq!(u.get_range(FileKind::Pack, "bb02", 1, 2).unwrap(), b"wo");
@@ -192,11 +200,17 @@ mod tests {
         assert_eq!(missing.kind(), ErrorKind::NotFound);
         // Writes other than locks are refused; locks reach every member.
         assert!(u.put(FileKind::Pack, "dd", Bytes::new()).is_err());
-        u.put(FileKind::Lock, "l1", Bytes::from_static(b"x")).unwrap();
+        u.put(FileKind::Lock, "l1", Bytes::from_static(b"x"))
+            .unwrap();
         assert!(a.exists(FileKind::Lock, "l1").unwrap() && b.exists(FileKind::Lock, "l1").unwrap());
         // A member that cannot list is skipped; the rest still answer.
         drop(d1);
-        let names: Vec<String> = u.list(FileKind::Pack).unwrap().into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = u
+            .list(FileKind::Pack)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert!(names.contains(&"bb02".to_string()));
     }
 }

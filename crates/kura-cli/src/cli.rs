@@ -58,7 +58,7 @@ pub enum Command {
     /// Create a new repository
     Init(InitArgs),
     /// Back up files, directories, images or block devices
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List snapshots
     Snapshots(SnapshotsArgs),
     /// List the contents of a snapshot
@@ -175,7 +175,7 @@ pub struct ResourceProbeArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
     /// Define a job
-    Add(JobAddArgs),
+    Add(Box<JobAddArgs>),
     /// List job definitions with their last run
     List,
     /// One job: definition and recent runs with their streams

@@ -256,7 +256,7 @@ fn run(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Init(a) => commands::init::run(&app, a),
-        Command::Backup(a) => commands::backup::run(&app, a),
+        Command::Backup(a) => commands::backup::run(&app, *a),
         Command::Snapshots(a) => commands::snapshots::run(&app, a),
         Command::Ls(a) => commands::ls::run(&app, a),
         Command::Restore(a) => commands::restore::run(&app, a),

@@ -41,13 +41,21 @@ pub(crate) fn back_up(
     for (i, why) in unreadable {
         fo.fail(i, &format!("at open: {why}"));
     }
-    let repo = Repository::open(Arc::clone(&fo) as Arc<dyn Backend>, password)?;
-    let lock = RepoLock::shared(&repo)?;
-    let (indexed, _) = repo.load_index_adopting_orphans()?;
-    let mut opts = job.backup.clone();
-    opts.extent_bytes = Some(extent_bytes);
-    let outcome = backup(&indexed, &lock, &job.sources, &opts, progress, cancel);
-    drop(lock);
+    // Everything from here on is the backup proper: whatever fails, the members' fates
+    // (failed, with reasons) go back for the health record.
+    let mut repo_out = None;
+    let outcome = (|| {
+        fo.check_alive()?;
+        let repo = Repository::open(Arc::clone(&fo) as Arc<dyn Backend>, password)?;
+        let lock = RepoLock::shared(&repo)?;
+        let (indexed, _) = repo.load_index_adopting_orphans()?;
+        let mut opts = job.backup.clone();
+        opts.extent_bytes = Some(extent_bytes);
+        let outcome = backup(&indexed, &lock, &job.sources, &opts, progress, cancel);
+        drop(lock);
+        repo_out = Some(indexed.into_repository());
+        outcome
+    })();
     let status = fo.status();
     let mut pieces = Vec::new();
     let mut offset = 0i64;
@@ -83,7 +91,7 @@ pub(crate) fn back_up(
             .into_iter()
             .map(|m| (m.location, m.failed, m.sent))
             .collect(),
-        repo: Some(indexed.into_repository()),
+        repo: repo_out,
         pieces,
         failovers: status.failovers,
     })

@@ -194,7 +194,11 @@ pub fn heal(
                 target.put(FileKind::Index, index, idx.into())?;
                 added.push(Extent {
                     target: name.clone(),
-                    medium: medium.get(name.as_str()).copied().unwrap_or_default().to_string(),
+                    medium: medium
+                        .get(name.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                        .to_string(),
                     seq: *seq,
                     ..(*e).clone()
                 });
@@ -229,23 +233,22 @@ pub fn heal(
     // An updated record, listing every piece, on every target: the catalog can be rebuilt
     // from any of them. It keeps the original record's times, so a rebuild merges the two.
     let all = catalog.extents(backup)?;
-    let original = repo
-        .catalog_records()
-        .ok()
-        .and_then(|rs| {
-            rs.into_iter().map(|(_, r)| r).find(|r| {
-                r.extents.iter().any(|e| {
-                    e.position
-                        .parse::<Position>()
-                        .is_ok_and(|p| p.snapshot() == view.snapshot)
-                })
+    let original = repo.catalog_records().ok().and_then(|rs| {
+        rs.into_iter().map(|(_, r)| r).find(|r| {
+            r.extents.iter().any(|e| {
+                e.position
+                    .parse::<Position>()
+                    .is_ok_and(|p| p.snapshot() == view.snapshot)
             })
-        });
+        })
+    });
     let record = CatalogRecord {
         v: 1,
         object: b.object.clone(),
         started: original.as_ref().map_or(b.started, |r| r.started),
-        ended: original.as_ref().map_or(b.ended.unwrap_or(b.started), |r| r.ended),
+        ended: original
+            .as_ref()
+            .map_or(b.ended.unwrap_or(b.started), |r| r.ended),
         data_time: b.data_time,
         job: original.and_then(|r| r.job),
         extents: all.iter().map(crate::rebuild::to_record).collect(),

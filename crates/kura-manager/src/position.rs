@@ -38,7 +38,8 @@ impl FromStr for Position {
     type Err = crate::Error;
 
     fn from_str(s: &str) -> crate::Result<Position> {
-        let bad = || crate::Error::Invalid(format!("extent position {s:?} is not SNAPSHOT[:INDEX]"));
+        let bad =
+            || crate::Error::Invalid(format!("extent position {s:?} is not SNAPSHOT[:INDEX]"));
         let (snap, index) = match s.split_once(':') {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),

@@ -10,12 +10,15 @@ use kura_backend::{FileKind, MirrorBackend};
 
 use crate::error::{Error, Result};
 
+/// A member's location and what reading its config file gave.
+pub type ConfigAnswer = (String, kura_backend::Result<Vec<u8>>);
+
 /// Check that every live member holds the same repository. A member that cannot be read
 /// (stalled, unreachable) is dropped with the reason — the mirror's quorum decides later
 /// whether the job can go on; one holding another repository, or none, is an error.
 pub fn verify(mirror: &MirrorBackend) -> Result<()> {
     let members = mirror.members();
-    let (indices, answers): (Vec<usize>, Vec<(String, kura_backend::Result<Vec<u8>>)>) = mirror
+    let (indices, answers): (Vec<usize>, Vec<ConfigAnswer>) = mirror
         .get_each(FileKind::Config, "config")
         .into_iter()
         .map(|(i, a)| (i, (members[i].location(), a)))
@@ -29,7 +32,9 @@ pub fn verify(mirror: &MirrorBackend) -> Result<()> {
 /// Compare the config files read from a group's members (location, what the read gave):
 /// a member holding another repository, or none, is an error. Returns the positions in
 /// `answers` that could not be read, with the reason: the caller drops or fails them.
-pub fn compare(answers: &[(String, kura_backend::Result<Vec<u8>>)]) -> Result<Vec<(usize, String)>> {
+pub fn compare(
+    answers: &[(String, kura_backend::Result<Vec<u8>>)],
+) -> Result<Vec<(usize, String)>> {
     let mut reference: Option<(&str, &[u8])> = None;
     let mut unreadable = Vec::new();
     for (j, (loc, answer)) in answers.iter().enumerate() {

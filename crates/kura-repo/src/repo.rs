@@ -209,7 +209,8 @@ impl Repository {
                 self.location()
             ))
         };
-        let body = open_file(&self.key, MAGIC_CONFIG, &bytes, "config").map_err(|_| not_member())?;
+        let body =
+            open_file(&self.key, MAGIC_CONFIG, &bytes, "config").map_err(|_| not_member())?;
         let config: RepoConfig = from_cbor(&body, "config")?;
         if config.id != self.config.id {
             return Err(not_member());

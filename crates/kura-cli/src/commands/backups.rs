@@ -95,7 +95,7 @@ fn placement(extents: &[kura_catalog::Extent]) -> String {
         .join(",")
 }
 
-/// `0,1,2,5` → `0-2,5`.
+/// `0,1,2,5` → `0-2.5`.
 fn ranges(seqs: &[i64]) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;

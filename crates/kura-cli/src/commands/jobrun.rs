@@ -3,7 +3,6 @@
 //! job definitions into a [`JobSpec`] and prints the report.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};

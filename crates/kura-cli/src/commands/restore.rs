@@ -183,7 +183,8 @@ fn sectioned_restore(
     backup: i64,
     a: &RestoreArgs,
 ) -> Result<(SnapshotEntry, RestoreOutcome)> {
-    let view = kura_manager::open_backup(cat, backup, &|url| crate::commands::heal::open(app, url))?;
+    let view =
+        kura_manager::open_backup(cat, backup, &|url| crate::commands::heal::open(app, url))?;
     let names: Vec<&str> = view.targets.iter().map(|(t, _)| t.as_str()).collect();
     let password = crate::password::get(app.password_file().as_deref())?;
     let repo = Repository::open(view.union(), &password)

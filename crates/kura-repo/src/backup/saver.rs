@@ -384,7 +384,10 @@ pub(crate) fn run<T>(
 
     // Packs that became durable are indexed even when the run failed, so a rerun reuses
     // them without having to adopt them as orphans.
-    let pending = index_state.into_inner().map_err(|_| Error::Interrupted)?.file;
+    let pending = index_state
+        .into_inner()
+        .map_err(|_| Error::Interrupted)?
+        .file;
     // …unless the target itself stopped answering: that write would only wait out another
     // deadline, and the next backup adopts those packs anyway.
     let target_down = failure.is_set()
