@@ -218,7 +218,42 @@ fn an_undisturbed_failover_backup_stays_on_the_first_target() {
     let wdir = tempfile::tempdir().unwrap();
     let weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "calm", 16);
-    let o = fo.cmd().args(fo.backup_args("30s")).output().unwrap();
+    // A stored definition, run on demand.
+    fo.ok(&[
+        "job",
+        "add",
+        "fo",
+        "--object",
+        fo.src.to_str().unwrap(),
+        "--redundancy",
+        "3",
+        "--mode",
+        "failover",
+        "--extent-size",
+        "4MiB",
+        "--extent-timeout",
+        "30s",
+    ]);
+    let bad = fo.run(&[
+        "job",
+        "add",
+        "bad",
+        "--object",
+        "/x",
+        "--mode",
+        "failover",
+        "--extent-size",
+        "12parsecs",
+    ]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let def = fo.json(&["job", "show", "fo"]);
+    assert_eq!(def["mode"], "failover", "{def}");
+    let o = fo.run(&["--json", "job", "run", "fo"]);
     assert_eq!(
         o.status.code(),
         Some(0),

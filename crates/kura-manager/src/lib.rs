@@ -6,20 +6,31 @@
 //! outcome. Resources are released on every path, panics included (the catalog's guard).
 //!
 //! # Modes
-//! - **mirror** (built): every file goes to all n targets at once through a
+//! - **mirror**: every file goes to all n targets at once through a
 //!   [`MirrorBackend`](kura_backend::MirrorBackend); a target that fails or stalls is dropped
 //!   with its reason and the others go on; the run succeeds when at least `quorum` finish.
 //!   Each finished target holds a complete repository with the snapshot, and the catalog
 //!   records one copy per finished target (an extent covering the whole source, positioned
 //!   at the snapshot id).
-//! - **failover** (not yet): extents to one active subsystem at a time. Asking for it is an
-//!   error that says so.
+//! - **failover**: one target at a time through a
+//!   [`FailoverBackend`](kura_backend::FailoverBackend). The saver closes an extent every
+//!   `extent_bytes` of packs by writing the index file listing them; the extent is
+//!   acknowledged when that index is durable on the active target. A write error, or no
+//!   progress for `extent_timeout`, moves the run to the next target, which gets the
+//!   unacknowledged extent and everything after; nothing acknowledged is sent again. The run
+//!   fails only when every target has failed. The catalog records one row per acknowledged
+//!   extent — target, medium, and position `SNAPSHOT:INDEX` ([`Position`]) — and the
+//!   snapshot goes to every target holding a section.
+//!
+//! Reading a backup back ([`open_backup`]) gives one view over every target holding part of
+//! it, healthiest first; [`heal`] copies the sections each target lacks so that each ends
+//! with a complete copy.
 //!
 //! # What the catalog is told
-//! Only what is durable: the backup row and its copies are written after the snapshot was
-//! written on each of those targets. A target dropped during the run gets an error recorded
-//! against its health (three in a row make it *not usable*). A run that fails records no
-//! backup at all.
+//! Only what is durable: the backup row and its copies or sections are written after the
+//! snapshot was written on those targets. A target dropped or failed during the run gets an
+//! error recorded against its health (three in a row make it *not usable*). A run that fails
+//! records no backup at all.
 
 mod failover;
 pub mod heal;
