@@ -176,6 +176,26 @@ pub trait Backend: Send + Sync + fmt::Debug {
         buf: &mut Vec<u8>,
     ) -> Result<()>;
 
+    /// How many independent sources this backend reads from: 1, or for a view over several
+    /// targets one per target. Readers that find a blob damaged try the other sources.
+    fn sources(&self) -> usize {
+        1
+    }
+
+    /// As [`get_range_into`](Self::get_range_into), from one source (`0..sources()`).
+    fn get_range_from(
+        &self,
+        source: usize,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let _ = source;
+        self.get_range_into(kind, name, offset, len, buf)
+    }
+
     /// List every file of a kind (names without directories). Temporary files are never listed.
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
 

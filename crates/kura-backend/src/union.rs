@@ -13,7 +13,7 @@
 //! warning): what it alone held is then missing, and reading it fails with its name.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -21,6 +21,9 @@ use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
 
 pub struct UnionBackend {
     members: Vec<Arc<dyn Backend>>,
+    /// Per member, its first failure other than "not found" (for the caller's health
+    /// records: a target that failed a read while others served it still failed).
+    failures: Mutex<Vec<Option<String>>>,
 }
 
 impl std::fmt::Debug for UnionBackend {
@@ -34,11 +37,34 @@ impl std::fmt::Debug for UnionBackend {
 impl UnionBackend {
     /// Members in the order reads try them.
     pub fn new(members: Vec<Arc<dyn Backend>>) -> UnionBackend {
-        UnionBackend { members }
+        let n = members.len();
+        UnionBackend {
+            members,
+            failures: Mutex::new(vec![None; n]),
+        }
     }
 
     pub fn members(&self) -> &[Arc<dyn Backend>] {
         &self.members
+    }
+
+    /// Members that failed an operation (other than "not found"), with the first error.
+    pub fn failures(&self) -> Vec<(usize, String)> {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.clone().map(|e| (i, e)))
+            .collect()
+    }
+
+    fn failed(&self, i: usize, e: &BackendError) {
+        if e.kind() == ErrorKind::NotFound {
+            return;
+        }
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f[i].is_none() {
+            f[i] = Some(e.to_string());
+        }
     }
 
     fn read<T>(
@@ -49,10 +75,11 @@ impl UnionBackend {
     ) -> Result<T> {
         let mut errors = Vec::new();
         let mut all_not_found = true;
-        for m in &self.members {
+        for (i, m) in self.members.iter().enumerate() {
             match f(m.as_ref()) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    self.failed(i, &e);
                     all_not_found &= e.kind() == ErrorKind::NotFound;
                     errors.push(format!("{}: {}", m.location(), e.detail()));
                 }
@@ -129,11 +156,36 @@ impl Backend for UnionBackend {
         Ok(())
     }
 
+    fn sources(&self) -> usize {
+        self.members.len()
+    }
+
+    fn get_range_from(
+        &self,
+        source: usize,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self.members.get(source) {
+            Some(m) => m.get_range_into(kind, name, offset, len, buf),
+            None => Err(BackendError::new(
+                ErrorKind::NotFound,
+                "get",
+                name,
+                self.location(),
+                format!("no source {source}"),
+            )),
+        }
+    }
+
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
         let mut all: BTreeMap<String, FileInfo> = BTreeMap::new();
         let mut last = None;
         let mut listed = 0;
-        for m in &self.members {
+        for (i, m) in self.members.iter().enumerate() {
             match m.list(kind) {
                 Ok(files) => {
                     listed += 1;
@@ -142,6 +194,7 @@ impl Backend for UnionBackend {
                     }
                 }
                 Err(e) => {
+                    self.failed(i, &e);
                     tracing::warn!("listing {} of {}: {e}", kind.dir(), m.location());
                     last = Some(e);
                 }

@@ -179,7 +179,7 @@ fn upload(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn acknowledged_extents_are_durable_where_recorded_and_never_resent(

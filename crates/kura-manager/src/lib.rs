@@ -23,7 +23,7 @@
 //!   snapshot goes to every target holding a section.
 //!
 //! Reading a backup back ([`open_backup`]) gives one view over every target holding part of
-//! it, healthiest first; [`heal`] copies the sections each target lacks so that each ends
+//! it, healthiest first; [`heal()`] copies the sections each target lacks so that each ends
 //! with a complete copy.
 //!
 //! # What the catalog is told

@@ -468,8 +468,47 @@ impl IndexedRepo {
         &self.index
     }
 
-    /// Read, decrypt, decompress and verify one blob at a known location.
+    /// Read, decrypt, decompress and verify one blob at a known location. A blob found
+    /// damaged is read again from the backend's other sources (the other targets of a
+    /// backup read through a union), each verified the same way.
     pub fn read_blob_at(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        match self.read_blob_at_first(loc) {
+            Err(e) if e.is_data_damage() => self.read_blob_from_sources(loc).ok_or(e),
+            r => r,
+        }
+    }
+
+    /// The blob at `loc`, from the first source that has it intact (see
+    /// [`Backend::sources`]); `None` when there is only one source or none verifies.
+    pub fn read_blob_from_sources(&self, loc: &BlobLocation) -> Option<Vec<u8>> {
+        let backend = &self.repo.backend;
+        if backend.sources() < 2 {
+            return None;
+        }
+        let name = loc.pack.to_hex();
+        (0..backend.sources()).find_map(|s| {
+            let mut stored = Vec::new();
+            backend
+                .get_range_from(
+                    s,
+                    FileKind::Pack,
+                    &name,
+                    loc.offset as u64,
+                    loc.length as u64,
+                    &mut stored,
+                )
+                .ok()?;
+            let d = decode_blob(&self.repo.key, loc.ty, &loc.id, stored, loc.raw_length).ok()?;
+            tracing::info!(
+                "blob {} of pack {}: damaged on the first target, read intact from source {s}",
+                loc.id.short(),
+                loc.pack.short()
+            );
+            Some(d)
+        })
+    }
+
+    fn read_blob_at_first(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
         if loc.ty == BlobType::Tree
             && let Some((start, end)) = self.tree_cache.span(&self.index, &loc.pack)
             && loc.offset >= start

@@ -101,9 +101,11 @@ fn restore_from(
     })
 }
 
-/// Restore a catalog backup from one of its copies: targets that are usable first (fewest
-/// errors first), then the rest; a copy that cannot be read (target down, gone, damaged
-/// beyond reading its index) counts against that target's health and the next is tried.
+/// Restore a catalog backup (`--backup N`): one view over every target holding a copy or a
+/// section of it, usable targets with the fewest errors first (`kura_manager::open_backup`).
+/// Each file is read from the first target that has it, and a blob found damaged there is
+/// read again from the others; a sectioned backup is reassembled the same way. A target that
+/// failed a read counts against its health, even when another one served the data.
 fn from_catalog(
     app: &App,
     backup: i64,
@@ -118,82 +120,27 @@ fn from_catalog(
         ))
         .into());
     }
-    let extents = cat.extents(backup)?;
-    let sectioned = extents.iter().any(|e| {
-        matches!(
-            e.position.parse::<kura_manager::Position>(),
-            Ok(kura_manager::Position::Section { .. })
-        )
-    });
-    if sectioned {
-        return sectioned_restore(app, &cat, backup, a);
-    }
-    let mut copies: Vec<(kura_catalog::Resource, String)> = Vec::new();
-    for e in extents {
-        if e.seq == 0 && !copies.iter().any(|(t, _)| t.name == e.target) {
-            copies.push((cat.resource(&e.target)?, e.position));
-        }
-    }
-    copies.sort_by_key(|(t, _)| (t.state() == kura_catalog::State::NotUsable, t.errors));
-    let password = crate::password::get(app.password_file().as_deref())?;
-    let mut failures = Vec::new();
-    for (t, snapshot) in &copies {
-        let url = t.config.get("url").and_then(|v| v.as_str()).unwrap_or("");
-        let attempt = app.backend_for(url).and_then(|backend| {
-            let repo = Repository::open(backend, &password)
-                .with_context(|| format!("open repository on target {}", t.name))?;
-            restore_from(app, repo, snapshot, a)
-        });
-        match attempt {
-            Ok(done) => {
-                if !app.global.quiet && !app.global.json {
-                    eprintln!("restoring backup {backup} from target {}", t.name);
-                }
-                return Ok(done);
-            }
-            Err(e)
-                if exit::code_for(&e) == exit::WRONG_PASSWORD
-                    || exit::code_for(&e) == exit::INTERRUPTED =>
-            {
-                return Err(e);
-            }
-            Err(e) => {
-                eprintln!("warning: copy on {} not restorable: {e:#}", t.name);
-                cat.record_error(&t.name, &format!("restore of backup {backup}: {e:#}"))?;
-                failures.push(format!("{}: {e:#}", t.name));
-            }
-        }
-    }
-    Err(anyhow::anyhow!(
-        "backup {backup}: no copy could be restored ({})",
-        if failures.is_empty() {
-            "it has no copies".to_string()
-        } else {
-            failures.join("; ")
-        }
-    ))
-}
-
-/// Restore a sectioned (fail-over) backup: one repository view over every target holding a
-/// section, healthiest first; each file is read from the first that has it. A section whose
-/// targets are all unreachable makes the restore fail naming what is missing.
-fn sectioned_restore(
-    app: &App,
-    cat: &kura_catalog::Catalog,
-    backup: i64,
-    a: &RestoreArgs,
-) -> Result<(SnapshotEntry, RestoreOutcome)> {
     let view =
-        kura_manager::open_backup(cat, backup, &|url| crate::commands::heal::open(app, url))?;
-    let names: Vec<&str> = view.targets.iter().map(|(t, _)| t.as_str()).collect();
+        kura_manager::open_backup(&cat, backup, &|url| crate::commands::heal::open(app, url))?;
+    let names: Vec<String> = view.targets.iter().map(|(t, _)| t.clone()).collect();
     let password = crate::password::get(app.password_file().as_deref())?;
-    let repo = Repository::open(view.union(), &password)
-        .with_context(|| format!("open backup {backup} over targets {}", names.join(", ")))?;
+    let union = view.union();
     if !app.global.quiet && !app.global.json {
         eprintln!(
-            "restoring sectioned backup {backup} from targets {}",
+            "restoring backup {backup} from target{} {}",
+            if names.len() > 1 { "s" } else { "" },
             names.join(", ")
         );
     }
-    restore_from(app, repo, &view.snapshot.to_hex(), a)
+    let done = Repository::open(union.clone(), &password)
+        .with_context(|| format!("open backup {backup} on targets {}", names.join(", ")))
+        .and_then(|repo| restore_from(app, repo, &view.snapshot.to_hex(), a));
+    for (i, why) in union.failures() {
+        eprintln!(
+            "warning: target {} failed during the restore: {why}",
+            names[i]
+        );
+        cat.record_error(&names[i], &format!("restore of backup {backup}: {why}"))?;
+    }
+    done
 }

@@ -190,7 +190,9 @@ fn restore_pack(
                 .map_err(|e| e.to_string())
             });
             let data = decoded.map(|()| std::mem::take(&mut bufs.blob));
-            // Fall back to any other copy of the blob.
+            // Fall back to the same pack on the backend's other sources (the other targets
+            // of a backup), then to any other copy of the blob.
+            let data = data.or_else(|first| repo.read_blob_from_sources(loc).ok_or(first));
             let data = data.or_else(|first| {
                 repo.index()
                     .get_all(&loc.id)
