@@ -1,7 +1,8 @@
 //! Fail-over backups (`--mode failover`) with real faults: three targets of one group — an S3
 //! bucket on a private SeaweedFS server (first in line) and two local directories. The S3
-//! server is killed at many points through the backup, or stopped (SIGSTOP); every target is
-//! dead. Asserted each time: the run goes on from the first unacknowledged extent on the next
+//! server is killed at many points through the backup, or stopped (SIGSTOP); then killed and
+//! the next directory's file system turned read-only (a read-only bind mount) so the run
+//! moves on twice; every target is dead. Asserted each time: the run goes on from the first unacknowledged extent on the next
 //! target, nothing acknowledged is sent again (bytes sent ≤ data + one extent and one pack per
 //! fail-over), the sectioned backup restores byte-identical from the union of its targets,
 //! `heal` leaves a complete copy on each target, and the catalog rebuilt from a target alone
@@ -460,5 +461,102 @@ fn with_every_target_dead_the_run_fails_cleanly() {
     }
     assert!(fo.json(&["backups"]).as_array().unwrap().is_empty());
     assert_eq!(fo.repo.snapshot_count(), 0);
+    fo.nothing_held();
+}
+
+fn local_packs(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("data"))
+        .map(|fans| {
+            fans.filter_map(|f| std::fs::read_dir(f.ok()?.path()).ok())
+                .map(|f| f.count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A real read-only file system over a directory (a read-only bind mount of itself), undone
+/// on drop. `None` where this process may not mount.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn over(p: &Path) -> Option<ReadOnly> {
+        let ok = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let d = p.to_str().unwrap();
+        if !ok(&["--bind", d, d]) {
+            return None;
+        }
+        let ro = ReadOnly(p.to_path_buf());
+        ok(&["-o", "remount,bind,ro", d]).then_some(ro)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn with_three_targets_the_run_moves_on_twice() {
+    let wdir = tempfile::tempdir().unwrap();
+    let mut weed = Weed::single(wdir.path());
+    let fo = Fo::new(&weed, "twice", 48);
+    let mut child = fo
+        .cmd()
+        .args(["--timeout", "4s"])
+        .args(fo.backup_args("30s"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // First fault: t0's S3 server is killed once it holds a few packs.
+    let running = step_until(&mut child, Duration::from_secs(60), || {
+        fo.repo.count(FileKind::Pack) >= 6
+    });
+    assert!(
+        running,
+        "finished before the first fault; make the source larger"
+    );
+    weed.kill_s3();
+    // Second fault: t1's file system turns read-only once the run has moved there.
+    let running = step_until(&mut child, Duration::from_secs(90), || {
+        local_packs(&fo.dirs[0]) >= 6
+    });
+    assert!(
+        running,
+        "finished before the second fault; make the source larger"
+    );
+    let Some(ro) = ReadOnly::over(&fo.dirs[0]) else {
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        weed.restart_s3();
+        eprintln!("skipped: this process may not mount (needs CAP_SYS_ADMIN)");
+        return;
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    drop(ro);
+    weed.restart_s3();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(DEGRADED), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failovers"], 2, "{v}");
+    let why = v["copies"][1]["dropped"].as_str().unwrap_or_default();
+    assert!(why.contains("Read-only file system"), "{v}");
+    let order: Vec<String> = sections(&v).into_iter().map(|(t, _)| t).collect();
+    let mut runs = order.clone();
+    runs.dedup();
+    assert_eq!(
+        runs,
+        ["t0", "t1", "t2"],
+        "sections in order on each target: {order:?}"
+    );
+    assert_sent_bound(&v, "two fail-overs");
+    fo.restores(v["backup"].as_i64().unwrap(), "twice");
     fo.nothing_held();
 }
