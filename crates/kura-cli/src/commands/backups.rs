@@ -169,3 +169,39 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
     }
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_catalog::Extent;
+
+    fn ext(seq: i64, target: &str, position: String) -> Extent {
+        Extent {
+            stream: 0,
+            seq,
+            source_offset: 0,
+            source_length: 0,
+            target: target.into(),
+            medium: format!("{target}.medium"),
+            position,
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn placement_shows_copies_and_section_ranges() {
+        let snap = "ab".repeat(32);
+        let idx = |i: u8| format!("{snap}:{}", format!("{i:02x}").repeat(32));
+        let copies = [ext(0, "nas", snap.clone()), ext(0, "s3", snap.clone())];
+        assert_eq!(placement(&copies), "nas,s3");
+        let sectioned = [
+            ext(0, "s3", idx(0)),
+            ext(1, "s3", idx(1)),
+            ext(2, "s3", idx(2)),
+            ext(3, "nas", idx(3)),
+            ext(5, "nas", idx(5)),
+            ext(6, "tape", format!("{snap}:")),
+        ];
+        assert_eq!(placement(&sectioned), "nas§3.5,s3§0-2,tape§-");
+    }
+}
