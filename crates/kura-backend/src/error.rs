@@ -125,6 +125,29 @@ impl BackendError {
         }
     }
 
+    /// A read through several targets (fail-over, union) that none could serve: "not
+    /// found" only when every target said so, else unreachable; `errors` names each target's
+    /// answer.
+    pub fn none_served(
+        op: &'static str,
+        name: &str,
+        location: impl Into<String>,
+        all_not_found: bool,
+        errors: &[String],
+    ) -> Self {
+        Self::new(
+            if all_not_found {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Unreachable
+            },
+            op,
+            name,
+            location,
+            format!("no target could serve it ({})", errors.join("; ")),
+        )
+    }
+
     /// `create` on a location that already holds a repository.
     pub fn repository_exists(location: impl Into<String>) -> Self {
         Self::new(

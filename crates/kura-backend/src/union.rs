@@ -85,16 +85,12 @@ impl UnionBackend {
                 }
             }
         }
-        Err(BackendError::new(
-            if all_not_found {
-                ErrorKind::NotFound
-            } else {
-                ErrorKind::Unreachable
-            },
+        Err(BackendError::none_served(
             op,
             name,
             self.location(),
-            format!("no target could serve it ({})", errors.join("; ")),
+            all_not_found,
+            &errors,
         ))
     }
 

@@ -119,6 +119,17 @@ impl Fo {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// Start a fail-over backup with these target deadline and extent timeout.
+    fn spawn(&self, timeout: &str, extent_timeout: &str) -> std::process::Child {
+        self.cmd()
+            .args(["--timeout", timeout])
+            .args(self.backup_args(extent_timeout))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn backup_args(&self, extent_timeout: &str) -> Vec<String> {
         [
             "--json",
@@ -296,14 +307,7 @@ fn the_first_target_killed_at_many_points_continues_on_the_next() {
     let mut healed = false;
     for cut in [1usize, 5, 11, 18] {
         let fo = Fo::new(&weed, &format!("cut-{cut}"), 32);
-        let mut child = fo
-            .cmd()
-            .args(["--timeout", "4s"])
-            .args(fo.backup_args("30s"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = fo.spawn("4s", "30s");
         let running = step_until(&mut child, Duration::from_secs(60), || {
             fo.repo.count(FileKind::Pack) >= cut
         });
@@ -395,14 +399,7 @@ fn a_stopped_target_is_left_after_the_extent_timeout() {
     let weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "stall", 32);
     // The backend's own deadline is long; the extent timeout must move the run on.
-    let mut child = fo
-        .cmd()
-        .args(["--timeout", "5m"])
-        .args(fo.backup_args("3s"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fo.spawn("5m", "3s");
     let running = step_until(&mut child, Duration::from_secs(60), || {
         fo.repo.count(FileKind::Pack) >= 6
     });
@@ -506,14 +503,7 @@ fn with_three_targets_the_run_moves_on_twice() {
     let wdir = tempfile::tempdir().unwrap();
     let mut weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "twice", 48);
-    let mut child = fo
-        .cmd()
-        .args(["--timeout", "4s"])
-        .args(fo.backup_args("30s"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fo.spawn("4s", "30s");
     // First fault: t0's S3 server is killed once it holds a few packs.
     let running = step_until(&mut child, Duration::from_secs(60), || {
         fo.repo.count(FileKind::Pack) >= 6
