@@ -15,14 +15,15 @@
 # (t0 comes first alphabetically, so it is the active target while both are healthy.)
 # Configurations, RUNS times each:
 #   fo-calm          the fail-over backup, undisturbed (expects exit 0, "failovers": 0)
-#   fo-killed        the same command; server A gets SIGKILL at KILL_AT (0.5) × the median wall of
-#                    fo-calm (expects exit 9 = degraded, "failovers": 1)
+#   fo-killed        the same command; server A gets SIGKILL once it has received KILL_AT (0.5) × the
+#                    data fo-calm stores (median "bytes_added"), watched as the growth of A's data
+#                    directory (expects exit 9 = degraded, "failovers": 1)
 #   restart-scratch  no fail-over: kura --timeout $TIMEOUT -r S3_A backup data, A killed the same
 #                    way (the backup fails), then at once kura --timeout $TIMEOUT -r S3_B backup data
 #                    into a fresh repository on B; its time is the sum of both
 #   plain-calm       (reference) kura --timeout $TIMEOUT -r S3_A backup data, undisturbed: a plain
 #                    single-target backup, to see what the fail-over mode itself costs
-# Order: all fo-calm runs first (their median sets the kill time, so there is no separate
+# Order: all fo-calm runs first (their median sets the kill point, so there is no separate
 # calibration run), then the other three in rotated order. Every timed command starts from a
 # dropped page cache (ignored when not allowed); repository init is not timed. A run whose
 # outcome is not the expected one (exit code, failovers, A not killed before the end) is kept
@@ -41,8 +42,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/kura-bench-failover}
 SRC_DIR=${SRC_DIR:-/usr/share/doc}
-TAR_MB=${TAR_MB:-384}
-RANDOM_MB=${RANDOM_MB:-256}
+TAR_MB=${TAR_MB:-1024}
+RANDOM_MB=${RANDOM_MB:-1024}
 RUNS=${RUNS:-3}
 TIMEOUT=${TIMEOUT:-5s}
 EXTENT_SIZE=${EXTENT_SIZE:-64MiB}
@@ -113,19 +114,28 @@ trap 'exit 130' INT TERM
 s3_a() { echo "s3://$SEAWEED_BUCKET/$1?endpoint=$A_EP"; }
 s3_b() { echo "s3://$SEAWEED_BUCKET/$1?endpoint=$B_EP"; }
 
-# timed DELAY NAME CMD...: runs CMD (stdout → $R/NAME.out, stderr → $R/NAME.err) from a dropped
-# page cache; with DELAY, server A gets SIGKILL DELAY seconds after the start (the kill time, in
-# epoch seconds, goes to $R/killed). Sets T (wall seconds) and RC (exit code).
+a_bytes() { du -sb "$BENCH_DIR/weed-a/data" | cut -f1; }
+
+# timed KILL_BYTES NAME CMD...: runs CMD (stdout → $R/NAME.out, stderr → $R/NAME.err) from a
+# dropped page cache; with KILL_BYTES, server A gets SIGKILL once its data directory has grown
+# by that many bytes (the kill time, in epoch seconds, goes to $R/killed; seconds after the
+# start to $R/kill_after). Sets T (wall seconds) and RC (exit code).
 timed() {
-    local delay=$1 name=$2 s e pid
+    local kill_bytes=$1 name=$2 s e pid base
     shift 2
     sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-    rm -f "$R/killed"
+    rm -f "$R/killed" "$R/kill_after"
+    base=$(a_bytes)
     s=$(date +%s.%N)
     timeout -k 10 "$HANG_LIMIT" "$@" >"$R/$name.out" 2>"$R/$name.err" &
     pid=$!
-    if [ -n "$delay" ]; then
-        (sleep "$delay"; date +%s.%N >"$R/killed"; kill -9 "$A_PID" 2>/dev/null || true) &
+    if [ -n "$kill_bytes" ]; then
+        (while kill -0 "$pid" 2>/dev/null && [ $(( $(a_bytes) - base )) -lt "$kill_bytes" ]; do
+             sleep 0.05
+         done
+         kill -0 "$pid" 2>/dev/null || exit 0
+         k=$(date +%s.%N); kill -9 "$A_PID" 2>/dev/null || true
+         echo "$k" >"$R/killed"; echo "$k - $s" | bc >"$R/kill_after") &
         KILLER=$!
     fi
     RC=0; wait "$pid" || RC=$?
@@ -161,7 +171,7 @@ detect_delay() { # $1 stderr file
     printf '%.2f' "$(echo "$ts - $(cat "$R/killed")" | bc)"
 }
 after_kill() { # seconds from the kill to the end of the command ($T since the start)
-    if [ -f "$R/killed" ]; then printf '%.2f' "$(echo "$T - $1" | bc)"; else echo '-'; fi
+    if [ -f "$R/kill_after" ]; then printf '%.2f' "$(echo "$T - $(cat "$R/kill_after")" | bc)"; else echo '-'; fi
 }
 
 mkdir -p "$BENCH_DIR/logs"
@@ -169,7 +179,8 @@ rm -f "$BENCH_DIR/logs/"*
 RAW="$BENCH_DIR/raw.tsv"
 printf 'run\tconfig\twall_s\texit\tfailovers\textents\tdetect_s\tafter_kill_s\tflag\n' >"$RAW"
 declare -A times flags detects afters
-KILL_DELAY=
+KILL_BYTES=
+declare -a calm_added
 
 run_config() { # $1 config $2 run number → sets RESULT (wall seconds) and records the run
     local c=$1 n=$2 flag='' fo='-' ext='-' det='-' aft='-' t1 rc1
@@ -182,23 +193,24 @@ run_config() { # $1 config $2 run number → sets RESULT (wall seconds) and reco
         fo_setup "$c-$n"
         timed '' backup "${FO_BACKUP[@]}"
         fo=$(fo_failovers "$R/backup.out"); ext=$(fo_extents "$R/backup.out")
+        calm_added+=("$(jq -r '.summary.bytes_added' "$R/backup.out" 2>/dev/null || echo 0)")
         [ "$RC" = 0 ] && [ "$fo" = 0 ] || flag='!' ;;
     fo-killed)
         fo_setup "$c-$n"
-        timed "$KILL_DELAY" backup "${FO_BACKUP[@]}"
+        timed "$KILL_BYTES" backup "${FO_BACKUP[@]}"
         fo=$(fo_failovers "$R/backup.out"); ext=$(fo_extents "$R/backup.out")
-        det=$(detect_delay "$R/backup.err"); aft=$(after_kill "$KILL_DELAY")
+        det=$(detect_delay "$R/backup.err"); aft=$(after_kill)
         { echo "# server A killed at $(date -u -d "@$(cat "$R/killed" 2>/dev/null || echo 0)" +%H:%M:%S.%N)Z" \
-               "(${KILL_DELAY} s after the start); exit $RC; wall $T s"; cat "$R/backup.err"; } \
+               "($(cat "$R/kill_after" 2>/dev/null || echo '?') s after the start, $KILL_BYTES bytes on A); exit $RC; wall $T s"; cat "$R/backup.err"; } \
             >"$BENCH_DIR/logs/fo-killed-$n.err"
         cp "$R/backup.out" "$BENCH_DIR/logs/fo-killed-$n.json" 2>/dev/null || true
         [ "$RC" = 9 ] && [ "$fo" = 1 ] && [ -f "$R/killed" ] || flag='!' ;;
     restart-scratch)
         "$KURA_BIN" -r "$(s3_a "$c-$n-a")" init >/dev/null
         "$KURA_BIN" -r "$(s3_b "$c-$n-b")" init >/dev/null
-        timed "$KILL_DELAY" first "$KURA_BIN" --timeout "$TIMEOUT" -q -r "$(s3_a "$c-$n-a")" backup "$DATA"
+        timed "$KILL_BYTES" first "$KURA_BIN" --timeout "$TIMEOUT" -q -r "$(s3_a "$c-$n-a")" backup "$DATA"
         t1=$T rc1=$RC
-        det=$(detect_delay "$R/first.err"); aft=$(after_kill "$KILL_DELAY")
+        det=$(detect_delay "$R/first.err"); aft=$(after_kill)
         [ "$rc1" != 0 ] && [ -f "$R/killed" ] || flag='!'
         # at once, no cache drop: the second attempt follows the first immediately
         local s e
@@ -232,8 +244,9 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {if (NR) print
 
 for n in $(seq 1 "$RUNS"); do run_config fo-calm "$n"; done
 CALM=$(echo "${times[fo-calm]}" | median)
-KILL_DELAY=$(printf '%.2f' "$(echo "$CALM * $KILL_AT" | bc -l)")
-log "fo-calm median $CALM s: server A is killed $KILL_DELAY s into the runs that follow"
+ADDED=$(echo "${calm_added[*]}" | median)
+KILL_BYTES=$(printf '%.0f' "$(echo "$ADDED * $KILL_AT" | bc -l)")
+log "fo-calm median $CALM s, $ADDED bytes stored: server A is killed once it holds $KILL_BYTES bytes"
 for n in $(seq 1 "$RUNS"); do
     for i in "${!ROTATED[@]}"; do
         run_config "${ROTATED[$(( (i + n) % ${#ROTATED[@]} ))]}" "$n"
@@ -243,7 +256,7 @@ stop_servers
 
 {
     echo "Command: bash bench/failover.sh (RUNS=$RUNS, data $((DATA_BYTES >> 20)) MiB: $SRC_DIR + ${TAR_MB} MiB tar + ${RANDOM_MB} MiB random;" \
-         "--timeout $TIMEOUT --extent-size $EXTENT_SIZE --extent-timeout $EXTENT_TIMEOUT; A killed at ${KILL_AT} × fo-calm = $KILL_DELAY s)"
+         "--timeout $TIMEOUT --extent-size $EXTENT_SIZE --extent-timeout $EXTENT_TIMEOUT; A killed once it holds ${KILL_AT} × the data fo-calm stores = $KILL_BYTES bytes)"
     echo
     echo "| configuration | median wall | MiB/s | ×fo-calm | kill → first warning | kill → end | runs |"
     echo "|---|---:|---:|---:|---:|---:|---|"

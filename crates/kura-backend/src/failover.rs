@@ -28,8 +28,10 @@
 //!
 //! # Snapshot and records
 //! The snapshot is written to the active member (failing over if that fails) and then, best
-//! effort, to every other member that holds a section: each target holding part of a backup
-//! names it. Catalog records go to the same set.
+//! effort, to every other member that holds a section and has not failed: each live target
+//! holding part of a backup names it. Catalog records go to the same set. A failed member is
+//! not written to again in the run (each attempt would cost a whole deadline); `kura heal`
+//! completes it once it is back.
 //!
 //! # Reads and listings
 //! Reads try the active member first, then the others. Listings are the *intersection* over
@@ -467,10 +469,13 @@ impl FailoverBackend {
         }
     }
 
-    /// Members holding a section or the snapshot.
+    /// Members holding a section or the snapshot that have not failed. A failed member is
+    /// not written to again in this run: each attempt would cost it a whole deadline, and
+    /// `kura heal` gives it the snapshot and record once it is back.
     fn holders(st: &State) -> Vec<usize> {
         let mut v: Vec<usize> = st.sections.iter().map(|s| s.member).collect();
         v.extend((0..st.snapshot.len()).filter(|&i| st.snapshot[i]));
+        v.retain(|&i| st.failed[i].is_none());
         v.sort_unstable();
         v.dedup();
         v

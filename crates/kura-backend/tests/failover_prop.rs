@@ -13,7 +13,7 @@
 //!   (members never go back), and that member durably holds its index and every pack it lists;
 //! - bytes sent ≤ data + per fail-over one extent, one pack and one index file;
 //! - the snapshot is on the last active member and on every member holding a section that
-//!   is still alive.
+//!   has not failed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -274,7 +274,7 @@ proptest! {
                 prop_assert!(members[active].inner.exists(FileKind::Snapshot, "snap").unwrap());
                 prop_assert!(st.members[active].snapshot);
                 for s in &st.sections {
-                    if members[s.member].dead().is_none() {
+                    if st.members[s.member].failed.is_none() {
                         prop_assert!(st.members[s.member].snapshot);
                     }
                 }

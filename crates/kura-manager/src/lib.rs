@@ -20,7 +20,7 @@
 //!   unacknowledged extent and everything after; nothing acknowledged is sent again. The run
 //!   fails only when every target has failed. The catalog records one row per acknowledged
 //!   extent — target, medium, and position `SNAPSHOT:INDEX` ([`Position`]) — and the
-//!   snapshot goes to every target holding a section.
+//!   snapshot goes to every target holding a section that has not failed.
 //!
 //! Reading a backup back ([`open_backup`]) gives one view over every target holding part of
 //! it, healthiest first; [`heal()`] copies the sections each target lacks so that each ends
