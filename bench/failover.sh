@@ -66,7 +66,7 @@ fi
 
 mkdir -p "$BENCH_DIR"
 DATA="$BENCH_DIR/data"
-if [ ! -f "$DATA/.done" ]; then
+if [ ! -f "$DATA/.done-$TAR_MB-$RANDOM_MB" ]; then
     log "building the dataset in $DATA"
     rm -rf "$DATA" && mkdir -p "$DATA"
     cp -a "$SRC_DIR" "$DATA/share"
@@ -74,7 +74,7 @@ if [ ! -f "$DATA/.done" ]; then
     { tar -cf - /usr/lib 2>/dev/null | head -c $((TAR_MB << 20)) || true;
       openssl enc -aes-256-ctr -pass pass:kura -nosalt </dev/zero 2>/dev/null |
           head -c $((RANDOM_MB << 20)) || true; } >"$DATA/big.bin"
-    touch "$DATA/.done"
+    touch "$DATA/.done-$TAR_MB-$RANDOM_MB"
 fi
 DATA_BYTES=$(du -sb "$DATA" | cut -f1)
 
