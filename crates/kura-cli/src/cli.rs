@@ -95,6 +95,75 @@ pub enum Command {
     /// Job definitions and their runs
     #[command(subcommand)]
     Job(JobCommand),
+    /// Volumes of the volume engine, and serving them over NBD
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: a sparse file, its metadata kept outside its address space
+    Create(VolumeCreateArgs),
+    /// List volumes with their size and allocation
+    List(VolumeDirArgs),
+    /// One volume's metadata and allocation
+    Info(VolumeNameArgs),
+    /// Grow a volume (shrinking needs --allow-shrink); refused while it is served
+    Resize(VolumeResizeArgs),
+    /// Delete a volume; refused while it is served
+    Delete(VolumeNameArgs),
+    /// Serve volumes over NBD (qemu, nbdkit clients, the kernel's nbd-client) until SIGINT
+    Serve(VolumeServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeDirArgs {
+    /// Where volumes live (default: [volumes] dir in the config, else
+    /// $XDG_DATA_HOME/kura/volumes)
+    #[arg(long, env = "KURA_VOLUMES", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeCreateArgs {
+    pub name: String,
+    /// Size, e.g. 10G, 512M (binary units; a multiple of 512 bytes)
+    #[arg(long)]
+    pub size: String,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeResizeArgs {
+    pub name: String,
+    /// The new size
+    #[arg(long)]
+    pub size: String,
+    /// Allow a smaller size (the volume's end is discarded)
+    #[arg(long)]
+    pub allow_shrink: bool,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeServeArgs {
+    /// Address to listen on (loopback by default; there is no TLS: tunnel remote access)
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Serve only these volumes (repeatable; default: all)
+    #[arg(long = "volume", value_name = "NAME")]
+    pub volumes: Vec<String>,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,9 @@
 //!
 //! [catalog]
 //! url = "postgres://kura@db.example/kura"   # default: $XDG_DATA_HOME/kura/catalog.db
+//!
+//! [volumes]
+//! dir = "/srv/kura/volumes"                 # default: $XDG_DATA_HOME/kura/volumes
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,15 @@ pub struct ConfigFile {
     pub restore: RestoreSection,
     #[serde(default)]
     pub catalog: CatalogSection,
+    #[serde(default)]
+    pub volumes: VolumesSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumesSection {
+    /// The volume engine's data directory.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +111,11 @@ fn default_path() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
     Some(base.join("kura").join("config.toml"))
+}
+
+/// The volume engine's default data directory: `$XDG_DATA_HOME/kura/volumes`.
+pub fn default_volumes() -> Option<PathBuf> {
+    default_catalog().and_then(|c| c.parent().map(|d| d.join("volumes")))
 }
 
 /// The embedded catalog's default file: `$XDG_DATA_HOME/kura/catalog.db`

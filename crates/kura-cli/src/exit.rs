@@ -96,6 +96,15 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         if let Some(b) = cause.downcast_ref::<BackendError>() {
             return backend_code(b);
         }
+        if let Some(v) = cause.downcast_ref::<kura_volume::Error>() {
+            use kura_volume::Error as V;
+            return match v {
+                V::NotFound(_) => NOT_FOUND,
+                V::Exists(_) | V::InUse(_) => CONFLICT,
+                V::Invalid(_) => USAGE,
+                V::Corrupt { .. } | V::Io { .. } => FATAL,
+            };
+        }
         if let Some(UsageError(_)) = cause.downcast_ref::<UsageError>() {
             return USAGE;
         }

@@ -268,6 +268,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Unlock(a) => commands::unlock::run(&app, a),
         Command::Target(t) => commands::target::run(&app, t),
         Command::Resource(r) => commands::resource::run(&app, r),
+        Command::Volume(v) => commands::volume::run(&app, v),
         Command::Job(j) => commands::job::run(&app, j),
         Command::Backups(a) => commands::backups::run(&app, a),
         Command::Catalog(c) => commands::backups::catalog(&app, c),

@@ -17,3 +17,4 @@ pub mod restore;
 pub mod snapshots;
 pub mod target;
 pub mod unlock;
+pub mod volume;

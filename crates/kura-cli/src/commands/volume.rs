@@ -1,0 +1,142 @@
+//! `kura volume create|list|info|resize|delete|serve`: the volume engine's volumes
+//! (`kura_volume`) and its NBD server (`kura_nbd`).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use kura_volume::{VolumeInfo, VolumeStore, parse_size};
+use serde_json::json;
+
+use crate::cli::{VolumeCommand, VolumeDirArgs};
+use crate::exit::UsageError;
+use crate::output::{bytes, table};
+use crate::{App, config, exit};
+
+fn store(app: &App, d: &VolumeDirArgs) -> Result<VolumeStore> {
+    let dir: PathBuf = match d
+        .data_dir
+        .clone()
+        .or_else(|| app.config.volumes.dir.clone())
+    {
+        Some(d) => d,
+        None => config::default_volumes().ok_or_else(|| {
+            UsageError("no volume directory and no home directory: use --data-dir".into())
+        })?,
+    };
+    VolumeStore::open(&dir).with_context(|| format!("volume directory {}", dir.display()))
+}
+
+fn info_json(v: &VolumeInfo) -> serde_json::Value {
+    json!({
+        "name": v.meta.name,
+        "size": v.meta.size,
+        "allocated": v.allocated,
+        "created": v.meta.created,
+        "work": v.meta.work,
+        "path": v.path,
+    })
+}
+
+fn show(app: &App, v: &VolumeInfo) {
+    if app.global.json {
+        println!("{}", info_json(v));
+    } else {
+        println!("name       {}", v.meta.name);
+        println!("size       {} ({} bytes)", bytes(v.meta.size), v.meta.size);
+        println!("allocated  {}", bytes(v.allocated));
+        println!("created    {}", v.meta.created);
+        if v.meta.work {
+            println!("attribute  work (a backup session's working volume: no host I/O)");
+        }
+        println!("file       {}", v.path.display());
+    }
+}
+
+pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
+    match c {
+        VolumeCommand::Create(a) => {
+            let size = parse_size(&a.size)?;
+            let v = store(app, &a.dir)?.create(&a.name, size)?;
+            show(app, &v);
+        }
+        VolumeCommand::List(d) => {
+            let vols = store(app, &d)?.list()?;
+            if app.global.json {
+                let all: Vec<_> = vols.iter().map(info_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                let rows: Vec<Vec<String>> = vols
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.meta.name.clone(),
+                            bytes(v.meta.size),
+                            bytes(v.allocated),
+                            v.meta.created.clone(),
+                            if v.meta.work { "work" } else { "" }.into(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &["Name", "Size", "Allocated", "Created", "Attributes"],
+                        &rows
+                    )
+                );
+                println!("{} volume(s)", vols.len());
+            }
+        }
+        VolumeCommand::Info(a) => show(app, &store(app, &a.dir)?.info(&a.name)?),
+        VolumeCommand::Resize(a) => {
+            let size = parse_size(&a.size)?;
+            let v = store(app, &a.dir)?.resize(&a.name, size, a.allow_shrink)?;
+            show(app, &v);
+        }
+        VolumeCommand::Delete(a) => {
+            store(app, &a.dir)?.delete(&a.name)?;
+            app.say(format!("deleted volume {}", a.name));
+        }
+        VolumeCommand::Serve(a) => return serve(app, a),
+    }
+    Ok(exit::OK)
+}
+
+fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
+    let st = store(app, &a.dir)?;
+    for v in &a.volumes {
+        st.info(v)?; // name them wrong and hear it now, not from a client
+    }
+    let listener =
+        TcpListener::bind(&a.listen).with_context(|| format!("listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let exports = st.exports((!a.volumes.is_empty()).then(|| a.volumes.clone()));
+    // The address first, alone on stdout: scripts and tests read it (port 0 picks one).
+    println!("nbd://{addr}");
+    if !app.global.quiet {
+        let names: Vec<String> = exports.list().into_iter().map(|(n, _)| n).collect();
+        eprintln!(
+            "serving {} volume(s) on nbd://{addr}/NAME: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        // SIGINT: stop accepting (a connection to ourselves wakes the accept loop).
+        let (stop, cancel) = (Arc::clone(&stop), app.cancel.clone());
+        std::thread::spawn(move || {
+            while !cancel.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            stop.store(true, Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(addr);
+        });
+    }
+    kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
+        .with_context(|| format!("serve on {addr}"))?;
+    Ok(exit::OK)
+}

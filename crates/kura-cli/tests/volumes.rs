@@ -1,0 +1,440 @@
+//! Volumes and the NBD server, driven by real clients: `qemu-io` and `qemu-img` (qemu-utils),
+//! `nbdinfo` and `nbdcopy` (libnbd-bin) — `scripts/test.sh` installs them — against
+//! `kura volume serve`. Plus hostile clients speaking raw bytes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Vols {
+    dir: tempfile::TempDir,
+}
+
+impl Vols {
+    fn new() -> Vols {
+        Vols {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("volumes")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_VOLUMES", self.data())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
+            .env_remove("KURA_CONFIG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kura {args:?}: {:?}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// `kura volume serve` on a free loopback port; stopped on drop.
+    fn serve(&self) -> Server {
+        let mut child = self
+            .cmd()
+            .args(["volume", "serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(url.starts_with("nbd://127.0.0.1:"), "{url:?}");
+        Server { child, url }
+    }
+
+    fn raw(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.data().join(format!("{name}.raw"))).unwrap()
+    }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("nbd://").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tool(name: &str, args: &[&str]) -> Output {
+    let o = Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} ({e}): run the tests through scripts/test.sh"));
+    assert!(
+        o.status.success(),
+        "{name} {args:?}: {:?}\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn volumes_are_created_listed_resized_and_deleted() {
+    let v = Vols::new();
+    let created = v.json(&["volume", "create", "db", "--size", "64M"]);
+    assert_eq!(created["size"], 64 << 20);
+    assert!(
+        created["allocated"].as_u64().unwrap() < 1 << 20,
+        "sparse: {created}"
+    );
+    v.ok(&["volume", "create", "web", "--size", "1G"]);
+    let list = v.json(&["volume", "list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "web"]);
+    assert!(v.ok(&["volume", "list"]).contains("2 volume(s)"));
+    assert_eq!(
+        v.json(&["volume", "resize", "db", "--size", "128M"])["size"],
+        128 << 20
+    );
+    // Bad input, each with its documented code.
+    for (args, code) in [
+        (vec!["volume", "create", "db", "--size", "1M"], 14),
+        (vec!["volume", "create", "x", "--size", "1000"], 2),
+        (vec!["volume", "create", "../x", "--size", "1M"], 2),
+        (vec!["volume", "create", "x", "--size", "12parsecs"], 2),
+        (vec!["volume", "info", "nope"], 13),
+        (vec!["volume", "resize", "db", "--size", "1M"], 2),
+        (vec!["volume", "delete", "nope"], 13),
+    ] {
+        let o = v.run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    v.ok(&["volume", "resize", "db", "--size", "1M", "--allow-shrink"]);
+    v.ok(&["volume", "delete", "web"]);
+    assert_eq!(v.json(&["volume", "list"]).as_array().unwrap().len(), 1);
+    assert!(!v.data().join("web.raw").exists() && !v.data().join("web.vol").exists());
+}
+
+#[test]
+fn qemu_reads_writes_zeroes_discards_and_maps_over_nbd() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "vol", "--size", "64M"]);
+    let s = v.serve();
+    let url = format!("{}/vol", s.url);
+    let o = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &url,
+            "-c",
+            "write -P 0xab 1M 2M",
+            "-c",
+            "write -P 0xcd 63M 1M",
+            "-c",
+            "read -P 0xab 1M 2M",
+            "-c",
+            "write -z 2M 512k",
+            "-c",
+            "read -P 0 2M 512k",
+            "-c",
+            "discard 63M 1M",
+            "-c",
+            "flush",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("wrote 2097152/2097152 bytes at offset 1048576"),
+        "{out}"
+    );
+    assert!(
+        out.contains("read 2097152/2097152 bytes at offset 1048576"),
+        "{out}"
+    );
+    assert!(!out.contains("verification failed"), "{out}");
+    // The bytes landed in the volume's raw file.
+    let raw = v.raw("vol");
+    assert_eq!(raw.len(), 64 << 20);
+    assert!(raw[1 << 20..2 << 20].iter().all(|b| *b == 0xab));
+    assert!(
+        raw[2 << 20..(2 << 20) + (512 << 10)]
+            .iter()
+            .all(|b| *b == 0)
+    );
+    assert!(
+        raw[(2 << 20) + (512 << 10)..3 << 20]
+            .iter()
+            .all(|b| *b == 0xab)
+    );
+    assert!(
+        raw[63 << 20..].iter().all(|b| *b == 0),
+        "discarded range reads as zeroes"
+    );
+    // Size through the protocol, allocation through base:allocation.
+    let info = stdout(&tool(
+        "qemu-img",
+        &["info", "--output=json", "-f", "raw", &url],
+    ));
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["virtual-size"], 64 << 20);
+    let map = stdout(&tool(
+        "qemu-img",
+        &["map", "--output=json", "-f", "raw", &url],
+    ));
+    let map: Value = serde_json::from_str(&map).unwrap();
+    let data: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    let covered: u64 = data.iter().map(|d| d.1).sum();
+    assert!(
+        data.iter()
+            .any(|(st, len)| *st <= 1 << 20 && st + len >= 2 << 20),
+        "{map}"
+    );
+    assert!(covered < 8 << 20, "holes reported as holes: {map}");
+    // A whole-image copy over NBD equals the file.
+    let copy = v.dir.path().join("copy.raw");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read(&copy).unwrap() == raw,
+        "qemu-img convert copy differs"
+    );
+}
+
+#[test]
+fn libnbd_clients_list_map_and_copy() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "a", "--size", "16M"]);
+    v.ok(&["volume", "create", "b", "--size", "32M"]);
+    let s = v.serve();
+    let list = stdout(&tool("nbdinfo", &["--list", &s.url]));
+    assert!(
+        list.contains("export=\"a\"") && list.contains("export=\"b\""),
+        "{list}"
+    );
+    let src = v.dir.path().join("src.bin");
+    let pattern: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &pattern).unwrap();
+    tool("nbdcopy", &[src.to_str().unwrap(), &format!("{}/a", s.url)]);
+    assert!(v.raw("a") == pattern);
+    let back = v.dir.path().join("back.bin");
+    tool(
+        "nbdcopy",
+        &[&format!("{}/a", s.url), back.to_str().unwrap()],
+    );
+    assert!(std::fs::read(&back).unwrap() == pattern);
+    let map = stdout(&tool("nbdinfo", &["--map", &format!("{}/b", s.url)]));
+    assert!(
+        map.contains("hole") && map.contains("zero"),
+        "an empty volume maps as a hole: {map}"
+    );
+}
+
+#[test]
+fn several_clients_write_at_once() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "m", "--size", "64M"]);
+    let s = v.serve();
+    let url = format!("{}/m", s.url);
+    let clients: Vec<Child> = (0..4)
+        .map(|i| {
+            Command::new("qemu-io")
+                .args(["-f", "raw", &url, "-c"])
+                .arg(format!("write -P {} {}M 8M", 0x10 + i, i * 16))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    let raw = v.raw("m");
+    for i in 0..4usize {
+        let r = &raw[i * (16 << 20)..i * (16 << 20) + (8 << 20)];
+        assert!(r.iter().all(|b| *b == 0x10 + i as u8), "client {i}'s range");
+    }
+}
+
+/// Speak raw NBD: greeting, client flags, then `bytes`; returns what the server sent after
+/// the greeting until it closed (or 2 s passed).
+fn raw_session(addr: &str, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut greet = [0u8; 18];
+    s.read_exact(&mut greet).unwrap();
+    assert_eq!(&greet[..8], b"NBDMAGIC");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+fn opt(o: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = b"IHAVEOPT".to_vec();
+    v.extend_from_slice(&o.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn hostile_clients_are_answered_or_cut_off_and_the_server_goes_on() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "h", "--size", "4M"]);
+    let s = v.serve();
+    let addr = s.addr();
+    // Bad option magic: the connection is closed.
+    let (_, closed) = raw_session(&addr, b"NOTMAGIC\0\0\0\x07\0\0\0\0");
+    assert!(closed);
+    // An option claiming 4 GiB of payload: closed before anything is allocated.
+    let (_, closed) = raw_session(&addr, &{
+        let mut b = b"IHAVEOPT".to_vec();
+        b.extend_from_slice(&7u32.to_be_bytes());
+        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        b
+    });
+    assert!(closed);
+    // A malformed GO (name length beyond the payload): an error reply, and the session
+    // goes on (ABORT is acknowledged).
+    let mut b = opt(7, &[0, 0, 1, 0, b'h']);
+    b.extend(opt(2, &[]));
+    let (out, closed) = raw_session(&addr, &b);
+    assert!(closed);
+    let err_invalid = (1u32 << 31) + 3;
+    assert_eq!(&out[12..16], &err_invalid.to_be_bytes(), "{out:?}");
+    // GO to an unknown export: NBD_REP_ERR_UNKNOWN with a reason.
+    let mut go = 4u32.to_be_bytes().to_vec();
+    go.extend_from_slice(b"nope");
+    go.extend_from_slice(&0u16.to_be_bytes());
+    let mut b = opt(7, &go);
+    b.extend(opt(2, &[]));
+    let (out, _) = raw_session(&addr, &b);
+    assert_eq!(&out[12..16], &((1u32 << 31) + 6).to_be_bytes(), "{out:?}");
+    // After all that, a real client is served.
+    let o = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &format!("{}/h", s.url),
+            "-c",
+            "write -P 7 0 4M",
+            "-c",
+            "read -P 7 0 4M",
+        ],
+    );
+    assert!(!stdout(&o).contains("failed"));
+}
+
+#[test]
+fn a_served_volume_is_neither_resized_nor_deleted() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "busy", "--size", "4M"]);
+    let s = v.serve();
+    // A client that negotiated GO and stays connected holds the volume.
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    let mut greet = [0u8; 18];
+    c.read_exact(&mut greet).unwrap();
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut go = 4u32.to_be_bytes().to_vec();
+    go.extend_from_slice(b"busy");
+    go.extend_from_slice(&0u16.to_be_bytes());
+    c.write_all(&opt(7, &go)).unwrap();
+    let mut reply = [0u8; 20];
+    c.read_exact(&mut reply).unwrap(); // the first INFO reply: the export is open
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for args in [
+        vec!["volume", "delete", "busy"],
+        vec!["volume", "resize", "busy", "--size", "8M"],
+    ] {
+        let o = v.run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(14),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
+    }
+    drop(c);
+    // The server notices the disconnect and lets go.
+    let mut deleted = false;
+    for _ in 0..50 {
+        if v.run(&["volume", "delete", "busy"]).status.success() {
+            deleted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(deleted);
+}

@@ -1,0 +1,21 @@
+//! The volume engine (issue 6): kura's software disk array. It owns the write path of the
+//! volumes it serves, so it can freeze, track and copy them without stalling hosts.
+//!
+//! # Volumes on disk
+//! A volume `NAME` is two files in the data directory:
+//! - `NAME.raw`: the volume's bytes, a sparse file exactly the volume's size. Its address
+//!   space holds the host's data and nothing else.
+//! - `NAME.vol`: the volume's metadata (JSON, `"magic": "KURAVOL1"`, specified in
+//!   `docs/FORMAT.md`), kept *outside* the address space: size, creation time, attributes.
+//!   Written atomically (temp file, fsync, rename, fsync of the directory).
+//!
+//! # Serving and exclusion
+//! A served volume's raw file holds a shared `flock`; `resize` and `delete` take it
+//! exclusively without waiting, so they refuse a volume that is being served ("in use")
+//! instead of pulling it from under a host. Several connections (and servers) may serve one
+//! volume at once; the NBD server advertises multi-connection consistency because every
+//! flush is an `fdatasync` of the one file.
+
+mod store;
+
+pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};
