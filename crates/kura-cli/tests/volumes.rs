@@ -396,23 +396,28 @@ fn hostile_clients_are_answered_or_cut_off_and_the_server_goes_on() {
     assert!(!stdout(&o).contains("failed"));
 }
 
-#[test]
-fn a_served_volume_is_neither_resized_nor_deleted() {
-    let v = Vols::new();
-    v.ok(&["volume", "create", "busy", "--size", "4M"]);
-    let s = v.serve();
-    // A client that negotiated GO and stays connected holds the volume.
-    let mut c = TcpStream::connect(s.addr()).unwrap();
+/// A client that negotiated GO to `name` and stays connected: it holds the volume open.
+fn hold(addr: &str, name: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
     let mut greet = [0u8; 18];
     c.read_exact(&mut greet).unwrap();
     c.write_all(&3u32.to_be_bytes()).unwrap();
-    let mut go = 4u32.to_be_bytes().to_vec();
-    go.extend_from_slice(b"busy");
+    let mut go = (name.len() as u32).to_be_bytes().to_vec();
+    go.extend_from_slice(name.as_bytes());
     go.extend_from_slice(&0u16.to_be_bytes());
     c.write_all(&opt(7, &go)).unwrap();
     let mut reply = [0u8; 20];
     c.read_exact(&mut reply).unwrap(); // the first INFO reply: the export is open
     std::thread::sleep(std::time::Duration::from_millis(100));
+    c
+}
+
+#[test]
+fn a_served_volume_is_neither_resized_nor_deleted() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "busy", "--size", "4M"]);
+    let s = v.serve();
+    let c = hold(&s.addr(), "busy");
     for args in [
         vec!["volume", "delete", "busy"],
         vec!["volume", "resize", "busy", "--size", "8M"],
@@ -437,4 +442,78 @@ fn a_served_volume_is_neither_resized_nor_deleted() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(deleted);
+}
+
+#[test]
+fn writes_are_tracked_in_a_dirty_bitmap_that_survives_restarts_but_not_crashes() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "cbt", "--size", "64M"]);
+    let info = v.json(&["volume", "info", "cbt"]);
+    assert_eq!(info["dirty"]["trusted"], false, "no baseline yet: {info}");
+    let mut s = v.serve();
+    let url = format!("{}/cbt", s.url);
+    // Writes in granules 1 (4–8 MiB) and 5–6 (a write straddling 24 MiB), zeroes in 15.
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &url,
+            "-c",
+            "write -P 1 5M 4k",
+            "-c",
+            "write -P 2 23M 2M",
+            "-c",
+            "write -z 60M 1M",
+            "-c",
+            "flush",
+        ],
+    );
+    let map = stdout(&tool("nbdinfo", &["--map=qemu:dirty-bitmap:kura", &url]));
+    let dirty: Vec<(u64, u64)> = map
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "1").then(|| (f[0].parse().unwrap(), f[1].parse().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        dirty,
+        [(4 << 20, 4 << 20), (20 << 20, 8 << 20), (60 << 20, 4 << 20)],
+        "{map}"
+    );
+    // A clean stop (SIGINT), even with a client still connected, keeps the bits and closes
+    // the bitmap cleanly.
+    let held = hold(&s.addr(), "cbt");
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
+    let _ = s.child.wait();
+    drop(held);
+    let info = v.json(&["volume", "info", "cbt"]);
+    assert_eq!(info["dirty"]["dirty_bytes"], 16 << 20, "{info}");
+    assert_eq!(info["dirty"]["served"], false);
+    let why = info["dirty"]["reason"].as_str().unwrap_or_default();
+    assert!(!why.contains("not closed cleanly"), "{info}");
+    // A server killed while a client holds the volume: the bitmap cannot be trusted any
+    // more, and says why.
+    let mut s = v.serve();
+    let held = hold(&s.addr(), "cbt");
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &format!("{}/cbt", s.url),
+            "-c",
+            "write -P 3 40M 4k",
+        ],
+    );
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
+    let _ = s.child.wait();
+    drop(held);
+    let info = v.json(&["volume", "info", "cbt"]);
+    assert_eq!(info["dirty"]["trusted"], false, "{info}");
+    let why = info["dirty"]["reason"].as_str().unwrap();
+    assert!(why.contains("not closed cleanly"), "{info}");
+    let text = v.ok(&["volume", "info", "cbt"]);
+    assert!(text.contains("the next backup reads everything"), "{text}");
 }

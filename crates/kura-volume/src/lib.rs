@@ -9,13 +9,20 @@
 //!   `docs/FORMAT.md`), kept *outside* the address space: size, creation time, attributes.
 //!   Written atomically (temp file, fsync, rename, fsync of the directory).
 //!
+//! - `NAME.dirty`: the changed-block tracking bitmap (`KURADBM1`, see [`dirty`]).
+//!
 //! # Serving and exclusion
 //! A served volume's raw file holds a shared `flock`; `resize` and `delete` take it
 //! exclusively without waiting, so they refuse a volume that is being served ("in use")
-//! instead of pulling it from under a host. Several connections (and servers) may serve one
-//! volume at once; the NBD server advertises multi-connection consistency because every
-//! flush is an `fdatasync` of the one file.
+//! instead of pulling it from under a host. Several connections of one server share one
+//! [`VolumeExport`] (and one dirty bitmap); a second server process is refused, since two
+//! processes could not keep one bitmap. The NBD server advertises multi-connection
+//! consistency because every flush is an `fdatasync` of the one file (and writes the bitmap).
 
+pub mod dirty;
+mod export;
 mod store;
 
+pub use dirty::{DirtyMap, DirtyState, Trust};
+pub use export::{DIRTY_CONTEXT, VolumeExport};
 pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};

@@ -1,13 +1,17 @@
 //! The volume store: create, list, inspect, resize, delete, and export volumes.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use kura_nbd::{Export, Exports, FileExport};
+
+use crate::dirty::{self, DirtyMap, DirtyState};
+use crate::export::VolumeExport;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "KURAVOL1";
@@ -66,6 +70,8 @@ pub struct VolumeInfo {
     /// Bytes allocated on disk (the rest reads as zeroes).
     pub allocated: u64,
     pub path: PathBuf,
+    /// Changed-block tracking: what the next backup may skip.
+    pub dirty: DirtyState,
 }
 
 /// `10G`, `512M`, `4096`, `1TiB`: binary units; a multiple of 512, at least 512.
@@ -126,6 +132,8 @@ fn check_name(name: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct VolumeStore {
     dir: PathBuf,
+    /// Volumes this process serves: all connections to one volume share its export.
+    open: Arc<Mutex<HashMap<String, Weak<VolumeExport>>>>,
 }
 
 /// An exclusive hold on a volume (no server has it open); released on drop.
@@ -136,7 +144,10 @@ impl VolumeStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<VolumeStore> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        Ok(VolumeStore { dir })
+        Ok(VolumeStore {
+            dir,
+            open: Arc::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -149,6 +160,10 @@ impl VolumeStore {
 
     fn meta_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.vol"))
+    }
+
+    fn dirty_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.dirty"))
     }
 
     fn write_meta(&self, m: &VolumeMeta) -> Result<()> {
@@ -236,10 +251,12 @@ impl VolumeStore {
                 ),
             });
         }
+        let dirty = dirty::peek(&self.dirty_path(name), meta.size)?;
         Ok(VolumeInfo {
             meta,
             allocated: md.blocks() * 512,
             path,
+            dirty,
         })
     }
 
@@ -307,14 +324,26 @@ impl VolumeStore {
         std::fs::remove_file(&meta).map_err(io(format!("remove {}", meta.display())))?;
         let raw = self.raw(name);
         std::fs::remove_file(&raw).map_err(io(format!("remove {}", raw.display())))?;
+        match std::fs::remove_file(self.dirty_path(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("remove {}", self.dirty_path(name).display()))(e));
+            }
+            _ => {}
+        }
         drop(ex);
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(format!("sync {}", self.dir.display())))
     }
 
-    /// Open a volume for serving (a shared hold: resize and delete refuse it meanwhile).
-    pub fn open_export(&self, name: &str) -> Result<Arc<dyn Export>> {
+    /// Open a volume for serving: the raw file under a shared hold (resize and delete
+    /// refuse it meanwhile) and its dirty bitmap (held by this process alone). Every caller
+    /// in this process gets the same export while any holds it.
+    pub fn open_export(&self, name: &str) -> Result<Arc<VolumeExport>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = open.get(name).and_then(Weak::upgrade) {
+            return Ok(e);
+        }
         let m = self.meta(name)?;
         if m.work {
             return Err(Error::Invalid(format!(
@@ -330,14 +359,45 @@ impl VolumeStore {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
             return Err(Error::InUse(name.to_string()));
         }
-        let e = FileExport::new(f, false).map_err(io(format!("open {}", raw.display())))?;
-        if e.size() != m.size {
+        let file = FileExport::new(f, false).map_err(io(format!("open {}", raw.display())))?;
+        if file.size() != m.size {
             return Err(Error::Corrupt {
                 path: raw,
-                why: format!("raw file is {} bytes, metadata says {}", e.size(), m.size),
+                why: format!(
+                    "raw file is {} bytes, metadata says {}",
+                    file.size(),
+                    m.size
+                ),
             });
         }
-        Ok(Arc::new(e))
+        let dirty = Arc::new(DirtyMap::open(&self.dirty_path(name), m.size)?);
+        if let crate::dirty::Trust::Untrusted(why) = dirty.trust() {
+            tracing::info!("volume {name}: changed-block tracking restarts: {why}");
+        }
+        let e = Arc::new(VolumeExport {
+            name: name.to_string(),
+            file,
+            dirty,
+            closed: std::sync::RwLock::new(false),
+        });
+        open.insert(name.to_string(), Arc::downgrade(&e));
+        Ok(e)
+    }
+
+    /// Close every volume this process serves cleanly (data and bitmaps written); changes
+    /// after this are refused. For a server that is stopping.
+    pub fn shutdown(&self) -> Result<()> {
+        let open: Vec<Arc<VolumeExport>> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for e in open {
+            e.shutdown()?;
+        }
+        Ok(())
     }
 
     /// The volumes as NBD exports (all of them, or only `only`).
@@ -380,7 +440,10 @@ impl Exports for StoreExports {
         if !self.allowed(name) {
             return Err(format!("no export {name:?}"));
         }
-        self.store.open_export(name).map_err(|e| e.to_string())
+        self.store
+            .open_export(name)
+            .map(|e| e as Arc<dyn Export>)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -37,6 +37,7 @@ fn info_json(v: &VolumeInfo) -> serde_json::Value {
         "created": v.meta.created,
         "work": v.meta.work,
         "path": v.path,
+        "dirty": v.dirty,
     })
 }
 
@@ -48,6 +49,19 @@ fn show(app: &App, v: &VolumeInfo) {
         println!("size       {} ({} bytes)", bytes(v.meta.size), v.meta.size);
         println!("allocated  {}", bytes(v.allocated));
         println!("created    {}", v.meta.created);
+        let d = &v.dirty;
+        match &d.reason {
+            None => println!(
+                "changed    {} since the last backup{}",
+                bytes(d.dirty_bytes),
+                if d.served {
+                    " (as last flushed; being served)"
+                } else {
+                    ""
+                }
+            ),
+            Some(why) => println!("changed    unknown: {why}; the next backup reads everything"),
+        }
         if v.meta.work {
             println!("attribute  work (a backup session's working volume: no host I/O)");
         }
@@ -136,7 +150,11 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
             let _ = std::net::TcpStream::connect(addr);
         });
     }
-    kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
-        .with_context(|| format!("serve on {addr}"))?;
+    let served = kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
+        .with_context(|| format!("serve on {addr}"));
+    // Clients may still be connected: refuse their further changes and close every volume
+    // cleanly, so its dirty bitmap stays trusted.
+    st.shutdown().context("close the served volumes")?;
+    served?;
     Ok(exit::OK)
 }
