@@ -114,6 +114,24 @@ pub enum VolumeCommand {
     Delete(VolumeNameArgs),
     /// Serve volumes over NBD (qemu, nbdkit clients, the kernel's nbd-client) until SIGINT
     Serve(VolumeServeArgs),
+    /// Back up a volume that is not being served into the repository (-r): incremental
+    /// (only changed 4 MiB chunks read) when its dirty bitmap is trusted
+    Backup(VolumeNameArgs),
+    /// The volume's backup records (format, label, host, mount point, time, backup)
+    Records(VolumeNameArgs),
+    /// Set the label and mount point copied into the volume's backup records ("" clears)
+    Label(VolumeLabelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeLabelArgs {
+    pub name: String,
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(long)]
+    pub mount_point: Option<String>,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
 }
 
 #[derive(Debug, Args)]

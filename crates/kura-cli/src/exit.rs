@@ -102,6 +102,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 V::NotFound(_) => NOT_FOUND,
                 V::Exists(_) | V::InUse(_) => CONFLICT,
                 V::Invalid(_) => USAGE,
+                V::Repo(r) => repo_code(r),
                 V::Corrupt { .. } | V::Io { .. } => FATAL,
             };
         }

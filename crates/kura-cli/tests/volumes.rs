@@ -407,8 +407,12 @@ fn hold(addr: &str, name: &str) -> TcpStream {
     go.extend_from_slice(&0u16.to_be_bytes());
     c.write_all(&opt(7, &go)).unwrap();
     let mut reply = [0u8; 20];
-    c.read_exact(&mut reply).unwrap(); // the first INFO reply: the export is open
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        &reply[12..16],
+        &3u32.to_be_bytes(),
+        "GO answered with INFO: the export is open"
+    );
     c
 }
 
@@ -516,4 +520,163 @@ fn writes_are_tracked_in_a_dirty_bitmap_that_survives_restarts_but_not_crashes()
     assert!(why.contains("not closed cleanly"), "{info}");
     let text = v.ok(&["volume", "info", "cbt"]);
     assert!(text.contains("the next backup reads everything"), "{text}");
+}
+
+impl Vols {
+    /// A local repository for volume backups (cheap KDF).
+    fn repo(&self) -> String {
+        let r = self.dir.path().join("repo").display().to_string();
+        if !std::path::Path::new(&r).exists() {
+            let o = self
+                .cmd()
+                .env("KURA_PASSWORD", "pw")
+                .args(["-r", &r, "init", "--kdf-memory-kib", "64"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        r
+    }
+
+    fn with_repo(&self, args: &[&str]) -> Output {
+        let r = self.repo();
+        let mut a = vec!["-r", r.as_str()];
+        a.extend_from_slice(args);
+        self.cmd()
+            .env("KURA_PASSWORD", "pw")
+            .args(&a)
+            .output()
+            .unwrap()
+    }
+
+    fn backup(&self, name: &str) -> Value {
+        let o = self.with_repo(&["--json", "volume", "backup", name]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Restore `snapshot` to a file and require it to equal the volume's bytes now.
+    fn restores_equal(&self, snapshot: &str, name: &str) {
+        let out = self.dir.path().join(format!("restored-{snapshot}"));
+        let o = self.with_repo(&["restore", snapshot, "--target", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            std::fs::read(&out).unwrap() == self.raw(name),
+            "restored image differs"
+        );
+    }
+
+    fn stop(&self, mut s: Server) {
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
+        let _ = s.child.wait();
+    }
+}
+
+fn qemu_write(url: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", "raw", url];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    tool("qemu-io", &args);
+}
+
+#[test]
+fn volume_backups_read_only_what_changed_and_keep_records() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "64M"]);
+    v.ok(&[
+        "volume",
+        "label",
+        "db",
+        "--label",
+        "pgdata",
+        "--mount-point",
+        "/var/lib/pg",
+    ]);
+    let s = v.serve();
+    let url = format!("{}/db", s.url);
+    qemu_write(
+        &url,
+        &["write -P 1 0 8M", "write -P 2 30M 3M", "write -P 3 63M 1M"],
+    );
+    // Open by a client: a backup would read a moving image; refused.
+    let held = hold(&s.addr(), "db");
+    let o = v.with_repo(&["volume", "backup", "db"]);
+    assert_eq!(
+        o.status.code(),
+        Some(14),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("served"));
+    drop(held);
+    v.stop(s);
+    // First backup: no baseline, everything is read.
+    let b1 = v.backup("db");
+    assert_eq!(b1["incremental"], false, "{b1}");
+    assert!(
+        b1["full_reason"].as_str().unwrap().contains("incomplete"),
+        "{b1}"
+    );
+    v.restores_equal(b1["snapshot_id"].as_str().unwrap(), "db");
+    // Two granules change; the next backup reads just those (8 MiB of 64).
+    let s = v.serve();
+    qemu_write(
+        &format!("{}/db", s.url),
+        &["write -P 9 10M 4k", "write -P 8 50M 1M"],
+    );
+    v.stop(s);
+    let b2 = v.backup("db");
+    assert_eq!(b2["incremental"], true, "{b2}");
+    assert_eq!(b2["summary"]["bytes_read"], 8 << 20, "{b2}");
+    v.restores_equal(b2["snapshot_id"].as_str().unwrap(), "db");
+    // Nothing changed: nothing read, same content.
+    let b3 = v.backup("db");
+    assert_eq!(
+        (
+            b3["incremental"].clone(),
+            b3["summary"]["bytes_read"].clone()
+        ),
+        (Value::Bool(true), Value::from(0)),
+        "{b3}"
+    );
+    v.restores_equal(b3["snapshot_id"].as_str().unwrap(), "db");
+    // A server killed while holding the volume: the next backup reads everything, and says why.
+    let s = v.serve();
+    let held = hold(&s.addr(), "db");
+    qemu_write(&format!("{}/db", s.url), &["write -P 7 20M 4k"]);
+    let mut s = s;
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
+    let _ = s.child.wait();
+    drop(held);
+    let b4 = v.backup("db");
+    assert_eq!(b4["incremental"], false, "{b4}");
+    assert!(
+        b4["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not closed cleanly"),
+        "{b4}"
+    );
+    assert!(
+        b4["summary"]["bytes_read"].as_u64().unwrap() > 8 << 20,
+        "{b4}"
+    );
+    v.restores_equal(b4["snapshot_id"].as_str().unwrap(), "db");
+    // The records: one per backup, with the volume's label and mount point.
+    let recs = v.json(&["volume", "records", "db"]);
+    let recs = recs.as_array().unwrap();
+    assert_eq!(recs.len(), 4);
+    let kinds: Vec<bool> = recs
+        .iter()
+        .map(|r| r["incremental"].as_bool().unwrap())
+        .collect();
+    assert_eq!(kinds, [false, true, true, false]);
+    for (r, b) in recs.iter().zip([&b1, &b2, &b3, &b4]) {
+        assert_eq!(r["backup"], b["snapshot_id"]);
+        assert_eq!(r["label"], "pgdata");
+        assert_eq!(r["mount_point"], "/var/lib/pg");
+        assert_eq!(r["format"], "kura-raw-image");
+    }
 }

@@ -10,6 +10,7 @@
 //!   Written atomically (temp file, fsync, rename, fsync of the directory).
 //!
 //! - `NAME.dirty`: the changed-block tracking bitmap (`KURADBM1`, see [`dirty`]).
+//! - `NAME.records`: one volume backup record per backup (see [`VolumeRecord`]).
 //!
 //! # Serving and exclusion
 //! A served volume's raw file holds a shared `flock`; `resize` and `delete` take it
@@ -19,10 +20,14 @@
 //! processes could not keep one bitmap. The NBD server advertises multi-connection
 //! consistency because every flush is an `fdatasync` of the one file (and writes the bitmap).
 
+mod backup;
 pub mod dirty;
 mod export;
+mod records;
 mod store;
 
+pub use backup::{VolumeBackup, backup_volume};
 pub use dirty::{DirtyMap, DirtyState, Trust};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
+pub use records::{FORMAT_RAW, VolumeRecord};
 pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};

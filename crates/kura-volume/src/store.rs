@@ -32,6 +32,8 @@ pub enum Error {
     Invalid(String),
     #[error("volume metadata {path}: {why}")]
     Corrupt { path: PathBuf, why: String },
+    #[error(transparent)]
+    Repo(#[from] kura_repo::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -60,6 +62,12 @@ pub struct VolumeMeta {
     /// A working volume of a backup session: refuses host I/O (issue 6, deliverable 4).
     #[serde(default)]
     pub work: bool,
+    /// A label, copied into every backup record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Where the host mounts the volume's file system, copied into every backup record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_point: Option<String>,
 }
 
 /// A volume as listed: metadata plus what its raw file occupies.
@@ -154,7 +162,7 @@ impl VolumeStore {
         &self.dir
     }
 
-    fn raw(&self, name: &str) -> PathBuf {
+    pub(crate) fn raw(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.raw"))
     }
 
@@ -162,7 +170,7 @@ impl VolumeStore {
         self.dir.join(format!("{name}.vol"))
     }
 
-    fn dirty_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn dirty_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.dirty"))
     }
 
@@ -232,6 +240,8 @@ impl VolumeStore {
             size,
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             work: false,
+            label: None,
+            mount_point: None,
         };
         self.write_meta(&m)?;
         self.info(name)
@@ -293,6 +303,32 @@ impl VolumeStore {
         Ok(Exclusive(f))
     }
 
+    /// Set (or, with an empty string, clear) a volume's label and mount point.
+    pub fn set_labels(
+        &self,
+        name: &str,
+        label: Option<&str>,
+        mount_point: Option<&str>,
+    ) -> Result<VolumeInfo> {
+        let mut m = self.meta(name)?;
+        let set = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        for v in [label, mount_point].into_iter().flatten() {
+            if v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(Error::Invalid(format!(
+                    "{v:?}: at most 256 characters, no control characters"
+                )));
+            }
+        }
+        if let Some(l) = label {
+            m.label = set(l);
+        }
+        if let Some(p) = mount_point {
+            m.mount_point = set(p);
+        }
+        self.write_meta(&m)?;
+        self.info(name)
+    }
+
     /// Change a volume's size. Shrinking discards the end: it needs `allow_shrink`.
     pub fn resize(&self, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeInfo> {
         let mut m = self.meta(name)?;
@@ -324,11 +360,16 @@ impl VolumeStore {
         std::fs::remove_file(&meta).map_err(io(format!("remove {}", meta.display())))?;
         let raw = self.raw(name);
         std::fs::remove_file(&raw).map_err(io(format!("remove {}", raw.display())))?;
-        match std::fs::remove_file(self.dirty_path(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("remove {}", self.dirty_path(name).display()))(e));
+        for extra in [
+            self.dirty_path(name),
+            self.dir.join(format!("{name}.records")),
+        ] {
+            match std::fs::remove_file(&extra) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(format!("remove {}", extra.display()))(e));
+                }
+                _ => {}
             }
-            _ => {}
         }
         drop(ex);
         File::open(&self.dir)
@@ -370,7 +411,18 @@ impl VolumeStore {
                 ),
             });
         }
-        let dirty = Arc::new(DirtyMap::open(&self.dirty_path(name), m.size)?);
+        // The previous export of this volume in this process may still be closing its bitmap
+        // (its last connection just ended): give it a moment before calling it in use.
+        let mut tries = 0;
+        let dirty = loop {
+            match DirtyMap::open(&self.dirty_path(name), m.size) {
+                Err(Error::InUse(_)) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break Arc::new(other?),
+            }
+        };
         if let crate::dirty::Trust::Untrusted(why) = dirty.trust() {
             tracing::info!("volume {name}: changed-block tracking restarts: {why}");
         }

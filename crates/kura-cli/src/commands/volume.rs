@@ -36,6 +36,8 @@ fn info_json(v: &VolumeInfo) -> serde_json::Value {
         "allocated": v.allocated,
         "created": v.meta.created,
         "work": v.meta.work,
+        "label": v.meta.label,
+        "mount_point": v.meta.mount_point,
         "path": v.path,
         "dirty": v.dirty,
     })
@@ -115,6 +117,52 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
             app.say(format!("deleted volume {}", a.name));
         }
         VolumeCommand::Serve(a) => return serve(app, a),
+        VolumeCommand::Backup(a) => return backup(app, a),
+        VolumeCommand::Records(a) => {
+            let rs = store(app, &a.dir)?.records(&a.name)?;
+            if app.global.json {
+                println!("{}", serde_json::to_string_pretty(&rs)?);
+            } else {
+                let rows: Vec<Vec<String>> = rs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.time.clone(),
+                            r.backup[..8.min(r.backup.len())].to_string(),
+                            if r.incremental { "incremental" } else { "full" }.into(),
+                            r.label.clone().unwrap_or_default(),
+                            r.mount_point.clone().unwrap_or_default(),
+                            r.host.clone(),
+                            r.repository.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "Time",
+                            "Backup",
+                            "Kind",
+                            "Label",
+                            "Mount point",
+                            "Host",
+                            "Repository"
+                        ],
+                        &rows
+                    )
+                );
+                println!("{} record(s)", rs.len());
+            }
+        }
+        VolumeCommand::Label(a) => {
+            let v = store(app, &a.dir)?.set_labels(
+                &a.name,
+                a.label.as_deref(),
+                a.mount_point.as_deref(),
+            )?;
+            show(app, &v);
+        }
     }
     Ok(exit::OK)
 }
@@ -156,5 +204,54 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     // cleanly, so its dirty bitmap stays trusted.
     st.shutdown().context("close the served volumes")?;
     served?;
+    Ok(exit::OK)
+}
+
+fn backup(app: &App, a: crate::cli::VolumeNameArgs) -> Result<i32> {
+    let st = store(app, &a.dir)?;
+    let repo = app.open()?;
+    let loc = repo.location();
+    let lock = kura_repo::lock::RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    let done = crate::with_lock(lock, |lock| {
+        let repo = repo
+            .load_index()
+            .with_context(|| format!("load index of {loc}"))?;
+        let opts = crate::commands::backup::from_config(app);
+        let bar = app.bar();
+        kura_volume::backup_volume(&st, &a.name, &repo, lock, &opts, &bar, &app.cancel)
+            .with_context(|| format!("back up volume {} to {loc}", a.name))
+    })?;
+    let s = &done.outcome.snapshot.summary;
+    if app.global.json {
+        println!(
+            "{}",
+            json!({
+                "message_type": "summary",
+                "volume": a.name,
+                "snapshot_id": done.outcome.id.to_hex(),
+                "incremental": done.incremental,
+                "full_reason": done.full_reason,
+                "summary": crate::output::summary_json(s),
+                "record": done.record,
+            })
+        );
+    } else {
+        if let Some(why) = &done.full_reason {
+            eprintln!("reading the whole volume: {why}");
+        }
+        app.say(format!(
+            "volume {}: snapshot {} ({}, read {} of {}, {} new)",
+            a.name,
+            done.outcome.id.short(),
+            if done.incremental {
+                "incremental"
+            } else {
+                "full"
+            },
+            bytes(s.bytes_read),
+            bytes(s.total_bytes),
+            bytes(s.bytes_added)
+        ));
+    }
     Ok(exit::OK)
 }

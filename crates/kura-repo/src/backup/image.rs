@@ -1,7 +1,8 @@
 //! Image backup: a regular file (with `--image`) or a block device, cut into fixed 4 MiB
 //! chunks at aligned offsets. Readers take chunk numbers from a shared counter and `pread`
 //! them, so both cores hash while the saver compresses; all-zero chunks are recorded as the
-//! zero id and never stored.
+//! zero id and never stored. With changed-block tracking ([`Reuse`]), chunks that did not
+//! change since the parent image are taken from its fixed index without being read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -60,10 +61,46 @@ fn is_hole(f: &File, off: u64, len: u64) -> bool {
     next as u64 >= off + len
 }
 
+/// What an incremental image backup takes from its parent: the parent's geometry and fixed
+/// index, and the byte ranges that changed since it.
+pub(super) struct Reuse {
+    pub parent_size: u64,
+    pub parent_chunk: u32,
+    pub ids: Vec<Id>,
+    pub changed: Vec<(u64, u64)>,
+}
+
+impl Reuse {
+    /// Per chunk of an image of `size` bytes: the parent's id when the chunk did not change.
+    fn kept(&self, size: u64) -> Result<Vec<Option<Id>>> {
+        let cs = FIXED_CHUNK_SIZE as u64;
+        if self.parent_size != size || self.parent_chunk as u64 != cs {
+            return Err(Error::InvalidInput(format!(
+                "the parent image is {} bytes in {}-byte chunks, this one {size} in {cs}: \
+                 changed ranges do not apply",
+                self.parent_size, self.parent_chunk
+            )));
+        }
+        let mut kept: Vec<Option<Id>> = self.ids.iter().copied().map(Some).collect();
+        for &(off, len) in &self.changed {
+            if len == 0 || kept.is_empty() {
+                continue;
+            }
+            let first = off / cs;
+            let last = (off.saturating_add(len) - 1) / cs;
+            for n in first..=last.min(kept.len() as u64 - 1) {
+                kept[n as usize] = None;
+            }
+        }
+        Ok(kept)
+    }
+}
+
 pub(super) fn backup_image(
     saver: &Saver<'_>,
     path: &Path,
     opts: &BackupOptions,
+    reuse: Option<&Reuse>,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(ImageInfo, Summary)> {
@@ -81,6 +118,10 @@ pub(super) fn backup_image(
     let count_usize =
         usize::try_from(count).map_err(|_| Error::InvalidInput("image too large".into()))?;
     progress.start("backup", Some(size));
+    let kept = match reuse {
+        Some(r) => r.kept(size)?,
+        None => vec![None; count_usize],
+    };
     let ids = Mutex::new(vec![Id::ZERO; count_usize]);
     let next = AtomicU64::new(0);
     let bytes_read = AtomicU64::new(0);
@@ -89,7 +130,7 @@ pub(super) fn backup_image(
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
         for i in 0..readers {
-            let (f, ids, next, bytes_read) = (&f, &ids, &next, &bytes_read);
+            let (f, ids, next, bytes_read, kept) = (&f, &ids, &next, &bytes_read, &kept);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("kura-image-read-{i}"))
@@ -102,6 +143,12 @@ pub(super) fn backup_image(
                             }
                             let off = n * cs;
                             let len = cs.min(size - off) as usize;
+                            if let Some(id) = kept[n as usize] {
+                                // Unchanged since the parent: its chunk, without reading.
+                                ids.lock().map_err(|_| Error::Interrupted)?[n as usize] = id;
+                                progress.advance(len as u64, 0);
+                                continue;
+                            }
                             if !device && is_hole(f, off, len as u64) {
                                 // A hole in a sparse image: zeros, known without reading.
                                 progress.advance(len as u64, 0);

@@ -93,6 +93,11 @@ pub struct BackupOptions {
     /// this many pack bytes were uploaded. A fail-over backend acknowledges extents at their
     /// index file; `None` keeps the default cadence (every 16 packs or 5 minutes).
     pub extent_bytes: Option<u64>,
+    /// Changed-block tracking for an image backup whose parent (`parent` must name it) is an
+    /// image of the same size: only these byte ranges changed since the parent; every 4 MiB
+    /// chunk outside them is taken from the parent's fixed index without being read. `None`
+    /// reads everything.
+    pub changed_ranges: Option<Vec<(u64, u64)>>,
 }
 
 impl Default for BackupOptions {
@@ -111,6 +116,7 @@ impl Default for BackupOptions {
             uploaders: 2,
             inflight_bytes: 32 << 20,
             extent_bytes: None,
+            changed_ranges: None,
         }
     }
 }
@@ -201,8 +207,29 @@ pub fn backup(
         extent_bytes: opts.extent_bytes,
     };
     let (content, mut summary, warnings) = if image_source {
+        let reuse = match (&opts.changed_ranges, parent.as_ref()) {
+            (None, _) => None,
+            (Some(ranges), Some(p)) => match &p.snapshot.content {
+                Content::Image(pi) => Some(image::Reuse {
+                    parent_size: pi.size,
+                    parent_chunk: pi.chunk_size,
+                    ids: crate::restore::load_fixed_index(repo, pi)?,
+                    changed: ranges.clone(),
+                }),
+                Content::Tree { .. } => {
+                    return Err(Error::InvalidInput(
+                        "changed ranges need an image parent snapshot".into(),
+                    ));
+                }
+            },
+            (Some(_), None) => {
+                return Err(Error::InvalidInput(
+                    "changed ranges need a parent snapshot to take the rest from".into(),
+                ));
+            }
+        };
         let (info, summary) = saver::run(repo, cfg, &stats, |saver| {
-            image::backup_image(saver, &paths[0], opts, progress, cancel)
+            image::backup_image(saver, &paths[0], opts, reuse.as_ref(), progress, cancel)
         })?;
         (Content::Image(info), summary, Vec::new())
     } else {
