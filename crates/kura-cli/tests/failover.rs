@@ -22,6 +22,14 @@ use serde_json::Value;
 const DEGRADED: i32 = 9;
 const EXTENT: u64 = 4 << 20;
 
+/// These tests run one at a time: each starts its own SeaweedFS, and several starting at once
+/// on a small machine make the first uploads outlast the targets' deadlines (seen in CI).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Fo {
     _scratch: tempfile::TempDir,
     /// The group, opened at its S3 member (t0); scratch space in `repo.dir`.
@@ -227,6 +235,7 @@ fn assert_sent_bound(v: &Value, what: &str) {
 
 #[test]
 fn an_undisturbed_failover_backup_stays_on_the_first_target() {
+    let _serial = serial();
     let wdir = tempfile::tempdir().unwrap();
     let weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "calm", 16);
@@ -301,6 +310,7 @@ fn an_undisturbed_failover_backup_stays_on_the_first_target() {
 
 #[test]
 fn the_first_target_killed_at_many_points_continues_on_the_next() {
+    let _serial = serial();
     let wdir = tempfile::tempdir().unwrap();
     let mut weed = Weed::single(wdir.path());
     let mut landed = Vec::new();
@@ -395,6 +405,7 @@ fn heal_and_rebuild(fo: &Fo, backup: i64, snap: &str) {
 
 #[test]
 fn a_stopped_target_is_left_after_the_extent_timeout() {
+    let _serial = serial();
     let wdir = tempfile::tempdir().unwrap();
     let weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "stall", 32);
@@ -432,6 +443,7 @@ fn break_dir(p: &Path) {
 
 #[test]
 fn with_every_target_dead_the_run_fails_cleanly() {
+    let _serial = serial();
     let wdir = tempfile::tempdir().unwrap();
     let mut weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "dead", 8);
@@ -500,6 +512,7 @@ impl Drop for ReadOnly {
 
 #[test]
 fn with_three_targets_the_run_moves_on_twice() {
+    let _serial = serial();
     let wdir = tempfile::tempdir().unwrap();
     let mut weed = Weed::single(wdir.path());
     let fo = Fo::new(&weed, "twice", 48);

@@ -497,6 +497,10 @@ impl Ctx<'_> {
                 if req.length > MAX_PAYLOAD {
                     return self.error(c, EINVAL, "read larger than the maximum block size");
                 }
+                if req.length == 0 {
+                    // (A data chunk must carry at least one byte.)
+                    return self.ok(c);
+                }
                 let n = req.length as usize;
                 let head = if self.structured { 20 + 8 } else { 16 };
                 let mut out = vec![0u8; head + n];
