@@ -8,6 +8,9 @@
 //! puts the healthiest first) until one answers. Members share the master key, so the same
 //! name means the same bytes everywhere.
 //!
+//! A member that fails (other than "not found") is asked last from then on, so a dead target
+//! costs its deadline once rather than on every read.
+//!
 //! The view writes only lock files (to every member, so a prune on any of them sees the
 //! reader); other writes are refused. Listings skip a member that cannot list (with a
 //! warning): what it alone held is then missing, and reading it fails with its name.
@@ -57,6 +60,15 @@ impl UnionBackend {
             .collect()
     }
 
+    /// Members in the order given, except that those which already failed come last: a
+    /// dead target costs its deadline once, not on every read.
+    fn order(&self) -> Vec<usize> {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut o: Vec<usize> = (0..self.members.len()).collect();
+        o.sort_by_key(|&i| f[i].is_some());
+        o
+    }
+
     fn failed(&self, i: usize, e: &BackendError) {
         if e.kind() == ErrorKind::NotFound {
             return;
@@ -75,7 +87,8 @@ impl UnionBackend {
     ) -> Result<T> {
         let mut errors = Vec::new();
         let mut all_not_found = true;
-        for (i, m) in self.members.iter().enumerate() {
+        for i in self.order() {
+            let m = &self.members[i];
             match f(m.as_ref()) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -252,6 +265,15 @@ mod tests {
         u.put(FileKind::Lock, "l1", Bytes::from_static(b"x"))
             .unwrap();
         assert!(a.exists(FileKind::Lock, "l1").unwrap() && b.exists(FileKind::Lock, "l1").unwrap());
+        // A member that fails (not "not found") is asked last from then on.
+        let a_dir = d1.path().to_path_buf();
+        std::fs::rename(&a_dir, a_dir.with_extension("gone")).unwrap();
+        std::fs::write(&a_dir, b"not a directory").unwrap();
+        assert_eq!(u.get(FileKind::Pack, "aa01").unwrap(), b"one");
+        assert_eq!(u.failures().iter().map(|f| f.0).collect::<Vec<_>>(), [0]);
+        assert_eq!(u.order(), [1, 0]);
+        std::fs::remove_file(&a_dir).unwrap();
+        std::fs::rename(a_dir.with_extension("gone"), &a_dir).unwrap();
         // A member that cannot list is skipped; the rest still answer.
         drop(d1);
         let names: Vec<String> = u

@@ -22,8 +22,9 @@ use serde_json::Value;
 const DEGRADED: i32 = 9;
 const EXTENT: u64 = 4 << 20;
 
-/// These tests run one at a time: each starts its own SeaweedFS, and several starting at once
-/// on a small machine make the first uploads outlast the targets' deadlines (seen in CI).
+/// These tests run one at a time: each starts its own SeaweedFS and kills or stops it, and
+/// five such servers competing for two cores and one disk only add noise to timings that the
+/// tests assert on (deadlines, stall timeouts).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
