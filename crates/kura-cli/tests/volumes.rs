@@ -631,8 +631,25 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
     assert_eq!(b2["incremental"], true, "{b2}");
     assert_eq!(b2["summary"]["bytes_read"], 8 << 20, "{b2}");
     v.restores_equal(b2["snapshot_id"].as_str().unwrap(), "db");
-    // Nothing changed: nothing read, same content.
-    let b3 = v.backup("db");
+    // Nothing changed: nothing read, same content — with the repository reached by another
+    // path (a symlink): records match repositories by id, not by how they are named.
+    let link = v.dir.path().join("repo-link");
+    std::os::unix::fs::symlink(v.repo(), &link).unwrap();
+    let o = v
+        .cmd()
+        .env("KURA_PASSWORD", "pw")
+        .args([
+            "-r",
+            link.to_str().unwrap(),
+            "--json",
+            "volume",
+            "backup",
+            "db",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b3: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         (
             b3["incremental"].clone(),

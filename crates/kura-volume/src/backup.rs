@@ -56,12 +56,14 @@ pub fn backup_volume(
         Err(e) => return Err(e),
     };
     let location = repo.location();
-    // The parent: the newest record of this repository whose snapshot is still there.
+    let repo_id = repo.config().id.to_hex();
+    // The parent: the newest record of this repository (by id: one repository may be reached
+    // by several paths or URLs) whose snapshot is still there.
     let parent = store
         .records(name)?
         .into_iter()
         .rev()
-        .filter(|r| r.repository == location)
+        .filter(|r| r.repository_id == repo_id)
         .find_map(|r| repo.find_snapshot(&r.backup).ok());
     let mut o = opts.clone();
     o.image = true;
@@ -110,6 +112,7 @@ pub fn backup_volume(
         mount_point: meta.mount_point.clone(),
         time,
         repository: location,
+        repository_id: repo_id,
         backup: outcome.id.to_hex(),
         size: meta.size,
         incremental: full_reason.is_none(),

@@ -25,8 +25,10 @@ pub struct VolumeRecord {
     pub mount_point: Option<String>,
     /// When the backup's data was taken (RFC 3339, UTC).
     pub time: String,
-    /// The repository (its location) and the snapshot id there.
+    /// The repository: its location as given, and its id (what identifies it however it
+    /// is reached); the snapshot id there.
     pub repository: String,
+    pub repository_id: String,
     pub backup: String,
     pub size: u64,
     /// Whether only changed chunks were read.
