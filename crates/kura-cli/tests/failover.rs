@@ -11,11 +11,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::weed::Weed;
-use common::{TestRepo, assert_same_tree, pseudo_random, step_until, write};
+use common::{Kura, TestRepo, assert_same_tree, pseudo_random, step_until, write};
 use kura_repo::backend::FileKind;
 use serde_json::Value;
 
@@ -98,34 +98,6 @@ impl Fo {
             "t2" => self.dirs[1].display().to_string(),
             _ => panic!("{target}"),
         }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = self.repo.cmd();
-        c.env("KURA_CATALOG", &self.catalog)
-            .env_remove("KURA_REPOSITORY");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kura {args:?}: {:?}\n{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
     /// Start a fail-over backup with these target deadline and extent timeout.
@@ -563,4 +535,13 @@ fn with_three_targets_the_run_moves_on_twice() {
     assert_sent_bound(&v, "two fail-overs");
     fo.restores(v["backup"].as_i64().unwrap(), "twice");
     fo.nothing_held();
+}
+
+impl Kura for Fo {
+    fn cmd(&self) -> Command {
+        let mut c = self.repo.cmd();
+        c.env("KURA_CATALOG", &self.catalog)
+            .env_remove("KURA_REPOSITORY");
+        c
+    }
 }

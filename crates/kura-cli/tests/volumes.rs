@@ -9,6 +9,10 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+
+use common::Kura;
+
 struct Vols {
     dir: tempfile::TempDir,
 }
@@ -22,35 +26,6 @@ impl Vols {
 
     fn data(&self) -> PathBuf {
         self.dir.path().join("volumes")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
-        c.env("KURA_VOLUMES", self.data())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
-            .env_remove("KURA_CONFIG");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kura {args:?}: {:?}\n{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
     /// `kura volume serve` on a free loopback port; stopped on drop.
@@ -695,5 +670,15 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         assert_eq!(r["label"], "pgdata");
         assert_eq!(r["mount_point"], "/var/lib/pg");
         assert_eq!(r["format"], "kura-raw-image");
+    }
+}
+
+impl Kura for Vols {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_VOLUMES", self.data())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
+            .env_remove("KURA_CONFIG");
+        c
     }
 }

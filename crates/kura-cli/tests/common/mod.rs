@@ -472,3 +472,33 @@ pub fn step_until(
     }
     child.try_wait().unwrap().is_none()
 }
+
+/// A test environment that prepares `kura` commands (environment variables, scratch
+/// directories); running them and checking their outcome comes with it.
+pub trait Kura {
+    fn cmd(&self) -> Command;
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run kura")
+    }
+
+    /// Run and require exit code 0; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kura {args:?}: {:?}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Run with `--json` (exit code 0 required) and parse stdout.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {out}"))
+    }
+}
