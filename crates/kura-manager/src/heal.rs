@@ -8,7 +8,9 @@
 //! lacks, it copies the packs the section's index file lists (those the target does not
 //! already have) and then the index file itself, byte for byte — the targets form a group, so
 //! the same name is the same bytes — then the snapshot manifest. Order matters as in a
-//! backup: packs before the index naming them, index files before the snapshot. Only after a
+//! backup: packs before the index naming them, index files before the snapshot; and each
+//! target is written under a shared repository lock, as by a backup, so a concurrent prune
+//! there cannot delete a copied pack before its index file exists. Only after a
 //! target holds a section does the catalog record it there; then an updated catalog record is
 //! written to every target. An interrupted heal leaves extra packs at most (the next heal or
 //! `prune` deals with them) and never a claim without data.
@@ -22,6 +24,7 @@ use kura_catalog::{BackupState, Catalog, Constraints, Extent, SecuredGuard, Stat
 use kura_repo::Repository;
 use kura_repo::catalog_record::CatalogRecord;
 use kura_repo::id::Id;
+use kura_repo::lock::RepoLock;
 
 use crate::position::Position;
 use crate::{Error, Result};
@@ -165,6 +168,10 @@ pub fn heal(
             .map(|(s, v)| (*s, v))
             .collect();
         let r = (|| -> Result<usize> {
+            // A shared lock on the target, as a backup takes: a prune there must not delete
+            // packs copied here before the index file naming them is written.
+            let member = repo.member(Arc::clone(target))?;
+            let _lock = RepoLock::shared(&member)?;
             let mut have: HashSet<String> = target
                 .list(FileKind::Pack)?
                 .into_iter()
