@@ -11,8 +11,10 @@ use serde_json::Value;
 
 #[path = "../../kura-catalog/tests/common/mod.rs"]
 mod catalog_common;
+mod common;
 
 use catalog_common::{Db, Fresh, fresh};
+use common::Kura as _;
 
 /// Assert a command failed with `code` and said `needle` on stderr.
 fn assert_fails(o: &Output, code: i32, needle: &str) {
@@ -34,34 +36,6 @@ struct Kura {
 impl Kura {
     fn new(db: Db) -> Kura {
         Kura { f: fresh(db) }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kura"))
-            .env("KURA_CATALOG", &self.f.url)
-            .env_remove("KURA_CONFIG")
-            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"))
-            .args(args)
-            .output()
-            .expect("run kura")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kura {args:?}: {:?}\n{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let out = self.ok(&a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
     /// `resource list --json` as name → resource.
@@ -474,4 +448,14 @@ fn the_config_file_names_the_catalog() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.path().join("data/kura/catalog.db").exists());
+}
+
+impl common::Kura for Kura {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_CATALOG", &self.f.url)
+            .env_remove("KURA_CONFIG")
+            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"));
+        c
+    }
 }

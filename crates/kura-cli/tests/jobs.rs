@@ -4,7 +4,7 @@
 //! Run on the embedded SQLite catalog and on PostgreSQL.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -13,7 +13,7 @@ mod catalog_common;
 mod common;
 
 use catalog_common::{Db, Fresh, fresh};
-use common::{assert_same_tree, pseudo_random, write};
+use common::{Kura, assert_same_tree, pseudo_random, write};
 
 const DEGRADED: i32 = 9;
 
@@ -70,35 +70,6 @@ impl Setup {
         if matches!(db, Db::Postgres) {
             self.ok(&["resource", "route", "w", "p", &name]);
         }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kura"))
-            .env("KURA_CATALOG", &self.url)
-            .env("KURA_PASSWORD", "test-password")
-            .env_remove("KURA_REPOSITORY")
-            .env_remove("KURA_CONFIG")
-            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"))
-            .args(args)
-            .output()
-            .expect("run kura")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kura {args:?}: {:?}\n{}",
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
     /// Restore `snapshot` from one target alone and compare with the source.
@@ -458,3 +429,15 @@ on_both_dbs!(
     a_failing_pre_hook_or_a_lost_quorum_records_nothing,
     the_catalog_is_rebuilt_from_the_targets,
 );
+
+impl Kura for Setup {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_CATALOG", &self.url)
+            .env("KURA_PASSWORD", "test-password")
+            .env_remove("KURA_REPOSITORY")
+            .env_remove("KURA_CONFIG")
+            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"));
+        c
+    }
+}
