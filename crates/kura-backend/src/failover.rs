@@ -511,34 +511,20 @@ impl FailoverBackend {
         name: &str,
         f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
+        // The active member first, then the others, failed ones last.
         let order: Vec<usize> = {
             let st = self.inner.lock();
-            let mut o: Vec<usize> = st.active.into_iter().collect();
-            o.extend((0..self.inner.members.len()).filter(|&i| Some(i) != st.active));
+            let mut o: Vec<usize> = (0..self.inner.members.len()).collect();
             o.sort_by_key(|&i| (Some(i) != st.active, st.failed[i].is_some()));
             o
         };
         let f = Arc::new(f);
-        let mut errors = Vec::new();
-        let mut all_not_found = true;
-        for m in order {
-            let f = Arc::clone(&f);
-            let b = &self.inner.members[m];
-            match within(b, self.inner.opts.extent_timeout, op, name, move |b| f(b)) {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    all_not_found &= e.kind() == ErrorKind::NotFound;
-                    errors.push(format!("{}: {}", b.location(), e.detail()));
-                }
-            }
-        }
-        Err(BackendError::none_served(
-            op,
-            name,
-            self.location(),
-            all_not_found,
-            &errors,
-        ))
+        let attempts = order.into_iter().map(|m| {
+            let (f, b) = (Arc::clone(&f), &self.inner.members[m]);
+            let answer = within(b, self.inner.opts.extent_timeout, op, name, move |b| f(b));
+            (b.location(), answer)
+        });
+        crate::error::first_served(op, name, self.location(), attempts)
     }
 }
 

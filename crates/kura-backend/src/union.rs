@@ -85,26 +85,15 @@ impl UnionBackend {
         name: &str,
         f: impl Fn(&dyn Backend) -> Result<T>,
     ) -> Result<T> {
-        let mut errors = Vec::new();
-        let mut all_not_found = true;
-        for i in self.order() {
+        let attempts = self.order().into_iter().map(|i| {
             let m = &self.members[i];
-            match f(m.as_ref()) {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    self.failed(i, &e);
-                    all_not_found &= e.kind() == ErrorKind::NotFound;
-                    errors.push(format!("{}: {}", m.location(), e.detail()));
-                }
+            let answer = f(m.as_ref());
+            if let Err(e) = &answer {
+                self.failed(i, e);
             }
-        }
-        Err(BackendError::none_served(
-            op,
-            name,
-            self.location(),
-            all_not_found,
-            &errors,
-        ))
+            (m.location(), answer)
+        });
+        crate::error::first_served(op, name, self.location(), attempts)
     }
 
     fn read_only(&self, op: &'static str, kind: FileKind, name: &str) -> BackendError {
