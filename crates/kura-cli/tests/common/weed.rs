@@ -57,6 +57,13 @@ impl Proc {
         }
     }
 
+    /// The last lines of this process's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             // A stopped process must be continued to die promptly.
@@ -95,8 +102,26 @@ fn s(v: impl ToString) -> String {
 }
 
 impl Weed {
-    /// All components in one `weed server` process.
+    /// All components in one `weed server` process. Ports are picked free but released before
+    /// weed binds them, so another process can take one in between; a server that exits
+    /// before it answers is started again on fresh ports (up to three times).
     pub fn single(dir: &Path) -> Weed {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+            let mut w = Weed::single_once(dir);
+            match w.ready() {
+                Ok(()) => return w,
+                Err(e) => {
+                    last = e;
+                    drop(w);
+                }
+            }
+        }
+        panic!("SeaweedFS did not come up (three tries): {last}");
+    }
+
+    fn single_once(dir: &Path) -> Weed {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let ids = write_identities(dir);
         let (mp, mg, vp, vg, fp, fg, sp, sg) = (
@@ -142,7 +167,6 @@ impl Weed {
             dir: dir.to_path_buf(),
         };
         w.procs[0].start();
-        w.wait_ready();
         w
     }
 
@@ -267,15 +291,35 @@ impl Weed {
 
     /// Wait until S3 answers. (No bucket to create: SeaweedFS creates it on the first upload
     /// by an admin identity, which the test identity is.)
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
+        if let Err(e) = self.ready() {
+            panic!("SeaweedFS did not come up: {e}");
+        }
+    }
+
+    /// Wait until S3 answers; an error names the process that exited (with the end of its
+    /// log) or the timeout.
+    fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if self.http_ok() {
-                return;
+                return Ok(());
+            }
+            for p in &mut self.procs {
+                if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    p.child = None;
+                    return Err(format!("{} exited ({status}): {}", p.args[0], p.log_tail()));
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("SeaweedFS did not come up; logs in {}", self.dir.display());
+        let tails: Vec<String> = self.procs.iter().map(|p| p.log_tail()).collect();
+        Err(format!(
+            "no answer on S3 port {} after 90 s; logs in {}: {}",
+            self.s3_port,
+            self.dir.display(),
+            tails.join(" | ")
+        ))
     }
 
     /// SIGKILL the S3-serving process.
