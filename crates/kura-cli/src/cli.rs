@@ -98,6 +98,50 @@ pub enum Command {
     /// Volumes of the volume engine, and serving them over NBD
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Mirror pairs of volumes: duplex writes, split (freeze the secondary), resync
+    #[command(subcommand)]
+    Pair(PairCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Pair two volumes of equal size: copy the primary onto the secondary, then duplex
+    /// (every write reaches both). The secondary then refuses host I/O
+    Create(PairCreateArgs),
+    /// Freeze the secondary (or only --area ranges of it); later writes to the frozen part
+    /// set bits in the pair's difference bitmap, durably before they are acknowledged
+    Split(PairSplitArgs),
+    /// Copy only the granules that differ, then duplex again
+    Resync(PairNameArgs),
+    /// Pairs with their state and how much differs
+    List(VolumeDirArgs),
+    /// Dissolve a pair (the secondary keeps what it holds)
+    Delete(PairNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PairCreateArgs {
+    pub primary: String,
+    pub secondary: String,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PairSplitArgs {
+    pub primary: String,
+    /// Split only this area, OFFSET:LENGTH (e.g. 0:64M; repeatable; default: everything)
+    #[arg(long = "area", value_name = "OFFSET:LEN")]
+    pub areas: Vec<String>,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PairNameArgs {
+    pub primary: String,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,9 +158,13 @@ pub enum VolumeCommand {
     Delete(VolumeNameArgs),
     /// Serve volumes over NBD (qemu, nbdkit clients, the kernel's nbd-client) until SIGINT
     Serve(VolumeServeArgs),
-    /// Back up a volume that is not being served into the repository (-r): incremental
-    /// (only changed 4 MiB chunks read) when its dirty bitmap is trusted
-    Backup(VolumeNameArgs),
+    /// Back up a volume into the repository (-r): incremental (only changed 4 MiB chunks
+    /// read) when its dirty bitmap is trusted. A served volume is frozen by its server (a
+    /// pair split or a copy-before-write session), which answers "accepted" and copies in
+    /// the background (see `volume jobs`, or --wait)
+    Backup(VolumeBackupArgs),
+    /// Background backups of the running server, with progress
+    Jobs(VolumeJobsArgs),
     /// The volume's backup records (format, label, host, mount point, time, backup)
     Records(VolumeNameArgs),
     /// Set the label and mount point copied into the volume's backup records ("" clears)
@@ -148,6 +196,38 @@ pub struct VolumeCreateArgs {
     /// Size, e.g. 10G, 512M (binary units; a multiple of 512 bytes)
     #[arg(long)]
     pub size: String,
+    /// A working volume for backup sessions' pool (refuses host I/O)
+    #[arg(long)]
+    pub work: bool,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeBackupArgs {
+    pub name: String,
+    /// How a served volume is frozen: split its pair (a duplex primary), a copy-before-write
+    /// session with a working volume from the pool, or auto (split if paired, else session)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub freeze: FreezeArg,
+    /// Wait for a background backup to finish (exit status as if it ran in the foreground)
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FreezeArg {
+    Auto,
+    Session,
+    Split,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeJobsArgs {
+    /// Only this job
+    pub id: Option<u64>,
     #[command(flatten)]
     pub dir: VolumeDirArgs,
 }

@@ -269,6 +269,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Target(t) => commands::target::run(&app, t),
         Command::Resource(r) => commands::resource::run(&app, r),
         Command::Volume(v) => commands::volume::run(&app, v),
+        Command::Pair(p) => commands::pair::run(&app, p),
         Command::Job(j) => commands::job::run(&app, j),
         Command::Backups(a) => commands::backups::run(&app, a),
         Command::Catalog(c) => commands::backups::catalog(&app, c),

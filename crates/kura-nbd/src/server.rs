@@ -392,7 +392,13 @@ fn transmit<R: Read, W: Write + Send>(
             s.spawn(move || {
                 for job in rx {
                     let held = payload_len(&job.req);
-                    let out = ctx.execute(&job.req, job.data);
+                    // A bug in an export must cost one request (EIO), not the worker: a dead
+                    // worker would leave the client waiting for replies forever.
+                    let cookie = job.req.cookie;
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        ctx.execute(&job.req, job.data)
+                    }))
+                    .unwrap_or_else(|_| ctx.error(cookie, EIO, "internal error"));
                     budget.release(held);
                     let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
                     if w.write_all(&out).and_then(|()| w.flush()).is_err() {

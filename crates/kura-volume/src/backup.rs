@@ -55,42 +55,15 @@ pub fn backup_volume(
         }
         Err(e) => return Err(e),
     };
-    let location = repo.location();
-    let repo_id = repo.config().id.to_hex();
-    // The parent: the newest record of this repository (by id: one repository may be reached
-    // by several paths or URLs) whose snapshot is still there.
-    let parent = store
-        .records(name)?
-        .into_iter()
-        .rev()
-        .filter(|r| r.repository_id == repo_id)
-        .find_map(|r| repo.find_snapshot(&r.backup).ok());
-    let mut o = opts.clone();
-    o.image = true;
-    let full_reason = match (&parent, dirty.trust()) {
-        (_, Trust::Untrusted(why)) => Some(why),
-        (None, Trust::Trusted) => {
-            Some("no earlier backup of this volume in this repository".to_string())
-        }
-        (Some(p), Trust::Trusted) => match &p.snapshot.content {
-            Content::Image(i) if i.size == meta.size => None,
-            Content::Image(i) => Some(format!(
-                "the last backup is of a {}-byte volume; this one is {} bytes",
-                i.size, meta.size
-            )),
-            Content::Tree { .. } => Some("the last backup is not an image".to_string()),
-        },
-    };
-    match (&full_reason, &parent) {
-        (None, Some(p)) => {
-            o.parent = ParentChoice::Snapshot(p.id.to_hex());
-            o.changed_ranges = Some(dirty.dirty_runs());
-        }
-        _ => {
-            o.parent = ParentChoice::None;
-            o.changed_ranges = None;
-        }
-    }
+    let plan = Plan::new(
+        store,
+        name,
+        repo,
+        meta.size,
+        dirty.trust(),
+        dirty.dirty_runs(),
+    )?;
+    let o = plan.options(opts);
     let result = backup(repo, lock, &[store.raw(name)], &o, progress, cancel);
     let outcome = match result {
         Ok(out) => out,
@@ -100,31 +73,114 @@ pub fn backup_volume(
             return Err(e.into());
         }
     };
-    let (secs, nanos) = (outcome.snapshot.time.0, outcome.snapshot.time.1);
-    let time = chrono::DateTime::from_timestamp(secs, nanos)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
-    let record = VolumeRecord {
-        v: 1,
-        format: FORMAT_RAW.into(),
-        label: meta.label.clone(),
-        host: outcome.snapshot.host.clone(),
-        mount_point: meta.mount_point.clone(),
-        time,
-        repository: location,
-        repository_id: repo_id,
-        backup: outcome.id.to_hex(),
-        size: meta.size,
-        incremental: full_reason.is_none(),
-    };
+    let record = plan.record(&meta, repo, &outcome);
     store.add_record(name, &record)?;
     // The snapshot is durable and recorded: track changes from here.
     dirty.reset()?;
     dirty.close()?;
     Ok(VolumeBackup {
-        incremental: full_reason.is_none(),
-        full_reason,
+        incremental: plan.full_reason.is_none(),
+        full_reason: plan.full_reason,
         outcome,
         record,
     })
+}
+
+/// What a volume backup reads: incremental from a parent, or everything and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub parent: Option<kura_repo::Id>,
+    /// Why everything is read; `None`: only `changed` is read.
+    pub full_reason: Option<String>,
+    pub changed: Vec<(u64, u64)>,
+}
+
+impl Plan {
+    /// The parent is the newest record of this repository (by id: one repository may be
+    /// reached by several paths or URLs) whose snapshot is still there; incremental when the
+    /// bitmap is trusted and that snapshot is an image of the same size.
+    pub fn new(
+        store: &VolumeStore,
+        name: &str,
+        repo: &IndexedRepo,
+        size: u64,
+        trust: Trust,
+        changed: Vec<(u64, u64)>,
+    ) -> Result<Plan> {
+        let repo_id = repo.config().id.to_hex();
+        let parent = store
+            .records(name)?
+            .into_iter()
+            .rev()
+            .filter(|r| r.repository_id == repo_id)
+            .find_map(|r| repo.find_snapshot(&r.backup).ok());
+        let full_reason = match (&parent, trust) {
+            (_, Trust::Untrusted(why)) => Some(why),
+            (None, Trust::Trusted) => {
+                Some("no earlier backup of this volume in this repository".to_string())
+            }
+            (Some(p), Trust::Trusted) => match &p.snapshot.content {
+                Content::Image(i) if i.size == size => None,
+                Content::Image(i) => Some(format!(
+                    "the last backup is of a {}-byte volume; this one is {size} bytes",
+                    i.size
+                )),
+                Content::Tree { .. } => Some("the last backup is not an image".to_string()),
+            },
+        };
+        Ok(Plan {
+            parent: parent.map(|p| p.id),
+            full_reason,
+            changed,
+        })
+    }
+
+    /// The byte ranges the backup reads (`None`: all).
+    pub fn reads(&self) -> Option<&[(u64, u64)]> {
+        match (&self.full_reason, &self.parent) {
+            (None, Some(_)) => Some(&self.changed),
+            _ => None,
+        }
+    }
+
+    pub fn options(&self, opts: &BackupOptions) -> BackupOptions {
+        let mut o = opts.clone();
+        o.image = true;
+        match (self.reads(), &self.parent) {
+            (Some(r), Some(p)) => {
+                o.parent = ParentChoice::Snapshot(p.to_hex());
+                o.changed_ranges = Some(r.to_vec());
+            }
+            _ => {
+                o.parent = ParentChoice::None;
+                o.changed_ranges = None;
+            }
+        }
+        o
+    }
+
+    pub fn record(
+        &self,
+        meta: &crate::VolumeMeta,
+        repo: &IndexedRepo,
+        outcome: &BackupOutcome,
+    ) -> VolumeRecord {
+        let (secs, nanos) = (outcome.snapshot.time.0, outcome.snapshot.time.1);
+        let time = chrono::DateTime::from_timestamp(secs, nanos)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        VolumeRecord {
+            v: 1,
+            format: FORMAT_RAW.into(),
+            label: meta.label.clone(),
+            host: outcome.snapshot.host.clone(),
+            mount_point: meta.mount_point.clone(),
+            time,
+            repository: repo.location(),
+            repository_id: repo.config().id.to_hex(),
+            backup: outcome.id.to_hex(),
+            size: meta.size,
+            incremental: self.reads().is_some(),
+        }
+    }
 }

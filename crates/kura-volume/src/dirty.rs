@@ -49,6 +49,18 @@ pub struct DirtyMap {
     size: u64,
     bits: Mutex<Vec<u8>>,
     trust: Mutex<Trust>,
+    /// Serializes writes of the file: a later write never carries fewer bits than an earlier
+    /// one that has returned (a durable mark must stay durable).
+    io: Mutex<()>,
+}
+
+/// The bits a freeze took out of a bitmap (see [`DirtyMap::freeze`]).
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    bits: Vec<u8>,
+    pub trust: Trust,
+    /// The dirty granules at the freeze, as `(offset, length)` runs.
+    pub runs: Vec<(u64, u64)>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -138,6 +150,7 @@ impl DirtyMap {
             size,
             bits: Mutex::new(bits),
             trust: Mutex::new(trust),
+            io: Mutex::new(()),
         };
         // In use from now on, durably, before any write is accepted.
         m.write(FLAG_IN_USE)?;
@@ -145,6 +158,7 @@ impl DirtyMap {
     }
 
     fn write(&self, mut flags: u32) -> Result<()> {
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         if self.trust() != Trust::Trusted {
             flags |= FLAG_INCOMPLETE;
         }
@@ -162,18 +176,100 @@ impl DirtyMap {
     }
 
     /// Mark `[offset, offset + len)` changed. Called before the write is acknowledged.
-    pub fn mark(&self, offset: u64, len: u64) {
+    /// Returns whether a bit was newly set.
+    pub fn mark(&self, offset: u64, len: u64) -> bool {
         if len == 0 {
-            return;
+            return false;
         }
         let first = offset / GRANULE;
         let last = (offset + len - 1) / GRANULE;
         let mut bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = false;
         for g in first..=last {
             if let Some(b) = bits.get_mut((g / 8) as usize) {
+                new |= *b & (1 << (g % 8)) == 0;
                 *b |= 1 << (g % 8);
             }
         }
+        new
+    }
+
+    /// Mark, and when that set a new bit, write the bitmap before returning: the mark is
+    /// durable before the change it announces is acknowledged (a pair's difference bitmap).
+    pub fn mark_durable(&self, offset: u64, len: u64) -> Result<()> {
+        if self.mark(offset, len) {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Set every bit (nothing is known to be equal).
+    pub fn set_all(&self) {
+        self.mark(0, self.size);
+    }
+
+    /// Clear the bits of these granules (they were copied), in memory; [`persist`] writes.
+    ///
+    /// [`persist`]: Self::persist
+    pub fn clear_granules(&self, granules: &[u64]) {
+        let mut bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+        for g in granules {
+            if let Some(b) = bits.get_mut((g / 8) as usize) {
+                *b &= !(1 << (g % 8));
+            }
+        }
+    }
+
+    /// Dirty granule numbers.
+    pub fn dirty_granules(&self) -> Vec<u64> {
+        let bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+        (0..self.size.div_ceil(GRANULE))
+            .filter(|g| bits[(g / 8) as usize] & (1 << (g % 8)) != 0)
+            .collect()
+    }
+
+    /// Bytes in dirty granules.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_runs().iter().map(|r| r.1).sum()
+    }
+
+    /// A backup freezes the volume: take the bits (what changed since the last backup, up to
+    /// now) and start tracking afresh, in memory. Changes after the freeze belong to the
+    /// next backup. If this backup fails, [`thaw_failed`](Self::thaw_failed) puts the bits
+    /// back; if it succeeds, [`thaw_done`](Self::thaw_done) trusts what was tracked since.
+    /// A crash in between leaves the file in use, so the next backup reads everything.
+    pub fn freeze(&self) -> Frozen {
+        let runs = self.dirty_runs();
+        let trust = self.trust();
+        let mut bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+        let n = bits.len();
+        let taken = std::mem::replace(&mut *bits, vec![0u8; n]);
+        Frozen {
+            bits: taken,
+            trust,
+            runs,
+        }
+    }
+
+    /// The backup of a freeze failed: its bits are dirty again, and an untrusted map stays
+    /// untrusted.
+    pub fn thaw_failed(&self, frozen: Frozen) -> Result<()> {
+        {
+            let mut bits = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+            for (b, f) in bits.iter_mut().zip(&frozen.bits) {
+                *b |= f;
+            }
+        }
+        if let Trust::Untrusted(_) = &frozen.trust {
+            *self.trust.lock().unwrap_or_else(|p| p.into_inner()) = frozen.trust;
+        }
+        self.persist()
+    }
+
+    /// The backup of a freeze is durable: every change since the freeze was tracked here.
+    pub fn thaw_done(&self) -> Result<()> {
+        *self.trust.lock().unwrap_or_else(|p| p.into_inner()) = Trust::Trusted;
+        self.persist()
     }
 
     /// Write the bits (keeping the in-use flag): called on every flush.

@@ -8,12 +8,14 @@
 //! and closed cleanly.
 
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use kura_nbd::proto::STATE_DIRTY;
 use kura_nbd::{Export, FileExport, Runs};
 
 use crate::dirty::{DirtyMap, GRANULE};
+use crate::pair::Pair;
+use crate::session::Session;
 
 /// The metadata context name of the dirty bitmap.
 pub const DIRTY_CONTEXT: &str = "qemu:dirty-bitmap:kura";
@@ -24,8 +26,21 @@ pub struct VolumeExport {
     pub(crate) file: FileExport,
     pub(crate) dirty: Arc<DirtyMap>,
     /// Changes hold it shared (mark, then write); [`shutdown`](Self::shutdown) takes it
-    /// exclusively, so no change is acknowledged after the bitmap was closed.
+    /// exclusively, so no change is acknowledged after the bitmap was closed. Freezes (a
+    /// split, a session start) take it exclusively too: no change is in flight at the
+    /// instant an image is frozen.
     pub(crate) closed: RwLock<bool>,
+    /// The volume's mirror pair, when it is a primary.
+    pub(crate) pair: Mutex<Option<Arc<Pair>>>,
+    /// The copy-before-write backup session running on it.
+    pub(crate) session: Mutex<Option<Arc<Session>>>,
+}
+
+/// What a change must pass through, fixed for its duration (both are only replaced under the
+/// exclusive change lock).
+struct Hooks {
+    pair: Option<Arc<Pair>>,
+    session: Option<Arc<Session>>,
 }
 
 impl VolumeExport {
@@ -45,11 +60,51 @@ impl VolumeExport {
             what: format!("flush volume {}", self.name),
             source,
         })?;
+        if let Some(p) = self.pair() {
+            p.secondary.flush().map_err(|source| crate::Error::Io {
+                what: format!("flush the secondary of {}", self.name),
+                source,
+            })?;
+            p.diff.close()?;
+        }
+        // A session ends with its server: the working volume goes back to the pool.
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.dirty.close()
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pair(&self) -> Option<Arc<Pair>> {
+        self.pair.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Hold off every change (in flight ones finish first): for freezes, resync copies and
+    /// attaching or detaching a pair or a session.
+    pub(crate) fn exclusive(&self) -> crate::Result<RwLockWriteGuard<'_, bool>> {
+        let g = self.closed.write().unwrap_or_else(|p| p.into_inner());
+        if *g {
+            return Err(crate::Error::Invalid(format!(
+                "volume {} is shutting down",
+                self.name
+            )));
+        }
+        Ok(g)
+    }
+
     /// Run a change while the export is open.
-    fn change(&self, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    fn change(&self, f: impl FnOnce(&Hooks) -> io::Result<()>) -> io::Result<()> {
         let closed = self.closed.read().unwrap_or_else(|p| p.into_inner());
         if *closed {
             return Err(io::Error::other(format!(
@@ -57,7 +112,40 @@ impl VolumeExport {
                 self.name
             )));
         }
-        f()
+        let hooks = Hooks {
+            pair: self.pair(),
+            session: self.session(),
+        };
+        f(&hooks)
+    }
+
+    /// A change to `[offset, offset + len)`: mark it dirty, save frozen data (session), mark
+    /// the pair's difference durably where split, change the primary (`apply`), then the
+    /// secondary where duplex.
+    fn apply(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        apply: impl Fn(&FileExport, u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.change(|h| {
+            self.dirty.mark(offset, len);
+            if let Some(s) = &h.session {
+                s.before_change(&self.file, offset, len)?;
+            }
+            if let Some(p) = &h.pair {
+                p.before_change(offset, len)?;
+            }
+            apply(&self.file, offset, len)?;
+            if let Some(p) = &h.pair {
+                p.after_change(offset, len, &apply)?;
+            }
+            if fua {
+                self.dirty.persist().map_err(to_io)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -83,38 +171,29 @@ impl Export for VolumeExport {
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.change(|| {
-            self.dirty.mark(offset, data.len() as u64);
-            self.file.write_at(offset, data, fua)?;
-            if fua {
-                self.dirty.persist().map_err(to_io)?;
-            }
-            Ok(())
+        self.apply(offset, data.len() as u64, fua, |f, o, l| {
+            let from = (o - offset) as usize;
+            f.write_at(o, &data[from..from + l as usize], fua)
         })
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.change(|| {
+        self.change(|h| {
             self.file.flush()?;
+            if let Some(p) = &h.pair {
+                p.flush()?;
+            }
             self.dirty.persist().map_err(to_io)
         })
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.change(|| {
-            self.dirty.mark(offset, len);
-            self.file.trim(offset, len)
-        })
+        self.apply(offset, len, false, |f, o, l| f.trim(o, l))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
-        self.change(|| {
-            self.dirty.mark(offset, len);
-            self.file.write_zeroes(offset, len, may_trim, fua)?;
-            if fua {
-                self.dirty.persist().map_err(to_io)?;
-            }
-            Ok(())
+        self.apply(offset, len, fua, |f, o, l| {
+            f.write_zeroes(o, l, may_trim, fua)
         })
     }
 

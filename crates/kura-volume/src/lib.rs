@@ -21,13 +21,20 @@
 //! consistency because every flush is an `fdatasync` of the one file (and writes the bitmap).
 
 mod backup;
+pub mod control;
 pub mod dirty;
+pub mod engine;
 mod export;
+pub mod pair;
 mod records;
+pub mod session;
 mod store;
 
 pub use backup::{VolumeBackup, backup_volume};
 pub use dirty::{DirtyMap, DirtyState, Trust};
+pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
+pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, parse_area};
 pub use records::{FORMAT_RAW, VolumeRecord};
+pub use session::{BlockState, Session, SessionStats};
 pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};

@@ -68,6 +68,10 @@ pub struct VolumeMeta {
     /// Where the host mounts the volume's file system, copied into every backup record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_point: Option<String>,
+    /// The primary whose mirror pair this volume is the secondary of: no host I/O, no
+    /// resize or delete while paired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_of: Option<String>,
 }
 
 /// A volume as listed: metadata plus what its raw file occupies.
@@ -145,7 +149,7 @@ pub struct VolumeStore {
 }
 
 /// An exclusive hold on a volume (no server has it open); released on drop.
-struct Exclusive(File);
+pub(crate) struct Exclusive(pub(crate) File);
 
 impl VolumeStore {
     /// The store in `dir` (created if missing).
@@ -166,6 +170,10 @@ impl VolumeStore {
         self.dir.join(format!("{name}.raw"))
     }
 
+    pub(crate) fn path(&self, name: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{ext}"))
+    }
+
     fn meta_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.vol"))
     }
@@ -174,12 +182,18 @@ impl VolumeStore {
         self.dir.join(format!("{name}.dirty"))
     }
 
-    fn write_meta(&self, m: &VolumeMeta) -> Result<()> {
-        let path = self.meta_path(&m.name);
-        let tmp = self.dir.join(format!(".{}.vol.tmp", m.name));
+    pub(crate) fn write_meta(&self, m: &VolumeMeta) -> Result<()> {
         let body = serde_json::to_vec_pretty(m).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.write_atomic(&format!("{}.vol", m.name), &body)
+    }
+
+    /// Replace `file` in the data directory atomically and durably (temp file, fsync,
+    /// rename, fsync of the directory).
+    pub(crate) fn write_atomic(&self, file: &str, body: &[u8]) -> Result<()> {
+        let path = self.dir.join(file);
+        let tmp = self.dir.join(format!(".{file}.tmp"));
         let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-        f.write_all(&body)
+        f.write_all(body)
             .and_then(|()| f.sync_all())
             .map_err(io(format!("write {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
@@ -214,7 +228,12 @@ impl VolumeStore {
         Ok(m)
     }
 
+    /// Create a volume; `work`: a working volume for the session pool (no host I/O).
     pub fn create(&self, name: &str, size: u64) -> Result<VolumeInfo> {
+        self.create_with(name, size, false)
+    }
+
+    pub fn create_with(&self, name: &str, size: u64, work: bool) -> Result<VolumeInfo> {
         check_name(name)?;
         check_size(size)?;
         let raw = self.raw(name);
@@ -239,9 +258,10 @@ impl VolumeStore {
             name: name.into(),
             size,
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            work: false,
+            work,
             label: None,
             mount_point: None,
+            secondary_of: None,
         };
         self.write_meta(&m)?;
         self.info(name)
@@ -290,7 +310,7 @@ impl VolumeStore {
         Ok(out)
     }
 
-    fn exclusive(&self, name: &str) -> Result<Exclusive> {
+    pub(crate) fn exclusive(&self, name: &str) -> Result<Exclusive> {
         let raw = self.raw(name);
         let f = OpenOptions::new()
             .read(true)
@@ -333,6 +353,12 @@ impl VolumeStore {
     pub fn resize(&self, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeInfo> {
         let mut m = self.meta(name)?;
         check_size(size)?;
+        refuse_paired(&m)?;
+        if self.path(name, "pair").exists() {
+            return Err(Error::Invalid(format!(
+                "{name} is the primary of a mirror pair: delete the pair before resizing"
+            )));
+        }
         if size < m.size && !allow_shrink {
             return Err(Error::Invalid(format!(
                 "shrinking {name} from {} to {size} bytes discards its end; confirm with \
@@ -352,7 +378,12 @@ impl VolumeStore {
 
     /// Delete a volume (refused while it is served).
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.meta(name)?;
+        refuse_paired(&self.meta(name)?)?;
+        if self.path(name, "pair").exists() {
+            return Err(Error::Invalid(format!(
+                "{name} is the primary of a mirror pair: delete the pair first"
+            )));
+        }
         let ex = self.exclusive(name)?;
         // Metadata first: once it is gone the volume no longer exists, whatever happens to
         // the raw file next.
@@ -391,6 +422,7 @@ impl VolumeStore {
                 "{name} is a working volume of a backup session: no host I/O"
             )));
         }
+        refuse_paired(&m)?;
         let raw = self.raw(name);
         let f = OpenOptions::new()
             .read(true)
@@ -431,9 +463,24 @@ impl VolumeStore {
             file,
             dirty,
             closed: std::sync::RwLock::new(false),
+            pair: std::sync::Mutex::new(None),
+            session: std::sync::Mutex::new(None),
         });
+        // A mirror pair's primary: every change from here on goes through the pair.
+        if let Some(p) = self.load_pair(name, m.size)? {
+            *e.pair.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(p));
+        }
         open.insert(name.to_string(), Arc::downgrade(&e));
         Ok(e)
+    }
+
+    /// The export of `name` if this process serves it.
+    pub(crate) fn served(&self, name: &str) -> Option<Arc<VolumeExport>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .and_then(Weak::upgrade)
     }
 
     /// Close every volume this process serves cleanly (data and bitmaps written); changes
@@ -461,6 +508,17 @@ impl VolumeStore {
     }
 }
 
+fn refuse_paired(m: &VolumeMeta) -> Result<()> {
+    match &m.secondary_of {
+        Some(p) => Err(Error::Invalid(format!(
+            "{} is the secondary of the mirror pair of {p}: no host I/O, resize or delete \
+             while paired (kura pair delete {p})",
+            m.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 struct StoreExports {
     store: VolumeStore,
     only: Option<Vec<String>>,
@@ -480,7 +538,7 @@ impl Exports for StoreExports {
             .list()
             .unwrap_or_default()
             .into_iter()
-            .filter(|v| !v.meta.work && self.allowed(&v.meta.name))
+            .filter(|v| !v.meta.work && v.meta.secondary_of.is_none() && self.allowed(&v.meta.name))
             .map(|v| {
                 let d = format!("kura volume, {} bytes", v.meta.size);
                 (v.meta.name, d)

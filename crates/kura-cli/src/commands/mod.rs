@@ -11,6 +11,7 @@ pub mod job;
 pub mod jobrun;
 pub mod key;
 pub mod ls;
+pub mod pair;
 pub mod prune;
 pub mod resource;
 pub mod restore;

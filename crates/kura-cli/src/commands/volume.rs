@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use kura_volume::{VolumeInfo, VolumeStore, parse_size};
+use kura_volume::control::{self, Client, Request};
+use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_size};
 use serde_json::json;
 
-use crate::cli::{VolumeCommand, VolumeDirArgs};
+use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
 use crate::exit::UsageError;
 use crate::output::{bytes, table};
 use crate::{App, config, exit};
 
-fn store(app: &App, d: &VolumeDirArgs) -> Result<VolumeStore> {
+pub(crate) fn store(app: &App, d: &VolumeDirArgs) -> Result<VolumeStore> {
     let dir: PathBuf = match d
         .data_dir
         .clone()
@@ -36,6 +37,7 @@ fn info_json(v: &VolumeInfo) -> serde_json::Value {
         "allocated": v.allocated,
         "created": v.meta.created,
         "work": v.meta.work,
+        "secondary_of": v.meta.secondary_of,
         "label": v.meta.label,
         "mount_point": v.meta.mount_point,
         "path": v.path,
@@ -67,6 +69,9 @@ fn show(app: &App, v: &VolumeInfo) {
         if v.meta.work {
             println!("attribute  work (a backup session's working volume: no host I/O)");
         }
+        if let Some(p) = &v.meta.secondary_of {
+            println!("attribute  secondary of the mirror pair of {p} (no host I/O)");
+        }
         println!("file       {}", v.path.display());
     }
 }
@@ -75,7 +80,7 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
     match c {
         VolumeCommand::Create(a) => {
             let size = parse_size(&a.size)?;
-            let v = store(app, &a.dir)?.create(&a.name, size)?;
+            let v = store(app, &a.dir)?.create_with(&a.name, size, a.work)?;
             show(app, &v);
         }
         VolumeCommand::List(d) => {
@@ -92,7 +97,11 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
                             bytes(v.meta.size),
                             bytes(v.allocated),
                             v.meta.created.clone(),
-                            if v.meta.work { "work" } else { "" }.into(),
+                            match (&v.meta.secondary_of, v.meta.work) {
+                                (Some(p), _) => format!("secondary of {p}"),
+                                (None, true) => "work".into(),
+                                (None, false) => String::new(),
+                            },
                         ]
                     })
                     .collect();
@@ -118,6 +127,7 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
         }
         VolumeCommand::Serve(a) => return serve(app, a),
         VolumeCommand::Backup(a) => return backup(app, a),
+        VolumeCommand::Jobs(a) => return jobs(app, a),
         VolumeCommand::Records(a) => {
             let rs = store(app, &a.dir)?.records(&a.name)?;
             if app.global.json {
@@ -167,6 +177,34 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Opens repositories for the server's background backups with the server's own target
+/// options and `[backup]` settings.
+struct Opener {
+    backend: kura_repo::backend::BackendOptions,
+    options: kura_repo::backup::BackupOptions,
+}
+
+impl kura_volume::RepoOpener for Opener {
+    fn open(
+        &self,
+        location: &str,
+        password: &[u8],
+    ) -> std::result::Result<kura_volume::Opened, String> {
+        let backend = kura_repo::backend::open(location, &self.backend)
+            .map_err(|e| format!("open target: {e}"))?;
+        let repo = kura_repo::Repository::open(backend, password).map_err(|e| e.to_string())?;
+        let lock = kura_repo::lock::RepoLock::shared(&repo).map_err(|e| e.to_string())?;
+        let repo = repo
+            .load_index()
+            .map_err(|e| format!("load the index: {e}"))?;
+        Ok(kura_volume::Opened {
+            repo,
+            lock,
+            options: self.options.clone(),
+        })
+    }
+}
+
 fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     for v in &a.volumes {
@@ -176,6 +214,15 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
         TcpListener::bind(&a.listen).with_context(|| format!("listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     let exports = st.exports((!a.volumes.is_empty()).then(|| a.volumes.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // The control socket: pairs and background backups of the volumes this process owns.
+    let opener = Opener {
+        backend: app.backend_options()?,
+        options: crate::commands::backup::from_config(app),
+    };
+    let engine = Engine::new(st.clone(), Some(Arc::new(opener)), app.cancel.clone());
+    let control = control::listen(Arc::clone(&engine), Arc::clone(&stop))
+        .context("start the control socket")?;
     // The address first, alone on stdout: scripts and tests read it (port 0 picks one).
     println!("nbd://{addr}");
     if !app.global.quiet {
@@ -186,7 +233,6 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
             names.join(", ")
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
     {
         // SIGINT: stop accepting (a connection to ourselves wakes the accept loop).
         let (stop, cancel) = (Arc::clone(&stop), app.cancel.clone());
@@ -200,6 +246,10 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     }
     let served = kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
         .with_context(|| format!("serve on {addr}"));
+    // Background backups were cancelled with the server: let them put their dirty bits back
+    // and end their sessions before the volumes close.
+    engine.wait_idle();
+    let _ = control.join();
     // Clients may still be connected: refuse their further changes and close every volume
     // cleanly, so its dirty bitmap stays trusted.
     st.shutdown().context("close the served volumes")?;
@@ -207,8 +257,11 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn backup(app: &App, a: crate::cli::VolumeNameArgs) -> Result<i32> {
+fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
+    if let Some(c) = Client::connect(st.dir()) {
+        return background(app, &a, c);
+    }
     let repo = app.open()?;
     let loc = repo.location();
     let lock = kura_repo::lock::RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
@@ -253,5 +306,146 @@ fn backup(app: &App, a: crate::cli::VolumeNameArgs) -> Result<i32> {
             bytes(s.bytes_added)
         ));
     }
+    Ok(exit::OK)
+}
+
+/// A served volume: its server freezes it and copies in the background.
+fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
+    let mut repository = app.repo_location()?;
+    if !repository.contains("://") {
+        // The server's working directory is not ours.
+        repository = std::path::absolute(&repository)
+            .with_context(|| format!("repository path {repository}"))?
+            .display()
+            .to_string();
+    }
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let freeze = match a.freeze {
+        FreezeArg::Auto => Freeze::Auto,
+        FreezeArg::Session => Freeze::Session,
+        FreezeArg::Split => Freeze::Split,
+    };
+    let req = Request::Backup {
+        volume: a.name.clone(),
+        freeze,
+        repository: repository.clone(),
+        password,
+    };
+    let v = c
+        .call(&req)
+        .with_context(|| format!("back up served volume {} to {repository}", a.name))?;
+    let mut job: JobStatus = serde_json::from_value(v).context("decode the job")?;
+    if app.global.json {
+        println!("{}", json!({"message_type": "accepted", "job": job}));
+    } else {
+        if let Some(why) = &job.full_reason {
+            eprintln!("reading the whole volume: {why}");
+        }
+        let how = match (&job.freeze, &job.work_volume) {
+            (Freeze::Session, Some(w)) => format!("a backup session (working volume {w})"),
+            _ => "splitting its mirror pair".to_string(),
+        };
+        app.say(format!(
+            "accepted: volume {} frozen by {how}; backing up in the background as job {}",
+            a.name, job.id
+        ));
+    }
+    if !a.wait {
+        return Ok(exit::OK);
+    }
+    let bar = app.bar();
+    kura_repo::progress::Progress::start(&bar, "backup", Some(job.bytes_total));
+    let mut shown = 0;
+    while job.state == JobState::Running {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        job = serde_json::from_value(c.call(&Request::Job { id: job.id })?)
+            .context("decode the job")?;
+        kura_repo::progress::Progress::advance(&bar, job.bytes_done.saturating_sub(shown), 0);
+        shown = shown.max(job.bytes_done);
+    }
+    kura_repo::progress::Progress::finish(&bar);
+    print_job(app, &job);
+    Ok(if job.state == JobState::Succeeded {
+        exit::OK
+    } else {
+        exit::FATAL
+    })
+}
+
+fn print_job(app: &App, j: &JobStatus) {
+    if app.global.json {
+        println!("{}", json!({"message_type": "summary", "job": j}));
+        return;
+    }
+    match j.state {
+        JobState::Succeeded => app.say(format!(
+            "job {}: volume {} backed up: snapshot {} ({})",
+            j.id,
+            j.volume,
+            j.snapshot.as_deref().map_or("?", |s| &s[..8.min(s.len())]),
+            if j.incremental { "incremental" } else { "full" }
+        )),
+        JobState::Failed => eprintln!(
+            "job {}: volume {}: backup failed: {}",
+            j.id,
+            j.volume,
+            j.error.clone().unwrap_or_default()
+        ),
+        JobState::Running => {}
+    }
+}
+
+fn jobs(app: &App, a: crate::cli::VolumeJobsArgs) -> Result<i32> {
+    let st = store(app, &a.dir)?;
+    let mut c = Client::connect(st.dir()).ok_or_else(|| {
+        UsageError(format!(
+            "no volume server runs on {} (background backups live in the server)",
+            st.dir().display()
+        ))
+    })?;
+    let all: Vec<JobStatus> = match a.id {
+        Some(id) => vec![serde_json::from_value(c.call(&Request::Job { id })?)?],
+        None => serde_json::from_value(c.call(&Request::Jobs)?)?,
+    };
+    if app.global.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.volume.clone(),
+                format!("{:?}", j.freeze).to_lowercase(),
+                format!("{:?}", j.state).to_lowercase(),
+                format!("{} / {}", bytes(j.bytes_done), bytes(j.bytes_total)),
+                j.session
+                    .as_ref()
+                    .map(|s| bytes(s.copied_bytes))
+                    .unwrap_or_default(),
+                j.snapshot
+                    .as_deref()
+                    .map(|s| s[..8.min(s.len())].to_string())
+                    .or_else(|| j.error.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "Job",
+                "Volume",
+                "Freeze",
+                "State",
+                "Progress",
+                "Copied before write",
+                "Snapshot"
+            ],
+            &rows
+        )
+    );
     Ok(exit::OK)
 }

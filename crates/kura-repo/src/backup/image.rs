@@ -112,7 +112,11 @@ pub(super) fn backup_image(
         .or_else(|_| File::open(path))
         .map_err(ctx)?;
     let device = f.metadata().map_err(ctx)?.file_type().is_block_device();
-    let size = f.seek(SeekFrom::End(0)).map_err(ctx)?;
+    let through = opts.image_source.as_ref().map(|r| &r.0);
+    let size = match through {
+        Some(src) => src.size(),
+        None => f.seek(SeekFrom::End(0)).map_err(ctx)?,
+    };
     let cs = FIXED_CHUNK_SIZE as u64;
     let count = size.div_ceil(cs);
     let count_usize =
@@ -131,6 +135,7 @@ pub(super) fn backup_image(
         let mut handles = Vec::new();
         for i in 0..readers {
             let (f, ids, next, bytes_read, kept) = (&f, &ids, &next, &bytes_read, &kept);
+            let through = through.map(|a| a.as_ref());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("kura-image-read-{i}"))
@@ -149,13 +154,17 @@ pub(super) fn backup_image(
                                 progress.advance(len as u64, 0);
                                 continue;
                             }
-                            if !device && is_hole(f, off, len as u64) {
+                            if through.is_none() && !device && is_hole(f, off, len as u64) {
                                 // A hole in a sparse image: zeros, known without reading.
                                 progress.advance(len as u64, 0);
                                 continue;
                             }
                             let mut buf = saver.pool().get(len);
-                            f.read_exact_at(&mut buf, off).map_err(|e| {
+                            match through {
+                                Some(src) => src.read_at(off, &mut buf),
+                                None => f.read_exact_at(&mut buf, off),
+                            }
+                            .map_err(|e| {
                                 Error::io(format!("read {} at offset {off}", path.display()), e)
                             })?;
                             bytes_read.fetch_add(len as u64, Ordering::Relaxed);

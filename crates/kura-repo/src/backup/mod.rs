@@ -98,6 +98,28 @@ pub struct BackupOptions {
     /// chunk outside them is taken from the parent's fixed index without being read. `None`
     /// reads everything.
     pub changed_ranges: Option<Vec<(u64, u64)>>,
+    /// Read the image through this instead of the source file (which still names the
+    /// snapshot's path and gives its kind): the volume engine's frozen views — a backup
+    /// session reading blocks from the volume or its working volume, a split pair's
+    /// secondary. `None` reads the source file.
+    pub image_source: Option<ImageReader>,
+}
+
+/// A byte-addressed image a backup reads instead of its source file.
+pub trait ImageSource: Send + Sync {
+    fn size(&self) -> u64;
+    /// Fill `buf` from `offset` (within [`size`](Self::size)).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// An [`ImageSource`] in [`BackupOptions`] (cloneable, printable).
+#[derive(Clone)]
+pub struct ImageReader(pub std::sync::Arc<dyn ImageSource>);
+
+impl std::fmt::Debug for ImageReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageReader({} bytes)", self.0.size())
+    }
 }
 
 impl Default for BackupOptions {
@@ -117,6 +139,7 @@ impl Default for BackupOptions {
             inflight_bytes: 32 << 20,
             extent_bytes: None,
             changed_ranges: None,
+            image_source: None,
         }
     }
 }

@@ -1,0 +1,143 @@
+//! `kura pair create|split|resync|list|delete`: mirror pairs of the volume engine
+//! (`kura_volume::pair`). With a server running on the data directory the request goes to
+//! it (it owns the volumes' write path); otherwise this process does the same work.
+
+use anyhow::{Context, Result};
+use kura_volume::control::{self, Client, Request};
+use kura_volume::{Engine, PairInfo, parse_area};
+use serde_json::Value;
+
+use crate::cli::{PairCommand, VolumeDirArgs};
+use crate::commands::volume::store;
+use crate::output::{bytes, table};
+use crate::{App, exit};
+
+/// Send `req` to the server of `dir`, or carry it out here when none runs.
+pub fn call(app: &App, dir: &VolumeDirArgs, req: Request) -> Result<Value> {
+    let st = store(app, dir)?;
+    let what = format!("{req:?}");
+    let what = what
+        .split([' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    match Client::connect(st.dir()) {
+        Some(mut c) => c
+            .call(&req)
+            .with_context(|| format!("{what} (through the server of {})", st.dir().display())),
+        None => {
+            let engine = Engine::new(st, None, app.cancel.clone());
+            control::handle(&engine, req).with_context(|| what)
+        }
+    }
+}
+
+fn show(app: &App, pairs: &[PairInfo]) {
+    if app.global.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(pairs).unwrap_or_default()
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = pairs
+        .iter()
+        .map(|p| {
+            let c = &p.config;
+            let state = match (c.state, c.areas.is_empty()) {
+                (kura_volume::PairState::Duplex, _) => "duplex".to_string(),
+                (_, true) => "split".to_string(),
+                (_, false) => format!(
+                    "split {}",
+                    c.areas
+                        .iter()
+                        .map(|(o, l)| format!("{o}:{l}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            vec![
+                c.primary.clone(),
+                c.secondary.clone(),
+                state,
+                bytes(p.dirty_bytes),
+                c.since.clone(),
+                c.note.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["Primary", "Secondary", "State", "Differs", "Since", "Note"],
+            &rows
+        )
+    );
+}
+
+fn one(app: &App, v: Value) -> Result<()> {
+    let p: PairInfo = serde_json::from_value(v).context("decode the pair")?;
+    show(app, &[p]);
+    Ok(())
+}
+
+pub fn run(app: &App, c: PairCommand) -> Result<i32> {
+    match c {
+        PairCommand::Create(a) => {
+            let v = call(
+                app,
+                &a.dir,
+                Request::PairCreate {
+                    primary: a.primary,
+                    secondary: a.secondary,
+                },
+            )?;
+            one(app, v)?;
+        }
+        PairCommand::Split(a) => {
+            let areas = a
+                .areas
+                .iter()
+                .map(|s| parse_area(s))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let v = call(
+                app,
+                &a.dir,
+                Request::PairSplit {
+                    primary: a.primary,
+                    areas,
+                },
+            )?;
+            one(app, v)?;
+        }
+        PairCommand::Resync(a) => {
+            let v = call(app, &a.dir, Request::PairResync { primary: a.primary })?;
+            if app.global.json {
+                println!("{v}");
+            } else {
+                let copied = v["copied"]["bytes"].as_u64().unwrap_or(0);
+                one(app, v["pair"].clone())?;
+                app.say(format!("resync copied {}", bytes(copied)));
+            }
+        }
+        PairCommand::List(d) => {
+            let v = call(app, &d, Request::PairList)?;
+            let pairs: Vec<PairInfo> = serde_json::from_value(v).context("decode the pairs")?;
+            show(app, &pairs);
+            if !app.global.json {
+                println!("{} pair(s)", pairs.len());
+            }
+        }
+        PairCommand::Delete(a) => {
+            call(
+                app,
+                &a.dir,
+                Request::PairDelete {
+                    primary: a.primary.clone(),
+                },
+            )?;
+            app.say(format!("dissolved the pair of {}", a.primary));
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,454 @@
+//! One-command backups of served volumes (seed 003's AUTO mode): freeze, answer "accepted",
+//! copy in the background, then thaw.
+//!
+//! [`Engine::backup`] opens the repository first (a wrong password or an unreachable target
+//! fails before anything is frozen), then freezes the volume under its exclusive change lock
+//! — by splitting its mirror pair when it is a duplex primary, otherwise by starting a
+//! copy-before-write [`Session`] with a working volume from the pool — and returns the new
+//! job's status as soon as the frozen image exists. A background thread backs the frozen
+//! image up (incrementally when the dirty bitmap allows: the bits taken at the freeze say
+//! what to read, and a session marks everything else "not needed"), writes the volume's
+//! backup record, and then resyncs the pair or ends the session. Jobs are kept, with their
+//! progress, for [`Engine::jobs`].
+//!
+//! The dirty bitmap follows the freeze: its bits go with the frozen image and tracking
+//! starts afresh at the freeze; a failed backup puts them back ([`crate::dirty::Frozen`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use kura_repo::IndexedRepo;
+use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
+use kura_repo::lock::{RepoLock, Shared};
+use kura_repo::progress::Progress;
+use serde::{Deserialize, Serialize};
+
+use crate::backup::Plan;
+use crate::export::VolumeExport;
+use crate::pair::{Pair, PairState, ResyncOutcome};
+use crate::session::{Session, SessionSource, SessionStats};
+use crate::store::{Error, Result, VolumeStore};
+
+/// How a served volume is frozen for a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Freeze {
+    /// Split the mirror pair when the volume is a duplex primary, else a session.
+    #[default]
+    Auto,
+    Session,
+    Split,
+}
+
+/// A repository opened for a background backup, under a shared lock.
+pub struct Opened {
+    pub repo: IndexedRepo,
+    pub lock: RepoLock<Shared>,
+    pub options: BackupOptions,
+}
+
+/// Opens repositories for the engine (the CLI knows targets, credentials and options).
+pub trait RepoOpener: Send + Sync {
+    fn open(&self, repository: &str, password: &[u8]) -> std::result::Result<Opened, String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A background backup, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub volume: String,
+    /// `session` or `split`.
+    pub freeze: Freeze,
+    pub state: JobState,
+    pub repository: String,
+    pub started: String,
+    pub finished: Option<String>,
+    /// Bytes of the image to cover, and covered so far.
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub incremental: bool,
+    pub full_reason: Option<String>,
+    pub snapshot: Option<String>,
+    pub error: Option<String>,
+    pub work_volume: Option<String>,
+    /// Session block states (live while running, final after).
+    pub session: Option<SessionStatsJson>,
+    /// What the resync after a split backup copied.
+    pub resync: Option<ResyncJson>,
+}
+
+/// [`SessionStats`] in a status (serde both ways).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatsJson {
+    pub blocks: u64,
+    pub not_needed: u64,
+    pub unsaved: u64,
+    pub saved: u64,
+    pub copied: u64,
+    pub copied_bytes: u64,
+}
+
+impl From<SessionStats> for SessionStatsJson {
+    fn from(s: SessionStats) -> Self {
+        SessionStatsJson {
+            blocks: s.blocks,
+            not_needed: s.not_needed,
+            unsaved: s.unsaved,
+            saved: s.saved,
+            copied: s.copied,
+            copied_bytes: s.copied_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncJson {
+    pub granules: u64,
+    pub bytes: u64,
+}
+
+impl From<ResyncOutcome> for ResyncJson {
+    fn from(r: ResyncOutcome) -> Self {
+        ResyncJson {
+            granules: r.granules,
+            bytes: r.bytes,
+        }
+    }
+}
+
+struct Job {
+    status: Mutex<JobStatus>,
+    done: AtomicU64,
+    total: AtomicU64,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+impl Job {
+    fn snapshot(&self) -> JobStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if s.state == JobState::Running {
+            s.bytes_done = self.done.load(Ordering::Relaxed);
+            s.bytes_total = self.total.load(Ordering::Relaxed).max(s.bytes_total);
+            if let Some(sess) = &*self.session.lock().unwrap_or_else(|p| p.into_inner()) {
+                s.session = Some(sess.stats().into());
+            }
+        }
+        s
+    }
+}
+
+struct JobProgress(Arc<Job>);
+
+impl Progress for JobProgress {
+    fn start(&self, _phase: &str, total: Option<u64>) {
+        if let Some(t) = total {
+            self.0.total.store(t, Ordering::Relaxed);
+        }
+    }
+    fn advance(&self, bytes: u64, _items: u64) {
+        self.0.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A split pair's secondary as a backup reads it.
+struct SecondarySource(Arc<Pair>);
+
+impl ImageSource for SecondarySource {
+    fn size(&self) -> u64 {
+        kura_nbd::Export::size(&self.0.secondary)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        kura_nbd::Export::read_at(&self.0.secondary, offset, buf)
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The volume engine of a serving process: its store, and the backups it runs.
+pub struct Engine {
+    store: VolumeStore,
+    opener: Option<Arc<dyn RepoOpener>>,
+    cancel: CancelToken,
+    jobs: Mutex<Vec<Arc<Job>>>,
+    next: AtomicU64,
+    /// Signalled when a job ends.
+    ended: (Mutex<()>, Condvar),
+}
+
+impl Engine {
+    pub fn new(
+        store: VolumeStore,
+        opener: Option<Arc<dyn RepoOpener>>,
+        cancel: CancelToken,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            opener,
+            cancel,
+            jobs: Mutex::default(),
+            next: AtomicU64::new(1),
+            ended: (Mutex::new(()), Condvar::new()),
+        })
+    }
+
+    pub fn store(&self) -> &VolumeStore {
+        &self.store
+    }
+
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter().map(|j| j.snapshot()).collect()
+    }
+
+    pub fn job(&self, id: u64) -> Result<JobStatus> {
+        self.jobs()
+            .into_iter()
+            .find(|j| j.id == id)
+            .ok_or_else(|| Error::Invalid(format!("no backup job {id}")))
+    }
+
+    /// Wait until no job runs (a stopping server).
+    pub fn wait_idle(&self) {
+        let (m, cv) = &self.ended;
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        while self.jobs().iter().any(|j| j.state == JobState::Running) {
+            g = cv
+                .wait_timeout(g, std::time::Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Freeze `volume`, start backing it up to `repository` in the background, and return
+    /// the job as accepted (the frozen image exists).
+    pub fn backup(
+        self: &Arc<Self>,
+        volume: &str,
+        freeze: Freeze,
+        repository: &str,
+        password: &[u8],
+    ) -> Result<JobStatus> {
+        let opener = self.opener.as_ref().ok_or_else(|| {
+            Error::Invalid("this server cannot open repositories for backups".into())
+        })?;
+        let meta = self.store.meta(volume)?;
+        // Fail before freezing anything: the repository first.
+        let opened = opener
+            .open(repository, password)
+            .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
+        let export = self.store.open_export(volume)?;
+        let pair = export.pair();
+        let freeze = match (freeze, &pair) {
+            (Freeze::Auto, Some(p)) if p.config().state == PairState::Duplex => Freeze::Split,
+            (Freeze::Auto, _) => Freeze::Session,
+            (Freeze::Split, None) => {
+                return Err(Error::Invalid(format!(
+                    "{volume} has no mirror pair to split (kura pair create)"
+                )));
+            }
+            (f, _) => f,
+        };
+        let work = match freeze {
+            Freeze::Session => Some(self.store.claim_work(meta.size)?),
+            _ => None,
+        };
+        // The freeze: nothing in flight, the image and the dirty bits taken at one instant.
+        let g = export.exclusive()?;
+        if export.session().is_some() {
+            return Err(Error::InUse(format!(
+                "{volume} (a backup session is already running on it)"
+            )));
+        }
+        let frozen = export.dirty.freeze();
+        let plan = match Plan::new(
+            &self.store,
+            volume,
+            &opened.repo,
+            meta.size,
+            frozen.trust.clone(),
+            frozen.runs.clone(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                export.dirty.thaw_failed(frozen)?;
+                return Err(e);
+            }
+        };
+        let (source, session): (Arc<dyn ImageSource>, Option<Arc<Session>>) = match (work, &pair) {
+            (Some(work), _) => {
+                let s = Arc::new(Session::new(meta.size, work, plan.reads()));
+                *export.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&s));
+                let src = SessionSource {
+                    export: Arc::clone(&export),
+                    session: Arc::clone(&s),
+                };
+                (Arc::new(src), Some(s))
+            }
+            (None, Some(p)) => {
+                if let Err(e) = self.store.split_locked(&export, p, Vec::new(), &g) {
+                    export.dirty.thaw_failed(frozen)?;
+                    return Err(e);
+                }
+                (Arc::new(SecondarySource(Arc::clone(p))), None)
+            }
+            (None, None) => {
+                export.dirty.thaw_failed(frozen)?;
+                return Err(Error::Invalid(format!("{volume}: nothing to freeze with")));
+            }
+        };
+        drop(g);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job {
+            status: Mutex::new(JobStatus {
+                id,
+                volume: volume.into(),
+                freeze,
+                state: JobState::Running,
+                repository: opened.repo.location(),
+                started: now(),
+                finished: None,
+                bytes_total: meta.size,
+                bytes_done: 0,
+                incremental: plan.reads().is_some(),
+                full_reason: plan.full_reason.clone(),
+                snapshot: None,
+                error: None,
+                work_volume: session.as_ref().map(|s| s.work_volume().to_string()),
+                session: None,
+                resync: None,
+            }),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            session: Mutex::new(session),
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&job));
+        let accepted = job.snapshot();
+        let engine = Arc::clone(self);
+        let volume = volume.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kura-volume-backup-{id}"))
+            .spawn(move || {
+                engine.run(&job, &volume, &export, opened, plan, source, frozen);
+            });
+        if let Err(e) = spawned {
+            return Err(Error::Io {
+                what: "start the backup thread".into(),
+                source: e,
+            });
+        }
+        Ok(accepted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        job: &Arc<Job>,
+        volume: &str,
+        export: &Arc<VolumeExport>,
+        opened: Opened,
+        plan: Plan,
+        source: Arc<dyn ImageSource>,
+        frozen: crate::dirty::Frozen,
+    ) {
+        let mut o = plan.options(&opened.options);
+        o.image_source = Some(ImageReader(source));
+        let progress = JobProgress(Arc::clone(job));
+        let result = backup(
+            &opened.repo,
+            &opened.lock,
+            &[self.store.raw(volume)],
+            &o,
+            &progress,
+            &self.cancel,
+        )
+        .map_err(Error::from)
+        .and_then(|outcome| {
+            let meta = self.store.meta(volume)?;
+            let record = plan.record(&meta, &opened.repo, &outcome);
+            self.store.add_record(volume, &record)?;
+            Ok(outcome)
+        });
+        drop(opened);
+        let thawed = match &result {
+            Ok(_) => export.dirty.thaw_done(),
+            Err(_) => export.dirty.thaw_failed(frozen),
+        };
+        // Thaw the image: end the session (its working volume returns to the pool) or
+        // resync the pair back to duplex.
+        let session = job.session.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut resync = None;
+        let mut thaw_error = thawed.err().map(|e| e.to_string());
+        if let Some(s) = &session {
+            match export.exclusive() {
+                Ok(_g) => {
+                    export
+                        .session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                }
+                Err(e) => thaw_error = Some(e.to_string()),
+            }
+            let stats: SessionStatsJson = s.stats().into();
+            job.status.lock().unwrap_or_else(|p| p.into_inner()).session = Some(stats);
+        } else {
+            match self.store.resync(export) {
+                Ok(r) => resync = Some(ResyncJson::from(r)),
+                Err(e) => thaw_error = Some(format!("resync after the backup: {e}")),
+            }
+        }
+        drop(session);
+        {
+            let mut st = job.status.lock().unwrap_or_else(|p| p.into_inner());
+            st.finished = Some(now());
+            st.bytes_done = job.done.load(Ordering::Relaxed);
+            st.resync = resync;
+            match result {
+                Ok(outcome) => {
+                    st.state = JobState::Succeeded;
+                    st.snapshot = Some(outcome.id.to_hex());
+                    st.error = thaw_error;
+                }
+                Err(e) => {
+                    st.state = JobState::Failed;
+                    st.error = Some(match thaw_error {
+                        Some(t) => format!("{e}; {t}"),
+                        None => e.to_string(),
+                    });
+                }
+            }
+            match st.state {
+                JobState::Succeeded => tracing::info!(
+                    "volume {volume}: backup job {} done: snapshot {}",
+                    st.id,
+                    st.snapshot.clone().unwrap_or_default()
+                ),
+                _ => tracing::error!(
+                    "volume {volume}: backup job {} failed: {}",
+                    st.id,
+                    st.error.clone().unwrap_or_default()
+                ),
+            }
+        }
+        let (m, cv) = &self.ended;
+        let _g = m.lock().unwrap_or_else(|p| p.into_inner());
+        cv.notify_all();
+    }
+}
