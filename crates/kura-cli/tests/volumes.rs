@@ -2,91 +2,16 @@
 //! `nbdinfo` and `nbdcopy` (libnbd-bin) — `scripts/test.sh` installs them — against
 //! `kura volume serve`. Plus hostile clients speaking raw bytes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
 mod common;
 
 use common::Kura;
-
-struct Vols {
-    dir: tempfile::TempDir,
-}
-
-impl Vols {
-    fn new() -> Vols {
-        Vols {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("volumes")
-    }
-
-    /// `kura volume serve` on a free loopback port; stopped on drop.
-    fn serve(&self) -> Server {
-        let mut child = self
-            .cmd()
-            .args(["volume", "serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().to_string();
-        assert!(url.starts_with("nbd://127.0.0.1:"), "{url:?}");
-        Server { child, url }
-    }
-
-    fn raw(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.data().join(format!("{name}.raw"))).unwrap()
-    }
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("nbd://").to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tool(name: &str, args: &[&str]) -> Output {
-    let o = Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} ({e}): run the tests through scripts/test.sh"));
-    assert!(
-        o.status.success(),
-        "{name} {args:?}: {:?}\n{}\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::vols::{Vols, qemu_write, stdout, tool};
 
 #[test]
 fn volumes_are_created_listed_resized_and_deleted() {
@@ -497,65 +422,6 @@ fn writes_are_tracked_in_a_dirty_bitmap_that_survives_restarts_but_not_crashes()
     assert!(text.contains("the next backup reads everything"), "{text}");
 }
 
-impl Vols {
-    /// A local repository for volume backups (cheap KDF).
-    fn repo(&self) -> String {
-        let r = self.dir.path().join("repo").display().to_string();
-        if !std::path::Path::new(&r).exists() {
-            let o = self
-                .cmd()
-                .env("KURA_PASSWORD", "pw")
-                .args(["-r", &r, "init", "--kdf-memory-kib", "64"])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        }
-        r
-    }
-
-    fn with_repo(&self, args: &[&str]) -> Output {
-        let r = self.repo();
-        let mut a = vec!["-r", r.as_str()];
-        a.extend_from_slice(args);
-        self.cmd()
-            .env("KURA_PASSWORD", "pw")
-            .args(&a)
-            .output()
-            .unwrap()
-    }
-
-    fn backup(&self, name: &str) -> Value {
-        let o = self.with_repo(&["--json", "volume", "backup", name]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    /// Restore `snapshot` to a file and require it to equal the volume's bytes now.
-    fn restores_equal(&self, snapshot: &str, name: &str) {
-        let out = self.dir.path().join(format!("restored-{snapshot}"));
-        let o = self.with_repo(&["restore", snapshot, "--target", out.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(
-            std::fs::read(&out).unwrap() == self.raw(name),
-            "restored image differs"
-        );
-    }
-
-    fn stop(&self, mut s: Server) {
-        unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
-        let _ = s.child.wait();
-    }
-}
-
-fn qemu_write(url: &str, cmds: &[&str]) {
-    let mut args = vec!["-f", "raw", url];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    tool("qemu-io", &args);
-}
-
 #[test]
 fn volume_backups_read_only_what_changed_and_keep_records() {
     let v = Vols::new();
@@ -670,15 +536,5 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         assert_eq!(r["label"], "pgdata");
         assert_eq!(r["mount_point"], "/var/lib/pg");
         assert_eq!(r["format"], "kura-raw-image");
-    }
-}
-
-impl Kura for Vols {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
-        c.env("KURA_VOLUMES", self.data())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
-            .env_remove("KURA_CONFIG");
-        c
     }
 }

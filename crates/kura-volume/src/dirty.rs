@@ -49,6 +49,8 @@ pub struct DirtyMap {
     size: u64,
     bits: Mutex<Vec<u8>>,
     trust: Mutex<Trust>,
+    /// The file was found in use at open: its last holder died without closing it.
+    unclean: bool,
     /// Serializes writes of the file: a later write never carries fewer bits than an earlier
     /// one that has returned (a durable mark must stay durable).
     io: Mutex<()>,
@@ -121,6 +123,7 @@ impl DirtyMap {
         let len = file.metadata().map_err(io(what()))?.len();
         let n = bitmap_len(size);
         let mut bits = vec![0u8; n];
+        let mut unclean = false;
         let trust = if len == 0 {
             Trust::Untrusted("no dirty bitmap yet: the first backup reads everything".into())
         } else if len < HEADER {
@@ -141,6 +144,7 @@ impl DirtyMap {
                 // Geometry matches: the bits are valid as far as they go (a lower bound of
                 // what changed), whether or not they can be trusted to be complete.
                 file.read_exact_at(&mut bits, HEADER).map_err(io(what()))?;
+                unclean = flags & FLAG_IN_USE != 0;
                 trust_of(flags)
             }
         };
@@ -150,6 +154,7 @@ impl DirtyMap {
             size,
             bits: Mutex::new(bits),
             trust: Mutex::new(trust),
+            unclean,
             io: Mutex::new(()),
         };
         // In use from now on, durably, before any write is accepted.
@@ -277,6 +282,11 @@ impl DirtyMap {
         self.write(FLAG_IN_USE)
     }
 
+    /// Whether the last holder died without closing the bitmap.
+    pub fn was_unclean(&self) -> bool {
+        self.unclean
+    }
+
     /// Whether granule-level changes since the last backup are known.
     pub fn trust(&self) -> Trust {
         self.trust.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -378,6 +388,9 @@ pub struct DirtyState {
     pub dirty_bytes: u64,
     /// A server holds the bitmap now (its newest bits are in memory there).
     pub served: bool,
+    /// The last holder did not close it (killed or crashed).
+    #[serde(skip)]
+    pub unclean: bool,
 }
 
 /// Read a bitmap without holding it.
@@ -391,6 +404,7 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
                 reason: Some("no dirty bitmap yet: the first backup reads everything".into()),
                 dirty_bytes: 0,
                 served: false,
+                unclean: false,
             });
         }
         Err(e) => return Err(io(what())(e)),
@@ -411,6 +425,7 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
             reason: Some("the dirty bitmap does not match the volume (resized or damaged)".into()),
             dirty_bytes: 0,
             served,
+            unclean: false,
         });
     }
     let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
@@ -431,5 +446,6 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
         reason,
         dirty_bytes,
         served,
+        unclean: flags & FLAG_IN_USE != 0 && !served,
     })
 }

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use kura_nbd::{Export, FileExport};
 use serde::{Deserialize, Serialize};
 
-use crate::dirty::{DirtyMap, GRANULE, Trust};
+use crate::dirty::{DirtyMap, GRANULE};
 use crate::export::VolumeExport;
 use crate::store::{Error, Result, VolumeStore};
 
@@ -107,6 +107,21 @@ pub fn parse_area(s: &str) -> Result<(u64, u64)> {
     Ok((o, l))
 }
 
+/// A duplex pair whose server died (its difference bitmap was not closed) may differ
+/// anywhere: it becomes split with a note, and the caller sets every bit. Returns whether
+/// that happened.
+fn recover_unclean(config: &mut PairConfig, unclean: bool) -> bool {
+    if config.state != PairState::Duplex || !unclean {
+        return false;
+    }
+    config.state = PairState::Split;
+    config.areas.clear();
+    config.note = Some(
+        "the server stopped uncleanly while the pair was duplex: a full resync is needed".into(),
+    );
+    true
+}
+
 fn overlap(a: (u64, u64), b: (u64, u64)) -> Option<(u64, u64)> {
     let s = a.0.max(b.0);
     let e = (a.0 + a.1).min(b.0 + b.1);
@@ -120,19 +135,9 @@ impl Pair {
         diff: DirtyMap,
         hold: File,
     ) -> Pair {
-        // A duplex pair whose bitmap was not closed cleanly may differ anywhere.
         let mut config = config;
-        if config.state == PairState::Duplex
-            && let Trust::Untrusted(why) = diff.trust()
-            && why.contains("not closed cleanly")
-        {
+        if recover_unclean(&mut config, diff.was_unclean()) {
             diff.set_all();
-            config.state = PairState::Split;
-            config.areas.clear();
-            config.note = Some(
-                "the server stopped uncleanly while the pair was duplex: a full resync is needed"
-                    .into(),
-            );
         }
         Pair {
             config: Mutex::new(config),
@@ -546,14 +551,16 @@ impl VolumeStore {
                 out.push(p.info(true));
                 continue;
             }
-            let Some(config) = self.read_pair(name)? else {
+            let Some(mut config) = self.read_pair(name)? else {
                 continue;
             };
             let d = crate::dirty::peek(&self.path(name, "pairdiff"), v.meta.size)?;
+            // As the next load will find it.
+            let all = recover_unclean(&mut config, d.unclean);
             out.push(PairInfo {
                 config,
-                dirty_bytes: d.dirty_bytes,
-                served: false,
+                dirty_bytes: if all { v.meta.size } else { d.dirty_bytes },
+                served: d.served,
             });
         }
         Ok(out)

@@ -77,6 +77,10 @@ fn show(app: &App, pairs: &[PairInfo]) {
 
 fn one(app: &App, v: Value) -> Result<()> {
     let p: PairInfo = serde_json::from_value(v).context("decode the pair")?;
+    if app.global.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
     show(app, &[p]);
     Ok(())
 }
