@@ -267,50 +267,50 @@ impl Engine {
             _ => None,
         };
         // The freeze: nothing in flight, the image and the dirty bits taken at one instant.
-        let g = export.exclusive()?;
-        if export.session().is_some() {
-            return Err(Error::InUse(format!(
-                "{volume} (a backup session is already running on it)"
-            )));
-        }
-        let frozen = export.dirty.freeze();
-        let plan = match Plan::new(
-            &self.store,
-            volume,
-            &opened.repo,
-            meta.size,
-            frozen.trust.clone(),
-            frozen.runs.clone(),
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                export.dirty.thaw_failed(frozen)?;
-                return Err(e);
-            }
+        let plan_for = |frozen: &crate::dirty::Frozen| {
+            Plan::new(
+                &self.store,
+                volume,
+                &opened.repo,
+                meta.size,
+                frozen.trust.clone(),
+                frozen.runs.clone(),
+            )
         };
-        let (source, session): (Arc<dyn ImageSource>, Option<Arc<Session>>) = match (work, &pair) {
-            (Some(work), _) => {
-                let s = Arc::new(Session::new(meta.size, work, plan.reads()));
-                *export.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&s));
-                let src = SessionSource {
-                    export: Arc::clone(&export),
-                    session: Arc::clone(&s),
-                };
-                (Arc::new(src), Some(s))
-            }
-            (None, Some(p)) => {
-                if let Err(e) = self.store.split_locked(&export, p, Vec::new(), &g) {
-                    export.dirty.thaw_failed(frozen)?;
-                    return Err(e);
+        let (source, session, plan, frozen): (Arc<dyn ImageSource>, _, Plan, _) =
+            match (work, &pair) {
+                (Some(work), _) => {
+                    let mut plan = None;
+                    let (s, frozen) = export.begin_session(work, |frozen| {
+                        let p = plan_for(frozen)?;
+                        let reads = p.reads().map(<[_]>::to_vec);
+                        plan = Some(p);
+                        Ok(reads)
+                    })?;
+                    let plan = plan.ok_or_else(|| Error::Invalid("no plan".into()))?;
+                    let src = SessionSource::new(Arc::clone(&export), Arc::clone(&s));
+                    (Arc::new(src), Some(s), plan, frozen)
                 }
-                (Arc::new(SecondarySource(Arc::clone(p))), None)
-            }
-            (None, None) => {
-                export.dirty.thaw_failed(frozen)?;
-                return Err(Error::Invalid(format!("{volume}: nothing to freeze with")));
-            }
-        };
-        drop(g);
+                (None, Some(p)) => {
+                    let g = export.exclusive()?;
+                    let frozen = export.dirty.freeze();
+                    let plan = match plan_for(&frozen).and_then(|plan| {
+                        self.store.split_locked(&export, p, Vec::new(), &g)?;
+                        Ok(plan)
+                    }) {
+                        Ok(plan) => plan,
+                        Err(e) => {
+                            export.dirty.thaw_failed(frozen)?;
+                            return Err(e);
+                        }
+                    };
+                    drop(g);
+                    (Arc::new(SecondarySource(Arc::clone(p))), None, plan, frozen)
+                }
+                (None, None) => {
+                    return Err(Error::Invalid(format!("{volume}: nothing to freeze with")));
+                }
+            };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job {
             status: Mutex::new(JobStatus {
@@ -396,15 +396,8 @@ impl Engine {
         let mut resync = None;
         let mut thaw_error = thawed.err().map(|e| e.to_string());
         if let Some(s) = &session {
-            match export.exclusive() {
-                Ok(_g) => {
-                    export
-                        .session
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take();
-                }
-                Err(e) => thaw_error = Some(e.to_string()),
+            if let Err(e) = export.end_session() {
+                thaw_error = Some(e.to_string());
             }
             let stats: SessionStatsJson = s.stats().into();
             job.status.lock().unwrap_or_else(|p| p.into_inner()).session = Some(stats);

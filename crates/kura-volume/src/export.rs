@@ -90,6 +90,46 @@ impl VolumeExport {
             .clone()
     }
 
+    /// Start a copy-before-write session: under the exclusive change lock (nothing in
+    /// flight), take the dirty bits ([`DirtyMap::freeze`]) and let `needed` decide, from
+    /// them, which byte ranges the backup will read (`None`: all); then every later change
+    /// passes through the session. End it with [`end_session`](Self::end_session).
+    pub fn begin_session(
+        &self,
+        work: crate::session::WorkVolume,
+        needed: impl FnOnce(&crate::dirty::Frozen) -> crate::Result<Option<Vec<(u64, u64)>>>,
+    ) -> crate::Result<(Arc<Session>, crate::dirty::Frozen)> {
+        let _g = self.exclusive()?;
+        if self.session().is_some() {
+            return Err(crate::Error::InUse(format!(
+                "{} (a backup session is already running on it)",
+                self.name
+            )));
+        }
+        let frozen = self.dirty.freeze();
+        let ranges = match needed(&frozen) {
+            Ok(r) => r,
+            Err(e) => {
+                self.dirty.thaw_failed(frozen)?;
+                return Err(e);
+            }
+        };
+        let s = Arc::new(Session::new(self.size(), work, ranges.as_deref()));
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&s));
+        Ok((s, frozen))
+    }
+
+    /// End the session (between two changes); its working volume returns to the pool when
+    /// the last reference to the session goes.
+    pub fn end_session(&self) -> crate::Result<()> {
+        let _g = self.exclusive()?;
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Ok(())
+    }
+
     /// Hold off every change (in flight ones finish first): for freezes, resync copies and
     /// attaching or detaching a pair or a session.
     pub(crate) fn exclusive(&self) -> crate::Result<RwLockWriteGuard<'_, bool>> {

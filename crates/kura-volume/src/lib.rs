@@ -36,5 +36,5 @@ pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
 pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, parse_area};
 pub use records::{FORMAT_RAW, VolumeRecord};
-pub use session::{BlockState, Session, SessionStats};
+pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
 pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};

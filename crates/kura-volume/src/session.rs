@@ -273,8 +273,14 @@ fn name(s: u8) -> BlockState {
 
 /// The frozen image of a session, as a backup reads it.
 pub struct SessionSource {
-    pub(crate) export: Arc<VolumeExport>,
-    pub(crate) session: Arc<Session>,
+    export: Arc<VolumeExport>,
+    session: Arc<Session>,
+}
+
+impl SessionSource {
+    pub fn new(export: Arc<VolumeExport>, session: Arc<Session>) -> SessionSource {
+        SessionSource { export, session }
+    }
 }
 
 impl ImageSource for SessionSource {
