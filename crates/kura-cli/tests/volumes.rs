@@ -441,16 +441,17 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         &url,
         &["write -P 1 0 8M", "write -P 2 30M 3M", "write -P 3 63M 1M"],
     );
-    // Open by a client: a backup would read a moving image; refused.
+    // Served: only its server can freeze it, and with no working volume in the pool (and no
+    // pair) it has nothing to freeze with. Refused before anything changes.
     let held = hold(&s.addr(), "db");
     let o = v.with_repo(&["volume", "backup", "db"]);
     assert_eq!(
         o.status.code(),
-        Some(14),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("served"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no free working volume"));
     drop(held);
     v.stop(s);
     // First backup: no baseline, everything is read.

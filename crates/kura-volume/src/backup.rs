@@ -1,10 +1,10 @@
 //! Backing up a volume into a repository: a fixed-chunk image snapshot of its raw file,
 //! incremental when changed-block tracking allows.
 //!
-//! The volume must not be served meanwhile (its dirty bitmap is taken exclusively, so a
-//! served volume is refused): what is read must not change under the reader. Backing up a
-//! volume while hosts use it needs a frozen image — a split pair or a backup session — which
-//! the engine will provide (issue 6).
+//! [`backup_volume`] backs up a volume no server holds (its dirty bitmap is taken
+//! exclusively, so a served volume is refused): what is read must not change under the
+//! reader. A served volume is backed up by its server from a frozen image — a split pair or
+//! a copy-before-write session ([`crate::engine`]); both paths share [`Plan`].
 //!
 //! Incremental when the bitmap is trusted and the volume's newest backup record names a
 //! snapshot in this repository of the same size: only the dirty 4 MiB granules are read,

@@ -78,7 +78,7 @@ proptest! {
             for w in 0..writers {
                 let export = &export;
                 s.spawn(move || {
-                    let mut r = Rng((seed ^ (w as u64 + 1) * 0x9E37) | 1);
+                    let mut r = Rng((seed ^ ((w as u64 + 1) * 0x9E37)) | 1);
                     for _ in 0..ops {
                         let len = (1 + r.below(96)) * 4096;
                         let off = r.below((SIZE - len) / 4096 + 1) * 4096;
