@@ -29,6 +29,9 @@ use crate::pair::{Pair, PairState, ResyncOutcome};
 use crate::session::{Session, SessionSource, SessionStats};
 use crate::store::{Error, Result, VolumeStore};
 
+/// The nice value of background backup threads (19 is the lowest priority).
+const BACKUP_NICE: libc::c_int = 19;
+
 /// How a served volume is frozen for a backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -367,6 +370,16 @@ impl Engine {
         source: Arc<dyn ImageSource>,
         frozen: crate::dirty::Frozen,
     ) {
+        // Host I/O first: the backup's threads (this one and the readers, encoders and
+        // uploaders it starts, which inherit it) yield the CPU to the server's. A frozen
+        // image can wait; the hosts writing to the volume should not.
+        // SAFETY: setpriority on the calling thread (who = 0) only changes its nice value.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKUP_NICE) } != 0 {
+            tracing::debug!(
+                "backup job: lowering its priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let mut o = plan.options(&opened.options);
         o.image_source = Some(ImageReader(source));
         let progress = JobProgress(Arc::clone(job));
