@@ -19,10 +19,18 @@
 //! backup target.
 //!
 //! # Locking
-//! One mutex over the block states. A host change holds it while it copies the blocks it
-//! is about to overwrite; the backup holds it while it reads a chunk. So a block is never
-//! read by the backup while a host write replaces it, and never copied after the backup read
-//! it. The freeze itself happens under the export's exclusive change lock (no write in
+//! One mutex over the block states, never held during I/O (the backup runs at the lowest
+//! CPU priority; a lock it held while preempted would stall host writes).
+//! - A host change marks the needed, unsaved blocks it touches *copying*, copies them
+//!   without the lock, marks them *copied*, and only then writes the volume. A change that
+//!   finds a block another change is copying waits for that copy (a condition variable).
+//! - The backup reads the volume without the lock, then checks the states under it: a block
+//!   still *unsaved* (or *copying*) cannot have been written yet — host writes reach the
+//!   volume only after their block is *copied* — so what was read is the frozen data, and
+//!   the block becomes *saved*; a block found *copied* is read again from the working volume.
+//!
+//! So every byte the backup gets is the byte at the freeze, and no host write waits for the
+//! backup. The freeze itself happens under the export's exclusive change lock (no write in
 //! flight), see [`crate::VolumeExport`].
 //!
 //! # Restarts
@@ -37,9 +45,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use kura_nbd::Export;
+use kura_nbd::{Export, FileExport};
 use kura_repo::backup::ImageSource;
 
 use crate::export::VolumeExport;
@@ -51,6 +59,8 @@ const NOT_NEEDED: u8 = 0;
 const UNSAVED: u8 = 1;
 const SAVED: u8 = 2;
 const COPIED: u8 = 3;
+/// A host change is copying the block to the working volume (shown as copied).
+const COPYING: u8 = 4;
 
 /// One block state, by name (for status and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -141,6 +151,8 @@ pub struct Session {
     size: u64,
     work: WorkVolume,
     states: Mutex<Vec<u8>>,
+    /// Signalled when copies finish.
+    copied: Condvar,
     copied_bytes: AtomicU64,
 }
 
@@ -167,6 +179,7 @@ impl Session {
             size,
             work,
             states: Mutex::new(states),
+            copied: Condvar::new(),
             copied_bytes: AtomicU64::new(0),
         }
     }
@@ -184,29 +197,72 @@ impl Session {
     /// every needed, unsaved block in it into the working volume.
     pub(crate) fn before_change(
         &self,
-        volume: &dyn Export,
+        volume: &FileExport,
         offset: u64,
         len: u64,
     ) -> io::Result<()> {
         if len == 0 {
             return Ok(());
         }
+        let range = self.blocks(offset, len);
+        let mine: Vec<usize> = {
+            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            // Another change is copying one of these blocks: the volume must not change
+            // under its copy.
+            while states[range.clone()].contains(&COPYING) {
+                states = self.copied.wait(states).unwrap_or_else(|p| p.into_inner());
+            }
+            let mine: Vec<usize> = range.filter(|&b| states[b] == UNSAVED).collect();
+            for &b in &mine {
+                states[b] = COPYING;
+            }
+            mine
+        };
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let copied = self.copy_out(volume, &mine);
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buf = Vec::new();
-        for b in self.blocks(offset, len) {
-            if states[b] != UNSAVED {
-                continue;
+        for &b in &mine {
+            states[b] = if copied.is_ok() { COPIED } else { UNSAVED };
+        }
+        self.copied.notify_all();
+        copied
+    }
+
+    /// Copy blocks (marked copying by the caller) into the working volume, in the kernel
+    /// (`copy_file_range`: no round trip through user space; a reflink where the file
+    /// system shares extents), runs of adjacent blocks at once.
+    fn copy_out(&self, volume: &FileExport, blocks: &[usize]) -> io::Result<()> {
+        let (src, dst) = (volume.file().as_raw_fd(), self.work.file.as_raw_fd());
+        let mut i = 0;
+        while i < blocks.len() {
+            let mut j = i + 1;
+            while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 {
+                j += 1;
             }
-            let off = b as u64 * BLOCK;
-            let n = BLOCK.min(self.size - off) as usize;
-            buf.resize(n, 0);
-            volume.read_at(off, &mut buf)?;
-            // Zeroes need no copy: the working volume is empty (sparse) where not written.
-            if buf.iter().any(|&x| x != 0) {
-                self.work.file.write_all_at(&buf, off)?;
+            let start = blocks[i] as u64 * BLOCK;
+            let end = ((blocks[j - 1] as u64 + 1) * BLOCK).min(self.size);
+            let mut at = start;
+            while at < end {
+                let (mut from, mut to) = (at as libc::off64_t, at as libc::off64_t);
+                // SAFETY: both descriptors are open for the session's lifetime; the offsets
+                // are valid pointers to locals.
+                let n = unsafe {
+                    libc::copy_file_range(src, &mut from, dst, &mut to, (end - at) as usize, 0)
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if n == 0 {
+                    return Err(io::Error::other(
+                        "copy before write: unexpected end of volume",
+                    ));
+                }
+                at += n as u64;
             }
-            states[b] = COPIED;
-            self.copied_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.copied_bytes.fetch_add(end - start, Ordering::Relaxed);
+            i = j;
         }
         Ok(())
     }
@@ -214,26 +270,39 @@ impl Session {
     /// The backup reads `[offset, offset + buf.len())` of the frozen image. Every block in it
     /// must be needed and not yet read (anything else is a bug in the reader).
     fn read_frozen(&self, volume: &dyn Export, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        // Optimistically from the volume, without the lock…
+        volume.read_at(offset, buf)?;
         let end = offset + buf.len() as u64;
-        for b in self.blocks(offset, buf.len() as u64) {
-            let bstart = (b as u64 * BLOCK).max(offset);
-            let bend = ((b as u64 + 1) * BLOCK).min(end);
-            let dst = &mut buf[(bstart - offset) as usize..(bend - offset) as usize];
-            match states[b] {
-                UNSAVED => {
-                    volume.read_at(bstart, dst)?;
-                    states[b] = SAVED;
-                }
-                COPIED => self.work.file.read_exact_at(dst, bstart)?,
-                s => {
-                    return Err(io::Error::other(format!(
-                        "backup session: block at {} read in state {:?} (not frozen data)",
-                        b as u64 * BLOCK,
-                        name(s)
-                    )));
+        let piece = |b: usize| {
+            let s = (b as u64 * BLOCK).max(offset);
+            let e = ((b as u64 + 1) * BLOCK).min(end);
+            (s, e)
+        };
+        // …then the states say which blocks were frozen data when read.
+        let mut again = Vec::new();
+        {
+            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            for b in self.blocks(offset, buf.len() as u64) {
+                match states[b] {
+                    // Not written since the freeze (writes follow "copied"): frozen data.
+                    UNSAVED => states[b] = SAVED,
+                    COPYING => {}
+                    COPIED => again.push(b),
+                    s => {
+                        return Err(io::Error::other(format!(
+                            "backup session: block at {} read in state {:?} (not frozen data)",
+                            b as u64 * BLOCK,
+                            name(s)
+                        )));
+                    }
                 }
             }
+        }
+        // Copied (possibly while we read): the frozen data is in the working volume.
+        for b in again {
+            let (s, e) = piece(b);
+            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            self.work.file.read_exact_at(dst, s)?;
         }
         Ok(())
     }
@@ -267,7 +336,7 @@ fn name(s: u8) -> BlockState {
         NOT_NEEDED => BlockState::NotNeeded,
         UNSAVED => BlockState::NeededUnsaved,
         SAVED => BlockState::NeededSaved,
-        _ => BlockState::Copied,
+        _ => BlockState::Copied, // COPIED, COPYING
     }
 }
 
