@@ -83,48 +83,9 @@ pub struct JobStatus {
     pub error: Option<String>,
     pub work_volume: Option<String>,
     /// Session block states (live while running, final after).
-    pub session: Option<SessionStatsJson>,
+    pub session: Option<SessionStats>,
     /// What the resync after a split backup copied.
-    pub resync: Option<ResyncJson>,
-}
-
-/// [`SessionStats`] in a status (serde both ways).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionStatsJson {
-    pub blocks: u64,
-    pub not_needed: u64,
-    pub unsaved: u64,
-    pub saved: u64,
-    pub copied: u64,
-    pub copied_bytes: u64,
-}
-
-impl From<SessionStats> for SessionStatsJson {
-    fn from(s: SessionStats) -> Self {
-        SessionStatsJson {
-            blocks: s.blocks,
-            not_needed: s.not_needed,
-            unsaved: s.unsaved,
-            saved: s.saved,
-            copied: s.copied,
-            copied_bytes: s.copied_bytes,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResyncJson {
-    pub granules: u64,
-    pub bytes: u64,
-}
-
-impl From<ResyncOutcome> for ResyncJson {
-    fn from(r: ResyncOutcome) -> Self {
-        ResyncJson {
-            granules: r.granules,
-            bytes: r.bytes,
-        }
-    }
+    pub resync: Option<ResyncOutcome>,
 }
 
 struct Job {
@@ -145,7 +106,7 @@ impl Job {
             s.bytes_done = self.done.load(Ordering::Relaxed);
             s.bytes_total = self.total.load(Ordering::Relaxed).max(s.bytes_total);
             if let Some(sess) = &*self.session.lock().unwrap_or_else(|p| p.into_inner()) {
-                s.session = Some(sess.stats().into());
+                s.session = Some(sess.stats());
             }
         }
         s
@@ -412,11 +373,11 @@ impl Engine {
             if let Err(e) = export.end_session() {
                 thaw_error = Some(e.to_string());
             }
-            let stats: SessionStatsJson = s.stats().into();
+            let stats = s.stats();
             job.status.lock().unwrap_or_else(|p| p.into_inner()).session = Some(stats);
         } else {
             match self.store.resync(export) {
-                Ok(r) => resync = Some(ResyncJson::from(r)),
+                Ok(r) => resync = Some(r),
                 Err(e) => thaw_error = Some(format!("resync after the backup: {e}")),
             }
         }

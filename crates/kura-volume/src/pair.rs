@@ -298,7 +298,7 @@ fn not_paired(name: &str) -> Error {
 }
 
 /// What a resync copied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncOutcome {
     pub granules: u64,
     pub bytes: u64,

@@ -73,7 +73,7 @@ pub enum BlockState {
 }
 
 /// Counts of block states, for status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionStats {
     pub blocks: u64,
     pub not_needed: u64,
