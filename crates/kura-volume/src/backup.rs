@@ -45,6 +45,13 @@ pub fn backup_volume(
     cancel: &CancelToken,
 ) -> Result<VolumeBackup> {
     let meta = store.meta(name)?;
+    if let Some(p) = &meta.secondary_of {
+        // Its server writes it (duplex) or will resync it: it does not hold still.
+        return Err(Error::Invalid(format!(
+            "{name} is the secondary of the mirror pair of {p}: back up {p} (its server splits \
+             the pair and backs up the frozen secondary)"
+        )));
+    }
     let dirty = match DirtyMap::open(&store.dirty_path(name), meta.size) {
         Ok(d) => Arc::new(d),
         Err(Error::InUse(_)) => {
