@@ -652,6 +652,17 @@ pub enum CatalogCommand {
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
     /// Targets (names in the catalog) to read the records from
-    #[arg(long = "from", required = true, value_name = "TARGET")]
+    #[arg(
+        long = "from",
+        value_name = "TARGET",
+        required_unless_present = "volumes"
+    )]
     pub from: Vec<String>,
+    /// Also re-enter the backups listed in the volume backup records of the volume data
+    /// directory (each as object `volume:NAME`, on the registered target whose URL is the
+    /// record's repository)
+    #[arg(long)]
+    pub volumes: bool,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
 }

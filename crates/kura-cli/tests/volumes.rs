@@ -538,4 +538,34 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         assert_eq!(r["mount_point"], "/var/lib/pg");
         assert_eq!(r["format"], "kura-raw-image");
     }
+    // The records alone rebuild the catalog's entries for these backups: into an empty
+    // catalog that knows the repository as a target.
+    let catalog = v.dir.path().join("catalog.db").display().to_string();
+    let cat = |args: &[&str]| {
+        let mut a = vec!["--catalog", catalog.as_str()];
+        a.extend_from_slice(args);
+        v.json(&a)
+    };
+    let repo = v.repo();
+    v.ok(&[
+        "--catalog",
+        &catalog,
+        "resource",
+        "add",
+        "target",
+        "vault",
+        &repo,
+    ]);
+    let r = cat(&["catalog", "rebuild", "--volumes"]);
+    assert_eq!(
+        (r["records"].clone(), r["imported"].clone()),
+        (4.into(), 4.into()),
+        "{r}"
+    );
+    let backups = cat(&["backups", "--object", "volume:db"]);
+    let backups = backups.as_array().unwrap();
+    assert_eq!(backups.len(), 4, "{backups:?}");
+    let again = cat(&["catalog", "rebuild", "--volumes"]);
+    assert_eq!(again["imported"], 0, "{again}");
+    assert_eq!(again["already_known"], 4, "{again}");
 }

@@ -114,11 +114,83 @@ fn ranges(seqs: &[i64]) -> String {
     out.join(".")
 }
 
-/// `kura catalog rebuild --from TARGET…`.
+/// Re-enter volume backups from the volumes' backup records (seed 002: the records outside
+/// the address space are enough to rebuild the catalog's entries). Each record is a backup
+/// of object `volume:NAME`, complete, with one extent: the snapshot (`position`) on the
+/// registered target whose URL is the record's repository (and its implicit medium).
+fn volume_records(
+    app: &App,
+    cat: &kura_catalog::Catalog,
+    dir: &crate::cli::VolumeDirArgs,
+) -> Result<kura_manager::rebuild::Rebuilt> {
+    let st = crate::commands::volume::store(app, dir)?;
+    let targets: Vec<(String, String)> = cat
+        .resources()?
+        .into_iter()
+        .filter(|r| r.kind == Kind::Target)
+        .filter_map(|r| {
+            let url = r.config.get("url").and_then(Value::as_str)?.to_string();
+            Some((r.name, url))
+        })
+        .collect();
+    // One repository may be named by several paths (symlinks) or URL spellings.
+    let norm = |u: &str| {
+        let local = u.strip_prefix("file://").unwrap_or(u);
+        if local.contains("://") {
+            return local.trim_end_matches('/').to_string();
+        }
+        std::fs::canonicalize(local)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| local.trim_end_matches('/').to_string())
+    };
+    let same = |a: &str, b: &str| norm(a) == norm(b);
+    let mut out = kura_manager::rebuild::Rebuilt::default();
+    for v in st.list()? {
+        let name = &v.meta.name;
+        for r in st.records(name)? {
+            out.records += 1;
+            let Some((target, _)) = targets.iter().find(|(_, u)| same(u, &r.repository)) else {
+                out.unknown_targets.push(r.repository.clone());
+                continue;
+            };
+            let ms = chrono::DateTime::parse_from_rfc3339(&r.time)
+                .map(|t| t.timestamp_millis())
+                .with_context(|| format!("volume {name}: record time {:?}", r.time))?;
+            let size = i64::try_from(r.size).unwrap_or(i64::MAX);
+            let extent = kura_catalog::Extent {
+                stream: 0,
+                seq: 0,
+                source_offset: 0,
+                source_length: size,
+                target: target.clone(),
+                medium: format!("{target}.medium"),
+                position: r.backup.clone(),
+                size,
+            };
+            let (_, new, skipped) =
+                cat.import_backup(&format!("volume:{name}"), ms, ms, ms, &[extent])?;
+            if new {
+                out.imported += 1;
+            } else {
+                out.already_known += 1;
+            }
+            out.unknown_targets
+                .extend(skipped.into_iter().map(|e| e.target));
+        }
+    }
+    Ok(out)
+}
+
+/// `kura catalog rebuild --from TARGET… [--volumes]`.
 pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
     let CatalogCommand::Rebuild(a) = c;
     let cat = app.catalog()?;
-    let password = crate::password::get(app.password_file().as_deref())?;
+    // Volume records need no repository password; targets do.
+    let password = if a.from.is_empty() {
+        Vec::new()
+    } else {
+        crate::password::get(app.password_file().as_deref())?
+    };
     let mut total = kura_manager::rebuild::Rebuilt::default();
     for name in &a.from {
         let t = cat.resource(name)?;
@@ -132,6 +204,13 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
             .with_context(|| format!("open repository on target {name}"))?;
         let r = kura_manager::rebuild::rebuild_from(&cat, &repo)
             .with_context(|| format!("rebuild from the records on target {name}"))?;
+        total.records += r.records;
+        total.imported += r.imported;
+        total.already_known += r.already_known;
+        total.unknown_targets.extend(r.unknown_targets);
+    }
+    if a.volumes {
+        let r = volume_records(app, &cat, &a.dir)?;
         total.records += r.records;
         total.imported += r.imported;
         total.already_known += r.already_known;
