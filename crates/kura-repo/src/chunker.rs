@@ -296,11 +296,17 @@ mod tests {
                 for n in cdc.boundaries(d) { pos += n; v.push(pos); }
                 v
             };
-            let a: std::collections::HashSet<usize> = set(&data).into_iter().filter(|p| *p > at + 2048).collect();
-            let b: std::collections::HashSet<usize> = set(&edited).into_iter().filter(|p| *p > at + 2048 + insert.len()).map(|p| p - insert.len()).collect();
-            // Content-defined: boundaries well after the edit are the same, shifted.
-            let common = a.intersection(&b).count();
-            prop_assert!(common + 2 >= a.len().min(b.len()), "common {} of {} / {}", common, a.len(), b.len());
+            // Content-defined: once the two streams cut at the same place after the edit,
+            // every later boundary is the same (shifted). Where they meet again depends on
+            // forced cuts at the maximum size, so only a loose bound applies to that.
+            let a: Vec<usize> = set(&data).into_iter().filter(|p| *p > at).collect();
+            let b: Vec<usize> = set(&edited).into_iter().filter(|p| *p > at + insert.len()).map(|p| p - insert.len()).collect();
+            let first = a.iter().find(|p| b.contains(p)).copied();
+            prop_assert!(first.is_some_and(|f| f < at + 20_000), "no common boundary soon after the edit: {:?}", first);
+            let f = first.unwrap_or_default();
+            let ta: Vec<usize> = a.iter().copied().filter(|p| *p >= f).collect();
+            let tb: Vec<usize> = b.iter().copied().filter(|p| *p >= f).collect();
+            prop_assert_eq!(ta, tb);
         }
     }
 
