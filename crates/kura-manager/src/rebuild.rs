@@ -46,21 +46,50 @@ pub struct Rebuilt {
     pub unknown_targets: Vec<String>,
 }
 
+impl Rebuilt {
+    /// Re-enter one recorded backup and count what happened.
+    pub fn import(
+        &mut self,
+        catalog: &Catalog,
+        object: &str,
+        (started, ended, data_time): (i64, i64, i64),
+        extents: &[Extent],
+    ) -> Result<()> {
+        self.records += 1;
+        let (_, new, skipped) =
+            catalog.import_backup(object, started, ended, data_time, extents)?;
+        if new {
+            self.imported += 1;
+        } else {
+            self.already_known += 1;
+        }
+        self.unknown_targets
+            .extend(skipped.into_iter().map(|e| e.target));
+        Ok(())
+    }
+
+    /// Add another rebuild's counts to these (unknown targets sorted, once each).
+    pub fn merge(&mut self, other: Rebuilt) {
+        self.records += other.records;
+        self.imported += other.imported;
+        self.already_known += other.already_known;
+        self.unknown_targets.extend(other.unknown_targets);
+        self.unknown_targets.sort();
+        self.unknown_targets.dedup();
+    }
+}
+
 /// Re-enter every backup recorded in `repo` (a target's repository) into `catalog`.
 pub fn rebuild_from(catalog: &Catalog, repo: &Repository) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
     for (_, r) in repo.catalog_records()? {
-        out.records += 1;
         let extents: Vec<Extent> = r.extents.iter().map(from_record).collect();
-        let (_, new, skipped) =
-            catalog.import_backup(&r.object, r.started, r.ended, r.data_time, &extents)?;
-        if new {
-            out.imported += 1;
-        } else {
-            out.already_known += 1;
-        }
-        out.unknown_targets
-            .extend(skipped.into_iter().map(|e| e.target));
+        out.import(
+            catalog,
+            &r.object,
+            (r.started, r.ended, r.data_time),
+            &extents,
+        )?;
     }
     out.unknown_targets.sort();
     out.unknown_targets.dedup();

@@ -148,8 +148,8 @@ fn volume_records(
     for v in st.list()? {
         let name = &v.meta.name;
         for r in st.records(name)? {
-            out.records += 1;
             let Some((target, _)) = targets.iter().find(|(_, u)| same(u, &r.repository)) else {
+                out.records += 1;
                 out.unknown_targets.push(r.repository.clone());
                 continue;
             };
@@ -167,15 +167,7 @@ fn volume_records(
                 position: r.backup.clone(),
                 size,
             };
-            let (_, new, skipped) =
-                cat.import_backup(&format!("volume:{name}"), ms, ms, ms, &[extent])?;
-            if new {
-                out.imported += 1;
-            } else {
-                out.already_known += 1;
-            }
-            out.unknown_targets
-                .extend(skipped.into_iter().map(|e| e.target));
+            out.import(cat, &format!("volume:{name}"), (ms, ms, ms), &[extent])?;
         }
     }
     Ok(out)
@@ -204,20 +196,12 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
             .with_context(|| format!("open repository on target {name}"))?;
         let r = kura_manager::rebuild::rebuild_from(&cat, &repo)
             .with_context(|| format!("rebuild from the records on target {name}"))?;
-        total.records += r.records;
-        total.imported += r.imported;
-        total.already_known += r.already_known;
-        total.unknown_targets.extend(r.unknown_targets);
+        total.merge(r);
     }
     if a.volumes {
         let r = volume_records(app, &cat, &a.dir)?;
-        total.records += r.records;
-        total.imported += r.imported;
-        total.already_known += r.already_known;
-        total.unknown_targets.extend(r.unknown_targets);
+        total.merge(r);
     }
-    total.unknown_targets.sort();
-    total.unknown_targets.dedup();
     let (records, imported, known, left_out) = (
         total.records,
         total.imported,
