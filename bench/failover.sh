@@ -11,7 +11,7 @@
 #   kura -r S3_A --mirror S3_B init
 # The fail-over backup is
 #   kura --timeout $TIMEOUT -q --json backup data --redundancy 2 --mode failover \
-#        --extent-size $EXTENT_SIZE --extent-timeout $EXTENT_TIMEOUT
+#        --extent-size $EXTENT_SIZE --extent-timeout $EXTENT_TIMEOUT   (--unreachable-timeout: its default, 1s)
 # (t0 comes first alphabetically, so it is the active target while both are healthy.)
 # Configurations, RUNS times each:
 #   fo-calm          the fail-over backup, undisturbed (expects exit 0, "failovers": 0)

@@ -196,6 +196,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.get_range_into(kind, name, offset, len, buf)
     }
 
+    /// A reader found what `source` served for `name` damaged (it read, but does not
+    /// verify). A view over several targets remembers it against that target, as it does a
+    /// failed read; a single target has nobody to tell.
+    fn damaged(&self, source: usize, kind: FileKind, name: &str, why: &str) {
+        let _ = (source, kind, name, why);
+    }
+
     /// List every file of a kind (names without directories). Temporary files are never listed.
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
 

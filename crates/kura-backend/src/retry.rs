@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::BackendError;
+use crate::{BackendError, ErrorKind};
 
 /// Deadline and backoff of backend operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Backoff ceiling.
     pub max_backoff: Duration,
+    /// Stop retrying an operation whose target stays unreachable (refused, no route) this
+    /// long; `None` retries it until the deadline like any transient error.
+    pub unreachable_for: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -27,6 +30,7 @@ impl Default for RetryPolicy {
             deadline: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            unreachable_for: None,
         }
     }
 }
@@ -59,7 +63,11 @@ impl RetryPolicy {
                     // Full jitter: sleep a random time in [backoff/2, backoff].
                     let sleep = backoff.mul_f64(0.5 + 0.5 * jitter_fraction());
                     let elapsed = start.elapsed();
-                    if !e.is_transient() || elapsed + sleep >= self.deadline {
+                    let patience = match (e.kind(), self.unreachable_for) {
+                        (ErrorKind::Unreachable, Some(p)) => p.min(self.deadline),
+                        _ => self.deadline,
+                    };
+                    if !e.is_transient() || elapsed + sleep >= patience {
                         return Err(e.after_tries(tries, elapsed));
                     }
                     tracing::debug!("retrying after {:?}: {e}", sleep);
@@ -92,7 +100,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
 
     fn err(kind: ErrorKind) -> BackendError {
         BackendError::new(kind, "get", "data/ab", "test", "boom")
@@ -104,6 +111,7 @@ mod tests {
             deadline: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
+            unreachable_for: None,
         };
         let mut n = 0;
         let v = p
@@ -140,6 +148,7 @@ mod tests {
             deadline: Duration::from_millis(300),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(50),
+            unreachable_for: None,
         };
         let start = Instant::now();
         let e = p
@@ -153,6 +162,37 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("get data/ab on test: boom after "), "{msg}");
         assert!(msg.contains(" tries, 0."), "{msg}");
+    }
+
+    #[test]
+    fn an_unreachable_target_is_given_up_on_after_its_patience_and_others_are_not() {
+        let p = RetryPolicy {
+            deadline: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            unreachable_for: Some(Duration::from_millis(200)),
+        };
+        let start = Instant::now();
+        let e = p
+            .run(|_| -> Result<(), _> { Err(err(ErrorKind::Unreachable)) })
+            .unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+        assert!(took < Duration::from_millis(400), "{took:?}");
+        assert!(e.to_string().contains(" tries, "), "{e}");
+        // A timed-out target keeps the whole deadline: it may be slow, not gone.
+        let mut n = 0;
+        let v = p
+            .run(|_| {
+                n += 1;
+                if start.elapsed() < took + Duration::from_millis(500) {
+                    Err(err(ErrorKind::TimedOut))
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap();
+        assert!(v > 5, "{v}");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! puts the healthiest first) until one answers. Members share the master key, so the same
 //! name means the same bytes everywhere.
 //!
-//! A member that fails (other than "not found") is asked last from then on, so a dead target
-//! costs its deadline once rather than on every read.
+//! A member that fails (other than "not found"), or serves data a reader finds damaged
+//! ([`Backend::damaged`]), is asked last from then on, so a dead target costs its deadline
+//! once rather than on every read, and damaged copies are read only when nothing else has the
+//! data. Both count as the member's failure for the caller's health records.
 //!
 //! The view writes only lock files (to every member, so a prune on any of them sees the
 //! reader); other writes are refused. Listings skip a member that cannot list (with a
@@ -176,6 +178,14 @@ impl Backend for UnionBackend {
                 self.location(),
                 format!("no source {source}"),
             )),
+        }
+    }
+
+    fn damaged(&self, source: usize, kind: FileKind, name: &str, why: &str) {
+        if let Some(m) = self.members.get(source) {
+            let e = BackendError::new(ErrorKind::Corrupt, "get", name, m.location(), why);
+            tracing::debug!("{} {name}: damaged on {}: {why}", kind.dir(), m.location());
+            self.failed(source, &e);
         }
     }
 

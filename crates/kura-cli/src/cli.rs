@@ -396,6 +396,10 @@ pub struct RunArgs {
     /// Fail-over: move to the next target when nothing on the active one finishes this long
     #[arg(long, default_value = "2m")]
     pub extent_timeout: String,
+    /// Fail-over: move to the next target once the active one has refused connections (or had
+    /// no route) this long, instead of retrying until --timeout
+    #[arg(long, default_value = "1s")]
+    pub unreachable_timeout: String,
 }
 
 #[derive(Debug, Args)]

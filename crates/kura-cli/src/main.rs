@@ -62,8 +62,12 @@ impl App {
     }
 
     pub fn backend_for(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        let opts = self.backend_options()?;
-        kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))
+        self.backend_with(url, &self.backend_options()?)
+    }
+
+    /// [`App::backend_for`] with options changed from the command line's.
+    pub fn backend_with(&self, url: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+        kura_repo::backend::open(url, opts).with_context(|| format!("open target {url}"))
     }
 
     /// The repository's backend: one target, or with `--mirror` a [`MirrorBackend`] over the

@@ -292,13 +292,17 @@ fn the_first_target_killed_at_many_points_continues_on_the_next() {
     let mut healed = false;
     for cut in [1usize, 5, 11, 18] {
         let fo = Fo::new(&weed, &format!("cut-{cut}"), 32);
-        let mut child = fo.spawn("4s", "30s");
+        // Deadline and extent timeout are both far away: only giving up on an unreachable
+        // target (`--unreachable-timeout`, 1 s by default) moves this run on in time.
+        let mut child = fo.spawn("5m", "5m");
         let running = step_until(&mut child, Duration::from_secs(60), || {
             fo.repo.count(FileKind::Pack) >= cut
         });
         weed.kill_s3();
+        let killed = Instant::now();
         unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
         let out = child.wait_with_output().unwrap();
+        let after_kill = killed.elapsed();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         if !running {
             weed.restart_s3();
@@ -309,6 +313,10 @@ fn the_first_target_killed_at_many_points_continues_on_the_next() {
         assert!(
             err.contains("target t0 (stream 0) failed"),
             "cut {cut}: {err}"
+        );
+        assert!(
+            after_kill < Duration::from_secs(60),
+            "cut {cut}: the run waited {after_kill:?} on a dead target (deadline 5 min): {err}"
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["failovers"], 1, "cut {cut}: {v}");

@@ -180,6 +180,13 @@ fn a_job_mirrors_onto_n_targets_and_records_each_copy(db: Db) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert_same_tree(&s.src, &dest.join(s.src.strip_prefix("/").unwrap()));
+    // Serving damaged data counts against the target, as a failed read does.
+    assert!(
+        err.contains(&format!("target {first} failed during the restore"))
+            && err.contains("fails verification"),
+        "{err}"
+    );
+    assert_eq!(s.json(&["resource", "show", &first])["errors"], 1);
     // A broken target is skipped (and counted against it); the other one restores.
     break_dir(&s.targets[t]);
     let dest = s.f._dir.path().join("by-backup");
@@ -197,7 +204,7 @@ fn a_job_mirrors_onto_n_targets_and_records_each_copy(db: Db) {
         "{err}"
     );
     assert_same_tree(&s.src, &dest.join(s.src.strip_prefix("/").unwrap()));
-    assert_eq!(s.json(&["resource", "show", &first])["errors"], 1);
+    assert_eq!(s.json(&["resource", "show", &first])["errors"], 2);
     let o = s.run(&[
         "restore",
         "--backup",

@@ -31,6 +31,11 @@ pub enum RunMode {
     Failover {
         extent_bytes: u64,
         extent_timeout: Duration,
+        /// How long a member may stay unreachable (connection refused, no route) before its
+        /// write fails and the run moves on. The caller's `open` builds the members, so it
+        /// applies this ([`kura_backend::RetryPolicy::unreachable_for`]); the deadline still
+        /// bounds every other transient error.
+        unreachable_for: Duration,
     },
 }
 
@@ -163,6 +168,7 @@ pub fn run_job(
                 RunMode::Failover {
                     extent_bytes,
                     extent_timeout,
+                    ..
                 } => crate::failover::back_up(
                     job,
                     members,

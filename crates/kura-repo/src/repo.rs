@@ -498,9 +498,16 @@ impl IndexedRepo {
                     &mut stored,
                 )
                 .ok()?;
-            let d = decode_blob(&self.repo.key, loc.ty, &loc.id, stored, loc.raw_length).ok()?;
+            let d = match decode_blob(&self.repo.key, loc.ty, &loc.id, stored, loc.raw_length) {
+                Ok(d) => d,
+                Err(e) => {
+                    let why = format!("blob {} fails verification: {e}", loc.id.short());
+                    backend.damaged(s, FileKind::Pack, &name, &why);
+                    return None;
+                }
+            };
             tracing::info!(
-                "blob {} of pack {}: damaged on the first target, read intact from source {s}",
+                "blob {} of pack {}: damaged where first read, read intact from source {s}",
                 loc.id.short(),
                 loc.pack.short()
             );

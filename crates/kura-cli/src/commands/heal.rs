@@ -12,8 +12,19 @@ use crate::{App, exit};
 
 /// A target URL as a backend, for the manager's callbacks.
 pub fn open(app: &App, url: &str) -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
-    app.backend_for(url)
-        .map_err(|e| kura_manager::Error::Invalid(format!("{e:#}")))
+    open_with(app, url, None)
+}
+
+/// [`open`], giving up on an unreachable target after `unreachable_for` (fail-over runs).
+pub fn open_with(
+    app: &App,
+    url: &str,
+    unreachable_for: Option<std::time::Duration>,
+) -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
+    let invalid = |e: anyhow::Error| kura_manager::Error::Invalid(format!("{e:#}"));
+    let mut opts = app.backend_options().map_err(invalid)?;
+    opts.policy.unreachable_for = unreachable_for;
+    app.backend_with(url, &opts).map_err(invalid)
 }
 
 pub fn run(app: &App, a: HealArgs) -> Result<i32> {

@@ -38,11 +38,13 @@ pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
     duration("--hook-timeout", &r.hook_timeout)?;
     duration("--stall-timeout", &app.global.stall_timeout)?;
     duration("--extent-timeout", &r.extent_timeout)?;
+    duration("--unreachable-timeout", &r.unreachable_timeout)?;
     let extent_size = size("--extent-size", &r.extent_size)?;
     Ok(json!({
         "quorum": quorum,
         "extent_size": extent_size,
         "extent_timeout": r.extent_timeout,
+        "unreachable_timeout": r.unreachable_timeout,
         "targets": r.targets,
         "pre": r.pre,
         "post": r.post,
@@ -72,21 +74,23 @@ fn size(what: &str, s: &str) -> Result<u64> {
     }
 }
 
-fn mode(
-    mode: Mode,
-    quorum: usize,
-    stall_timeout: Duration,
-    extent_bytes: u64,
-    extent_timeout: Duration,
-) -> RunMode {
+/// Fail-over settings of a run.
+struct Extents {
+    bytes: u64,
+    timeout: Duration,
+    unreachable_for: Duration,
+}
+
+fn mode(mode: Mode, quorum: usize, stall_timeout: Duration, extents: Extents) -> RunMode {
     match mode {
         Mode::Mirror => RunMode::Mirror {
             quorum,
             stall_timeout,
         },
         Mode::Failover => RunMode::Failover {
-            extent_bytes,
-            extent_timeout,
+            extent_bytes: extents.bytes,
+            extent_timeout: extents.timeout,
+            unreachable_for: extents.unreachable_for,
         },
     }
 }
@@ -122,13 +126,20 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
             def.mode,
             c.get("quorum").and_then(Value::as_u64).unwrap_or(1) as usize,
             duration("stall_timeout", &s("stall_timeout").unwrap_or("2m".into()))?,
-            c.get("extent_size")
-                .and_then(Value::as_u64)
-                .unwrap_or(64 << 20),
-            duration(
-                "extent_timeout",
-                &s("extent_timeout").unwrap_or("2m".into()),
-            )?,
+            Extents {
+                bytes: c
+                    .get("extent_size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(64 << 20),
+                timeout: duration(
+                    "extent_timeout",
+                    &s("extent_timeout").unwrap_or("2m".into()),
+                )?,
+                unreachable_for: duration(
+                    "unreachable_timeout",
+                    &s("unreachable_timeout").unwrap_or("1s".into()),
+                )?,
+            },
         ),
         targets: (!targets.is_empty()).then_some(targets),
         lease: LEASE,
@@ -164,8 +175,11 @@ pub fn run_adhoc(
             Mode::parse(&r.mode)?,
             app.global.quorum,
             duration("--stall-timeout", &app.global.stall_timeout)?,
-            size("--extent-size", &r.extent_size)?,
-            duration("--extent-timeout", &r.extent_timeout)?,
+            Extents {
+                bytes: size("--extent-size", &r.extent_size)?,
+                timeout: duration("--extent-timeout", &r.extent_timeout)?,
+                unreachable_for: duration("--unreachable-timeout", &r.unreachable_timeout)?,
+            },
         ),
         targets: (!r.targets.is_empty()).then(|| r.targets.clone()),
         lease: LEASE,
@@ -178,9 +192,15 @@ pub fn run_adhoc(
 
 fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
     let password = password::get(app.password_file().as_deref())?;
-    let open = |url: &str| crate::commands::heal::open(app, url);
+    let unreachable_for = match job.mode {
+        RunMode::Failover {
+            unreachable_for, ..
+        } => Some(unreachable_for),
+        RunMode::Mirror { .. } => None,
+    };
+    let open = |url: &str| crate::commands::heal::open_with(app, url, unreachable_for);
     let bar = app.bar();
-    let failover = matches!(job.mode, RunMode::Failover { .. });
+    let failover = unreachable_for.is_some();
     let what = if failover { "fail-over" } else { "mirrored" };
     let report = run_spec(cat, &job, &open, &password, &bar, &app.cancel)
         .with_context(|| format!("{name}: {what} backup of {}", job.object))?;
