@@ -14,7 +14,8 @@
 //!   `secure` reclaims expired leases, so nothing stays stuck.
 //! - **Routes** (`routes`): which worker reaches which target over which path. A target that
 //!   is not sequential media gets one implicit medium (`<target>.medium`) when it is added.
-//! - **Events** (`events`): every state change, with its reason.
+//! - **Events** (`events`): every state change, with its reason. Kept for
+//!   [`EVENT_RETENTION`] (the CLI prunes older ones whenever it opens the catalog).
 //!
 //! # Locking
 //! `secure` must be all-or-nothing and safe against concurrent managers. Each securing
@@ -36,6 +37,10 @@ use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
 pub use resources::{Kind, Resource, State};
+
+/// How long resource events are kept: a quarter of history for "why was this target not
+/// usable last month", without a table that grows with every job run forever.
+pub const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
 
 /// Errors the catalog reports; each says what the operator can do.

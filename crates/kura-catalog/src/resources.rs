@@ -1,5 +1,7 @@
 //! Resources: registration, the derived state, operator switches, health and events.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -460,6 +462,22 @@ impl Catalog {
             }
             tx.commit().await.map_err(|e| self.db(e))
         })
+    }
+
+    /// Delete events older than `keep`, returning how many went. Every securing adds an
+    /// "in use" and a "released" event per resource, so without this the table grows by a
+    /// few rows per job run forever. Each resource's current state and its `since` live in
+    /// `resources`, not here, so nothing a decision needs is lost.
+    pub fn prune_events(&self, keep: Duration) -> Result<u64> {
+        let cutoff = self.now() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        self.rt
+            .block_on(
+                sqlx::query("DELETE FROM events WHERE at < $1")
+                    .bind(cutoff)
+                    .execute(&self.pool),
+            )
+            .map(|r| r.rows_affected())
+            .map_err(|e| self.db(e))
     }
 
     /// The event rows of a resource, oldest first: (at, what, reason).

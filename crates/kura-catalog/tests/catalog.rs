@@ -132,6 +132,32 @@ fn repeated_errors_make_a_target_not_usable_with_the_reason(db: Db) {
     assert_eq!(ev, ["added", "disabled", "enabled", "in use", "released"]);
 }
 
+fn events_older_than_the_retention_are_pruned_and_newer_ones_kept(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let days = |d: u64| Duration::from_secs(d * 24 * 3600);
+    let total = |c: &Catalog| c.events("t0").unwrap().len() + c.events("t1").unwrap().len();
+    c.set_enabled("t0", false, "disk swap").unwrap();
+    c.advance_clock(days(10));
+    c.set_enabled("t0", true, "done").unwrap();
+    assert_eq!(total(&c), 4);
+    // Nothing is old enough yet.
+    assert_eq!(c.prune_events(days(30)).unwrap(), 0);
+    c.advance_clock(days(25));
+    // 35 days after the setup and "disabled", 25 after "enabled": a 30-day retention drops
+    // all but "enabled" (at least t0's and t1's "added" and "disabled").
+    assert!(c.prune_events(days(30)).unwrap() >= 3);
+    let ev: Vec<String> = c.events("t0").unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(ev, ["enabled"]);
+    assert!(c.events("t1").unwrap().is_empty());
+    assert_eq!(c.prune_events(days(30)).unwrap(), 0);
+    c.advance_clock(days(6));
+    assert_eq!(c.prune_events(days(30)).unwrap(), 1);
+    assert!(c.events("t0").unwrap().is_empty());
+    // The state itself is not an event: t0 is still usable, t1 still there.
+    assert_eq!(c.resource("t0").unwrap().state(), State::Usable);
+    assert_eq!(c.resource("t1").unwrap().state(), State::Usable);
+}
+
 fn expired_leases_are_reclaimed_and_waiting_secures_when_freed(db: Db) {
     let (_f, c) = with_targets(db, 1);
     let short = Constraints {
@@ -448,6 +474,7 @@ on_both_dbs!(
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
     repeated_errors_make_a_target_not_usable_with_the_reason,
     expired_leases_are_reclaimed_and_waiting_secures_when_freed,
+    events_older_than_the_retention_are_pruned_and_newer_ones_kept,
     concurrent_securing_never_shares_a_target,
     invalid_target_urls_are_refused,
     runs_record_their_outcome_and_expired_leases_are_lost,

@@ -168,6 +168,9 @@ impl App {
         let catalog = kura_catalog::Catalog::open(&url).context("open catalog")?;
         // A dead manager's holdings must not look alive in what we show or change.
         catalog.reclaim().context("reclaim expired leases")?;
+        catalog
+            .prune_events(kura_catalog::EVENT_RETENTION)
+            .context("prune old catalog events")?;
         if catalog.is_embedded() {
             catalog
                 .ensure_local(LOCAL_SLOTS)
