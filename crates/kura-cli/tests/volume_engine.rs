@@ -377,6 +377,14 @@ fn a_server_killed_mid_session_loses_no_write_and_the_next_backup_reads_everythi
     write_all(&url, &before);
     // Freeze, keep writing into the session, and kill the server in the middle.
     let job = start_backup(&v, "db", "session");
+    // One job per volume at a time: a second request is refused while this one runs.
+    let o = v.with_repo(&["volume", "backup", "db"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), Some(14), "{err}");
+    assert!(
+        err.contains("a backup job of this volume is already running"),
+        "{err}"
+    );
     let during = random_writes(8, size, 20);
     during.iter().for_each(|w| w.apply(&mut model));
     write_all(&url, &during);

@@ -18,7 +18,7 @@ use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken, ParentChoice, backup};
 use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
-use kura_repo::snapshot::Content;
+use kura_repo::snapshot::{Content, SnapshotEntry};
 
 use crate::dirty::{DirtyMap, Trust};
 use crate::records::{FORMAT_RAW, VolumeRecord};
@@ -114,13 +114,38 @@ impl Plan {
         trust: Trust,
         changed: Vec<(u64, u64)>,
     ) -> Result<Plan> {
+        let parent = Plan::parent(store, name, repo)?;
+        Ok(Plan::decide(parent, size, trust, changed))
+    }
+
+    /// The parent snapshot: the newest record of this repository whose snapshot is still
+    /// there. This reads the record file and the repository (a round trip to a remote
+    /// target), so a served volume looks it up *before* its freeze, never under the change
+    /// lock; that is sound only while no other backup of the volume can finish in between
+    /// (the engine runs one job per volume at a time).
+    pub fn parent(
+        store: &VolumeStore,
+        name: &str,
+        repo: &IndexedRepo,
+    ) -> Result<Option<SnapshotEntry>> {
         let repo_id = repo.config().id.to_hex();
-        let parent = store
+        Ok(store
             .records(name)?
             .into_iter()
             .rev()
             .filter(|r| r.repository_id == repo_id)
-            .find_map(|r| repo.find_snapshot(&r.backup).ok());
+            .find_map(|r| repo.find_snapshot(&r.backup).ok()))
+    }
+
+    /// Incremental from `parent` when the bitmap is trusted (`trust`, `changed`: taken at
+    /// the freeze) and the parent is an image of the same size; otherwise a full read, and
+    /// why. No I/O: this part runs under the freeze.
+    pub fn decide(
+        parent: Option<SnapshotEntry>,
+        size: u64,
+        trust: Trust,
+        changed: Vec<(u64, u64)>,
+    ) -> Plan {
         let full_reason = match (&parent, trust) {
             (_, Trust::Untrusted(why)) => Some(why),
             (None, Trust::Trusted) => {
@@ -135,11 +160,11 @@ impl Plan {
                 Content::Tree { .. } => Some("the last backup is not an image".to_string()),
             },
         };
-        Ok(Plan {
+        Plan {
             parent: parent.map(|p| p.id),
             full_reason,
             changed,
-        })
+        }
     }
 
     /// The byte ranges the backup reads (`None`: all).

@@ -13,6 +13,13 @@
 //!
 //! The dirty bitmap follows the freeze: its bits go with the frozen image and tracking
 //! starts afresh at the freeze; a failed backup puts them back ([`crate::dirty::Frozen`]).
+//!
+//! One job per volume at a time: a second request while one runs (frozen, copying, or
+//! thawing) is refused. Besides there being one frozen image to copy, this is what lets the
+//! parent snapshot be looked up *before* the freeze: records and dirty bits change only when
+//! a job ends, so nothing can change between the lookup and the freeze. The lookup reads the
+//! repository (a round trip to a remote target), and hosts wait while the change lock is
+//! held, so it must not happen under the lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -142,12 +149,43 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A volume's claim on its one job at a time; released when dropped (the job's end, or an
+/// error before it started).
+struct Busy {
+    engine: Arc<Engine>,
+    volume: String,
+}
+
+impl Busy {
+    fn take(engine: &Arc<Engine>, volume: &str) -> Result<Busy> {
+        let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(volume.to_string()) {
+            return Err(Error::InUse(format!(
+                "{volume}: a backup job of this volume is already running (kura volume jobs)"
+            )));
+        }
+        Ok(Busy {
+            engine: Arc::clone(engine),
+            volume: volume.to_string(),
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self.engine.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.volume);
+    }
+}
+
 /// The volume engine of a serving process: its store, and the backups it runs.
 pub struct Engine {
     store: VolumeStore,
     opener: Option<Arc<dyn RepoOpener>>,
     cancel: CancelToken,
     jobs: Mutex<Vec<Arc<Job>>>,
+    /// Volumes with a job in progress (see the module docs: one at a time).
+    busy: Mutex<std::collections::HashSet<String>>,
     next: AtomicU64,
     /// Signalled when a job ends.
     ended: (Mutex<()>, Condvar),
@@ -164,6 +202,7 @@ impl Engine {
             opener,
             cancel,
             jobs: Mutex::default(),
+            busy: Mutex::default(),
             next: AtomicU64::new(1),
             ended: (Mutex::new(()), Condvar::new()),
         })
@@ -210,10 +249,14 @@ impl Engine {
             Error::Invalid("this server cannot open repositories for backups".into())
         })?;
         let meta = self.store.meta(volume)?;
+        let busy = Busy::take(self, volume)?;
         // Fail before freezing anything: the repository first.
         let opened = opener
             .open(repository, password)
             .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
+        // Outside the change lock (module docs): only this job can change it before the
+        // freeze.
+        let parent = Plan::parent(&self.store, volume, &opened.repo)?;
         let export = self.store.open_export(volume)?;
         let pair = export.pair();
         let freeze = match (freeze, &pair) {
@@ -231,15 +274,14 @@ impl Engine {
             _ => None,
         };
         // The freeze: nothing in flight, the image and the dirty bits taken at one instant.
-        let plan_for = |frozen: &crate::dirty::Frozen| {
-            Plan::new(
-                &self.store,
-                volume,
-                &opened.repo,
+        // Deciding the plan there does no I/O.
+        let plan_for = |frozen: &crate::dirty::Frozen| -> Result<Plan> {
+            Ok(Plan::decide(
+                parent.clone(),
                 meta.size,
                 frozen.trust.clone(),
                 frozen.runs.clone(),
-            )
+            ))
         };
         let (source, session, plan, frozen): (Arc<dyn ImageSource>, _, Plan, _) =
             match (work, &pair) {
@@ -309,7 +351,7 @@ impl Engine {
         let spawned = std::thread::Builder::new()
             .name(format!("kura-volume-backup-{id}"))
             .spawn(move || {
-                engine.run(&job, &volume, &export, opened, plan, source, frozen);
+                engine.run(&job, &volume, &export, opened, plan, source, frozen, busy);
             });
         if let Err(e) = spawned {
             return Err(Error::Io {
@@ -330,6 +372,7 @@ impl Engine {
         plan: Plan,
         source: Arc<dyn ImageSource>,
         frozen: crate::dirty::Frozen,
+        busy: Busy,
     ) {
         // Host I/O first: the backup's threads (this one and the readers, encoders and
         // uploaders it starts, which inherit it) yield the CPU to the server's. A frozen
@@ -360,6 +403,11 @@ impl Engine {
             Ok(outcome)
         });
         drop(opened);
+        // The options hold the frozen image's reader and with it the session: let go of it
+        // here, so that ending the session below really returns the working volume to the
+        // pool (emptied) before anyone is told the job ended. (A client that saw "succeeded"
+        // and at once asked for the next backup found the pool still taken.)
+        drop(o);
         let thawed = match &result {
             Ok(_) => export.dirty.thaw_done(),
             Err(_) => export.dirty.thaw_failed(frozen),
@@ -381,7 +429,11 @@ impl Engine {
                 Err(e) => thaw_error = Some(format!("resync after the backup: {e}")),
             }
         }
+        // The last hold on the session: its working volume is emptied and back in the pool.
         drop(session);
+        // Thawed: the next job of this volume may start. Released before the final state is
+        // shown, so a client that sees this job end can start the next at once.
+        drop(busy);
         {
             let mut st = job.status.lock().unwrap_or_else(|p| p.into_inner());
             st.finished = Some(now());
