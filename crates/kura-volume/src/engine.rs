@@ -405,8 +405,8 @@ impl Engine {
         drop(opened);
         // The options hold the frozen image's reader and with it the session: let go of it
         // here, so that ending the session below really returns the working volume to the
-        // pool (emptied) before anyone is told the job ended. (A client that saw "succeeded"
-        // and at once asked for the next backup found the pool still taken.)
+        // pool (emptied) before anyone is told the job ended. (Without this, a client that
+        // saw "succeeded" could still find the working volume claimed and holding copies.)
         drop(o);
         let thawed = match &result {
             Ok(_) => export.dirty.thaw_done(),
