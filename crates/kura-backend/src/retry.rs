@@ -178,9 +178,11 @@ mod tests {
             .unwrap_err();
         let took = start.elapsed();
         assert_eq!(e.kind(), ErrorKind::Unreachable);
-        assert!(took < Duration::from_millis(400), "{took:?}");
+        // Far below the 10 s deadline (the bound is loose for loaded machines).
+        assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(e.to_string().contains(" tries, "), "{e}");
-        // A timed-out target keeps the whole deadline: it may be slow, not gone.
+        // A timed-out target keeps the whole deadline: it may be slow, not gone. Its errors
+        // go on 500 ms past the unreachable patience, so success means it was not cut short.
         let mut n = 0;
         let v = p
             .run(|_| {
@@ -192,7 +194,7 @@ mod tests {
                 }
             })
             .unwrap();
-        assert!(v > 5, "{v}");
+        assert!(v >= 2, "{v}");
     }
 
     #[test]
