@@ -156,6 +156,19 @@ impl Target {
         }
         Ok(Target::S3(cfg))
     }
+
+    /// Whether two targets name the same place: local paths after resolving symlinks (a path
+    /// that cannot be resolved is compared as written), S3 locations field by field (so the
+    /// order of query options or a trailing `/` does not matter).
+    pub fn same_place(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Local(a), Target::Local(b)) => {
+                let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                real(a) == real(b)
+            }
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// A byte size: `8388608`, `512K`/`512KiB`, `8M`/`8MiB`, `1G`/`1GiB` (binary units).
@@ -184,6 +197,26 @@ pub fn open(url: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("repo");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let t = |s: &str| Target::parse(s).unwrap();
+        let (real, link) = (real.display().to_string(), link.display().to_string());
+        assert!(t(&real).same_place(&t(&link)));
+        assert!(t(&format!("file://{real}/")).same_place(&t(&link)));
+        assert!(!t(&real).same_place(&t(&dir.path().display().to_string())));
+        assert!(
+            t("s3://b/p/?endpoint=http://h:1&region=r")
+                .same_place(&t("s3://b/p?region=r&endpoint=http://h:1"))
+        );
+        assert!(!t("s3://b/p?endpoint=http://h:1").same_place(&t("s3://b/p?endpoint=http://h:2")));
+        assert!(!t("s3://b/p").same_place(&t(&real)));
+    }
 
     #[test]
     fn local_forms() {

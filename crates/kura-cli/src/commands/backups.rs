@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use anyhow::Context;
 use kura_catalog::Kind;
 use kura_repo::Repository;
+use kura_repo::backend::Target;
 
 use crate::cli::{BackupsArgs, CatalogCommand};
 use crate::exit::UsageError;
@@ -134,16 +135,10 @@ fn volume_records(
         })
         .collect();
     // One repository may be named by several paths (symlinks) or URL spellings.
-    let norm = |u: &str| {
-        let local = u.strip_prefix("file://").unwrap_or(u);
-        if local.contains("://") {
-            return local.trim_end_matches('/').to_string();
-        }
-        std::fs::canonicalize(local)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| local.trim_end_matches('/').to_string())
+    let same = |a: &str, b: &str| match (Target::parse(a), Target::parse(b)) {
+        (Ok(x), Ok(y)) => x.same_place(&y),
+        _ => a == b,
     };
-    let same = |a: &str, b: &str| norm(a) == norm(b);
     let mut out = kura_manager::rebuild::Rebuilt::default();
     for v in st.list()? {
         let name = &v.meta.name;
