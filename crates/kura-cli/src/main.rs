@@ -62,12 +62,24 @@ impl App {
     }
 
     pub fn backend_for(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        self.backend_with(url, &self.backend_options()?)
+        let opts = self.backend_options()?;
+        kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))
     }
 
-    /// [`App::backend_for`] with options changed from the command line's.
-    pub fn backend_with(&self, url: &str, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
-        kura_repo::backend::open(url, opts).with_context(|| format!("open target {url}"))
+    /// A target URL as a backend, for `kura_manager`'s callbacks (jobs, restore, heal);
+    /// with `unreachable_for`, an unreachable target is given up on that soon (fail-over
+    /// runs).
+    pub fn manager_backend(
+        &self,
+        url: &str,
+        unreachable_for: Option<std::time::Duration>,
+    ) -> kura_manager::Result<Arc<dyn Backend>> {
+        let invalid = |e: anyhow::Error| kura_manager::Error::Invalid(format!("{e:#}"));
+        let mut opts = self.backend_options().map_err(invalid)?;
+        opts.policy.unreachable_for = unreachable_for;
+        kura_repo::backend::open(url, &opts)
+            .with_context(|| format!("open target {url}"))
+            .map_err(invalid)
     }
 
     /// The repository's backend: one target, or with `--mirror` a [`MirrorBackend`] over the

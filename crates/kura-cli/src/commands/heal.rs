@@ -1,8 +1,6 @@
 //! `kura heal BACKUP`: make every target of a backup hold a complete copy (the engine is
 //! `kura_manager::heal`).
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -10,28 +8,16 @@ use crate::cli::HealArgs;
 use crate::output::bytes;
 use crate::{App, exit};
 
-/// A target URL as a backend, for the manager's callbacks.
-pub fn open(app: &App, url: &str) -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
-    open_with(app, url, None)
-}
-
-/// [`open`], giving up on an unreachable target after `unreachable_for` (fail-over runs).
-pub fn open_with(
-    app: &App,
-    url: &str,
-    unreachable_for: Option<std::time::Duration>,
-) -> kura_manager::Result<Arc<dyn kura_repo::backend::Backend>> {
-    let invalid = |e: anyhow::Error| kura_manager::Error::Invalid(format!("{e:#}"));
-    let mut opts = app.backend_options().map_err(invalid)?;
-    opts.policy.unreachable_for = unreachable_for;
-    app.backend_with(url, &opts).map_err(invalid)
-}
-
 pub fn run(app: &App, a: HealArgs) -> Result<i32> {
     let cat = app.catalog()?;
     let password = crate::password::get(app.password_file().as_deref())?;
-    let r = kura_manager::heal(&cat, a.backup, &|url| open(app, url), &password)
-        .with_context(|| format!("heal backup {}", a.backup))?;
+    let r = kura_manager::heal(
+        &cat,
+        a.backup,
+        &|url| app.manager_backend(url, None),
+        &password,
+    )
+    .with_context(|| format!("heal backup {}", a.backup))?;
     if app.global.json {
         println!(
             "{}",

@@ -198,7 +198,7 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
         } => Some(unreachable_for),
         RunMode::Mirror { .. } => None,
     };
-    let open = |url: &str| crate::commands::heal::open_with(app, url, unreachable_for);
+    let open = |url: &str| app.manager_backend(url, unreachable_for);
     let bar = app.bar();
     let failover = unreachable_for.is_some();
     let what = if failover { "fail-over" } else { "mirrored" };

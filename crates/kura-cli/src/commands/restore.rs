@@ -120,8 +120,7 @@ fn from_catalog(
         ))
         .into());
     }
-    let view =
-        kura_manager::open_backup(&cat, backup, &|url| crate::commands::heal::open(app, url))?;
+    let view = kura_manager::open_backup(&cat, backup, &|url| app.manager_backend(url, None))?;
     let names: Vec<String> = view.targets.iter().map(|(t, _)| t.clone()).collect();
     let password = crate::password::get(app.password_file().as_deref())?;
     let union = view.union();
