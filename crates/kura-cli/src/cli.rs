@@ -529,6 +529,14 @@ pub struct RestoreArgs {
     /// Parallel pack readers
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Existing entries in the target: always (replace what differs; files compared by
+    /// content), if-changed (files with the snapshot's size and mtime are kept unread),
+    /// if-newer (replace only what is older than the snapshot), never
+    #[arg(long, default_value = "always", value_parser = ["always", "if-changed", "if-newer", "never"])]
+    pub overwrite: String,
+    /// Remove entries the snapshot does not have from the directories it restores whole
+    #[arg(long)]
+    pub delete: bool,
 }
 
 #[derive(Debug, Args)]

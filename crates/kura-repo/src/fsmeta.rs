@@ -6,8 +6,11 @@ use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use rustix::fs::{AtFlags, XattrFlags};
 
 use crate::tree::{Node, NodeKind, Xattr};
 use crate::util::Timestamp;
@@ -90,65 +93,145 @@ pub fn can_chown() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Set owner (when `chown`), mode, xattrs and times of a restored entry by path (symlinks
-/// themselves, not their targets). Returns the first error; the caller reports it as a
-/// warning for that path.
-pub fn apply_metadata(path: &Path, node: &Node, chown: bool) -> io::Result<()> {
-    apply(Target::Path(path), node, chown)
-}
-
-/// As [`apply_metadata`], through an open file: no path lookups, and safe against the path
-/// being swapped for a symlink meanwhile.
-pub fn apply_metadata_fd(file: &std::fs::File, node: &Node, chown: bool) -> io::Result<()> {
-    apply(Target::File(file), node, chown)
-}
-
-enum Target<'a> {
-    Path(&'a Path),
-    File(&'a std::fs::File),
-}
-
-fn apply(t: Target<'_>, node: &Node, chown: bool) -> io::Result<()> {
-    use xattr::FileExt as _;
-    let mut first_err: Option<io::Error> = None;
-    let mut note = |r: io::Result<()>| {
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    };
+/// Set owner (when `chown`), mode, xattrs and times of a restored file or directory through
+/// its open descriptor: no path lookup, so nothing can redirect it. Returns the first error;
+/// the caller reports it as a warning for that entry.
+pub fn apply_metadata_fd(fd: impl AsFd, node: &Node, chown: bool) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let mut errs = FirstError::default();
     if chown {
-        note(match t {
-            Target::Path(p) => std::os::unix::fs::lchown(p, Some(node.uid), Some(node.gid)),
-            Target::File(f) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid)),
-        });
+        errs.note(rustix::fs::fchown(fd, Some(uid(node)), Some(gid(node))).map_err(io::Error::from));
+    }
+    errs.note(rustix::fs::fchmod(fd, mode(node)).map_err(io::Error::from));
+    for x in &node.xattrs {
+        let r = rustix::fs::fsetxattr(fd, OsStr::from_bytes(&x.name), &x.value, XattrFlags::empty())
+            .map_err(io::Error::from);
+        errs.note_xattr(r, chown);
+    }
+    errs.note(rustix::fs::futimens(fd, &times(node)).map_err(io::Error::from));
+    errs.finish()
+}
+
+/// Set the metadata of a symlink or special file `name` in the directory `dir`, which cannot
+/// be opened for it: owner and times with `AT_SYMLINK_NOFOLLOW`; the mode of a FIFO or device
+/// through an `O_PATH` descriptor checked to be the entry `expect` (never through a name a
+/// symlink could have replaced); xattrs with `lsetxattr` on `/proc/self/fd/DIR/NAME`, which
+/// resolves the directory by descriptor and does not follow the last component.
+pub fn apply_metadata_at(
+    dir: impl AsFd,
+    name: &OsStr,
+    expect: (u64, u64),
+    node: &Node,
+    chown: bool,
+) -> io::Result<()> {
+    let dir = dir.as_fd();
+    let mut errs = FirstError::default();
+    if chown {
+        errs.note(
+            rustix::fs::chownat(dir, name, Some(uid(node)), Some(gid(node)), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io::Error::from),
+        );
     }
     if node.kind != NodeKind::Symlink {
-        let perm = std::fs::Permissions::from_mode(node.mode & 0o7777);
-        note(match t {
-            Target::Path(p) => std::fs::set_permissions(p, perm),
-            Target::File(f) => f.set_permissions(perm),
-        });
+        errs.note(chmod_nofollow(dir, name, expect, node));
     }
-    for x in &node.xattrs {
-        let name = OsStr::from_bytes(&x.name);
-        let r = match t {
-            Target::Path(p) => xattr::set(p, name, &x.value),
-            Target::File(f) => f.set_xattr(name, &x.value),
-        };
+    if !node.xattrs.is_empty() {
+        let path = proc_path(dir, name);
+        for x in &node.xattrs {
+            let r = rustix::fs::lsetxattr(
+                path.as_path(),
+                OsStr::from_bytes(&x.name),
+                &x.value,
+                XattrFlags::empty(),
+            )
+            .map_err(io::Error::from);
+            errs.note_xattr(r, chown);
+        }
+    }
+    errs.note(
+        rustix::fs::utimensat(dir, name, &times(node), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from),
+    );
+    errs.finish()
+}
+
+/// `chmod` of a non-symlink entry without following a symlink put in its place.
+fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, expect: (u64, u64), node: &Node) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != expect
+        || rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+    {
+        return Err(io::Error::other("replaced while the restore ran"));
+    }
+    // An O_PATH descriptor cannot be fchmod-ed; its /proc link names the inode itself.
+    let path = proc_path(fd.as_fd(), OsStr::new(""));
+    rustix::fs::chmod(path.as_path(), mode(node)).map_err(io::Error::from)
+}
+
+/// `/proc/self/fd/FD/NAME` (or `/proc/self/fd/FD` for an empty name).
+fn proc_path(fd: BorrowedFd<'_>, name: &OsStr) -> std::path::PathBuf {
+    let mut p = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if !name.is_empty() {
+        p.push(name);
+    }
+    p
+}
+
+fn uid(node: &Node) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(node.uid)
+}
+
+fn gid(node: &Node) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(node.gid)
+}
+
+fn mode(node: &Node) -> rustix::fs::Mode {
+    rustix::fs::Mode::from_raw_mode(node.mode & 0o7777)
+}
+
+fn times(node: &Node) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: node.mtime.0,
+        tv_nsec: node.mtime.1 as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// The first error of a series of metadata calls, with xattr errors that do not matter
+/// filtered out.
+#[derive(Default)]
+struct FirstError(Option<io::Error>);
+
+impl FirstError {
+    fn note(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.0.get_or_insert(e);
+        }
+    }
+
+    fn note_xattr(&mut self, r: io::Result<()>, privileged: bool) {
         match r {
             Err(e) if is_unsupported(&e) => {}
             // Unprivileged users cannot set trusted.* / security.* attributes.
-            Err(e) if !chown && e.raw_os_error() == Some(libc::EPERM) => {}
-            other => note(other),
+            Err(e) if !privileged && e.raw_os_error() == Some(libc::EPERM) => {}
+            other => self.note(other),
         }
     }
-    let mtime = filetime::FileTime::from_unix_time(node.mtime.0, node.mtime.1);
-    note(match t {
-        Target::Path(p) => filetime::set_symlink_file_times(p, mtime, mtime),
-        Target::File(f) => filetime::set_file_handle_times(f, Some(mtime), Some(mtime)),
-    });
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    fn finish(self) -> io::Result<()> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -33,7 +33,11 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
                 "dirs": out.dirs,
                 "other": out.other,
                 "bytes": out.bytes,
+                "unchanged": out.unchanged,
+                "kept": out.kept,
+                "deleted": out.deleted,
                 "damaged": out.damaged,
+                "partial": out.partial,
                 "errors": out.errors,
             })
         );
@@ -44,8 +48,18 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
         for e in &out.errors {
             eprintln!("error: {e}");
         }
+        let mut extra = String::new();
+        if out.unchanged > 0 {
+            extra += &format!(", {} already matched", out.unchanged);
+        }
+        if out.kept > 0 {
+            extra += &format!(", {} existing kept (--overwrite {})", out.kept, a.overwrite);
+        }
+        if out.deleted > 0 {
+            extra += &format!(", {} deleted", out.deleted);
+        }
         app.say(format!(
-            "restored {} files, {} dirs, {} other ({}) from snapshot {} in {:.1} s",
+            "restored {} files, {} dirs, {} other ({}){extra} from snapshot {} in {:.1} s",
             out.files,
             out.dirs,
             out.other,
@@ -55,6 +69,16 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
         ));
     }
     if !out.damaged.is_empty() || !out.errors.is_empty() {
+        if !out.partial.is_empty() {
+            eprintln!(
+                "warning: {} file(s) could not be restored whole and were left as *.kura-partial \
+                 (never under their own names):",
+                out.partial.len()
+            );
+            for p in &out.partial {
+                eprintln!("  {p}");
+            }
+        }
         eprintln!(
             "warning: {} damaged file(s), {} other error(s); everything else was restored (exit code {})",
             out.damaged.len(),
@@ -82,6 +106,8 @@ fn restore_from(
         let snap = repo.find_snapshot(spec)?;
         let mut opts = RestoreOptions {
             includes: a.includes.clone(),
+            overwrite: a.overwrite.parse().map_err(|e| UsageError(format!("{e}")))?,
+            delete: a.delete,
             ..Default::default()
         };
         if let Some(t) = a.threads.or(app.config.restore.threads) {

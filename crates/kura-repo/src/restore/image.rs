@@ -1,14 +1,18 @@
 //! Image restore: to a regular file (zero chunks become holes) or a block device (zero chunks
-//! are written as zeros, since a device is not known to read back zeros).
+//! are written as zeros, since a device is not known to read back zeros). A file is written
+//! under a temporary name and renamed into place when whole, like every restored file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::at::Dir;
 use super::fetch::{BlobJob, Sink, fetch_all};
+use super::files::partial_name;
 use super::{Damaged, RestoreOptions, RestoreOutcome};
 use crate::backup::CancelToken;
 use crate::error::{Error, Result};
@@ -43,17 +47,80 @@ pub(crate) fn load_fixed_index(repo: &IndexedRepo, info: &ImageInfo) -> Result<V
     Ok(ids)
 }
 
-fn resolve_target(info: &ImageInfo, target: &Path) -> PathBuf {
-    if target.is_dir() {
-        let src = Path::new(std::ffi::OsStr::from_bytes(&info.source));
-        let name = src
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "image".into());
-        target.join(name)
-    } else {
-        target.to_path_buf()
+/// Where an image goes.
+enum Dest {
+    /// A block device: written in place (it has no other inode to protect), flushed at the end.
+    Device(File),
+    /// A regular file, written as `NAME.kura-partial` in `dir` and renamed over `NAME` when
+    /// whole (an existing file there — or a symlink, or a hard link to a file elsewhere — is
+    /// replaced, never written through).
+    File {
+        dir: Dir,
+        name: OsString,
+        tmp: OsString,
+        file: File,
+    },
+}
+
+/// Decide where the image goes. A directory target gets the image under its source's name
+/// (a symlink of that name is replaced, not followed); a file target's last component is
+/// followed only when it leads to a block device.
+fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
+    let ctx = |what: &str, p: &Path, e| Error::io(format!("image target {what} {}", p.display()), e);
+    let (dir, name) = match std::fs::metadata(target) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(target)
+                .map_err(|e| ctx("device", target, e))?;
+            return Ok((Dest::Device(f), target.to_path_buf()));
+        }
+        Ok(m) if m.is_dir() => {
+            let src = Path::new(std::ffi::OsStr::from_bytes(&info.source));
+            let name = src
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "image".into());
+            (Dir::open_target(target).map_err(|e| ctx("directory", target, e))?, name)
+        }
+        _ => {
+            if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::InvalidInput(format!(
+                    "image target {} is a symlink to something that is not a block device; \
+                     give the path it points to",
+                    target.display()
+                )));
+            }
+            let name = target.file_name().ok_or_else(|| {
+                Error::InvalidInput(format!("image target {} names no file", target.display()))
+            })?;
+            let parent = match target.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let dir = Dir::open_target(parent).map_err(|e| ctx("directory", parent, e))?;
+            (dir, name.to_os_string())
+        }
+    };
+    let path = target.join(&name);
+    let path = if target.is_dir() { path } else { target.to_path_buf() };
+    // A block device already there (not a symlink to one) is written in place.
+    if let Some(e) = dir.entry(&name).map_err(|e| ctx("", &path, e))? {
+        if e.kind == rustix::fs::FileType::BlockDevice {
+            let f = dir.open_device(&name, e.ident).map_err(|e| ctx("device", &path, e))?;
+            return Ok((Dest::Device(f), path));
+        }
+        if e.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "image target {} is a directory",
+                path.display()
+            )));
+        }
     }
+    let tmp = partial_name(name.as_bytes(), None);
+    dir.unlink(&tmp).map_err(|e| ctx("", &path, e))?;
+    let (file, _) = dir.create_file(&tmp).map_err(|e| ctx("", &path, e))?;
+    Ok((Dest::File { dir, name, tmp, file }, path))
 }
 
 pub(super) fn restore_image(
@@ -65,20 +132,11 @@ pub(super) fn restore_image(
     cancel: &CancelToken,
 ) -> Result<RestoreOutcome> {
     let ids = load_fixed_index(repo, info)?;
-    let path = resolve_target(info, target);
+    let (dest, path) = open_dest(info, target)?;
     let ctx = |e| Error::io(format!("image target {}", path.display()), e);
-    let is_device = std::fs::metadata(&path)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
-    let mut f: File = if is_device {
-        OpenOptions::new().write(true).open(&path).map_err(ctx)?
-    } else {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(ctx)?
+    let (mut f, is_device) = match &dest {
+        Dest::Device(f) => (f.try_clone().map_err(ctx)?, true),
+        Dest::File { file, .. } => (file.try_clone().map_err(ctx)?, false),
     };
     if is_device {
         let dev_size = f.seek(SeekFrom::End(0)).map_err(ctx)?;
@@ -129,12 +187,24 @@ pub(super) fn restore_image(
         f.sync_all().map_err(ctx)?;
     }
     progress.finish();
+    let damaged = sink.damaged.into_inner().unwrap_or_default();
     let mut outcome = RestoreOutcome {
-        files: 1,
         bytes: info.size,
         ..Default::default()
     };
-    for reason in sink.damaged.into_inner().unwrap_or_default() {
+    if let Dest::File { dir, name, tmp, .. } = &dest {
+        if damaged.is_empty() {
+            dir.rename(tmp, name).map_err(ctx)?;
+        } else {
+            outcome
+                .partial
+                .push(path.with_file_name(tmp).display().to_string());
+        }
+    }
+    if damaged.is_empty() {
+        outcome.files = 1;
+    }
+    for reason in damaged {
         outcome.damaged.push(Damaged {
             path: path.display().to_string(),
             reason,
