@@ -35,13 +35,22 @@ impl Rng {
     }
 }
 
-/// Everything below `outside`, with contents and metadata.
-fn snapshot_of(outside: &Path) -> Vec<(PathBuf, Vec<u8>, u32, u32, i64, i64)> {
+/// Everything below `outside`: path, a digest of the contents (FNV-1a), and metadata.
+fn snapshot_of(outside: &Path) -> Vec<(PathBuf, u64, u32, u32, i64, i64)> {
+    let digest = |b: &[u8]| {
+        b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
     let mut v: Vec<_> = walkdir(outside)
         .into_iter()
         .map(|p| {
             let m = fs::symlink_metadata(&p).unwrap();
-            let data = if m.is_file() { fs::read(&p).unwrap() } else { Vec::new() };
+            let data = if m.is_file() {
+                digest(&fs::read(&p).unwrap())
+            } else {
+                0
+            };
             (p, data, m.mode(), m.uid(), m.mtime(), m.mtime_nsec())
         })
         .collect();
@@ -73,7 +82,10 @@ fn swapping_entries_for_symlinks_links_and_fifos_during_restores_writes_nothing_
             let d = PathBuf::from(format!("d{a}/e{b}"));
             for f in 0..8 {
                 let rel = d.join(format!("f{f}"));
-                write(&src.join(&rel), &pseudo_random(2000 + 3000 * f, (a * 100 + b * 10 + f) as u64));
+                write(
+                    &src.join(&rel),
+                    &pseudo_random(2000 + 3000 * f, (a * 100 + b * 10 + f) as u64),
+                );
                 files.push(rel);
             }
             dirs.push(d);
@@ -146,26 +158,59 @@ fn swapping_entries_for_symlinks_links_and_fifos_during_restores_writes_nothing_
                     std::thread::yield_now();
                 }
             });
+            // The attacker stops however the restore ends (a panic included).
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
             // Errors (entries refused, replaced) are expected; escaping, hanging or
             // panicking is not.
-            let _ = restore(&lib, &lock, &snap, &target, &opts, &NoProgress, &CancelToken::new());
-            stop.store(true, Ordering::Relaxed);
+            let _ = restore(
+                &lib,
+                &lock,
+                &snap,
+                &target,
+                &opts,
+                &NoProgress,
+                &CancelToken::new(),
+            );
         });
-        assert_eq!(snapshot_of(&outside), before, "iteration {i}: something outside changed");
+        assert_eq!(
+            snapshot_of(&outside),
+            before,
+            "iteration {i}: something outside changed"
+        );
     }
     let n = attacks.load(Ordering::Relaxed);
-    assert!(n >= iters, "only {n} attacks landed in {iters} restores: the race is not raced");
+    assert!(
+        n >= iters,
+        "only {n} attacks landed in {iters} restores: the race is not raced"
+    );
 
     // Undisturbed, the same restore over the wreckage gives the snapshot exactly.
     for i in 0..3 {
         let target = repo.dir.path().join(format!("t{i}"));
-        let out = restore(&lib, &lock, &snap, &target, &opts, &NoProgress, &CancelToken::new())
-            .unwrap();
+        let out = restore(
+            &lib,
+            &lock,
+            &snap,
+            &target,
+            &opts,
+            &NoProgress,
+            &CancelToken::new(),
+        )
+        .unwrap();
         assert!(out.errors.is_empty() && out.damaged.is_empty(), "{out:?}");
         let base = target.join(&rel_src);
         // Moved-away directories are extra entries (no --delete); compare what the snapshot has.
         for f in &files {
-            assert_eq!(fs::read(base.join(f)).unwrap(), fs::read(src.join(f)).unwrap());
+            assert_eq!(
+                fs::read(base.join(f)).unwrap(),
+                fs::read(src.join(f)).unwrap()
+            );
         }
     }
     assert_eq!(snapshot_of(&outside), before);

@@ -36,8 +36,18 @@ impl Victim {
     }
 
     fn assert_untouched(&self) {
-        assert_eq!(fs::read(&self.path).unwrap(), self.data, "{} was written", self.path.display());
-        assert_eq!(Self::meta_of(&self.path), self.meta, "{} metadata changed", self.path.display());
+        assert_eq!(
+            fs::read(&self.path).unwrap(),
+            self.data,
+            "{} was written",
+            self.path.display()
+        );
+        assert_eq!(
+            Self::meta_of(&self.path),
+            self.meta,
+            "{} metadata changed",
+            self.path.display()
+        );
     }
 }
 
@@ -78,11 +88,21 @@ fn existing_links_symlinks_and_files_are_replaced_never_written_through() {
     std::os::unix::fs::symlink(&victim2.path, base.join("small")).unwrap();
     std::os::unix::fs::symlink(&outside, base.join("d")).unwrap();
 
-    let o = repo.run(&["--json", "restore", "latest", "--target", target.to_str().unwrap()]);
+    let o = repo.run(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     victim.assert_untouched();
     victim2.assert_untouched();
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 2, "nothing new outside");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        2,
+        "nothing new outside"
+    );
     assert_same_tree(&src, &base);
     assert!(partials(&target).is_empty());
 
@@ -169,10 +189,19 @@ fn overwrite_modes_decide_what_existing_entries_become_and_delete_removes_extras
     let base = target.join(src.strip_prefix("/").unwrap());
     write(&base.join("sub/deep/junk"), b"junk");
     std::os::unix::fs::symlink("/etc", base.join("junk-link")).unwrap();
-    let out = repo.json(&["restore", "latest", "--target", target.to_str().unwrap(), "--delete"]);
+    let out = repo.json(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--delete",
+    ]);
     assert_eq!(out["deleted"], 3, "extra, sub, junk-link: {out}");
     assert_same_tree(&src, &base);
-    assert!(Path::new("/etc/passwd").exists(), "a symlink is removed, not followed");
+    assert!(
+        Path::new("/etc/passwd").exists(),
+        "a symlink is removed, not followed"
+    );
 }
 
 #[test]
@@ -192,7 +221,13 @@ fn a_damaged_file_is_left_as_partial_never_under_its_own_name() {
     let base = target.join(src.strip_prefix("/").unwrap());
     // An older copy of the victim in the target is replaced by nothing that looks whole.
     write(&base.join("victim.bin"), b"yesterday's version");
-    let o = repo.run(&["--json", "restore", "latest", "--target", target.to_str().unwrap()]);
+    let o = repo.run(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let partial = base.join("victim.bin.kura-partial");
@@ -203,8 +238,14 @@ fn a_damaged_file_is_left_as_partial_never_under_its_own_name() {
         b"yesterday's version",
         "the damaged restore did not take the file's name"
     );
-    assert_eq!(fs::read(base.join("fine.bin")).unwrap(), pseudo_random(3 << 20, 2));
-    assert_eq!(out["files"], 1, "only the whole file counts as restored: {out}");
+    assert_eq!(
+        fs::read(base.join("fine.bin")).unwrap(),
+        pseudo_random(3 << 20, 2)
+    );
+    assert_eq!(
+        out["files"], 1,
+        "only the whole file counts as restored: {out}"
+    );
 }
 
 #[test]
@@ -244,10 +285,17 @@ fn a_killed_restore_resumes_and_rewrites_only_what_is_not_yet_right() {
 
     // Everything under its own name is whole; the rest is under a temporary name.
     let done = finals();
-    assert!(done.len() >= 8 && done.len() < 48, "{} files done", done.len());
+    assert!(
+        done.len() >= 8 && done.len() < 48,
+        "{} files done",
+        done.len()
+    );
     let mut inodes = Vec::new();
     for p in &done {
-        assert_eq!(fs::read(p).unwrap(), fs::read(src.join(p.file_name().unwrap())).unwrap());
+        assert_eq!(
+            fs::read(p).unwrap(),
+            fs::read(src.join(p.file_name().unwrap())).unwrap()
+        );
         inodes.push((p.clone(), fs::metadata(p).unwrap().ino()));
     }
 
@@ -256,7 +304,12 @@ fn a_killed_restore_resumes_and_rewrites_only_what_is_not_yet_right() {
     assert!(partials(&target).is_empty(), "{:?}", partials(&target));
     assert_eq!(out["unchanged"], done.len(), "{out}");
     for (p, ino) in inodes {
-        assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "{} was rewritten", p.display());
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            ino,
+            "{} was rewritten",
+            p.display()
+        );
     }
 }
 
@@ -294,7 +347,11 @@ fn a_directory_that_cannot_be_created_costs_only_its_subtree() {
 /// Run `find` (which walks by descriptors) below `dir`.
 fn find(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("find").arg(dir).args(args).output().unwrap();
-    assert!(o.status.success(), "find: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "find: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -333,8 +390,13 @@ fn a_ten_thousand_deep_tree_restores_completely() {
         tree = add(BlobType::Tree, Tree::new(vec![d]).encode().unwrap());
     }
     let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
-    lib.backend().put(FileKind::Pack, &pack_id.to_hex(), bytes.into()).unwrap();
-    lib.save_index_file(&IndexFile { packs: vec![(pack_id, blobs)] }).unwrap();
+    lib.backend()
+        .put(FileKind::Pack, &pack_id.to_hex(), bytes.into())
+        .unwrap();
+    lib.save_index_file(&IndexFile {
+        packs: vec![(pack_id, blobs)],
+    })
+    .unwrap();
     let snap = lib
         .save_snapshot(&Snapshot {
             v: 1,
@@ -349,13 +411,26 @@ fn a_ten_thousand_deep_tree_restores_completely() {
         })
         .unwrap();
     let target = repo.dir.path().join("t");
-    repo.ok(&["restore", &snap.to_hex(), "--target", target.to_str().unwrap()]);
+    repo.ok(&[
+        "restore",
+        &snap.to_hex(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     let dirs = find(&target, &["-type", "d"]).lines().count();
     assert_eq!(dirs, DEPTH + 1, "every level (and the target)");
-    let leaf = find(&target, &["-name", "leaf", "-type", "f", "-execdir", "cat", "{}", ";"]);
+    let leaf = find(
+        &target,
+        &["-name", "leaf", "-type", "f", "-execdir", "cat", "{}", ";"],
+    );
     assert_eq!(leaf, "at the bottom");
     // A rerun over it finds everything in place.
-    let out = repo.json(&["restore", &snap.to_hex(), "--target", target.to_str().unwrap()]);
+    let out = repo.json(&[
+        "restore",
+        &snap.to_hex(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(out["unchanged"], 1, "{out}");
 }
 
@@ -376,7 +451,10 @@ fn an_image_restore_never_follows_or_writes_through_what_is_in_the_target() {
     repo.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
     victim.assert_untouched();
     assert!(fs::symlink_metadata(t.join("disk.img")).unwrap().is_file());
-    assert_eq!(fs::read(t.join("disk.img")).unwrap(), fs::read(&img).unwrap());
+    assert_eq!(
+        fs::read(t.join("disk.img")).unwrap(),
+        fs::read(&img).unwrap()
+    );
 
     // Onto a file that is a hard link to one elsewhere.
     let f = repo.dir.path().join("onto.img");

@@ -5,8 +5,8 @@
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -100,12 +100,19 @@ pub fn apply_metadata_fd(fd: impl AsFd, node: &Node, chown: bool) -> io::Result<
     let fd = fd.as_fd();
     let mut errs = FirstError::default();
     if chown {
-        errs.note(rustix::fs::fchown(fd, Some(uid(node)), Some(gid(node))).map_err(io::Error::from));
+        errs.note(
+            rustix::fs::fchown(fd, Some(uid(node)), Some(gid(node))).map_err(io::Error::from),
+        );
     }
     errs.note(rustix::fs::fchmod(fd, mode(node)).map_err(io::Error::from));
     for x in &node.xattrs {
-        let r = rustix::fs::fsetxattr(fd, OsStr::from_bytes(&x.name), &x.value, XattrFlags::empty())
-            .map_err(io::Error::from);
+        let r = rustix::fs::fsetxattr(
+            fd,
+            OsStr::from_bytes(&x.name),
+            &x.value,
+            XattrFlags::empty(),
+        )
+        .map_err(io::Error::from);
         errs.note_xattr(r, chown);
     }
     errs.note(rustix::fs::futimens(fd, &times(node)).map_err(io::Error::from));
@@ -128,8 +135,14 @@ pub fn apply_metadata_at(
     let mut errs = FirstError::default();
     if chown {
         errs.note(
-            rustix::fs::chownat(dir, name, Some(uid(node)), Some(gid(node)), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(io::Error::from),
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(uid(node)),
+                Some(gid(node)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from),
         );
     }
     if node.kind != NodeKind::Symlink {
@@ -156,7 +169,12 @@ pub fn apply_metadata_at(
 }
 
 /// `chmod` of a non-symlink entry without following a symlink put in its place.
-fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, expect: (u64, u64), node: &Node) -> io::Result<()> {
+fn chmod_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    expect: (u64, u64),
+    node: &Node,
+) -> io::Result<()> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::openat(
         dir,

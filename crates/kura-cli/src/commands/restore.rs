@@ -106,7 +106,10 @@ fn restore_from(
         let snap = repo.find_snapshot(spec)?;
         let mut opts = RestoreOptions {
             includes: a.includes.clone(),
-            overwrite: a.overwrite.parse().map_err(|e| UsageError(format!("{e}")))?,
+            overwrite: a
+                .overwrite
+                .parse()
+                .map_err(|e| UsageError(format!("{e}")))?,
             delete: a.delete,
             ..Default::default()
         };

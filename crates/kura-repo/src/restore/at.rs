@@ -277,8 +277,7 @@ impl Dir {
 
     /// Create a FIFO or device node (mode 0600 until its metadata is applied).
     pub fn mknod(&self, name: &OsStr, kind: FileType, rdev: u64) -> io::Result<()> {
-        rustix::fs::mknodat(&self.fd, name, kind, Mode::from_raw_mode(0o600), rdev)
-            .map_err(io_err)
+        rustix::fs::mknodat(&self.fd, name, kind, Mode::from_raw_mode(0o600), rdev).map_err(io_err)
     }
 
     /// Hard-link `src_name` in `src` as `name` here (a symlink at `src_name` is linked

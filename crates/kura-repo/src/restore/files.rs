@@ -28,9 +28,14 @@ pub(crate) fn partial_name(name: &[u8], taken: Option<&[Vec<u8>]>) -> OsString {
         [name, PARTIAL_SUFFIX].concat()
     } else {
         let h = blake3::hash(name);
-        [b".kura-partial-".as_slice(), hex::encode(&h.as_bytes()[..8]).as_bytes()].concat()
+        [
+            b".kura-partial-".as_slice(),
+            hex::encode(&h.as_bytes()[..8]).as_bytes(),
+        ]
+        .concat()
     };
-    let is_taken = |n: &[u8]| taken.is_some_and(|t| t.binary_search_by(|x| x.as_slice().cmp(n)).is_ok());
+    let is_taken =
+        |n: &[u8]| taken.is_some_and(|t| t.binary_search_by(|x| x.as_slice().cmp(n)).is_ok());
     let mut candidate = base.clone();
     let mut i = 1u32;
     while is_taken(&candidate) {
@@ -144,7 +149,13 @@ impl Sink for FileSink<'_> {
 /// length, a chunk the index does not know) is "no". Only single-linked files are compared:
 /// a file with other links is replaced, never kept, since keeping it means setting its
 /// metadata, which would reach the other links too.
-pub(super) fn content_matches(repo: &IndexedRepo, dir: &Dir, name: &OsStr, e: &Entry, node: &Node) -> bool {
+pub(super) fn content_matches(
+    repo: &IndexedRepo,
+    dir: &Dir,
+    name: &OsStr,
+    e: &Entry,
+    node: &Node,
+) -> bool {
     if e.nlink != 1 || e.size != node.size {
         return false;
     }

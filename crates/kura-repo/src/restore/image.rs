@@ -2,10 +2,10 @@
 //! are written as zeros, since a device is not known to read back zeros). A file is written
 //! under a temporary name and renamed into place when whole, like every restored file.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::ffi::OsString;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -66,7 +66,8 @@ enum Dest {
 /// (a symlink of that name is replaced, not followed); a file target's last component is
 /// followed only when it leads to a block device.
 fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
-    let ctx = |what: &str, p: &Path, e| Error::io(format!("image target {what} {}", p.display()), e);
+    let ctx =
+        |what: &str, p: &Path, e| Error::io(format!("image target {what} {}", p.display()), e);
     let (dir, name) = match std::fs::metadata(target) {
         Ok(m) if m.file_type().is_block_device() => {
             let f = OpenOptions::new()
@@ -81,7 +82,10 @@ fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_else(|| "image".into());
-            (Dir::open_target(target).map_err(|e| ctx("directory", target, e))?, name)
+            (
+                Dir::open_target(target).map_err(|e| ctx("directory", target, e))?,
+                name,
+            )
         }
         _ => {
             if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -103,11 +107,17 @@ fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
         }
     };
     let path = target.join(&name);
-    let path = if target.is_dir() { path } else { target.to_path_buf() };
+    let path = if target.is_dir() {
+        path
+    } else {
+        target.to_path_buf()
+    };
     // A block device already there (not a symlink to one) is written in place.
     if let Some(e) = dir.entry(&name).map_err(|e| ctx("", &path, e))? {
         if e.kind == rustix::fs::FileType::BlockDevice {
-            let f = dir.open_device(&name, e.ident).map_err(|e| ctx("device", &path, e))?;
+            let f = dir
+                .open_device(&name, e.ident)
+                .map_err(|e| ctx("device", &path, e))?;
             return Ok((Dest::Device(f), path));
         }
         if e.is_dir() {
@@ -120,7 +130,15 @@ fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
     let tmp = partial_name(name.as_bytes(), None);
     dir.unlink(&tmp).map_err(|e| ctx("", &path, e))?;
     let (file, _) = dir.create_file(&tmp).map_err(|e| ctx("", &path, e))?;
-    Ok((Dest::File { dir, name, tmp, file }, path))
+    Ok((
+        Dest::File {
+            dir,
+            name,
+            tmp,
+            file,
+        },
+        path,
+    ))
 }
 
 pub(super) fn restore_image(

@@ -95,6 +95,9 @@ struct TreeRestorer<'a> {
     progress: &'a dyn Progress,
     cancel: &'a CancelToken,
     target: &'a Path,
+    /// The target directory (also frame 0 while the walk runs; kept for the links made
+    /// after it).
+    root: Arc<Dir>,
     chown: bool,
     outcome: RestoreOutcome,
     stack: Vec<Frame>,
@@ -124,7 +127,9 @@ pub(super) fn restore_tree(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<RestoreOutcome> {
+    let root_dir = Arc::new(root_dir);
     let mut r = TreeRestorer {
+        root: root_dir.clone(),
         repo,
         opts,
         includes,
@@ -148,7 +153,7 @@ pub(super) fn restore_tree(
     progress.start("restore", None);
     let ident = root_dir.ident();
     r.stack.push(Frame {
-        dir: Some(Arc::new(root_dir)),
+        dir: Some(root_dir),
         ident: Some(ident),
         name: OsString::new(),
         node: None,
@@ -195,10 +200,11 @@ impl TreeRestorer<'_> {
         match self.repo.load_tree(id) {
             Ok(tree) => {
                 let needs_names = self.opts.delete
-                    || tree
-                        .nodes
-                        .iter()
-                        .any(|n| n.name.windows(PARTIAL_SUFFIX.len()).any(|w| w == PARTIAL_SUFFIX));
+                    || tree.nodes.iter().any(|n| {
+                        n.name
+                            .windows(PARTIAL_SUFFIX.len())
+                            .any(|w| w == PARTIAL_SUFFIX)
+                    });
                 let f = &mut self.stack[k];
                 f.names = needs_names.then(|| tree.nodes.iter().map(|n| n.name.clone()).collect());
                 f.nodes = tree.nodes.into_iter();
@@ -288,7 +294,10 @@ impl TreeRestorer<'_> {
         while self.stack[i].dir.is_none() {
             i -= 1; // frame 0 (the target) is always open
         }
-        let mut d = self.stack[i].dir.clone().ok_or_else(|| std::io::Error::other("no open level"))?;
+        let mut d = self.stack[i]
+            .dir
+            .clone()
+            .ok_or_else(|| std::io::Error::other("no open level"))?;
         for m in i + 1..=k {
             let ident = self.stack[m]
                 .ident
@@ -327,7 +336,11 @@ impl TreeRestorer<'_> {
         let parent = self.dir_at(j - 1)?;
         let parent_fresh = self.stack[j - 1].fresh;
         let name = self.stack[j].name.clone();
-        let existing = if parent_fresh { None } else { parent.entry(&name)? };
+        let existing = if parent_fresh {
+            None
+        } else {
+            parent.entry(&name)?
+        };
         let fresh = match existing {
             None => {
                 parent.mkdir(&name)?;
@@ -360,7 +373,9 @@ impl TreeRestorer<'_> {
     /// the batch if entries of it are still in flight).
     fn leave(&mut self) -> Result<()> {
         let k = self.stack.len().saturating_sub(1);
-        if k > 0 && self.stack[k].ident.is_some() && !self.stack[k].failed
+        if k > 0
+            && self.stack[k].ident.is_some()
+            && !self.stack[k].failed
             && let Err(e) = self.dir_at(k)
         {
             let display = self.display(&self.stack[k].spath);
@@ -374,7 +389,12 @@ impl TreeRestorer<'_> {
         if let (Some(dir), false) = (&f.dir, f.failed) {
             if self.opts.delete && f.all && f.loaded && !f.fresh {
                 let in_flight = self.in_flight.remove(&dir.ident()).unwrap_or_default();
-                self.delete_extra(dir, f.names.as_deref().unwrap_or_default(), &in_flight, &display);
+                self.delete_extra(
+                    dir,
+                    f.names.as_deref().unwrap_or_default(),
+                    &in_flight,
+                    &display,
+                );
             }
             if let Some(node) = f.node {
                 if self.batch_dirs.contains(&dir.ident()) {
@@ -414,7 +434,9 @@ impl TreeRestorer<'_> {
         };
         for n in present {
             // Files of this directory still being fetched are under temporary names.
-            if names.binary_search_by(|x| x.as_slice().cmp(n.as_bytes())).is_ok()
+            if names
+                .binary_search_by(|x| x.as_slice().cmp(n.as_bytes()))
+                .is_ok()
                 || in_flight.contains(&n)
             {
                 continue;
@@ -530,7 +552,9 @@ impl TreeRestorer<'_> {
             NodeKind::Dir => Err(std::io::Error::other("directory handled by the walker")),
             kind => {
                 match kind {
-                    NodeKind::Symlink => dir.symlink(node.target.as_deref().unwrap_or_default(), &tmp)?,
+                    NodeKind::Symlink => {
+                        dir.symlink(node.target.as_deref().unwrap_or_default(), &tmp)?
+                    }
                     NodeKind::Fifo => dir.mknod(&tmp, FileType::Fifo, 0)?,
                     NodeKind::Blockdev => dir.mknod(&tmp, FileType::BlockDevice, node.rdev)?,
                     _ => dir.mknod(&tmp, FileType::CharacterDevice, node.rdev)?,
@@ -549,7 +573,15 @@ impl TreeRestorer<'_> {
 
     /// An existing entry that already matches: keep it, set its metadata, drop a stale
     /// temporary file beside it.
-    fn keep_matching(&mut self, dir: &Arc<Dir>, name: &OsStr, tmp: &OsStr, e: &Entry, node: Node, display: &str) {
+    fn keep_matching(
+        &mut self,
+        dir: &Arc<Dir>,
+        name: &OsStr,
+        tmp: &OsStr,
+        e: &Entry,
+        node: Node,
+        display: &str,
+    ) {
         let meta = if node.kind == NodeKind::File {
             dir.open_existing(name, e.ident)
                 .and_then(|f| apply_metadata_fd(&f, &node, self.chown))
@@ -626,7 +658,10 @@ impl TreeRestorer<'_> {
             }
         }
         if damage.is_none() && off != node.size {
-            damage = Some(format!("chunks add up to {off} bytes, the tree says {}", node.size));
+            damage = Some(format!(
+                "chunks add up to {off} bytes, the tree says {}",
+                node.size
+            ));
         }
         self.progress.add_total(node.size, 1);
         let (file, ident) = dir.create_file(&tmp)?;
@@ -654,13 +689,22 @@ impl TreeRestorer<'_> {
             self.pre_damaged.insert(idx, reason);
         }
         if planned.node.links > 1 {
-            self.batch_leaders.push((idx as usize, (planned.node.dev, planned.node.inode)));
-            self.note_leader(dir, &planned.node, &planned.name, LeaderState::Pending(idx as usize));
+            self.batch_leaders
+                .push((idx as usize, (planned.node.dev, planned.node.inode)));
+            self.note_leader(
+                dir,
+                &planned.node,
+                &planned.name,
+                LeaderState::Pending(idx as usize),
+            );
         }
         self.planned += writes as usize;
         self.batch_dirs.insert(dir.ident());
         if self.opts.delete {
-            self.in_flight.entry(dir.ident()).or_default().insert(planned.tmp.clone());
+            self.in_flight
+                .entry(dir.ident())
+                .or_default()
+                .insert(planned.tmp.clone());
         }
         self.files.push(planned);
         Ok(())
@@ -682,7 +726,10 @@ impl TreeRestorer<'_> {
                     .with_file_name(&f.tmp)
                     .display()
                     .to_string();
-                self.damaged(f.display.clone(), format!("{reason} (kept as {})", lossy(&f.tmp)));
+                self.damaged(
+                    f.display.clone(),
+                    format!("{reason} (kept as {})", lossy(&f.tmp)),
+                );
                 self.outcome.partial.push(partial);
                 LeaderState::Bad(reason.clone())
             }
@@ -740,7 +787,7 @@ impl TreeRestorer<'_> {
             .map(|l| (l.chain.clone(), l.name.clone()))
             .ok_or_else(|| std::io::Error::other("no first link"))?;
         // The first link's directory, from the target down, each level checked.
-        let mut src = self.dir_at(0)?;
+        let mut src = self.root.clone();
         for (n, ident) in &chain {
             src = Arc::new(src.reopen_dir(n, *ident)?);
         }
@@ -751,7 +798,9 @@ impl TreeRestorer<'_> {
         dir.link_from(&src, &leader_name, tmp)?;
         if dir.entry(tmp)?.map(|e| e.ident) != Some(leader_ident) {
             dir.unlink(tmp)?;
-            return Err(std::io::Error::other("its first link was replaced while the restore ran"));
+            return Err(std::io::Error::other(
+                "its first link was replaced while the restore ran",
+            ));
         }
         dir.rename(tmp, &link.name)?;
         self.outcome.files += 1;
@@ -774,7 +823,14 @@ impl TreeRestorer<'_> {
             chown: self.chown,
             damaged: Mutex::new(std::mem::take(&mut self.pre_damaged)),
         };
-        fetch_all(self.repo, jobs, &sink, self.opts.threads, self.progress, self.cancel)?;
+        fetch_all(
+            self.repo,
+            jobs,
+            &sink,
+            self.opts.threads,
+            self.progress,
+            self.cancel,
+        )?;
         let mut states: HashMap<usize, LeaderState> = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             let done = f.finished.get().cloned().unwrap_or(Finished::Partial {
