@@ -119,7 +119,7 @@ fn swapping_entries_for_symlinks_links_and_fifos_during_restores_writes_nothing_
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let mut rng = Rng(0x9E37_79B9 ^ (i as u64 + 1) * 0x1000_0001);
+                let mut rng = Rng(0x9E37_79B9 ^ ((i as u64 + 1) * 0x1000_0001));
                 let mut k = 0;
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;

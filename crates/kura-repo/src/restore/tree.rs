@@ -409,9 +409,9 @@ impl TreeRestorer<'_> {
             && parent.dir.is_none()
             && let Some(ident) = parent.ident
         {
-            match child.parent(ident) {
-                Ok(d) => parent.dir = Some(Arc::new(d)),
-                Err(_) => {} // dir_at reopens it from above when needed
+            // On failure, dir_at reopens it from above when needed.
+            if let Ok(d) = child.parent(ident) {
+                parent.dir = Some(Arc::new(d));
             }
         }
         Ok(())
