@@ -26,6 +26,9 @@ use crate::progress::Progress;
 use crate::repo::IndexedRepo;
 use crate::tree::{ChunkRef, Node, NodeKind};
 
+mod links;
+use links::{DeferredLink, Leader, LeaderState};
+
 /// Directory levels whose descriptors stay open below the current one; outer levels are
 /// closed and reopened (checked) when the walk comes back to them.
 const OPEN_LEVELS: usize = 64;
@@ -57,35 +60,6 @@ struct Frame {
     failed: bool,
     /// The snapshot's tree was read whole (a `--delete` pass is safe).
     loaded: bool,
-}
-
-/// Where the first restored link of a hard-link group is.
-struct Leader {
-    /// Names and identities of the directories from the target down to it.
-    chain: Vec<(OsString, Ident)>,
-    name: OsString,
-    state: LeaderState,
-}
-
-enum LeaderState {
-    /// Being fetched in this batch (index into the batch's files).
-    Pending(usize),
-    /// Whole under its name, this inode.
-    Done(Ident),
-    /// Could not be restored; links to it are not made.
-    Bad(String),
-}
-
-/// A hard link whose first file is still being fetched.
-struct DeferredLink {
-    dir: Arc<Dir>,
-    fresh: bool,
-    name: OsString,
-    /// Its temporary name (free in the snapshot's tree).
-    tmp: OsString,
-    node: Node,
-    key: (u64, u64),
-    display: String,
 }
 
 struct TreeRestorer<'a> {
@@ -604,25 +578,6 @@ impl TreeRestorer<'_> {
         self.note_leader(dir, &node, name, LeaderState::Done(e.ident));
     }
 
-    /// Remember where the first link of a hard-link group went.
-    fn note_leader(&mut self, _dir: &Arc<Dir>, node: &Node, name: &OsStr, state: LeaderState) {
-        if node.links <= 1 {
-            return;
-        }
-        let chain = self.stack[1..]
-            .iter()
-            .filter_map(|f| f.ident.map(|i| (f.name.clone(), i)))
-            .collect();
-        self.hardlinks.insert(
-            (node.dev, node.inode),
-            Leader {
-                chain,
-                name: name.to_os_string(),
-                state,
-            },
-        );
-    }
-
     /// A regular file: written now if it has no stored data, else planned for the fetchers.
     fn plan_file(
         &mut self,
@@ -734,77 +689,6 @@ impl TreeRestorer<'_> {
                 LeaderState::Bad(reason.clone())
             }
         }
-    }
-
-    /// A later link of a hard-link group.
-    fn follower(&mut self, link: DeferredLink) {
-        let Some(leader) = self.hardlinks.get(&link.key) else {
-            return;
-        };
-        match &leader.state {
-            LeaderState::Pending(_) => {
-                self.batch_dirs.insert(link.dir.ident());
-                self.deferred_links.push(link);
-            }
-            LeaderState::Bad(reason) => {
-                let reason = format!(
-                    "hard link to {}, which could not be restored: {reason}",
-                    lossy(&leader.name)
-                );
-                self.damaged(link.display, reason);
-            }
-            LeaderState::Done(ident) => {
-                let ident = *ident;
-                let display = link.display.clone();
-                if let Err(e) = self.make_link(&link, ident) {
-                    self.error(format!("{display}: hard link: {e}"));
-                }
-            }
-        }
-    }
-
-    fn make_link(&mut self, link: &DeferredLink, leader_ident: Ident) -> std::io::Result<()> {
-        let dir = &link.dir;
-        if !link.fresh
-            && let Some(e) = dir.entry(&link.name)?
-        {
-            if e.ident == leader_ident {
-                self.outcome.unchanged += 1;
-                self.outcome.files += 1;
-                return Ok(());
-            }
-            if !self.replaces(&e, &link.node) {
-                self.outcome.kept += 1;
-                return Ok(());
-            }
-            if e.is_dir() {
-                dir.remove_all(&link.name)?;
-            }
-        }
-        let (chain, leader_name) = self
-            .hardlinks
-            .get(&link.key)
-            .map(|l| (l.chain.clone(), l.name.clone()))
-            .ok_or_else(|| std::io::Error::other("no first link"))?;
-        // The first link's directory, from the target down, each level checked.
-        let mut src = self.root.clone();
-        for (n, ident) in &chain {
-            src = Arc::new(src.reopen_dir(n, *ident)?);
-        }
-        let tmp = &link.tmp;
-        if !link.fresh {
-            dir.unlink(tmp)?;
-        }
-        dir.link_from(&src, &leader_name, tmp)?;
-        if dir.entry(tmp)?.map(|e| e.ident) != Some(leader_ident) {
-            dir.unlink(tmp)?;
-            return Err(std::io::Error::other(
-                "its first link was replaced while the restore ran",
-            ));
-        }
-        dir.rename(tmp, &link.name)?;
-        self.outcome.files += 1;
-        Ok(())
     }
 
     /// Fetch the current batch's contents (the sink finishes each file as its last chunk
