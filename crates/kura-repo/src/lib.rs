@@ -35,6 +35,7 @@ pub mod browse;
 pub mod catalog_record;
 pub mod check;
 pub mod chunker;
+pub mod condemned;
 pub mod crypto;
 pub mod error;
 pub mod forget;

@@ -248,11 +248,16 @@ impl Saver<'_> {
             .ok_or(Error::Interrupted)
     }
 
+    /// Whether the blob may be referenced without storing it (see [`IndexedRepo::has_live`]).
+    pub(crate) fn has_live(&self, ty: BlobType, id: &Id) -> bool {
+        self.repo.has_live(ty, id)
+    }
+
     /// Store `data` as a blob unless the repository or this session already has it. Returns
     /// its id and whether it was new.
     pub(crate) fn save(&self, ty: BlobType, data: Vec<u8>) -> Result<(Id, bool)> {
         let id = self.repo.key().chunk_id(&data);
-        if self.repo.index().get_all(&id).iter().any(|l| l.ty == ty) {
+        if self.repo.has_live(ty, &id) {
             self.pool.put(data);
             return Ok((id, false));
         }
