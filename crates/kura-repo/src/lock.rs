@@ -462,7 +462,10 @@ impl<K> RepoLock<K> {
                 "lock file {} was removed by another process",
                 short(&name)
             ))),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(lost(format!(
+                "cannot confirm lock file {}: {e}",
+                short(&name)
+            ))),
         }
     }
 
