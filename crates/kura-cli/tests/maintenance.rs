@@ -138,7 +138,7 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
     let files = |repo: &TestRepo| -> std::collections::BTreeSet<String> {
         repo.listing()
             .into_iter()
-            .filter(|(kind, _, _)| kind == "pack" || kind == "index")
+            .filter(|(kind, _, _)| kind == "pack" || kind == "index" || kind == "condemned record")
             .map(|(_, name, _)| name)
             .collect()
     };
@@ -147,7 +147,8 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
         let start = files(&repo);
         let mut child = repo
             .cmd()
-            .arg("prune")
+            // No grace period: every run also deletes what the killed runs before condemned.
+            .args(["prune", "--keep-condemned", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
