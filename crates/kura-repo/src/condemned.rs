@@ -147,3 +147,92 @@ pub fn save(repo: &Repository, packs: &[&CondemnedPack]) -> Result<Option<String
         .put(FileKind::Condemned, &name, sealed.into())?;
     Ok(Some(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+    use crate::format::BlobType;
+    use crate::repo::InitOptions;
+    use std::sync::Arc;
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let b = Arc::new(kura_backend::LocalBackend::new(dir.join("r")));
+        let opts = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Default::default()
+        };
+        Repository::init(b, b"pw", &opts).unwrap()
+    }
+
+    fn pack(n: u8, blobs: usize, since: i64) -> CondemnedPack {
+        CondemnedPack {
+            pack: Id([n; 32]),
+            since: Timestamp(since, 0),
+            blobs: (0..blobs)
+                .map(|i| PackBlob {
+                    ty: BlobType::Data,
+                    id: Id([i as u8 + 100; 32]),
+                    offset: i as u32 * 10,
+                    length: 10,
+                    raw_length: 20,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_merge_to_the_latest_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        assert!(load(&r).unwrap().packs.is_empty(), "no directory: none");
+        let (a, b, orphan) = (pack(1, 3, 100), pack(2, 0, 100), pack(1, 0, 200));
+        save(&r, &[&a, &b]).unwrap().unwrap();
+        save(&r, &[&orphan]).unwrap().unwrap();
+        assert_eq!(save(&r, &[]).unwrap(), None);
+        let c = load(&r).unwrap();
+        assert_eq!(c.files.len(), 2);
+        assert_eq!(c.packs.len(), 2);
+        // Named twice: the later time, and the blob list that is known.
+        assert_eq!(c.packs[&a.pack].since, Timestamp(200, 0));
+        assert_eq!(c.packs[&a.pack].blobs, a.blobs);
+        assert!(c.packs[&b.pack].blobs.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let name = save(&r, &[&pack(1, 1, 5)]).unwrap().unwrap();
+        let mut bytes = r
+            .backend()
+            .get(FileKind::Condemned, &name)
+            .unwrap()
+            .to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        r.backend()
+            .put(FileKind::Condemned, &name, bytes.into())
+            .unwrap();
+        let c = load(&r).unwrap();
+        assert!(c.packs.is_empty());
+        assert_eq!(c.damaged.len(), 1, "{:?}", c.damaged);
+    }
+
+    #[test]
+    fn readers_see_condemned_blobs_and_writers_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let p = pack(7, 2, 1);
+        save(&r, &[&p]).unwrap();
+        let ir = r.load_index().unwrap();
+        let blob = p.blobs[0].id;
+        assert!(ir.index().contains(&blob), "readable");
+        assert!(!ir.has_live(BlobType::Data, &blob), "never deduped against");
+        assert!(ir.condemned().contains(&p.pack));
+    }
+}

@@ -497,3 +497,63 @@ impl<K> Drop for RepoLock<K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KdfParams;
+    use crate::repo::InitOptions;
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let b = Arc::new(kura_backend::LocalBackend::new(dir.join("r")));
+        let opts = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Default::default()
+        };
+        Repository::init(b, b"pw", &opts).unwrap()
+    }
+
+    #[test]
+    fn exclusive_excludes_only_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let ex = RepoLock::exclusive(&r).unwrap();
+        assert!(matches!(RepoLock::exclusive(&r), Err(Error::Locked { .. })));
+        let sh = RepoLock::shared(&r).unwrap();
+        let sh2 = RepoLock::shared(&r).unwrap();
+        drop((ex, sh, sh2));
+        assert!(list_locks(&r).unwrap().is_empty());
+    }
+
+    #[test]
+    fn verify_fails_once_the_lock_file_is_removed_and_for_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let l = RepoLock::shared(&r).unwrap();
+        l.verify().unwrap();
+        let info = &list_locks(&r).unwrap()[0];
+        assert!(info.info.since.0 > 0 && !info.info.exclusive);
+        remove_locks(&r, true).unwrap();
+        assert!(matches!(l.verify(), Err(Error::LockLost { .. })));
+        assert!(matches!(
+            RepoLock::none(&r).verify(),
+            Err(Error::LockLost { .. })
+        ));
+    }
+
+    #[test]
+    fn verify_fails_after_a_long_gap_between_refreshes() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let l = RepoLock::shared(&r).unwrap();
+        if let Ok(mut h) = l.health.lock() {
+            h.last_ok -= stale_after().as_secs() as i64; // as if stopped that long
+        }
+        let e = l.verify().unwrap_err();
+        assert!(e.to_string().contains("not refreshed"), "{e}");
+    }
+}

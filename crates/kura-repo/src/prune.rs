@@ -499,3 +499,20 @@ fn ignore_missing(r: std::result::Result<(), kura_backend::BackendError>) -> Res
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_periods_parse() {
+        assert_eq!(parse_grace("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_grace("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_grace("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_grace("2d").unwrap(), Duration::from_secs(172_800));
+        for bad in ["", "h", "1x", "-1h", "1h30m", "99999999999999999999d"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
+    }
+}
