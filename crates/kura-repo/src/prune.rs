@@ -32,6 +32,9 @@
 //! packs (no index lists them: an interrupted backup, or one still running) are condemned
 //! like any other, so a running backup's fresh packs are protected the same way.
 //!
+//! `tc` is taken just before the condemned file is written, and [`CLOCK_SKEW`] also covers the
+//! time that write takes (a backup locking while it is in flight cannot have seen it).
+//!
 //! The grace period is not what makes this safe; it covers what locks cannot see: clocks of
 //! other hosts that are off by more than [`CLOCK_SKEW`], and object stores whose listings lag.
 //!
@@ -442,8 +445,15 @@ pub fn prune(
     }
     progress.finish();
 
-    // The new condemned file: still waiting plus newly condemned.
+    // The new condemned file: still waiting plus newly condemned. The condemnation time is
+    // taken now, just before the file is written, not when this prune started: a backup that
+    // locked in between may have loaded an index still listing these packs, and condition (b)
+    // must count its lock as older than the condemnation.
     cancel.check()?;
+    let tc = Timestamp::now();
+    for c in &mut condemn {
+        c.since = tc;
+    }
     let still: Vec<&CondemnedPack> = v.wait.iter().chain(condemn.iter()).collect();
     let new_condemned = condemned::save(&repo, &still)?;
 
