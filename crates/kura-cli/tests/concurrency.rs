@@ -380,7 +380,58 @@ fn reads_of_a_read_only_repository_work_and_create_nothing() {
     assert!(!gone.exists(), "restore created the repository location");
 }
 
+/// The live-lock half of the design: a backup whose parent is forgotten and pruned while it
+/// runs keeps what it references. Prune condemns the parent's packs but cannot delete them
+/// while the backup's (older) lock is live; once the backup's snapshot exists, the next prune
+/// recovers them.
+fn live_backup_holds_back_deletion_and_its_snapshot_recovers_packs(store: Store) {
+    let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
+    let src = repo.dir.path().join("src");
+    for i in 0..6u64 {
+        write(&src.join(format!("a{i}")), &pseudo_random(400_000, i));
+    }
+    let parent = first_snapshot_id(&repo.backup(&[src.to_str().unwrap()]));
+    for i in 0..12u64 {
+        write(&src.join(format!("b{i}")), &pseudo_random(500_000, 50 + i));
+    }
+    let packs0 = repo.count(FileKind::Pack);
+    let mut child = repo
+        .cmd()
+        .args(["backup"])
+        .arg(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = step_until(&mut child, Duration::from_secs(60), || {
+        repo.count(FileKind::Pack) > packs0
+    });
+    assert!(running, "the backup finished before it could be stopped");
+    repo.ok(&["forget", &parent[..8]]);
+    let first = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert!(first["packs_condemned"].as_u64().unwrap() > 0, "{first}");
+    let second = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert_eq!(
+        second["packs_deleted"], 0,
+        "the live backup's lock holds deletion: {second}"
+    );
+    assert!(second["packs_waiting"].as_u64().unwrap() > 0, "{second}");
+    signal(&child, libc::SIGCONT);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_whole_or_nothing(&repo, Some(0), "", 0, &src);
+    // The backup's snapshot needs the parent's blobs it reused: recovered, not deleted.
+    let third = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert!(third["packs_recovered"].as_u64().unwrap() > 0, "{third}");
+    assert_whole_or_nothing(&repo, Some(0), "", 0, &src);
+}
+
 on_both!(
+    live_backup_holds_back_deletion_and_its_snapshot_recovers_packs,
     stopped_backup_whose_lock_went_stale_loses_nothing,
     backup_whose_lock_file_vanished_writes_no_snapshot,
     backup_whose_lock_refreshes_fail_writes_no_snapshot,
