@@ -67,11 +67,13 @@ pub enum FileKind {
     Catalog,
     /// Objects written and removed by `kura target probe` (never part of a repository).
     Probe,
+    /// Records of packs prune condemned (deleted by a later prune).
+    Condemned,
 }
 
 impl FileKind {
     /// Every kind, in the order `init` creates their directories.
-    pub const ALL: [FileKind; 7] = [
+    pub const ALL: [FileKind; 8] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
@@ -79,6 +81,7 @@ impl FileKind {
         FileKind::Snapshot,
         FileKind::Lock,
         FileKind::Catalog,
+        FileKind::Condemned,
     ];
 
     /// The directory (or key prefix) holding files of this kind; empty for the config file.
@@ -92,6 +95,7 @@ impl FileKind {
             FileKind::Lock => "locks",
             FileKind::Catalog => "catalog",
             FileKind::Probe => "probe",
+            FileKind::Condemned => "condemned",
         }
     }
 
@@ -119,6 +123,7 @@ impl fmt::Display for FileKind {
             FileKind::Lock => "lock",
             FileKind::Catalog => "catalog record",
             FileKind::Probe => "probe",
+            FileKind::Condemned => "condemned record",
         })
     }
 }

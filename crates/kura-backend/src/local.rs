@@ -195,9 +195,15 @@ impl Inner {
                 Ok(rd) => rd,
                 Err(e)
                     if e.kind() == io::ErrorKind::NotFound
-                        // Repositories made before catalog records existed have no such
-                        // directory.
-                        && matches!(kind, FileKind::Pack | FileKind::Probe | FileKind::Catalog) =>
+                        // Repositories made before catalog and condemned records existed
+                        // have no such directory.
+                        && matches!(
+                            kind,
+                            FileKind::Pack
+                                | FileKind::Probe
+                                | FileKind::Catalog
+                                | FileKind::Condemned
+                        ) =>
                 {
                     return Ok(());
                 }

@@ -513,6 +513,10 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
+    /// Take no lock (write nothing to the repository); a read-only repository is read
+    /// without a lock anyway, with a warning
+    #[arg(long)]
+    pub no_lock: bool,
     /// Snapshot id (or unique prefix, or `latest`)
     #[arg(required_unless_present = "backup")]
     pub snapshot: Option<String>,
@@ -552,6 +556,10 @@ pub struct CheckArgs {
     /// Read and verify every blob (reads the whole repository)
     #[arg(long)]
     pub read_data: bool,
+    /// Take no lock (write nothing to the repository); a read-only repository is checked
+    /// without a lock anyway, with a warning
+    #[arg(long)]
+    pub no_lock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -601,6 +609,10 @@ pub struct PruneArgs {
     /// Repack a partly used pack when at least this percentage of it is unused
     #[arg(long, default_value_t = 20.0)]
     pub repack_threshold: f64,
+    /// Delete a condemned pack only this long after it was condemned (0, 30s, 90m, 1h, 2d;
+    /// default 1h); running backups are protected by their locks in any case
+    #[arg(long, value_name = "DURATION")]
+    pub keep_condemned: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,7 @@ fn repo_code(e: &Error) -> i32 {
         Error::NotARepository(_) => NO_REPOSITORY,
         Error::WrongPassword { .. } => WRONG_PASSWORD,
         Error::Locked { .. } => LOCKED,
+        Error::LockLost { .. } => LOCKED,
         Error::Interrupted => INTERRUPTED,
         Error::NotAGroup(_) => USAGE,
         Error::Backend(b) => backend_code(b),
@@ -60,7 +61,8 @@ pub const TARGET_FULL: i32 = 8;
 pub const DEGRADED: i32 = 9;
 /// There is no repository at the given location.
 pub const NO_REPOSITORY: i32 = 10;
-/// The repository is locked by another process.
+/// The repository is locked by another process (only another prune excludes a prune), or a
+/// backup lost its lock while it ran (nothing was committed; run it again).
 pub const LOCKED: i32 = 11;
 /// Wrong password.
 pub const WRONG_PASSWORD: i32 = 12;

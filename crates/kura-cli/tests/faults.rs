@@ -360,10 +360,14 @@ fn a_live_exclusive_lock_blocks_with_exit_11_and_stale_locks_are_ignored_and_rem
     {
         let lib = Repository::open(repo.backend(), PASSWORD.as_bytes()).unwrap();
         let _held = kura_repo::lock::RepoLock::exclusive(&lib).unwrap();
-        let o = repo.run(&["backup", src.to_str().unwrap()]);
+        // An exclusive lock (a prune) excludes another prune ...
+        let o = repo.run(&["prune"]);
         assert_fails(&o, 11, "exclusive lock held by");
-        // Shared locks coexist with each other but not with exclusive ones.
-        assert!(kura_repo::lock::RepoLock::shared(&lib).is_err());
+        assert!(kura_repo::lock::RepoLock::exclusive(&lib).is_err());
+        // ... and nothing else: backups and shared locks run beside it.
+        let o = repo.run(&["backup", src.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(kura_repo::lock::RepoLock::shared(&lib).is_ok());
     }
     assert_eq!(repo.count(FileKind::Lock), 0, "lock released on drop");
     // A process killed while holding a lock leaves a stale lock: ignored, then removable.

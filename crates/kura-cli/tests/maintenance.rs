@@ -45,11 +45,29 @@ fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable(store: Stor
     assert_eq!(d[1]["keep"], false);
     assert_eq!(repo.snapshot_count(), 1);
 
-    let report = repo.json(&["prune"]);
+    let report = repo.json(&["prune", "--keep-condemned", "0"]);
     // old.bin lived in the same pack as shared.bin and new.bin's predecessor data: the pack is
     // partly used, so it is repacked rather than kept or deleted.
     assert!(report["packs_repacked"].as_u64().unwrap() >= 1, "{report}");
     assert!(report["blobs_unused"].as_u64().unwrap() >= 6, "{report}");
+    // The first prune only condemns: nothing is deleted yet, everything still checks clean.
+    assert_eq!(report["packs_deleted"], 0, "{report}");
+    assert!(report["packs_condemned"].as_u64().unwrap() >= 1, "{report}");
+    assert!(repo.size() >= before, "a first prune deletes nothing");
+    repo.ok(&["check", "--read-data"]);
+    // A prune with the default grace period leaves the condemned packs alone.
+    let waiting = repo.json(&["prune"]);
+    assert_eq!(waiting["packs_deleted"], 0, "{waiting}");
+    assert_eq!(
+        waiting["packs_waiting"], report["packs_condemned"],
+        "{waiting}"
+    );
+    // The next prune with no grace period deletes them.
+    let second = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert_eq!(
+        second["packs_deleted"], report["packs_condemned"],
+        "{second}"
+    );
     let after = repo.size();
     let freed = before - after;
     assert!(
@@ -62,9 +80,10 @@ fn forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable(store: Stor
     repo.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
     assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
     // A second prune has nothing to do.
-    let again = repo.json(&["prune"]);
+    let again = repo.json(&["prune", "--keep-condemned", "0"]);
     assert_eq!(again["packs_deleted"], 0, "{again}");
     assert_eq!(again["packs_repacked"], 0, "{again}");
+    assert_eq!(again["packs_condemned"], 0, "{again}");
 }
 
 fn forget_by_id_and_usage_errors(store: Store) {
@@ -119,7 +138,7 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
     let files = |repo: &TestRepo| -> std::collections::BTreeSet<String> {
         repo.listing()
             .into_iter()
-            .filter(|(kind, _, _)| kind == "pack" || kind == "index")
+            .filter(|(kind, _, _)| kind == "pack" || kind == "index" || kind == "condemned record")
             .map(|(_, name, _)| name)
             .collect()
     };
@@ -128,7 +147,8 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
         let start = files(&repo);
         let mut child = repo
             .cmd()
-            .arg("prune")
+            // No grace period: every run also deletes what the killed runs before condemned.
+            .args(["prune", "--keep-condemned", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,7 +176,8 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
     }
     assert!(kills >= 4, "too few kills landed mid-prune: {kills}");
     // A final, uninterrupted prune leaves a tight repository.
-    repo.ok(&["prune", "--repack-threshold", "0"]);
+    repo.ok(&["prune", "--repack-threshold", "0", "--keep-condemned", "0"]);
+    repo.ok(&["prune", "--repack-threshold", "0", "--keep-condemned", "0"]);
     repo.ok(&["check", "--read-data"]);
     let size = repo.size();
     assert!(

@@ -27,7 +27,7 @@ use crate::id::Id;
 use crate::lock::{RepoLock, Shared};
 use crate::pack::{HEADER_ENTRY_LEN, TRAILER_LEN, header_from_pack_bytes};
 use crate::progress::Progress;
-use crate::repo::IndexedRepo;
+use crate::repo::{IndexedRepo, Repository};
 use crate::restore::load_fixed_index;
 use crate::snapshot::Content;
 use crate::tree::{ChunkRef, NodeKind};
@@ -79,11 +79,86 @@ impl CheckReport {
     }
 }
 
+/// How often [`check_repository`] looks again when it found damage while the repository
+/// changed under it.
+const CHECK_ATTEMPTS: usize = 3;
+
+/// The names of the files whose change can make a finding out of date.
+fn fingerprint(repo: &Repository) -> Result<Vec<(FileKind, String)>> {
+    let mut out = Vec::new();
+    for kind in [FileKind::Snapshot, FileKind::Index, FileKind::Condemned] {
+        let mut names: Vec<String> = repo
+            .backend()
+            .list(kind)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        names.sort();
+        out.extend(names.into_iter().map(|n| (kind, n)));
+    }
+    Ok(out)
+}
+
+/// Check a repository while backups, prunes and forgets may run beside it.
+///
+/// Snapshots are listed *before* the index is loaded (a backup writes its index files before
+/// its snapshot, so every listed snapshot's blobs are in the index loaded after). A prune
+/// may still condemn, repack and delete packs meanwhile; so when damage is found and the
+/// snapshot, index or condemned files changed while checking, the whole check runs again on
+/// the new state (up to [`CHECK_ATTEMPTS`] times). Real damage does not go away on a second
+/// look; a race does.
+pub fn check_repository(
+    repo: Repository,
+    _lock: &RepoLock<Shared>,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
+    let mut repo = repo;
+    let mut attempt = 1;
+    loop {
+        let before = fingerprint(&repo)?;
+        let snapshots: Vec<String> = repo
+            .backend()
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        let mut index_errors = Vec::new();
+        let indexed = repo.load_index_reporting(&mut index_errors)?;
+        let report = check_inner(&indexed, snapshots, index_errors, opts, progress, cancel)?;
+        repo = indexed.into_repository();
+        if report.is_ok() || attempt >= CHECK_ATTEMPTS || fingerprint(&repo)? == before {
+            return Ok(report);
+        }
+        tracing::info!("the repository changed while it was checked; checking again");
+        attempt += 1;
+    }
+}
+
 /// Check a repository. `index_errors` are problems met while loading the index (see
-/// [`crate::Repository::load_index_reporting`]).
+/// [`crate::Repository::load_index_reporting`]). Prefer [`check_repository`], which orders
+/// the listing and the index load for concurrent writers and looks again after a race.
 pub fn check(
     repo: &IndexedRepo,
     _lock: &RepoLock<Shared>,
+    index_errors: Vec<String>,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
+    let snapshots = repo
+        .backend()
+        .list(FileKind::Snapshot)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    check_inner(repo, snapshots, index_errors, opts, progress, cancel)
+}
+
+fn check_inner(
+    repo: &IndexedRepo,
+    snapshots: Vec<String>,
     index_errors: Vec<String>,
     opts: &CheckOptions,
     progress: &dyn Progress,
@@ -117,6 +192,14 @@ pub fn check(
     for (pack, (data_end, count)) in &per_pack {
         let expected = data_end + (OVERHEAD + 4 + count * HEADER_ENTRY_LEN + TRAILER_LEN) as u64;
         match listed.get(&pack.to_hex()) {
+            None if repo.condemned().contains(pack) => {
+                // Deleted by a prune (or being deleted): damage only if a snapshot needs a
+                // blob it alone held, which the snapshot walk reports.
+                let why = format!("condemned pack {} is already deleted", pack.short());
+                report.warnings.push(why.clone());
+                lost_packs.insert(*pack, why);
+                missing.insert(*pack);
+            }
             None => {
                 let why = format!("pack {} is missing", pack.short());
                 report.errors.push(why.clone());
@@ -138,11 +221,25 @@ pub fn check(
         }
     }
     let indexed: HashSet<String> = per_pack.keys().map(|p| p.to_hex()).collect();
-    let orphans = listed.keys().filter(|n| !indexed.contains(*n)).count();
+    let orphans = listed
+        .keys()
+        .filter(|n| !indexed.contains(*n))
+        .filter(|n| {
+            n.parse::<Id>()
+                .is_ok_and(|id| !repo.condemned().contains(&id))
+        })
+        .count();
     if orphans > 0 {
         report.warnings.push(format!(
-            "{orphans} pack(s) are not in any index (left by an interrupted backup; \
-             the next backup adopts them)"
+            "{orphans} pack(s) are not in any index (left by an interrupted backup, or being \
+             written by a running one; the next backup adopts them)"
+        ));
+    }
+    let condemned = repo.condemned().packs.len();
+    if condemned > 0 {
+        report.warnings.push(format!(
+            "{condemned} pack(s) are condemned (a later prune deletes them, or recovers those \
+             a snapshot needs)"
         ));
     }
 
@@ -206,7 +303,19 @@ pub fn check(
             bad.entry(loc.id).or_insert_with(|| why.clone());
         }
     }
-    let damaged_blobs = bad.len();
+    // Blobs only already-deleted condemned packs held are no damage by themselves (a prune
+    // was interrupted before dropping its old condemned file); a snapshot needing one is,
+    // and the walk below reports it.
+    let damaged_blobs = bad
+        .keys()
+        .filter(|id| {
+            !repo
+                .index()
+                .get_all(id)
+                .iter()
+                .all(|l| missing.contains(&l.pack) && repo.condemned().contains(&l.pack))
+        })
+        .count();
     if damaged_blobs > 0 {
         report
             .errors
@@ -215,19 +324,22 @@ pub fn check(
 
     // 3. Snapshots and everything they reach.
     let mut clean_trees: HashSet<Id> = HashSet::new();
-    for f in repo.backend().list(FileKind::Snapshot)? {
+    for name in &snapshots {
         cancel.check()?;
-        report.snapshots += 1;
-        let snap = match repo.load_snapshot_file(&f.name) {
+        let snap = match repo.load_snapshot_file(name) {
             Ok(s) => s,
+            // Forgotten since it was listed.
+            Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) if e.is_data_damage() => {
+                report.snapshots += 1;
                 report
                     .errors
-                    .push(format!("snapshot {}: {e}", &f.name[..8.min(f.name.len())]));
+                    .push(format!("snapshot {}: {e}", &name[..8.min(name.len())]));
                 continue;
             }
             Err(e) => return Err(e),
         };
+        report.snapshots += 1;
         let short = snap.id.short();
         match &snap.snapshot.content {
             Content::Tree { root } => {

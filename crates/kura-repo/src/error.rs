@@ -21,6 +21,12 @@ pub enum Error {
     #[error("repository {location} is locked: {detail}")]
     Locked { location: String, detail: String },
 
+    /// The lock a writer held could not be kept the whole time (removed, or not refreshed
+    /// for long enough that others may have judged it stale): what it wrote may rely on data a
+    /// concurrent prune removed, so it is not committed.
+    #[error("lock on repository {location} was lost: {detail}; nothing was committed")]
+    LockLost { location: String, detail: String },
+
     #[error("{what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
 

@@ -15,7 +15,7 @@ use kura_backend::{ErrorKind, FileKind};
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::lock::{Exclusive, RepoLock};
+use crate::lock::RepoLock;
 use crate::repo::Repository;
 use crate::snapshot::SnapshotEntry;
 
@@ -175,13 +175,10 @@ pub fn apply_policy<Tz: TimeZone>(
     out
 }
 
-/// Delete snapshot manifests. Needs the exclusive lock: a backup running meanwhile might have
-/// chosen one of them as its parent.
-pub fn remove_snapshots(
-    repo: &Repository,
-    _lock: &RepoLock<Exclusive>,
-    ids: &[Id],
-) -> Result<usize> {
+/// Delete snapshot manifests. Any lock will do: a backup running meanwhile that chose one of
+/// them as its parent still stores every blob that is no longer live (see
+/// [`crate::IndexedRepo::has_live`]), and prune tolerates a snapshot vanishing while it reads.
+pub fn remove_snapshots<K>(repo: &Repository, _lock: &RepoLock<K>, ids: &[Id]) -> Result<usize> {
     let mut n = 0;
     for id in ids {
         match repo.backend().delete(FileKind::Snapshot, &id.to_hex()) {

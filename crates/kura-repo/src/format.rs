@@ -23,6 +23,7 @@ pub const MAGIC_INDEX: &[u8; 8] = b"KURAIDX1";
 pub const MAGIC_SNAPSHOT: &[u8; 8] = b"KURASNP1";
 pub const MAGIC_LOCK: &[u8; 8] = b"KURALCK1";
 pub const MAGIC_CATALOG: &[u8; 8] = b"KURACTL1";
+pub const MAGIC_CONDEMNED: &[u8; 8] = b"KURACND1";
 pub const MAGIC_PACK: &[u8; 8] = b"KURAPAK1";
 pub const MAGIC_PACK_END: &[u8; 8] = b"KURAPKE1";
 /// Associated data of a pack header.

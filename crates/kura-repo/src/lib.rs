@@ -27,14 +27,17 @@
 //!    [`Error::Corrupt`] rather than panicking, and trees with hostile names are refused.
 //!
 //! ## Locking
-//! See [`lock`]: shared locks for backup/restore/check, exclusive for maintenance; operations
-//! take a `&RepoLock<Shared>` so they cannot be called unlocked.
+//! See [`lock`]: shared locks for backup/restore/check/forget, exclusive for prune (exclusive
+//! locks exclude only each other); operations take a `&RepoLock<Shared>` so they cannot be
+//! called unlocked. Prune deletes in two phases ([`prune`], [`condemned`]) so that it can run
+//! beside backups.
 
 pub mod backup;
 pub mod browse;
 pub mod catalog_record;
 pub mod check;
 pub mod chunker;
+pub mod condemned;
 pub mod crypto;
 pub mod error;
 pub mod forget;

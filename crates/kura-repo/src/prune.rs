@@ -1,37 +1,83 @@
-//! `kura prune`: free the space of data no snapshot references.
+//! `kura prune`: free the space of data no snapshot references — without ever deleting a
+//! pack a running backup may still reference.
 //!
-//! 1. Find every blob any snapshot reaches (trees, data chunks, image fixed indexes). If any
-//!    of it cannot be read, stop: pruning a damaged repository could delete the only evidence
-//!    needed to repair it.
-//! 2. Classify packs: all blobs used → keep; none used → delete; some used → *repack* when the
-//!    unused part is at least `repack_threshold` of the pack, else keep as is.
-//! 3. Repack: copy the used blobs' stored bytes into new packs (no re-encryption: a blob's
-//!    associated data binds it to its id and type, not to a pack), verifying each on the way.
-//! 4. Write one new set of index files describing every pack that stays, then delete the old
-//!    index files, then the packs no longer needed.
+//! # Two-phase deletion
+//! A backup loads the index once and then dedups against it for hours; a prune that deleted
+//! every pack no *current* snapshot needs could delete a pack whose blobs that backup's
+//! future snapshot will name. So prune deletes in two phases:
 //!
-//! Crash safety: until step 4's deletions everything old is still in place, so a crash leaves
-//! at worst duplicate index entries; a crash during the deletions leaves unreferenced packs
-//! that a later backup adopts and a later prune removes. Nothing a snapshot references is
-//! ever deleted before its new home is durable and indexed. Runs under the exclusive lock.
+//! 1. **Condemn.** A pack no snapshot needs (or whose used blobs prune has just copied into a
+//!    new pack) is recorded in a condemned file ([`crate::condemned`], `KURACND1`) with the time
+//!    `tc`, and left out of the new index files. From then on backups that load the index
+//!    treat its blobs as absent and store them again if they need them; readers can still read
+//!    them.
+//! 2. **Delete.** A later prune deletes a condemned pack only when *all* of these hold:
+//!    - (a) the grace period `--keep-condemned` (default [`DEFAULT_KEEP_CONDEMNED`]) has passed
+//!      since `tc`;
+//!    - (b) no live (non-stale) shared lock was taken before `tc` + [`CLOCK_SKEW`] — only the
+//!      holders of such locks can have loaded an index that still listed the pack;
+//!    - (c) re-checked against the snapshots listed *after* the locks: no snapshot needs a
+//!      blob that lives only in this pack. If one does, the pack is **recovered**: listed in
+//!      the index again and no longer condemned.
+//!
+//! # Why that is safe
+//! Let backup B reference blob x from pack P, which B did not write. B found P live (not
+//! condemned) when it loaded the index, after taking its lock at `since`. If P is condemned at
+//! `tc` it is after B listed the condemned files, so `since < tc`. A prune that deletes P
+//! listed the locks first: (b) says B's lock was not live then — either B had released it, so
+//! B's snapshot was written before and the prune's later snapshot listing sees it and (c)
+//! recovers P; or B's lock was stale. A lock that others can judge stale is one B could not
+//! refresh for more than half the staleness window, which B checks before and after writing its
+//! snapshot ([`crate::lock::RepoLock::verify`]): it then writes none, or removes it. Orphan
+//! packs (no index lists them: an interrupted backup, or one still running) are condemned
+//! like any other, so a running backup's fresh packs are protected the same way.
+//!
+//! `tc` is taken just before the condemned file is written, and [`CLOCK_SKEW`] also covers the
+//! time that write takes (a backup locking while it is in flight cannot have seen it).
+//!
+//! The grace period is not what makes this safe; it covers what locks cannot see: clocks of
+//! other hosts that are off by more than [`CLOCK_SKEW`], and object stores whose listings lag.
+//!
+//! # Order of writes (crash safety)
+//! Repacked packs are uploaded, then the new condemned file, then the new index files; then
+//! the packs due are deleted, and only then the old index files and old condemned files. A
+//! crash at any point leaves every needed blob indexed or condemned (readable and
+//! recoverable), at worst listed twice; a pack deleted while an old condemned file still names
+//! it is reported by `check` as a harmless warning and dropped by the next prune.
+//!
+//! Prune runs under the exclusive lock, which excludes only other prunes (and `forget
+//! --prune`): backups, checks, restores and plain `forget` run beside it. A snapshot that
+//! vanishes while prune reads it (a concurrent `forget`) is simply not a root.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use kura_backend::{ErrorKind, FileKind};
 use serde::Serialize;
 
 use crate::backup::CancelToken;
+use crate::condemned::{self, CondemnedPack};
 use crate::error::{Error, Result};
 use crate::format::{BlobType, decode_blob};
 use crate::id::Id;
 use crate::index::{BlobLocation, IndexFile};
-use crate::lock::{Exclusive, RepoLock};
+use crate::lock::{Exclusive, RepoLock, list_locks};
 use crate::pack::{PackBlob, PackWriter};
 use crate::progress::Progress;
-use crate::repo::IndexedRepo;
+use crate::repo::{IndexedRepo, Repository};
 use crate::restore::load_fixed_index;
 use crate::snapshot::Content;
 use crate::tree::{ChunkRef, NodeKind};
+use crate::util::Timestamp;
+
+/// Default grace period between condemning a pack and deleting it. One hour: several times the
+/// clock skew NTP-less hosts show in practice and far longer than object-store listing lag,
+/// while `forget` + `prune` run daily still frees yesterday's space. Locks, not this period,
+/// protect running backups (see the module docs).
+pub const DEFAULT_KEEP_CONDEMNED: Duration = Duration::from_secs(3600);
+
+/// How far another host's clock may be behind ours for condition (b).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Options of `kura prune`.
 #[derive(Debug, Clone)]
@@ -40,6 +86,8 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Repack a partly used pack when at least this fraction of its bytes is unused.
     pub repack_threshold: f64,
+    /// Grace period before a condemned pack may be deleted (0: as soon as no lock holds it).
+    pub keep_condemned: Duration,
 }
 
 impl Default for PruneOptions {
@@ -47,8 +95,32 @@ impl Default for PruneOptions {
         PruneOptions {
             dry_run: false,
             repack_threshold: 0.2,
+            keep_condemned: DEFAULT_KEEP_CONDEMNED,
         }
     }
+}
+
+/// Parse a grace period: `0`, or a number with `s`, `m` (minutes), `h` or `d`, e.g. `90m`.
+pub fn parse_grace(s: &str) -> Result<Duration> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "invalid duration {s:?}: use 0 or e.g. 30s, 90m, 1h, 2d"
+        ))
+    };
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad)
 }
 
 /// What prune did (or would do).
@@ -59,18 +131,27 @@ pub struct PruneReport {
     pub blobs_used: usize,
     pub blobs_unused: usize,
     pub packs_kept: usize,
+    /// Condemned packs deleted by this run.
     pub packs_deleted: usize,
     pub packs_repacked: usize,
     pub packs_written: usize,
+    /// Packs condemned by this run (unused, orphaned, or repacked).
+    pub packs_condemned: usize,
+    /// Condemned packs a snapshot turned out to need: indexed again.
+    pub packs_recovered: usize,
+    /// Condemned packs left for a later prune (grace period or a live lock).
+    pub packs_waiting: usize,
     pub index_files_replaced: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Bytes of the packs still condemned after this run.
+    pub bytes_condemned: u64,
 }
 
 /// Every blob (type, id) reachable from a snapshot.
 pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(BlobType, Id)>> {
     let mut used: HashSet<(BlobType, Id)> = HashSet::new();
-    for snap in repo.list_snapshots()? {
+    for snap in snapshots_now(repo)? {
         cancel.check()?;
         let what = |e: Error| {
             Error::InvalidInput(format!(
@@ -127,29 +208,70 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
     Ok(used)
 }
 
+/// Every snapshot now. One that vanishes between listing and reading (a concurrent `forget`)
+/// is not a root.
+pub fn snapshots_now(repo: &Repository) -> Result<Vec<crate::snapshot::SnapshotEntry>> {
+    let mut out = Vec::new();
+    for f in repo.backend().list(FileKind::Snapshot)? {
+        match repo.load_snapshot_file(&f.name) {
+            Ok(s) => out.push(s),
+            Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What prune decides for the packs that were condemned before it ran.
+#[derive(Default)]
+struct Verdicts {
+    delete: Vec<Id>,
+    recover: Vec<Id>,
+    wait: Vec<CondemnedPack>,
+}
+
 /// Prune. Takes the repository by value: its in-memory index is stale afterwards.
 pub fn prune(
-    repo: IndexedRepo,
+    repo: Repository,
     _lock: &RepoLock<Exclusive>,
     opts: &PruneOptions,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<PruneReport> {
+    let now = Timestamp::now();
+    // Locks first, then the index, then the snapshots (see the module docs for why).
+    let holders: Vec<Timestamp> = list_locks(&repo)?
+        .into_iter()
+        .filter(|l| l.stale.is_none() && !l.info.exclusive)
+        .map(|l| l.info.since)
+        .collect();
+    let (repo, old_index) = repo.load_index_listing()?;
+    let condemned_before = repo.condemned().clone();
     let mut report = PruneReport {
         dry_run: opts.dry_run,
-        snapshots: repo.backend().list(FileKind::Snapshot)?.len(),
         ..Default::default()
     };
+    let snapshots_before = repo.backend().list(FileKind::Snapshot)?.len();
     let used = used_blobs(&repo, cancel)?;
+    report.snapshots = snapshots_before;
 
-    // The one copy of each used blob that survives: the first the index lists.
+    // The one copy of each used blob that survives: the first one in a live pack, else the
+    // first condemned one (whose pack is then recovered).
+    let is_condemned = |p: &Id| condemned_before.contains(p);
     let mut keep_copy: HashSet<(Id, Id)> = HashSet::new(); // (blob, pack)
     let mut by_pack: HashMap<Id, Vec<BlobLocation>> = HashMap::new();
     for loc in repo.index().iter() {
         by_pack.entry(loc.pack).or_default().push(loc);
     }
     for &(ty, id) in &used {
-        if let Some(l) = repo.index().get_all(&id).into_iter().find(|l| l.ty == ty) {
+        let mut locs: Vec<BlobLocation> = repo
+            .index()
+            .get_all(&id)
+            .into_iter()
+            .filter(|l| l.ty == ty)
+            .collect();
+        locs.sort_by_key(|l| is_condemned(&l.pack));
+        if let Some(l) = locs.first() {
             keep_copy.insert((id, l.pack));
         }
     }
@@ -159,19 +281,7 @@ pub fn prune(
         .into_iter()
         .map(|f| (f.name, f.size))
         .collect();
-
-    // Packs no index lists: left by interrupted backups. Nothing references them (snapshots
-    // are written after their index files), and no backup runs under our exclusive lock.
-    let orphans: Vec<String> = sizes
-        .keys()
-        .filter(|n| {
-            n.parse::<Id>()
-                .map_or(true, |id| !by_pack.contains_key(&id))
-        })
-        .cloned()
-        .collect();
-    report.packs_deleted += orphans.len();
-    report.bytes_before += orphans.iter().map(|n| sizes[n]).sum::<u64>();
+    let size_of = |p: &Id| sizes.get(&p.to_hex()).copied().unwrap_or(0);
 
     if let Some((blob, pack)) = keep_copy
         .iter()
@@ -185,11 +295,41 @@ pub fn prune(
         )));
     }
 
+    // Condemned before this run: recover, delete, or wait.
+    let mut v = Verdicts::default();
+    let grace = opts.keep_condemned.as_secs() as i64;
+    for (pack, c) in &condemned_before.packs {
+        let needed = by_pack
+            .get(pack)
+            .is_some_and(|bs| bs.iter().any(|l| keep_copy.contains(&(l.id, *pack))));
+        let locked = holders
+            .iter()
+            .any(|since| since.0 <= c.since.0 + CLOCK_SKEW.as_secs() as i64);
+        if needed {
+            v.recover.push(*pack);
+        } else if now.0 - c.since.0 >= grace && !locked {
+            v.delete.push(*pack);
+        } else {
+            let mut c = c.clone();
+            if c.blobs.is_empty()
+                && let Some(bs) = by_pack.get(pack)
+            {
+                c.blobs = bs.iter().map(to_pack_blob).collect();
+            }
+            v.wait.push(c);
+        }
+    }
+
+    // Live packs (and recovered ones): keep, condemn, or repack.
     let mut keep: Vec<Id> = Vec::new();
-    let mut delete: Vec<Id> = Vec::new();
+    let mut condemn: Vec<CondemnedPack> = Vec::new();
     let mut repack: Vec<(Id, Vec<BlobLocation>)> = Vec::new();
+    let recovered: HashSet<Id> = v.recover.iter().copied().collect();
     for (pack, blobs) in &by_pack {
-        let size = sizes.get(&pack.to_hex()).copied().unwrap_or(0);
+        if is_condemned(pack) && !recovered.contains(pack) {
+            continue;
+        }
+        let size = size_of(pack);
         report.bytes_before += size;
         let (used_here, unused_here): (Vec<&BlobLocation>, Vec<&BlobLocation>) = blobs
             .iter()
@@ -197,7 +337,11 @@ pub fn prune(
         report.blobs_unused += unused_here.len();
         let unused_bytes: u64 = unused_here.iter().map(|l| l.length as u64).sum();
         if used_here.is_empty() {
-            delete.push(*pack);
+            condemn.push(CondemnedPack {
+                pack: *pack,
+                since: now,
+                blobs: blobs.iter().map(to_pack_blob).collect(),
+            });
         } else if unused_here.is_empty()
             || (unused_bytes as f64) < opts.repack_threshold * size.max(1) as f64
         {
@@ -207,26 +351,46 @@ pub fn prune(
             repack.push((*pack, used_here.into_iter().copied().collect()));
         }
     }
+    // Packs no index file and no condemned file lists: left by an interrupted backup, or
+    // uploaded by a running one whose index file is not written yet. Condemned like the rest:
+    // the running backup's lock protects them, its snapshot recovers them.
+    for name in sizes.keys() {
+        let Ok(id) = name.parse::<Id>() else { continue };
+        if !by_pack.contains_key(&id) && !is_condemned(&id) {
+            report.bytes_before += size_of(&id);
+            condemn.push(CondemnedPack {
+                pack: id,
+                since: now,
+                blobs: Vec::new(),
+            });
+        }
+    }
+    for c in condemned_before.packs.values() {
+        if !recovered.contains(&c.pack) {
+            report.bytes_before += size_of(&c.pack);
+        }
+    }
     report.blobs_used = used.len();
     report.packs_kept = keep.len();
-    report.packs_deleted += delete.len();
+    report.packs_deleted = v.delete.len();
+    report.packs_recovered = v.recover.len();
+    report.packs_waiting = v.wait.len();
     report.packs_repacked = repack.len();
-    let old_index: Vec<String> = repo
-        .backend()
-        .list(FileKind::Index)?
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    report.packs_condemned = condemn.len() + repack.len();
     report.index_files_replaced = old_index.len();
+    report.bytes_condemned = v.wait.iter().map(|c| size_of(&c.pack)).sum::<u64>()
+        + condemn.iter().map(|c| size_of(&c.pack)).sum::<u64>()
+        + repack.iter().map(|(p, _)| size_of(p)).sum::<u64>();
     if opts.dry_run {
         report.bytes_after += repack
             .iter()
             .flat_map(|(_, b)| b.iter().map(|l| l.length as u64 + 45))
             .sum::<u64>();
+        report.bytes_after += report.bytes_condemned;
         return Ok(report);
     }
 
-    // 3. Repack.
+    // Repack.
     progress.start("prune: repacking", None);
     let pack_size = repo.config().pack_size as usize;
     let mut new_index = IndexFile::default();
@@ -255,7 +419,7 @@ pub fn prune(
                         "shorter than its index says",
                     )
                 })?;
-            // Verify before the old copy is deleted; a bad blob aborts the prune.
+            // Verify before the old copy is condemned; a bad blob aborts the prune.
             decode_blob(repo.key(), l.ty, &l.id, stored.to_vec(), l.raw_length).map_err(|e| {
                 Error::InvalidInput(format!(
                     "{e}; refusing to prune a damaged repository — run `kura check`"
@@ -270,28 +434,35 @@ pub fn prune(
                 flush(w, &mut new_index, &mut report)?;
             }
         }
+        condemn.push(CondemnedPack {
+            pack: *pack,
+            since: now,
+            blobs: by_pack[pack].iter().map(to_pack_blob).collect(),
+        });
     }
     for w in writers.into_iter().flatten() {
         flush(w, &mut new_index, &mut report)?;
     }
     progress.finish();
 
-    // 4. New index: the packs that stay as they are, with all their blobs (the index must
-    // match each pack's header), plus the new packs.
-    for pack in &keep {
-        let blobs: Vec<PackBlob> = by_pack[pack]
-            .iter()
-            .map(|l| PackBlob {
-                ty: l.ty,
-                id: l.id,
-                offset: l.offset,
-                length: l.length,
-                raw_length: l.raw_length,
-            })
-            .collect();
+    // The new condemned file: still waiting plus newly condemned. The condemnation time is
+    // taken now, just before the file is written, not when this prune started: a backup that
+    // locked in between may have loaded an index still listing these packs, and condition (b)
+    // must count its lock as older than the condemnation.
+    cancel.check()?;
+    let tc = Timestamp::now();
+    for c in &mut condemn {
+        c.since = tc;
+    }
+    let still: Vec<&CondemnedPack> = v.wait.iter().chain(condemn.iter()).collect();
+    let new_condemned = condemned::save(&repo, &still)?;
+
+    // The new index: the packs that stay as they are (recovered ones included), with all
+    // their blobs (the index must match each pack's header), plus the new packs.
+    for pack in keep.iter() {
+        let blobs: Vec<PackBlob> = by_pack[pack].iter().map(to_pack_blob).collect();
         new_index.packs.push((*pack, blobs));
     }
-    cancel.check()?;
     for chunk in new_index.packs.chunks(4096) {
         repo.save_index_file(&IndexFile {
             packs: chunk.to_vec(),
@@ -304,24 +475,54 @@ pub fn prune(
         .map(|f| f.name)
         .filter(|n| !old_index.contains(n))
         .collect();
-    for name in &old_index {
-        if new_names.contains(name) {
-            continue;
-        }
-        ignore_missing(repo.backend().delete(FileKind::Index, name))?;
-    }
-    for pack in delete.iter().chain(repack.iter().map(|(p, _)| p)) {
+
+    // Phase two for the packs that are due, then the files the new ones replace.
+    for pack in &v.delete {
         ignore_missing(repo.backend().delete(FileKind::Pack, &pack.to_hex()))?;
     }
-    for name in &orphans {
-        ignore_missing(repo.backend().delete(FileKind::Pack, name))?;
+    for name in &old_index {
+        if !new_names.contains(name) {
+            ignore_missing(repo.backend().delete(FileKind::Index, name))?;
+        }
+    }
+    for name in &condemned_before.files {
+        if new_condemned.as_deref() != Some(name.as_str()) {
+            ignore_missing(repo.backend().delete(FileKind::Condemned, name))?;
+        }
     }
     Ok(report)
+}
+
+fn to_pack_blob(l: &BlobLocation) -> PackBlob {
+    PackBlob {
+        ty: l.ty,
+        id: l.id,
+        offset: l.offset,
+        length: l.length,
+        raw_length: l.raw_length,
+    }
 }
 
 fn ignore_missing(r: std::result::Result<(), kura_backend::BackendError>) -> Result<()> {
     match r {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_periods_parse() {
+        assert_eq!(parse_grace("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_grace("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_grace("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_grace("2d").unwrap(), Duration::from_secs(172_800));
+        for bad in ["", "h", "1x", "-1h", "1h30m", "99999999999999999999d"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use kura_backend::{Backend, ErrorKind, FileKind};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::{Cdc, ChunkerParams};
+use crate::condemned::Condemned;
 use crate::crypto::{KdfParams, KeyFile, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -368,6 +369,15 @@ impl Repository {
         IndexFile::decode(&body, &what)
     }
 
+    /// The condemned packs (listed first, see [`crate::condemned::load`]) and every index
+    /// file; condemned packs' blobs are in the builder too, for readers.
+    fn read_index_and_condemned(&self) -> Result<(IndexBuilder, Condemned)> {
+        let condemned = crate::condemned::load(self)?;
+        let mut b = self.read_all_index_files()?;
+        add_condemned(&mut b, &condemned)?;
+        Ok((b, condemned))
+    }
+
     fn read_all_index_files(&self) -> Result<IndexBuilder> {
         let mut b = IndexBuilder::new();
         for f in self.backend.list(FileKind::Index)? {
@@ -382,6 +392,8 @@ impl Repository {
     /// Load the index, skipping index files that cannot be read and reporting them in
     /// `errors` (for `check`, which must describe damage rather than stop at it).
     pub fn load_index_reporting(self, errors: &mut Vec<String>) -> Result<IndexedRepo> {
+        let condemned = crate::condemned::load(&self)?;
+        errors.extend(condemned.damaged.iter().cloned());
         let mut b = IndexBuilder::new();
         for f in self.backend.list(FileKind::Index)? {
             match self.load_index_file(&f.name) {
@@ -394,20 +406,51 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
+        add_condemned(&mut b, &condemned)?;
         Ok(IndexedRepo {
             tree_cache: Default::default(),
             repo: self,
             index: b.finish(),
+            condemned,
         })
+    }
+
+    /// Load the index (condemned packs included) and return the names of the index files it
+    /// read: prune replaces exactly those, never one a concurrent backup wrote meanwhile.
+    pub fn load_index_listing(self) -> Result<(IndexedRepo, Vec<String>)> {
+        let condemned = crate::condemned::load(&self)?;
+        let mut b = IndexBuilder::new();
+        let mut names = Vec::new();
+        for f in self.backend.list(FileKind::Index)? {
+            let file = match self.load_index_file(&f.name) {
+                Ok(file) => file,
+                // Replaced meanwhile: only a prune does that, and prunes exclude each other.
+                Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for (pack, blobs) in &file.packs {
+                b.add_pack(*pack, blobs)?;
+            }
+            names.push(f.name);
+        }
+        add_condemned(&mut b, &condemned)?;
+        let repo = IndexedRepo {
+            repo: self,
+            index: b.finish(),
+            tree_cache: Default::default(),
+            condemned,
+        };
+        Ok((repo, names))
     }
 
     /// Read every index file into memory.
     pub fn load_index(self) -> Result<IndexedRepo> {
-        let index = self.read_all_index_files()?.finish();
+        let (b, condemned) = self.read_index_and_condemned()?;
         Ok(IndexedRepo {
             repo: self,
-            index,
+            index: b.finish(),
             tree_cache: Default::default(),
+            condemned,
         })
     }
 
@@ -416,13 +459,13 @@ impl Repository {
     /// read and a new index file lists them, so the next backup reuses their blobs instead of
     /// uploading them again. Returns the number of packs adopted.
     pub fn load_index_adopting_orphans(self) -> Result<(IndexedRepo, usize)> {
-        let mut b = self.read_all_index_files()?;
+        let (mut b, condemned) = self.read_index_and_condemned()?;
         let mut adopted = IndexFile::default();
         for f in self.backend.list(FileKind::Pack)? {
             let Ok(id) = f.name.parse::<Id>() else {
                 continue;
             };
-            if b.has_pack(&id) {
+            if b.has_pack(&id) || condemned.contains(&id) {
                 continue;
             }
             match crate::pack::read_header(self.backend.as_ref(), &self.key, &f.name, f.size) {
@@ -443,6 +486,7 @@ impl Repository {
                 repo: self,
                 index: b.finish(),
                 tree_cache: Default::default(),
+                condemned,
             },
             n,
         ))
@@ -454,6 +498,8 @@ pub struct IndexedRepo {
     repo: Repository,
     index: Index,
     tree_cache: crate::treecache::TreeCache,
+    /// Packs a prune condemned: readable (their blobs are in `index`), never deduped against.
+    condemned: Condemned,
 }
 
 impl std::ops::Deref for IndexedRepo {
@@ -464,8 +510,23 @@ impl std::ops::Deref for IndexedRepo {
 }
 
 impl IndexedRepo {
+    /// Every blob that can be read: the packs index files list and the condemned ones.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// The condemned packs (see [`crate::condemned`]).
+    pub fn condemned(&self) -> &Condemned {
+        &self.condemned
+    }
+
+    /// Whether a writer may reference this blob without storing it: it is in a pack that is
+    /// not condemned. A blob only condemned packs hold is stored again.
+    pub fn has_live(&self, ty: BlobType, id: &Id) -> bool {
+        self.index
+            .get_all(id)
+            .iter()
+            .any(|l| l.ty == ty && !self.condemned.contains(&l.pack))
     }
 
     /// Read, decrypt, decompress and verify one blob at a known location. A blob found
@@ -555,6 +616,9 @@ impl IndexedRepo {
             .into_iter()
             .filter(|l| l.ty == ty)
             .collect();
+        // Live copies first: a condemned pack may be deleted at any moment.
+        let mut locs = locs;
+        locs.sort_by_key(|l| self.condemned.contains(&l.pack));
         if locs.is_empty() {
             return Err(Error::corrupt(
                 format!("{} blob {}", ty.as_str(), id),
@@ -582,6 +646,15 @@ impl IndexedRepo {
     pub fn into_repository(self) -> Repository {
         self.repo
     }
+}
+
+fn add_condemned(b: &mut IndexBuilder, condemned: &Condemned) -> Result<()> {
+    for p in condemned.packs.values() {
+        if !p.blobs.is_empty() {
+            b.add_pack(p.pack, &p.blobs)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_key(

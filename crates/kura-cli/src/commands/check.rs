@@ -1,5 +1,5 @@
 use anyhow::{Context, Result};
-use kura_repo::check::{CheckOptions, check};
+use kura_repo::check::{CheckOptions, check_repository};
 use kura_repo::lock::RepoLock;
 
 use crate::cli::CheckArgs;
@@ -8,18 +8,18 @@ use crate::{App, exit};
 pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
-    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    let lock = if a.no_lock {
+        RepoLock::none(&repo)
+    } else {
+        RepoLock::shared_or_read_only(&repo).with_context(|| format!("lock {loc}"))?
+    };
     let report = crate::with_lock(lock, |lock| {
-        let mut index_errors = Vec::new();
-        let repo = repo
-            .load_index_reporting(&mut index_errors)
-            .with_context(|| format!("load index of {loc}"))?;
         let opts = CheckOptions {
             read_data: a.read_data,
             ..Default::default()
         };
         let bar = app.bar();
-        check(&repo, lock, index_errors, &opts, &bar, &app.cancel)
+        check_repository(repo, lock, &opts, &bar, &app.cancel)
             .with_context(|| format!("check {loc}"))
     })?;
     if app.global.json {

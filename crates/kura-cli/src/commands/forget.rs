@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use kura_repo::Id;
 use kura_repo::Repository;
 use kura_repo::forget::{KeepPolicy, apply_policy, parse_duration, remove_snapshots};
-use kura_repo::lock::{Exclusive, RepoLock};
+use kura_repo::lock::RepoLock;
 use kura_repo::prune::PruneOptions;
 
 use crate::cli::ForgetArgs;
@@ -30,17 +30,33 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
     }
     let repo = app.open()?;
     let loc = repo.location();
-    let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
-    crate::with_lock(lock, |lock| forget_locked(app, &a, &policy, repo, lock))
+    // Forget only deletes snapshot files: a shared lock, so it runs beside backups and prunes.
+    // With --prune it needs the exclusive one (one prune at a time).
+    if a.prune {
+        let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
+        crate::with_lock(lock, |lock| {
+            if forget_locked(app, &a, &policy, &repo, lock)? {
+                super::prune::prune_locked(app, repo, lock, &PruneOptions::default())?;
+            }
+            Ok(exit::OK)
+        })
+    } else {
+        let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+        crate::with_lock(lock, |lock| {
+            forget_locked(app, &a, &policy, &repo, lock)?;
+            Ok(exit::OK)
+        })
+    }
 }
 
-fn forget_locked(
+/// Remove the snapshots; false on a dry run.
+fn forget_locked<K>(
     app: &App,
     a: &ForgetArgs,
     policy: &KeepPolicy,
-    repo: Repository,
-    lock: &RepoLock<Exclusive>,
-) -> Result<i32> {
+    repo: &Repository,
+    lock: &RepoLock<K>,
+) -> Result<bool> {
     let mut remove: Vec<Id> = Vec::new();
     if policy.is_empty() {
         for s in &a.snapshots {
@@ -89,17 +105,14 @@ fn forget_locked(
             "dry run: would remove {} snapshot(s)",
             remove.len()
         ));
-        return Ok(exit::OK);
+        return Ok(false);
     }
-    let n = remove_snapshots(&repo, lock, &remove)?;
+    let n = remove_snapshots(repo, lock, &remove)?;
     if !app.global.json {
         app.say(format!("removed {n} snapshot(s)"));
     } else if policy.is_empty() {
         let ids: Vec<String> = remove.iter().map(|id| id.to_hex()).collect();
         println!("{}", serde_json::json!({ "removed": ids }));
     }
-    if a.prune {
-        super::prune::prune_locked(app, repo, lock, &PruneOptions::default())?;
-    }
-    Ok(exit::OK)
+    Ok(true)
 }

@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use kura_repo::Repository;
 use kura_repo::lock::{Exclusive, RepoLock};
-use kura_repo::prune::{PruneOptions, PruneReport, prune};
+use kura_repo::prune::{DEFAULT_KEEP_CONDEMNED, PruneOptions, PruneReport, parse_grace, prune};
 
 use crate::cli::PruneArgs;
 use crate::exit::UsageError;
@@ -17,9 +17,6 @@ pub fn prune_locked(
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
     let loc = repo.location();
-    let repo = repo
-        .load_index()
-        .with_context(|| format!("load index of {loc}"))?;
     let bar = app.bar();
     let report =
         prune(repo, lock, opts, &bar, &app.cancel).with_context(|| format!("prune {loc}"))?;
@@ -27,15 +24,19 @@ pub fn prune_locked(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         app.say(format!(
-            "{}{} blobs used, {} unused; packs: {} kept, {} deleted, {} repacked into {}; \
+            "{}{} blobs used, {} unused; packs: {} kept, {} repacked into {}, {} condemned, \
+             {} recovered, {} deleted, {} left condemned for a later prune; \
              {} → {} ({} freed)",
             if report.dry_run { "dry run: " } else { "" },
             report.blobs_used,
             report.blobs_unused,
             report.packs_kept,
-            report.packs_deleted,
             report.packs_repacked,
             report.packs_written,
+            report.packs_condemned,
+            report.packs_recovered,
+            report.packs_deleted,
+            report.packs_waiting,
             bytes(report.bytes_before),
             bytes(report.bytes_after),
             bytes(report.bytes_before.saturating_sub(report.bytes_after)),
@@ -51,9 +52,14 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
+    let keep_condemned = match &a.keep_condemned {
+        Some(d) => parse_grace(d).map_err(|e| UsageError(e.to_string()))?,
+        None => DEFAULT_KEEP_CONDEMNED,
+    };
     let opts = PruneOptions {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
+        keep_condemned,
     };
     crate::with_lock(lock, |lock| prune_locked(app, repo, lock, &opts))?;
     Ok(exit::OK)

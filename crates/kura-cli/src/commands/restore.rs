@@ -98,7 +98,11 @@ fn restore_from(
     a: &RestoreArgs,
 ) -> Result<(SnapshotEntry, RestoreOutcome)> {
     let loc = repo.location();
-    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    let lock = if a.no_lock {
+        RepoLock::none(&repo)
+    } else {
+        RepoLock::shared_or_read_only(&repo).with_context(|| format!("lock {loc}"))?
+    };
     crate::with_lock(lock, |lock| {
         let repo = repo
             .load_index()

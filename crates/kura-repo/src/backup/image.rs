@@ -123,7 +123,12 @@ pub(super) fn backup_image(
         usize::try_from(count).map_err(|_| Error::InvalidInput("image too large".into()))?;
     progress.start("backup", Some(size));
     let kept = match reuse {
-        Some(r) => r.kept(size)?,
+        // A parent chunk only a condemned pack holds is read and stored again.
+        Some(r) => r
+            .kept(size)?
+            .into_iter()
+            .map(|k| k.filter(|id| id.is_zero() || saver.has_live(BlobType::Data, id)))
+            .collect(),
         None => vec![None; count_usize],
     };
     let ids = Mutex::new(vec![Id::ZERO; count_usize]);

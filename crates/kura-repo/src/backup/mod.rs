@@ -180,7 +180,7 @@ fn path_bytes(p: &Path) -> ByteBuf {
 /// and directories). Requires a shared lock.
 pub fn backup(
     repo: &IndexedRepo,
-    _lock: &RepoLock<Shared>,
+    lock: &RepoLock<Shared>,
     sources: &[PathBuf],
     opts: &BackupOptions,
     progress: &dyn Progress,
@@ -251,7 +251,7 @@ pub fn backup(
                 ));
             }
         };
-        let (info, summary) = saver::run(repo, cfg, &stats, |saver| {
+        let (info, summary) = saver::run(repo, lock, cfg, &stats, |saver| {
             image::backup_image(saver, &paths[0], opts, reuse.as_ref(), progress, cancel)
         })?;
         (Content::Image(info), summary, Vec::new())
@@ -260,7 +260,7 @@ pub fn backup(
             Some(Content::Tree { root }) => Some(*root),
             _ => None,
         };
-        let (root, summary, warnings) = saver::run(repo, cfg, &stats, |saver| {
+        let (root, summary, warnings) = saver::run(repo, lock, cfg, &stats, |saver| {
             walk::backup_tree(saver, repo, &paths, parent_root, opts, progress, cancel)
         })?;
         (Content::Tree { root }, summary, warnings)
@@ -284,13 +284,46 @@ pub fn backup(
         content,
         summary,
     };
-    let id = repo.save_snapshot(&snapshot)?;
+    let id = commit_snapshot(repo, lock, &snapshot)?;
     Ok(BackupOutcome {
         id,
         snapshot,
         warnings,
         parent: parent.map(|p| p.id),
     })
+}
+
+/// Write the snapshot only if the lock was kept the whole time, and take it back if the lock
+/// turns out lost once it is written (the process may have been stopped in between).
+///
+/// Why this is enough: every blob the backup references is one it stored, or one it found in a
+/// pack that was not condemned when it loaded the index (after taking its lock). Such a pack
+/// can be condemned later, but a prune deletes it only once no lock taken before the
+/// condemnation is live, so while our lock is live it stays; a prune that runs after we release
+/// the lock sees our snapshot (written before the release) and recovers the pack. Only a lock
+/// that others may have judged stale breaks that chain — which `verify` detects.
+pub(crate) fn commit_snapshot(
+    repo: &IndexedRepo,
+    lock: &RepoLock<Shared>,
+    snapshot: &Snapshot,
+) -> Result<Id> {
+    lock.verify()?;
+    let id = repo.save_snapshot(snapshot)?;
+    if let Err(e) = lock.verify() {
+        if let Err(d) = repo
+            .backend()
+            .delete(kura_backend::FileKind::Snapshot, &id.to_hex())
+        {
+            tracing::error!(
+                "snapshot {} written with a lost lock could not be removed: {d}; \
+                 remove it with `kura forget {}`",
+                id.short(),
+                id.short()
+            );
+        }
+        return Err(e);
+    }
+    Ok(id)
 }
 
 fn find_parent(

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::format::{BlobEncoder, BlobType};
 use crate::id::Id;
 use crate::index::IndexFile;
+use crate::lock::{RepoLock, Shared};
 use crate::pack::{PackBlob, PackWriter};
 use crate::repo::IndexedRepo;
 
@@ -248,11 +249,16 @@ impl Saver<'_> {
             .ok_or(Error::Interrupted)
     }
 
+    /// Whether the blob may be referenced without storing it (see [`IndexedRepo::has_live`]).
+    pub(crate) fn has_live(&self, ty: BlobType, id: &Id) -> bool {
+        self.repo.has_live(ty, id)
+    }
+
     /// Store `data` as a blob unless the repository or this session already has it. Returns
     /// its id and whether it was new.
     pub(crate) fn save(&self, ty: BlobType, data: Vec<u8>) -> Result<(Id, bool)> {
         let id = self.repo.key().chunk_id(&data);
-        if self.repo.index().get_all(&id).iter().any(|l| l.ty == ty) {
+        if self.repo.has_live(ty, &id) {
             self.pool.put(data);
             return Ok((id, false));
         }
@@ -289,6 +295,7 @@ impl Saver<'_> {
 /// unless this returns `Ok`.
 pub(crate) fn run<T>(
     repo: &IndexedRepo,
+    lock: &RepoLock<Shared>,
     cfg: SaverConfig,
     stats: &SaverStats,
     produce: impl FnOnce(&Saver<'_>) -> Result<T>,
@@ -352,7 +359,9 @@ pub(crate) fn run<T>(
                 std::thread::Builder::new()
                     .name(format!("kura-upload-{i}"))
                     .spawn_scoped(s, move || {
-                        if let Err(e) = upload_loop(repo, stats, failure, pack_rx, index_state) {
+                        if let Err(e) =
+                            upload_loop(repo, lock, stats, failure, pack_rx, index_state)
+                        {
                             failure.set(e);
                             budget.abort();
                         }
@@ -399,7 +408,7 @@ pub(crate) fn run<T>(
     let index_result = if pending.packs.is_empty() || target_down {
         Ok(())
     } else {
-        repo.save_index_file(&pending).map(|_| ())
+        save_index_guarded(repo, lock, &pending)
     };
     if let Some(e) = failure.take() {
         return Err(e);
@@ -407,6 +416,25 @@ pub(crate) fn run<T>(
     let out = result?;
     index_result?;
     Ok(out)
+}
+
+/// Write an index file only while the lock is kept, and take it back if the lock turns out
+/// lost once it is written: a backup that lost its lock may have had packs condemned and
+/// deleted by a prune that judged it gone, and an index file naming a deleted pack would let
+/// later backups dedup against blobs that no longer exist.
+fn save_index_guarded(repo: &IndexedRepo, lock: &RepoLock<Shared>, file: &IndexFile) -> Result<()> {
+    lock.verify()?;
+    let id = repo.save_index_file(file)?;
+    if let Err(e) = lock.verify() {
+        if let Err(d) = repo.backend().delete(FileKind::Index, &id.to_hex()) {
+            tracing::warn!(
+                "removing index file {} after losing the lock: {d}",
+                id.short()
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn encode_loop(
@@ -474,6 +502,7 @@ fn pack_loop(
 
 fn upload_loop(
     repo: &IndexedRepo,
+    lock: &RepoLock<Shared>,
     stats: &SaverStats,
     failure: &Failure,
     rx: Receiver<FinishedPack>,
@@ -518,7 +547,7 @@ fn upload_loop(
             }
         };
         if let Some(file) = due {
-            repo.save_index_file(&file)?;
+            save_index_guarded(repo, lock, &file)?;
         }
     }
     Ok(())

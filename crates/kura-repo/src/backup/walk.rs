@@ -469,9 +469,10 @@ impl Walker<'_> {
             return None;
         }
         let content = old.content.as_ref()?;
-        let index = self.ctx.repo.index();
+        // Not condemned either: a blob only a condemned pack holds is read and stored again.
+        let repo = self.ctx.repo;
         let all_present = content.iter().all(|c| match c {
-            ChunkRef::Blob(id) => index.contains(id),
+            ChunkRef::Blob(id) => repo.has_live(BlobType::Data, id),
             ChunkRef::Zero(_) => true,
         });
         all_present.then(|| content.clone())
