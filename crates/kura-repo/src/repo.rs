@@ -291,14 +291,55 @@ impl Repository {
 
     // ----- snapshots -----
 
-    /// Every snapshot, oldest first. Unreadable snapshot files are errors (a damaged manifest
-    /// must not silently disappear from listings).
+    /// Every snapshot, oldest first, for operations that must know *every* snapshot (prune:
+    /// deleting data a snapshot might reference is never safe). A damaged snapshot file is an
+    /// error naming it and the way out; a file deleted while listing (a concurrent forget) is
+    /// skipped. Everything else uses [`Repository::readable_snapshots`].
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (out, damaged) = self.list_snapshots_reporting()?;
+        if let Some(d) = damaged.into_iter().next() {
+            return Err(Error::corrupt(
+                format!("snapshot {}", d.name),
+                format!(
+                    "{}; this operation must know what every snapshot references and refuses \
+                     to go on: remove the damaged snapshot explicitly with `kura forget {}`",
+                    d.error, d.name
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every readable snapshot, oldest first, with the snapshot files that could not be read
+    /// (damaged, or written by a newer kura). Listings, parent choice and forget policies
+    /// work from the readable ones, so one damaged manifest costs only itself.
+    pub fn list_snapshots_reporting(&self) -> Result<(Vec<SnapshotEntry>, Vec<DamagedFile>)> {
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            out.push(self.load_snapshot_file(&f.name)?);
+            match self.load_snapshot_file(&f.name) {
+                Ok(s) => out.push(s),
+                Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                    damaged.push(DamagedFile {
+                        name: f.name,
+                        error: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok((out, damaged))
+    }
+
+    /// Every readable snapshot, oldest first; each unreadable snapshot file is logged as a
+    /// warning naming it.
+    pub fn readable_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (out, damaged) = self.list_snapshots_reporting()?;
+        for d in &damaged {
+            tracing::warn!("skipping damaged snapshot file {}: {}", d.name, d.error);
+        }
         Ok(out)
     }
 
@@ -319,22 +360,37 @@ impl Repository {
         Ok(SnapshotEntry { id, snapshot })
     }
 
-    /// Find a snapshot by `latest` or by a unique id prefix.
+    /// Find a snapshot by `latest` (the newest readable one) or by a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
         if spec == "latest" {
             return self
-                .list_snapshots()?
+                .readable_snapshots()?
                 .pop()
                 .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
         }
+        let name = self.resolve_snapshot_name(spec)?;
+        self.load_snapshot_file(&name)
+    }
+
+    /// The id a snapshot spec names, without reading the snapshot (so a damaged snapshot can
+    /// still be removed by naming it).
+    pub fn resolve_snapshot_id(&self, spec: &str) -> Result<Id> {
+        if spec == "latest" {
+            return Ok(self.find_snapshot(spec)?.id);
+        }
+        let name = self.resolve_snapshot_name(spec)?;
+        name.parse()
+            .map_err(|_| Error::corrupt(format!("snapshot {name}"), "file name is not an id"))
+    }
+
+    fn resolve_snapshot_name(&self, spec: &str) -> Result<String> {
         let names = self.backend.list(FileKind::Snapshot)?;
-        let name = unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot").map_err(
+        unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot").map_err(
             |e| match e {
                 Error::InvalidInput(m) if m.contains("no ") => Error::SnapshotNotFound(spec.into()),
                 other => other,
             },
-        )?;
-        self.load_snapshot_file(&name)
+        )
     }
 
     /// Write a snapshot manifest; returns its id. Call only when every blob it references is
@@ -368,47 +424,83 @@ impl Repository {
         IndexFile::decode(&body, &what)
     }
 
-    fn read_all_index_files(&self) -> Result<IndexBuilder> {
+    /// Every readable index file merged. A damaged index file is skipped and returned in
+    /// the list (its packs' blobs then look absent: a backup adopts those packs again from
+    /// their headers, a restore reports the files needing them); errors reaching the
+    /// repository are returned.
+    fn read_all_index_files(&self) -> Result<(IndexBuilder, Vec<DamagedFile>)> {
         let mut b = IndexBuilder::new();
+        let mut damaged = Vec::new();
         for f in self.backend.list(FileKind::Index)? {
-            let file = self.load_index_file(&f.name)?;
+            let file = match self.load_index_file(&f.name) {
+                Ok(file) => file,
+                // Replaced by a concurrent prune or repair between list and read.
+                Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                    tracing::warn!(
+                        "skipping damaged index file {}: {e} (`kura repair index` rebuilds \
+                         the index from the packs)",
+                        f.name
+                    );
+                    damaged.push(DamagedFile {
+                        name: f.name,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for (pack, blobs) in &file.packs {
                 b.add_pack(*pack, blobs)?;
             }
         }
-        Ok(b)
+        Ok((b, damaged))
     }
 
     /// Load the index, skipping index files that cannot be read and reporting them in
     /// `errors` (for `check`, which must describe damage rather than stop at it).
     pub fn load_index_reporting(self, errors: &mut Vec<String>) -> Result<IndexedRepo> {
-        let mut b = IndexBuilder::new();
-        for f in self.backend.list(FileKind::Index)? {
-            match self.load_index_file(&f.name) {
-                Ok(file) => {
-                    for (pack, blobs) in &file.packs {
-                        b.add_pack(*pack, blobs)?;
-                    }
-                }
-                Err(e) if e.is_data_damage() => errors.push(format!("index file {}: {e}", f.name)),
-                Err(e) => return Err(e),
-            }
-        }
+        let (b, damaged) = self.read_all_index_files()?;
+        errors.extend(
+            damaged
+                .iter()
+                .map(|d| format!("index file {}: {}", d.name, d.error)),
+        );
         Ok(IndexedRepo {
             tree_cache: Default::default(),
             repo: self,
             index: b.finish(),
+            damaged_index: damaged,
         })
     }
 
-    /// Read every index file into memory.
+    /// Read every readable index file into memory; damaged ones are skipped with a warning
+    /// and listed by [`IndexedRepo::damaged_index_files`].
     pub fn load_index(self) -> Result<IndexedRepo> {
-        let index = self.read_all_index_files()?.finish();
+        let (b, damaged) = self.read_all_index_files()?;
         Ok(IndexedRepo {
             repo: self,
-            index,
+            index: b.finish(),
             tree_cache: Default::default(),
+            damaged_index: damaged,
         })
+    }
+
+    /// Load the index for an operation that deletes what the index does not list (prune):
+    /// a damaged index file is an error naming it and the way out.
+    pub fn load_index_complete(self) -> Result<IndexedRepo> {
+        let repo = self.load_index()?;
+        if let Some(d) = repo.damaged_index.first() {
+            return Err(Error::corrupt(
+                format!("index file {}", d.name),
+                format!(
+                    "{}; without it this operation cannot know which packs are in use and \
+                     refuses to go on: run `kura repair index` first",
+                    d.error
+                ),
+            ));
+        }
+        Ok(repo)
     }
 
     /// Load the index, first adopting *orphan packs* (durable packs no index file lists: left
@@ -416,7 +508,7 @@ impl Repository {
     /// read and a new index file lists them, so the next backup reuses their blobs instead of
     /// uploading them again. Returns the number of packs adopted.
     pub fn load_index_adopting_orphans(self) -> Result<(IndexedRepo, usize)> {
-        let mut b = self.read_all_index_files()?;
+        let (mut b, damaged) = self.read_all_index_files()?;
         let mut adopted = IndexFile::default();
         for f in self.backend.list(FileKind::Pack)? {
             let Ok(id) = f.name.parse::<Id>() else {
@@ -443,6 +535,7 @@ impl Repository {
                 repo: self,
                 index: b.finish(),
                 tree_cache: Default::default(),
+                damaged_index: damaged,
             },
             n,
         ))
@@ -454,6 +547,16 @@ pub struct IndexedRepo {
     repo: Repository,
     index: Index,
     tree_cache: crate::treecache::TreeCache,
+    damaged_index: Vec<DamagedFile>,
+}
+
+/// A repository file that could not be read (damaged, or written by a newer kura).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedFile {
+    /// The file's name (its id).
+    pub name: String,
+    /// Why it could not be read.
+    pub error: String,
 }
 
 impl std::ops::Deref for IndexedRepo {
@@ -466,6 +569,11 @@ impl std::ops::Deref for IndexedRepo {
 impl IndexedRepo {
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Index files skipped because they could not be read.
+    pub fn damaged_index_files(&self) -> &[DamagedFile] {
+        &self.damaged_index
     }
 
     /// Read, decrypt, decompress and verify one blob at a known location. A blob found

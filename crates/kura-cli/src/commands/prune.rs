@@ -18,7 +18,7 @@ pub fn prune_locked(
 ) -> Result<PruneReport> {
     let loc = repo.location();
     let repo = repo
-        .load_index()
+        .load_index_complete()
         .with_context(|| format!("load index of {loc}"))?;
     let bar = app.bar();
     let report =

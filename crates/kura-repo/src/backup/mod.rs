@@ -313,7 +313,7 @@ fn find_parent(
             }
             Ok(Some(p))
         }
-        ParentChoice::Auto => Ok(repo.list_snapshots()?.into_iter().rev().find(|s| {
+        ParentChoice::Auto => Ok(repo.readable_snapshots()?.into_iter().rev().find(|s| {
             s.snapshot.host == host && s.snapshot.paths == paths && s.snapshot.is_image() == image
         })),
     }

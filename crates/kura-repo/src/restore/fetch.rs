@@ -190,9 +190,18 @@ fn restore_pack(
                 .map_err(|e| e.to_string())
             });
             let data = decoded.map(|()| std::mem::take(&mut bufs.blob));
-            // Fall back to the same pack on the backend's other sources (the other targets
-            // of a backup), then to any other copy of the blob.
-            let data = data.or_else(|first| repo.read_blob_from_sources(loc).ok_or(first));
+            // A ranged read of several blobs fails as a whole (a truncated pack, a short
+            // read) though most of its blobs may be intact: read this blob alone (which also
+            // tries the backend's other sources — the other targets of a backup). A range of
+            // one blob was that read already: go straight to the other sources. Then try any
+            // other copy of the blob. Only blobs damaged everywhere are lost.
+            let data = data.or_else(|first| {
+                if j - i > 1 {
+                    repo.read_blob_at(loc).map_err(|_| first)
+                } else {
+                    repo.read_blob_from_sources(loc).ok_or(first)
+                }
+            });
             let data = data.or_else(|first| {
                 repo.index()
                     .get_all(&loc.id)
