@@ -78,6 +78,9 @@ pub struct KeyInfo {
     pub created: String,
     pub hostname: String,
     pub username: String,
+    /// Why the key file could not be read, when it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// An open repository: backend, master key, config.
@@ -157,14 +160,28 @@ impl Repository {
                 "has no key files",
             ));
         }
+        // Key files that could not be tried: when no intact one opens, the password may be
+        // the damaged one's, so "wrong password" would mislead; the damage is reported.
+        let mut unusable: Vec<Error> = Vec::new();
         for k in &keys {
-            let opened = KeyFile::from_bytes(&backend.get(FileKind::Key, &k.name)?)
-                .and_then(|kf| kf.open(password));
+            let opened = match backend.get(FileKind::Key, &k.name) {
+                Ok(bytes) => parse_key_file(&k.name, &bytes).and_then(|kf| kf.open(password)),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::Corrupt => Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
             let key = match opened {
                 Ok(Some(key)) => key,
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping key file {}: {e}", k.name);
+                    unusable.push(match e {
+                        Error::Unsupported(m) => Error::Unsupported(format!("{m} ({})", k.name)),
+                        e => Error::corrupt(
+                            format!("key file {}", k.name),
+                            format!("damaged key file {}: {e}", k.name),
+                        ),
+                    });
                     continue;
                 }
             };
@@ -184,6 +201,9 @@ impl Repository {
                 config,
                 cdc,
             });
+        }
+        if let Some(e) = unusable.into_iter().next() {
+            return Err(e);
         }
         Err(Error::WrongPassword {
             location,
@@ -253,14 +273,33 @@ impl Repository {
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for k in self.backend.list(FileKind::Key)? {
-            let kf = KeyFile::from_bytes(&self.backend.get(FileKind::Key, &k.name)?)?;
-            out.push(KeyInfo {
-                current: k.name == self.key_name,
-                id: k.name,
-                created: kf.created,
-                hostname: kf.hostname,
-                username: kf.username,
-            });
+            let kf = match self.backend.get(FileKind::Key, &k.name) {
+                Ok(bytes) => parse_key_file(&k.name, &bytes),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::Corrupt => Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
+            match kf {
+                Ok(kf) => out.push(KeyInfo {
+                    current: k.name == self.key_name,
+                    id: k.name,
+                    created: kf.created,
+                    hostname: kf.hostname,
+                    username: kf.username,
+                    damaged: None,
+                }),
+                Err(e) => {
+                    tracing::warn!("damaged key file {}: {e}", k.name);
+                    out.push(KeyInfo {
+                        current: false,
+                        id: k.name,
+                        created: String::new(),
+                        hostname: String::new(),
+                        username: String::new(),
+                        damaged: Some(e.to_string()),
+                    })
+                }
+            }
         }
         Ok(out)
     }
@@ -690,6 +729,18 @@ impl IndexedRepo {
     pub fn into_repository(self) -> Repository {
         self.repo
     }
+}
+
+/// A stored key file, checked against its name (the BLAKE3 of its bytes): a flipped bit in
+/// the wrapped secret would otherwise look exactly like a wrong password.
+fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    if Id::of_file(bytes).to_hex() != name {
+        return Err(Error::corrupt(
+            "key file",
+            "its bytes do not match its name (BLAKE3 of the content)",
+        ));
+    }
+    KeyFile::from_bytes(bytes)
 }
 
 fn write_key(

@@ -283,6 +283,7 @@ pub fn backup(
         parent: parent.as_ref().map(|p| p.id),
         content,
         summary,
+        original: None,
     };
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupOutcome {
