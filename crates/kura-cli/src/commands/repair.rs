@@ -57,8 +57,11 @@ pub fn run(app: &App, c: RepairCommand) -> Result<i32> {
                 forget: a.forget,
                 dry_run: a.dry_run,
             };
-            let indexed = repo
-                .load_index_complete()
+            // Packs no readable index file lists (an index file damaged or lost) are adopted
+            // from their headers first: their blobs are not missing, and a file must not be
+            // removed from a snapshot for want of an index entry.
+            let (indexed, _) = repo
+                .load_index_adopting_orphans()
                 .with_context(|| format!("load index of {loc}"))?;
             let bar = app.bar();
             let r = repair_snapshots(&indexed, lock, &opts, &bar, &app.cancel)

@@ -1,0 +1,307 @@
+//! The corruption matrix: every file kind of a repository × every damage (flip a byte,
+//! truncate, delete) × every command, each cell asserting the outcome `docs/DAMAGE.md`
+//! documents. The test reads its expectations from that document's table, so the two cannot
+//! drift: a changed outcome fails here until the table says so.
+//!
+//! One small repository (two snapshots) is built once; each cell works on a `cp -a` copy.
+//! `KURA_DAMAGE_MATRIX_PRINT=1` prints the observed table (to update the document).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{PASSWORD, TestRepo, pseudo_random, write};
+use kura_repo::backend::FileKind;
+use kura_repo::format::BlobType;
+
+/// The commands of the matrix, by their column name in the table.
+const COMMANDS: &[&str] = &[
+    "snapshots",
+    "ls",
+    "dump",
+    "restore",
+    "backup",
+    "check",
+    "check --read-data",
+    "forget",
+    "prune",
+    "repair index",
+    "repair snapshots",
+    "key list",
+];
+
+/// The file kinds of the matrix, by their row name.
+const KINDS: &[&str] = &[
+    "config",
+    "key",
+    "index",
+    "snapshot",
+    "data pack",
+    "tree pack",
+    "lock",
+];
+
+const DAMAGES: &[&str] = &["flip", "truncate", "delete"];
+
+/// The repository every cell copies, and which of its files is which.
+struct Base {
+    _repo: TestRepo,
+    repo_dir: PathBuf,
+    src: PathBuf,
+    /// Relative path (under the repository) of the file each kind damages.
+    files: BTreeMap<&'static str, PathBuf>,
+    /// An intact lock file held by a live process, put in place for the lock row only.
+    lock: (PathBuf, Vec<u8>),
+    /// A file only the newest snapshot holds, stored in packs no damaged file touches.
+    survivor: PathBuf,
+    survivor_bytes: Vec<u8>,
+}
+
+fn rel(kind: FileKind, name: &str) -> PathBuf {
+    PathBuf::from(kind.relative_path(name))
+}
+
+fn build_base() -> Base {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("old/a.bin"), &pseudo_random(300_000, 1));
+    write(&src.join("old/b.bin"), &pseudo_random(200_000, 2));
+    write(&src.join("same.txt"), b"unchanged\n");
+    let s = src.display().to_string();
+    repo.backup(&[&s]);
+    let b = repo.backend();
+    let names = |k| -> Vec<String> { b.list(k).unwrap().into_iter().map(|f| f.name).collect() };
+    let (packs1, index1, snaps1) = (
+        names(FileKind::Pack),
+        names(FileKind::Index),
+        names(FileKind::Snapshot),
+    );
+    let survivor = src.join("new.bin");
+    let survivor_bytes = pseudo_random(150_000, 3);
+    write(&survivor, &survivor_bytes);
+    repo.backup(&[&s]);
+
+    // Which of the first backup's packs holds trees, which data.
+    let lib = common::open_lib(&repo);
+    let tree_packs: std::collections::HashSet<String> = lib
+        .index()
+        .iter()
+        .filter(|l| l.ty == BlobType::Tree)
+        .map(|l| l.pack.to_hex())
+        .collect();
+    let data_pack = packs1.iter().find(|p| !tree_packs.contains(*p)).unwrap();
+    let tree_pack = packs1.iter().find(|p| tree_packs.contains(*p)).unwrap();
+    assert_eq!(index1.len(), 1, "{index1:?}");
+    assert_eq!(snaps1.len(), 1);
+    let keys = names(FileKind::Key);
+    assert_eq!(keys.len(), 1);
+
+    // A lock held by a live process (this test's), as an interrupted-but-alive command
+    // would leave it: intact it is honoured, damaged it must not block anything.
+    let open = kura_repo::Repository::open(repo.backend(), PASSWORD.as_bytes()).unwrap();
+    kura_repo::lock::RepoLock::shared(&open).unwrap().abandon();
+    let locks = names(FileKind::Lock);
+    assert_eq!(locks.len(), 1);
+    let lock_rel = rel(FileKind::Lock, &locks[0]);
+    let lock_bytes = std::fs::read(repo.path().join(&lock_rel)).unwrap();
+    std::fs::remove_file(repo.path().join(&lock_rel)).unwrap();
+
+    let mut files = BTreeMap::new();
+    files.insert("config", rel(FileKind::Config, "config"));
+    files.insert("key", rel(FileKind::Key, &keys[0]));
+    files.insert("index", rel(FileKind::Index, &index1[0]));
+    files.insert("snapshot", rel(FileKind::Snapshot, &snaps1[0]));
+    files.insert("data pack", rel(FileKind::Pack, data_pack));
+    files.insert("tree pack", rel(FileKind::Pack, tree_pack));
+    files.insert("lock", rel(FileKind::Lock, &locks[0]));
+    let repo_dir = repo.path();
+    Base {
+        _repo: repo,
+        repo_dir,
+        src,
+        files,
+        lock: (lock_rel, lock_bytes),
+        survivor,
+        survivor_bytes,
+    }
+}
+
+fn damage(path: &Path, how: &str) {
+    match how {
+        "flip" => {
+            let mut b = std::fs::read(path).unwrap();
+            let at = b.len() / 2;
+            b[at] ^= 0x01;
+            std::fs::write(path, b).unwrap();
+        }
+        "truncate" => {
+            let len = std::fs::metadata(path).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(len / 2).unwrap();
+        }
+        "delete" => std::fs::remove_file(path).unwrap(),
+        other => panic!("unknown damage {other}"),
+    }
+}
+
+fn kura(repo: &Path, scratch: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .env("KURA_REPOSITORY", repo)
+        .env("KURA_PASSWORD", PASSWORD)
+        .env_remove("KURA_PASSWORD_FILE")
+        .env_remove("KURA_CONFIG")
+        .env("XDG_CONFIG_HOME", scratch.join("no-config"))
+        .args(args)
+        .output()
+        .expect("run kura")
+}
+
+fn command_args(cmd: &str, base: &Base, scratch: &Path) -> Vec<String> {
+    let s = |x: &str| x.to_string();
+    match cmd {
+        "snapshots" => vec![s("snapshots")],
+        "ls" => vec![s("ls"), s("latest")],
+        "dump" => vec![s("dump"), s("latest"), base.survivor.display().to_string()],
+        "restore" => vec![
+            s("restore"),
+            s("latest"),
+            s("--target"),
+            scratch.join("restored").display().to_string(),
+        ],
+        "backup" => vec![s("backup"), base.src.display().to_string()],
+        "check" => vec![s("check")],
+        "check --read-data" => vec![s("check"), s("--read-data")],
+        "forget" => vec![s("forget"), s("--keep-last"), s("1")],
+        "prune" => vec![s("prune")],
+        "repair index" => vec![s("repair"), s("index")],
+        "repair snapshots" => vec![s("repair"), s("snapshots")],
+        "key list" => vec![s("key"), s("list")],
+        other => panic!("unknown command {other}"),
+    }
+}
+
+/// One cell's observed outcome: the exit code, and whether the newest snapshot's intact file
+/// still restores byte-identical afterwards (`+`).
+fn run_cell(base: &Base, kind: &str, how: &str, cmd: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("repo");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&base.repo_dir)
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    if kind == "lock" {
+        std::fs::write(repo.join(&base.lock.0), &base.lock.1).unwrap();
+    }
+    damage(&repo.join(&base.files[kind]), how);
+    let args = command_args(cmd, base, scratch.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kura(&repo, scratch.path(), &args);
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("{kind} {how} {cmd}: killed by a signal"));
+    assert_ne!(
+        code,
+        101,
+        "{kind} {how} {cmd}: panicked\n{}",
+        common::stderr(&out)
+    );
+    let survivor = base.survivor.display().to_string();
+    let dumped = kura(&repo, scratch.path(), &["dump", "latest", &survivor]);
+    let intact = dumped.status.success() && dumped.stdout == base.survivor_bytes;
+    if std::env::var_os("KURA_DAMAGE_MATRIX_VERBOSE").is_some() {
+        eprintln!(
+            "--- {kind} {how} {cmd}: exit {code}\n{}",
+            common::stderr(&out)
+        );
+    }
+    format!("{code}{}", if intact { "+" } else { "" })
+}
+
+/// The expected table from docs/DAMAGE.md: (kind, damage) → one cell per command.
+fn documented() -> BTreeMap<(String, String), Vec<String>> {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/DAMAGE.md");
+    let text = std::fs::read_to_string(&doc).expect("read docs/DAMAGE.md");
+    let start = text
+        .find("<!-- matrix:begin -->")
+        .expect("matrix:begin marker");
+    let end = text.find("<!-- matrix:end -->").expect("matrix:end marker");
+    let mut lines = text[start..end].lines().filter(|l| l.starts_with('|'));
+    let header: Vec<String> = cells(lines.next().expect("table header"));
+    assert_eq!(
+        &header[2..],
+        COMMANDS,
+        "the table's columns are the matrix's commands"
+    );
+    lines.next(); // the |---| row
+    let mut out = BTreeMap::new();
+    for l in lines {
+        let c = cells(l);
+        out.insert((c[0].clone(), c[1].clone()), c[2..].to_vec());
+    }
+    out
+}
+
+fn cells(line: &str) -> Vec<String> {
+    line.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().trim_matches('`').to_string())
+        .collect()
+}
+
+#[test]
+fn corruption_matrix() {
+    let base = build_base();
+    let print = std::env::var_os("KURA_DAMAGE_MATRIX_PRINT").is_some();
+    let expected = if print { BTreeMap::new() } else { documented() };
+    if !print {
+        let rows: Vec<(String, String)> = KINDS
+            .iter()
+            .flat_map(|k| DAMAGES.iter().map(move |d| (k.to_string(), d.to_string())))
+            .collect();
+        assert_eq!(
+            expected.keys().cloned().collect::<Vec<_>>().len(),
+            rows.len(),
+            "docs/DAMAGE.md must have one row per file kind and damage"
+        );
+    }
+    let mut failures = Vec::new();
+    let mut table = String::new();
+    for kind in KINDS {
+        for how in DAMAGES {
+            let mut row = Vec::new();
+            for (i, cmd) in COMMANDS.iter().enumerate() {
+                let got = run_cell(&base, kind, how, cmd);
+                if !print {
+                    let want = &expected[&(kind.to_string(), how.to_string())][i];
+                    if &got != want {
+                        failures.push(format!(
+                            "{kind} × {how} × {cmd}: documented {want}, got {got}"
+                        ));
+                    }
+                }
+                row.push(format!("`{got}`"));
+            }
+            table.push_str(&format!("| {kind} | {how} | {} |\n", row.join(" | ")));
+        }
+    }
+    if print {
+        println!(
+            "| file | damage | {} |\n|{}\n{table}",
+            COMMANDS.join(" | "),
+            "---|".repeat(COMMANDS.len() + 2)
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cell(s) differ from docs/DAMAGE.md:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
