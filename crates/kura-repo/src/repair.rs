@@ -219,8 +219,10 @@ impl RepairSnapshotsReport {
 }
 
 /// Find snapshots whose trees or data are missing and write repaired ones (see the module
-/// docs). A blob counts as missing when no index lists it or, for trees, when it cannot be
-/// read; run `kura repair index` first so the index describes every readable pack.
+/// docs). A data blob counts as missing when no index lists it in a pack that exists and is
+/// long enough to hold it (a deleted or truncated pack); a tree when it cannot be read.
+/// Damage *inside* a pack of the right size (a flipped byte) is found by `check --read-data`,
+/// not here: reading every data blob would make repair as slow as a full restore.
 pub fn repair_snapshots(
     repo: &IndexedRepo,
     _lock: &RepoLock<Exclusive>,
@@ -268,7 +270,13 @@ pub fn repair_snapshots(
     }
     report.snapshots = entries.len() + report.damaged.len();
     progress.start("repair snapshots", None);
-    let mut writer = TreeWriter::new(repo, opts.dry_run);
+    let mut pack_sizes = HashMap::new();
+    for f in repo.backend().list(FileKind::Pack)? {
+        if let Ok(id) = f.name.parse::<Id>() {
+            pack_sizes.insert(id, f.size);
+        }
+    }
+    let mut writer = TreeWriter::new(repo, opts.dry_run, pack_sizes);
     for entry in entries {
         cancel.check()?;
         progress.advance(0, 1);
@@ -353,13 +361,16 @@ struct TreeWriter<'a> {
     problems: HashMap<Id, (Vec<String>, Vec<String>)>,
     pack: Option<PackWriter>,
     stored: HashSet<Id>,
+    /// Size of every pack in the repository.
+    pack_sizes: HashMap<Id, u64>,
 }
 
 impl<'a> TreeWriter<'a> {
-    fn new(repo: &'a IndexedRepo, dry_run: bool) -> Self {
+    fn new(repo: &'a IndexedRepo, dry_run: bool, pack_sizes: HashMap<Id, u64>) -> Self {
         TreeWriter {
             repo,
             dry_run,
+            pack_sizes,
             done: HashMap::new(),
             problems: HashMap::new(),
             pack: None,
@@ -399,7 +410,7 @@ impl<'a> TreeWriter<'a> {
             match node.kind {
                 NodeKind::File => {
                     let missing = node.content.iter().flatten().any(|c| match c {
-                        ChunkRef::Blob(b) => !self.repo.index().contains(b),
+                        ChunkRef::Blob(b) => !self.stored_somewhere(b),
                         ChunkRef::Zero(_) => false,
                     });
                     if missing {
@@ -450,6 +461,17 @@ impl<'a> TreeWriter<'a> {
         }
         self.done.insert(id, new);
         Ok(Some(new.unwrap_or(id)))
+    }
+
+    /// Whether some index entry of data blob `id` lies inside a pack that exists.
+    fn stored_somewhere(&self, id: &Id) -> bool {
+        self.repo.index().get_all(id).iter().any(|l| {
+            l.ty == BlobType::Data
+                && self
+                    .pack_sizes
+                    .get(&l.pack)
+                    .is_some_and(|&size| l.offset as u64 + l.length as u64 <= size)
+        })
     }
 
     /// Store a tree blob (unless the index or this run already has it); returns its id.

@@ -177,9 +177,13 @@ impl Repository {
                     tracing::warn!("skipping key file {}: {e}", k.name);
                     unusable.push(match e {
                         Error::Unsupported(m) => Error::Unsupported(format!("{m} ({})", k.name)),
+                        Error::Corrupt { detail, .. } => Error::corrupt(
+                            format!("key file {}", k.name),
+                            format!("damaged key file: {detail}"),
+                        ),
                         e => Error::corrupt(
                             format!("key file {}", k.name),
-                            format!("damaged key file {}: {e}", k.name),
+                            format!("damaged key file: {e}"),
                         ),
                     });
                     continue;
@@ -337,14 +341,11 @@ impl Repository {
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let (out, damaged) = self.list_snapshots_reporting()?;
         if let Some(d) = damaged.into_iter().next() {
-            return Err(Error::corrupt(
-                format!("snapshot {}", d.name),
-                format!(
-                    "{}; this operation must know what every snapshot references and refuses \
-                     to go on: remove the damaged snapshot explicitly with `kura forget {}`",
-                    d.error, d.name
-                ),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "{}; this operation must know what every snapshot references and refuses to \
+                 go on: remove the damaged snapshot explicitly with `kura forget {}`",
+                d.error, d.name
+            )));
         }
         Ok(out)
     }
@@ -530,14 +531,11 @@ impl Repository {
     pub fn load_index_complete(self) -> Result<IndexedRepo> {
         let repo = self.load_index()?;
         if let Some(d) = repo.damaged_index.first() {
-            return Err(Error::corrupt(
-                format!("index file {}", d.name),
-                format!(
-                    "{}; without it this operation cannot know which packs are in use and \
-                     refuses to go on: run `kura repair index` first",
-                    d.error
-                ),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "index file {} is damaged ({}); without it this operation cannot know which \
+                 packs are in use and refuses to go on: run `kura repair index` first",
+                d.name, d.error
+            )));
         }
         Ok(repo)
     }
@@ -733,14 +731,17 @@ impl IndexedRepo {
 
 /// A stored key file, checked against its name (the BLAKE3 of its bytes): a flipped bit in
 /// the wrapped secret would otherwise look exactly like a wrong password.
+/// A key file of another version is returned as parsed ([`KeyFile::open`] reports it as
+/// unsupported: a newer kura may name its files differently).
 fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
-    if Id::of_file(bytes).to_hex() != name {
+    let kf = KeyFile::from_bytes(bytes)?;
+    if kf.version == 1 && Id::of_file(bytes).to_hex() != name {
         return Err(Error::corrupt(
             "key file",
             "its bytes do not match its name (BLAKE3 of the content)",
         ));
     }
-    KeyFile::from_bytes(bytes)
+    Ok(kf)
 }
 
 fn write_key(
