@@ -546,3 +546,85 @@ fn key_file_damage_is_not_a_wrong_password() {
     put(&json);
     repo.ok(&["snapshots"]);
 }
+
+/// With two key files, a damaged one costs only its own passphrase: the other still opens
+/// the repository and `key list` shows the damaged one marked instead of failing.
+#[test]
+fn a_damaged_second_key_file_is_listed_and_the_other_opens() {
+    let repo = TestRepo::new(&[]);
+    let b = repo.backend();
+    let first = b.list(FileKind::Key).unwrap()[0].name.clone();
+    let added = repo
+        .cmd()
+        .env("KURA_NEW_PASSWORD", "second passphrase")
+        .args(["key", "add", "--kdf-memory-kib", "64"])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", common::stderr(&added));
+    let second = b
+        .list(FileKind::Key)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .find(|n| *n != first)
+        .unwrap();
+    damage(&repo.path().join(rel(FileKind::Key, &second)), "flip");
+    let keys = repo.json(&["key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let bad = keys.iter().find(|k| k["id"] == second.as_str()).unwrap();
+    assert!(bad["damaged"].is_string(), "{bad}");
+    // The second passphrase's key file is damaged: say so, not "wrong password".
+    let o = repo
+        .cmd()
+        .env("KURA_PASSWORD", "second passphrase")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    common::assert_fails(&o, 1, "damaged key file");
+}
+
+/// The same tolerance on S3 as on a local directory (it lives above the backend): a damaged
+/// index file and a damaged snapshot file leave listings, backup and restore working, and
+/// `repair index` makes `check` clean again once the damaged snapshot is forgotten.
+fn damaged_index_and_snapshot_on_any_store(store: common::Store) {
+    let repo = TestRepo::on(store, &[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("a"), &pseudo_random(60_000, 1));
+    let s = src.display().to_string();
+    repo.backup(&[&s]);
+    let b = repo.backend();
+    let old_snap = b.list(FileKind::Snapshot).unwrap()[0].name.clone();
+    let old_index = b.list(FileKind::Index).unwrap()[0].name.clone();
+    write(&src.join("b"), &pseudo_random(60_000, 2));
+    repo.backup(&[&s]);
+    for (kind, name) in [
+        (FileKind::Snapshot, &old_snap),
+        (FileKind::Index, &old_index),
+    ] {
+        let mut bytes = b.get(kind, name).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        b.put(kind, name, bytes.into()).unwrap();
+    }
+    let snaps = repo.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    // The backup adopts the packs the damaged index listed: nothing is lost.
+    repo.backup(&[&s]);
+    let target = repo.dir.path().join("restored");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+    ]);
+    common::assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    common::assert_fails(&repo.run(&["prune"]), 1, "kura repair index");
+    repo.ok(&["repair", "index"]);
+    common::assert_fails(&repo.run(&["prune"]), 1, &format!("kura forget {old_snap}"));
+    repo.ok(&["forget", &old_snap]);
+    repo.ok(&["prune"]);
+    repo.ok(&["check", "--read-data"]);
+}
+
+on_both!(damaged_index_and_snapshot_on_any_store);
