@@ -78,6 +78,9 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// Repair a damaged repository: rebuild the index, replace damaged snapshots
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Storage targets: health probes
     #[command(subcommand)]
     Target(TargetCommand),
@@ -613,6 +616,38 @@ pub struct PruneArgs {
     /// default 1h); running backups are protected by their locks in any case
     #[arg(long, value_name = "DURATION")]
     pub keep_condemned: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers (new index files first, then the old ones
+    /// are deleted)
+    Index(RepairIndexArgs),
+    /// Replace snapshots whose trees or data are missing by repaired ones (tag `repaired`):
+    /// files missing data are removed, unreadable directories become empty
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairIndexArgs {
+    /// Read every pack's header, not only those no intact index file describes
+    #[arg(long)]
+    pub read_all_packs: bool,
+    /// Show what would be done, change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Remove each damaged snapshot once its repaired one is written
+    #[arg(long)]
+    pub forget: bool,
+    /// Show what would be done, change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Snapshots to repair (ids or unique prefixes; default: all)
+    pub snapshots: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

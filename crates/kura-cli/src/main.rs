@@ -262,6 +262,7 @@ fn run(cli: Cli) -> Result<i32> {
             Command::Prune(_) => Some("prune"),
             Command::Key(_) => Some("key"),
             Command::Unlock(_) => Some("unlock"),
+            Command::Repair(_) => Some("repair"),
             _ => None,
         };
         if let Some(what) = what {
@@ -285,6 +286,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Prune(a) => commands::prune::run(&app, a),
         Command::Key(k) => commands::key::run(&app, k),
         Command::Unlock(a) => commands::unlock::run(&app, a),
+        Command::Repair(r) => commands::repair::run(&app, r),
         Command::Target(t) => commands::target::run(&app, t),
         Command::Resource(r) => commands::resource::run(&app, r),
         Command::Volume(v) => commands::volume::run(&app, v),

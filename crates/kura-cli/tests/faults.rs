@@ -325,6 +325,7 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target(store: St
             parent: None,
             content: Content::Tree { root },
             summary: Summary::default(),
+            original: None,
         };
         let id = lib.save_snapshot(&snap).unwrap();
         let target = repo.dir.path().join(format!("target-{}", id.short()));

@@ -95,6 +95,50 @@ pub fn list(
     walk(repo, &node, start, visit)
 }
 
+/// As [`list`], but a subtree below `path` whose tree cannot be read (damaged or missing)
+/// is skipped and reported in `damaged` (its path and why) instead of ending the listing:
+/// damage costs only the subtree it names.
+pub fn list_reporting(
+    repo: &IndexedRepo,
+    snap: &SnapshotEntry,
+    path: &Path,
+    visit: &mut dyn FnMut(&Path, &Node) -> Result<()>,
+    damaged: &mut Vec<(PathBuf, String)>,
+) -> Result<()> {
+    let node = find_node(repo, snap, path)?;
+    let start = if path.as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        path
+    };
+    walk_reporting(repo, &node, start, visit, damaged)
+}
+
+fn walk_reporting(
+    repo: &IndexedRepo,
+    node: &Node,
+    path: &Path,
+    visit: &mut dyn FnMut(&Path, &Node) -> Result<()>,
+    damaged: &mut Vec<(PathBuf, String)>,
+) -> Result<()> {
+    visit(path, node)?;
+    if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+        let tree = match repo.load_tree(&sub) {
+            Ok(t) => t,
+            Err(e) if e.is_data_damage() => {
+                damaged.push((path.to_path_buf(), e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for child in &tree.nodes {
+            let p: PathBuf = path.join(std::ffi::OsStr::from_bytes(&child.name));
+            walk_reporting(repo, child, &p, visit, damaged)?;
+        }
+    }
+    Ok(())
+}
+
 /// Write a file's contents (zero runs as zeros) to `out`; every blob is verified.
 pub fn dump_file(repo: &IndexedRepo, node: &Node, out: &mut dyn Write) -> Result<u64> {
     if node.kind != NodeKind::File {

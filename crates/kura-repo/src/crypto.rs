@@ -182,6 +182,46 @@ impl Default for KdfParams {
     }
 }
 
+/// Upper bounds on the argon2id parameters kura will run. A key file is read before anything
+/// authenticates it, so its parameters are hostile input: without bounds a flipped bit could
+/// ask for terabytes of memory or a billion passes (a hang). The bounds are far above any
+/// sensible setting (the default is 64 MiB × 3 passes) and keep the worst case to seconds.
+pub const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+/// At most this many passes.
+pub const KDF_MAX_ITERATIONS: u32 = 32;
+/// At most this many lanes.
+pub const KDF_MAX_PARALLELISM: u32 = 16;
+/// Memory × passes at most this (KiB·passes: 4 GiB·passes, a few seconds on one core).
+pub const KDF_MAX_WORK: u64 = 4 * 1024 * 1024;
+
+impl KdfParams {
+    /// Why these parameters are outside the bounds kura runs, or `None`.
+    pub fn problem(&self) -> Option<String> {
+        let KdfParams {
+            memory_kib: m,
+            iterations: t,
+            parallelism: p,
+        } = *self;
+        if !(1..=KDF_MAX_PARALLELISM).contains(&p) {
+            Some(format!("parallelism {p} outside 1..={KDF_MAX_PARALLELISM}"))
+        } else if t == 0 || t > KDF_MAX_ITERATIONS {
+            Some(format!("iterations {t} outside 1..={KDF_MAX_ITERATIONS}"))
+        } else if m < 8 * p || m > KDF_MAX_MEMORY_KIB {
+            Some(format!(
+                "memory {m} KiB outside {}..={KDF_MAX_MEMORY_KIB} KiB",
+                8 * p
+            ))
+        } else if m as u64 * t as u64 > KDF_MAX_WORK {
+            Some(format!(
+                "memory × iterations = {} KiB·passes exceeds {KDF_MAX_WORK}",
+                m as u64 * t as u64
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 const KEY_FILE_AAD: &[u8] = b"kura key file v1";
 
 /// A key file as stored (JSON): the master secret wrapped by a passphrase.
@@ -217,6 +257,9 @@ fn derive_kek(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32
 impl KeyFile {
     /// Wrap `key`'s secret with `password`.
     pub fn create(key: &MasterKey, password: &[u8], params: KdfParams) -> Result<KeyFile> {
+        if let Some(p) = params.problem() {
+            return Err(Error::InvalidInput(format!("argon2id parameters: {p}")));
+        }
         let salt = random_bytes::<32>()?;
         let kek = derive_kek(password, &salt, params)?;
         let wrapper = MasterKey::from_secret(kek);
@@ -235,6 +278,9 @@ impl KeyFile {
     }
 
     /// Try to unwrap with `password`. `Ok(None)` means the password does not open this key.
+    /// A key file of another version is [`Error::Unsupported`]; one that cannot be what kura
+    /// wrote (bad hex, wrong lengths, KDF parameters outside the bounds) is
+    /// [`Error::Corrupt`] — checked before the KDF runs.
     pub fn open(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         if self.version != 1 || self.kdf != "argon2id" {
             return Err(Error::Unsupported(format!(
@@ -242,15 +288,25 @@ impl KeyFile {
                 self.version, self.kdf
             )));
         }
-        let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt("key file", "bad salt"))?;
-        let data = hex::decode(&self.data).map_err(|_| Error::corrupt("key file", "bad data"))?;
+        let damaged = |d: String| Error::corrupt("key file", d);
+        let salt = hex::decode(&self.salt).map_err(|_| damaged("bad salt (not hex)".into()))?;
+        let data = hex::decode(&self.data).map_err(|_| damaged("bad data (not hex)".into()))?;
+        if !(8..=64).contains(&salt.len()) {
+            return Err(damaged(format!("salt of {} bytes", salt.len())));
+        }
+        if data.len() != 32 + OVERHEAD {
+            return Err(damaged(format!("wrapped key of {} bytes", data.len())));
+        }
+        if let Some(p) = self.params.problem() {
+            return Err(damaged(format!("argon2id parameters: {p}")));
+        }
         let kek = derive_kek(password, &salt, self.params)?;
         let wrapper = MasterKey::from_secret(kek);
         match wrapper.open(KEY_FILE_AAD, &data) {
             Ok(secret) => {
                 let secret: [u8; 32] = secret
                     .try_into()
-                    .map_err(|_| Error::corrupt("key file", "wrapped secret has wrong length"))?;
+                    .map_err(|_| damaged("wrapped secret has wrong length".into()))?;
                 Ok(Some(MasterKey::from_secret(secret)))
             }
             Err(AuthError) => Ok(None),
@@ -300,6 +356,55 @@ mod tests {
         let opened = kf.open(b"pw1").unwrap().expect("opens");
         assert_eq!(opened.chunk_id(b"x"), k.chunk_id(b"x"));
         assert!(kf.open(b"pw2").unwrap().is_none());
+    }
+
+    #[test]
+    fn damaged_future_and_absurd_key_files_are_refused_before_the_kdf_runs() {
+        let k = MasterKey::generate().unwrap();
+        let good = KeyFile::create(&k, b"pw", FAST).unwrap();
+        let mut future = good.clone();
+        future.version = 2;
+        assert!(matches!(future.open(b"pw"), Err(Error::Unsupported(_))));
+        let mut bad_hex = good.clone();
+        bad_hex.data.replace_range(0..1, "z");
+        assert!(matches!(bad_hex.open(b"pw"), Err(Error::Corrupt { .. })));
+        let mut short = good.clone();
+        short.data.truncate(10);
+        assert!(matches!(short.open(b"pw"), Err(Error::Corrupt { .. })));
+        // Absurd parameters: refused at once (no hang, no huge allocation).
+        for params in [
+            KdfParams {
+                memory_kib: u32::MAX,
+                ..FAST
+            },
+            KdfParams {
+                iterations: u32::MAX,
+                ..FAST
+            },
+            KdfParams {
+                parallelism: u32::MAX,
+                ..FAST
+            },
+            KdfParams {
+                iterations: 0,
+                ..FAST
+            },
+            KdfParams {
+                memory_kib: KDF_MAX_MEMORY_KIB,
+                iterations: KDF_MAX_ITERATIONS,
+                parallelism: 1,
+            },
+        ] {
+            let mut kf = good.clone();
+            kf.params = params;
+            let t = std::time::Instant::now();
+            let r = kf.open(b"pw");
+            assert!(matches!(r, Err(Error::Corrupt { .. })), "{params:?}: {r:?}");
+            assert!(t.elapsed() < std::time::Duration::from_secs(1));
+            assert!(KeyFile::create(&k, b"pw", params).is_err());
+        }
+        assert!(KdfParams::default().problem().is_none());
+        assert!(FAST.problem().is_none());
     }
 
     #[test]

@@ -210,6 +210,7 @@ mod tests {
                 parent: None,
                 content: Content::Tree { root: Id::ZERO },
                 summary: Summary::default(),
+                original: None,
             },
         }
     }

@@ -79,6 +79,9 @@ pub struct KeyInfo {
     pub created: String,
     pub hostname: String,
     pub username: String,
+    /// Why the key file could not be read, when it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// An open repository: backend, master key, config.
@@ -158,14 +161,32 @@ impl Repository {
                 "has no key files",
             ));
         }
+        // Key files that could not be tried: when no intact one opens, the password may be
+        // the damaged one's, so "wrong password" would mislead; the damage is reported.
+        let mut unusable: Vec<Error> = Vec::new();
         for k in &keys {
-            let opened = KeyFile::from_bytes(&backend.get(FileKind::Key, &k.name)?)
-                .and_then(|kf| kf.open(password));
+            let opened = match backend.get(FileKind::Key, &k.name) {
+                Ok(bytes) => parse_key_file(&k.name, &bytes).and_then(|kf| kf.open(password)),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::Corrupt => Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
             let key = match opened {
                 Ok(Some(key)) => key,
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!("skipping key file {}: {e}", k.name);
+                    unusable.push(match e {
+                        Error::Unsupported(m) => Error::Unsupported(format!("{m} ({})", k.name)),
+                        Error::Corrupt { detail, .. } => Error::corrupt(
+                            format!("key file {}", k.name),
+                            format!("damaged key file: {detail}"),
+                        ),
+                        e => Error::corrupt(
+                            format!("key file {}", k.name),
+                            format!("damaged key file: {e}"),
+                        ),
+                    });
                     continue;
                 }
             };
@@ -185,6 +206,9 @@ impl Repository {
                 config,
                 cdc,
             });
+        }
+        if let Some(e) = unusable.into_iter().next() {
+            return Err(e);
         }
         Err(Error::WrongPassword {
             location,
@@ -254,14 +278,33 @@ impl Repository {
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for k in self.backend.list(FileKind::Key)? {
-            let kf = KeyFile::from_bytes(&self.backend.get(FileKind::Key, &k.name)?)?;
-            out.push(KeyInfo {
-                current: k.name == self.key_name,
-                id: k.name,
-                created: kf.created,
-                hostname: kf.hostname,
-                username: kf.username,
-            });
+            let kf = match self.backend.get(FileKind::Key, &k.name) {
+                Ok(bytes) => parse_key_file(&k.name, &bytes),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == ErrorKind::Corrupt => Err(e.into()),
+                Err(e) => return Err(e.into()),
+            };
+            match kf {
+                Ok(kf) => out.push(KeyInfo {
+                    current: k.name == self.key_name,
+                    id: k.name,
+                    created: kf.created,
+                    hostname: kf.hostname,
+                    username: kf.username,
+                    damaged: None,
+                }),
+                Err(e) => {
+                    tracing::warn!("damaged key file {}: {e}", k.name);
+                    out.push(KeyInfo {
+                        current: false,
+                        id: k.name,
+                        created: String::new(),
+                        hostname: String::new(),
+                        username: String::new(),
+                        damaged: Some(e.to_string()),
+                    })
+                }
+            }
         }
         Ok(out)
     }
@@ -292,14 +335,52 @@ impl Repository {
 
     // ----- snapshots -----
 
-    /// Every snapshot, oldest first. Unreadable snapshot files are errors (a damaged manifest
-    /// must not silently disappear from listings).
+    /// Every snapshot, oldest first, for operations that must know *every* snapshot (prune:
+    /// deleting data a snapshot might reference is never safe). A damaged snapshot file is an
+    /// error naming it and the way out; a file deleted while listing (a concurrent forget) is
+    /// skipped. Everything else uses [`Repository::readable_snapshots`].
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (out, damaged) = self.list_snapshots_reporting()?;
+        if let Some(d) = damaged.into_iter().next() {
+            return Err(Error::InvalidInput(format!(
+                "{}; this operation must know what every snapshot references and refuses to \
+                 go on: remove the damaged snapshot explicitly with `kura forget {}`",
+                d.error, d.name
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Every readable snapshot, oldest first, with the snapshot files that could not be read
+    /// (damaged, or written by a newer kura). Listings, parent choice and forget policies
+    /// work from the readable ones, so one damaged manifest costs only itself.
+    pub fn list_snapshots_reporting(&self) -> Result<(Vec<SnapshotEntry>, Vec<DamagedFile>)> {
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            out.push(self.load_snapshot_file(&f.name)?);
+            match self.load_snapshot_file(&f.name) {
+                Ok(s) => out.push(s),
+                Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                    damaged.push(DamagedFile {
+                        name: f.name,
+                        error: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok((out, damaged))
+    }
+
+    /// Every readable snapshot, oldest first; each unreadable snapshot file is logged as a
+    /// warning naming it.
+    pub fn readable_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (out, damaged) = self.list_snapshots_reporting()?;
+        for d in &damaged {
+            tracing::warn!("skipping damaged snapshot file {}: {}", d.name, d.error);
+        }
         Ok(out)
     }
 
@@ -320,22 +401,37 @@ impl Repository {
         Ok(SnapshotEntry { id, snapshot })
     }
 
-    /// Find a snapshot by `latest` or by a unique id prefix.
+    /// Find a snapshot by `latest` (the newest readable one) or by a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
         if spec == "latest" {
             return self
-                .list_snapshots()?
+                .readable_snapshots()?
                 .pop()
                 .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
         }
+        let name = self.resolve_snapshot_name(spec)?;
+        self.load_snapshot_file(&name)
+    }
+
+    /// The id a snapshot spec names, without reading the snapshot (so a damaged snapshot can
+    /// still be removed by naming it).
+    pub fn resolve_snapshot_id(&self, spec: &str) -> Result<Id> {
+        if spec == "latest" {
+            return Ok(self.find_snapshot(spec)?.id);
+        }
+        let name = self.resolve_snapshot_name(spec)?;
+        name.parse()
+            .map_err(|_| Error::corrupt(format!("snapshot {name}"), "file name is not an id"))
+    }
+
+    fn resolve_snapshot_name(&self, spec: &str) -> Result<String> {
         let names = self.backend.list(FileKind::Snapshot)?;
-        let name = unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot").map_err(
+        unique_prefix(names.iter().map(|f| f.name.as_str()), spec, "snapshot").map_err(
             |e| match e {
                 Error::InvalidInput(m) if m.contains("no ") => Error::SnapshotNotFound(spec.into()),
                 other => other,
             },
-        )?;
-        self.load_snapshot_file(&name)
+        )
     }
 
     /// Write a snapshot manifest; returns its id. Call only when every blob it references is
@@ -369,54 +465,71 @@ impl Repository {
         IndexFile::decode(&body, &what)
     }
 
-    /// The condemned packs (listed first, see [`crate::condemned::load`]) and every index
-    /// file; condemned packs' blobs are in the builder too, for readers.
-    fn read_index_and_condemned(&self) -> Result<(IndexBuilder, Condemned)> {
+    /// The condemned packs (listed first, see [`crate::condemned::load`]) and every readable
+    /// index file; condemned packs' blobs are in the builder too, for readers.
+    fn read_index_and_condemned(&self) -> Result<(IndexBuilder, Condemned, Vec<DamagedFile>)> {
         let condemned = crate::condemned::load(self)?;
-        let mut b = self.read_all_index_files()?;
+        let (mut b, damaged) = self.read_all_index_files()?;
         add_condemned(&mut b, &condemned)?;
-        Ok((b, condemned))
+        Ok((b, condemned, damaged))
     }
 
-    fn read_all_index_files(&self) -> Result<IndexBuilder> {
+    /// Every readable index file merged. A damaged index file is skipped and returned in
+    /// the list (its packs' blobs then look absent: a backup adopts those packs again from
+    /// their headers, a restore reports the files needing them); errors reaching the
+    /// repository are returned.
+    fn read_all_index_files(&self) -> Result<(IndexBuilder, Vec<DamagedFile>)> {
         let mut b = IndexBuilder::new();
+        let mut damaged = Vec::new();
         for f in self.backend.list(FileKind::Index)? {
-            let file = self.load_index_file(&f.name)?;
+            let file = match self.load_index_file(&f.name) {
+                Ok(file) => file,
+                // Replaced by a concurrent prune or repair between list and read.
+                Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                    tracing::warn!(
+                        "skipping damaged index file {}: {e} (`kura repair index` rebuilds \
+                         the index from the packs)",
+                        f.name
+                    );
+                    damaged.push(DamagedFile {
+                        name: f.name,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for (pack, blobs) in &file.packs {
                 b.add_pack(*pack, blobs)?;
             }
         }
-        Ok(b)
+        Ok((b, damaged))
     }
 
     /// Load the index, skipping index files that cannot be read and reporting them in
     /// `errors` (for `check`, which must describe damage rather than stop at it).
     pub fn load_index_reporting(self, errors: &mut Vec<String>) -> Result<IndexedRepo> {
-        let condemned = crate::condemned::load(&self)?;
+        let (b, condemned, damaged) = self.read_index_and_condemned()?;
         errors.extend(condemned.damaged.iter().cloned());
-        let mut b = IndexBuilder::new();
-        for f in self.backend.list(FileKind::Index)? {
-            match self.load_index_file(&f.name) {
-                Ok(file) => {
-                    for (pack, blobs) in &file.packs {
-                        b.add_pack(*pack, blobs)?;
-                    }
-                }
-                Err(e) if e.is_data_damage() => errors.push(format!("index file {}: {e}", f.name)),
-                Err(e) => return Err(e),
-            }
-        }
-        add_condemned(&mut b, &condemned)?;
+        errors.extend(
+            damaged
+                .iter()
+                .map(|d| format!("index file {}: {}", d.name, d.error)),
+        );
         Ok(IndexedRepo {
             tree_cache: Default::default(),
             repo: self,
             index: b.finish(),
             condemned,
+            damaged_index: damaged,
         })
     }
 
     /// Load the index (condemned packs included) and return the names of the index files it
-    /// read: prune replaces exactly those, never one a concurrent backup wrote meanwhile.
+    /// read: prune replaces exactly those, never one a concurrent backup wrote meanwhile. A
+    /// damaged index file is an error naming it and the way out: without it, what is in use
+    /// cannot be known.
     pub fn load_index_listing(self) -> Result<(IndexedRepo, Vec<String>)> {
         let condemned = crate::condemned::load(&self)?;
         let mut b = IndexBuilder::new();
@@ -426,6 +539,9 @@ impl Repository {
                 Ok(file) => file,
                 // Replaced meanwhile: only a prune does that, and prunes exclude each other.
                 Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                    return Err(damaged_index_refusal(&f.name, &e.to_string()));
+                }
                 Err(e) => return Err(e),
             };
             for (pack, blobs) in &file.packs {
@@ -439,18 +555,21 @@ impl Repository {
             index: b.finish(),
             tree_cache: Default::default(),
             condemned,
+            damaged_index: Vec::new(),
         };
         Ok((repo, names))
     }
 
-    /// Read every index file into memory.
+    /// Read every readable index file into memory (condemned packs included); damaged ones
+    /// are skipped with a warning and listed by [`IndexedRepo::damaged_index_files`].
     pub fn load_index(self) -> Result<IndexedRepo> {
-        let (b, condemned) = self.read_index_and_condemned()?;
+        let (b, condemned, damaged) = self.read_index_and_condemned()?;
         Ok(IndexedRepo {
             repo: self,
             index: b.finish(),
             tree_cache: Default::default(),
             condemned,
+            damaged_index: damaged,
         })
     }
 
@@ -459,7 +578,7 @@ impl Repository {
     /// read and a new index file lists them, so the next backup reuses their blobs instead of
     /// uploading them again. Returns the number of packs adopted.
     pub fn load_index_adopting_orphans(self) -> Result<(IndexedRepo, usize)> {
-        let (mut b, condemned) = self.read_index_and_condemned()?;
+        let (mut b, condemned, damaged) = self.read_index_and_condemned()?;
         let mut adopted = IndexFile::default();
         for f in self.backend.list(FileKind::Pack)? {
             let Ok(id) = f.name.parse::<Id>() else {
@@ -487,6 +606,7 @@ impl Repository {
                 index: b.finish(),
                 tree_cache: Default::default(),
                 condemned,
+                damaged_index: damaged,
             },
             n,
         ))
@@ -500,6 +620,16 @@ pub struct IndexedRepo {
     tree_cache: crate::treecache::TreeCache,
     /// Packs a prune condemned: readable (their blobs are in `index`), never deduped against.
     condemned: Condemned,
+    damaged_index: Vec<DamagedFile>,
+}
+
+/// A repository file that could not be read (damaged, or written by a newer kura).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedFile {
+    /// The file's name (its id).
+    pub name: String,
+    /// Why it could not be read.
+    pub error: String,
 }
 
 impl std::ops::Deref for IndexedRepo {
@@ -527,6 +657,11 @@ impl IndexedRepo {
             .get_all(id)
             .iter()
             .any(|l| l.ty == ty && !self.condemned.contains(&l.pack))
+    }
+
+    /// Index files skipped because they could not be read.
+    pub fn damaged_index_files(&self) -> &[DamagedFile] {
+        &self.damaged_index
     }
 
     /// Read, decrypt, decompress and verify one blob at a known location. A blob found
@@ -655,6 +790,29 @@ fn add_condemned(b: &mut IndexBuilder, condemned: &Condemned) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Why an operation that deletes what the index does not list refuses a damaged index file.
+fn damaged_index_refusal(name: &str, error: &str) -> Error {
+    Error::InvalidInput(format!(
+        "index file {name} is damaged ({error}); without it this operation cannot know which \
+         packs are in use and refuses to go on: run `kura repair index` first"
+    ))
+}
+
+/// A stored key file, checked against its name (the BLAKE3 of its bytes): a flipped bit in
+/// the wrapped secret would otherwise look exactly like a wrong password.
+/// A key file of another version is returned as parsed ([`KeyFile::open`] reports it as
+/// unsupported: a newer kura may name its files differently).
+fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    let kf = KeyFile::from_bytes(bytes)?;
+    if kf.version == 1 && Id::of_file(bytes).to_hex() != name {
+        return Err(Error::corrupt(
+            "key file",
+            "its bytes do not match its name (BLAKE3 of the content)",
+        ));
+    }
+    Ok(kf)
 }
 
 fn write_key(

@@ -75,6 +75,9 @@ pub struct Snapshot {
     pub content: Content,
     #[serde(default)]
     pub summary: Summary,
+    /// For a snapshot written by `kura repair snapshots`: the damaged snapshot it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 impl Snapshot {

@@ -60,7 +60,7 @@ fn forget_locked<K>(
     let mut remove: Vec<Id> = Vec::new();
     if policy.is_empty() {
         for s in &a.snapshots {
-            remove.push(repo.find_snapshot(s)?.id);
+            remove.push(repo.resolve_snapshot_id(s)?);
         }
         if !app.global.json {
             for id in &remove {
@@ -69,7 +69,7 @@ fn forget_locked<K>(
         }
     } else {
         let snaps: Vec<_> = repo
-            .list_snapshots()?
+            .readable_snapshots()?
             .into_iter()
             .filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h))
             .collect();

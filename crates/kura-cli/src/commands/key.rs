@@ -20,7 +20,10 @@ pub fn run(app: &App, k: KeyCommand) -> Result<i32> {
                             format!("{}{}", if k.current { "*" } else { " " }, &k.id[..8]),
                             k.username.clone(),
                             k.hostname.clone(),
-                            k.created.clone(),
+                            match &k.damaged {
+                                Some(_) => "DAMAGED".to_string(),
+                                None => k.created.clone(),
+                            },
                         ]
                     })
                     .collect();

@@ -30,16 +30,30 @@ pub fn run(app: &App, a: LsArgs) -> Result<i32> {
     let path = a.path.clone().unwrap_or_else(|| "/".into());
     let abs = Path::new("/").join(&path);
     // One JSON object per line (NDJSON), so huge trees stream.
-    browse::list(&repo, &snap, &abs, &mut |p, n| {
-        let ps = p.display().to_string();
-        let line = if app.global.json {
-            node_json(&ps, n).to_string()
-        } else {
-            node_line(&ps, n, a.long, local_time)
-        };
-        writeln!(out, "{line}").map_err(|e| kura_repo::Error::io("write output", e))
-    })
+    let mut damaged = Vec::new();
+    browse::list_reporting(
+        &repo,
+        &snap,
+        &abs,
+        &mut |p, n| {
+            let ps = p.display().to_string();
+            let line = if app.global.json {
+                node_json(&ps, n).to_string()
+            } else {
+                node_line(&ps, n, a.long, local_time)
+            };
+            writeln!(out, "{line}").map_err(|e| kura_repo::Error::io("write output", e))
+        },
+        &mut damaged,
+    )
     .with_context(|| format!("list snapshot {}", snap.id.short()))?;
     out.flush()?;
-    Ok(exit::OK)
+    for (p, why) in &damaged {
+        tracing::warn!("{}: contents not listed (tree damaged): {why}", p.display());
+    }
+    Ok(if damaged.is_empty() {
+        exit::OK
+    } else {
+        exit::INCOMPLETE
+    })
 }

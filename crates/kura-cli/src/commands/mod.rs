@@ -13,6 +13,7 @@ pub mod key;
 pub mod ls;
 pub mod pair;
 pub mod prune;
+pub mod repair;
 pub mod resource;
 pub mod restore;
 pub mod snapshots;

@@ -8,7 +8,7 @@ use crate::{App, exit};
 pub fn run(app: &App, a: SnapshotsArgs) -> Result<i32> {
     let repo = app.open()?;
     let snaps: Vec<_> = repo
-        .list_snapshots()?
+        .readable_snapshots()?
         .into_iter()
         .filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h))
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.snapshot.tags.contains(t)))

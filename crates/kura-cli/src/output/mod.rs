@@ -275,6 +275,7 @@ mod tests {
                     total_bytes: 1536 * 1024 * 1024,
                     ..Default::default()
                 },
+                original: None,
             },
         };
         vec![

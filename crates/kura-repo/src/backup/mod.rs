@@ -283,6 +283,7 @@ pub fn backup(
         parent: parent.as_ref().map(|p| p.id),
         content,
         summary,
+        original: None,
     };
     let id = commit_snapshot(repo, lock, &snapshot)?;
     Ok(BackupOutcome {
@@ -346,7 +347,7 @@ fn find_parent(
             }
             Ok(Some(p))
         }
-        ParentChoice::Auto => Ok(repo.list_snapshots()?.into_iter().rev().find(|s| {
+        ParentChoice::Auto => Ok(repo.readable_snapshots()?.into_iter().rev().find(|s| {
             s.snapshot.host == host && s.snapshot.paths == paths && s.snapshot.is_image() == image
         })),
     }

@@ -170,10 +170,21 @@ fn restore_pack(
             end = end.max(e);
             j += 1;
         }
-        let range = repo
-            .backend()
-            .get_range_into(FileKind::Pack, &name, start, end - start, &mut bufs.range)
-            .map_err(|e| e.to_string());
+        let range = repo.backend().get_range_into(
+            FileKind::Pack,
+            &name,
+            start,
+            end - start,
+            &mut bufs.range,
+        );
+        // A range of several blobs that came back short or damaged (a truncated pack) is
+        // read again blob by blob. Not when the pack is gone or the store is unreachable:
+        // single reads would only repeat the failure (and its timeout) once per blob.
+        let read_alone = j - i > 1
+            && range
+                .as_ref()
+                .is_err_and(|e| e.kind() == kura_backend::ErrorKind::Corrupt);
+        let range = range.map_err(|e| e.to_string());
         for &k in &order[i..j] {
             let (loc, dests) = &blobs[k];
             let decoded = range.clone().and_then(|()| {
@@ -190,9 +201,19 @@ fn restore_pack(
                 .map_err(|e| e.to_string())
             });
             let data = decoded.map(|()| std::mem::take(&mut bufs.blob));
-            // Fall back to the same pack on the backend's other sources (the other targets
-            // of a backup), then to any other copy of the blob.
-            let data = data.or_else(|first| repo.read_blob_from_sources(loc).ok_or(first));
+            // A ranged read of several blobs fails as a whole (a truncated pack, a short
+            // read) though most of its blobs may be intact: read this blob alone (which also
+            // tries the backend's other sources — the other targets of a backup). Otherwise
+            // the bytes this blob would get alone were read already: go straight to the other
+            // sources. Then try any other copy of the blob. Only blobs damaged everywhere are
+            // lost.
+            let data = data.or_else(|first| {
+                if read_alone {
+                    repo.read_blob_at(loc).map_err(|_| first)
+                } else {
+                    repo.read_blob_from_sources(loc).ok_or(first)
+                }
+            });
             let data = data.or_else(|first| {
                 repo.index()
                     .get_all(&loc.id)
