@@ -405,3 +405,348 @@ pub(crate) fn first_served<T>(
         format!("no target could serve it ({})", errors.join("; ")),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalBackend;
+    use bytes::Bytes;
+    use std::sync::{Condvar, Mutex};
+
+    /// A real directory whose calls block while its gate is closed, counting every call.
+    #[derive(Debug)]
+    struct Gated {
+        inner: LocalBackend,
+        closed: Mutex<bool>,
+        cv: Condvar,
+        calls: AtomicUsize,
+    }
+
+    impl Gated {
+        fn new(dir: &std::path::Path) -> Arc<Gated> {
+            let inner = LocalBackend::new(dir);
+            inner.create().unwrap();
+            Arc::new(Gated {
+                inner,
+                closed: Mutex::new(false),
+                cv: Condvar::new(),
+                calls: AtomicUsize::new(0),
+            })
+        }
+        fn set_closed(&self, closed: bool) {
+            *self.closed.lock().unwrap() = closed;
+            self.cv.notify_all();
+        }
+        fn enter(&self) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut c = self.closed.lock().unwrap();
+            while *c {
+                c = self.cv.wait(c).unwrap();
+            }
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Backend for Gated {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> Result<()> {
+            self.enter();
+            self.inner.create()
+        }
+        fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
+            self.enter();
+            self.inner.put(kind, name, data)
+        }
+        fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+            self.enter();
+            self.inner.get(kind, name)
+        }
+        fn get_range_into(
+            &self,
+            kind: FileKind,
+            name: &str,
+            offset: u64,
+            len: u64,
+            buf: &mut Vec<u8>,
+        ) -> Result<()> {
+            self.enter();
+            self.inner.get_range_into(kind, name, offset, len, buf)
+        }
+        fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+            self.enter();
+            self.inner.list(kind)
+        }
+        fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
+            self.enter();
+            self.inner.stat(kind, name)
+        }
+        fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+            self.enter();
+            self.inner.delete(kind, name)
+        }
+    }
+
+    /// `n` gated members in a temporary directory, on a pool of `threads`.
+    fn group(n: usize, threads: usize) -> (tempfile::TempDir, Vec<Arc<Gated>>, Members) {
+        let dir = tempfile::tempdir().unwrap();
+        let gated: Vec<Arc<Gated>> = (0..n)
+            .map(|i| Gated::new(&dir.path().join(format!("t{i}"))))
+            .collect();
+        let backends = gated
+            .iter()
+            .map(|g| Arc::clone(g) as Arc<dyn Backend>)
+            .collect();
+        let pool = Executor::elastic(threads, "test-members");
+        (dir, gated, Members::with_pool("test", backends, pool))
+    }
+
+    fn get(name: &str) -> impl Fn(&dyn Backend) -> Result<Vec<u8>> + Send + Sync + 'static {
+        let n = name.to_string();
+        move |b| b.get(FileKind::Pack, &n)
+    }
+
+    const LIMIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn reads_fall_back_in_the_order_given_and_stop_at_the_first_answer() {
+        let (_d, g, m) = group(3, 4);
+        g[1].inner
+            .put(FileKind::Pack, "aa", Bytes::from_static(b"one"))
+            .unwrap();
+        g[2].inner
+            .put(FileKind::Pack, "aa", Bytes::from_static(b"two"))
+            .unwrap();
+        for limit in [None, LIMIT] {
+            let mut missed = Vec::new();
+            let got = m
+                .read_first([0, 1, 2], limit, "get", "aa", get("aa"), |i, e| {
+                    missed.push((i, e.error().kind()))
+                })
+                .unwrap();
+            assert_eq!(got, b"one");
+            assert_eq!(missed, [(0, ErrorKind::NotFound)]);
+            // Another order, another answer; the member after the first answer is not asked.
+            let before = g[1].calls();
+            let got = m
+                .read_first([2, 1, 0], limit, "get", "aa", get("aa"), |_, _| {})
+                .unwrap();
+            assert_eq!(got, b"two");
+            assert_eq!(g[1].calls(), before);
+        }
+        // Nobody has it: "not found", naming every member's answer.
+        let e = m
+            .read_first([0, 1, 2], LIMIT, "get", "bb", get("bb"), |_, _| {})
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        for gi in &g {
+            assert!(e.to_string().contains(&gi.location()), "{e}");
+        }
+        assert!(e.to_string().starts_with("get bb on test("), "{e}");
+        // Nobody to ask: unreachable, not "not found".
+        let e = m
+            .read_first([], LIMIT, "get", "aa", get("aa"), |_, _| {})
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn fallback_order_puts_the_preferred_first_and_the_failed_last() {
+        assert_eq!(fallback_order(4, None, |i| i == 1), [0, 2, 3, 1]);
+        assert_eq!(fallback_order(4, Some(2), |i| i == 0), [2, 1, 3, 0]);
+        assert_eq!(fallback_order(3, Some(1), |_| false), [1, 0, 2]);
+    }
+
+    #[test]
+    fn listings_merge_as_union_or_intersection() {
+        let f = |n: &str, size| FileInfo {
+            name: n.to_string(),
+            size,
+        };
+        let lists = || {
+            vec![
+                vec![f("b", 2), f("a", 1)],
+                vec![f("a", 1), f("c", 3)],
+                vec![f("a", 1), f("b", 2)],
+            ]
+        };
+        let names = |v: Vec<FileInfo>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        assert_eq!(names(merge(lists(), Merge::Union)), ["a", "b", "c"]);
+        assert_eq!(names(merge(lists(), Merge::Intersection)), ["a"]);
+        assert!(merge(Vec::new(), Merge::Intersection).is_empty());
+        assert_eq!(Merge::for_writers(FileKind::Lock), Merge::Union);
+        for k in [
+            FileKind::Pack,
+            FileKind::Index,
+            FileKind::Snapshot,
+            FileKind::Key,
+        ] {
+            assert_eq!(Merge::for_writers(k), Merge::Intersection);
+        }
+    }
+
+    #[test]
+    fn a_hanging_member_times_out_at_the_limit_while_the_others_answer() {
+        let (_d, g, m) = group(3, 8);
+        g[1].set_closed(true);
+        let limit = Duration::from_millis(300);
+        let t = Instant::now();
+        let answers = m.each(&[0, 1, 2], Some(limit), "list", "data", |b| {
+            b.list(FileKind::Pack)
+        });
+        let waited = t.elapsed();
+        // Asked at once, so the whole round costs one limit, not one per member.
+        assert!(waited >= limit && waited < limit * 5, "{waited:?}");
+        assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(answers[0].1.is_ok() && answers[2].1.is_ok());
+        let Err(miss) = &answers[1].1 else {
+            panic!("a hung member answered")
+        };
+        assert!(miss.stalled());
+        assert_eq!(miss.error().kind(), ErrorKind::TimedOut);
+        assert!(
+            miss.error().to_string().contains(&g[1].location()),
+            "{}",
+            miss.error()
+        );
+        assert!(
+            miss.error().detail().contains("stalled"),
+            "{}",
+            miss.error()
+        );
+        // A single call, and a read that falls back past the hung member.
+        let t = Instant::now();
+        let r = m.call(1, Some(limit), "stat", "x", |b| b.stat(FileKind::Pack, "x"));
+        assert!(matches!(r, Err(Missed::Stalled(_))));
+        assert!(t.elapsed() < limit * 5);
+        g[2].inner
+            .put(FileKind::Pack, "cc", Bytes::from_static(b"c"))
+            .unwrap();
+        let mut stalled = Vec::new();
+        let got = m
+            .read_first([1, 2], Some(limit), "get", "cc", get("cc"), |i, e| {
+                stalled.push((i, e.stalled()))
+            })
+            .unwrap();
+        assert_eq!(
+            (got.as_slice(), stalled.as_slice()),
+            (&b"c"[..], &[(1, true)][..])
+        );
+        g[1].set_closed(false);
+    }
+
+    #[test]
+    fn a_member_that_keeps_hanging_pins_a_bounded_number_of_threads() {
+        let (_d, g, m) = group(2, 16);
+        g[0].set_closed(true);
+        let limit = Some(Duration::from_millis(50));
+        // Many calls to the hung member: only the first few reach it, the rest are refused
+        // at once without taking a thread.
+        let mut refused = 0;
+        for _ in 0..40 {
+            let t = Instant::now();
+            match m.call(0, limit, "get", "aa", get("aa")) {
+                Err(Missed::Stalled(e)) if e.detail().contains("earlier calls") => {
+                    refused += 1;
+                    assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
+                }
+                Err(Missed::Stalled(_)) => {}
+                other => panic!("a hung member answered: {other:?}"),
+            }
+        }
+        assert_eq!(m.stuck(0), MAX_STUCK_PER_MEMBER);
+        assert_eq!(refused, 40 - MAX_STUCK_PER_MEMBER);
+        assert_eq!(g[0].calls(), MAX_STUCK_PER_MEMBER);
+        assert_eq!(m.pool.stuck(), MAX_STUCK_PER_MEMBER);
+        assert!(m.pool.threads() <= MAX_STUCK_PER_MEMBER + 1);
+        // The other member is served meanwhile.
+        assert!(
+            m.call(
+                1,
+                limit.map(|_| Duration::from_secs(10)),
+                "list",
+                "data",
+                |b| b.list(FileKind::Pack)
+            )
+            .is_ok()
+        );
+        // Once the target answers again, its stuck calls return and it is asked again.
+        g[0].set_closed(false);
+        let t = Instant::now();
+        while m.stuck(0) > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "stuck calls never returned"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(m.pool.stuck(), 0);
+        let r = m.call(0, LIMIT, "get", "aa", get("aa"));
+        assert!(
+            matches!(r, Err(Missed::Failed(ref e)) if e.kind() == ErrorKind::NotFound),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn when_every_thread_is_stuck_calls_fail_at_their_deadline_and_never_run_late() {
+        // A pool of two threads, three hung members.
+        let (_d, g, m) = group(3, 2);
+        for gi in &g {
+            gi.set_closed(true);
+        }
+        let limit = Some(Duration::from_millis(100));
+        let answers = m.each(&[0, 1, 2], limit, "put", "ll", |b| {
+            b.put(FileKind::Lock, "ll", Bytes::from_static(b"l"))
+        });
+        let details: Vec<String> = answers
+            .iter()
+            .map(|(_, a)| match a {
+                Err(Missed::Stalled(e)) => e.detail().to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let no_worker = details
+            .iter()
+            .filter(|d| d.contains("no worker free"))
+            .count();
+        assert_eq!(no_worker, 1, "{details:?}");
+        assert_eq!(m.pool.stuck(), 2);
+        assert!(m.pool.threads() <= 2);
+        for gi in &g {
+            gi.set_closed(false);
+        }
+        let t = Instant::now();
+        while m.pool.stuck() > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "stuck calls never returned"
+            );
+            std::thread::yield_now();
+        }
+        // The call that never started was never made: its member has no lock file, and was
+        // never entered.
+        let (never, _) = answers
+            .iter()
+            .find(|(_, a)| matches!(a, Err(e) if e.error().detail().contains("no worker free")))
+            .unwrap();
+        assert_eq!(g[*never].calls(), 0);
+        assert!(!g[*never].inner.exists(FileKind::Lock, "ll").unwrap());
+    }
+
+    #[test]
+    fn location_and_reasons_name_the_members() {
+        let (_d, g, m) = group(2, 1);
+        assert_eq!(
+            m.location(),
+            format!("test({}, {})", g[0].location(), g[1].location())
+        );
+        assert_eq!(
+            m.reasons([(1, "gone"), (0, "full")]),
+            format!("{}: gone; {}: full", g[1].location(), g[0].location())
+        );
+    }
+}
