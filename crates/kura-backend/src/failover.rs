@@ -37,6 +37,11 @@
 //! Reads try the active member first, then the others. Listings are the *intersection* over
 //! members not failed (locks: the union): deduplication only skips a chunk every member
 //! holds, so a backup's data lies in its own sections or on every target.
+//!
+//! Deletes go to every member not failed; one that cannot delete (other than "not found")
+//! is failed with its reason, like one that cannot write, so what it keeps is reported. The
+//! calls to members outside the writer threads go through [`Members`] (bounded by the extent
+//! timeout, on the shared deadline pool).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -28,6 +28,10 @@
 //! snapshots are the *intersection* over live members: after a member missed a backup, only
 //! what every member holds counts as present, so deduplication never skips a chunk that one
 //! member lacks. Lock listings are the union (a lock anywhere is a lock).
+//!
+//! Deletes go to every live member; one that fails (other than "not found") is dropped,
+//! and below the quorum the delete fails. Every call to members outside the writer threads
+//! goes through [`Members`] (bounded by the stall timeout, on the shared deadline pool).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
