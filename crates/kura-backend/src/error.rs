@@ -203,40 +203,6 @@ impl BackendError {
     }
 }
 
-/// A read through several targets (fail-over, union): the first answer of `attempts` — an
-/// iterator over (target location, its answer), evaluated lazily so that targets after the
-/// first success are not asked. If none answers: "not found" only when every target said so,
-/// else unreachable, naming each target's answer.
-pub(crate) fn first_served<T>(
-    op: &'static str,
-    name: &str,
-    location: String,
-    attempts: impl IntoIterator<Item = (String, Result<T, BackendError>)>,
-) -> Result<T, BackendError> {
-    let mut errors = Vec::new();
-    let mut all_not_found = true;
-    for (member, answer) in attempts {
-        match answer {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                all_not_found &= e.kind() == ErrorKind::NotFound;
-                errors.push(format!("{member}: {}", e.detail()));
-            }
-        }
-    }
-    Err(BackendError::new(
-        if all_not_found {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Unreachable
-        },
-        op,
-        name,
-        location,
-        format!("no target could serve it ({})", errors.join("; ")),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,13 +37,19 @@
 //! Reads try the active member first, then the others. Listings are the *intersection* over
 //! members not failed (locks: the union): deduplication only skips a chunk every member
 //! holds, so a backup's data lies in its own sections or on every target.
+//!
+//! Deletes go to every member not failed; one that cannot delete (other than "not found")
+//! is failed with its reason, like one that cannot write, so what it keeps is reported. The
+//! calls to members outside the writer threads go through [`Members`] (bounded by the extent
+//! timeout, on the shared deadline pool).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::members::{Members, Merge, Missed, fallback_order, merge};
 use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
 
 /// How a fail-over backend behaves.
@@ -124,7 +130,7 @@ struct State {
 }
 
 struct Inner {
-    members: Vec<Arc<dyn Backend>>,
+    members: Members,
     opts: FailoverOptions,
     st: Mutex<State>,
     cv: Condvar,
@@ -147,43 +153,6 @@ fn err(op: &'static str, name: &str, location: String, detail: impl Into<String>
     BackendError::new(ErrorKind::Unreachable, op, name, location, detail)
 }
 
-/// Run `f` on `b` in its own thread and wait at most `timeout` (a hung call keeps its
-/// thread until the target's own deadline ends it).
-fn within<T: Send + 'static>(
-    b: &Arc<dyn Backend>,
-    timeout: Duration,
-    op: &'static str,
-    name: &str,
-    f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let b2 = Arc::clone(b);
-    std::thread::Builder::new()
-        .name("failover-op".into())
-        .spawn(move || {
-            let _ = tx.send(f(b2.as_ref()));
-        })
-        .map_err(|e| {
-            BackendError::new(
-                ErrorKind::Other,
-                op,
-                name,
-                b.location(),
-                format!("start a thread: {e}"),
-            )
-        })?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => Err(BackendError::new(
-            ErrorKind::TimedOut,
-            op,
-            name,
-            b.location(),
-            format!("stalled: no answer for {} s", timeout.as_secs_f64().round()),
-        )),
-    }
-}
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under the lock; a poisoned state is still consistent.
@@ -191,30 +160,46 @@ impl Inner {
     }
 
     fn location(&self) -> String {
-        let locs: Vec<String> = self.members.iter().map(|m| m.location()).collect();
-        format!("failover({})", locs.join(", "))
+        self.members.location()
     }
 
     fn all_failed(&self, st: &State, op: &'static str, name: &str) -> BackendError {
-        let reasons: Vec<String> = self
-            .members
-            .iter()
-            .zip(&st.failed)
-            .map(|(m, r)| format!("{}: {}", m.location(), r.as_deref().unwrap_or("?")))
-            .collect();
+        let reasons = self.members.reasons(
+            st.failed
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, r.as_deref().unwrap_or("?"))),
+        );
         err(
             op,
             name,
             self.location(),
-            format!("every target failed ({})", reasons.join("; ")),
+            format!("every target failed ({reasons})"),
         )
+    }
+
+    /// Call member `m`, waiting at most the extent timeout.
+    fn within<T: Send + 'static>(
+        &self,
+        m: usize,
+        op: &'static str,
+        name: &str,
+        f: impl FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let limit = Some(self.opts.extent_timeout);
+        self.members
+            .call(m, limit, op, name, f)
+            .map_err(Missed::into_error)
     }
 
     /// Fail member `m` (if it is still the active one) and move to the next member: every
     /// pending pack is queued again for it.
     fn fail_over(self: &Arc<Self>, st: &mut State, m: usize, reason: String) {
         if st.failed[m].is_none() {
-            tracing::warn!("failover: {} failed: {reason}", self.members[m].location());
+            tracing::warn!(
+                "failover: {} failed: {reason}",
+                self.members.get(m).location()
+            );
             st.failed[m] = Some(reason);
         }
         if st.active != Some(m) {
@@ -230,7 +215,7 @@ impl Inner {
         if let Some(next) = st.active {
             tracing::warn!(
                 "failover: continuing on {} ({} pending bytes sent again)",
-                self.members[next].location(),
+                self.members.get(next).location(),
                 st.pending_bytes
             );
             st.queue = st.pending.iter().map(|p| p.name.clone()).collect();
@@ -270,7 +255,7 @@ impl Inner {
                     st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            let r = self.members[m].put(FileKind::Pack, &name, data);
+            let r = self.members.get(m).put(FileKind::Pack, &name, data);
             let mut st = self.lock();
             if st.generation != g {
                 return; // failed over meanwhile: this member's answers no longer count
@@ -342,14 +327,9 @@ impl Inner {
                 (m, st.generation)
             };
             let (n, d) = (name.to_string(), data.clone());
-            let r = within(
-                &self.members[m],
-                self.opts.extent_timeout,
-                "put",
-                name,
-                move |b| b.put(kind, &n, d),
-            )
-            .map_err(|e| e.to_string());
+            let r = self
+                .within(m, "put", name, move |b| b.put(kind, &n, d))
+                .map_err(|e| e.to_string());
             let mut st = self.lock();
             match r {
                 Ok(()) if st.generation == g => return Ok((m, st)),
@@ -363,30 +343,20 @@ impl Inner {
 
     /// Best effort: write to each of `to` at once; returns those that took it.
     fn put_to(&self, to: &[usize], kind: FileKind, name: &str, data: &Bytes) -> Vec<usize> {
-        let handles: Vec<(usize, std::thread::JoinHandle<Result<()>>)> = to
-            .iter()
-            .filter_map(|&m| {
-                let (b, n, d) = (Arc::clone(&self.members[m]), name.to_string(), data.clone());
-                let t = self.opts.extent_timeout;
-                std::thread::Builder::new()
-                    .name("failover-put".into())
-                    .spawn(move || {
-                        let n2 = n.clone();
-                        within(&b, t, "put", &n, move |b| b.put(kind, &n2, d))
-                    })
-                    .ok()
-                    .map(|h| (m, h))
-            })
-            .collect();
+        let (n, d) = (name.to_string(), data.clone());
+        let limit = Some(self.opts.extent_timeout);
+        let answers = self
+            .members
+            .each(to, limit, "put", name, move |b| b.put(kind, &n, d.clone()));
         let mut ok = Vec::new();
-        for (m, h) in handles {
-            match h.join() {
-                Ok(Ok(())) => ok.push(m),
-                Ok(Err(e)) => tracing::warn!(
-                    "failover: {kind} {name} not written to {}: {e}",
-                    self.members[m].location()
+        for (m, answer) in answers {
+            match answer {
+                Ok(()) => ok.push(m),
+                Err(e) => tracing::warn!(
+                    "failover: {kind} {name} not written to {}: {}",
+                    self.members.get(m).location(),
+                    e.error()
                 ),
-                Err(_) => {}
             }
         }
         ok
@@ -401,7 +371,7 @@ impl FailoverBackend {
         }
         let n = members.len();
         let inner = Arc::new(Inner {
-            members,
+            members: Members::new("failover", members),
             opts,
             st: Mutex::new(State {
                 active: Some(0),
@@ -428,7 +398,7 @@ impl FailoverBackend {
 
     /// The member backends, in fail-over order.
     pub fn members(&self) -> Vec<Arc<dyn Backend>> {
-        self.inner.members.clone()
+        self.inner.members.all().to_vec()
     }
 
     pub fn status(&self) -> FailoverStatus {
@@ -437,6 +407,7 @@ impl FailoverBackend {
             members: self
                 .inner
                 .members
+                .all()
                 .iter()
                 .enumerate()
                 .map(|(i, m)| FailoverMember {
@@ -512,19 +483,16 @@ impl FailoverBackend {
         f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
         // The active member first, then the others, failed ones last.
-        let order: Vec<usize> = {
+        let order = {
             let st = self.inner.lock();
-            let mut o: Vec<usize> = (0..self.inner.members.len()).collect();
-            o.sort_by_key(|&i| (Some(i) != st.active, st.failed[i].is_some()));
-            o
+            fallback_order(self.inner.members.len(), st.active, |i| {
+                st.failed[i].is_some()
+            })
         };
-        let f = Arc::new(f);
-        let attempts = order.into_iter().map(|m| {
-            let (f, b) = (Arc::clone(&f), &self.inner.members[m]);
-            let answer = within(b, self.inner.opts.extent_timeout, op, name, move |b| f(b));
-            (b.location(), answer)
-        });
-        crate::error::first_served(op, name, self.location(), attempts)
+        let limit = Some(self.inner.opts.extent_timeout);
+        self.inner
+            .members
+            .read_first(order, limit, op, name, f, |_, _| {})
     }
 }
 
@@ -542,10 +510,7 @@ impl Backend for FailoverBackend {
     }
 
     fn create(&self) -> Result<()> {
-        for m in &self.inner.members {
-            m.create()?;
-        }
-        Ok(())
+        self.inner.members.create_all()
     }
 
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
@@ -657,40 +622,29 @@ impl Backend for FailoverBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
-        let to = self.healthy();
-        let mut counts: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
-        let mut listed = 0;
-        for m in &to {
-            let b = &self.inner.members[*m];
-            match within(
-                b,
-                self.inner.opts.extent_timeout,
-                "list",
-                kind.dir(),
-                move |b| b.list(kind),
-            ) {
-                Ok(files) => {
-                    listed += 1;
-                    for f in files {
-                        counts.entry(f.name.clone()).or_insert((0, f)).0 += 1;
-                    }
-                }
+        // Every member not failed, at once; one that cannot list is failed over.
+        let limit = Some(self.inner.opts.extent_timeout);
+        let answers =
+            self.inner
+                .members
+                .each(&self.healthy(), limit, "list", kind.dir(), move |b| {
+                    b.list(kind)
+                });
+        let mut lists = Vec::new();
+        for (m, answer) in answers {
+            match answer {
+                Ok(files) => lists.push(files),
                 Err(e) => {
                     let mut st = self.inner.lock();
-                    self.inner.fail_over(&mut st, *m, e.to_string());
+                    self.inner.fail_over(&mut st, m, e.into_error().to_string());
                 }
             }
         }
-        if listed == 0 {
+        if lists.is_empty() {
             let st = self.inner.lock();
             return Err(self.inner.all_failed(&st, "list", kind.dir()));
         }
-        let union = kind == FileKind::Lock;
-        Ok(counts
-            .into_values()
-            .filter(|(n, _)| union || *n == listed)
-            .map(|(_, f)| f)
-            .collect())
+        Ok(merge(lists, Merge::for_writers(kind)))
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
@@ -698,17 +652,32 @@ impl Backend for FailoverBackend {
         self.read("stat", name, move |b| b.stat(kind, &n))
     }
 
+    /// On every member not failed, at once. A member that fails (other than "not found":
+    /// already gone) or stalls is failed with the reason, as a write would be: the file it
+    /// keeps is then named in the status instead of silently left behind. Errors once no
+    /// member is left.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        for m in self.healthy() {
-            let n = name.to_string();
-            let n2 = n.clone();
-            let _ = within(
-                &self.inner.members[m],
-                self.inner.opts.extent_timeout,
-                "delete",
-                &n,
-                move |b| b.delete(kind, &n2),
-            );
+        let n = name.to_string();
+        let limit = Some(self.inner.opts.extent_timeout);
+        let answers = self
+            .inner
+            .members
+            .each(&self.healthy(), limit, "delete", name, move |b| {
+                b.delete(kind, &n)
+            });
+        let mut st = self.inner.lock();
+        for (m, answer) in answers {
+            match answer {
+                Err(Missed::Failed(e)) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    let reason = e.into_error().to_string();
+                    self.inner.fail_over(&mut st, m, reason);
+                }
+                Ok(()) => {}
+            }
+        }
+        if st.active.is_none() {
+            return Err(self.inner.all_failed(&st, "delete", name));
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ mod deadline;
 mod error;
 mod failover;
 mod local;
+mod members;
 mod mirror;
 mod probe;
 pub mod retry;

@@ -28,13 +28,18 @@
 //! snapshots are the *intersection* over live members: after a member missed a backup, only
 //! what every member holds counts as present, so deduplication never skips a chunk that one
 //! member lacks. Lock listings are the union (a lock anywhere is a lock).
+//!
+//! Deletes go to every live member; one that fails (other than "not found") is dropped,
+//! and below the quorum the delete fails. Every call to members outside the writer threads
+//! goes through [`Members`] (bounded by the stall timeout, on the shared deadline pool).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::members::{Members, Merge, Missed, merge};
 use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
 
 /// How a mirror behaves.
@@ -198,6 +203,9 @@ impl Member {
 /// A backend that writes every file to each of its members (see the module docs).
 pub struct MirrorBackend {
     members: Vec<Arc<Member>>,
+    /// The same targets, for calls made on the caller's behalf (bounded by the stall
+    /// timeout) and for the group's location.
+    targets: Members,
     opts: MirrorOptions,
     /// Writer threads with the index of their member.
     threads: Mutex<Vec<(usize, std::thread::JoinHandle<()>)>>,
@@ -227,6 +235,7 @@ impl MirrorBackend {
             ));
         }
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(backends.len()));
+        let targets = Members::new("mirror", backends.clone());
         let members: Vec<Arc<Member>> = backends
             .into_iter()
             .map(|backend| {
@@ -268,6 +277,7 @@ impl MirrorBackend {
         }
         Ok(MirrorBackend {
             members,
+            targets,
             opts,
             threads: Mutex::new(threads),
         })
@@ -275,10 +285,7 @@ impl MirrorBackend {
 
     /// The member backends, in the order given.
     pub fn members(&self) -> Vec<Arc<dyn Backend>> {
-        self.members
-            .iter()
-            .map(|m| Arc::clone(&m.backend))
-            .collect()
+        self.targets.all().to_vec()
     }
 
     /// Drop a member by hand (its reason is recorded), e.g. when a probe found it unhealthy.
@@ -327,16 +334,15 @@ impl MirrorBackend {
         if live >= self.opts.quorum {
             return Ok(());
         }
-        let reasons: Vec<String> = self
+        let dropped: Vec<(usize, String)> = self
             .members
             .iter()
-            .filter_map(|m| {
-                m.lock()
-                    .dropped
-                    .as_ref()
-                    .map(|r| format!("{}: {r}", m.backend.location()))
-            })
+            .enumerate()
+            .filter_map(|(i, m)| m.lock().dropped.clone().map(|r| (i, r)))
             .collect();
+        let reasons = self
+            .targets
+            .reasons(dropped.iter().map(|(i, r)| (*i, r.as_str())));
         Err(BackendError::new(
             ErrorKind::Unreachable,
             op,
@@ -346,73 +352,50 @@ impl MirrorBackend {
                 "{live} of {} targets left, quorum {} lost ({})",
                 self.members.len(),
                 self.opts.quorum,
-                reasons.join("; ")
+                reasons
             ),
         ))
     }
 
-    /// Run `f` on every live member at once, each in its own thread, and wait at most the
-    /// stall timeout for the answers. A member that does not answer in time is dropped (its
-    /// thread ends by itself when that target's own deadline passes); one that fails is
-    /// dropped too unless `keep_on_error` says the error is an answer (e.g. "not found").
-    /// Returns (member index, result) for those that answered.
+    /// Indices of the live members.
+    fn live_indices(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].lock().dropped.is_none())
+            .collect()
+    }
+
+    fn drop_index(&self, i: usize, reason: String) {
+        let m = &self.members[i];
+        let mut q = m.lock();
+        m.drop_with(&mut q, reason);
+    }
+
+    /// Run `f` on every live member at once and wait at most the stall timeout for the
+    /// answers (see [`Members::each`]). A member that does not answer in time is dropped;
+    /// one that fails is dropped too unless `keep_on_error` says the error is an answer
+    /// (e.g. "not found"). Returns (member index, result) for every member asked.
     fn on_each<T: Send + 'static>(
         &self,
-        what: &str,
+        op: &'static str,
+        name: &str,
         keep_on_error: impl Fn(&BackendError) -> bool,
         f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Vec<(usize, Result<T>)> {
-        let f = Arc::new(f);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut asked = Vec::new();
-        for (i, m) in self.members.iter().enumerate() {
-            if m.lock().dropped.is_some() {
-                continue;
-            }
-            let (tx, f, b) = (tx.clone(), Arc::clone(&f), Arc::clone(&m.backend));
-            let spawned = std::thread::Builder::new()
-                .name("mirror-op".into())
-                .spawn(move || {
-                    let _ = tx.send((i, f(b.as_ref())));
-                });
-            match spawned {
-                Ok(_) => asked.push(i),
-                Err(e) => {
-                    let mut q = m.lock();
-                    m.drop_with(&mut q, format!("start a thread for {what}: {e}"));
+        let live = self.live_indices();
+        let answers = self
+            .targets
+            .each(&live, Some(self.opts.stall_timeout), op, name, f);
+        answers
+            .into_iter()
+            .map(|(i, answer)| {
+                if let Err(m) = &answer
+                    && (m.stalled() || !keep_on_error(m.error()))
+                {
+                    self.drop_index(i, m.error().to_string());
                 }
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + self.opts.stall_timeout;
-        let mut out = Vec::new();
-        while out.len() < asked.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(answer) => out.push(answer),
-                Err(_) => break,
-            }
-        }
-        for &i in &asked {
-            let m = &self.members[i];
-            match out.iter().find(|(j, _)| *j == i) {
-                None => {
-                    let mut q = m.lock();
-                    let reason = format!(
-                        "stalled: no answer for {} s to {what}",
-                        self.opts.stall_timeout.as_secs()
-                    );
-                    m.drop_with(&mut q, reason);
-                }
-                Some((_, Err(e))) if !keep_on_error(e) => {
-                    let mut q = m.lock();
-                    m.drop_with(&mut q, format!("{e}"));
-                }
-                Some(_) => {}
-            }
-        }
-        out.sort_by_key(|(i, _)| *i);
-        out
+                (i, answer.map_err(Missed::into_error))
+            })
+            .collect()
     }
 
     /// Queue a file for every live member, waiting (up to the stall timeout) for room. Index
@@ -440,11 +423,7 @@ impl MirrorBackend {
     fn put_direct(&self, kind: FileKind, name: &str, data: &Bytes) {
         let (n, d) = (name.to_string(), data.clone());
         let len = data.len() as u64;
-        for (i, r) in self.on_each(
-            &format!("writing {name}"),
-            |_| false,
-            move |b| b.put(kind, &n, d.clone()),
-        ) {
+        for (i, r) in self.on_each("put", name, |_| false, move |b| b.put(kind, &n, d.clone())) {
             if r.is_ok() {
                 let mut q = self.members[i].lock();
                 q.done += 1;
@@ -458,55 +437,29 @@ impl MirrorBackend {
     pub fn get_each(&self, kind: FileKind, name: &str) -> Vec<(usize, Result<Vec<u8>>)> {
         let n = name.to_string();
         self.on_each(
-            &format!("reading {name}"),
+            "get",
+            name,
             |e| e.kind() == ErrorKind::NotFound,
             move |b| b.get(kind, &n),
         )
     }
 
     /// The first live member's answer; on an error (or a stall) the next one is asked (a
-    /// member that missed a backup may lack a file another has).
+    /// member that missed a backup may lack a file another has). A member that stalls is
+    /// dropped; one that answers with an error is not (another may serve the file).
     fn read<T: Send + 'static>(
         &self,
         op: &'static str,
         name: &str,
         f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
-        let f = Arc::new(f);
-        let mut last = None;
-        for m in self.live() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (f2, b) = (Arc::clone(&f), Arc::clone(&m.backend));
-            std::thread::Builder::new()
-                .name("mirror-read".into())
-                .spawn(move || {
-                    let _ = tx.send(f2(b.as_ref()));
-                })
-                .map_err(|e| {
-                    BackendError::new(ErrorKind::Other, op, name, self.location(), e.to_string())
-                })?;
-            match rx.recv_timeout(self.opts.stall_timeout) {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    let mut q = m.lock();
-                    let reason = format!(
-                        "stalled: no answer for {} s to {op} {name}",
-                        self.opts.stall_timeout.as_secs()
-                    );
-                    m.drop_with(&mut q, reason);
+        let limit = Some(self.opts.stall_timeout);
+        self.targets
+            .read_first(self.live_indices(), limit, op, name, f, |i, m| {
+                if m.stalled() {
+                    self.drop_index(i, m.error().to_string());
                 }
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            BackendError::new(
-                ErrorKind::Unreachable,
-                op,
-                name,
-                self.location(),
-                "no live target left",
-            )
-        }))
+            })
     }
 }
 
@@ -530,15 +483,11 @@ impl Drop for MirrorBackend {
 
 impl Backend for MirrorBackend {
     fn location(&self) -> String {
-        let locs: Vec<String> = self.members.iter().map(|m| m.backend.location()).collect();
-        format!("mirror({})", locs.join(", "))
+        self.targets.location()
     }
 
     fn create(&self) -> Result<()> {
-        for m in &self.members {
-            m.backend.create()?;
-        }
-        Ok(())
+        self.targets.create_all()
     }
 
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
@@ -579,28 +528,10 @@ impl Backend for MirrorBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
-        let answers = self.on_each(
-            &format!("listing {}", kind.dir()),
-            |_| false,
-            move |b| b.list(kind),
-        );
+        let answers = self.on_each("list", kind.dir(), |_| false, move |b| b.list(kind));
         self.check_quorum("list", kind.dir())?;
-        let mut counts: BTreeMap<String, (usize, FileInfo)> = BTreeMap::new();
-        let mut listed = 0;
-        for (_, r) in answers {
-            if let Ok(files) = r {
-                listed += 1;
-                for f in files {
-                    counts.entry(f.name.clone()).or_insert((0, f)).0 += 1;
-                }
-            }
-        }
-        let union = kind == FileKind::Lock;
-        Ok(counts
-            .into_values()
-            .filter(|(n, _)| union || *n == listed)
-            .map(|(_, f)| f)
-            .collect())
+        let lists = answers.into_iter().filter_map(|(_, r)| r.ok());
+        Ok(merge(lists, Merge::for_writers(kind)))
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
@@ -610,15 +541,15 @@ impl Backend for MirrorBackend {
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let n = name.to_string();
-        let answers = self.on_each(
-            &format!("deleting {name}"),
+        // A member that fails (other than "not found": already gone) is dropped with the
+        // reason; below the quorum the delete fails, naming every dropped member's reason.
+        self.on_each(
+            "delete",
+            name,
             |e| e.kind() == ErrorKind::NotFound,
             move |b| b.delete(kind, &n),
         );
-        if answers.is_empty() {
-            self.check_quorum("delete", name)?;
-        }
-        Ok(())
+        self.check_quorum("delete", name)
     }
 
     fn free_space(&self) -> Result<Option<u64>> {

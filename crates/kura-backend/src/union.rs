@@ -17,15 +17,15 @@
 //! reader); other writes are refused. Listings skip a member that cannot list (with a
 //! warning): what it alone held is then missing, and reading it fails with its name.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::members::{Members, Merge, Missed, fallback_order, merge};
 use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
 
 pub struct UnionBackend {
-    members: Vec<Arc<dyn Backend>>,
+    members: Members,
     /// Per member, its first failure other than "not found" (for the caller's health
     /// records: a target that failed a read while others served it still failed).
     failures: Mutex<Vec<Option<String>>>,
@@ -44,13 +44,13 @@ impl UnionBackend {
     pub fn new(members: Vec<Arc<dyn Backend>>) -> UnionBackend {
         let n = members.len();
         UnionBackend {
-            members,
+            members: Members::new("union", members),
             failures: Mutex::new(vec![None; n]),
         }
     }
 
     pub fn members(&self) -> &[Arc<dyn Backend>] {
-        &self.members
+        self.members.all()
     }
 
     /// Members that failed an operation (other than "not found"), with the first error.
@@ -66,9 +66,7 @@ impl UnionBackend {
     /// dead target costs its deadline once, not on every read.
     fn order(&self) -> Vec<usize> {
         let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let mut o: Vec<usize> = (0..self.members.len()).collect();
-        o.sort_by_key(|&i| f[i].is_some());
-        o
+        fallback_order(self.members.len(), None, |i| f[i].is_some())
     }
 
     fn failed(&self, i: usize, e: &BackendError) {
@@ -81,21 +79,45 @@ impl UnionBackend {
         }
     }
 
-    fn read<T>(
+    fn read<T: Send + 'static>(
         &self,
         op: &'static str,
         name: &str,
-        f: impl Fn(&dyn Backend) -> Result<T>,
+        f: impl Fn(&dyn Backend) -> Result<T> + Send + Sync + 'static,
     ) -> Result<T> {
-        let attempts = self.order().into_iter().map(|i| {
-            let m = &self.members[i];
-            let answer = f(m.as_ref());
-            if let Err(e) = &answer {
-                self.failed(i, e);
+        // No limit of its own: each member's calls keep their own deadlines.
+        self.members
+            .read_first(self.order(), None, op, name, f, |i, m| {
+                self.failed(i, m.error())
+            })
+    }
+
+    /// Lock files go to (and leave) every member, so a prune on any of them sees the
+    /// reader. Done if any member did it; a member that failed is recorded and named.
+    fn on_every_member(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: impl Fn(&dyn Backend) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<()> {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        let mut last = None;
+        let mut any = false;
+        for (i, answer) in self.members.each(&all, None, op, name, f) {
+            match answer.map_err(Missed::into_error) {
+                Ok(()) => any = true,
+                Err(e) if op == "delete" && e.kind() == ErrorKind::NotFound => any = true,
+                Err(e) => {
+                    tracing::warn!("{op} lock on {}: {e}", self.members.get(i).location());
+                    self.failed(i, &e);
+                    last = Some(e);
+                }
             }
-            (m.location(), answer)
-        });
-        crate::error::first_served(op, name, self.location(), attempts)
+        }
+        match (any, last) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn read_only(&self, op: &'static str, kind: FileKind, name: &str) -> BackendError {
@@ -111,8 +133,7 @@ impl UnionBackend {
 
 impl Backend for UnionBackend {
     fn location(&self) -> String {
-        let locs: Vec<String> = self.members.iter().map(|m| m.location()).collect();
-        format!("union({})", locs.join(", "))
+        self.members.location()
     }
 
     fn create(&self) -> Result<()> {
@@ -123,25 +144,13 @@ impl Backend for UnionBackend {
         if kind != FileKind::Lock {
             return Err(self.read_only("put", kind, name));
         }
-        let mut last = None;
-        let mut any = false;
-        for m in &self.members {
-            match m.put(kind, name, data.clone()) {
-                Ok(()) => any = true,
-                Err(e) => {
-                    tracing::warn!("lock on {}: {e}", m.location());
-                    last = Some(e);
-                }
-            }
-        }
-        match (any, last) {
-            (false, Some(e)) => Err(e),
-            _ => Ok(()),
-        }
+        let n = name.to_string();
+        self.on_every_member("put", name, move |b| b.put(kind, &n, data.clone()))
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        self.read("get", name, |b| b.get(kind, name))
+        let n = name.to_string();
+        self.read("get", name, move |b| b.get(kind, &n))
     }
 
     fn get_range_into(
@@ -152,7 +161,8 @@ impl Backend for UnionBackend {
         len: u64,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        *buf = self.read("get", name, |b| b.get_range(kind, name, offset, len))?;
+        let n = name.to_string();
+        *buf = self.read("get", name, move |b| b.get_range(kind, &n, offset, len))?;
         Ok(())
     }
 
@@ -169,7 +179,7 @@ impl Backend for UnionBackend {
         len: u64,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        match self.members.get(source) {
+        match self.members.all().get(source) {
             Some(m) => m.get_range_into(kind, name, offset, len, buf),
             None => Err(BackendError::new(
                 ErrorKind::NotFound,
@@ -182,7 +192,7 @@ impl Backend for UnionBackend {
     }
 
     fn damaged(&self, source: usize, kind: FileKind, name: &str, why: &str) {
-        if let Some(m) = self.members.get(source) {
+        if let Some(m) = self.members.all().get(source) {
             let e = BackendError::new(ErrorKind::Corrupt, "get", name, m.location(), why);
             tracing::debug!("{} {name}: damaged on {}: {why}", kind.dir(), m.location());
             self.failed(source, &e);
@@ -190,42 +200,43 @@ impl Backend for UnionBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
-        let mut all: BTreeMap<String, FileInfo> = BTreeMap::new();
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        let mut lists = Vec::new();
         let mut last = None;
-        let mut listed = 0;
-        for (i, m) in self.members.iter().enumerate() {
-            match m.list(kind) {
-                Ok(files) => {
-                    listed += 1;
-                    for f in files {
-                        all.entry(f.name.clone()).or_insert(f);
-                    }
-                }
+        for (i, answer) in self
+            .members
+            .each(&all, None, "list", kind.dir(), move |b| b.list(kind))
+        {
+            match answer.map_err(Missed::into_error) {
+                Ok(files) => lists.push(files),
                 Err(e) => {
                     self.failed(i, &e);
-                    tracing::warn!("listing {} of {}: {e}", kind.dir(), m.location());
+                    tracing::warn!(
+                        "listing {} of {}: {e}",
+                        kind.dir(),
+                        self.members.get(i).location()
+                    );
                     last = Some(e);
                 }
             }
         }
-        match (listed, last) {
+        match (lists.len(), last) {
             (0, Some(e)) => Err(e),
-            _ => Ok(all.into_values().collect()),
+            _ => Ok(merge(lists, Merge::Union)),
         }
     }
 
     fn stat(&self, kind: FileKind, name: &str) -> Result<FileInfo> {
-        self.read("stat", name, |b| b.stat(kind, name))
+        let n = name.to_string();
+        self.read("stat", name, move |b| b.stat(kind, &n))
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         if kind != FileKind::Lock {
             return Err(self.read_only("delete", kind, name));
         }
-        for m in &self.members {
-            let _ = m.delete(kind, name);
-        }
-        Ok(())
+        let n = name.to_string();
+        self.on_every_member("delete", name, move |b| b.delete(kind, &n))
     }
 }
 
