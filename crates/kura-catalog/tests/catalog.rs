@@ -316,7 +316,9 @@ fn backups_record_only_acknowledged_extents(db: Db) {
     let (_f, c) = with_targets(db, 2);
     let g = c.secure(0, 2, &Constraints::default()).unwrap();
     let run = g.secured.process;
-    let b = c.begin_backup(run, "/srv/db", 1_700_000_000_000).unwrap();
+    let b = c
+        .begin_backup(run, "/srv/db", 1_699_999_990_000, 1_700_000_000_000)
+        .unwrap();
     assert_eq!(c.backup(b).unwrap().state, BackupState::Running);
     let subs = g.secured.subsystems.clone();
     let ext = |seq: i64, stream: i64| {
@@ -361,7 +363,7 @@ fn backups_record_only_acknowledged_extents(db: Db) {
     g.finish(Ok(())).unwrap();
     assert!(matches!(c.remove_resource(&t), Err(Error::Invalid(m)) if m.contains("extent")));
     assert!(matches!(
-        c.begin_backup(run, "/srv/db", 0),
+        c.begin_backup(run, "/srv/db", 0, 0),
         Err(Error::Invalid(m)) if m.contains("already ended")
     ));
     c.finish_backup(b, BackupState::Complete).unwrap();

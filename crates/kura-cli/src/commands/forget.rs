@@ -92,6 +92,7 @@ fn forget_locked(
         return Ok(exit::OK);
     }
     let n = remove_snapshots(&repo, lock, &remove)?;
+    super::catalog_sync::after_change(app, &repo);
     if !app.global.json {
         app.say(format!("removed {n} snapshot(s)"));
     } else if policy.is_empty() {

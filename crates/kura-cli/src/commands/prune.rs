@@ -55,6 +55,9 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
     };
+    // Snapshots removed without the catalog hearing of it (a forget elsewhere) stop being
+    // claimed.
+    super::catalog_sync::after_change(app, &repo);
     crate::with_lock(lock, |lock| prune_locked(app, repo, lock, &opts))?;
     Ok(exit::OK)
 }
