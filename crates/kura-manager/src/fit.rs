@@ -36,6 +36,8 @@ pub struct Fitness {
     pub fit: Vec<String>,
     /// (target, why it is unfit).
     pub unfit: Vec<(String, String)>,
+    /// (target, why) for targets not usable now (disabled, unhealthy, in use): not checked.
+    pub unusable: Vec<(String, String)>,
     /// The repository (group) id the fit targets hold.
     pub repository: Option<String>,
 }
@@ -103,10 +105,11 @@ pub fn check(
     let mut backends = Vec::new();
     let mut recorded: BTreeMap<String, Option<String>> = BTreeMap::new();
     for r in catalog.resources()? {
-        if r.kind != Kind::Target || r.state() != State::Usable {
+        if r.kind != Kind::Target || only.is_some_and(|o| !o.contains(&r.name)) {
             continue;
         }
-        if only.is_some_and(|o| !o.contains(&r.name)) {
+        if r.state() != State::Usable {
+            out.unusable.push((r.name.clone(), r.why_not()));
             continue;
         }
         let url = r.config.get("url").and_then(serde_json::Value::as_str);

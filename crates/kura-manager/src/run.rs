@@ -127,6 +127,7 @@ pub fn run_job(
         let why = fitness
             .unfit
             .iter()
+            .chain(&fitness.unusable)
             .map(|(t, w)| format!("{t}: {w}"))
             .collect::<Vec<_>>()
             .join("; ");
