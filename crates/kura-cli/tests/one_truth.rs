@@ -479,14 +479,22 @@ fn securing_passes_over_unfit_targets_before_the_pre_hook(db: Db) {
     let ev = s.json(&["resource", "show", "empty"]);
     assert!(ev.to_string().contains("skipped"), "{ev:#}");
     // A target re-created under the catalog's feet holds another repository than recorded.
+    // (created without this catalog, which would record the new repository)
     std::fs::remove_dir_all(&s.targets[1]).unwrap();
-    s.ok(&[
-        "-r",
-        s.targets[1].to_str().unwrap(),
-        "init",
-        "--kdf-memory-kib",
-        "64",
-    ]);
+    let elsewhere = format!("sqlite://{}", s.f._dir.path().join("other.db").display());
+    let o = s
+        .cmd()
+        .env("KURA_CATALOG", &elsewhere)
+        .args([
+            "-r",
+            s.targets[1].to_str().unwrap(),
+            "init",
+            "--kdf-memory-kib",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = s.run(&[
         "backup",
         &src,

@@ -146,7 +146,7 @@ impl Hook {
 fn guard(group: i32) -> io::Result<Child> {
     Command::new("sh")
         .arg("-c")
-        .arg("read _; kill -KILL -- -\"$1\" 2>/dev/null")
+        .arg("read _; kill -KILL -\"$1\" 2>/dev/null")
         .arg("kura-hook-guard")
         .arg(group.to_string())
         .stdin(Stdio::piped())
