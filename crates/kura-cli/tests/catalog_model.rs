@@ -6,7 +6,7 @@
 //! some target holds is `complete` with exactly those copies, every other one is gone or
 //! `forgotten`, the snapshot files on disk are the oracle's, and a complete backup restores.
 //!
-//! Bounded by default (`KURA_MODEL_CASES`, default 3 cases of up to 7 steps; raise it for a
+//! Bounded by default (`KURA_MODEL_CASES`, default 5 cases of up to 7 steps; raise it for a
 //! longer run). Runs on SQLite and PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,7 +294,7 @@ fn the_catalog_equals_the_targets_after_any_sequence(db: Db) {
     let cases = std::env::var("KURA_MODEL_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 0,

@@ -123,7 +123,9 @@ pub fn run_job(
     // Check before committing: only fit targets are secured, and a run that cannot have
     // enough of them fails here, before the pre hook.
     let fitness = crate::fit::check(catalog, job.targets.as_deref(), open, job.check_within)?;
-    if fitness.fit.len() < job.redundancy {
+    let candidates = fitness.fit.len() + fitness.unfit.len() + fitness.unusable.len();
+    // (Fewer targets than asked for at all is the catalog's to refuse, as bad input.)
+    if fitness.fit.len() < job.redundancy && candidates >= job.redundancy {
         let why = fitness
             .unfit
             .iter()
@@ -149,7 +151,11 @@ pub fn run_job(
         job.job,
         job.redundancy,
         &Constraints {
-            targets: Some(fitness.fit.clone()),
+            targets: Some(if candidates >= job.redundancy {
+                fitness.fit.clone()
+            } else {
+                job.targets.clone().unwrap_or_else(|| fitness.fit.clone())
+            }),
             lease: job.lease,
             wait: Duration::ZERO,
         },
