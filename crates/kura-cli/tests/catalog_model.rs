@@ -73,7 +73,6 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct World {
     f: Fresh,
-    db: Db,
     targets: Vec<PathBuf>,
     src: PathBuf,
     /// backup number → (snapshot, targets holding it).
@@ -102,7 +101,6 @@ impl World {
             targets: (0..TARGETS).map(|i| base.join(format!("t{i}"))).collect(),
             src: base.join("src"),
             f,
-            db,
             oracle: BTreeMap::new(),
             runs: 0,
         };
