@@ -11,7 +11,9 @@
 //! - backups left `forgetting` by an interrupted `kura backups forget`.
 //!
 //! The catalog is the truth for what a record should say, and the targets for what exists:
-//! a claimed copy that is missing is dropped from the catalog (the backup becomes
+//! a claimed copy that is missing (snapshot manifest, or packs of a section) is dropped from
+//! the catalog — a section whose index file alone is missing is only reported, as a prune
+//! may have listed its packs in other index files — (the backup becomes
 //! `forgotten` when no copy is left); a record the catalog lacks is re-entered when its
 //! target holds the snapshot, else deleted; a record that disagrees is rewritten.
 
@@ -210,6 +212,10 @@ fn copies(
             let pos = e.position.parse::<Position>()?;
             let snap = pos.snapshot();
             let mut diff = |kind, detail: String, seq: Option<i64>| -> Result<()> {
+                // A section whose index file is gone but whose snapshot is there may have
+                // its packs listed by other index files (a prune rewrites them): dropping
+                // the claim could hide data a restore reads. Reported, left for `check`.
+                let fixable = kind != DiffKind::MissingIndex;
                 let mut d = Difference {
                     kind,
                     target: Some(e.target.clone()),
@@ -218,7 +224,7 @@ fn copies(
                     detail,
                     fixed: false,
                 };
-                if fix {
+                if fix && fixable {
                     catalog.drop_copies(&e.target, &snap.to_hex(), seq)?;
                     d.fixed = true;
                 }
@@ -242,7 +248,11 @@ fn copies(
             if !h.names(FileKind::Index)?.contains(&index) {
                 diff(
                     DiffKind::MissingIndex,
-                    format!("section {}: index file {index} is not on the target", e.seq),
+                    format!(
+                        "section {}: index file {index} is not on the target (not dropped: \
+                         its packs may be listed elsewhere; run kura check there)",
+                        e.seq
+                    ),
                     Some(e.seq),
                 )?;
                 continue;
