@@ -446,7 +446,10 @@ fn with_every_target_dead_the_run_fails_cleanly() {
     // (exit 15), naming each and why, and counts one error against each.
     assert_eq!(o.status.code(), Some(15), "{err}");
     for t in ["t0", "t1", "t2"] {
-        assert!(err.contains(&format!("{t}: unreachable")), "{t} named: {err}");
+        assert!(
+            err.contains(&format!("{t}: unreachable")),
+            "{t} named: {err}"
+        );
         let r = fo.json(&["resource", "show", t]);
         assert_eq!(r["errors"], 1, "{r}");
     }
