@@ -87,6 +87,11 @@ pub enum BackupState {
     Running,
     Complete,
     Failed,
+    /// `kura backups forget` is deleting it (metadata first; a crash leaves this state for
+    /// `catalog verify --fix` to finish).
+    Forgetting,
+    /// Every copy was removed from its target (forget, prune): history, not restorable.
+    Forgotten,
 }
 
 impl BackupState {
@@ -95,6 +100,8 @@ impl BackupState {
             BackupState::Running => "running",
             BackupState::Complete => "complete",
             BackupState::Failed => "failed",
+            BackupState::Forgetting => "forgetting",
+            BackupState::Forgotten => "forgotten",
         }
     }
 
@@ -102,6 +109,8 @@ impl BackupState {
         match s {
             "complete" => BackupState::Complete,
             "running" => BackupState::Running,
+            "forgetting" => BackupState::Forgetting,
+            "forgotten" => BackupState::Forgotten,
             _ => BackupState::Failed,
         }
     }
@@ -340,10 +349,17 @@ impl Catalog {
         })
     }
 
-    /// Start recording a backup of `object` by run `run`, representing the data as of
-    /// `data_time` (ms). It stays `running` until [`finish_backup`](Self::finish_backup).
-    pub fn begin_backup(&self, run: i64, object: &str, data_time: i64) -> Result<i64> {
-        let now = self.now();
+    /// Start recording a backup of `object` by run `run`, begun at `started` (ms: the
+    /// snapshot's start, or the run's; the same value the records on the targets carry, so a
+    /// rebuild finds the row again), representing the data as of `data_time` (ms). It stays
+    /// `running` until [`finish_backup`](Self::finish_backup).
+    pub fn begin_backup(
+        &self,
+        run: i64,
+        object: &str,
+        started: i64,
+        data_time: i64,
+    ) -> Result<i64> {
         self.rt.block_on(async {
             let known = sqlx::query("SELECT ended FROM job_runs WHERE id = $1")
                 .bind(run)
@@ -367,7 +383,7 @@ impl Catalog {
             )
             .bind(run)
             .bind(object)
-            .bind(now)
+            .bind(started)
             .bind(data_time)
             .fetch_one(&self.pool)
             .await
@@ -440,10 +456,33 @@ impl Catalog {
         data_time: i64,
         extents: &[Extent],
     ) -> Result<(i64, bool, Vec<Extent>)> {
-        let existing = self
-            .backups(Some(object))?
-            .into_iter()
-            .find(|b| b.started == started && b.data_time == data_time);
+        // The same backup: same object and data time, and the same start or a copy of the
+        // same snapshot (rows written before the start was the snapshot's carry another).
+        let snapshots: Vec<&str> = extents
+            .iter()
+            .filter_map(|e| e.position.split(':').next())
+            .collect();
+        let mut existing = None;
+        for b in self.backups(Some(object))? {
+            if b.data_time != data_time {
+                continue;
+            }
+            let same = b.started == started
+                || self
+                    .extents(b.id)?
+                    .iter()
+                    .any(|e| snapshots.contains(&e.position.split(':').next().unwrap_or("")));
+            if same {
+                existing = Some(b);
+                break;
+            }
+        }
+        // A backup being deleted gets nothing back.
+        if let Some(b) = &existing
+            && b.state == BackupState::Forgetting
+        {
+            return Ok((b.id, false, Vec::new()));
+        }
         let have: Vec<(i64, String)> = match &existing {
             Some(b) => self
                 .extents(b.id)?
@@ -475,6 +514,17 @@ impl Catalog {
                 .and_then(|r| r.try_get(0))
                 .map_err(|e| self.db(e))?,
             };
+            // A forgotten backup whose copy turned up again (verified by the caller) is
+            // complete again.
+            if existing_id.is_some() && !usable.is_empty() {
+                sqlx::query(
+                    "UPDATE backups SET state = 'complete' WHERE id = $1 AND state = 'forgotten'",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            }
             for e in &usable {
                 sqlx::query(
                     "INSERT INTO extents (backup, stream, seq, source_offset, source_length, \

@@ -25,6 +25,7 @@
 //! second writer waits (busy timeout) instead of failing at commit. Securing is rare (once per
 //! job), so serialising it costs nothing measurable, and the same statement works on both.
 
+mod copies;
 mod jobs;
 mod resources;
 mod secure;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
+pub use copies::position_names;
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
 pub use resources::{Kind, Resource, State};
 

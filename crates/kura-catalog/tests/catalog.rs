@@ -316,7 +316,9 @@ fn backups_record_only_acknowledged_extents(db: Db) {
     let (_f, c) = with_targets(db, 2);
     let g = c.secure(0, 2, &Constraints::default()).unwrap();
     let run = g.secured.process;
-    let b = c.begin_backup(run, "/srv/db", 1_700_000_000_000).unwrap();
+    let b = c
+        .begin_backup(run, "/srv/db", 1_699_999_990_000, 1_700_000_000_000)
+        .unwrap();
     assert_eq!(c.backup(b).unwrap().state, BackupState::Running);
     let subs = g.secured.subsystems.clone();
     let ext = |seq: i64, stream: i64| {
@@ -361,7 +363,7 @@ fn backups_record_only_acknowledged_extents(db: Db) {
     g.finish(Ok(())).unwrap();
     assert!(matches!(c.remove_resource(&t), Err(Error::Invalid(m)) if m.contains("extent")));
     assert!(matches!(
-        c.begin_backup(run, "/srv/db", 0),
+        c.begin_backup(run, "/srv/db", 0, 0),
         Err(Error::Invalid(m)) if m.contains("already ended")
     ));
     c.finish_backup(b, BackupState::Complete).unwrap();
@@ -375,6 +377,10 @@ fn backups_record_only_acknowledged_extents(db: Db) {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].state, BackupState::Complete);
     assert_eq!(back[0].data_time, 1_700_000_000_000);
+    assert_eq!(
+        back[0].started, 1_699_999_990_000,
+        "the backup's start, not the row's"
+    );
     assert!(back[0].ended.is_some());
     assert!(c.backups(Some("/other")).unwrap().is_empty());
 }
@@ -469,7 +475,75 @@ fn a_newer_catalog_is_refused() {
     }
 }
 
+/// Copies a target no longer holds are dropped; the last one gone, the backup is
+/// `forgotten`; a backup being deleted (`forgetting`) gets nothing back from a record; then
+/// its rows go.
+fn dropped_copies_leave_forgotten_backups(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let g = c.secure(0, 2, &Constraints::default()).unwrap();
+    let run = g.secured.process;
+    let b = c.begin_backup(run, "/x", 5, 10).unwrap();
+    let snap = "ab".repeat(32);
+    let subs = g.secured.subsystems.clone();
+    for (i, s) in subs.iter().enumerate() {
+        let e = Extent {
+            stream: i as i64,
+            seq: 0,
+            source_offset: 0,
+            source_length: 1,
+            target: s.target.clone(),
+            medium: s.medium.clone(),
+            position: snap.clone(),
+            size: 1,
+        };
+        c.record_extent(b, &e).unwrap();
+    }
+    g.finish(Ok(())).unwrap();
+    c.finish_backup(b, BackupState::Complete).unwrap();
+    let all = c.extents(b).unwrap();
+    // Another snapshot's name, or a prefix of this one, drops nothing.
+    assert!(
+        c.drop_copies(&subs[0].target, &"cd".repeat(32), None)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.drop_copies(&subs[0].target, &snap[..10], None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(c.drop_copies(&subs[0].target, &snap, None).unwrap(), [b]);
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Complete);
+    assert_eq!(c.extents(b).unwrap().len(), 1);
+    assert_eq!(c.drop_copies(&subs[1].target, &snap, None).unwrap(), [b]);
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Forgotten);
+    assert!(c.extents(b).unwrap().is_empty());
+    // A copy that turned up again (a verified record) makes it complete again.
+    let (id, new, _) = c.import_backup("/x", 5, 6, 10, &all[..1]).unwrap();
+    assert_eq!((id, new), (b, false));
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Complete);
+    c.mark_forgetting(b).unwrap();
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Forgetting);
+    let (id, new, _) = c.import_backup("/x", 5, 6, 10, &all).unwrap();
+    assert_eq!((id, new), (b, false));
+    assert_eq!(
+        c.extents(b).unwrap().len(),
+        1,
+        "nothing comes back while forgetting"
+    );
+    c.delete_backup(b).unwrap();
+    assert!(matches!(c.backup(b), Err(Error::UnknownBackup(_))));
+    // The repository recorded with a target.
+    assert_eq!(c.target_repository(&subs[0].target).unwrap(), None);
+    c.set_target_repository(&subs[0].target, "r1").unwrap();
+    assert_eq!(
+        c.target_repository(&subs[0].target).unwrap().as_deref(),
+        Some("r1")
+    );
+}
+
 on_both_dbs!(
+    dropped_copies_leave_forgotten_backups,
     registers_resources_with_implicit_media_and_rejects_bad_input,
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
     repeated_errors_make_a_target_not_usable_with_the_reason,

@@ -695,10 +695,27 @@ pub struct HealArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BackupsArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupsCommand>,
     /// Only backups of this object
     #[arg(long)]
     pub object: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Delete a backup from the catalog and from every target holding part of it (the
+    /// records first, then the snapshot, then the catalog rows; finish an interrupted one
+    /// with kura catalog verify --fix). Free the space with kura prune on the targets
+    Forget(BackupForgetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupForgetArgs {
+    /// The backup's number (kura backups)
+    pub backup: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -706,6 +723,17 @@ pub enum CatalogCommand {
     /// Re-enter the backups recorded on these targets (after losing the catalog database):
     /// add the targets first (kura resource add target …), then rebuild from any of them
     Rebuild(RebuildArgs),
+    /// Compare the catalog with the targets: copies claimed but missing, records missing,
+    /// unknown or disagreeing, interrupted forgets; exit 4 when any is found
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Repair what was found: drop missing copies from the catalog, re-enter or delete
+    /// unknown records, rewrite disagreeing ones, finish interrupted forgets
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Args)]

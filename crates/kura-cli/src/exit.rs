@@ -45,7 +45,7 @@ pub const USAGE: i32 = 2;
 /// Completed, but incomplete: some source files could not be read (backup), or some files
 /// could not be restored (restore).
 pub const INCOMPLETE: i32 = 3;
-/// `check` found damage.
+/// `check` found damage; `catalog verify` found differences.
 pub const DAMAGED: i32 = 4;
 /// `target probe` found the target unhealthy.
 pub const TARGET_UNHEALTHY: i32 = 5;

@@ -238,7 +238,7 @@ pub fn heal(
         &added,
     )?;
     // An updated record, listing every piece, on every target: the catalog can be rebuilt
-    // from any of them. It keeps the original record's times, so a rebuild merges the two.
+    // from any of them. It keeps the original record's times.
     let all = catalog.extents(backup)?;
     let original = repo.catalog_records().ok().and_then(|rs| {
         rs.into_iter().map(|(_, r)| r).find(|r| {
@@ -261,9 +261,11 @@ pub fn heal(
         extents: all.iter().map(crate::rebuild::to_record).collect(),
     };
     for (name, target) in &view.targets {
+        // The updated record replaces the older ones (one record per backup per target).
         let written = repo
             .member(Arc::clone(target))
-            .and_then(|m| m.save_catalog_record(&record));
+            .map_err(Error::from)
+            .and_then(|m| crate::sync::rewrite_records(&m, view.snapshot, Some(&record)));
         if let Err(e) = written {
             tracing::warn!("catalog record on {name}: {e}");
         }

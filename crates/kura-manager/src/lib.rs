@@ -33,12 +33,15 @@
 //! records no backup at all.
 
 mod failover;
+pub mod fit;
 pub mod heal;
 mod hooks;
 mod mirror;
 pub mod position;
 pub mod rebuild;
 mod run;
+pub mod sync;
+pub mod verify;
 
 pub use heal::{BackupView, HealReport, heal, open_backup};
 pub use hooks::{Hook, HookPhase};

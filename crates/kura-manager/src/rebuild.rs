@@ -79,11 +79,33 @@ impl Rebuilt {
     }
 }
 
-/// Re-enter every backup recorded in `repo` (a target's repository) into `catalog`.
-pub fn rebuild_from(catalog: &Catalog, repo: &Repository) -> Result<Rebuilt> {
+/// Re-enter every backup recorded in `repo` (the repository on catalog target `name`) into
+/// `catalog`. A record never brings back a copy on `name` whose snapshot `name` no longer
+/// holds (a forget there after the record was written); copies on other targets are taken
+/// as recorded (`kura catalog verify` checks them against their targets).
+pub fn rebuild_from(catalog: &Catalog, repo: &Repository, name: &str) -> Result<Rebuilt> {
+    let held: std::collections::HashSet<String> = repo
+        .backend()
+        .list(kura_backend::FileKind::Snapshot)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
     let mut out = Rebuilt::default();
     for (_, r) in repo.catalog_records()? {
-        let extents: Vec<Extent> = r.extents.iter().map(from_record).collect();
+        let extents: Vec<Extent> = r
+            .extents
+            .iter()
+            .map(from_record)
+            .filter(|e| {
+                e.target != name
+                    || e.position
+                        .parse::<crate::Position>()
+                        .is_ok_and(|p| held.contains(&p.snapshot().to_hex()))
+            })
+            .collect();
+        if extents.is_empty() {
+            continue;
+        }
         out.import(
             catalog,
             &r.object,

@@ -53,7 +53,13 @@ pub struct JobSpec {
     pub mode: RunMode,
     /// Only these targets (names), if set.
     pub targets: Option<Vec<String>>,
+    /// How long the allocations live without renewal, and how often they are renewed (a
+    /// dead manager's targets return to the pool at most `lease` after its last renewal).
     pub lease: Duration,
+    pub renew_every: Duration,
+    /// How long the check before securing waits for each target to answer
+    /// ([`crate::fit`]).
+    pub check_within: Duration,
     pub pre: Option<Hook>,
     pub post: Option<Hook>,
     pub backup: BackupOptions,
@@ -86,6 +92,8 @@ pub struct JobReport {
     pub failovers: usize,
     /// The post hook's failure, if it failed after a successful backup.
     pub post_error: Option<String>,
+    /// Targets the check before securing passed over, with the reason.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// Run a backup job: see the crate docs for the steps. `open` turns a target URL into a
@@ -112,11 +120,42 @@ pub fn run_job(
         }
         _ => {}
     }
+    // Check before committing: only fit targets are secured, and a run that cannot have
+    // enough of them fails here, before the pre hook.
+    let fitness = crate::fit::check(catalog, job.targets.as_deref(), open, job.check_within)?;
+    let candidates = fitness.fit.len() + fitness.unfit.len() + fitness.unusable.len();
+    // (Fewer targets than asked for at all is the catalog's to refuse, as bad input.)
+    if fitness.fit.len() < job.redundancy && candidates >= job.redundancy {
+        let why = fitness
+            .unfit
+            .iter()
+            .chain(&fitness.unusable)
+            .map(|(t, w)| format!("{t}: {w}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(kura_catalog::Error::Unavailable {
+            need: job.redundancy,
+            why: format!(
+                "{} fit target(s){}",
+                fitness.fit.len(),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(", passed over: {why}")
+                }
+            ),
+        }
+        .into());
+    }
     let guard = catalog.secure(
         job.job,
         job.redundancy,
         &Constraints {
-            targets: job.targets.clone(),
+            targets: Some(if candidates >= job.redundancy {
+                fitness.fit.clone()
+            } else {
+                job.targets.clone().unwrap_or_else(|| fitness.fit.clone())
+            }),
             lease: job.lease,
             wait: Duration::ZERO,
         },
@@ -132,7 +171,7 @@ pub fn run_job(
         // Keep the lease alive; a lost lease means another manager may take the targets:
         // stop the backup.
         s.spawn(|| {
-            let every = job.lease / 3;
+            let every = job.renew_every.min(job.lease / 2);
             let mut waited = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
@@ -207,6 +246,12 @@ pub fn run_job(
                 None => Ok(()),
             };
             guard.finish(outcome_for_run)?;
+            // The group each copy holder now holds, for the next run's identity check.
+            if let Some(id) = &fitness.repository {
+                for c in copies.iter().filter(|c| c.dropped.is_none()) {
+                    catalog.set_target_repository(&c.target, id)?;
+                }
+            }
             Ok(JobReport {
                 process,
                 backup,
@@ -215,6 +260,7 @@ pub fn run_job(
                 extents,
                 failovers,
                 post_error,
+                skipped: fitness.unfit,
             })
         }
         Err(e) => {
@@ -346,7 +392,7 @@ fn record(catalog: &Catalog, job: &JobSpec, secured: &Secured, done: ModeDone) -
         tracing::warn!("catalog record on the targets: {e}");
     }
     // Only now, with the snapshot durable, does the catalog hear of it.
-    let b = catalog.begin_backup(secured.process, &job.object, data_time)?;
+    let b = catalog.begin_backup(secured.process, &job.object, record.started, data_time)?;
     let recorded = extents.iter().try_for_each(|e| catalog.record_extent(b, e));
     if let Err(e) = recorded {
         // Never leave a half-recorded backup looking like it may still complete.

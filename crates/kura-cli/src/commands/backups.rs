@@ -15,6 +15,9 @@ use crate::output::{local_ms, rfc3339_ms, table};
 use crate::{App, exit};
 
 pub fn run(app: &App, a: BackupsArgs) -> Result<i32> {
+    if let Some(crate::cli::BackupsCommand::Forget(f)) = a.command {
+        return super::catalog_sync::forget_backup(app, f.backup);
+    }
     let cat = app.catalog()?;
     let backups = cat.backups(a.object.as_deref())?;
     let mut rows = Vec::new();
@@ -170,7 +173,10 @@ fn volume_records(
 
 /// `kura catalog rebuild --from TARGET… [--volumes]`.
 pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
-    let CatalogCommand::Rebuild(a) = c;
+    let a = match c {
+        CatalogCommand::Rebuild(a) => a,
+        CatalogCommand::Verify(v) => return super::catalog_sync::verify(app, v.fix),
+    };
     let cat = app.catalog()?;
     // Volume records need no repository password; targets do.
     let password = if a.from.is_empty() {
@@ -189,7 +195,7 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
         let url = t.config.get("url").and_then(Value::as_str).unwrap_or("");
         let repo = Repository::open(app.backend_for(url)?, &password)
             .with_context(|| format!("open repository on target {name}"))?;
-        let r = kura_manager::rebuild::rebuild_from(&cat, &repo)
+        let r = kura_manager::rebuild::rebuild_from(&cat, &repo, name)
             .with_context(|| format!("rebuild from the records on target {name}"))?;
         total.merge(r);
     }

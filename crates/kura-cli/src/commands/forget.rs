@@ -108,6 +108,7 @@ fn forget_locked<K>(
         return Ok(false);
     }
     let n = remove_snapshots(repo, lock, &remove)?;
+    super::catalog_sync::after_change(app, repo);
     if !app.global.json {
         app.say(format!("removed {n} snapshot(s)"));
     } else if policy.is_empty() {

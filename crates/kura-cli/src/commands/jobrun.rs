@@ -17,8 +17,32 @@ use crate::exit::{self, UsageError};
 use crate::output::{bytes, summary_json};
 use crate::{App, password};
 
-/// How long a run's allocations live without renewal (renewed every third of it).
-const LEASE: Duration = Duration::from_secs(300);
+/// How long a run's allocations live without renewal, and how often they are renewed: a
+/// dead manager's targets return to the pool within a minute. `KURA_LEASE` and
+/// `KURA_LEASE_RENEW` (e.g. `5s`) change them, for tests and slow catalogs.
+const LEASE: Duration = Duration::from_secs(45);
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How long the check before securing waits for a target to answer (`KURA_CHECK_WITHIN`).
+const CHECK_WITHIN: Duration = Duration::from_secs(5);
+
+/// (lease, renewal interval, check deadline), from the environment or the defaults.
+fn timings() -> Result<(Duration, Duration, Duration)> {
+    let env = |name: &str, default: Duration| -> Result<Duration> {
+        match std::env::var(name) {
+            Ok(v) => duration(name, &v),
+            Err(_) => Ok(default),
+        }
+    };
+    let lease = env("KURA_LEASE", LEASE)?;
+    let renew = env("KURA_LEASE_RENEW", RENEW_EVERY)?;
+    if renew.is_zero() || renew >= lease {
+        return Err(UsageError(format!(
+            "KURA_LEASE_RENEW ({renew:?}) must be shorter than KURA_LEASE ({lease:?}) and not 0"
+        ))
+        .into());
+    }
+    Ok((lease, renew, env("KURA_CHECK_WITHIN", CHECK_WITHIN)?))
+}
 
 fn duration(what: &str, s: &str) -> Result<Duration> {
     parse_duration(s)
@@ -142,7 +166,9 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
             },
         ),
         targets: (!targets.is_empty()).then_some(targets),
-        lease: LEASE,
+        lease: timings()?.0,
+        renew_every: timings()?.1,
+        check_within: timings()?.2,
         pre: hook(s("pre").as_deref(), hook_timeout),
         post: hook(s("post").as_deref(), hook_timeout),
         backup: crate::commands::backup::from_config(app),
@@ -182,7 +208,9 @@ pub fn run_adhoc(
             },
         ),
         targets: (!r.targets.is_empty()).then(|| r.targets.clone()),
-        lease: LEASE,
+        lease: timings()?.0,
+        renew_every: timings()?.1,
+        check_within: timings()?.2,
         pre: hook(r.pre.as_deref(), hook_timeout),
         post: hook(r.post.as_deref(), hook_timeout),
         backup: opts,
@@ -221,6 +249,7 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
                 "summary": summary_json(s),
                 "warnings": report.outcome.warnings,
                 "post_hook_error": report.post_error,
+                "skipped": report.skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
                 "mode": if failover { "failover" } else { "mirror" },
                 "failovers": report.failovers,
                 "copies": report.copies.iter().map(|c| json!({
@@ -271,6 +300,9 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
                 );
             }
         }
+    }
+    for (t, why) in &report.skipped {
+        eprintln!("warning: target {t} was passed over: {why}");
     }
     for c in dropped.iter().filter(|_| failover) {
         eprintln!(

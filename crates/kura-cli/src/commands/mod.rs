@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod backups;
+pub mod catalog_sync;
 pub mod check;
 pub mod dump;
 pub mod forget;

@@ -61,6 +61,9 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
         repack_threshold: a.repack_threshold / 100.0,
         keep_condemned,
     };
+    // Snapshots removed without the catalog hearing of it (a forget elsewhere) stop being
+    // claimed.
+    super::catalog_sync::after_change(app, &repo);
     crate::with_lock(lock, |lock| prune_locked(app, repo, lock, &opts))?;
     Ok(exit::OK)
 }
