@@ -132,7 +132,9 @@ mod tests {
         assert_eq!(b.list(FileKind::Probe).unwrap(), vec![]);
         let missing = crate::LocalBackend::new(d.path().join("no/such/dir/at/all"));
         let r = probe(&missing, 16);
-        // The directory is created on write, so a missing path is still usable…
-        assert!(r.ok(), "{r:?}");
+        // A missing directory (an unmounted NAS) is unhealthy, and nothing is created there.
+        assert!(!r.ok(), "{r:?}");
+        assert!(r.error.as_ref().unwrap().1.contains("missing"), "{r:?}");
+        assert!(!d.path().join("no").exists());
     }
 }
