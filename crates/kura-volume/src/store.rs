@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -155,7 +155,13 @@ impl VolumeStore {
     /// The store in `dir` (created if missing).
     pub fn open(dir: impl Into<PathBuf>) -> Result<VolumeStore> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        // Volume data is private: a new store directory is 0700 (an existing one is left
+        // as the administrator made it), every file in it 0600.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format!("create {}", dir.display())))?;
         Ok(VolumeStore {
             dir,
             open: Arc::default(),
@@ -192,7 +198,13 @@ impl VolumeStore {
     pub(crate) fn write_atomic(&self, file: &str, body: &[u8]) -> Result<()> {
         let path = self.dir.join(file);
         let tmp = self.dir.join(format!(".{file}.tmp"));
-        let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(format!("create {}", tmp.display())))?;
         f.write_all(body)
             .and_then(|()| f.sync_all())
             .map_err(io(format!("write {}", tmp.display())))?;
@@ -247,6 +259,7 @@ impl VolumeStore {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&raw)
             .map_err(io(format!("create {}", raw.display())))?;
         f.set_len(size)
