@@ -479,7 +479,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
         /// No input panics the parser, and whatever it accepts, the S3 client accepts too.
         #[test]
         fn parse_never_panics(url in "(s3://|file://|)[ -~]{0,60}") {

@@ -629,4 +629,39 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+        ))]
+        /// Damaged metadata and record files (any bytes, or a valid file with one byte changed
+        /// or cut short) are errors naming the file, never panics; sizes and areas likewise.
+        #[test]
+        fn damaged_volume_files_never_panic(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            pos in 0usize..400,
+            val in proptest::prelude::any::<u8>(),
+            cut in 0usize..400,
+            text in "[ -~]{0,16}",
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let s = VolumeStore::open(d.path()).unwrap();
+            s.create("v", 8192).unwrap();
+            let meta = d.path().join("v.vol");
+            let mut valid = std::fs::read(&meta).unwrap();
+            if pos < valid.len() {
+                valid[pos] = val;
+            }
+            valid.truncate(cut);
+            for body in [&junk, &valid] {
+                std::fs::write(&meta, body).unwrap();
+                let _ = s.info("v");
+                let _ = s.records("v");
+            }
+            std::fs::write(d.path().join("v.records"), &junk).unwrap();
+            let _ = s.records("v");
+            let _ = parse_size(&text);
+            let _ = crate::pair::parse_area(&text);
+        }
+    }
 }
