@@ -100,7 +100,6 @@ impl Reuse {
 /// hang the open) and check through the descriptor that it is a regular file or a block
 /// device before anything is read; blocking mode is then restored.
 fn open_image(path: &Path) -> std::io::Result<File> {
-    use std::os::fd::AsRawFd;
     let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     let f = OpenOptions::new()
         .read(true)
@@ -114,15 +113,7 @@ fn open_image(path: &Path) -> std::io::Result<File> {
             "not a regular file or block device; not read",
         ));
     }
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain ints.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) == 0
-    };
-    if !ok {
-        return Err(std::io::Error::last_os_error());
-    }
+    super::source::set_blocking(&f)?;
     Ok(f)
 }
 

@@ -18,7 +18,7 @@
 //! ctime moved while it was read is saved as read and counted (`files_changed_while_read`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::oneshot::{SlotRx, SlotTx, slot};
 use super::saver::Saver;
+use super::source::open_source;
 use super::{BackupOptions, CancelToken};
 use crate::chunker::{Cdc, is_zero};
 use crate::error::{Error, Result};
@@ -58,7 +60,7 @@ struct FileJob {
     _anchor: Option<Arc<OwnedFd>>,
     /// What the walker's `lstat` saw; the reader reads only that same regular file.
     seen: Seen,
-    result: Sender<FileResult>,
+    result: SlotTx<FileResult>,
 }
 
 /// The identity and version of a file as the walker saw it.
@@ -97,7 +99,7 @@ enum PendingNode {
     File {
         node: Node,
         status: FileStatus,
-        rx: Receiver<FileResult>,
+        rx: SlotRx<FileResult>,
     },
     Dir {
         node: Node,
@@ -466,14 +468,14 @@ impl Walker<'_> {
         parent: Option<&Tree>,
         root_dev: Option<u64>,
     ) -> Result<usize> {
-        // (name, lstat result). `DirEntry::metadata` stats relative to the open directory
-        // (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`), sparing a full path walk per entry.
-        let mut entries: Vec<(Vec<u8>, std::io::Result<std::fs::Metadata>)> = Vec::new();
+        // Names only, stat'ed one by one as they are visited: a directory of 100 000 entries
+        // holds 100 000 short names here, not 100 000 `stat` results (about 200 bytes each).
+        let mut names: Vec<Box<[u8]>> = Vec::new();
         match std::fs::read_dir(self.short(path)) {
             Ok(rd) => {
                 for e in rd {
                     match e {
-                        Ok(e) => entries.push((e.file_name().as_bytes().to_vec(), e.metadata())),
+                        Ok(e) => names.push(e.file_name().as_bytes().into()),
                         Err(e) => {
                             self.ctx
                                 .warn(format!("{}: reading directory: {e}", path.display()));
@@ -486,12 +488,12 @@ impl Walker<'_> {
                 .ctx
                 .warn(format!("{}: reading directory: {e}", path.display())),
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut nodes = Vec::with_capacity(entries.len());
-        for (name, md) in entries {
+        names.sort_unstable();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
             self.ctx.cancel.check()?;
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
-            let md = match md {
+            let md = match std::fs::symlink_metadata(self.short(&child)) {
                 Ok(md) => md,
                 Err(e) => {
                     self.ctx.warn(format!("{}: {e}", child.display()));
@@ -551,7 +553,7 @@ impl Walker<'_> {
                         FileStatus::New
                     };
                     ctx.progress.add_total(node.size, 1);
-                    let (tx, rx) = bounded(1);
+                    let (tx, rx) = slot();
                     self.jobs
                         .send(FileJob {
                             path: short,
@@ -631,80 +633,11 @@ fn reader_loop(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) -> Result<()> {
     for job in jobs {
         ctx.cancel.check()?;
         let r = read_file(ctx, &job.path, &job.shown, &job.seen, &mut window)?;
-        // The assembler may have stopped (failure elsewhere); that error is reported there.
-        let _ = job.result.send(r);
+        // The assembler may have stopped (failure elsewhere); that error is reported there, and
+        // a result nobody waits for is simply dropped.
+        job.result.send(r);
     }
     Ok(())
-}
-
-/// Open a source file without ever blocking or following a link: `O_NONBLOCK` (a FIFO or
-/// device swapped in since the walk must not hang the open), `O_NOFOLLOW`, `O_NOCTTY`.
-fn open_nonblocking(path: &Path) -> std::io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let mut o = OpenOptions::new();
-    o.read(true).custom_flags(flags | libc::O_NOATIME);
-    match o.open(path) {
-        // O_NOATIME is only allowed on files we own (or as root).
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            OpenOptions::new().read(true).custom_flags(flags).open(path)
-        }
-        r => r,
-    }
-}
-
-/// Open the regular file the walker saw at `path`, or say why not. Whatever is there now is
-/// opened without blocking and checked through its descriptor before one byte is read: a
-/// file that became a FIFO, device, directory or symlink, or was replaced by another file,
-/// is refused. Blocking mode is restored for the read.
-pub(super) fn open_source(path: &Path, dev: u64, ino: u64) -> std::result::Result<File, String> {
-    let f = open_nonblocking(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => "became a symbolic link since it was listed; not read".to_string(),
-        _ => e.to_string(),
-    })?;
-    let md = f.metadata().map_err(|e| e.to_string())?;
-    if !md.is_file() {
-        return Err(format!(
-            "is no longer a regular file (now {}); not read",
-            kind_name(&md)
-        ));
-    }
-    if (md.dev(), md.ino()) != (dev, ino) {
-        return Err("was replaced by another file since it was listed; not read".into());
-    }
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain ints.
-    let cleared = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) == 0
-    };
-    if !cleared {
-        return Err(format!(
-            "cannot clear O_NONBLOCK: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(f)
-}
-
-/// "a FIFO", "a directory", … for messages.
-fn kind_name(md: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = md.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "something else"
-    }
 }
 
 /// Read and chunk one file. The outer `Result` is fatal (pipeline failure, cancel); the
@@ -813,7 +746,7 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
                     status,
                     rx,
                 } => match rx.recv() {
-                    Ok(Ok(read)) => {
+                    Some(Ok(read)) => {
                         node.size = read.size;
                         node.content = Some(read.chunks);
                         let c = match status {
@@ -823,10 +756,10 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
                         c.fetch_add(1, Ordering::Relaxed);
                         nodes.push(node);
                     }
-                    Ok(Err(warning)) => {
+                    Some(Err(warning)) => {
                         ctx.warn(format!("{warning} (left out of the snapshot)"));
                     }
-                    Err(_) => return Err(Error::Interrupted),
+                    None => return Err(Error::Interrupted),
                 },
                 PendingNode::Dir { mut node, token } => {
                     let id = done.remove(&token).ok_or(Error::Interrupted)?;
@@ -848,52 +781,4 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
         out.insert(t, id);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(p: &Path) -> (u64, u64) {
-        let md = std::fs::symlink_metadata(p).unwrap();
-        (md.dev(), md.ino())
-    }
-
-    /// Whatever replaced a listed regular file, it is refused at once (never read, never
-    /// waited on), with a message that says what it became.
-    #[test]
-    fn a_swapped_file_is_refused_without_blocking() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        std::fs::write(&p, b"data").unwrap();
-        let (dev, ino) = id(&p);
-        let mut f = open_source(&p, dev, ino).unwrap();
-        let mut s = String::new();
-        f.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "data");
-        let swap = |make: &dyn Fn(&Path)| {
-            std::fs::remove_file(&p).ok();
-            std::fs::remove_dir(&p).ok();
-            make(&p);
-            open_source(&p, dev, ino).unwrap_err()
-        };
-        let fifo = swap(&|p| {
-            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-            // SAFETY: c is a valid NUL-terminated path.
-            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        });
-        assert!(fifo.contains("now a FIFO"), "{fifo}");
-        let dir = swap(&|p| std::fs::create_dir(p).unwrap());
-        assert!(dir.contains("now a directory"), "{dir}");
-        let link = swap(&|p| std::os::unix::fs::symlink("/etc/passwd", p).unwrap());
-        assert!(link.contains("symbolic link"), "{link}");
-        // Another regular file in its place (kept alive so its inode cannot be reused).
-        let keep = d.path().join("keep");
-        std::fs::write(&keep, b"x").unwrap();
-        let (kdev, kino) = id(&keep);
-        let other = open_source(&keep, kdev, kino + 1).unwrap_err();
-        assert!(other.contains("replaced"), "{other}");
-        let dev_null = open_source(Path::new("/dev/null"), dev, ino).unwrap_err();
-        assert!(dev_null.contains("character device"), "{dev_null}");
-    }
 }
