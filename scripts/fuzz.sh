@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export KURA_FUZZ_CASES="${1:-${KURA_FUZZ_CASES:-200000}}"
 export PROPTEST_CASES="$KURA_FUZZ_CASES"
 echo "fuzzing with $KURA_FUZZ_CASES cases per parser"
-cargo test --locked --release -p kura-backend --lib target::tests
-cargo test --locked --release -p kura-repo --lib -- fuzz:: pack::tests tree::tests image::tests
-cargo test --locked --release -p kura-volume --lib store::tests::damaged_volume_files_never_panic
-cargo test --locked --release -p kura-cli --bin kura config::tests
+cargo test --locked -p kura-backend --lib target::tests
+cargo test --locked -p kura-repo --lib -- fuzz:: pack::tests tree::tests image::tests
+cargo test --locked -p kura-volume --lib store::tests::damaged_volume_files_never_panic
+cargo test --locked -p kura-cli --bin kura config::tests
