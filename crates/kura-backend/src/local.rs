@@ -12,8 +12,8 @@
 //! root and its folders: a put into a missing root (an unmounted NAS) fails with "repository
 //! missing" instead of building an empty repository skeleton on the mount point; the only
 //! folders made later are a missing `data/XX` fan-out folder, a kind's folder in a repository
-//! whose config exists (older repositories lack `catalog/`), and `probe/` in an existing
-//! directory (`target probe` before `init`).
+//! whose config exists (older repositories lack `catalog/`), and `probe/` (with the target
+//! directory itself if its parent exists: `target probe` of a new target before `init`).
 //!
 //! Every call runs on the [`Executor`](crate::deadline::Executor) under the operation's
 //! deadline, so a hung network mount is reported as `TimedOut` instead of hanging the caller,
@@ -183,9 +183,18 @@ impl Inner {
     /// created where it should be.
     fn make_missing_dir(&self, dir: &Path) -> io::Result<()> {
         let parent = dir.parent().unwrap_or(dir);
+        let probe = dir == self.root.join(FileKind::Probe.dir());
+        // `target probe` of a new target (added before `init`) may make its directory, one
+        // level below an existing one, as `init` would; nothing else may.
+        if probe
+            && !self.root.exists()
+            && let Some(up) = self.root.parent().filter(|u| u.is_dir())
+        {
+            mkdir(&self.root)?;
+            sync_dir(up)?;
+        }
         let may = if parent == self.root {
-            self.path(FileKind::Config, "config").is_file()
-                || (dir == self.root.join(FileKind::Probe.dir()) && self.root.is_dir())
+            self.path(FileKind::Config, "config").is_file() || (probe && self.root.is_dir())
         } else {
             parent == self.root.join("data") && parent.is_dir()
         };

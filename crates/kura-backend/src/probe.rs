@@ -136,5 +136,10 @@ mod tests {
         assert!(!r.ok(), "{r:?}");
         assert!(r.error.as_ref().unwrap().1.contains("missing"), "{r:?}");
         assert!(!d.path().join("no").exists());
+        // A new target one level below an existing directory (added before `init`) probes
+        // healthy, as `init` there would work.
+        let fresh = crate::LocalBackend::new(d.path().join("fresh"));
+        let r = probe(&fresh, 16);
+        assert!(r.ok(), "{r:?}");
     }
 }
