@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Corrupt,
     /// The target is full (ENOSPC, EDQUOT).
     NoSpace,
+    /// The request itself is invalid (a malformed target URL or option): a usage error,
+    /// never worth retrying.
+    Invalid,
     /// Anything else.
     Other,
 }
@@ -43,6 +46,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already-exists",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::NoSpace => "no-space",
+            ErrorKind::Invalid => "invalid",
             ErrorKind::Other => "other",
         }
     }
@@ -101,6 +105,8 @@ pub struct BackendError {
     detail: String,
     /// Worth retrying (connection trouble, timeouts, 5xx); decided where the cause is known.
     transient: bool,
+    /// The repository's own location is gone (see [`BackendError::repository_missing`]).
+    repository_missing: bool,
     #[source]
     source: Option<io::Error>,
 }
@@ -121,8 +127,27 @@ impl BackendError {
             location: location.into(),
             detail: detail.into(),
             transient: kind.is_transient(),
+            repository_missing: false,
             source: None,
         }
+    }
+
+    /// A write into a repository whose location does not exist (an unmounted NAS, a wrong
+    /// path): `NotFound`, and the caller reports "no repository" rather than a lost object.
+    pub fn repository_missing(
+        op: &'static str,
+        object: impl Into<String>,
+        location: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let mut e = Self::new(ErrorKind::NotFound, op, object, location, detail);
+        e.repository_missing = true;
+        e
+    }
+
+    /// Whether the repository location itself is missing.
+    pub fn is_repository_missing(&self) -> bool {
+        self.repository_missing
     }
 
     /// `create` on a location that already holds a repository.
@@ -152,6 +177,7 @@ impl BackendError {
             location: location.into(),
             detail,
             transient: kind.is_transient(),
+            repository_missing: false,
             source: Some(err),
         }
     }

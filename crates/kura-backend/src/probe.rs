@@ -132,7 +132,14 @@ mod tests {
         assert_eq!(b.list(FileKind::Probe).unwrap(), vec![]);
         let missing = crate::LocalBackend::new(d.path().join("no/such/dir/at/all"));
         let r = probe(&missing, 16);
-        // The directory is created on write, so a missing path is still usable…
+        // A missing directory (an unmounted NAS) is unhealthy, and nothing is created there.
+        assert!(!r.ok(), "{r:?}");
+        assert!(r.error.as_ref().unwrap().1.contains("missing"), "{r:?}");
+        assert!(!d.path().join("no").exists());
+        // A new target one level below an existing directory (added before `init`) probes
+        // healthy, as `init` there would work.
+        let fresh = crate::LocalBackend::new(d.path().join("fresh"));
+        let r = probe(&fresh, 16);
         assert!(r.ok(), "{r:?}");
     }
 }

@@ -94,8 +94,15 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    // At most 30 days: deadlines are added to `Instant`s, which must not overflow.
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_DURATION_SECS) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
+
+/// The longest duration [`parse_duration`] accepts (30 days).
+pub const MAX_DURATION_SECS: f64 = 30.0 * 86400.0;
 
 #[cfg(test)]
 mod tests {

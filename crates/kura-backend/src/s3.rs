@@ -102,16 +102,25 @@ impl S3Backend {
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .or(profile.region.clone())
             .unwrap_or_else(|| "us-east-1".to_string());
-        b = b.with_region(region);
+        b = b.with_region(&region);
         let endpoint = cfg
             .endpoint
             .clone()
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
+            .or_else(|| env("AWS_ENDPOINT"))
             .or(profile.endpoint_url.clone());
+        // The URL's own values were checked by `Target::parse`; these may come from the
+        // environment or the AWS config files, and the S3 client panics on a bad endpoint.
+        let invalid = |why: String| {
+            BackendError::new(ErrorKind::Invalid, "configure", "bucket", &location, why)
+        };
         if let Some(e) = &endpoint {
+            crate::target::check_endpoint(e).map_err(invalid)?;
             b = b.with_endpoint(e);
         }
+        crate::target::check_region(&region).map_err(invalid)?;
+        crate::target::check_bucket(&cfg.bucket).map_err(invalid)?;
         let allow_http = cfg.allow_http.unwrap_or_else(|| {
             endpoint
                 .as_deref()

@@ -47,7 +47,106 @@ pub enum Target {
 }
 
 fn bad(url: &str, why: impl Into<String>) -> BackendError {
-    BackendError::new(ErrorKind::Other, "parse", url, "target URL", why)
+    BackendError::new(ErrorKind::Invalid, "parse", url, "target URL", why)
+}
+
+/// Check an S3 endpoint before any library sees it: `http(s)://HOST[:PORT][/]`, printable
+/// ASCII, no credentials, path, query or fragment. The S3 client concatenates the endpoint
+/// into request URLs as written and panics on what it cannot parse, so anything it might
+/// mis-handle is refused here, with a message, as a usage error.
+pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), String> {
+    let why = |w: &str| {
+        Err(format!(
+            "bad endpoint {endpoint:?}: {w} (e.g. http://host:8333)"
+        ))
+    };
+    if endpoint.is_empty() {
+        return why("empty");
+    }
+    if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
+        return why("only printable ASCII without spaces is allowed");
+    }
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return why("not a URL");
+    };
+    if scheme != "http" && scheme != "https" {
+        return why("the scheme must be http or https");
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return why("no host");
+    }
+    if authority.contains(['/', '?', '#', '@', '\\']) {
+        return why("give only scheme, host and port: no path, query, fragment or user");
+    }
+    let url = match url::Url::parse(endpoint) {
+        Ok(u) => u,
+        Err(e) => return why(&e.to_string()),
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return why("no host");
+    }
+    if url.port() == Some(0) {
+        return why("port 0");
+    }
+    // An explicit port must be a number the URL parser understood (it drops the default).
+    let host_port = authority.rsplit_once(']').map_or(authority, |(_, p)| p);
+    if let Some((_, port)) = host_port.rsplit_once(':')
+        && (port.is_empty() || port.parse::<u16>().is_err())
+    {
+        return why("the port must be a number from 1 to 65535");
+    }
+    Ok(())
+}
+
+/// Bucket names: what S3-compatible stores accept in a host name or path segment.
+pub(crate) fn check_bucket(bucket: &str) -> std::result::Result<(), String> {
+    let ok = !bucket.is_empty()
+        && bucket.len() <= 255
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !bucket.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad bucket {bucket:?}: use letters, digits, '.', '-' and '_' (s3://BUCKET/PREFIX)"
+        ))
+    }
+}
+
+/// Regions appear in host names (`s3.REGION.amazonaws.com`).
+pub(crate) fn check_region(region: &str) -> std::result::Result<(), String> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad region {region:?}: use letters, digits, '-' and '_' (e.g. eu-west-1)"
+        ))
+    }
+}
+
+/// Prefix segments become object key segments: none may be empty, `.` or `..`, or hold
+/// control characters.
+fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    for seg in prefix.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." || seg.chars().any(char::is_control) {
+            return Err(format!(
+                "bad prefix {prefix:?}: segments must be non-empty, not '.' or '..', without \
+                 control characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn percent_decode(s: &str) -> String {
@@ -90,7 +189,7 @@ impl Target {
                     "file:// URLs need an absolute path (file:///srv/backup)",
                 ));
             }
-            return Ok(Target::Local(PathBuf::from(percent_decode(path))));
+            return local(url, percent_decode(path));
         }
         let Some(rest) = url.strip_prefix("s3://") else {
             if let Some((scheme, _)) = url.split_once("://") {
@@ -101,24 +200,42 @@ impl Target {
                     ),
                 ));
             }
-            return Ok(Target::Local(PathBuf::from(url)));
+            return local(url, url.to_string());
         };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.contains('#') || query.contains('#') {
+            return Err(bad(url, "fragments (#…) are not allowed"));
+        }
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.is_empty() {
             return Err(bad(url, "no bucket (s3://BUCKET/PREFIX)"));
         }
+        check_bucket(bucket).map_err(|w| bad(url, w))?;
+        let prefix = prefix.trim_matches('/');
+        check_prefix(prefix).map_err(|w| bad(url, w))?;
         let mut cfg = S3Config {
             bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
+            prefix: prefix.to_string(),
             ..S3Config::default()
         };
+        let mut seen: Vec<String> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
+            let canonical = k.replace('_', "-");
+            if seen.contains(&canonical) {
+                return Err(bad(url, format!("option {k:?} given twice")));
+            }
+            seen.push(canonical);
             match k {
-                "endpoint" => cfg.endpoint = Some(v),
-                "region" => cfg.region = Some(v),
+                "endpoint" => {
+                    check_endpoint(&v).map_err(|w| bad(url, w))?;
+                    cfg.endpoint = Some(v)
+                }
+                "region" => {
+                    check_region(&v).map_err(|w| bad(url, w))?;
+                    cfg.region = Some(v)
+                }
                 "path-style" | "path_style" => cfg.path_style = Some(parse_bool(url, k, &v)?),
                 "allow-http" | "allow_http" => cfg.allow_http = Some(parse_bool(url, k, &v)?),
                 "timeout" => {
@@ -147,7 +264,7 @@ impl Target {
                     return Err(bad(
                         url,
                         format!(
-                            "unknown option {other:?} (known: endpoint, region, path-style, \\
+                            "unknown option {other:?} (known: endpoint, region, path-style, \
                              allow-http, timeout, connect-timeout, multipart-threshold, part-size)"
                         ),
                     ));
@@ -169,6 +286,14 @@ impl Target {
             (a, b) => a == b,
         }
     }
+}
+
+/// A local directory target: any non-empty path without NUL.
+fn local(url: &str, path: String) -> Result<Target> {
+    if path.contains('\0') {
+        return Err(bad(url, "the path contains a NUL byte"));
+    }
+    Ok(Target::Local(PathBuf::from(path)))
 }
 
 /// A byte size: `8388608`, `512K`/`512KiB`, `8M`/`8MiB`, `1G`/`1GiB` (binary units).
@@ -295,6 +420,80 @@ mod tests {
             "s3://b?multipart-threshold=0",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_usage_errors_that_say_why() {
+        for (url, why) in [
+            ("s3://b?endpoint=notaurl", "not a URL"),
+            ("s3://b?endpoint=ftp://h:1", "scheme"),
+            ("s3://b?endpoint=http://", "no host"),
+            ("s3://b?endpoint=http://h:99999", "port"),
+            ("s3://b?endpoint=http://h:x", "port"),
+            ("s3://b?endpoint=http://h:", "port"),
+            ("s3://b?endpoint=http://h:0", "port 0"),
+            ("s3://b?endpoint=http://u:p@h:1", "no path"),
+            ("s3://b?endpoint=http://h/x", "no path"),
+            ("s3://b?endpoint=http://h%20x", "printable"),
+            ("s3://b?endpoint=", "empty"),
+            ("s3://b?region=a/b", "bad region"),
+            ("s3://b?region=", "bad region"),
+            ("s3://b c", "bad bucket"),
+            ("s3://b%2F/p", "bad bucket"),
+            ("s3://-b", "bad bucket"),
+            ("s3://b/a//c", "bad prefix"),
+            ("s3://b/a/../c", "bad prefix"),
+            ("s3://b/p#frag", "fragment"),
+            ("s3://b?timeout=1&timeout=2", "twice"),
+            ("s3://b?part_size=8M&part-size=8M", "twice"),
+            ("s3://b?timeout=1000000000000000000000000", "bad timeout"),
+            ("s3://b?timeout=99999999999", "bad timeout"),
+            ("s3://b?timeout=0", "bad timeout"),
+            ("file:///a%00b", "NUL"),
+        ] {
+            let e = Target::parse(url).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{url}");
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+        for good in [
+            "s3://b?endpoint=http://127.0.0.1:8333",
+            "s3://b?endpoint=https://s3.example.com/",
+            "s3://b?endpoint=http://[::1]:8333",
+            "s3://my.bucket_1/a/b/?region=eu-west-1",
+        ] {
+            Target::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn s3_backend_refuses_bad_endpoints_from_anywhere() {
+        // A config built by hand (not through parse) is checked again where it is used.
+        let cfg = S3Config {
+            bucket: "b".into(),
+            endpoint: Some("notaurl".into()),
+            ..S3Config::default()
+        };
+        let e = S3Backend::new(cfg, &BackendOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+        /// No input panics the parser, and whatever it accepts, the S3 client accepts too.
+        #[test]
+        fn parse_never_panics(url in "(s3://|file://|)[ -~]{0,60}") {
+            if let Ok(Target::S3(cfg)) = Target::parse(&url) {
+                let _ = S3Backend::new(cfg, &BackendOptions::default());
+            }
+        }
+
+        #[test]
+        fn endpoint_check_never_panics(e in "(https?://)?[ -~]{0,40}", host in "[a-z0-9.:\\[\\]-]{0,20}") {
+            let _ = check_endpoint(&e);
+            let _ = Target::parse(&format!("s3://b?endpoint=http://{host}"));
         }
     }
 }

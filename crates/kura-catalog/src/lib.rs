@@ -119,6 +119,23 @@ pub struct Catalog {
     skew: std::sync::atomic::AtomicI64,
 }
 
+/// Create a new SQLite catalog file 0600 before SQLite does (it would use 0644); its `-wal`
+/// and `-shm` files take the database file's mode. An existing file is left as it is.
+fn create_private(path: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = path.split('?').next().unwrap_or(path);
+    if file.is_empty() || file.starts_with(':') || file.starts_with("file:") {
+        return; // in-memory or URI forms: SQLite's business
+    }
+    // An existing file is kept; any other failure (a missing directory…) SQLite reports
+    // itself, naming the URL.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file);
+}
+
 impl Catalog {
     /// Open (creating a SQLite file if needed) and migrate. `url`: `sqlite:///path/catalog.db`,
     /// a plain path (SQLite), or `postgres://user@host:port/db`.
@@ -129,6 +146,7 @@ impl Catalog {
             (url.to_string(), Dialect::Postgres)
         } else {
             let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            create_private(path);
             (format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite)
         };
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -159,4 +159,15 @@ mod tests {
         let e = ConfigFile::parse("[backup]\nexlude = []\n").unwrap_err();
         assert!(format!("{e:#}").contains("exlude"), "{e:#}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
+        /// Any text, TOML-shaped or not, parses or is refused; it never panics.
+        #[test]
+        fn parse_never_panics(text in "(\\[[a-z]{1,10}\\]\n)?([a-z_]{1,12} = [ -~]{0,20}\n){0,4}[ -~\n]{0,40}") {
+            let _ = ConfigFile::parse(&text);
+        }
+    }
 }

@@ -8,6 +8,9 @@ fn backend_code(e: &BackendError) -> i32 {
         ErrorKind::Unreachable | ErrorKind::TimedOut => TARGET_UNREACHABLE,
         ErrorKind::PermissionDenied => TARGET_DENIED,
         ErrorKind::NoSpace => TARGET_FULL,
+        ErrorKind::Invalid => USAGE,
+        ErrorKind::AlreadyExists => CONFLICT,
+        ErrorKind::NotFound if e.is_repository_missing() => NO_REPOSITORY,
         _ => FATAL,
     }
 }

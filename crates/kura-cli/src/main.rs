@@ -171,7 +171,12 @@ impl App {
                     UsageError("no catalog given and no home directory: use --catalog".into())
                 })?;
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
+                    use std::os::unix::fs::DirBuilderExt;
+                    // New directories private (the catalog names every target and job).
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
                         .with_context(|| format!("create catalog directory {}", dir.display()))?;
                 }
                 path.to_string_lossy().into_owned()

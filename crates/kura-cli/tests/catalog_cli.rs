@@ -318,8 +318,10 @@ fn probes_feed_health(db: Db) {
         show.contains("not usable since") && show.contains("Not a directory"),
         "{show}"
     );
-    // Fixed: one good probe (of the medium, which probes its target) puts it back.
+    // Fixed: one good probe (of the medium, which probes its target) puts it back. (The
+    // directory must exist: a probe never creates a missing target directory.)
     std::fs::remove_file(&broken).unwrap();
+    std::fs::create_dir(&broken).unwrap();
     k.ok(&["resource", "probe", "broken.medium"]);
     let b = &k.by_name()["broken"];
     assert_eq!(b["state"], "usable");

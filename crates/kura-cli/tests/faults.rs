@@ -39,9 +39,9 @@ fn wrong_password_and_missing_repository_have_their_own_exit_codes(store: Store)
         .unwrap();
     assert_fails(&o, 1, "no password given");
 
-    // init refuses to overwrite.
+    // init refuses to overwrite: "it already exists" (exit 14, as README says).
     let o = repo.run(&["init", "--kdf-memory-kib", "64"]);
-    assert_fails(&o, 1, "already exists");
+    assert_fails(&o, 14, "already exists");
 }
 
 fn password_file_and_config_file_are_honoured(store: Store) {

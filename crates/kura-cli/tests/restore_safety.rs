@@ -408,6 +408,7 @@ fn a_ten_thousand_deep_tree_restores_completely() {
             parent: None,
             content: Content::Tree { root: tree },
             summary: Summary::default(),
+            original: None,
         })
         .unwrap();
     let target = repo.dir.path().join("t");

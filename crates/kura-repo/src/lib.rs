@@ -43,6 +43,8 @@ pub mod error;
 pub mod forget;
 pub mod format;
 pub mod fsmeta;
+#[cfg(test)]
+mod fuzz;
 pub mod group;
 pub mod id;
 pub mod image;

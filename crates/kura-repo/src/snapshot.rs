@@ -58,6 +58,9 @@ pub struct Summary {
     pub bytes_added: u64,
     /// Entries that could not be read and were left out.
     pub warnings: u64,
+    /// Files saved whose size, mtime or ctime changed while they were read (saved as read,
+    /// possibly inconsistent; the next backup reads them again).
+    pub files_changed_while_read: u64,
 }
 
 /// A snapshot manifest.

@@ -7,6 +7,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,7 @@ impl VolumeStore {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         f.write_all(&line).and_then(|()| f.sync_all()).map_err(io)

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -155,7 +155,13 @@ impl VolumeStore {
     /// The store in `dir` (created if missing).
     pub fn open(dir: impl Into<PathBuf>) -> Result<VolumeStore> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        // Volume data is private: a new store directory is 0700 (an existing one is left
+        // as the administrator made it), every file in it 0600.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format!("create {}", dir.display())))?;
         Ok(VolumeStore {
             dir,
             open: Arc::default(),
@@ -192,7 +198,13 @@ impl VolumeStore {
     pub(crate) fn write_atomic(&self, file: &str, body: &[u8]) -> Result<()> {
         let path = self.dir.join(file);
         let tmp = self.dir.join(format!(".{file}.tmp"));
-        let mut f = File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(format!("create {}", tmp.display())))?;
         f.write_all(body)
             .and_then(|()| f.sync_all())
             .map_err(io(format!("write {}", tmp.display())))?;
@@ -247,6 +259,7 @@ impl VolumeStore {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&raw)
             .map_err(io(format!("create {}", raw.display())))?;
         f.set_len(size)
@@ -614,6 +627,41 @@ mod tests {
         assert_eq!(parse_size("4KiB").unwrap(), 4096);
         for bad in ["", "0", "1000", "12parsecs", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+        ))]
+        /// Damaged metadata and record files (any bytes, or a valid file with one byte changed
+        /// or cut short) are errors naming the file, never panics; sizes and areas likewise.
+        #[test]
+        fn damaged_volume_files_never_panic(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            pos in 0usize..400,
+            val in proptest::prelude::any::<u8>(),
+            cut in 0usize..400,
+            text in "[ -~]{0,16}",
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let s = VolumeStore::open(d.path()).unwrap();
+            s.create("v", 8192).unwrap();
+            let meta = d.path().join("v.vol");
+            let mut valid = std::fs::read(&meta).unwrap();
+            if pos < valid.len() {
+                valid[pos] = val;
+            }
+            valid.truncate(cut);
+            for body in [&junk, &valid] {
+                std::fs::write(&meta, body).unwrap();
+                let _ = s.info("v");
+                let _ = s.records("v");
+            }
+            std::fs::write(d.path().join("v.records"), &junk).unwrap();
+            let _ = s.records("v");
+            let _ = parse_size(&text);
+            let _ = crate::pair::parse_area(&text);
         }
     }
 }

@@ -143,6 +143,13 @@ pub fn run(app: &App, a: BackupArgs) -> Result<i32> {
             t.dropped.as_deref().unwrap_or("")
         );
     }
+    if s.files_changed_while_read > 0 && !app.global.quiet {
+        eprintln!(
+            "warning: {} file(s) changed while they were read; saved as read (possibly \
+             inconsistent), the next backup reads them again",
+            s.files_changed_while_read
+        );
+    }
     if !out.warnings.is_empty() {
         eprintln!(
             "warning: {} entr{} could not be read and {} left out (exit code {})",

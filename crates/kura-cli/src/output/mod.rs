@@ -149,6 +149,7 @@ pub fn summary_json(s: &kura_repo::snapshot::Summary) -> Value {
         "bytes_added_raw": s.bytes_added_raw,
         "bytes_added": s.bytes_added,
         "warnings": s.warnings,
+        "files_changed_while_read": s.files_changed_while_read,
     })
 }
 

@@ -96,6 +96,27 @@ impl Reuse {
     }
 }
 
+/// Open an image source without blocking (a FIFO or tape device named by mistake must not
+/// hang the open) and check through the descriptor that it is a regular file or a block
+/// device before anything is read; blocking mode is then restored.
+fn open_image(path: &Path) -> std::io::Result<File> {
+    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| OpenOptions::new().read(true).custom_flags(flags).open(path))?;
+    let ft = f.metadata()?.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or block device; not read",
+        ));
+    }
+    super::source::set_blocking(&f)?;
+    Ok(f)
+}
+
 pub(super) fn backup_image(
     saver: &Saver<'_>,
     path: &Path,
@@ -105,12 +126,7 @@ pub(super) fn backup_image(
     cancel: &CancelToken,
 ) -> Result<(ImageInfo, Summary)> {
     let ctx = |e| Error::io(format!("image source {}", path.display()), e);
-    let mut f: File = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-        .or_else(|_| File::open(path))
-        .map_err(ctx)?;
+    let mut f = open_image(path).map_err(ctx)?;
     let device = f.metadata().map_err(ctx)?.file_type().is_block_device();
     let through = opts.image_source.as_ref().map(|r| &r.0);
     let size = match through {

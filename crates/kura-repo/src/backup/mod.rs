@@ -9,7 +9,9 @@
 //! snapshot and its packs are reused by the next run.
 
 mod image;
+mod oneshot;
 pub(crate) mod saver;
+mod source;
 mod walk;
 
 use std::path::{Component, Path, PathBuf};

@@ -6,20 +6,33 @@
 //! indexed) or becomes a [`FileJob`] for the readers, whose result the assembler awaits
 //! through a one-shot channel. Because the walker never waits for file contents, it stays
 //! ahead of the readers by at most the bounded job queue.
+//!
+//! Trees of any depth: a path longer than the kernel's `PATH_MAX` cannot be passed to a
+//! system call, so beyond [`LONG_PATH`] bytes the walker opens an `O_PATH` descriptor of the
+//! directory (an [`Anchor`]) and names everything under it `/proc/self/fd/N/REST`, a short
+//! path the kernel resolves through the descriptor. Readers hold the anchor while they read.
+//!
+//! Source files are opened with `O_NONBLOCK | O_NOFOLLOW | O_NOCTTY` and checked through the
+//! descriptor against the walker's `lstat` ([`open_source`]): a file swapped for a FIFO,
+//! device, symlink or directory is never read or waited on. A file whose size, mtime or
+//! ctime moved while it was read is saved as read and counted (`files_changed_while_read`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::oneshot::{SlotRx, SlotTx, slot};
 use super::saver::Saver;
+use super::source::open_source;
 use super::{BackupOptions, CancelToken};
 use crate::chunker::{Cdc, is_zero};
 use crate::error::{Error, Result};
@@ -39,19 +52,54 @@ enum FileStatus {
 }
 
 struct FileJob {
+    /// The path to open (possibly `/proc/self/fd/N/…` under an anchor).
     path: PathBuf,
-    result: Sender<FileResult>,
+    /// The path as the user knows it, for messages.
+    shown: PathBuf,
+    /// Keeps the anchor descriptor `path` goes through open until the file is read.
+    _anchor: Option<Arc<OwnedFd>>,
+    /// What the walker's `lstat` saw; the reader reads only that same regular file.
+    seen: Seen,
+    result: SlotTx<FileResult>,
+}
+
+/// The identity and version of a file as the walker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Seen {
+    fn of(md: &std::fs::Metadata) -> Seen {
+        Seen {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+/// A file read whole: its chunks and the bytes read.
+struct ReadFile {
+    chunks: Vec<ChunkRef>,
+    size: u64,
 }
 
 /// `Err` is a warning: the file is left out.
-type FileResult = std::result::Result<(Vec<ChunkRef>, u64), String>;
+type FileResult = std::result::Result<ReadFile, String>;
 
 enum PendingNode {
     Ready(Node),
     File {
         node: Node,
         status: FileStatus,
-        rx: Receiver<FileResult>,
+        rx: SlotRx<FileResult>,
     },
     Dir {
         node: Node,
@@ -73,6 +121,7 @@ struct Counters {
     other: AtomicU64,
     total_bytes: AtomicU64,
     bytes_read: AtomicU64,
+    changed_while_read: AtomicU64,
 }
 
 /// Shared state of one tree backup.
@@ -88,6 +137,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A warning that loses nothing (the entry is saved): shown, not counted as left out.
+    fn notice(&self, msg: String) {
+        tracing::debug!("{msg}");
+        self.progress.warn(&msg);
+    }
+
     fn warn(&self, msg: String) {
         tracing::debug!("{msg}");
         self.progress.warn(&msg);
@@ -185,16 +240,18 @@ pub(super) fn backup_tree(
             .name("kura-assemble".into())
             .spawn_scoped(s, move || assemble_loop(ctx, dir_rx))
             .map_err(|e| Error::io("spawn assembler", e))?;
-        // Deep trees recurse; give the walker a generous stack.
+        // Deep trees recurse (about 1 KiB per level); give the walker a generous stack (only
+        // the pages touched are ever allocated).
         let walker = std::thread::Builder::new()
             .name("kura-walk".into())
-            .stack_size(64 << 20)
+            .stack_size(512 << 20)
             .spawn_scoped(s, move || {
                 let mut w = Walker {
                     ctx,
                     jobs: job_tx,
                     dirs: dir_tx,
                     next_token: 0,
+                    anchors: Vec::new(),
                 };
                 let root = virtual_root(paths);
                 let parent = match parent_root {
@@ -233,10 +290,25 @@ pub(super) fn backup_tree(
         other_entries: c.other.load(Ordering::Relaxed),
         total_bytes: c.total_bytes.load(Ordering::Relaxed),
         bytes_read: c.bytes_read.load(Ordering::Relaxed),
+        files_changed_while_read: c.changed_while_read.load(Ordering::Relaxed),
         ..Summary::default()
     };
     let warnings = ctx.warnings.into_inner().unwrap_or_default();
     Ok((root, summary, warnings))
+}
+
+/// Paths longer than this many bytes are reached through an [`Anchor`] (well below Linux's
+/// `PATH_MAX` of 4096, leaving room for one more name of up to 255 bytes).
+const LONG_PATH: usize = 3072;
+
+/// An `O_PATH` descriptor of a directory deep in the tree, and the short name it gives the
+/// directory (`/proc/self/fd/N`).
+struct Anchor {
+    /// The directory's full path.
+    prefix: PathBuf,
+    /// `/proc/self/fd/N`.
+    short: PathBuf,
+    fd: Arc<OwnedFd>,
 }
 
 struct Walker<'a> {
@@ -244,9 +316,53 @@ struct Walker<'a> {
     jobs: Sender<FileJob>,
     dirs: Sender<PendingDir>,
     next_token: usize,
+    /// Anchors of the directories being walked, outermost first.
+    anchors: Vec<Anchor>,
 }
 
 impl Walker<'_> {
+    /// A name for `path` that system calls accept: itself, or through the innermost anchor.
+    fn short(&self, path: &Path) -> PathBuf {
+        if path.as_os_str().len() >= LONG_PATH {
+            for a in self.anchors.iter().rev() {
+                if let Ok(rest) = path.strip_prefix(&a.prefix) {
+                    return a.short.join(rest);
+                }
+            }
+        }
+        path.to_path_buf()
+    }
+
+    fn anchor(&self, path: &Path) -> Option<Arc<OwnedFd>> {
+        if path.as_os_str().len() < LONG_PATH {
+            return None;
+        }
+        self.anchors
+            .iter()
+            .rev()
+            .find(|a| path.starts_with(&a.prefix))
+            .map(|a| a.fd.clone())
+    }
+
+    /// Anchor `path` if its short name grew long; returns whether an anchor was pushed.
+    fn push_anchor(&mut self, path: &Path) -> std::io::Result<bool> {
+        let short = self.short(path);
+        if short.as_os_str().len() < LONG_PATH {
+            return Ok(false);
+        }
+        let fd: OwnedFd = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&short)?
+            .into();
+        self.anchors.push(Anchor {
+            prefix: path.to_path_buf(),
+            short: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            fd: Arc::new(fd),
+        });
+        Ok(true)
+    }
+
     fn token(&mut self) -> usize {
         self.next_token += 1;
         self.next_token
@@ -330,14 +446,36 @@ impl Walker<'_> {
         root_dev: Option<u64>,
     ) -> Result<usize> {
         let token = self.token();
-        // (name, lstat result). `DirEntry::metadata` stats relative to the open directory
-        // (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`), sparing a full path walk per entry.
-        let mut entries: Vec<(Vec<u8>, std::io::Result<std::fs::Metadata>)> = Vec::new();
-        match std::fs::read_dir(path) {
+        let anchored = match self.push_anchor(path) {
+            Ok(a) => a,
+            Err(e) => {
+                self.ctx
+                    .warn(format!("{}: reading directory: {e}", path.display()));
+                return self.emit(token, Vec::new());
+            }
+        };
+        let r = self.walk_dir_entries(token, path, parent, root_dev);
+        if anchored {
+            self.anchors.pop();
+        }
+        r
+    }
+
+    fn walk_dir_entries(
+        &mut self,
+        token: usize,
+        path: &Path,
+        parent: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) -> Result<usize> {
+        // Names only, stat'ed one by one as they are visited: a directory of 100 000 entries
+        // holds 100 000 short names here, not 100 000 `stat` results (about 200 bytes each).
+        let mut names: Vec<Box<[u8]>> = Vec::new();
+        match std::fs::read_dir(self.short(path)) {
             Ok(rd) => {
                 for e in rd {
                     match e {
-                        Ok(e) => entries.push((e.file_name().as_bytes().to_vec(), e.metadata())),
+                        Ok(e) => names.push(e.file_name().as_bytes().into()),
                         Err(e) => {
                             self.ctx
                                 .warn(format!("{}: reading directory: {e}", path.display()));
@@ -350,12 +488,12 @@ impl Walker<'_> {
                 .ctx
                 .warn(format!("{}: reading directory: {e}", path.display())),
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut nodes = Vec::with_capacity(entries.len());
-        for (name, md) in entries {
+        names.sort_unstable();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
             self.ctx.cancel.check()?;
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
-            let md = match md {
+            let md = match std::fs::symlink_metadata(self.short(&child)) {
                 Ok(md) => md,
                 Err(e) => {
                     self.ctx.warn(format!("{}: {e}", child.display()));
@@ -389,7 +527,8 @@ impl Walker<'_> {
             ));
             return Ok(None);
         };
-        match read_xattrs(path) {
+        let short = self.short(path);
+        match read_xattrs(&short) {
             Ok(x) => node.xattrs = x,
             Err(e) => ctx.warn(format!(
                 "{}: extended attributes not saved: {e}",
@@ -414,10 +553,13 @@ impl Walker<'_> {
                         FileStatus::New
                     };
                     ctx.progress.add_total(node.size, 1);
-                    let (tx, rx) = bounded(1);
+                    let (tx, rx) = slot();
                     self.jobs
                         .send(FileJob {
-                            path: path.to_path_buf(),
+                            path: short,
+                            shown: path.to_path_buf(),
+                            _anchor: self.anchor(path),
+                            seen: Seen::of(md),
                             result: tx,
                         })
                         .map_err(|_| Error::Interrupted)?;
@@ -440,7 +582,7 @@ impl Walker<'_> {
             }
             NodeKind::Symlink => {
                 c.other.fetch_add(1, Ordering::Relaxed);
-                match std::fs::read_link(path) {
+                match std::fs::read_link(&short) {
                     Ok(t) => {
                         node.target = Some(t.as_os_str().as_bytes().to_vec());
                         PendingNode::Ready(node)
@@ -491,37 +633,29 @@ fn reader_loop(ctx: &Ctx<'_>, jobs: Receiver<FileJob>) -> Result<()> {
     let mut window = Vec::new();
     for job in jobs {
         ctx.cancel.check()?;
-        let r = read_file(ctx, &job.path, &mut window)?;
-        // The assembler may have stopped (failure elsewhere); that error is reported there.
-        let _ = job.result.send(r);
+        let r = read_file(ctx, &job.path, &job.shown, &job.seen, &mut window)?;
+        // The assembler may have stopped (failure elsewhere); that error is reported there, and
+        // a result nobody waits for is simply dropped.
+        job.result.send(r);
     }
     Ok(())
 }
 
-fn open_source(path: &Path) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME);
-    match o.open(path) {
-        // O_NOATIME is only allowed on files we own (or as root).
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path),
-        r => r,
-    }
-}
-
 /// Read and chunk one file. The outer `Result` is fatal (pipeline failure, cancel); the
 /// inner one is a per-file warning.
-fn read_file(ctx: &Ctx<'_>, path: &Path, window: &mut Vec<u8>) -> Result<FileResult> {
-    let mut f = match open_source(path) {
+fn read_file(
+    ctx: &Ctx<'_>,
+    open_path: &Path,
+    path: &Path,
+    seen: &Seen,
+    window: &mut Vec<u8>,
+) -> Result<FileResult> {
+    let mut f = match open_source(open_path, seen.dev, seen.ino) {
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
     };
     let md = match f.metadata() {
-        Ok(md) if md.is_file() => md,
-        Ok(_) => return Ok(Err(format!("{}: no longer a regular file", path.display()))),
+        Ok(md) => md,
         Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
     };
     let cdc: &Cdc = ctx.repo.cdc();
@@ -576,7 +710,28 @@ fn read_file(ctx: &Ctx<'_>, path: &Path, window: &mut Vec<u8>) -> Result<FileRes
         *window = stream.into_buffer();
     }
     ctx.progress.advance(0, 1);
-    Ok(Ok((chunks, total)))
+    // Compared with what the walker saw (the node keeps those times, so a file that changed
+    // is read again by the next backup).
+    let changed = match f.metadata() {
+        Ok(after) => {
+            let a = Seen::of(&after);
+            (a.size, a.mtime, a.ctime) != (seen.size, seen.mtime, seen.ctime) || a.size != total
+        }
+        Err(_) => true,
+    };
+    if changed {
+        ctx.counters
+            .changed_while_read
+            .fetch_add(1, Ordering::Relaxed);
+        ctx.notice(format!(
+            "{}: changed while it was read; saved as read, possibly inconsistent",
+            path.display()
+        ));
+    }
+    Ok(Ok(ReadFile {
+        chunks,
+        size: total,
+    }))
 }
 
 fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<usize, Id>> {
@@ -592,9 +747,9 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
                     status,
                     rx,
                 } => match rx.recv() {
-                    Ok(Ok((chunks, size))) => {
-                        node.size = size;
-                        node.content = Some(chunks);
+                    Some(Ok(read)) => {
+                        node.size = read.size;
+                        node.content = Some(read.chunks);
                         let c = match status {
                             FileStatus::New => &ctx.counters.files_new,
                             FileStatus::Changed => &ctx.counters.files_changed,
@@ -602,10 +757,10 @@ fn assemble_loop(ctx: &Ctx<'_>, dirs: Receiver<PendingDir>) -> Result<HashMap<us
                         c.fetch_add(1, Ordering::Relaxed);
                         nodes.push(node);
                     }
-                    Ok(Err(warning)) => {
+                    Some(Err(warning)) => {
                         ctx.warn(format!("{warning} (left out of the snapshot)"));
                     }
-                    Err(_) => return Err(Error::Interrupted),
+                    None => return Err(Error::Interrupted),
                 },
                 PendingNode::Dir { mut node, token } => {
                     let id = done.remove(&token).ok_or(Error::Interrupted)?;
