@@ -14,6 +14,34 @@ use sqlx::Row;
 
 use crate::{BackupState, Catalog, Error, Result};
 
+/// Can a backup whose extents are `rows` (position, source offset, source length) still be
+/// restored, given it held `total` bytes of data? Yes with a whole copy anywhere (a position
+/// without an index); else only if its sections still cover every byte: a sectioned backup
+/// that lost one section is lost whole, whatever the other targets still hold (their
+/// manifests included).
+fn restorable(rows: &[(String, i64, i64)], total: i64) -> bool {
+    if rows.is_empty() {
+        return false;
+    }
+    if rows.iter().any(|(p, _, _)| !p.contains(':')) {
+        return true;
+    }
+    let mut sections: Vec<(i64, i64)> = rows
+        .iter()
+        .filter(|(p, _, len)| !p.ends_with(':') && *len > 0)
+        .map(|(_, off, len)| (*off, off + len))
+        .collect();
+    sections.sort_unstable();
+    let mut covered = 0;
+    for (start, end) in sections {
+        if start > covered {
+            return false;
+        }
+        covered = covered.max(end);
+    }
+    covered >= total
+}
+
 /// Does an extent's `position` (`SNAPSHOT` or `SNAPSHOT:INDEX`) belong to snapshot `hex`?
 pub fn position_names(position: &str, hex: &str) -> bool {
     position.split(':').next() == Some(hex)
@@ -21,8 +49,9 @@ pub fn position_names(position: &str, hex: &str) -> bool {
 
 impl Catalog {
     /// Target `target` no longer holds snapshot `snapshot` (hex): delete every copy or
-    /// section of it there (only section `seq`, if given). A complete backup left without
-    /// any copy becomes `forgotten`. Returns the backups that lost a copy (ascending).
+    /// section of it there (only section `seq`, if given). A complete backup that can no
+    /// longer be restored — no copy left, or a sectioned one missing a section — becomes
+    /// `forgotten`. Returns the backups that lost a copy (ascending).
     pub fn drop_copies(&self, target: &str, snapshot: &str, seq: Option<i64>) -> Result<Vec<i64>> {
         let t = self.resource(target)?;
         let pattern = format!("{snapshot}:%");
@@ -47,6 +76,19 @@ impl Catalog {
             for r in &rows {
                 ids.push(r.try_get::<i64, _>(0).map_err(db)?);
             }
+            // How much data each affected backup holds (a sectioned backup's manifest-only
+            // rows sit at its end), taken before the rows go.
+            let mut totals = Vec::new();
+            for id in &ids {
+                let t: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(source_offset + source_length) FROM extents WHERE backup = $1",
+                )
+                .bind(*id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                totals.push(t.unwrap_or(0));
+            }
             sqlx::query(
                 "DELETE FROM extents WHERE target = $1 AND (position = $2 OR position LIKE $3) \
                  AND ($4 < 0 OR seq = $4)",
@@ -58,15 +100,31 @@ impl Catalog {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            for id in &ids {
-                sqlx::query(
-                    "UPDATE backups SET state = 'forgotten' WHERE id = $1 AND state = 'complete' \
-                     AND NOT EXISTS (SELECT 1 FROM extents WHERE backup = $1)",
+            for (id, total) in ids.iter().zip(totals) {
+                let left = sqlx::query(
+                    "SELECT position, source_offset, source_length FROM extents WHERE backup = $1",
                 )
                 .bind(*id)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db)?;
+                let mut rows = Vec::new();
+                for r in &left {
+                    rows.push((
+                        r.try_get::<String, _>(0).map_err(db)?,
+                        r.try_get::<i64, _>(1).map_err(db)?,
+                        r.try_get::<i64, _>(2).map_err(db)?,
+                    ));
+                }
+                if !restorable(&rows, total) {
+                    sqlx::query(
+                        "UPDATE backups SET state = 'forgotten' WHERE id = $1 AND state = 'complete'",
+                    )
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
             }
             tx.commit().await.map_err(db)?;
             Ok(ids)
@@ -158,5 +216,35 @@ impl Catalog {
                 .await
                 .map_err(|e| self.db(e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restorable;
+
+    fn row(p: &str, off: i64, len: i64) -> (String, i64, i64) {
+        (p.to_string(), off, len)
+    }
+
+    #[test]
+    fn a_backup_is_restorable_with_a_whole_copy_or_every_section() {
+        assert!(!restorable(&[], 0));
+        assert!(restorable(&[row("s", 0, 10)], 10), "a whole copy");
+        let sections = [row("s:a", 0, 4), row("s:b", 4, 6), row("s:", 10, 0)];
+        assert!(restorable(&sections, 10));
+        assert!(!restorable(&sections[1..], 10), "the first section is gone");
+        assert!(
+            !restorable(&[row("s:a", 0, 4), row("s:", 10, 0)], 10),
+            "the last one"
+        );
+        assert!(!restorable(&[row("s:", 10, 0)], 10), "a manifest alone");
+        // Healed: a section held twice survives losing one holder.
+        assert!(restorable(
+            &[row("s:a", 0, 4), row("s:b", 4, 6), row("s:b", 4, 6)],
+            10
+        ));
+        // An empty backup needs only its manifest.
+        assert!(restorable(&[row("s:", 0, 0)], 0));
     }
 }

@@ -478,6 +478,33 @@ fn a_newer_catalog_is_refused() {
 /// Copies a target no longer holds are dropped; the last one gone, the backup is
 /// `forgotten`; a backup being deleted (`forgetting`) gets nothing back from a record; then
 /// its rows go.
+/// A fail-over backup in sections on two targets: one target forgetting its sections makes
+/// the backup unrestorable (forgotten), although the other target still holds its part.
+fn a_sectioned_backup_missing_a_section_is_forgotten(db: Db) {
+    let (_f, c) = with_targets(db, 2);
+    let g = c.secure(0, 2, &Constraints::default()).unwrap();
+    let b = c.begin_backup(g.secured.process, "/x", 5, 10).unwrap();
+    let snap = "ef".repeat(32);
+    let subs = g.secured.subsystems.clone();
+    let section = |i: usize, seq: i64, off: i64, len: i64, index: &str| Extent {
+        stream: i as i64,
+        seq,
+        source_offset: off,
+        source_length: len,
+        target: subs[i].target.clone(),
+        medium: subs[i].medium.clone(),
+        position: format!("{snap}:{index}"),
+        size: len,
+    };
+    c.record_extent(b, &section(0, 0, 0, 4, "i0")).unwrap();
+    c.record_extent(b, &section(1, 1, 4, 6, "i1")).unwrap();
+    g.finish(Ok(())).unwrap();
+    c.finish_backup(b, BackupState::Complete).unwrap();
+    assert_eq!(c.drop_copies(&subs[0].target, &snap, None).unwrap(), [b]);
+    assert_eq!(c.extents(b).unwrap().len(), 1, "t1 still holds its section");
+    assert_eq!(c.backup(b).unwrap().state, BackupState::Forgotten);
+}
+
 fn dropped_copies_leave_forgotten_backups(db: Db) {
     let (_f, c) = with_targets(db, 2);
     let g = c.secure(0, 2, &Constraints::default()).unwrap();
@@ -544,6 +571,7 @@ fn dropped_copies_leave_forgotten_backups(db: Db) {
 
 on_both_dbs!(
     dropped_copies_leave_forgotten_backups,
+    a_sectioned_backup_missing_a_section_is_forgotten,
     registers_resources_with_implicit_media_and_rejects_bad_input,
     secures_disjoint_subsystems_all_or_nothing_and_releases_on_drop,
     repeated_errors_make_a_target_not_usable_with_the_reason,

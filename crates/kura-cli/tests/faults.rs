@@ -10,7 +10,6 @@ use std::path::Path;
 use common::*;
 use kura_repo::Repository;
 use kura_repo::backend::FileKind;
-use kura_repo::snapshot::Content;
 
 fn wrong_password_and_missing_repository_have_their_own_exit_codes(store: Store) {
     let repo = TestRepo::on(store, &[]);
@@ -235,24 +234,13 @@ fn unreadable_source_files_warn_and_exit_3_but_the_snapshot_is_saved(store: Stor
 /// A snapshot written by an attacker (or damaged storage) with names that would escape the
 /// restore target.
 fn hostile_names_are_refused_and_nothing_is_written_outside_the_target(store: Store) {
-    use kura_repo::format::{BlobEncoder, BlobType};
-    use kura_repo::index::IndexFile;
-    use kura_repo::pack::PackWriter;
-    use kura_repo::snapshot::{Snapshot, Summary};
+    use kura_repo::format::BlobType;
     use kura_repo::tree::{ChunkRef, Node, NodeKind, Tree};
-    use kura_repo::util::Timestamp;
 
     let repo = TestRepo::on(store, &[]);
     let lib = open_lib(&repo);
-    let key = lib.key();
-    let mut enc = BlobEncoder::new(0).unwrap();
-    let mut pack = PackWriter::new(1 << 20);
-    let mut add = |ty: BlobType, data: Vec<u8>| {
-        let id = key.chunk_id(&data);
-        let e = enc.encode(key, ty, &id, &data).unwrap();
-        pack.add(ty, id, &e, data.len() as u32).unwrap();
-        id
-    };
+    let mut forge = Forge::new(&lib);
+    let mut add = |ty: BlobType, data: Vec<u8>| forge.add(ty, data);
     let payload = add(BlobType::Data, b"pwned".to_vec());
     let file = |name: &[u8]| {
         let mut n = Node::new(name.to_vec(), NodeKind::File);
@@ -306,28 +294,9 @@ fn hostile_names_are_refused_and_nothing_is_written_outside_the_target(store: St
         let root = Tree::new(vec![sub, file(b"innocent")]);
         roots.push(add(BlobType::Tree, root.encode().unwrap()));
     }
-    let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
-    lib.backend()
-        .put(FileKind::Pack, &pack_id.to_hex(), bytes.into())
-        .unwrap();
-    lib.save_index_file(&IndexFile {
-        packs: vec![(pack_id, blobs)],
-    })
-    .unwrap();
+    forge.store();
     for root in roots {
-        let snap = Snapshot {
-            v: 1,
-            time: Timestamp::now(),
-            host: "evil".into(),
-            username: "mallory".into(),
-            paths: vec![],
-            tags: vec![],
-            parent: None,
-            content: Content::Tree { root },
-            summary: Summary::default(),
-            original: None,
-        };
-        let id = lib.save_snapshot(&snap).unwrap();
+        let id = forged_snapshot(&lib, root, "evil", "mallory");
         let target = repo.dir.path().join(format!("target-{}", id.short()));
         let o = repo.run(&[
             "restore",

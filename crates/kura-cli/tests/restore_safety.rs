@@ -357,26 +357,14 @@ fn find(dir: &Path, args: &[&str]) -> String {
 
 #[test]
 fn a_ten_thousand_deep_tree_restores_completely() {
-    use kura_repo::backend::FileKind;
-    use kura_repo::format::{BlobEncoder, BlobType};
-    use kura_repo::index::IndexFile;
-    use kura_repo::pack::PackWriter;
-    use kura_repo::snapshot::{Content, Snapshot, Summary};
+    use kura_repo::format::BlobType;
     use kura_repo::tree::{ChunkRef, Node, NodeKind, Tree};
-    use kura_repo::util::Timestamp;
 
     const DEPTH: usize = 10_000;
     let repo = TestRepo::new(&[]);
     let lib = open_lib(&repo);
-    let key = lib.key();
-    let mut enc = BlobEncoder::new(0).unwrap();
-    let mut pack = PackWriter::new(8 << 20);
-    let mut add = |ty: BlobType, data: Vec<u8>| {
-        let id = key.chunk_id(&data);
-        let e = enc.encode(key, ty, &id, &data).unwrap();
-        pack.add(ty, id, &e, data.len() as u32).unwrap();
-        id
-    };
+    let mut forge = Forge::new(&lib);
+    let mut add = |ty: BlobType, data: Vec<u8>| forge.add(ty, data);
     let payload = add(BlobType::Data, b"at the bottom".to_vec());
     let mut leaf = Node::new(b"leaf".to_vec(), NodeKind::File);
     leaf.size = 13;
@@ -389,28 +377,8 @@ fn a_ten_thousand_deep_tree_restores_completely() {
         d.subtree = Some(tree);
         tree = add(BlobType::Tree, Tree::new(vec![d]).encode().unwrap());
     }
-    let (pack_id, bytes, blobs) = pack.finish(key).unwrap();
-    lib.backend()
-        .put(FileKind::Pack, &pack_id.to_hex(), bytes.into())
-        .unwrap();
-    lib.save_index_file(&IndexFile {
-        packs: vec![(pack_id, blobs)],
-    })
-    .unwrap();
-    let snap = lib
-        .save_snapshot(&Snapshot {
-            v: 1,
-            time: Timestamp::now(),
-            host: "deep".into(),
-            username: "u".into(),
-            paths: vec![],
-            tags: vec![],
-            parent: None,
-            content: Content::Tree { root: tree },
-            summary: Summary::default(),
-            original: None,
-        })
-        .unwrap();
+    forge.store();
+    let snap = forged_snapshot(&lib, tree, "deep", "u");
     let target = repo.dir.path().join("t");
     repo.ok(&[
         "restore",

@@ -151,22 +151,10 @@ pub fn save(repo: &Repository, packs: &[&CondemnedPack]) -> Result<Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KdfParams;
     use crate::format::BlobType;
-    use crate::repo::InitOptions;
-    use std::sync::Arc;
 
     fn repo(dir: &std::path::Path) -> Repository {
-        let b = Arc::new(kura_backend::LocalBackend::new(dir.join("r")));
-        let opts = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..Default::default()
-        };
-        Repository::init(b, b"pw", &opts).unwrap()
+        crate::repo::test_repository(dir)
     }
 
     fn pack(n: u8, blobs: usize, since: i64) -> CondemnedPack {

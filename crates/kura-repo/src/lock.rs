@@ -501,20 +501,9 @@ impl<K> Drop for RepoLock<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KdfParams;
-    use crate::repo::InitOptions;
 
     fn repo(dir: &std::path::Path) -> Repository {
-        let b = Arc::new(kura_backend::LocalBackend::new(dir.join("r")));
-        let opts = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..Default::default()
-        };
-        Repository::init(b, b"pw", &opts).unwrap()
+        crate::repo::test_repository(dir)
     }
 
     #[test]

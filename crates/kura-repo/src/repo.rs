@@ -857,3 +857,18 @@ pub(crate) fn cbor<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
     ciborium::from_reader(b).map_err(|e| Error::corrupt(what, format!("CBOR: {e}")))
 }
+
+/// A fresh local repository with a cheap KDF, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_repository(dir: &std::path::Path) -> Repository {
+    let b = Arc::new(kura_backend::LocalBackend::new(dir.join("r")));
+    let opts = InitOptions {
+        kdf: KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..Default::default()
+    };
+    Repository::init(b, b"pw", &opts).expect("init a test repository")
+}

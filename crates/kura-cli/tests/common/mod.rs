@@ -503,3 +503,71 @@ pub trait Kura {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {out}"))
     }
 }
+
+/// Blobs and trees written straight into a repository through the library, for tests that
+/// need contents no backup makes (hostile names, extreme depth).
+pub struct Forge<'a> {
+    lib: &'a kura_repo::IndexedRepo,
+    enc: kura_repo::format::BlobEncoder,
+    pack: kura_repo::pack::PackWriter,
+}
+
+impl<'a> Forge<'a> {
+    pub fn new(lib: &'a kura_repo::IndexedRepo) -> Forge<'a> {
+        Forge {
+            lib,
+            enc: kura_repo::format::BlobEncoder::new(0).unwrap(),
+            pack: kura_repo::pack::PackWriter::new(8 << 20),
+        }
+    }
+
+    /// Add a blob to the pack being built; its id.
+    pub fn add(&mut self, ty: kura_repo::format::BlobType, data: Vec<u8>) -> kura_repo::Id {
+        let key = self.lib.key();
+        let id = key.chunk_id(&data);
+        let e = self.enc.encode(key, ty, &id, &data).unwrap();
+        self.pack.add(ty, id, &e, data.len() as u32).unwrap();
+        id
+    }
+
+    /// Store the pack and an index file listing it.
+    pub fn store(self) {
+        let (pack_id, bytes, blobs) = self.pack.finish(self.lib.key()).unwrap();
+        self.lib
+            .backend()
+            .put(
+                kura_repo::backend::FileKind::Pack,
+                &pack_id.to_hex(),
+                bytes.into(),
+            )
+            .unwrap();
+        self.lib
+            .save_index_file(&kura_repo::index::IndexFile {
+                packs: vec![(pack_id, blobs)],
+            })
+            .unwrap();
+    }
+}
+
+/// A snapshot of the tree `root` (stored already), by `username`@`host`.
+pub fn forged_snapshot(
+    lib: &kura_repo::IndexedRepo,
+    root: kura_repo::Id,
+    host: &str,
+    username: &str,
+) -> kura_repo::Id {
+    use kura_repo::snapshot::{Content, Snapshot, Summary};
+    lib.save_snapshot(&Snapshot {
+        v: 1,
+        time: kura_repo::util::Timestamp::now(),
+        host: host.into(),
+        username: username.into(),
+        paths: vec![],
+        tags: vec![],
+        parent: None,
+        content: Content::Tree { root },
+        summary: Summary::default(),
+        original: None,
+    })
+    .unwrap()
+}
