@@ -209,13 +209,20 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
 }
 
 /// Every snapshot now. One that vanishes between listing and reading (a concurrent `forget`)
-/// is not a root.
+/// is not a root; a damaged one stops the prune, naming the way out.
 pub fn snapshots_now(repo: &Repository) -> Result<Vec<crate::snapshot::SnapshotEntry>> {
     let mut out = Vec::new();
     for f in repo.backend().list(FileKind::Snapshot)? {
         match repo.load_snapshot_file(&f.name) {
             Ok(s) => out.push(s),
             Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
+                return Err(Error::InvalidInput(format!(
+                    "{e}; prune must know what every snapshot references and refuses to go \
+                     on: remove the damaged snapshot explicitly with `kura forget {}`",
+                    f.name
+                )));
+            }
             Err(e) => return Err(e),
         }
     }
