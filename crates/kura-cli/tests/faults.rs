@@ -118,15 +118,7 @@ fn keys_can_be_added_listed_and_removed(store: Store) {
 fn corrupt_pack_is_found_named_and_restore_saves_the_rest(store: Store) {
     let repo = TestRepo::on(store, &[]);
     let src = repo.dir.path().join("src");
-    write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
-    write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
-    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Flip one byte inside the victim's first blob.
-    let (pack, offset) = pack_of(&repo, &snap, &src.join("victim.bin"));
-    flip_pack_byte(&repo, &pack, offset as usize + 1000);
+    let snap = backup_with_a_damaged_victim(&repo, &src);
 
     let o = repo.run(&["check", "--read-data"]);
     let out = String::from_utf8_lossy(&o.stdout);

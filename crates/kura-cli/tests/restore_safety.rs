@@ -208,14 +208,7 @@ fn overwrite_modes_decide_what_existing_entries_become_and_delete_removes_extras
 fn a_damaged_file_is_left_as_partial_never_under_its_own_name() {
     let repo = TestRepo::new(&[]);
     let src = repo.dir.path().join("src");
-    write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
-    write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
-    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (pack, offset) = pack_of(&repo, &snap, &src.join("victim.bin"));
-    flip_pack_byte(&repo, &pack, offset as usize + 1000);
+    backup_with_a_damaged_victim(&repo, &src);
 
     let target = repo.dir.path().join("t");
     let base = target.join(src.strip_prefix("/").unwrap());

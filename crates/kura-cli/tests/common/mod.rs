@@ -571,3 +571,17 @@ pub fn forged_snapshot(
     })
     .unwrap()
 }
+
+/// Back up `src` holding `victim.bin` and `fine.bin` (3 MiB each, seeds 1 and 2), then flip
+/// one byte inside the victim's first stored blob. Returns the snapshot id.
+pub fn backup_with_a_damaged_victim(repo: &TestRepo, src: &Path) -> String {
+    write(&src.join("victim.bin"), &pseudo_random(3 << 20, 1));
+    write(&src.join("fine.bin"), &pseudo_random(3 << 20, 2));
+    let snap = repo.backup(&[src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (pack, offset) = pack_of(repo, &snap, &src.join("victim.bin"));
+    flip_pack_byte(repo, &pack, offset as usize + 1000);
+    snap
+}
