@@ -217,11 +217,10 @@ pub fn snapshots_now(repo: &Repository) -> Result<Vec<crate::snapshot::SnapshotE
             Ok(s) => out.push(s),
             Err(Error::Backend(e)) if e.kind() == ErrorKind::NotFound => {}
             Err(e) if e.is_data_damage() || matches!(e, Error::Unsupported(_)) => {
-                return Err(Error::InvalidInput(format!(
-                    "{e}; prune must know what every snapshot references and refuses to go \
-                     on: remove the damaged snapshot explicitly with `kura forget {}`",
-                    f.name
-                )));
+                return Err(crate::repo::damaged_snapshot_refusal(
+                    &f.name,
+                    &e.to_string(),
+                ));
             }
             Err(e) => return Err(e),
         }

@@ -23,6 +23,7 @@ use crate::tree::Tree;
 use crate::util::Timestamp;
 
 mod snapshots;
+pub(crate) use snapshots::damaged_snapshot_refusal;
 
 /// Default pack size target.
 pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;

@@ -11,11 +11,7 @@ impl Repository {
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let (out, damaged) = self.list_snapshots_reporting()?;
         if let Some(d) = damaged.into_iter().next() {
-            return Err(Error::InvalidInput(format!(
-                "{}; this operation must know what every snapshot references and refuses to \
-                 go on: remove the damaged snapshot explicitly with `kura forget {}`",
-                d.error, d.name
-            )));
+            return Err(damaged_snapshot_refusal(&d.name, &d.error));
         }
         Ok(out)
     }
@@ -113,4 +109,13 @@ impl Repository {
             .put(FileKind::Snapshot, &id.to_hex(), sealed.into())?;
         Ok(id)
     }
+}
+
+/// Why an operation that must know every snapshot (prune) refuses a damaged one, and the way
+/// out.
+pub(crate) fn damaged_snapshot_refusal(name: &str, error: &str) -> Error {
+    Error::InvalidInput(format!(
+        "{error}; this operation must know what every snapshot references and refuses to go \
+         on: remove the damaged snapshot explicitly with `kura forget {name}`"
+    ))
 }
