@@ -206,6 +206,47 @@ impl Catalog {
         })
     }
 
+    /// Target `copy.target` now holds backup `backup` whole (every section and the manifest:
+    /// `kura heal` copied what it lacked): its section rows become the one copy row `copy`,
+    /// in one transaction — a crash leaves either.
+    pub fn sections_to_copy(&self, backup: i64, copy: &crate::Extent) -> Result<()> {
+        let t = self.resource(&copy.target)?;
+        let m = self.resource(&copy.medium)?;
+        let pattern = format!("{}:%", copy.position);
+        self.rt.block_on(async {
+            let db = |e| self.db(e);
+            let mut tx = self.write_tx().await.map_err(db)?;
+            sqlx::query(
+                "DELETE FROM extents WHERE backup = $1 AND target = $2 \
+                 AND (position = $3 OR position LIKE $4)",
+            )
+            .bind(backup)
+            .bind(t.id)
+            .bind(&copy.position)
+            .bind(&pattern)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            sqlx::query(
+                "INSERT INTO extents (backup, stream, seq, source_offset, source_length, target, \
+                 medium, position, size, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'durable')",
+            )
+            .bind(backup)
+            .bind(copy.stream)
+            .bind(copy.seq)
+            .bind(copy.source_offset)
+            .bind(copy.source_length)
+            .bind(t.id)
+            .bind(m.id)
+            .bind(&copy.position)
+            .bind(copy.size)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
     /// Note why a target was passed over (securing checks, verify): an event row.
     pub fn note(&self, target: &str, what: &str, reason: &str) -> Result<()> {
         let r = self.resource(target)?;

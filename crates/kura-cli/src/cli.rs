@@ -602,6 +602,9 @@ pub struct ForgetArgs {
     /// Prune right after forgetting
     #[arg(long)]
     pub prune: bool,
+    /// With --prune: as `kura prune --keep-condemned`
+    #[arg(long, value_name = "DURATION", requires = "prune")]
+    pub keep_condemned: Option<String>,
 }
 
 #[derive(Debug, Args)]

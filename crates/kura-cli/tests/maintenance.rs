@@ -101,6 +101,32 @@ fn forget_by_id_and_usage_errors(store: Store) {
     assert_fails(&o, 1, "invalid duration");
 }
 
+/// `forget --prune` takes prune's grace period: with `--keep-condemned 0` what an earlier
+/// prune condemned is deleted; a bad value is refused before anything is forgotten.
+fn forget_prune_takes_the_grace_period(store: Store) {
+    let repo = TestRepo::on(store, &[]);
+    let (_, a, b) = two_generations(&repo);
+    let o = repo.run(&["forget", &a[..8], "--prune", "--keep-condemned", "3x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = repo.run(&["forget", &a[..8], "--keep-condemned", "0"]);
+    assert_eq!(o.status.code(), Some(2), "needs --prune: {}", stderr(&o));
+    assert_eq!(
+        repo.snapshot_count(),
+        2,
+        "nothing forgotten by a refused command"
+    );
+    // The first forget --prune only condemns old.bin's data (~6 MiB).
+    repo.ok(&["forget", &a[..8], "--prune"]);
+    let condemned = repo.size();
+    // A second one with no grace period deletes it.
+    repo.ok(&["forget", &b[..8], "--prune", "--keep-condemned", "0"]);
+    let after = repo.size();
+    assert!(
+        after + (5 << 20) < condemned,
+        "{condemned} → {after} bytes: the condemned data was not deleted"
+    );
+}
+
 fn prune_refuses_a_damaged_repository_and_deletes_nothing(store: Store) {
     let repo = TestRepo::on(store, &["--pack-size-mib", "1"]);
     let (src, a, _) = two_generations(&repo);
@@ -189,6 +215,7 @@ fn prune_killed_at_many_points_never_loses_referenced_data(store: Store) {
 on_both!(
     forget_with_prune_frees_unique_data_and_keeps_the_rest_restorable,
     forget_by_id_and_usage_errors,
+    forget_prune_takes_the_grace_period,
     prune_refuses_a_damaged_repository_and_deletes_nothing,
     prune_killed_at_many_points_never_loses_referenced_data,
 );

@@ -11,8 +11,9 @@
 //! backup: packs before the index naming them, index files before the snapshot; and each
 //! target is written under a shared repository lock, as by a backup, so a concurrent prune
 //! there cannot delete a copied pack before its index file exists. Only after a
-//! target holds a section does the catalog record it there; then an updated catalog record is
-//! written to every target. An interrupted heal leaves extra packs at most (the next heal or
+//! target holds a section does the catalog record it there; once it holds every section and
+//! the manifest, its section rows become one copy row (it is then judged by its manifest, as
+//! any copy is); then an updated catalog record is written to every target. An interrupted heal leaves extra packs at most (the next heal or
 //! `prune` deals with them) and never a claim without data.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -158,6 +159,7 @@ pub fn heal(
     let snapshot_name = view.snapshot.to_hex();
     let mut report = HealReport::default();
     let mut added: Vec<Extent> = Vec::new();
+    let mut whole_now: Vec<String> = Vec::new();
     for (name, target) in &view.targets {
         if whole.contains(name.as_str()) {
             continue; // a whole copy already
@@ -217,8 +219,14 @@ pub fn heal(
             Ok(lacking.len())
         })();
         match r {
-            Ok(0) => {}
-            Ok(n) => report.healed.push((name.clone(), n)),
+            Ok(n) => {
+                if n > 0 {
+                    report.healed.push((name.clone(), n));
+                }
+                if held.contains_key(name.as_str()) || n > 0 {
+                    whole_now.push(name.clone());
+                }
+            }
             Err(e) => {
                 // What was copied before the failure stays unclaimed: rows are added only
                 // for sections whose index file was written.
@@ -227,16 +235,45 @@ pub fn heal(
             }
         }
     }
-    if added.is_empty() {
+    if added.is_empty() && whole_now.is_empty() {
         return Ok(report);
     }
-    catalog.import_backup(
-        &b.object,
-        b.started,
-        b.ended.unwrap_or(b.started),
-        b.data_time,
-        &added,
-    )?;
+    if !added.is_empty() {
+        catalog.import_backup(
+            &b.object,
+            b.started,
+            b.ended.unwrap_or(b.started),
+            b.data_time,
+            &added,
+        )?;
+    }
+    // A target holding every section and the manifest holds a copy: its section rows become
+    // one copy row, so from now on it is judged as any copy is (by its manifest).
+    let (length, size) = sections.values().fold((0, 0), |(l, z), (_, e)| {
+        (l.max(e.source_offset + e.source_length), z + e.size)
+    });
+    for name in &whole_now {
+        let Some((_, first)) = sections.values().next() else {
+            break;
+        };
+        catalog.sections_to_copy(
+            backup,
+            &Extent {
+                stream: first.stream,
+                seq: 0,
+                source_offset: 0,
+                source_length: length,
+                target: name.clone(),
+                medium: medium
+                    .get(name.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string(),
+                position: Position::Copy(view.snapshot).to_string(),
+                size,
+            },
+        )?;
+    }
     // An updated record, listing every piece, on every target: the catalog can be rebuilt
     // from any of them. It keeps the original record's times.
     let all = catalog.extents(backup)?;

@@ -9,7 +9,9 @@
 //! - `forget` / `prune` on one repository: [`reconcile_target`] afterwards drops the
 //!   catalog's copies of every snapshot the target no longer holds (a backup left without a
 //!   copy becomes `forgotten`) and rewrites the records of those backups on every target
-//!   that holds part of them ([`sync_records`]).
+//!   that holds part of them ([`sync_records`]). A section of a fail-over backup is a part
+//!   without the manifest (the run could not write it there), so it is dropped only when no
+//!   other target holding part of the backup has the manifest either.
 //! - `kura backups forget N` ([`forget_backup`]): metadata first (seed 002 deletes the
 //!   backup management information before the data) — the row is marked `forgetting`, the
 //!   records go from every target — then the snapshot manifests, then the rows. A crash at
@@ -27,6 +29,7 @@ use kura_repo::Repository;
 use kura_repo::catalog_record::CatalogRecord;
 use kura_repo::id::Id;
 use kura_repo::lock::RepoLock;
+use kura_repo::prune::Sections;
 
 use crate::position::Position;
 use crate::{Error, Result};
@@ -248,6 +251,44 @@ pub fn targets_at(
         .collect())
 }
 
+/// What a prune of the targets `names` (one repository, or members of one group opened
+/// together) must know of the sectioned backups they hold part of: the index files of the
+/// sections the catalog claims there, and the snapshots not held whole there
+/// ([`kura_repo::prune::Sections`]).
+pub fn sections_on(catalog: &Catalog, names: &[String]) -> Result<Sections> {
+    let mut out = Sections::default();
+    for b in catalog.backups(None)? {
+        if !matches!(b.state, BackupState::Complete | BackupState::Running) {
+            continue;
+        }
+        let extents = catalog.extents(b.id)?;
+        let mut snapshot = None;
+        let mut sectioned = false;
+        let mut whole_here = false;
+        for e in &extents {
+            let pos = e.position.parse::<Position>()?;
+            snapshot = Some(pos.snapshot());
+            let here = names.contains(&e.target);
+            match pos {
+                Position::Section { index, .. } => {
+                    sectioned = true;
+                    if here && !index.is_empty() {
+                        out.index_files.insert(index);
+                    }
+                }
+                Position::Copy(_) => whole_here |= here,
+            }
+        }
+        if let Some(s) = snapshot
+            && sectioned
+            && !whole_here
+        {
+            out.partial.insert(s);
+        }
+    }
+    Ok(out)
+}
+
 /// What [`reconcile_target`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
@@ -284,10 +325,19 @@ pub fn reconcile_target(
             if e.target != name {
                 continue;
             }
-            let s = e.position.parse::<Position>()?.snapshot();
-            if !held.contains(&s.to_hex()) {
-                gone.insert((b.id, s));
+            let pos = e.position.parse::<Position>()?;
+            let s = pos.snapshot();
+            if held.contains(&s.to_hex()) || gone.contains(&(b.id, s)) {
+                continue;
             }
+            // A section needs the manifest somewhere, not here: a fail-over run writes it
+            // only to the targets still working at its end.
+            if matches!(&pos, Position::Section { index, .. } if !index.is_empty())
+                && manifest_elsewhere(catalog, b.id, name, s, open)
+            {
+                continue;
+            }
+            gone.insert((b.id, s));
         }
     }
     let mut out = Reconciled::default();
@@ -326,6 +376,25 @@ pub fn reconcile_target(
             .extend(sync_records(catalog, Some(b), s, &repos)?);
     }
     Ok(out)
+}
+
+/// Does a target other than `name` holding part of backup `b` hold snapshot `s`'s manifest?
+/// A target that cannot be asked counts as holding it: nothing is dropped on a guess.
+fn manifest_elsewhere(catalog: &Catalog, b: i64, name: &str, s: Id, open: Open) -> bool {
+    let Ok(extents) = catalog.extents(b) else {
+        return true;
+    };
+    let others: BTreeSet<String> = extents
+        .into_iter()
+        .map(|e| e.target)
+        .filter(|t| t != name)
+        .collect();
+    others.iter().any(|t| {
+        target_url(catalog, t)
+            .and_then(|u| open(&u))
+            .and_then(|be| Ok(be.exists(FileKind::Snapshot, &s.to_hex())?))
+            .unwrap_or(true)
+    })
 }
 
 /// The steps of [`forget_backup`], for crash tests: the hook is called after each with

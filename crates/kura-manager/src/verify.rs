@@ -2,11 +2,13 @@
 //! difference, and with `fix` make them one again (see [`crate::sync`] for why they must be).
 //!
 //! What is compared, per reachable target:
-//! - every copy or section the catalog claims there: the snapshot manifest exists; for a
-//!   section, its index file exists and so does every pack it lists (a whole copy's packs are
-//!   `kura check`'s business: reading every tree is not a catalog check);
-//! - the records there: each backup the target holds part of has exactly one record, equal
-//!   to the catalog's; no record names a backup the catalog does not know, or one the target
+//! - every copy the catalog claims there: the snapshot manifest exists (a whole copy's packs
+//!   are `kura check`'s business: reading every tree is not a catalog check); every section:
+//!   its index file exists there and so does every pack it lists, and the manifest exists on
+//!   some target holding part of the backup (a fail-over run writes it only to the targets
+//!   still working at its end);
+//! - the records there: each backup whose manifest the target holds has exactly one record,
+//!   equal to the catalog's; no record names a backup the catalog does not know, or one the target
 //!   holds no part of;
 //! - backups left `forgetting` by an interrupted `kura backups forget`.
 //!
@@ -205,12 +207,26 @@ fn copies(
         if b.state != BackupState::Complete {
             continue;
         }
-        for e in catalog.extents(b.id)? {
+        let extents = catalog.extents(b.id)?;
+        // A section needs the backup's manifest somewhere, not on its own target: a
+        // fail-over run writes it only to the targets still working at its end. Unknown
+        // while a target holding part of the backup cannot be checked.
+        let manifest_somewhere = extents.iter().any(|e| {
+            e.position.parse::<Position>().is_ok_and(|p| {
+                held.get(&e.target)
+                    .is_some_and(|h| h.snapshots.contains(&p.snapshot().to_hex()))
+            })
+        }) || extents.iter().any(|e| !held.contains_key(&e.target));
+        for e in extents {
             let Some(h) = held.get_mut(&e.target) else {
                 continue;
             };
             let pos = e.position.parse::<Position>()?;
             let snap = pos.snapshot();
+            let own_manifest = match &pos {
+                Position::Section { index, .. } => index.is_empty() || !manifest_somewhere,
+                Position::Copy(_) => true,
+            };
             let mut diff = |kind, detail: String, seq: Option<i64>| -> Result<()> {
                 // A section whose index file is gone but whose snapshot is there may have
                 // its packs listed by other index files (a prune rewrites them): dropping
@@ -231,11 +247,11 @@ fn copies(
                 report.differences.push(d);
                 Ok(())
             };
-            if !h.snapshots.contains(&snap.to_hex()) {
+            if own_manifest && !h.snapshots.contains(&snap.to_hex()) {
                 diff(
                     DiffKind::MissingSnapshot,
                     format!("snapshot {} is not on the target", snap.short()),
-                    None,
+                    Some(e.seq),
                 )?;
                 continue;
             }
@@ -348,8 +364,11 @@ fn records(
             }
         }
         for (s, (b, state, holders)) in &live {
+            // Records live with the manifest: a target holding only sections of a
+            // backup has none (its run could not write there).
             if *state == BackupState::Complete
                 && holders.contains(&name)
+                && h.snapshots.contains(&s.to_hex())
                 && !by_snap.contains_key(s)
             {
                 todo.push((

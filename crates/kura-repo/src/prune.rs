@@ -88,6 +88,8 @@ pub struct PruneOptions {
     pub repack_threshold: f64,
     /// Grace period before a condemned pack may be deleted (0: as soon as no lock holds it).
     pub keep_condemned: Duration,
+    /// Parts of fail-over backups this repository holds, as the catalog knows them.
+    pub sections: Sections,
 }
 
 impl Default for PruneOptions {
@@ -96,8 +98,28 @@ impl Default for PruneOptions {
             dry_run: false,
             repack_threshold: 0.2,
             keep_condemned: DEFAULT_KEEP_CONDEMNED,
+            sections: Sections::default(),
         }
     }
+}
+
+/// What the catalog knows of the sectioned (fail-over) backups a repository holds part of.
+///
+/// A fail-over run leaves a backup in sections on several targets of a group: a target may
+/// hold a section (the packs one index file lists) of a backup whose snapshot manifest is on
+/// another target — it failed before the manifest was written — and the target holding the
+/// manifest lacks the blobs of the other sections. From the repository alone the first looks
+/// like garbage and the second like damage, so prune is told:
+/// - [`Sections::index_files`] name sections that must stay: every pack they list is kept
+///   whole (never condemned or repacked; recovered if an earlier prune condemned it), and
+///   the files themselves are kept as they are, since `kura heal` copies a section by its
+///   index file;
+/// - [`Sections::partial`] snapshots have sections elsewhere: their blobs missing here are
+///   not damage (what of them is here is kept like any snapshot's).
+#[derive(Debug, Clone, Default)]
+pub struct Sections {
+    pub index_files: HashSet<String>,
+    pub partial: HashSet<Id>,
 }
 
 /// Parse a grace period: `0`, or a number with `s`, `m` (minutes), `h` or `d`, e.g. `90m`.
@@ -148,11 +170,19 @@ pub struct PruneReport {
     pub bytes_condemned: u64,
 }
 
-/// Every blob (type, id) reachable from a snapshot.
-pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(BlobType, Id)>> {
+/// Every blob (type, id) reachable from a snapshot; of a `partial` one (a sectioned backup's,
+/// see [`Sections`]), those this repository holds.
+pub fn used_blobs(
+    repo: &IndexedRepo,
+    partial: &HashSet<Id>,
+    cancel: &CancelToken,
+) -> Result<HashSet<(BlobType, Id)>> {
     let mut used: HashSet<(BlobType, Id)> = HashSet::new();
+    // What sectioned snapshots reference: only what of it is here counts.
+    let mut sectioned: HashSet<(BlobType, Id)> = HashSet::new();
     for snap in snapshots_now(repo)? {
         cancel.check()?;
+        let is_partial = partial.contains(&snap.id);
         let what = |e: Error| {
             Error::InvalidInput(format!(
                 "snapshot {} cannot be read completely ({e}); refusing to prune a damaged \
@@ -160,12 +190,20 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
                 snap.id.short()
             ))
         };
+        let into = if is_partial {
+            &mut sectioned
+        } else {
+            &mut used
+        };
         match &snap.snapshot.content {
             Content::Tree { root } => {
                 let mut stack = vec![*root];
                 while let Some(t) = stack.pop() {
-                    if !used.insert((BlobType::Tree, t)) {
+                    if !into.insert((BlobType::Tree, t)) {
                         continue;
+                    }
+                    if is_partial && !repo.index().contains(&t) {
+                        continue; // a tree in a section elsewhere: so is what it names
                     }
                     let tree = repo.load_tree(&t).map_err(what)?;
                     for n in tree.nodes {
@@ -174,7 +212,7 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
                             NodeKind::File => {
                                 for c in n.content.iter().flatten() {
                                     if let ChunkRef::Blob(id) = c {
-                                        used.insert((BlobType::Data, *id));
+                                        into.insert((BlobType::Data, *id));
                                     }
                                 }
                             }
@@ -184,20 +222,21 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
                 }
             }
             Content::Image(info) => {
-                used.extend(info.pieces.iter().map(|p| (BlobType::Tree, *p)));
+                into.extend(info.pieces.iter().map(|p| (BlobType::Tree, *p)));
+                if is_partial && !info.pieces.iter().all(|p| repo.index().contains(p)) {
+                    continue; // its fixed index is partly elsewhere: so is its data
+                }
                 for id in load_fixed_index(repo, info).map_err(what)? {
                     if !id.is_zero() {
-                        used.insert((BlobType::Data, id));
+                        into.insert((BlobType::Data, id));
                     }
                 }
             }
         }
     }
+    let indexed = |(ty, id): &(BlobType, Id)| repo.index().get_all(id).iter().any(|l| l.ty == *ty);
     // Everything used must be indexed, or the repository is already damaged.
-    if let Some((ty, id)) = used
-        .iter()
-        .find(|(ty, id)| !repo.index().get_all(id).iter().any(|l| l.ty == *ty))
-    {
+    if let Some((ty, id)) = used.iter().find(|b| !indexed(b)) {
         return Err(Error::InvalidInput(format!(
             "{} blob {} is referenced but in no index; refusing to prune a damaged \
              repository — run `kura check`",
@@ -205,6 +244,7 @@ pub fn used_blobs(repo: &IndexedRepo, cancel: &CancelToken) -> Result<HashSet<(B
             id.short()
         )));
     }
+    used.extend(sectioned.into_iter().filter(|b| indexed(b)));
     Ok(used)
 }
 
@@ -258,8 +298,19 @@ pub fn prune(
         ..Default::default()
     };
     let snapshots_before = repo.backend().list(FileKind::Snapshot)?.len();
-    let used = used_blobs(&repo, cancel)?;
+    let used = used_blobs(&repo, &opts.sections.partial, cancel)?;
     report.snapshots = snapshots_before;
+    // Sections the catalog claims here stay whole, with their index files.
+    let mut protected: HashSet<Id> = HashSet::new();
+    let mut kept_index: HashSet<String> = HashSet::new();
+    for name in &opts.sections.index_files {
+        if !old_index.contains(name) {
+            continue; // not here (any more): nothing to keep
+        }
+        let file = repo.load_index_file(name)?;
+        protected.extend(file.packs.iter().map(|(p, _)| *p));
+        kept_index.insert(name.clone());
+    }
 
     // The one copy of each used blob that survives: the first one in a live pack, else the
     // first condemned one (whose pack is then recovered).
@@ -311,7 +362,7 @@ pub fn prune(
         let locked = holders
             .iter()
             .any(|since| since.0 <= c.since.0 + CLOCK_SKEW.as_secs() as i64);
-        if needed {
+        if needed || protected.contains(pack) {
             v.recover.push(*pack);
         } else if now.0 - c.since.0 >= grace && !locked {
             v.delete.push(*pack);
@@ -337,6 +388,11 @@ pub fn prune(
         }
         let size = size_of(pack);
         report.bytes_before += size;
+        if protected.contains(pack) {
+            keep.push(*pack);
+            report.bytes_after += size;
+            continue;
+        }
         let (used_here, unused_here): (Vec<&BlobLocation>, Vec<&BlobLocation>) = blobs
             .iter()
             .partition(|l| keep_copy.contains(&(l.id, *pack)));
@@ -383,7 +439,7 @@ pub fn prune(
     report.packs_waiting = v.wait.len();
     report.packs_repacked = repack.len();
     report.packs_condemned = condemn.len() + repack.len();
-    report.index_files_replaced = old_index.len();
+    report.index_files_replaced = old_index.len() - kept_index.len();
     report.bytes_condemned = v.wait.iter().map(|c| size_of(&c.pack)).sum::<u64>()
         + condemn.iter().map(|c| size_of(&c.pack)).sum::<u64>()
         + repack.iter().map(|(p, _)| size_of(p)).sum::<u64>();
@@ -464,8 +520,9 @@ pub fn prune(
     let new_condemned = condemned::save(&repo, &still)?;
 
     // The new index: the packs that stay as they are (recovered ones included), with all
-    // their blobs (the index must match each pack's header), plus the new packs.
-    for pack in keep.iter() {
+    // their blobs (the index must match each pack's header), plus the new packs. Packs of
+    // kept sections are listed by their own index files.
+    for pack in keep.iter().filter(|p| !protected.contains(p)) {
         let blobs: Vec<PackBlob> = by_pack[pack].iter().map(to_pack_blob).collect();
         new_index.packs.push((*pack, blobs));
     }
@@ -487,7 +544,7 @@ pub fn prune(
         ignore_missing(repo.backend().delete(FileKind::Pack, &pack.to_hex()))?;
     }
     for name in &old_index {
-        if !new_names.contains(name) {
+        if !new_names.contains(name) && !kept_index.contains(name) {
             ignore_missing(repo.backend().delete(FileKind::Index, name))?;
         }
     }

@@ -24,6 +24,23 @@ pub fn existing_catalog(app: &App) -> Result<Option<Catalog>> {
     }
 }
 
+/// What a prune of this repository (and its `--mirror` members) must know of the sectioned
+/// backups the catalog says they hold part of; nothing without a catalog. A catalog that
+/// exists but cannot be read stops the prune: it could otherwise take sections for garbage.
+pub fn sections_here(app: &App) -> Result<kura_repo::prune::Sections> {
+    let Some(cat) = existing_catalog(app)? else {
+        return Ok(Default::default());
+    };
+    let mut locations = vec![app.repo_location()?];
+    locations.extend(app.global.mirrors.iter().cloned());
+    let mut names = Vec::new();
+    for loc in &locations {
+        names.extend(kura_manager::sync::targets_at(&cat, loc, &same)?);
+    }
+    kura_manager::sync::sections_on(&cat, &names)
+        .context("read the catalog for the sections of fail-over backups held here")
+}
+
 /// Do two target URLs name the same place?
 pub fn same(a: &str, b: &str) -> bool {
     match (Target::parse(a), Target::parse(b)) {

@@ -28,6 +28,10 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         )
         .into());
     }
+    let prune_opts = PruneOptions {
+        keep_condemned: super::prune::keep_condemned(a.keep_condemned.as_deref())?,
+        ..Default::default()
+    };
     let repo = app.open()?;
     let loc = repo.location();
     // Forget only deletes snapshot files: a shared lock, so it runs beside backups and prunes.
@@ -36,7 +40,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
         crate::with_lock(lock, |lock| {
             if forget_locked(app, &a, &policy, &repo, lock)? {
-                super::prune::prune_locked(app, repo, lock, &PruneOptions::default())?;
+                super::prune::prune_locked(app, repo, lock, &prune_opts)?;
             }
             Ok(exit::OK)
         })

@@ -17,9 +17,13 @@ pub fn prune_locked(
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
     let loc = repo.location();
+    let opts = PruneOptions {
+        sections: super::catalog_sync::sections_here(app)?,
+        ..opts.clone()
+    };
     let bar = app.bar();
     let report =
-        prune(repo, lock, opts, &bar, &app.cancel).with_context(|| format!("prune {loc}"))?;
+        prune(repo, lock, &opts, &bar, &app.cancel).with_context(|| format!("prune {loc}"))?;
     if app.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -45,6 +49,14 @@ pub fn prune_locked(
     Ok(report)
 }
 
+/// `--keep-condemned` of `prune` and `forget --prune`.
+pub fn keep_condemned(arg: Option<&str>) -> Result<std::time::Duration> {
+    Ok(match arg {
+        Some(d) => parse_grace(d).map_err(|e| UsageError(e.to_string()))?,
+        None => DEFAULT_KEEP_CONDEMNED,
+    })
+}
+
 pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
     if !(0.0..=100.0).contains(&a.repack_threshold) {
         return Err(UsageError("--repack-threshold is a percentage, 0 to 100".into()).into());
@@ -52,14 +64,11 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
     let repo = app.open()?;
     let loc = repo.location();
     let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
-    let keep_condemned = match &a.keep_condemned {
-        Some(d) => parse_grace(d).map_err(|e| UsageError(e.to_string()))?,
-        None => DEFAULT_KEEP_CONDEMNED,
-    };
     let opts = PruneOptions {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
-        keep_condemned,
+        keep_condemned: keep_condemned(a.keep_condemned.as_deref())?,
+        ..Default::default()
     };
     // Snapshots removed without the catalog hearing of it (a forget elsewhere) stop being
     // claimed.
