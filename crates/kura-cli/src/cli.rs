@@ -550,7 +550,8 @@ pub struct RestoreArgs {
 pub struct DumpArgs {
     /// Snapshot id (or unique prefix, or `latest`)
     pub snapshot: String,
-    /// Path of a file inside the snapshot (ignored for image snapshots)
+    /// Path of a file inside the snapshot (an image snapshot is dumped whole; a path inside
+    /// it is refused)
     pub path: Option<PathBuf>,
 }
 

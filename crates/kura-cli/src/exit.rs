@@ -79,6 +79,10 @@ pub const UNAVAILABLE: i32 = 15;
 pub const CATALOG_UNREACHABLE: i32 = 16;
 /// Interrupted (SIGINT).
 pub const INTERRUPTED: i32 = 130;
+/// Standard output was a pipe whose reader went away (`kura … | head`): the exit a shell
+/// shows for SIGPIPE, without its message. What was written so far stays consistent (a
+/// backup cut here is like a killed one).
+pub const BROKEN_PIPE: i32 = 141;
 
 /// The exit code for a fatal error, by the first `kura_repo::Error` in its chain.
 pub fn code_for(err: &anyhow::Error) -> i32 {

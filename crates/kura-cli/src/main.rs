@@ -316,8 +316,29 @@ fn tune_allocator() {
     }
 }
 
+/// `println!` panics when standard output is a pipe that was closed (`kura snapshots --json |
+/// head -1`). Restoring SIGPIPE's default would end the process there quietly, but also on
+/// any socket or pipe kura writes to without `MSG_NOSIGNAL` (NBD clients, the control socket),
+/// so only that one panic is turned into a quiet exit.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(exit::BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    quiet_broken_pipe();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let code = match run(cli) {

@@ -268,3 +268,25 @@ fn a_very_deep_tree_backs_up_completely() {
     let v = repo.backup(&[src.to_str().unwrap()]);
     assert_eq!(v["summary"]["files_unmodified"], 1, "{v}");
 }
+
+/// A listing into a pipe whose reader is gone (`kura snapshots --json | head -0`) ends quietly
+/// with 141, the shell's SIGPIPE code, not with a panic (101).
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("f"), b"x");
+    repo.ok(&["backup", src.to_str().unwrap()]);
+    let mut child = repo
+        .cmd()
+        .args(["--json", "snapshots"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before kura writes
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -160,9 +160,25 @@ fn image_round_trip_keeps_holes_and_dedups_unchanged_chunks(store: Store) {
         fs::read(dir.join("disk.img")).unwrap(),
         fs::read(&img).unwrap()
     );
-    // dump streams the whole image.
+    // dump streams the whole image, also when given the image's own path.
     let o = repo.cmd().args(["dump", "latest"]).output().unwrap();
     assert_eq!(o.stdout, fs::read(&img).unwrap());
+    let o = repo
+        .cmd()
+        .args(["dump", "latest", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, fs::read(&img).unwrap());
+    // A path inside the image names nothing: ls and dump refuse it (exit 2), writing nothing,
+    // and say how to reach its files.
+    for cmd in ["ls", "dump"] {
+        let o = repo.run(&[cmd, "latest", "/etc/motd"]);
+        assert_fails(&o, 2, "is an image of");
+        assert!(stderr(&o).contains("kura restore"), "{}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{cmd} wrote {} bytes", o.stdout.len());
+    }
+    let listed = repo.ok(&["ls", "latest", "/"]);
+    assert!(listed.contains("disk.img (image"), "{listed}");
 
     // Change 1 block (inside a hole, so chunk 5 now holds data): the image is read again,
     // one chunk stored.

@@ -14,6 +14,7 @@ pub fn run(app: &App, a: DumpArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     if snap.snapshot.is_image() {
+        super::ls::refuse_path_in_image(&snap, a.path.as_deref())?;
         browse::dump_image(&repo, &snap, &mut out)
             .with_context(|| format!("dump image snapshot {}", snap.id.short()))?;
     } else {

@@ -3,11 +3,38 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kura_repo::browse;
-use kura_repo::snapshot::Content;
+use kura_repo::snapshot::{Content, SnapshotEntry};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::cli::LsArgs;
+use crate::exit::UsageError;
 use crate::output::{local_time, node_json, node_line};
 use crate::{App, exit};
+
+/// A path inside an image snapshot names nothing kura can read yet (file-level restore from
+/// images is not built): refused, pointing at restoring the image. `/` and the image's own
+/// source path name the image itself.
+pub fn refuse_path_in_image(snap: &SnapshotEntry, path: Option<&Path>) -> Result<()> {
+    let Content::Image(info) = &snap.snapshot.content else {
+        return Ok(());
+    };
+    let Some(path) = path else { return Ok(()) };
+    let source = Path::new(std::ffi::OsStr::from_bytes(&info.source));
+    if path == Path::new("/") || path == source {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "snapshot {} is an image of {} ({} bytes): it has no paths inside, so {} names \
+         nothing; restore the image (kura restore {} --target FILE) and mount it to reach \
+         its files",
+        snap.id.short(),
+        source.display(),
+        info.size,
+        path.display(),
+        snap.id.short()
+    ))
+    .into())
+}
 
 pub fn run(app: &App, a: LsArgs) -> Result<i32> {
     let repo = app.open_indexed()?;
@@ -15,6 +42,7 @@ pub fn run(app: &App, a: LsArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let Content::Image(info) = &snap.snapshot.content {
+        refuse_path_in_image(&snap, a.path.as_deref())?;
         let src = String::from_utf8_lossy(&info.source);
         if app.global.json {
             writeln!(
