@@ -34,6 +34,9 @@ const TARGETS: usize = 2;
 /// Fail-over runs that left sections on both targets, over all cases: the test says how many
 /// (and insists on some where it can mount a tmpfs).
 static SPLIT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Runs killed while still running, and snapshots such runs left (adopted or orphaned).
+static KILLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LEFT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -71,6 +74,12 @@ enum Op {
     },
     Rebuild,
     VerifyFix,
+    /// A mirrored run onto `n` targets killed (SIGKILL) after `after_ms`, then the
+    /// operator's recovery: `catalog verify --fix`.
+    KillRun {
+        n: usize,
+        after_ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -84,6 +93,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4usize).prop_map(|k| Op::Heal { k }),
         1 => Just(Op::Rebuild),
         1 => Just(Op::VerifyFix),
+        1 => (1..=TARGETS, 0..1500u64).prop_map(|(n, after_ms)| Op::KillRun { n, after_ms }),
     ]
 }
 
@@ -170,6 +180,9 @@ struct World {
     src: PathBuf,
     /// backup number → what the oracle knows of it.
     oracle: BTreeMap<i64, Known>,
+    /// Snapshots a killed run left on targets that the catalog does not know (no record
+    /// reached a target): snapshot → targets holding its manifest.
+    orphans: BTreeMap<String, BTreeSet<usize>>,
     runs: u64,
 }
 
@@ -181,6 +194,9 @@ impl Kura for World {
             .env_remove("KURA_REPOSITORY")
             .env_remove("KURA_CONFIG")
             .env_remove("KURA_TEST_DIE_AFTER")
+            // A killed run's targets return to the pool quickly.
+            .env("KURA_LEASE", "2s")
+            .env("KURA_LEASE_RENEW", "500ms")
             .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"));
         c
     }
@@ -201,6 +217,7 @@ impl World {
             src: base.join("src"),
             f,
             oracle: BTreeMap::new(),
+            orphans: BTreeMap::new(),
             runs: 0,
         };
         let t0 = w.targets[0].to_str().unwrap().to_string();
@@ -398,6 +415,92 @@ impl World {
             Op::VerifyFix => {
                 self.ok(&["catalog", "verify", "--fix"]);
             }
+            Op::KillRun { n, after_ms } => {
+                self.runs += 1;
+                write(
+                    &self.src.join(format!("f{}", self.runs)),
+                    &pseudo_random(3 << 20, self.runs),
+                );
+                let mut child = self
+                    .cmd()
+                    .args(["--json", "backup"])
+                    .arg(&self.src)
+                    .args(["--redundancy", &n.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(*after_ms));
+                if child.try_wait().unwrap().is_none() {
+                    KILLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                let _ = child.wait();
+                // Its lease runs out; then the operator's recovery.
+                std::thread::sleep(std::time::Duration::from_millis(2100));
+                self.ok(&["catalog", "verify", "--fix"]);
+                self.adopt();
+            }
+        }
+    }
+
+    /// After a killed run and `catalog verify --fix`: snapshot manifests on the targets that
+    /// the oracle does not know are the killed run's. One the catalog now has as complete
+    /// (a record reached a target) is a backup like any other, claimed exactly where its
+    /// manifest is; one it does not know stays an orphan (on disk, never claimed).
+    fn adopt(&mut self) {
+        let known: BTreeSet<String> = self
+            .oracle
+            .values()
+            .map(|k| k.snap.clone())
+            .chain(self.orphans.keys().cloned())
+            .collect();
+        let mut found: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        for (t, dir) in self.targets.iter().enumerate() {
+            for e in std::fs::read_dir(dir.join("snapshots")).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    found.entry(name).or_default().insert(t);
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        LEFT.fetch_add(found.len(), std::sync::atomic::Ordering::Relaxed);
+        let rows: Vec<Value> = self.json(&["backups"]).as_array().unwrap().clone();
+        for (snap, on) in found {
+            let row = rows.iter().find(|r| {
+                r["extents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["position"].as_str().unwrap().starts_with(&snap))
+            });
+            match row {
+                Some(r) if r["state"] == "complete" => {
+                    let claimed: BTreeSet<usize> = r["extents"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| Self::target_number(&e["target"]))
+                        .collect();
+                    assert_eq!(claimed, on, "a killed run's backup, adopted: {r}");
+                    self.oracle.insert(
+                        r["backup"].as_i64().unwrap(),
+                        Known {
+                            snap,
+                            parts: 1,
+                            held: on.iter().map(|t| (*t, BTreeSet::from([0]))).collect(),
+                            manifests: on,
+                        },
+                    );
+                }
+                _ => {
+                    self.orphans.insert(snap, on);
+                }
+            }
         }
     }
 
@@ -456,6 +559,12 @@ impl World {
                 .values()
                 .filter(|k| k.manifests.contains(&t))
                 .map(|k| k.snap.clone())
+                .chain(
+                    self.orphans
+                        .iter()
+                        .filter(|(_, on)| on.contains(&t))
+                        .map(|(s, _)| s.clone()),
+                )
                 .collect();
             assert_eq!(on_disk, want, "step {step}: snapshots on t{t}");
         }
@@ -508,7 +617,12 @@ fn the_catalog_equals_the_targets_after_any_sequence(db: Db) {
         })
         .unwrap();
     let split = SPLIT_RUNS.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{cases} case(s); {split} fail-over run(s) left sections on both targets");
+    eprintln!(
+        "{cases} case(s); {split} fail-over run(s) left sections on both targets; {} run(s) \
+         killed mid-run, leaving {} snapshot(s)",
+        KILLED.load(std::sync::atomic::Ordering::Relaxed),
+        LEFT.load(std::sync::atomic::Ordering::Relaxed)
+    );
     if common::is_root() && cases >= 5 {
         assert!(
             split > 0,
