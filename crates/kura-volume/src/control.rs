@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, Freeze};
-use crate::store::{Error, Result};
+use crate::error::{Error, Result};
 
 pub const SOCKET: &str = ".kura-control.sock";
 /// The longest request line accepted (a request is small; this bounds a hostile one).
