@@ -52,26 +52,45 @@ fn backups_to_two_repositories_in_turn_stay_incremental_and_miss_nothing() {
     // 0x71 at 16M, then a backup to B: B's chain is reset, A's keeps the bit.
     write_served(&v, "db", &["write -P 0x71 16M 4k"]);
     let b2 = v.backup_to(&b, "db");
-    assert_eq!((b2["incremental"].clone(), read(&b2)), (true.into(), 4 * MIB), "{b2}");
+    assert_eq!(
+        (b2["incremental"].clone(), read(&b2)),
+        (true.into(), 4 * MIB),
+        "{b2}"
+    );
     // 0x72 at 24M, then a backup to A: incremental from A's own snapshot, reading both.
     write_served(&v, "db", &["write -P 0x72 24M 4k"]);
     let a2 = v.backup_to(&a, "db");
-    assert_eq!((a2["incremental"].clone(), read(&a2)), (true.into(), 8 * MIB), "{a2}");
+    assert_eq!(
+        (a2["incremental"].clone(), read(&a2)),
+        (true.into(), 8 * MIB),
+        "{a2}"
+    );
     let restored = v.restored_from(&a, &snap(&a2));
     assert!(
-        restored[16 << 20..(16 << 20) + 4096].iter().all(|x| *x == 0x71),
+        restored[16 << 20..(16 << 20) + 4096]
+            .iter()
+            .all(|x| *x == 0x71),
         "A's incremental lost the change made before the backup to B"
     );
-    assert!(restored == v.raw("db"), "A's restore differs from the volume");
+    assert!(
+        restored == v.raw("db"),
+        "A's restore differs from the volume"
+    );
     // Alternating goes on: each backup reads exactly its chain's dirty granules.
-    for (round, (off, repo)) in [(32u64, &b), (40, &a), (48, &b), (8, &a)].iter().enumerate() {
+    for (round, (off, repo)) in [(32u64, &b), (40, &a), (48, &b), (8, &a)]
+        .iter()
+        .enumerate()
+    {
         write_served(&v, "db", &[&format!("write -P {} {off}M 4k", 0x80 + round)]);
         let done = v.backup_to(repo, "db");
         assert_eq!(done["incremental"], true, "round {round}: {done}");
         // Two granules each time: the write of this round and the one of the round before
         // (made after this repository's last backup): 24M+32M, 32M+40M, 40M+48M, 48M+8M.
         assert_eq!(read(&done), 2 * 4 * MIB, "round {round}: {done}");
-        assert!(v.restored_from(repo, &snap(&done)) == v.raw("db"), "round {round}");
+        assert!(
+            v.restored_from(repo, &snap(&done)) == v.raw("db"),
+            "round {round}"
+        );
     }
     // Info shows both chains, trusted, with their repositories.
     let info = v.json(&["volume", "info", "db"]);
@@ -110,9 +129,16 @@ fn served_backups_to_two_repositories_stay_incremental_to_both() {
     let snap_b = jb["snapshot"].as_str().unwrap().to_string();
     v.stop(s);
     let now = v.raw("db");
-    assert!(v.restored_from(&a, &snap_a) == now, "A's served incremental lost data");
+    assert!(
+        v.restored_from(&a, &snap_a) == now,
+        "A's served incremental lost data"
+    );
     let from_b = v.restored_from(&b, &snap_b);
-    assert!(from_b[16 << 20..(16 << 20) + 4096].iter().all(|x| *x == 0x71));
+    assert!(
+        from_b[16 << 20..(16 << 20) + 4096]
+            .iter()
+            .all(|x| *x == 0x71)
+    );
 }
 
 #[test]
@@ -188,7 +214,10 @@ fn a_restore_into_the_raw_file_behind_the_engines_back_untrusts_every_chain() {
     // Tracked again from here.
     write_served(&v, "db", &["write -P 4 60M 4k"]);
     let b4 = v.backup("db");
-    assert_eq!((b4["incremental"].clone(), read(&b4)), (true.into(), 4 * MIB));
+    assert_eq!(
+        (b4["incremental"].clone(), read(&b4)),
+        (true.into(), 4 * MIB)
+    );
     v.restores_equal(&snap(&b4), "db");
     // A write into the raw file while no server runs (dd) is seen the same way.
     std::os::unix::fs::FileExt::write_all_at(
@@ -219,7 +248,14 @@ fn a_running_server_owns_its_volumes_with_or_without_a_client() {
     // A second server is refused too.
     let o = v
         .cmd()
-        .args(["volume", "serve", "--listen", "127.0.0.1:0", "--volume", "busy"])
+        .args([
+            "volume",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--volume",
+            "busy",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(14), "{}", stderr(&o));

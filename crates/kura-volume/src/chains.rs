@@ -126,7 +126,10 @@ impl Identity {
         let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
             return;
         };
-        let stamp = std::time::Duration::new(newest.0.max(0) as u64, newest.1.clamp(0, 999_999_999) as u32);
+        let stamp = std::time::Duration::new(
+            newest.0.max(0) as u64,
+            newest.1.clamp(0, 999_999_999) as u32,
+        );
         let margin = std::time::Duration::from_millis(25);
         if let Some(wait) = (stamp + margin).checked_sub(now) {
             std::thread::sleep(wait.min(margin));
@@ -323,7 +326,10 @@ fn untrust_all(chains: &mut [Chain], why: &str) {
 fn runs_of(bits: &[u8], size: u64) -> Vec<(u64, u64)> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for g in 0..size.div_ceil(GRANULE) {
-        if bits.get((g / 8) as usize).is_some_and(|b| b & (1 << (g % 8)) != 0) {
+        if bits
+            .get((g / 8) as usize)
+            .is_some_and(|b| b & (1 << (g % 8)) != 0)
+        {
             let (off, len) = (g * GRANULE, GRANULE.min(size - g * GRANULE));
             match runs.last_mut() {
                 Some(r) if r.0 + r.1 == off => r.1 += len,
@@ -615,7 +621,11 @@ pub fn peek(path: &Path, size: u64, raw: &Identity) -> Result<Tracking> {
     let chains = states(&p.chains, size);
     let reason = p
         .reason
-        .or_else(|| chains.is_empty().then(|| format!("{NEW_CHAIN}: the first backup reads everything")))
+        .or_else(|| {
+            chains
+                .is_empty()
+                .then(|| format!("{NEW_CHAIN}: the first backup reads everything"))
+        })
         .or_else(|| {
             chains.iter().find_map(|c| {
                 c.reason
@@ -670,7 +680,10 @@ mod tests {
         assert_eq!(f.runs, [(4 << 20, 4 << 20), (12 << 20, 4 << 20)]);
         // The base was forgotten: everything is read, and why.
         let why = incremental_reads(&f, Err("not found".into())).unwrap_err();
-        assert!(why.contains(&id(10).short()) && why.contains("no longer"), "{why}");
+        assert!(
+            why.contains(&id(10).short()) && why.contains("no longer"),
+            "{why}"
+        );
         s.thaw_done(&f, id(11)).unwrap();
         // A second holder is refused.
         assert!(matches!(

@@ -33,11 +33,11 @@ use kura_repo::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::Plan;
+use crate::chains::Frozen;
+use crate::error::{Error, Result};
 use crate::export::VolumeExport;
 use crate::pair::{Pair, PairState, ResyncOutcome};
 use crate::session::{Session, SessionSource, SessionStats};
-use crate::chains::Frozen;
-use crate::error::{Error, Result};
 use crate::store::VolumeStore;
 
 /// The nice value of background backup threads (19 is the lowest priority).
@@ -280,8 +280,9 @@ impl Engine {
         };
         // The freeze: nothing in flight, the image and the chain's bits taken at one instant.
         // Deciding the plan there does no I/O.
-        let plan_for =
-            |frozen: &Frozen| -> Result<Plan> { Ok(Plan::decide(parent.clone(), meta.size, frozen)) };
+        let plan_for = |frozen: &Frozen| -> Result<Plan> {
+            Ok(Plan::decide(parent.clone(), meta.size, frozen))
+        };
         let (source, session, plan, frozen): (Arc<dyn ImageSource>, _, Plan, _) =
             match (work, &pair) {
                 (Some(work), _) => {

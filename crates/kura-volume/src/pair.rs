@@ -304,4 +304,3 @@ pub struct ResyncOutcome {
     pub granules: u64,
     pub bytes: u64,
 }
-

@@ -50,7 +50,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use kura_nbd::{Export, FileExport};
 use kura_repo::backup::ImageSource;
 
-
 /// Copy-before-write granularity (qemu's default backup cluster size).
 pub const BLOCK: u64 = 64 << 10;
 

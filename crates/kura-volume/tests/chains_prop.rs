@@ -20,7 +20,10 @@ const SIZE: u64 = GRANULES * GRANULE;
 #[derive(Debug, Clone)]
 enum Op {
     /// A host write covering granules `first..first + n`.
-    Write { first: u64, n: u64 },
+    Write {
+        first: u64,
+        n: u64,
+    },
     /// A backup to chain `chain` (0: A, 1: B); `during`: a host write while it runs.
     Backup {
         chain: usize,
@@ -29,12 +32,17 @@ enum Op {
     },
     /// Forget (and prune) snapshot `which` (counted from the newest) of chain `chain`'s
     /// repository.
-    Forget { chain: usize, which: usize },
+    Forget {
+        chain: usize,
+        which: usize,
+    },
     CleanReopen,
     /// The server dies: no clean close.
     UncleanReopen,
     /// Closed cleanly, then the raw file is written by someone else, then reopened.
-    OutsideChange { granule: u64 },
+    OutsideChange {
+        granule: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -150,7 +150,10 @@ impl Vols {
     pub fn restored_from(&self, repo: &str, snapshot: &str) -> Vec<u8> {
         let out = self.dir.path().join(format!("restored-{snapshot}"));
         let _ = std::fs::remove_file(&out);
-        let o = self.in_repo(repo, &["restore", snapshot, "--target", out.to_str().unwrap()]);
+        let o = self.in_repo(
+            repo,
+            &["restore", snapshot, "--target", out.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let b = std::fs::read(&out).unwrap();
         let _ = std::fs::remove_file(&out);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::{Deserialize, Serialize};
 
 use crate::chains::{self, Identity, Tracking};
-pub use crate::error::{Error, Result};
 use crate::error::io;
+pub use crate::error::{Error, Result};
 use crate::export::VolumeExport;
 use crate::records::VolumeRecord;
 use crate::session::WorkVolume;
@@ -569,6 +569,7 @@ pub(crate) fn refuse_paired(m: &VolumeMeta) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kura_nbd::Export;
 
     #[test]
     fn create_list_resize_delete() {

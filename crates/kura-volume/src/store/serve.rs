@@ -43,7 +43,10 @@ impl VolumeStore {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
             return Err(Error::InUse(name.to_string()));
         }
-        let identity = Identity::of(&f.metadata().map_err(io(format!("stat {}", raw.display())))?);
+        let identity = Identity::of(
+            &f.metadata()
+                .map_err(io(format!("stat {}", raw.display())))?,
+        );
         let file = FileExport::new(f, false).map_err(io(format!("open {}", raw.display())))?;
         if file.size() != m.size {
             return Err(Error::Corrupt {
