@@ -73,7 +73,7 @@ pub fn backup_volume(
     let frozen = chains.freeze(repo_id);
     let plan = Plan::decide(parent, meta.size, &frozen);
     let o = plan.options(opts);
-    let result = backup(repo, lock, &[raw.clone()], &o, progress, cancel)
+    let result = backup(repo, lock, std::slice::from_ref(&raw), &o, progress, cancel)
         .map_err(Error::from)
         .and_then(|outcome| {
             let record = plan.record(&meta, repo, &outcome);

@@ -88,24 +88,6 @@ pub struct Pair {
     _hold: File,
 }
 
-/// Parse `OFFSET:LEN` (sizes with units).
-pub fn parse_area(s: &str) -> Result<(u64, u64)> {
-    let (o, l) = s
-        .split_once(':')
-        .ok_or_else(|| Error::Invalid(format!("area {s:?}: use OFFSET:LENGTH, e.g. 0:64M")))?;
-    let num = |v: &str| -> Result<u64> {
-        if v.trim() == "0" {
-            return Ok(0);
-        }
-        crate::store::parse_size(v)
-    };
-    let (o, l) = (num(o)?, num(l)?);
-    if l == 0 {
-        return Err(Error::Invalid(format!("area {s:?} is empty")));
-    }
-    Ok((o, l))
-}
-
 /// A duplex pair whose server died (its difference bitmap was not closed) may differ
 /// anywhere: it becomes split with a note, and the caller sets every bit. Returns whether
 /// that happened.

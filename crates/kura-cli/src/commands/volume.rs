@@ -292,7 +292,7 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
             while !cancel.is_cancelled() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 tick += 1;
-                if tick % 10 == 0 && !cancel.is_cancelled() {
+                if tick.is_multiple_of(10) && !cancel.is_cancelled() {
                     match st.hold_all(only.as_deref()) {
                         Ok(failed) => failed.iter().for_each(|(n, e)| {
                             tracing::debug!("volume {n}: not held: {e}");

@@ -91,6 +91,24 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(size)
 }
 
+/// Parse `OFFSET:LEN` (sizes with units).
+pub fn parse_area(s: &str) -> Result<(u64, u64)> {
+    let (o, l) = s
+        .split_once(':')
+        .ok_or_else(|| Error::Invalid(format!("area {s:?}: use OFFSET:LENGTH, e.g. 0:64M")))?;
+    let num = |v: &str| -> Result<u64> {
+        if v.trim() == "0" {
+            return Ok(0);
+        }
+        parse_size(v)
+    };
+    let (o, l) = (num(o)?, num(l)?);
+    if l == 0 {
+        return Err(Error::Invalid(format!("area {s:?} is empty")));
+    }
+    Ok((o, l))
+}
+
 fn check_size(size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(SECTOR) || size > MAX_SIZE {
         return Err(Error::Invalid(format!(
@@ -663,7 +681,7 @@ mod tests {
             std::fs::write(d.path().join("v.records"), &junk).unwrap();
             let _ = s.records("v");
             let _ = parse_size(&text);
-            let _ = crate::pair::parse_area(&text);
+            let _ = parse_area(&text);
         }
     }
 }

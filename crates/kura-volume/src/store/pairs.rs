@@ -116,9 +116,11 @@ impl VolumeStore {
         // The secondary must not be in use; it is held from here on by the pair. A server
         // holding it with no client connected lets go of it.
         self.release(secondary)?;
-        drop(self.exclusive(secondary)?);
+        let hold = self.exclusive(secondary)?;
         sm.secondary_of = Some(primary.to_string());
         self.write_meta(&sm)?;
+        // A secondary from here on: no server holds it again (nor serves it to hosts).
+        drop(hold);
         let _ = std::fs::remove_file(self.path(primary, "pairdiff"));
         {
             // Every granule differs until the initial copy: a resync from "split, all set".
