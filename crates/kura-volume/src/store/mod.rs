@@ -629,6 +629,27 @@ mod tests {
     }
 
     #[test]
+    fn an_old_single_dirty_bitmap_is_never_trusted_and_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = VolumeStore::open(d.path()).unwrap();
+        s.create("v", 8 << 20).unwrap();
+        // A clean, "trusted" bitmap of an earlier version, with one bit set.
+        let mut old = b"KURADBM1".to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&0u32.to_le_bytes());
+        old.extend_from_slice(&(4u64 << 20).to_le_bytes());
+        old.extend_from_slice(&(8u64 << 20).to_le_bytes());
+        old.push(1);
+        std::fs::write(d.path().join("v.dirty"), &old).unwrap();
+        let e = s.open_export("v").unwrap();
+        assert!(!d.path().join("v.dirty").exists());
+        let f = e.chains().freeze(kura_repo::Id([7; 32]));
+        assert!(crate::chains::incremental_reads(&f, Ok(())).is_err());
+        drop(e);
+        assert!(!s.info("v").unwrap().dirty.trusted);
+    }
+
+    #[test]
     fn damaged_metadata_is_an_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
         let s = VolumeStore::open(d.path()).unwrap();
