@@ -157,12 +157,14 @@ pub enum VolumeCommand {
     Info(VolumeNameArgs),
     /// Grow a volume (shrinking needs --allow-shrink); refused while it is served
     Resize(VolumeResizeArgs),
-    /// Delete a volume; refused while it is served
-    Delete(VolumeNameArgs),
+    /// Delete a volume; refused while a server runs on it. A volume with backup records
+    /// needs --force (they are deleted with it)
+    Delete(VolumeDeleteArgs),
     /// Serve volumes over NBD (qemu, nbdkit clients, the kernel's nbd-client) until SIGINT
     Serve(VolumeServeArgs),
     /// Back up a volume into the repository (-r): incremental (only changed 4 MiB chunks
-    /// read) when its dirty bitmap is trusted. A served volume is frozen by its server (a
+    /// read) when the volume's change tracking for this repository is trusted and relative
+    /// to a snapshot still there; otherwise everything is read, and the output says why. A served volume is frozen by its server (a
     /// pair split or a copy-before-write session), which answers "accepted" and copies in
     /// the background (see `volume jobs`, or --wait)
     Backup(VolumeBackupArgs),
@@ -238,6 +240,16 @@ pub struct VolumeJobsArgs {
 #[derive(Debug, Args)]
 pub struct VolumeNameArgs {
     pub name: String,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeDeleteArgs {
+    pub name: String,
+    /// Delete a volume that has backup records, and the records with it
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub dir: VolumeDirArgs,
 }

@@ -1,28 +1,29 @@
 //! Backing up a volume into a repository: a fixed-chunk image snapshot of its raw file,
 //! incremental when changed-block tracking allows.
 //!
-//! [`backup_volume`] backs up a volume no server holds (its dirty bitmap is taken
-//! exclusively, so a served volume is refused): what is read must not change under the
-//! reader. A served volume is backed up by its server from a frozen image — a split pair or
-//! a copy-before-write session ([`crate::engine`]); both paths share [`Plan`].
+//! [`backup_volume`] backs up a volume no server holds (its chains are taken exclusively, so
+//! a served volume is refused): what is read must not change under the reader. A served
+//! volume is backed up by its server from a frozen image — a split pair or a
+//! copy-before-write session ([`crate::engine`]); both paths share [`Plan`].
 //!
-//! Incremental when the bitmap is trusted and the volume's newest backup record names a
-//! snapshot in this repository of the same size: only the dirty 4 MiB granules are read,
-//! every other chunk is taken from that snapshot. Otherwise everything is read, and the
-//! outcome says why. After the snapshot is durable, a record is appended and the bitmap is
-//! reset (trusted, empty): the next backup reads only what changes from here.
+//! Incremental only when the volume's chain for this repository (by id: one repository may
+//! be reached by several paths or URLs) is trusted and the snapshot it is relative to is
+//! still in the repository, as an image of the same size: then only the chain's dirty 4 MiB
+//! granules are read, every other chunk is taken from that snapshot. Otherwise everything is
+//! read, and the outcome says why. After the snapshot is durable, a record is appended and
+//! the chain is made relative to the new snapshot (the other repositories' chains keep
+//! their bits).
 
-use std::sync::Arc;
-
-use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken, ParentChoice, backup};
 use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
 use kura_repo::snapshot::{Content, SnapshotEntry};
+use kura_repo::{Id, IndexedRepo};
 
-use crate::dirty::{DirtyMap, Trust};
+use crate::chains::{ChainSet, Frozen, Identity, incremental_reads};
+use crate::error::{Error, Result, io};
 use crate::records::{FORMAT_RAW, VolumeRecord};
-use crate::store::{Error, Result, VolumeStore};
+use crate::store::VolumeStore;
 
 /// What a volume backup did.
 #[derive(Debug)]
@@ -52,8 +53,13 @@ pub fn backup_volume(
              the pair and backs up the frozen secondary)"
         )));
     }
-    let dirty = match DirtyMap::open(&store.dirty_path(name), meta.size) {
-        Ok(d) => Arc::new(d),
+    let raw = store.raw(name);
+    let identity = || -> Result<Identity> {
+        let md = std::fs::metadata(&raw).map_err(io(format!("stat {}", raw.display())))?;
+        Ok(Identity::of(&md))
+    };
+    let chains = match store.open_chains(name, meta.size, &identity()?) {
+        Ok(c) => c,
         Err(Error::InUse(_)) => {
             return Err(Error::InUse(format!(
                 "{name} (served: a consistent backup of a volume in use needs a split or a \
@@ -62,31 +68,32 @@ pub fn backup_volume(
         }
         Err(e) => return Err(e),
     };
-    let plan = Plan::new(
-        store,
-        name,
-        repo,
-        meta.size,
-        dirty.trust(),
-        dirty.dirty_runs(),
-    )?;
+    let repo_id = repo.config().id;
+    let parent = Plan::parent(&chains, repo_id, repo);
+    let frozen = chains.freeze(repo_id);
+    let plan = Plan::decide(parent, meta.size, &frozen);
     let o = plan.options(opts);
-    let result = backup(repo, lock, &[store.raw(name)], &o, progress, cancel);
-    let outcome = match result {
-        Ok(out) => out,
+    let result = backup(repo, lock, std::slice::from_ref(&raw), &o, progress, cancel)
+        .map_err(Error::from)
+        .and_then(|outcome| {
+            let record = plan.record(&meta, repo, &outcome);
+            store.add_record(name, &record)?;
+            Ok((outcome, record))
+        });
+    let (outcome, record) = match result {
+        Ok(r) => r,
         Err(e) => {
             // Nothing changes: the bits still say what the next backup must read.
-            dirty.close()?;
-            return Err(e.into());
+            chains.thaw_failed(frozen)?;
+            chains.close(&identity()?)?;
+            return Err(e);
         }
     };
-    let record = plan.record(&meta, repo, &outcome);
-    store.add_record(name, &record)?;
-    // The snapshot is durable and recorded: track changes from here.
-    dirty.reset()?;
-    dirty.close()?;
+    // The snapshot is durable and recorded: this chain is relative to it from here.
+    chains.thaw_done(&frozen, outcome.id)?;
+    chains.close(&identity()?)?;
     Ok(VolumeBackup {
-        incremental: plan.full_reason.is_none(),
+        incremental: plan.reads().is_some(),
         full_reason: plan.full_reason,
         outcome,
         record,
@@ -96,74 +103,54 @@ pub fn backup_volume(
 /// What a volume backup reads: incremental from a parent, or everything and why.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    pub parent: Option<kura_repo::Id>,
+    pub parent: Option<Id>,
     /// Why everything is read; `None`: only `changed` is read.
     pub full_reason: Option<String>,
     pub changed: Vec<(u64, u64)>,
 }
 
+/// The chain's base snapshot as found in the repository: the entry, or why it is not there.
+pub(crate) type Parent = Option<std::result::Result<SnapshotEntry, String>>;
+
 impl Plan {
-    /// The parent is the newest record of this repository (by id: one repository may be
-    /// reached by several paths or URLs) whose snapshot is still there; incremental when the
-    /// bitmap is trusted and that snapshot is an image of the same size.
-    pub fn new(
-        store: &VolumeStore,
-        name: &str,
-        repo: &IndexedRepo,
-        size: u64,
-        trust: Trust,
-        changed: Vec<(u64, u64)>,
-    ) -> Result<Plan> {
-        let parent = Plan::parent(store, name, repo)?;
-        Ok(Plan::decide(parent, size, trust, changed))
+    /// Look up the snapshot the chain of `repo_id` is relative to, in the repository. This
+    /// reads the repository (a round trip to a remote target), so a served volume looks it up
+    /// *before* its freeze, never under the change lock; [`decide`](Self::decide) checks that
+    /// the chain frozen is still relative to it.
+    pub fn parent(chains: &ChainSet, repo_id: Id, repo: &IndexedRepo) -> Parent {
+        chains.base(&repo_id).map(|base| {
+            repo.find_snapshot(&base.to_hex())
+                .map_err(|e| e.to_string())
+        })
     }
 
-    /// The parent snapshot: the newest record of this repository whose snapshot is still
-    /// there. This reads the record file and the repository (a round trip to a remote
-    /// target), so a served volume looks it up *before* its freeze, never under the change
-    /// lock; that is sound only while no other backup of the volume can finish in between
-    /// (the engine runs one job per volume at a time).
-    pub fn parent(
-        store: &VolumeStore,
-        name: &str,
-        repo: &IndexedRepo,
-    ) -> Result<Option<SnapshotEntry>> {
-        let repo_id = repo.config().id.to_hex();
-        Ok(store
-            .records(name)?
-            .into_iter()
-            .rev()
-            .filter(|r| r.repository_id == repo_id)
-            .find_map(|r| repo.find_snapshot(&r.backup).ok()))
-    }
-
-    /// Incremental from `parent` when the bitmap is trusted (`trust`, `changed`: taken at
-    /// the freeze) and the parent is an image of the same size; otherwise a full read, and
+    /// Incremental from the chain's base when [`incremental_reads`] allows (trusted, base
+    /// still there) and the base is an image of the same size; otherwise a full read, and
     /// why. No I/O: this part runs under the freeze.
-    pub fn decide(
-        parent: Option<SnapshotEntry>,
-        size: u64,
-        trust: Trust,
-        changed: Vec<(u64, u64)>,
-    ) -> Plan {
-        let full_reason = match (&parent, trust) {
-            (_, Trust::Untrusted(why)) => Some(why),
-            (None, Trust::Trusted) => {
-                Some("no earlier backup of this volume in this repository".to_string())
-            }
-            (Some(p), Trust::Trusted) => match &p.snapshot.content {
-                Content::Image(i) if i.size == size => None,
-                Content::Image(i) => Some(format!(
+    pub fn decide(parent: Parent, size: u64, frozen: &Frozen) -> Plan {
+        let found = match (&parent, frozen.base) {
+            (Some(Ok(p)), Some(base)) if p.id == base => Ok(()),
+            (Some(Err(why)), Some(_)) => Err(why.clone()),
+            (_, Some(_)) => Err("the chain changed while its parent was looked up".to_string()),
+            (_, None) => Ok(()),
+        };
+        let entry = parent.and_then(|p| p.ok());
+        let full_reason = match incremental_reads(frozen, found) {
+            Err(why) => Some(why),
+            Ok(_) => match entry.as_ref().map(|p| &p.snapshot.content) {
+                Some(Content::Image(i)) if i.size == size => None,
+                Some(Content::Image(i)) => Some(format!(
                     "the last backup is of a {}-byte volume; this one is {size} bytes",
                     i.size
                 )),
-                Content::Tree { .. } => Some("the last backup is not an image".to_string()),
+                Some(Content::Tree { .. }) => Some("the last backup is not an image".to_string()),
+                None => Some(crate::chains::NEW_CHAIN.to_string()),
             },
         };
         Plan {
-            parent: parent.map(|p| p.id),
+            parent: entry.map(|p| p.id),
             full_reason,
-            changed,
+            changed: frozen.runs.clone(),
         }
     }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, Freeze};
-use crate::store::{Error, Result};
+use crate::error::{Error, Result};
 
 pub const SOCKET: &str = ".kura-control.sock";
 /// The longest request line accepted (a request is small; this bounds a hostile one).
@@ -131,6 +131,8 @@ fn same_user(s: &UnixStream) -> bool {
         gid: 0,
     };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are locals that outlive the call, and `len` is the size of
+    // `cred`, so the kernel writes within it.
     let r = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
@@ -140,6 +142,7 @@ fn same_user(s: &UnixStream) -> bool {
             &mut len,
         )
     };
+    // SAFETY: geteuid takes nothing and cannot fail.
     r == 0 && cred.uid == unsafe { libc::geteuid() }
 }
 

@@ -11,13 +11,15 @@
 //! backup record, and then resyncs the pair or ends the session. Jobs are kept, with their
 //! progress, for [`Engine::jobs`].
 //!
-//! The dirty bitmap follows the freeze: its bits go with the frozen image and tracking
-//! starts afresh at the freeze; a failed backup puts them back ([`crate::dirty::Frozen`]).
+//! The repository's backup chain follows the freeze: its bits go with the frozen image and
+//! that chain starts afresh at the freeze (the other repositories' chains keep theirs); a
+//! failed backup puts them back, a successful one makes the chain relative to the new
+//! snapshot ([`crate::chains::Frozen`]).
 //!
 //! One job per volume at a time: a second request while one runs (frozen, copying, or
 //! thawing) is refused. Besides there being one frozen image to copy, this is what lets the
-//! parent snapshot be looked up *before* the freeze: records and dirty bits change only when
-//! a job ends, so nothing can change between the lookup and the freeze. The lookup reads the
+//! parent snapshot be looked up *before* the freeze: a chain's base changes only when a job
+//! ends, so nothing can change between the lookup and the freeze. The lookup reads the
 //! repository (a round trip to a remote target), and hosts wait while the change lock is
 //! held, so it must not happen under the lock.
 
@@ -31,10 +33,12 @@ use kura_repo::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::Plan;
+use crate::chains::Frozen;
+use crate::error::{Error, Result};
 use crate::export::VolumeExport;
 use crate::pair::{Pair, PairState, ResyncOutcome};
 use crate::session::{Session, SessionSource, SessionStats};
-use crate::store::{Error, Result, VolumeStore};
+use crate::store::VolumeStore;
 
 /// The nice value of background backup threads (19 is the lowest priority).
 const BACKUP_NICE: libc::c_int = 19;
@@ -254,10 +258,11 @@ impl Engine {
         let opened = opener
             .open(repository, password)
             .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
-        // Outside the change lock (module docs): only this job can change it before the
-        // freeze.
-        let parent = Plan::parent(&self.store, volume, &opened.repo)?;
         let export = self.store.open_export(volume)?;
+        // Outside the change lock (module docs): only this job can change the chain before
+        // the freeze.
+        let repo_id = opened.repo.config().id;
+        let parent = Plan::parent(export.chains(), repo_id, &opened.repo);
         let pair = export.pair();
         let freeze = match (freeze, &pair) {
             (Freeze::Auto, Some(p)) if p.config().state == PairState::Duplex => Freeze::Split,
@@ -273,40 +278,36 @@ impl Engine {
             Freeze::Session => Some(self.store.claim_work(meta.size)?),
             _ => None,
         };
-        // The freeze: nothing in flight, the image and the dirty bits taken at one instant.
+        // The freeze: nothing in flight, the image and the chain's bits taken at one instant.
         // Deciding the plan there does no I/O.
-        let plan_for = |frozen: &crate::dirty::Frozen| -> Result<Plan> {
-            Ok(Plan::decide(
-                parent.clone(),
-                meta.size,
-                frozen.trust.clone(),
-                frozen.runs.clone(),
-            ))
+        let plan_for = |frozen: &Frozen| -> Result<Plan> {
+            Ok(Plan::decide(parent.clone(), meta.size, frozen))
         };
         let (source, session, plan, frozen): (Arc<dyn ImageSource>, _, Plan, _) =
             match (work, &pair) {
                 (Some(work), _) => {
                     let mut plan = None;
-                    let (s, frozen) = export.begin_session(work, |frozen| {
+                    let (s, frozen) = export.begin_session(work, repo_id, |frozen| {
                         let p = plan_for(frozen)?;
                         let reads = p.reads().map(<[_]>::to_vec);
                         plan = Some(p);
                         Ok(reads)
                     })?;
                     let plan = plan.ok_or_else(|| Error::Invalid("no plan".into()))?;
-                    let src = SessionSource::new(Arc::clone(&export), Arc::clone(&s));
+                    let volume: Arc<dyn kura_nbd::Export> = Arc::clone(&export) as _;
+                    let src = SessionSource::new(volume, Arc::clone(&s));
                     (Arc::new(src), Some(s), plan, frozen)
                 }
                 (None, Some(p)) => {
                     let g = export.exclusive()?;
-                    let frozen = export.dirty.freeze();
+                    let frozen = export.freeze_chain(repo_id, &g);
                     let plan = match plan_for(&frozen).and_then(|plan| {
                         self.store.split_locked(&export, p, Vec::new(), &g)?;
                         Ok(plan)
                     }) {
                         Ok(plan) => plan,
                         Err(e) => {
-                            export.dirty.thaw_failed(frozen)?;
+                            export.chains().thaw_failed(frozen)?;
                             return Err(e);
                         }
                     };
@@ -371,7 +372,7 @@ impl Engine {
         opened: Opened,
         plan: Plan,
         source: Arc<dyn ImageSource>,
-        frozen: crate::dirty::Frozen,
+        frozen: Frozen,
         busy: Busy,
     ) {
         // Host I/O first: the backup's threads (this one and the readers, encoders and
@@ -409,8 +410,8 @@ impl Engine {
         // saw "succeeded" could still find the working volume claimed and holding copies.)
         drop(o);
         let thawed = match &result {
-            Ok(_) => export.dirty.thaw_done(),
-            Err(_) => export.dirty.thaw_failed(frozen),
+            Ok(outcome) => export.chains().thaw_done(&frozen, outcome.id),
+            Err(_) => export.chains().thaw_failed(frozen),
         };
         // Thaw the image: end the session (its working volume returns to the pool) or
         // resync the pair back to duplex.

@@ -1,11 +1,17 @@
-//! A volume as an NBD export: the raw file, with every change marked in the volume's dirty
-//! bitmap before it is acknowledged, and the bitmap offered to clients as the metadata
-//! context `qemu:dirty-bitmap:kura` (the name qemu's clients look for).
+//! The write path of a volume: a volume as an NBD export, where every host change (write,
+//! trim, zeroing) is marked in every backup chain ([`crate::chains`]), passed through the
+//! copy-before-write session (the frozen data saved first) and the mirror pair (a durable
+//! difference bit where split, the secondary written where duplex) before it is
+//! acknowledged. This is the only place host changes reach a volume.
+//!
+//! The union of the chains' bits is offered to clients as the metadata context
+//! `qemu:dirty-bitmap:kura` (the name qemu's clients look for): what changed since the oldest
+//! backup tracked.
 //!
 //! One process serves a volume through one `VolumeExport` shared by all its connections (the
-//! store keeps a registry), so there is one bitmap in memory; a second process is refused
-//! (the bitmap file's exclusive lock). When the last connection ends, the bitmap is written
-//! and closed cleanly.
+//! store keeps a registry), so there is one set of chains in memory; a second process is
+//! refused (the chain file's exclusive lock). When the export closes, the chains are written,
+//! with the raw file's identity, and closed cleanly.
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
@@ -13,27 +19,29 @@ use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 use kura_nbd::proto::STATE_DIRTY;
 use kura_nbd::{Export, FileExport, Runs};
 
-use crate::dirty::{DirtyMap, GRANULE};
+use crate::chains::{ChainSet, Frozen, Identity};
+use crate::dirty::GRANULE;
+use crate::error::{Error, Result};
 use crate::pair::Pair;
-use crate::session::Session;
+use crate::session::{Session, WorkVolume};
 
 /// The metadata context name of the dirty bitmap.
 pub const DIRTY_CONTEXT: &str = "qemu:dirty-bitmap:kura";
 
 #[derive(Debug)]
 pub struct VolumeExport {
-    pub(crate) name: String,
-    pub(crate) file: FileExport,
-    pub(crate) dirty: Arc<DirtyMap>,
+    name: String,
+    file: FileExport,
+    chains: ChainSet,
     /// Changes hold it shared (mark, then write); [`shutdown`](Self::shutdown) takes it
     /// exclusively, so no change is acknowledged after the bitmap was closed. Freezes (a
     /// split, a session start) take it exclusively too: no change is in flight at the
     /// instant an image is frozen.
     pub(crate) closed: RwLock<bool>,
     /// The volume's mirror pair, when it is a primary.
-    pub(crate) pair: Mutex<Option<Arc<Pair>>>,
+    pair: Mutex<Option<Arc<Pair>>>,
     /// The copy-before-write backup session running on it.
-    pub(crate) session: Mutex<Option<Arc<Session>>>,
+    session: Mutex<Option<Arc<Session>>>,
 }
 
 /// What a change must pass through, fixed for its duration (both are only replaced under the
@@ -44,24 +52,63 @@ struct Hooks {
 }
 
 impl VolumeExport {
-    pub fn dirty(&self) -> &Arc<DirtyMap> {
-        &self.dirty
+    pub(crate) fn new(name: &str, file: FileExport, chains: ChainSet) -> VolumeExport {
+        VolumeExport {
+            name: name.to_string(),
+            file,
+            chains,
+            closed: RwLock::new(false),
+            pair: Mutex::new(None),
+            session: Mutex::new(None),
+        }
     }
 
-    /// Stop accepting changes, then write the data and the bitmap and close the bitmap
-    /// cleanly (the server is stopping while clients may still be connected). Idempotent.
-    pub fn shutdown(&self) -> crate::Result<()> {
+    /// The volume's backup chains.
+    pub fn chains(&self) -> &ChainSet {
+        &self.chains
+    }
+
+    /// The raw file (reads, and the pair's copies under [`exclusive`](Self::exclusive)).
+    pub(crate) fn file(&self) -> &FileExport {
+        &self.file
+    }
+
+    /// Attach a mirror pair between two changes.
+    pub(crate) fn attach_pair(&self, pair: Arc<Pair>) -> Result<()> {
+        let _g = self.exclusive()?;
+        *self.pair.lock().unwrap_or_else(|p| p.into_inner()) = Some(pair);
+        Ok(())
+    }
+
+    /// Detach the mirror pair (under the change lock the caller holds).
+    pub(crate) fn detach_pair(&self, _held: &RwLockWriteGuard<'_, bool>) -> Option<Arc<Pair>> {
+        self.pair.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Freeze the chain of repository `repo` (nothing in flight; the caller holds the change
+    /// lock): see [`ChainSet::freeze`].
+    pub(crate) fn freeze_chain(
+        &self,
+        repo: kura_repo::Id,
+        _held: &RwLockWriteGuard<'_, bool>,
+    ) -> Frozen {
+        self.chains.freeze(repo)
+    }
+
+    /// Stop accepting changes, then write the data and the chains and close them cleanly
+    /// (the server is stopping while clients may still be connected). Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
         let mut closed = self.closed.write().unwrap_or_else(|p| p.into_inner());
         if *closed {
             return Ok(());
         }
         *closed = true;
-        self.file.flush().map_err(|source| crate::Error::Io {
+        self.file.flush().map_err(|source| Error::Io {
             what: format!("flush volume {}", self.name),
             source,
         })?;
         if let Some(p) = self.pair() {
-            p.secondary.flush().map_err(|source| crate::Error::Io {
+            p.secondary.flush().map_err(|source| Error::Io {
                 what: format!("flush the secondary of {}", self.name),
                 source,
             })?;
@@ -72,7 +119,13 @@ impl VolumeExport {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        self.dirty.close()
+        // The raw file as the engine leaves it: a change by anyone else before the next open
+        // shows in its identity.
+        let md = self.file.file().metadata().map_err(|source| Error::Io {
+            what: format!("stat volume {}", self.name),
+            source,
+        })?;
+        self.chains.close(&Identity::of(&md))
     }
 
     pub fn name(&self) -> &str {
@@ -90,27 +143,29 @@ impl VolumeExport {
             .clone()
     }
 
-    /// Start a copy-before-write session: under the exclusive change lock (nothing in
-    /// flight), take the dirty bits ([`DirtyMap::freeze`]) and let `needed` decide, from
-    /// them, which byte ranges the backup will read (`None`: all); then every later change
-    /// passes through the session. End it with [`end_session`](Self::end_session).
+    /// Start a copy-before-write session for a backup to repository `repo`: under the
+    /// exclusive change lock (nothing in flight), take the bits of that repository's chain
+    /// ([`ChainSet::freeze`]) and let `needed` decide, from them, which byte ranges the
+    /// backup will read (`None`: all); then every later change passes through the session.
+    /// End it with [`end_session`](Self::end_session).
     pub fn begin_session(
         &self,
-        work: crate::session::WorkVolume,
-        needed: impl FnOnce(&crate::dirty::Frozen) -> crate::Result<Option<Vec<(u64, u64)>>>,
-    ) -> crate::Result<(Arc<Session>, crate::dirty::Frozen)> {
+        work: WorkVolume,
+        repo: kura_repo::Id,
+        needed: impl FnOnce(&Frozen) -> Result<Option<Vec<(u64, u64)>>>,
+    ) -> Result<(Arc<Session>, Frozen)> {
         let _g = self.exclusive()?;
         if self.session().is_some() {
-            return Err(crate::Error::InUse(format!(
+            return Err(Error::InUse(format!(
                 "{} (a backup session is already running on it)",
                 self.name
             )));
         }
-        let frozen = self.dirty.freeze();
+        let frozen = self.chains.freeze(repo);
         let ranges = match needed(&frozen) {
             Ok(r) => r,
             Err(e) => {
-                self.dirty.thaw_failed(frozen)?;
+                self.chains.thaw_failed(frozen)?;
                 return Err(e);
             }
         };
@@ -121,7 +176,7 @@ impl VolumeExport {
 
     /// End the session (between two changes); its working volume returns to the pool when
     /// the last reference to the session goes.
-    pub fn end_session(&self) -> crate::Result<()> {
+    pub fn end_session(&self) -> Result<()> {
         let _g = self.exclusive()?;
         self.session
             .lock()
@@ -132,10 +187,10 @@ impl VolumeExport {
 
     /// Hold off every change (in flight ones finish first): for freezes, resync copies and
     /// attaching or detaching a pair or a session.
-    pub(crate) fn exclusive(&self) -> crate::Result<RwLockWriteGuard<'_, bool>> {
+    pub(crate) fn exclusive(&self) -> Result<RwLockWriteGuard<'_, bool>> {
         let g = self.closed.write().unwrap_or_else(|p| p.into_inner());
         if *g {
-            return Err(crate::Error::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "volume {} is shutting down",
                 self.name
             )));
@@ -159,7 +214,7 @@ impl VolumeExport {
         f(&hooks)
     }
 
-    /// A change to `[offset, offset + len)`: mark it dirty, save frozen data (session), mark
+    /// A change to `[offset, offset + len)`: mark it in every chain, save frozen data (session), mark
     /// the pair's difference durably where split, change the primary (`apply`), then the
     /// secondary where duplex.
     fn apply(
@@ -170,7 +225,7 @@ impl VolumeExport {
         apply: impl Fn(&FileExport, u64, u64) -> io::Result<()>,
     ) -> io::Result<()> {
         self.change(|h| {
-            self.dirty.mark(offset, len);
+            self.chains.mark(offset, len);
             if let Some(s) = &h.session {
                 s.before_change(&self.file, offset, len)?;
             }
@@ -182,7 +237,7 @@ impl VolumeExport {
                 p.after_change(offset, len, &apply)?;
             }
             if fua {
-                self.dirty.persist().map_err(to_io)?;
+                self.chains.persist().map_err(to_io)?;
             }
             Ok(())
         })
@@ -192,12 +247,12 @@ impl VolumeExport {
 impl Drop for VolumeExport {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            tracing::error!("volume {}: closing its dirty bitmap: {e}", self.name);
+            tracing::error!("volume {}: closing its change tracking: {e}", self.name);
         }
     }
 }
 
-fn to_io(e: crate::Error) -> io::Error {
+fn to_io(e: Error) -> io::Error {
     io::Error::other(e.to_string())
 }
 
@@ -223,7 +278,7 @@ impl Export for VolumeExport {
             if let Some(p) = &h.pair {
                 p.flush()?;
             }
-            self.dirty.persist().map_err(to_io)
+            self.chains.persist().map_err(to_io)
         })
     }
 
@@ -259,7 +314,7 @@ impl Export for VolumeExport {
         while at < end {
             let next = ((at / GRANULE) + 1) * GRANULE;
             let stop = next.min(end);
-            let flag = if self.dirty.is_dirty(at) {
+            let flag = if self.chains.is_dirty(at) {
                 STATE_DIRTY
             } else {
                 0

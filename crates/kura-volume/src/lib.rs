@@ -1,4 +1,4 @@
-//! The volume engine (issue 6): kura's software disk array. It owns the write path of the
+//! The volume engine: kura's software disk array. It owns the write path of the
 //! volumes it serves, so it can freeze, track and copy them without stalling hosts.
 //!
 //! # Volumes on disk
@@ -9,21 +9,33 @@
 //!   `docs/FORMAT.md`), kept *outside* the address space: size, creation time, attributes.
 //!   Written atomically (temp file, fsync, rename, fsync of the directory).
 //!
-//! - `NAME.dirty`: the changed-block tracking bitmap (`KURADBM1`, see [`dirty`]).
+//! - `NAME.chains`: changed-block tracking, one bitmap per repository the volume is backed
+//!   up to (`KURACBT1`, see [`chains`]). A `NAME.dirty` of earlier versions (one bitmap for
+//!   all repositories) is never trusted and is removed when the chains are first opened.
 //! - `NAME.records`: one volume backup record per backup (see [`VolumeRecord`]).
 //!
 //! # Serving and exclusion
 //! A served volume's raw file holds a shared `flock`; `resize` and `delete` take it
 //! exclusively without waiting, so they refuse a volume that is being served ("in use")
-//! instead of pulling it from under a host. Several connections of one server share one
-//! [`VolumeExport`] (and one dirty bitmap); a second server process is refused, since two
-//! processes could not keep one bitmap. The NBD server advertises multi-connection
-//! consistency because every flush is an `fdatasync` of the one file (and writes the bitmap).
+//! instead of pulling it from under a host. A server holds every volume it serves for as long
+//! as it runs, whether or not a client is connected. Several connections of one server share
+//! one [`VolumeExport`] (and one set of chains); a second server process is refused, since
+//! two processes could not keep one set of chains. The NBD server advertises
+//! multi-connection consistency because every flush is an `fdatasync` of the one file (and
+//! writes the chains).
+//!
+//! # Modules, in dependency order
+//! `error` ← `dirty` (a granule bitmap) ← `chains`, `pair` (the pair's state and hooks),
+//! `session` (copy-before-write) ← `export` (the write path: the only place host changes
+//! reach a volume) ← `store` (every `impl VolumeStore`: volumes, records, the pool, serving,
+//! pair operations) ← `backup` ← `engine` ← `control`.
 
 mod backup;
+pub mod chains;
 pub mod control;
 pub mod dirty;
 pub mod engine;
+mod error;
 mod export;
 pub mod pair;
 mod records;
@@ -31,10 +43,12 @@ pub mod session;
 mod store;
 
 pub use backup::{VolumeBackup, backup_volume};
-pub use dirty::{DirtyMap, DirtyState, Trust};
+pub use chains::{ChainSet, ChainState, Identity, Tracking, Trust};
+pub use dirty::{DirtyMap, DirtyState};
 pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
+pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
-pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, parse_area};
+pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome};
 pub use records::{FORMAT_RAW, VolumeRecord};
 pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
-pub use store::{Error, Result, VolumeInfo, VolumeMeta, VolumeStore, parse_size};
+pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area, parse_size};

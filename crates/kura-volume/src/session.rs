@@ -50,8 +50,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use kura_nbd::{Export, FileExport};
 use kura_repo::backup::ImageSource;
 
-use crate::export::VolumeExport;
-
 /// Copy-before-write granularity (qemu's default backup cluster size).
 pub const BLOCK: u64 = 64 << 10;
 
@@ -92,34 +90,10 @@ pub struct WorkVolume {
     file: File,
 }
 
-impl crate::VolumeStore {
-    /// Take a free working volume of at least `size` bytes from the pool (volumes with the
-    /// `work` attribute). Its exclusive `flock` is the claim, so sessions in other processes
-    /// skip it too.
-    pub fn claim_work(&self, size: u64) -> crate::Result<WorkVolume> {
-        let mut pool: Vec<_> = self
-            .list()?
-            .into_iter()
-            .filter(|v| v.meta.work && v.meta.size >= size)
-            .collect();
-        // The smallest that fits first: large ones stay free for large volumes.
-        pool.sort_by_key(|v| v.meta.size);
-        for v in pool {
-            match self.exclusive(&v.meta.name) {
-                Ok(ex) => {
-                    return Ok(WorkVolume {
-                        name: v.meta.name,
-                        file: ex.0,
-                    });
-                }
-                Err(crate::Error::InUse(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(crate::Error::Invalid(format!(
-            "no free working volume of at least {size} bytes in the pool: create one with \
-             `kura volume create NAME {size} --work`"
-        )))
+impl WorkVolume {
+    /// A claimed working volume: its raw file, held under an exclusive `flock`.
+    pub(crate) fn new(name: String, file: File) -> WorkVolume {
+        WorkVolume { name, file }
     }
 }
 
@@ -127,6 +101,7 @@ impl Drop for WorkVolume {
     fn drop(&mut self) {
         // Back to the pool empty: punch out everything the session copied.
         let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        // SAFETY: fallocate on a descriptor this struct owns; no memory is passed.
         let r = unsafe {
             libc::fallocate(
                 self.file.as_raw_fd(),
@@ -342,13 +317,14 @@ fn name(s: u8) -> BlockState {
 
 /// The frozen image of a session, as a backup reads it.
 pub struct SessionSource {
-    export: Arc<VolumeExport>,
+    volume: Arc<dyn Export>,
     session: Arc<Session>,
 }
 
 impl SessionSource {
-    pub fn new(export: Arc<VolumeExport>, session: Arc<Session>) -> SessionSource {
-        SessionSource { export, session }
+    /// The frozen image of `session` over `volume` (the served volume's export).
+    pub fn new(volume: Arc<dyn Export>, session: Arc<Session>) -> SessionSource {
+        SessionSource { volume, session }
     }
 }
 
@@ -358,6 +334,6 @@ impl ImageSource for SessionSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.session.read_frozen(&self.export.file, offset, buf)
+        self.session.read_frozen(self.volume.as_ref(), offset, buf)
     }
 }

@@ -67,8 +67,10 @@ proptest! {
                 .collect()
         });
         let work = st.claim_work(SIZE).unwrap();
-        let (session, _frozen) = export.begin_session(work, |_| Ok(needed.clone())).unwrap();
-        let src = SessionSource::new(Arc::clone(&export), Arc::clone(&session));
+        let repo = kura_repo::Id([1; 32]);
+        let (session, _frozen) = export.begin_session(work, repo, |_| Ok(needed.clone())).unwrap();
+        let volume: Arc<dyn Export> = export.clone();
+        let src = SessionSource::new(volume, Arc::clone(&session));
         let granules: Vec<u64> = match &needed {
             None => (0..4).collect(),
             Some(n) => n.iter().map(|(o, _)| o / GRANULE).collect(),

@@ -120,6 +120,13 @@ fn restore_from(
         if let Some(t) = a.threads.or(app.config.restore.threads) {
             opts.threads = t.max(1);
         }
+        // An image restored over a file some process holds a lock on — the raw file of a
+        // volume a `kura volume serve` owns — is refused: it would change the volume behind
+        // its server's back. Held for the restore, so no server starts on it meanwhile.
+        let _held = match &snap.snapshot.content {
+            kura_repo::snapshot::Content::Image(_) => hold_image_target(&a.target)?,
+            _ => None,
+        };
         let bar = app.bar();
         let out = restore(&repo, lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(
             || {
@@ -175,4 +182,26 @@ fn from_catalog(
         cat.record_error(&names[i], &format!("restore of backup {backup}: {why}"))?;
     }
     done
+}
+
+/// An exclusive `flock` on an existing regular file an image is restored over (none for a
+/// new file or a device); refused with "in use" (exit 14) when another process holds one.
+fn hold_image_target(target: &std::path::Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::io::AsRawFd;
+    let f = match std::fs::File::open(target) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("open {}", target.display())),
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(kura_volume::Error::InUse(target.display().to_string())).context(
+            "restore the image: another process holds the target file (a volume server?); \
+             restore elsewhere",
+        );
+    }
+    Ok(Some(f))
 }

@@ -54,17 +54,37 @@ fn show(app: &App, v: &VolumeInfo) {
         println!("allocated  {}", bytes(v.allocated));
         println!("created    {}", v.meta.created);
         let d = &v.dirty;
+        let served = if d.served {
+            " (as last flushed; being served)"
+        } else {
+            ""
+        };
         match &d.reason {
             None => println!(
-                "changed    {} since the last backup{}",
-                bytes(d.dirty_bytes),
-                if d.served {
-                    " (as last flushed; being served)"
-                } else {
-                    ""
-                }
+                "changed    {} since the last backup{served}",
+                bytes(d.dirty_bytes)
             ),
-            Some(why) => println!("changed    unknown: {why}; the next backup reads everything"),
+            Some(why) if d.chains.iter().all(|c| !c.trusted) => {
+                println!("changed    unknown: {why}; the next backup reads everything")
+            }
+            Some(_) => println!("changed    per repository, below"),
+        }
+        for c in &d.chains {
+            let repo = c
+                .repository
+                .clone()
+                .unwrap_or_else(|| c.repository_id[..16].to_string());
+            let base = c.base.as_deref().map_or("-", |b| &b[..8.min(b.len())]);
+            match &c.reason {
+                None => println!(
+                    "chain      {repo}: {} changed since snapshot {base}{served}",
+                    bytes(c.dirty_bytes)
+                ),
+                Some(why) => println!(
+                    "chain      {repo}: untrusted ({why}); the next backup there reads \
+                     everything"
+                ),
+            }
         }
         if v.meta.work {
             println!("attribute  work (a backup session's working volume: no host I/O)");
@@ -122,8 +142,15 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
             show(app, &v);
         }
         VolumeCommand::Delete(a) => {
-            store(app, &a.dir)?.delete(&a.name)?;
-            app.say(format!("deleted volume {}", a.name));
+            let records = store(app, &a.dir)?.delete(&a.name, a.force)?;
+            app.say(match records {
+                0 => format!("deleted volume {}", a.name),
+                n => format!(
+                    "deleted volume {} and its {n} backup record(s) (the snapshots stay in \
+                     their repositories)",
+                    a.name
+                ),
+            });
         }
         VolumeCommand::Serve(a) => return serve(app, a),
         VolumeCommand::Backup(a) => return backup(app, a),
@@ -205,6 +232,17 @@ impl kura_volume::RepoOpener for Opener {
     }
 }
 
+/// Closes every volume a store holds when dropped (a server that ends early).
+struct CloseOnDrop(VolumeStore);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            tracing::error!("closing the served volumes: {e}");
+        }
+    }
+}
+
 fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     for v in &a.volumes {
@@ -213,7 +251,18 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let exports = st.exports((!a.volumes.is_empty()).then(|| a.volumes.clone()));
+    let only = (!a.volumes.is_empty()).then(|| a.volumes.clone());
+    // The server owns what it serves from now until it stops, client or not: resize,
+    // delete and other servers are refused meanwhile. However this function ends, what it
+    // holds is closed cleanly.
+    let closing = CloseOnDrop(st.clone());
+    for (name, e) in st.hold_all(only.as_deref())? {
+        if only.is_some() || matches!(e, kura_volume::Error::InUse(_)) {
+            return Err(anyhow::Error::new(e).context(format!("serve volume {name}")));
+        }
+        tracing::warn!("volume {name} is not served: {e}");
+    }
+    let exports = st.exports(only.clone());
     let stop = Arc::new(AtomicBool::new(false));
     // The control socket: pairs and background backups of the volumes this process owns.
     let opener = Opener {
@@ -234,11 +283,23 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
         );
     }
     {
-        // SIGINT: stop accepting (a connection to ourselves wakes the accept loop).
+        // SIGINT: stop accepting (a connection to ourselves wakes the accept loop). Meanwhile,
+        // every second, hold the volumes created since the start.
         let (stop, cancel) = (Arc::clone(&stop), app.cancel.clone());
+        let (st, only) = (st.clone(), only.clone());
         std::thread::spawn(move || {
+            let mut tick = 0u32;
             while !cancel.is_cancelled() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
+                tick += 1;
+                if tick.is_multiple_of(10) && !cancel.is_cancelled() {
+                    match st.hold_all(only.as_deref()) {
+                        Ok(failed) => failed.iter().for_each(|(n, e)| {
+                            tracing::debug!("volume {n}: not held: {e}");
+                        }),
+                        Err(e) => tracing::debug!("listing volumes to hold: {e}"),
+                    }
+                }
             }
             stop.store(true, Ordering::SeqCst);
             let _ = std::net::TcpStream::connect(addr);
@@ -251,8 +312,9 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     engine.wait_idle();
     let _ = control.join();
     // Clients may still be connected: refuse their further changes and close every volume
-    // cleanly, so its dirty bitmap stays trusted.
+    // cleanly, so its change tracking stays trusted.
     st.shutdown().context("close the served volumes")?;
+    drop(closing);
     served?;
     Ok(exit::OK)
 }

@@ -93,7 +93,12 @@ pub fn stdout(o: &Output) -> String {
 impl Vols {
     /// A local repository for volume backups (cheap KDF).
     pub fn repo(&self) -> String {
-        let r = self.dir.path().join("repo").display().to_string();
+        self.repo_named("repo")
+    }
+
+    /// Another local repository, `name` in the test directory (created at first use).
+    pub fn repo_named(&self, name: &str) -> String {
+        let r = self.dir.path().join(name).display().to_string();
         if !std::path::Path::new(&r).exists() {
             let o = self
                 .cmd()
@@ -121,6 +126,38 @@ impl Vols {
         let o = self.with_repo(&["--json", "volume", "backup", name]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// `kura -r REPO ARGS…` with the test password.
+    pub fn in_repo(&self, repo: &str, args: &[&str]) -> Output {
+        let mut a = vec!["-r", repo];
+        a.extend_from_slice(args);
+        self.cmd()
+            .env("KURA_PASSWORD", "pw")
+            .args(&a)
+            .output()
+            .unwrap()
+    }
+
+    /// Back up volume `name` to `repo` (no server running); the JSON summary.
+    pub fn backup_to(&self, repo: &str, name: &str) -> Value {
+        let o = self.in_repo(repo, &["--json", "volume", "backup", name]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The bytes of an image snapshot of `repo`, restored to a file.
+    pub fn restored_from(&self, repo: &str, snapshot: &str) -> Vec<u8> {
+        let out = self.dir.path().join(format!("restored-{snapshot}"));
+        let _ = std::fs::remove_file(&out);
+        let o = self.in_repo(
+            repo,
+            &["restore", snapshot, "--target", out.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let b = std::fs::read(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        b
     }
 
     /// The bytes of an image snapshot, restored to a file.
