@@ -632,3 +632,43 @@ on_both!(
     damaged_index_and_snapshot_on_any_store,
     truncated_pack_restores_its_intact_blobs
 );
+
+/// A backup running beside a prune: its pack is uploaded, but neither its index file nor its
+/// snapshot is written yet, so the prune condemns the pack as an orphan (blob list unknown).
+/// The backup then finishes. `repair index` must keep the blobs its index file describes:
+/// the condemned record alone does not locate them.
+#[test]
+fn repair_index_keeps_a_condemned_orphan_that_a_snapshot_needs() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("a"), &pseudo_random(200_000, 7));
+    repo.backup(&[&src.display().to_string()]);
+    // As the prune sees it: no index file, no snapshot yet.
+    let aside = repo.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for d in ["index", "snapshots"] {
+        std::fs::rename(repo.path().join(d), aside.join(d)).unwrap();
+        std::fs::create_dir(repo.path().join(d)).unwrap();
+    }
+    let p = repo.json(&["prune"]);
+    assert!(p["packs_condemned"].as_u64().unwrap() >= 1, "{p}");
+    for d in ["index", "snapshots"] {
+        std::fs::remove_dir(repo.path().join(d)).unwrap();
+        std::fs::rename(aside.join(d), repo.path().join(d)).unwrap();
+    }
+    repo.ok(&["check"]);
+    repo.ok(&["repair", "index"]);
+    repo.ok(&["check", "--read-data"]);
+    let target = repo.dir.path().join("restored");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+    ]);
+    common::assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    // And the next prune recovers the pack rather than refusing.
+    let p = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert_eq!(p["packs_deleted"], 0, "{p}");
+    repo.ok(&["check", "--read-data"]);
+}

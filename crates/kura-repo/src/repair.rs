@@ -106,8 +106,11 @@ pub fn repair_index(
             Err(e) => return Err(e),
         }
     }
-    // Packs a prune condemned stay out of the index: their condemned record describes them,
-    // and the next prune deletes or recovers them.
+    // Packs a prune condemned stay out of the index when their condemned record describes
+    // them (readers find their blobs there; the next prune deletes or recovers them). A pack
+    // condemned as an orphan has no blob list in its record: a backup running beside the
+    // prune may since have indexed it and named its blobs in a snapshot, so it is described
+    // here like any other pack, or nothing would locate those blobs.
     let condemned = crate::condemned::load(repo)?;
     let packs = backend.list(FileKind::Pack)?;
     report.packs = packs.len();
@@ -120,7 +123,11 @@ pub fn repair_index(
             continue;
         };
         present.insert(id);
-        if condemned.contains(&id) {
+        if condemned
+            .packs
+            .get(&id)
+            .is_some_and(|c| !c.blobs.is_empty())
+        {
             report.packs_condemned += 1;
             continue;
         }
