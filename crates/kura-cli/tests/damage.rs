@@ -672,3 +672,39 @@ fn repair_index_keeps_a_condemned_orphan_that_a_snapshot_needs() {
     assert_eq!(p["packs_deleted"], 0, "{p}");
     repo.ok(&["check", "--read-data"]);
 }
+
+/// `repair snapshots` stands an empty tree in for directories whose tree is lost. When the
+/// lost pack itself held an empty tree (an empty directory of the snapshot), the index still
+/// names that blob — in the pack that is gone: the repaired snapshot must get a readable copy,
+/// or it is as damaged as the original it replaces.
+#[test]
+fn repair_snapshots_never_points_a_repaired_snapshot_at_the_lost_pack() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    write(&src.join("d/f"), &pseudo_random(10_000, 3));
+    let snap = repo.backup(&[&src.display().to_string()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lib = common::open_lib(&repo);
+    let root = match lib.find_snapshot(&snap).unwrap().snapshot.content {
+        kura_repo::snapshot::Content::Tree { root } => root,
+        _ => unreachable!(),
+    };
+    let tree_pack = lib.index().get(&root).unwrap().pack.to_hex();
+    drop(lib);
+    common::delete_pack(&repo, &tree_pack);
+    let r = repo.json(&["repair", "snapshots", "--forget"]);
+    assert_eq!(r["damaged"][0]["forgotten"], true, "{r}");
+    // The repaired snapshot is whole (empty, its trees being gone).
+    let target = repo.dir.path().join("restored");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+    ]);
+    repo.ok(&["repair", "index"]);
+    repo.ok(&["check"]);
+}
