@@ -149,7 +149,8 @@ fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded to the bytes they name (a malformed escape stays as written).
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -166,7 +167,12 @@ fn percent_decode(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// As [`percent_decode_bytes`], as text (option values are checked as text afterwards).
+fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
 }
 
 fn parse_bool(url: &str, key: &str, v: &str) -> Result<bool> {
@@ -189,7 +195,9 @@ impl Target {
                     "file:// URLs need an absolute path (file:///srv/backup)",
                 ));
             }
-            return local(url, percent_decode(path));
+            // Bytes, not text: a path is any bytes, and an escape that is not UTF-8 must
+            // name that very directory, not one with a replacement character.
+            return local(url, percent_decode_bytes(path));
         }
         let Some(rest) = url.strip_prefix("s3://") else {
             if let Some((scheme, _)) = url.split_once("://") {
@@ -200,7 +208,7 @@ impl Target {
                     ),
                 ));
             }
-            return local(url, url.to_string());
+            return local(url, url.as_bytes().to_vec());
         };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if path.contains('#') || query.contains('#') {
@@ -289,11 +297,14 @@ impl Target {
 }
 
 /// A local directory target: any non-empty path without NUL.
-fn local(url: &str, path: String) -> Result<Target> {
-    if path.contains('\0') {
+fn local(url: &str, path: Vec<u8>) -> Result<Target> {
+    use std::os::unix::ffi::OsStringExt;
+    if path.contains(&0) {
         return Err(bad(url, "the path contains a NUL byte"));
     }
-    Ok(Target::Local(PathBuf::from(path)))
+    Ok(Target::Local(PathBuf::from(std::ffi::OsString::from_vec(
+        path,
+    ))))
 }
 
 /// A byte size: `8388608`, `512K`/`512KiB`, `8M`/`8MiB`, `1G`/`1GiB` (binary units).
@@ -369,6 +380,12 @@ mod tests {
         assert_eq!(
             Target::parse("file:///a%zz%é%").unwrap(),
             Target::Local("/a%zz%é%".into())
+        );
+        // An escape that is not UTF-8 names those bytes, not a replacement character.
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            Target::parse("file:///srv/a%FFb").unwrap(),
+            Target::Local(std::ffi::OsStr::from_bytes(b"/srv/a\xffb").into())
         );
     }
 

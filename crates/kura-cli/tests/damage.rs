@@ -632,3 +632,79 @@ on_both!(
     damaged_index_and_snapshot_on_any_store,
     truncated_pack_restores_its_intact_blobs
 );
+
+/// A backup running beside a prune: its pack is uploaded, but neither its index file nor its
+/// snapshot is written yet, so the prune condemns the pack as an orphan (blob list unknown).
+/// The backup then finishes. `repair index` must keep the blobs its index file describes:
+/// the condemned record alone does not locate them.
+#[test]
+fn repair_index_keeps_a_condemned_orphan_that_a_snapshot_needs() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    write(&src.join("a"), &pseudo_random(200_000, 7));
+    repo.backup(&[&src.display().to_string()]);
+    // As the prune sees it: no index file, no snapshot yet.
+    let aside = repo.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for d in ["index", "snapshots"] {
+        std::fs::rename(repo.path().join(d), aside.join(d)).unwrap();
+        std::fs::create_dir(repo.path().join(d)).unwrap();
+    }
+    let p = repo.json(&["prune"]);
+    assert!(p["packs_condemned"].as_u64().unwrap() >= 1, "{p}");
+    for d in ["index", "snapshots"] {
+        std::fs::remove_dir(repo.path().join(d)).unwrap();
+        std::fs::rename(aside.join(d), repo.path().join(d)).unwrap();
+    }
+    repo.ok(&["check"]);
+    repo.ok(&["repair", "index"]);
+    repo.ok(&["check", "--read-data"]);
+    let target = repo.dir.path().join("restored");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+    ]);
+    common::assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    // And the next prune recovers the pack rather than refusing.
+    let p = repo.json(&["prune", "--keep-condemned", "0"]);
+    assert_eq!(p["packs_deleted"], 0, "{p}");
+    repo.ok(&["check", "--read-data"]);
+}
+
+/// `repair snapshots` stands an empty tree in for directories whose tree is lost. When the
+/// lost pack itself held an empty tree (an empty directory of the snapshot), the index still
+/// names that blob — in the pack that is gone: the repaired snapshot must get a readable copy,
+/// or it is as damaged as the original it replaces.
+#[test]
+fn repair_snapshots_never_points_a_repaired_snapshot_at_the_lost_pack() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    write(&src.join("d/f"), &pseudo_random(10_000, 3));
+    let snap = repo.backup(&[&src.display().to_string()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lib = common::open_lib(&repo);
+    let root = match lib.find_snapshot(&snap).unwrap().snapshot.content {
+        kura_repo::snapshot::Content::Tree { root } => root,
+        _ => unreachable!(),
+    };
+    let tree_pack = lib.index().get(&root).unwrap().pack.to_hex();
+    drop(lib);
+    common::delete_pack(&repo, &tree_pack);
+    let r = repo.json(&["repair", "snapshots", "--forget"]);
+    assert_eq!(r["damaged"][0]["forgotten"], true, "{r}");
+    // The repaired snapshot is whole (empty, its trees being gone).
+    let target = repo.dir.path().join("restored");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+    ]);
+    repo.ok(&["repair", "index"]);
+    repo.ok(&["check"]);
+}

@@ -290,3 +290,27 @@ fn a_closed_stdout_pipe_ends_quietly() {
     assert_eq!(o.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A source named through a symlinked directory (`/home -> /data/home`, `/proc/self/…`): the
+/// snapshot holds the path as named, the symlink recorded as the directory it leads to — not
+/// a symlink node with contents, which no reader accepts (the backup used to report success
+/// and the file was lost).
+#[test]
+fn a_source_below_a_symlinked_directory_is_backed_up_readable() {
+    let repo = TestRepo::new(&[]);
+    let root = repo.dir.path().join("src");
+    write(&root.join("real/file"), b"behind a link");
+    std::os::unix::fs::symlink("real", root.join("link")).unwrap();
+    let named = root.join("link/file");
+    repo.backup(&[named.to_str().unwrap()]);
+    repo.ok(&["check", "--read-data"]);
+    let target = repo.dir.path().join("t");
+    repo.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let restored = target.join(named.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(&restored).unwrap(), b"behind a link");
+    assert!(
+        std::fs::symlink_metadata(restored.parent().unwrap())
+            .unwrap()
+            .is_dir()
+    );
+}

@@ -241,6 +241,41 @@ fn a_damaged_file_is_left_as_partial_never_under_its_own_name() {
     );
 }
 
+/// `--delete` never removes the partial file of a damaged file it just listed, even when the
+/// damaged file's batch was written (the many directories after it fill a batch) before the
+/// restore left its directory.
+#[test]
+fn delete_keeps_the_partial_of_a_damaged_file_of_an_earlier_batch() {
+    let repo = TestRepo::new(&[]);
+    let src = repo.dir.path().join("src");
+    for i in 0..300 {
+        write(
+            &src.join(format!("z{i:03}/f")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    backup_with_a_damaged_victim(&repo, &src);
+    let target = repo.dir.path().join("t");
+    let base = target.join(src.strip_prefix("/").unwrap());
+    write(&base.join("extra"), b"not in the snapshot");
+    let o = repo.run(&[
+        "--json",
+        "restore",
+        "latest",
+        "--delete",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let partial = base.join("victim.bin.kura-partial");
+    assert_eq!(out["partial"][0], partial.display().to_string(), "{out}");
+    assert!(partial.exists(), "the listed partial file is there: {out}");
+    assert!(!base.join("extra").exists());
+    assert_eq!(out["deleted"], 1, "only extra: {out}");
+    assert_eq!(fs::read(base.join("z299/f")).unwrap(), b"file 299");
+}
+
 #[test]
 fn a_killed_restore_resumes_and_rewrites_only_what_is_not_yet_right() {
     let repo = TestRepo::new(&[]);

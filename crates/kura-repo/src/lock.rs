@@ -148,26 +148,62 @@ fn write_lock(backend: &dyn Backend, key: &MasterKey, info: &LockInfo) -> Result
     Ok(name)
 }
 
+/// How many listings [`list_locks`] takes at most while lock files vanish under it.
+const LIST_ATTEMPTS: usize = 8;
+
 /// Every lock in the repository. Unreadable lock files are reported as stale.
+///
+/// A refresh writes the holder's new lock file before it removes the old one, so a file that
+/// vanishes between the listing and its read may have been replaced by one the listing did
+/// not see: the locks are then listed again and the names not seen before are read, until a
+/// listing brings no vanished file. (A prune that missed a live lock could delete packs its
+/// holder relies on.)
 pub fn list_locks(repo: &Repository) -> Result<Vec<ListedLock>> {
-    let mut out = Vec::new();
-    for f in repo.backend().list(FileKind::Lock)? {
-        let bytes = match repo.backend().get(FileKind::Lock, &f.name) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue, // removed meanwhile
-            Err(e) => return Err(e.into()),
-        };
-        let what = format!("lock {}", f.name);
+    let mut out: Vec<ListedLock> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for _ in 0..LIST_ATTEMPTS {
+        let mut vanished = false;
+        for f in repo.backend().list(FileKind::Lock)? {
+            if !seen.insert(f.name.clone()) {
+                continue;
+            }
+            match read_lock(repo, f.name)? {
+                Some(l) => out.push(l),
+                None => vanished = true,
+            }
+        }
+        if !vanished {
+            return Ok(out);
+        }
+    }
+    Err(Error::Backend(kura_backend::BackendError::new(
+        ErrorKind::Other,
+        "list",
+        "locks",
+        repo.location(),
+        format!("lock files kept vanishing while they were read ({LIST_ATTEMPTS} listings)"),
+    )))
+}
+
+/// Read one listed lock file; `None` when it is gone.
+fn read_lock(repo: &Repository, name: String) -> Result<Option<ListedLock>> {
+    let bytes = match repo.backend().get(FileKind::Lock, &name) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let what = format!("lock {name}");
+    Ok(Some(
         match open_file(repo.key(), MAGIC_LOCK, &bytes, &what)
             .and_then(|b| from_cbor::<LockInfo>(&b, &what))
         {
-            Ok(info) => out.push(ListedLock {
-                name: f.name,
+            Ok(info) => ListedLock {
+                name,
                 stale: info.stale_reason(),
                 info,
-            }),
-            Err(e) => out.push(ListedLock {
-                name: f.name,
+            },
+            Err(e) => ListedLock {
+                name,
                 info: LockInfo {
                     time: Timestamp::default(),
                     exclusive: false,
@@ -177,10 +213,9 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<ListedLock>> {
                     since: Timestamp::default(),
                 },
                 stale: Some(format!("unreadable: {e}")),
-            }),
-        }
-    }
-    Ok(out)
+            },
+        },
+    ))
 }
 
 /// Remove stale locks (or all locks with `all`). Returns the removed ones.
@@ -532,6 +567,97 @@ mod tests {
             RepoLock::none(&r).verify(),
             Err(Error::LockLost { .. })
         ));
+    }
+
+    /// A backend that runs a hook just before the first read of a lock file: the moment a
+    /// holder's refresh can land between a lister's listing and its read.
+    struct RacyBackend {
+        inner: kura_backend::LocalBackend,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl std::fmt::Debug for RacyBackend {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("RacyBackend")
+        }
+    }
+
+    impl Backend for RacyBackend {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> kura_backend::Result<()> {
+            self.inner.create()
+        }
+        fn put(&self, k: FileKind, n: &str, d: kura_backend::Bytes) -> kura_backend::Result<()> {
+            self.inner.put(k, n, d)
+        }
+        fn get(&self, k: FileKind, n: &str) -> kura_backend::Result<Vec<u8>> {
+            if k == FileKind::Lock {
+                let hook = self.hook.lock().unwrap().take();
+                if let Some(h) = hook {
+                    h();
+                }
+            }
+            self.inner.get(k, n)
+        }
+        fn get_range_into(
+            &self,
+            k: FileKind,
+            n: &str,
+            o: u64,
+            l: u64,
+            b: &mut Vec<u8>,
+        ) -> kura_backend::Result<()> {
+            self.inner.get_range_into(k, n, o, l, b)
+        }
+        fn list(&self, k: FileKind) -> kura_backend::Result<Vec<kura_backend::FileInfo>> {
+            self.inner.list(k)
+        }
+        fn stat(&self, k: FileKind, n: &str) -> kura_backend::Result<kura_backend::FileInfo> {
+            self.inner.stat(k, n)
+        }
+        fn delete(&self, k: FileKind, n: &str) -> kura_backend::Result<()> {
+            self.inner.delete(k, n)
+        }
+    }
+
+    /// A live lock refreshed between a lister's listing and its read (new file written, old
+    /// one removed) is still listed: a prune that missed it would delete packs its holder
+    /// relies on.
+    #[test]
+    fn a_lock_refreshed_while_listed_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let racy = Arc::new(RacyBackend {
+            inner: kura_backend::LocalBackend::new(dir.path().join("r")),
+            hook: Mutex::new(None),
+        });
+        let opts = crate::repo::InitOptions {
+            kdf: crate::crypto::KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Default::default()
+        };
+        let r = Repository::init(racy.clone(), b"pw", &opts).unwrap();
+        let held = RepoLock::shared(&r).unwrap();
+        let (backend, key, name, health, since) = (
+            held.backend.clone(),
+            r.key().clone(),
+            held.name.clone(),
+            held.health.clone(),
+            held.since,
+        );
+        *racy.hook.lock().unwrap() = Some(Box::new(move || {
+            refresh(backend.as_ref(), &key, &name, &health, false, since);
+        }));
+        let seen = list_locks(&r).unwrap();
+        assert!(racy.hook.lock().unwrap().is_none(), "the refresh ran");
+        let live: Vec<_> = seen.iter().filter(|l| l.stale.is_none()).collect();
+        assert_eq!(live.len(), 1, "{seen:?}");
+        assert_eq!(live[0].info.since, since);
+        held.verify().unwrap();
     }
 
     #[test]

@@ -368,10 +368,11 @@ pub fn prune(
             v.delete.push(*pack);
         } else {
             let mut c = c.clone();
-            if c.blobs.is_empty()
-                && let Some(bs) = by_pack.get(pack)
-            {
-                c.blobs = bs.iter().map(to_pack_blob).collect();
+            if c.blobs.is_empty() {
+                c.blobs = match by_pack.get(pack) {
+                    Some(bs) => bs.iter().map(to_pack_blob).collect(),
+                    None => orphan_blobs(&repo, pack, size_of(pack)),
+                };
             }
             v.wait.push(c);
         }
@@ -415,7 +416,9 @@ pub fn prune(
     }
     // Packs no index file and no condemned file lists: left by an interrupted backup, or
     // uploaded by a running one whose index file is not written yet. Condemned like the rest:
-    // the running backup's lock protects them, its snapshot recovers them.
+    // the running backup's lock protects them, its snapshot recovers them. Their record lists
+    // their blobs (from the pack header): if the index file that would list them is lost, the
+    // record is what still locates the blobs a snapshot of that backup needs.
     for name in sizes.keys() {
         let Ok(id) = name.parse::<Id>() else { continue };
         if !by_pack.contains_key(&id) && !is_condemned(&id) {
@@ -423,7 +426,11 @@ pub fn prune(
             condemn.push(CondemnedPack {
                 pack: id,
                 since: now,
-                blobs: Vec::new(),
+                blobs: if opts.dry_run {
+                    Vec::new()
+                } else {
+                    orphan_blobs(&repo, &id, size_of(&id))
+                },
             });
         }
     }
@@ -554,6 +561,18 @@ pub fn prune(
         }
     }
     Ok(report)
+}
+
+/// The blobs of a pack no index file lists, from its header; none when the header cannot be
+/// read (the pack is condemned all the same: nothing else can locate its blobs either).
+fn orphan_blobs(repo: &IndexedRepo, pack: &Id, size: u64) -> Vec<PackBlob> {
+    match crate::pack::read_header(repo.backend(), repo.key(), &pack.to_hex(), size) {
+        Ok(blobs) => blobs,
+        Err(e) => {
+            tracing::warn!("orphan pack {}: header unreadable: {e}", pack.short());
+            Vec::new()
+        }
+    }
 }
 
 fn to_pack_blob(l: &BlobLocation) -> PackBlob {

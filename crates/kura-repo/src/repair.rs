@@ -106,8 +106,11 @@ pub fn repair_index(
             Err(e) => return Err(e),
         }
     }
-    // Packs a prune condemned stay out of the index: their condemned record describes them,
-    // and the next prune deletes or recovers them.
+    // Packs a prune condemned stay out of the index when their condemned record describes
+    // them (readers find their blobs there; the next prune deletes or recovers them). A pack
+    // condemned as an orphan has no blob list in its record: a backup running beside the
+    // prune may since have indexed it and named its blobs in a snapshot, so it is described
+    // here like any other pack, or nothing would locate those blobs.
     let condemned = crate::condemned::load(repo)?;
     let packs = backend.list(FileKind::Pack)?;
     report.packs = packs.len();
@@ -120,7 +123,11 @@ pub fn repair_index(
             continue;
         };
         present.insert(id);
-        if condemned.contains(&id) {
+        if condemned
+            .packs
+            .get(&id)
+            .is_some_and(|c| !c.blobs.is_empty())
+        {
             report.packs_condemned += 1;
             continue;
         }
@@ -419,7 +426,7 @@ impl<'a> TreeWriter<'a> {
             match node.kind {
                 NodeKind::File => {
                     let missing = node.content.iter().flatten().any(|c| match c {
-                        ChunkRef::Blob(b) => !self.stored_somewhere(b),
+                        ChunkRef::Blob(b) => !self.stored_somewhere(BlobType::Data, b),
                         ChunkRef::Zero(_) => false,
                     });
                     if missing {
@@ -472,10 +479,10 @@ impl<'a> TreeWriter<'a> {
         Ok(Some(new.unwrap_or(id)))
     }
 
-    /// Whether some index entry of data blob `id` lies inside a pack that exists.
-    fn stored_somewhere(&self, id: &Id) -> bool {
+    /// Whether some index entry of blob `id` lies inside a pack that exists.
+    fn stored_somewhere(&self, ty: BlobType, id: &Id) -> bool {
         self.repo.index().get_all(id).iter().any(|l| {
-            l.ty == BlobType::Data
+            l.ty == ty
                 && self
                     .pack_sizes
                     .get(&l.pack)
@@ -483,12 +490,14 @@ impl<'a> TreeWriter<'a> {
         })
     }
 
-    /// Store a tree blob (unless the index or this run already has it); returns its id.
+    /// Store a tree blob (unless an existing pack or this run already has it); returns its
+    /// id. An index entry alone is not enough: the pack it names may be the damage being
+    /// repaired (the empty tree that stands in for lost directories is often in it).
     fn save(&mut self, tree: &Tree) -> Result<Id> {
         let bytes = tree.encode()?;
         let key = self.repo.key();
         let id = key.chunk_id(&bytes);
-        if self.dry_run || self.repo.index().contains(&id) || !self.stored.insert(id) {
+        if self.dry_run || self.stored_somewhere(BlobType::Tree, &id) || !self.stored.insert(id) {
             return Ok(id);
         }
         let encoded = BlobEncoder::new(self.repo.config().compression)?.encode(

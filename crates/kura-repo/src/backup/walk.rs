@@ -425,6 +425,20 @@ impl Walker<'_> {
                     }
                 }
                 VirtualEntry::Dir(_) => {
+                    // A symlink on a source's path (`/home -> /data/home`) is recorded as the
+                    // directory it leads to: a symlink node cannot have contents.
+                    let md = if md.file_type().is_symlink() {
+                        std::fs::metadata(&child_path)
+                            .map_err(|e| Error::io(format!("source {}", child_path.display()), e))?
+                    } else {
+                        md
+                    };
+                    if !md.is_dir() {
+                        return Err(Error::InvalidInput(format!(
+                            "source path component {} is not a directory",
+                            child_path.display()
+                        )));
+                    }
                     let Some(mut node) = node_from_metadata(name, &md) else {
                         continue;
                     };

@@ -84,8 +84,11 @@ struct TreeRestorer<'a> {
     batch_leaders: Vec<(usize, (u64, u64))>,
     deferred_links: Vec<DeferredLink>,
     deferred_meta: Vec<(Arc<Dir>, Node, String)>,
-    /// With `--delete`: temporary names of the batch's files, by directory.
+    /// With `--delete`: temporary names of the batch's files, and of files left partial by
+    /// earlier batches, by directory (never deleted: the first are being written, the second
+    /// are listed in the outcome).
     in_flight: HashMap<Ident, HashSet<OsString>>,
+    partials: HashMap<Ident, HashSet<OsString>>,
     /// (dev, inode) in the snapshot of multiply-linked files → the first one restored.
     hardlinks: HashMap<(u64, u64), Leader>,
 }
@@ -122,6 +125,7 @@ pub(super) fn restore_tree(
         deferred_links: Vec::new(),
         deferred_meta: Vec::new(),
         in_flight: HashMap::new(),
+        partials: HashMap::new(),
         hardlinks: HashMap::new(),
     };
     progress.start("restore", None);
@@ -362,7 +366,8 @@ impl TreeRestorer<'_> {
         let display = self.display(&f.spath);
         if let (Some(dir), false) = (&f.dir, f.failed) {
             if self.opts.delete && f.all && f.loaded && !f.fresh {
-                let in_flight = self.in_flight.remove(&dir.ident()).unwrap_or_default();
+                let mut in_flight = self.in_flight.remove(&dir.ident()).unwrap_or_default();
+                in_flight.extend(self.partials.remove(&dir.ident()).unwrap_or_default());
                 self.delete_extra(
                     dir,
                     f.names.as_deref().unwrap_or_default(),
@@ -686,6 +691,12 @@ impl TreeRestorer<'_> {
                     format!("{reason} (kept as {})", lossy(&f.tmp)),
                 );
                 self.outcome.partial.push(partial);
+                if self.opts.delete {
+                    self.partials
+                        .entry(f.dir.ident())
+                        .or_default()
+                        .insert(f.tmp.clone());
+                }
                 LeaderState::Bad(reason.clone())
             }
         }
