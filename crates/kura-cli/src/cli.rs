@@ -168,6 +168,13 @@ pub enum VolumeCommand {
     /// pair split or a copy-before-write session), which answers "accepted" and copies in
     /// the background (see `volume jobs`, or --wait)
     Backup(VolumeBackupArgs),
+    /// Restore an image snapshot of the repository (-r) into volume NAME: a new volume of
+    /// the snapshot's size, or an existing one of that size (holes stay holes). A served
+    /// volume is restored by its server, refused while a client is connected unless
+    /// --force. Afterwards the volume's change tracking for this repository is relative to
+    /// the snapshot (the next backup here is incremental); other repositories' next backups
+    /// read everything. To restore into any NBD export: kura restore SNAP --target nbd://…
+    Restore(VolumeRestoreArgs),
     /// Background backups of the running server, with progress
     Jobs(VolumeJobsArgs),
     /// The volume's backup records (format, label, host, mount point, time, backup)
@@ -218,6 +225,22 @@ pub struct VolumeBackupArgs {
     /// Wait for a background backup to finish (exit status as if it ran in the foreground)
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeRestoreArgs {
+    /// Snapshot id (or unique prefix, or `latest`) of an image snapshot
+    pub snapshot: String,
+    /// The volume to restore into (created when missing)
+    pub name: String,
+    /// Restore a served volume even while clients are connected (they see it change)
+    #[arg(long)]
+    pub force: bool,
+    /// Parallel pack readers
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub dir: VolumeDirArgs,
 }
@@ -539,7 +562,8 @@ pub struct RestoreArgs {
     /// (healthy ones first), instead of a snapshot of --repo
     #[arg(long, conflicts_with = "snapshot")]
     pub backup: Option<i64>,
-    /// Directory to restore into (for an image: a file, a block device, or a directory)
+    /// Directory to restore into (for an image: a file, a block device, a directory, or an
+    /// NBD export: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)
     #[arg(short, long)]
     pub target: PathBuf,
     /// Restore only paths matching this glob (repeatable); a matching directory is restored whole

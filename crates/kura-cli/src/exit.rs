@@ -112,6 +112,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 V::Exists(_) | V::InUse(_) => CONFLICT,
                 V::Invalid(_) => USAGE,
                 V::Repo(r) => repo_code(r),
+                V::Nbd(kura_nbd::ClientError::Address(_)) => USAGE,
+                V::Nbd(kura_nbd::ClientError::Io { .. }) => TARGET_UNREACHABLE,
+                V::Nbd(_) => FATAL,
                 V::Corrupt { .. } | V::Io { .. } => FATAL,
             };
         }

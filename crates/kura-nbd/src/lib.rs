@@ -7,6 +7,9 @@
 //! overwritten), so the server is a thin protocol layer over an [`Export`] trait the engine
 //! implements.
 //!
+//! A small client ([`client`]) is here too: what restoring an image into any NBD export
+//! needs (negotiation with `GO`, `WRITE`, `WRITE_ZEROES`, `FLUSH`), one request at a time.
+//!
 //! # What is spoken
 //! - Fixed newstyle negotiation with `NBD_FLAG_NO_ZEROES`; options `EXPORT_NAME`, `ABORT`,
 //!   `LIST`, `INFO`, `GO`, `STRUCTURED_REPLY`, `LIST_META_CONTEXT`, `SET_META_CONTEXT`
@@ -29,9 +32,11 @@
 //! export `EPERM`. Nothing a client sends can panic the server: the parsers are property-tested
 //! on arbitrary bytes.
 
+pub mod client;
 pub mod export;
 pub mod proto;
 pub mod server;
 
+pub use client::{Client, ClientError};
 pub use export::{Export, Exports, FileExport, Runs};
 pub use server::{ConnError, ServerOptions, handle, handle_streams, serve};

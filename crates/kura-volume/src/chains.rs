@@ -542,6 +542,48 @@ impl ChainSet {
         self.persist()
     }
 
+    /// A restore from repository `repo` starts (nothing in flight; the restore's own writes
+    /// are not marked): every chain untrusted for `why` (what a restore that never finishes
+    /// leaves: the volume holds a mix), written; `repo`'s chain (created if new) starts with
+    /// no bits, so that at the end it holds exactly the hosts' changes made meanwhile.
+    pub fn begin_restore(&self, repo: Id, why: &str) -> Result<()> {
+        {
+            let n = bitmap_len(self.size);
+            let mut inner = self.inner();
+            for c in &mut inner.chains {
+                c.trust = Trust::Untrusted(why.to_string());
+            }
+            match inner.chains.iter_mut().find(|c| c.repo == repo) {
+                Some(c) => c.bits = vec![0u8; n],
+                None => inner.chains.push(Chain {
+                    repo,
+                    base: None,
+                    trust: Trust::Untrusted(why.to_string()),
+                    bits: vec![0u8; n],
+                }),
+            }
+        }
+        self.persist()
+    }
+
+    /// The volume now equals `snapshot` of `repo` (a restore begun with
+    /// [`begin_restore`](Self::begin_restore) finished): reset that chain to it, trusted,
+    /// its bits what hosts changed during the restore; untrust the others for `why`.
+    pub fn reset_to(&self, repo: Id, snapshot: Id, why: &str) -> Result<()> {
+        {
+            let mut inner = self.inner();
+            for c in &mut inner.chains {
+                if c.repo == repo {
+                    c.base = Some(snapshot);
+                    c.trust = Trust::Trusted;
+                } else {
+                    c.trust = Trust::Untrusted(why.to_string());
+                }
+            }
+        }
+        self.persist()
+    }
+
     /// Whether the granule holding `offset` is dirty in any chain (what changed since the
     /// oldest backup tracked).
     pub fn is_dirty(&self, offset: u64) -> bool {

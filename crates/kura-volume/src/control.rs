@@ -56,6 +56,15 @@ pub enum Request {
         /// The repository password, as bytes (JSON array).
         password: Vec<u8>,
     },
+    /// Restore an image snapshot into a volume through the server's write path.
+    Restore {
+        volume: String,
+        repository: String,
+        password: Vec<u8>,
+        snapshot: String,
+        #[serde(default)]
+        force: bool,
+    },
     Jobs,
     Job {
         id: u64,
@@ -98,6 +107,19 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
             freeze,
             &repository,
             &password,
+        )?)),
+        Request::Restore {
+            volume,
+            repository,
+            password,
+            snapshot,
+            force,
+        } => v(serde_json::to_value(engine.restore(
+            &volume,
+            &repository,
+            &password,
+            &snapshot,
+            force,
         )?)),
         Request::Jobs => v(serde_json::to_value(engine.jobs())),
         Request::Job { id } => v(serde_json::to_value(engine.job(id)?)),

@@ -37,6 +37,7 @@ use crate::chains::Frozen;
 use crate::error::{Error, Result};
 use crate::export::VolumeExport;
 use crate::pair::{Pair, PairState, ResyncOutcome};
+use crate::restore::{VolumeRestore, image_of, prepare, restore_into};
 use crate::session::{Session, SessionSource, SessionStats};
 use crate::store::VolumeStore;
 
@@ -165,7 +166,8 @@ impl Busy {
         let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(volume.to_string()) {
             return Err(Error::InUse(format!(
-                "{volume}: a backup job of this volume is already running (kura volume jobs)"
+                "{volume}: a backup job of this volume is already running, or a restore into \
+                 it (kura volume jobs)"
             )));
         }
         Ok(Busy {
@@ -361,6 +363,54 @@ impl Engine {
             });
         }
         Ok(accepted)
+    }
+
+    /// Restore `snapshot` of `repository` into `volume` (created if missing) through this
+    /// server's write path, refused while a client is connected unless `force` (see
+    /// [`crate::restore`]); answers when it ends. Excludes backup jobs of the volume.
+    pub fn restore(
+        self: &Arc<Self>,
+        volume: &str,
+        repository: &str,
+        password: &[u8],
+        snapshot: &str,
+        force: bool,
+    ) -> Result<VolumeRestore> {
+        let opener = self.opener.as_ref().ok_or_else(|| {
+            Error::Invalid("this server cannot open repositories for restores".into())
+        })?;
+        let busy = Busy::take(self, volume)?;
+        let opened = opener
+            .open(repository, password)
+            .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
+        let snap = opened.repo.find_snapshot(snapshot)?;
+        let created = prepare(&self.store, volume, image_of(&snap)?.size)?;
+        let export = self.store.open_export(volume)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        let r = restore_into(
+            &self.store,
+            &export,
+            &opened.repo,
+            &opened.lock,
+            &snap,
+            force,
+            threads,
+            &kura_repo::progress::NoProgress,
+            &self.cancel,
+        );
+        drop(busy);
+        let mut r = r?;
+        r.created = created;
+        r.served = true;
+        match r.damaged.is_empty() {
+            true => tracing::info!("volume {volume}: restored snapshot {}", snap.id.short()),
+            false => tracing::error!(
+                "volume {volume}: restore of snapshot {} incomplete: {} damaged blob(s)",
+                snap.id.short(),
+                r.damaged.len()
+            ),
+        }
+        Ok(r)
     }
 
     #[allow(clippy::too_many_arguments)]

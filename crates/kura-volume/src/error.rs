@@ -16,6 +16,8 @@ pub enum Error {
     Corrupt { path: PathBuf, why: String },
     #[error(transparent)]
     Repo(#[from] kura_repo::Error),
+    #[error(transparent)]
+    Nbd(#[from] kura_nbd::ClientError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -14,6 +14,7 @@
 //! with the raw file's identity, and closed cleanly.
 
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use kura_nbd::proto::STATE_DIRTY;
@@ -42,6 +43,8 @@ pub struct VolumeExport {
     pair: Mutex<Option<Arc<Pair>>>,
     /// The copy-before-write backup session running on it.
     session: Mutex<Option<Arc<Session>>>,
+    /// A restore writing into it: 0 none, 1 (new clients refused), 2 (clients let in).
+    restoring: AtomicU8,
 }
 
 /// What a change must pass through, fixed for its duration (both are only replaced under the
@@ -60,7 +63,71 @@ impl VolumeExport {
             closed: RwLock::new(false),
             pair: Mutex::new(None),
             session: Mutex::new(None),
+            restoring: AtomicU8::new(0),
         }
+    }
+
+    /// Claim the volume for a restore (one at a time, none during a backup session); until
+    /// [`end_restore`](Self::end_restore), new clients are refused unless `let_clients`.
+    pub(crate) fn claim_restore(&self, let_clients: bool) -> Result<()> {
+        if self.session().is_some() {
+            return Err(Error::InUse(format!(
+                "{} (a backup session is running on it)",
+                self.name
+            )));
+        }
+        let v = if let_clients { 2 } else { 1 };
+        self.restoring
+            .compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst)
+            .map(drop)
+            .map_err(|_| Error::InUse(format!("{} (a restore into it is running)", self.name)))
+    }
+
+    /// Whether a restore runs, and if so whether new clients may connect meanwhile.
+    pub(crate) fn restoring(&self) -> Option<bool> {
+        match self.restoring.load(Ordering::SeqCst) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
+
+    /// A claimed restore from repository `repo` starts writing: see
+    /// [`ChainSet::begin_restore`] (under the change lock: nothing in flight).
+    pub(crate) fn begin_restore(&self, repo: kura_repo::Id, why: &str) -> Result<()> {
+        let _g = self.exclusive()?;
+        self.chains.begin_restore(repo, why)
+    }
+
+    /// The restore ended: when it restored `snapshot` of `repo` whole (`done`), the chains are
+    /// reset to it ([`ChainSet::reset_to`]); otherwise they stay untrusted. The claim goes.
+    pub(crate) fn end_restore(
+        &self,
+        done: Option<(kura_repo::Id, kura_repo::Id, &str)>,
+    ) -> Result<()> {
+        let reset = match done {
+            Some((repo, snapshot, why)) => self
+                .exclusive()
+                .and_then(|_g| self.chains.reset_to(repo, snapshot, why)),
+            None => Ok(()),
+        };
+        self.restoring.store(0, Ordering::SeqCst);
+        reset
+    }
+
+    /// A restore's write: through the session and the pair like a host's, but not marked in
+    /// the chains (a restore replaces the volume; [`ChainSet::begin_restore`]).
+    pub(crate) fn restore_write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.apply(offset, data.len() as u64, false, false, |f, o, l| {
+            let from = (o - offset) as usize;
+            f.write_at(o, &data[from..from + l as usize], false)
+        })
+    }
+
+    /// A restore's zeroing (a punched hole where the file system can).
+    pub(crate) fn restore_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.apply(offset, len, false, false, |f, o, l| {
+            f.write_zeroes(o, l, true, false)
+        })
     }
 
     /// The volume's backup chains.
@@ -161,6 +228,12 @@ impl VolumeExport {
                 self.name
             )));
         }
+        if self.restoring().is_some() {
+            return Err(Error::InUse(format!(
+                "{} (a restore into it is running)",
+                self.name
+            )));
+        }
         let frozen = self.chains.freeze(repo);
         let ranges = match needed(&frozen) {
             Ok(r) => r,
@@ -222,10 +295,13 @@ impl VolumeExport {
         offset: u64,
         len: u64,
         fua: bool,
+        mark: bool,
         apply: impl Fn(&FileExport, u64, u64) -> io::Result<()>,
     ) -> io::Result<()> {
         self.change(|h| {
-            self.chains.mark(offset, len);
+            if mark {
+                self.chains.mark(offset, len);
+            }
             if let Some(s) = &h.session {
                 s.before_change(&self.file, offset, len)?;
             }
@@ -266,7 +342,7 @@ impl Export for VolumeExport {
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.apply(offset, data.len() as u64, fua, |f, o, l| {
+        self.apply(offset, data.len() as u64, fua, true, |f, o, l| {
             let from = (o - offset) as usize;
             f.write_at(o, &data[from..from + l as usize], fua)
         })
@@ -283,11 +359,11 @@ impl Export for VolumeExport {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.apply(offset, len, false, |f, o, l| f.trim(o, l))
+        self.apply(offset, len, false, true, |f, o, l| f.trim(o, l))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
-        self.apply(offset, len, fua, |f, o, l| {
+        self.apply(offset, len, fua, true, |f, o, l| {
             f.write_zeroes(o, l, may_trim, fua)
         })
     }

@@ -28,7 +28,8 @@
 //! `error` ← `dirty` (a granule bitmap) ← `chains`, `pair` (the pair's state and hooks),
 //! `session` (copy-before-write) ← `export` (the write path: the only place host changes
 //! reach a volume) ← `store` (every `impl VolumeStore`: volumes, records, the pool, serving,
-//! pair operations) ← `backup` ← `engine` ← `control`.
+//! pair operations) ← `backup`, `restore` (an image snapshot into a volume or an NBD export)
+//! ← `engine` ← `control`.
 
 mod backup;
 pub mod chains;
@@ -39,6 +40,7 @@ mod error;
 mod export;
 pub mod pair;
 mod records;
+mod restore;
 pub mod session;
 mod store;
 
@@ -50,5 +52,6 @@ pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
 pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome};
 pub use records::{FORMAT_RAW, VolumeRecord};
+pub use restore::{VolumeRestore, restore_to_nbd, restore_volume};
 pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
 pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area, parse_size};

@@ -14,6 +14,12 @@ use crate::{App, exit};
 pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
     let started = std::time::Instant::now();
     let (snap, out) = match (a.backup, &a.snapshot) {
+        (Some(_), _) if nbd_target(&a.target).is_some() => {
+            return Err(UsageError(
+                "--backup restores to a path; restore a snapshot of -r to an NBD export".into(),
+            )
+            .into());
+        }
         (Some(b), _) => from_catalog(app, b, &a)?,
         (None, Some(spec)) => restore_from(app, app.open()?, spec, &a)?,
         (None, None) => {
@@ -120,6 +126,20 @@ fn restore_from(
         if let Some(t) = a.threads.or(app.config.restore.threads) {
             opts.threads = t.max(1);
         }
+        if let Some(url) = nbd_target(&a.target) {
+            let bar = app.bar();
+            let out = kura_volume::restore_to_nbd(
+                url,
+                &repo,
+                lock,
+                &snap,
+                opts.threads,
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| format!("restore snapshot {} from {loc} to {url}", snap.id.short()))?;
+            return Ok((snap, out));
+        }
         // An image restored over a file some process holds a lock on — the raw file of a
         // volume a `kura volume serve` owns — is refused: it would change the volume behind
         // its server's back. Held for the restore, so no server starts on it meanwhile.
@@ -182,6 +202,13 @@ fn from_catalog(
         cat.record_error(&names[i], &format!("restore of backup {backup}: {why}"))?;
     }
     done
+}
+
+/// The NBD export a target names (`nbd://…`, `nbd+unix://…`), if it names one.
+fn nbd_target(target: &std::path::Path) -> Option<&str> {
+    target
+        .to_str()
+        .filter(|t| t.starts_with("nbd://") || t.starts_with("nbd+unix://"))
 }
 
 /// An exclusive `flock` on an existing regular file an image is restored over (none for a

@@ -1,5 +1,5 @@
-//! `kura volume create|list|info|resize|delete|serve`: the volume engine's volumes
-//! (`kura_volume`) and its NBD server (`kura_nbd`).
+//! `kura volume create|list|info|resize|delete|serve|backup|restore|jobs|records|label`: the
+//! volume engine's volumes (`kura_volume`) and its NBD server (`kura_nbd`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -154,6 +154,7 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
         }
         VolumeCommand::Serve(a) => return serve(app, a),
         VolumeCommand::Backup(a) => return backup(app, a),
+        VolumeCommand::Restore(a) => return restore(app, a),
         VolumeCommand::Jobs(a) => return jobs(app, a),
         VolumeCommand::Records(a) => {
             let rs = store(app, &a.dir)?.records(&a.name)?;
@@ -373,14 +374,7 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
 
 /// A served volume: its server freezes it and copies in the background.
 fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
-    let mut repository = app.repo_location()?;
-    if !repository.contains("://") {
-        // The server's working directory is not ours.
-        repository = std::path::absolute(&repository)
-            .with_context(|| format!("repository path {repository}"))?
-            .display()
-            .to_string();
-    }
+    let repository = absolute_location(app)?;
     let password = crate::password::get(app.password_file().as_deref())?;
     let freeze = match a.freeze {
         FreezeArg::Auto => Freeze::Auto,
@@ -432,6 +426,106 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
     } else {
         exit::FATAL
     })
+}
+
+/// The repository location as the server must see it (its working directory is not ours).
+fn absolute_location(app: &App) -> Result<String> {
+    let repository = app.repo_location()?;
+    if repository.contains("://") {
+        return Ok(repository);
+    }
+    Ok(std::path::absolute(&repository)
+        .with_context(|| format!("repository path {repository}"))?
+        .display()
+        .to_string())
+}
+
+/// `kura volume restore SNAP NAME`: through the server when one runs, else in this process.
+fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
+    let st = store(app, &a.dir)?;
+    let started = std::time::Instant::now();
+    let done: kura_volume::VolumeRestore = if let Some(mut c) = Client::connect(st.dir()) {
+        let repository = absolute_location(app)?;
+        let req = Request::Restore {
+            volume: a.name.clone(),
+            repository: repository.clone(),
+            password: crate::password::get(app.password_file().as_deref())?,
+            snapshot: a.snapshot.clone(),
+            force: a.force,
+        };
+        let v = c.call(&req).with_context(|| {
+            format!(
+                "restore snapshot {} of {repository} into served volume {}",
+                a.snapshot, a.name
+            )
+        })?;
+        serde_json::from_value(v).context("decode the restore's outcome")?
+    } else {
+        let repo = app.open()?;
+        let loc = repo.location();
+        let lock =
+            kura_repo::lock::RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+        crate::with_lock(lock, |lock| {
+            let repo = repo
+                .load_index()
+                .with_context(|| format!("load index of {loc}"))?;
+            let snap = repo.find_snapshot(&a.snapshot)?;
+            let threads = a
+                .threads
+                .or(app.config.restore.threads)
+                .unwrap_or_else(|| kura_repo::restore::RestoreOptions::default().threads);
+            let bar = app.bar();
+            kura_volume::restore_volume(
+                &st,
+                &a.name,
+                &repo,
+                lock,
+                &snap,
+                threads.max(1),
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| {
+                format!(
+                    "restore snapshot {} of {loc} into volume {}",
+                    snap.id.short(),
+                    a.name
+                )
+            })
+        })?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if app.global.json {
+        println!(
+            "{}",
+            json!({"message_type": "summary", "restore": done, "duration_seconds": secs})
+        );
+    } else {
+        for d in &done.damaged {
+            eprintln!("damaged: {d}");
+        }
+        app.say(format!(
+            "volume {}{}: restored snapshot {} ({}){} in {secs:.1} s",
+            a.name,
+            if done.created { " (created)" } else { "" },
+            &done.snapshot[..8.min(done.snapshot.len())],
+            bytes(done.size),
+            if done.served {
+                " through its server"
+            } else {
+                ""
+            },
+        ));
+    }
+    if !done.damaged.is_empty() {
+        eprintln!(
+            "warning: {} damaged blob(s): the volume holds a mix of old and restored data, and              its change tracking is untrusted (exit code {})",
+            done.damaged.len(),
+            exit::INCOMPLETE
+        );
+        return Ok(exit::INCOMPLETE);
+    }
+    Ok(exit::OK)
 }
 
 fn print_job(app: &App, j: &JobStatus) {

@@ -253,3 +253,146 @@ impl Sink for ImageSink<'_> {
         }
     }
 }
+
+/// Something an image is restored into other than a path: a volume through its engine's
+/// write path, an NBD export. Called from several threads at once.
+pub trait ImageTarget: Sync {
+    /// Its size in bytes (at least the image's; bytes past the image are left alone).
+    fn size(&self) -> u64;
+    /// Write `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+    /// Make `[offset, offset + len)` read as zeros without sending or writing zero bytes
+    /// where the target can (a punched hole, NBD `WRITE_ZEROES`).
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()>;
+    /// Make everything written durable.
+    fn flush(&self) -> std::io::Result<()>;
+}
+
+/// Restore the image `info` into `target`: zero chunks (and aligned 4 KiB zero blocks inside
+/// other chunks) become [`ImageTarget::write_zeroes`], everything else is written. Damaged
+/// blobs are reported in the outcome (`damaged`), their ranges left as they were; the target
+/// is flushed only when everything was restored.
+pub fn restore_image_into(
+    repo: &IndexedRepo,
+    _lock: &crate::lock::RepoLock<crate::lock::Shared>,
+    info: &ImageInfo,
+    target: &dyn ImageTarget,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<RestoreOutcome> {
+    if target.size() < info.size {
+        return Err(Error::InvalidInput(format!(
+            "the target has {} bytes, the image needs {}",
+            target.size(),
+            info.size
+        )));
+    }
+    let ids = load_fixed_index(repo, info)?;
+    let ctx = |e| Error::io("image target", e);
+    progress.start("restore", Some(info.size));
+    let cs = info.chunk_size as u64;
+    let mut jobs: std::collections::HashMap<Id, Vec<(u32, u64)>> = Default::default();
+    // Runs of zero chunks, coalesced: one request each.
+    let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let off = i as u64 * cs;
+        if id.is_zero() {
+            let len = cs.min(info.size - off);
+            match zero_runs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => zero_runs.push((off, len)),
+            }
+        } else {
+            jobs.entry(*id).or_default().push((0, off));
+        }
+    }
+    for (off, len) in zero_runs {
+        cancel.check()?;
+        // Bounded requests: a whole empty terabyte is not one call.
+        let mut at = off;
+        while at < off + len {
+            let n = (off + len - at).min(1 << 30);
+            target.write_zeroes(at, n).map_err(ctx)?;
+            progress.advance(n, 0);
+            at += n;
+        }
+    }
+    let sink = TargetSink {
+        target,
+        damaged: Mutex::new(Vec::new()),
+    };
+    let jobs = jobs
+        .into_iter()
+        .map(|(id, dests)| BlobJob { id, dests })
+        .collect();
+    fetch_all(repo, jobs, &sink, threads.max(1), progress, cancel)?;
+    let damaged = sink.damaged.into_inner().unwrap_or_default();
+    if damaged.is_empty() {
+        target.flush().map_err(ctx)?;
+    }
+    progress.finish();
+    let mut outcome = RestoreOutcome {
+        bytes: info.size,
+        files: u64::from(damaged.is_empty()),
+        ..Default::default()
+    };
+    for reason in damaged {
+        outcome.damaged.push(Damaged {
+            path: "image".into(),
+            reason,
+        });
+    }
+    Ok(outcome)
+}
+
+struct TargetSink<'a> {
+    target: &'a dyn ImageTarget,
+    damaged: Mutex<Vec<String>>,
+}
+
+impl Sink for TargetSink<'_> {
+    /// Aligned 4 KiB blocks of zeros go as zeroing (holes stay holes where the old content
+    /// was data), the rest as writes.
+    fn write(&self, _dest: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        const BLOCK: u64 = 4096;
+        let end = offset + data.len() as u64;
+        let slice = |a: u64, b: u64| &data[(a - offset) as usize..(b - offset) as usize];
+        // (start, zero?) of the current run.
+        let mut run: Option<(u64, bool)> = None;
+        let mut pos = offset;
+        while pos < end {
+            let next = ((pos / BLOCK) + 1) * BLOCK;
+            let next = next.min(end);
+            let full = pos.is_multiple_of(BLOCK) && next - pos == BLOCK;
+            let zero = full && crate::chunker::is_zero(slice(pos, next));
+            match run {
+                Some((s, z)) if z != zero => {
+                    if z {
+                        self.target.write_zeroes(s, pos - s)?;
+                    } else {
+                        self.target.write_at(s, slice(s, pos))?;
+                    }
+                    run = Some((pos, zero));
+                }
+                None => run = Some((pos, zero)),
+                _ => {}
+            }
+            pos = next;
+        }
+        if let Some((s, z)) = run {
+            if z {
+                self.target.write_zeroes(s, end - s)?;
+            } else {
+                self.target.write_at(s, slice(s, end))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn damaged(&self, _dest: u32, reason: String) {
+        if let Ok(mut d) = self.damaged.lock() {
+            d.push(reason);
+        }
+    }
+}

@@ -44,6 +44,7 @@ pub(crate) mod at;
 mod fetch;
 mod files;
 pub(crate) mod image;
+pub use image::{ImageTarget, restore_image_into};
 mod tree;
 
 use std::path::Path;

@@ -89,6 +89,14 @@ impl VolumeStore {
             .and_then(Weak::upgrade)
     }
 
+    /// How many clients use `e`, the export of `name` (besides the caller's reference and
+    /// a server's hold).
+    pub(crate) fn clients(&self, name: &str, e: &Arc<VolumeExport>) -> usize {
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let held = usize::from(reg.held.get(name).is_some_and(|h| Arc::ptr_eq(h, e)));
+        Arc::strong_count(e).saturating_sub(1 + held)
+    }
+
     /// Hold every volume that `only` allows (all when `None`) and that hosts may use (not a
     /// working volume, not a pair's secondary) until [`shutdown`](Self::shutdown): what a
     /// server does at start, and again now and then for volumes created since. Returns the
@@ -198,9 +206,12 @@ impl Exports for StoreExports {
         if !self.allowed(name) {
             return Err(format!("no export {name:?}"));
         }
-        self.store
-            .open_export(name)
-            .map(|e| e as Arc<dyn Export>)
-            .map_err(|e| e.to_string())
+        let e = self.store.open_export(name).map_err(|e| e.to_string())?;
+        if e.restoring() == Some(false) {
+            return Err(format!(
+                "volume {name} is being restored (kura volume restore): connect when it is done"
+            ));
+        }
+        Ok(e as Arc<dyn Export>)
     }
 }
