@@ -60,6 +60,11 @@ enum Op {
     Restore {
         k: usize,
     },
+    /// `kura volume restore` of the k-th snapshot still held into the volume (through the
+    /// server when one runs).
+    VolumeRestore {
+        k: usize,
+    },
 }
 
 fn write_args() -> impl Strategy<Value = (u64, u64, u8)> {
@@ -79,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Stop),
         1 => Just(Op::Kill),
         1 => (0..8usize).prop_map(|k| Op::Restore { k }),
+        1 => (0..8usize).prop_map(|k| Op::VolumeRestore { k }),
     ]
 }
 
@@ -249,6 +255,30 @@ impl World {
                 }
                 let s = &self.snaps[k % self.snaps.len()];
                 self.restores(s, step);
+            }
+            Op::VolumeRestore { k } => self.volume_restore(k, step),
+        }
+    }
+
+    /// The volume becomes the snapshot's image; the chain of its repository is relative to
+    /// it with nothing dirty, the other chain is untrusted.
+    fn volume_restore(&mut self, k: usize, step: usize) {
+        let Some(s) = self.snaps.get(k % self.snaps.len().max(1)) else {
+            return;
+        };
+        let (id, repo, image) = (s.id.clone(), s.repo, s.image.clone());
+        let o = self.in_repo(repo, &["--json", "volume", "restore", &id, "vol"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "step {step}: volume restore: {err}");
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["restore"]["served"], self.server.is_some(), "step {step}");
+        self.image = image;
+        assert!(self.v.raw("vol") == self.image, "step {step}: volume restore differs");
+        for (i, c) in self.chains.iter_mut().enumerate() {
+            c.trusted = i == repo;
+            if i == repo {
+                c.parent = Some(id.clone());
+                c.dirty.clear();
             }
         }
     }

@@ -270,15 +270,13 @@ impl Client {
 
     /// One request and its simple reply.
     fn request(&mut self, ty: u16, flags: u16, offset: u64, len: u32, data: &[u8]) -> Result<()> {
-        let what = || {
-            let op = match ty {
-                proto::CMD_WRITE => "write",
-                proto::CMD_WRITE_ZEROES => "write zeroes",
-                proto::CMD_FLUSH => "flush",
-                _ => "request",
-            };
-            format!("{op} of {len} bytes at {offset} on {}", self.url)
+        let op = match ty {
+            proto::CMD_WRITE => "write",
+            proto::CMD_WRITE_ZEROES => "write zeroes",
+            proto::CMD_FLUSH => "flush",
+            _ => "request",
         };
+        let what = format!("{op} of {len} bytes at {offset} on {}", self.url);
         let cookie = self.cookie;
         self.cookie += 1;
         let r = Request {
@@ -290,18 +288,15 @@ impl Client {
         };
         let mut b = proto::encode_request(&r).to_vec();
         b.extend_from_slice(data);
-        self.send(&b, &what())?;
+        self.send(&b, &what)?;
         let mut h = [0u8; 16];
-        read_exact(&mut *self.s, &mut h, &what())?;
+        read_exact(&mut *self.s, &mut h, &what)?;
         if be32(&h) != proto::SIMPLE_REPLY_MAGIC || be64(&h[8..]) != cookie {
-            return Err(ClientError::Protocol(format!("malformed reply to {}", what())));
+            return Err(ClientError::Protocol(format!("malformed reply to {what}")));
         }
         match be32(&h[4..]) {
             0 => Ok(()),
-            errno => Err(ClientError::Refused {
-                what: what(),
-                errno,
-            }),
+            errno => Err(ClientError::Refused { what, errno }),
         }
     }
 

@@ -402,13 +402,14 @@ impl Engine {
         let mut r = r?;
         r.created = created;
         r.served = true;
-        match r.damaged.is_empty() {
-            true => tracing::info!("volume {volume}: restored snapshot {}", snap.id.short()),
-            false => tracing::error!(
+        if r.damaged.is_empty() {
+            tracing::info!("volume {volume}: restored snapshot {}", snap.id.short());
+        } else {
+            tracing::error!(
                 "volume {volume}: restore of snapshot {} incomplete: {} damaged blob(s)",
                 snap.id.short(),
                 r.damaged.len()
-            ),
+            );
         }
         Ok(r)
     }

@@ -86,6 +86,7 @@ pub(crate) fn prepare(store: &VolumeStore, name: &str, size: u64) -> Result<bool
 
 /// Restore into a volume no server holds: created if missing, opened by this process (a
 /// served volume is refused: its server restores it).
+#[allow(clippy::too_many_arguments)]
 pub fn restore_volume(
     store: &VolumeStore,
     name: &str,
@@ -138,7 +139,15 @@ pub(crate) fn restore_into(
         )));
     }
     export.claim_restore(force)?;
-    let clients = store.clients(&name, export);
+    // A client that has just said goodbye may still be on its way out: a moment's grace.
+    let mut clients = store.clients(&name, export);
+    for _ in 0..50 {
+        if clients == 0 || force {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        clients = store.clients(&name, export);
+    }
     if clients > 0 && !force {
         export.end_restore(None)?;
         return Err(Error::InUse(format!(
@@ -232,7 +241,7 @@ impl IntoNbd {
             g = Some(self.conns[i].lock().unwrap_or_else(|p| p.into_inner()));
         }
         match g {
-            Some(mut c) => f(&mut c).map_err(std::io::Error::other),
+            Some(mut c) => f(&mut *c).map_err(std::io::Error::other),
             None => Err(std::io::Error::other("no NBD connection")),
         }
     }
@@ -305,4 +314,51 @@ pub fn restore_to_nbd(
         c.into_inner().unwrap_or_else(|p| p.into_inner()).disconnect();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_nbd::Export;
+    use kura_repo::Id;
+
+    #[test]
+    fn a_finished_restore_resets_its_chain_and_untrusts_the_others_a_failed_one_all() {
+        let d = tempfile::tempdir().unwrap();
+        let st = VolumeStore::open(d.path()).unwrap();
+        st.create("v", 32 << 20).unwrap();
+        let (a, b, snap) = (Id([1; 32]), Id([2; 32]), Id([9; 32]));
+        let e = st.open_export("v").unwrap();
+        for repo in [a, b] {
+            let f = e.chains().freeze(repo);
+            e.chains().thaw_done(&f, Id([3; 32])).unwrap();
+        }
+        // A restore from A: its own writes unmarked, a host's write meanwhile marked.
+        e.claim_restore(true).unwrap();
+        assert!(e.claim_restore(true).is_err(), "one restore at a time");
+        e.begin_restore(a, "unfinished").unwrap();
+        e.restore_write(0, &[1u8; 4096]).unwrap();
+        e.restore_zeroes(8 << 20, 4 << 20).unwrap();
+        e.write_at(20 << 20, &[2u8; 512], false).unwrap();
+        e.end_restore(Some((a, snap, "restored"))).unwrap();
+        let states = e.chains().states();
+        let ca = states.iter().find(|c| c.repository_id == a.to_hex()).unwrap();
+        let cb = states.iter().find(|c| c.repository_id == b.to_hex()).unwrap();
+        assert!(ca.trusted && ca.base == Some(snap.to_hex()), "{ca:?}");
+        assert_eq!(ca.dirty_bytes, 4 << 20, "only the host's write is dirty");
+        assert_eq!((cb.trusted, cb.reason.as_deref()), (false, Some("restored")));
+        // A restore that fails: every chain stays untrusted, for why it began.
+        e.claim_restore(false).unwrap();
+        e.begin_restore(b, "unfinished").unwrap();
+        e.end_restore(None).unwrap();
+        assert!(
+            e.chains()
+                .states()
+                .iter()
+                .all(|c| !c.trusted && c.reason.as_deref() == Some("unfinished"))
+        );
+        drop(e);
+        st.shutdown().unwrap();
+        assert!(!st.info("v").unwrap().dirty.trusted);
+    }
 }

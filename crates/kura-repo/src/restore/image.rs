@@ -357,7 +357,10 @@ impl Sink for TargetSink<'_> {
     fn write(&self, _dest: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
         const BLOCK: u64 = 4096;
         let end = offset + data.len() as u64;
-        let slice = |a: u64, b: u64| &data[(a - offset) as usize..(b - offset) as usize];
+        fn part(data: &[u8], offset: u64, a: u64, b: u64) -> &[u8] {
+            &data[(a - offset) as usize..(b - offset) as usize]
+        }
+        let slice = |a: u64, b: u64| part(data, offset, a, b);
         // (start, zero?) of the current run.
         let mut run: Option<(u64, bool)> = None;
         let mut pos = offset;
