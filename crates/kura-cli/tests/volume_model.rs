@@ -273,7 +273,10 @@ impl World {
         let r: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["restore"]["served"], self.server.is_some(), "step {step}");
         self.image = image;
-        assert!(self.v.raw("vol") == self.image, "step {step}: volume restore differs");
+        assert!(
+            self.v.raw("vol") == self.image,
+            "step {step}: volume restore differs"
+        );
         for (i, c) in self.chains.iter_mut().enumerate() {
             c.trusted = i == repo;
             if i == repo {

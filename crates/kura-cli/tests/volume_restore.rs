@@ -44,7 +44,13 @@ fn source(v: &Vols, name: &str, repo: &str) -> String {
     snap(&v.backup_to(repo, name))
 }
 
-fn restore(v: &Vols, repo: &str, snapshot: &str, name: &str, extra: &[&str]) -> std::process::Output {
+fn restore(
+    v: &Vols,
+    repo: &str,
+    snapshot: &str,
+    name: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let mut a = vec!["--json", "volume", "restore", snapshot, name];
     a.extend_from_slice(extra);
     v.in_repo(repo, &a)
@@ -82,45 +88,74 @@ fn restores_into_new_and_existing_volumes_keep_holes_and_reset_the_chain() {
     v.backup_to(&b, "src");
     // Into a new volume: created with the snapshot's size, holes stay holes.
     let r = restored_ok(&v, &a, &s1, "dst", &[]);
-    assert_eq!((r["created"].clone(), r["served"].clone()), (true.into(), false.into()));
+    assert_eq!(
+        (r["created"].clone(), r["served"].clone()),
+        (true.into(), false.into())
+    );
     assert!(v.raw("dst") == v.raw("src"), "restored volume differs");
     let alloc = allocated(&raw_path(&v, "dst"));
-    assert!(alloc <= 5 * MIB, "holes were filled: {alloc} bytes allocated");
+    assert!(
+        alloc <= 5 * MIB,
+        "holes were filled: {alloc} bytes allocated"
+    );
     // Its chain for A is the snapshot, trusted.
     let cs = chains(&v, "dst");
     let c = chain_based_on(&cs, &s1).unwrap_or_else(|| panic!("no chain on {s1}: {cs:?}"));
     assert_eq!(c["trusted"], true, "{c}");
     // Next backup to A: incremental against the snapshot, reads nothing.
     let a2 = v.backup_to(&a, "dst");
-    assert_eq!((a2["incremental"].clone(), read(&a2)), (true.into(), 0), "{a2}");
+    assert_eq!(
+        (a2["incremental"].clone(), read(&a2)),
+        (true.into(), 0),
+        "{a2}"
+    );
     assert!(v.restored_from(&a, &snap(&a2)) == v.raw("dst"));
     // To B: a full read that says why.
     let b2 = v.backup_to(&b, "dst");
     assert_eq!(b2["incremental"], false, "{b2}");
     assert!(
-        b2["full_reason"].as_str().unwrap_or("").contains("no backup")
-            || b2["full_reason"].as_str().unwrap_or("").contains("restored"),
+        b2["full_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no backup")
+            || b2["full_reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("restored"),
         "{b2}"
     );
 
     // Into an existing volume with other data: equal again, its old data deallocated.
     let s = v.serve();
-    qemu_write(&s.url("src"), &["write -P 0x55 8M 16M", "write -P 0x56 40M 4M"]);
+    qemu_write(
+        &s.url("src"),
+        &["write -P 0x55 8M 16M", "write -P 0x56 40M 4M"],
+    );
     v.stop(s);
     let b3 = v.backup_to(&b, "src");
     assert_eq!(b3["incremental"], true, "{b3}");
     let r = restored_ok(&v, &a, &s1, "src", &[]);
     assert_eq!(r["created"], false);
-    assert!(v.raw("src") == v.raw("dst"), "restored over old data: differs");
+    assert!(
+        v.raw("src") == v.raw("dst"),
+        "restored over old data: differs"
+    );
     let alloc = allocated(&raw_path(&v, "src"));
     assert!(alloc <= 5 * MIB, "old data left allocated: {alloc} bytes");
     // A: incremental from the restored snapshot, nothing to read; B: full, and why.
     let a3 = v.backup_to(&a, "src");
-    assert_eq!((a3["incremental"].clone(), read(&a3)), (true.into(), 0), "{a3}");
+    assert_eq!(
+        (a3["incremental"].clone(), read(&a3)),
+        (true.into(), 0),
+        "{a3}"
+    );
     let b4 = v.backup_to(&b, "src");
     assert_eq!(b4["incremental"], false, "{b4}");
     let why = b4["full_reason"].as_str().unwrap_or("");
-    assert!(why.contains(&format!("restored from snapshot {}", &s1[..8])), "{why}");
+    assert!(
+        why.contains(&format!("restored from snapshot {}", &s1[..8])),
+        "{why}"
+    );
     assert!(v.restored_from(&b, &snap(&b4)) == v.raw("src"));
     // A restore appends no backup record.
     let records = v.json(&["volume", "records", "src"]);
@@ -178,10 +213,16 @@ fn a_served_volume_is_restored_by_its_server_and_not_under_a_connected_host_unle
     qemu_write(&s.url("vol"), &["write -P 0x66 4M 12M"]);
     // No client: the server restores it, through its write path.
     let r = restored_ok(&v, &a, &s1, "vol", &[]);
-    assert_eq!((r["served"].clone(), r["created"].clone()), (true.into(), false.into()));
+    assert_eq!(
+        (r["served"].clone(), r["created"].clone()),
+        (true.into(), false.into())
+    );
     // The server restores into a new volume too (and then serves it).
     let r = restored_ok(&v, &a, &s1, "fresh", &[]);
-    assert_eq!((r["served"].clone(), r["created"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (r["served"].clone(), r["created"].clone()),
+        (true.into(), true.into())
+    );
     // A host connected: refused (in use), nothing written; --force restores anyway.
     qemu_write(&s.url("vol"), &["write -P 0x67 30M 4k"]);
     let c = hold(&s.addr(), "vol");
@@ -192,19 +233,36 @@ fn a_served_volume_is_restored_by_its_server_and_not_under_a_connected_host_unle
     assert_eq!(r["clients"], 1, "{r}");
     drop(c);
     v.stop(s);
-    assert!(v.raw("vol") == expect, "the served restore differs from the snapshot");
-    assert!(v.raw("fresh") == expect, "the new volume differs from the snapshot");
+    assert!(
+        v.raw("vol") == expect,
+        "the served restore differs from the snapshot"
+    );
+    assert!(
+        v.raw("fresh") == expect,
+        "the new volume differs from the snapshot"
+    );
     // The server's close recorded the chains: A incremental reading nothing, B full.
     let a2 = v.backup_to(&a, "vol");
-    assert_eq!((a2["incremental"].clone(), read(&a2)), (true.into(), 0), "{a2}");
+    assert_eq!(
+        (a2["incremental"].clone(), read(&a2)),
+        (true.into(), 0),
+        "{a2}"
+    );
     let b2 = v.backup_to(&b, "vol");
     assert_eq!(b2["incremental"], false, "{b2}");
     assert!(
-        b2["full_reason"].as_str().unwrap().contains("restored from snapshot"),
+        b2["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("restored from snapshot"),
         "{b2}"
     );
     let f2 = v.backup_to(&a, "fresh");
-    assert_eq!((f2["incremental"].clone(), read(&f2)), (true.into(), 0), "{f2}");
+    assert_eq!(
+        (f2["incremental"].clone(), read(&f2)),
+        (true.into(), 0),
+        "{f2}"
+    );
 }
 
 #[test]
@@ -218,7 +276,8 @@ fn a_restore_killed_half_way_leaves_every_chain_untrusted() {
         .open(raw_path(&v, "vol"))
         .unwrap();
     for i in 0..64u64 {
-        f.write_all_at(&pseudo_random(4 << 20, i), i * (4 << 20)).unwrap();
+        f.write_all_at(&pseudo_random(4 << 20, i), i * (4 << 20))
+            .unwrap();
     }
     drop(f);
     let s1 = snap(&v.backup_to(&a, "vol"));
@@ -248,7 +307,10 @@ fn a_restore_killed_half_way_leaves_every_chain_untrusted() {
         if body.windows(14).any(|w| w == b"did not finish") {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the restore ended before it was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it was killed"
+        );
         assert!(t.elapsed().as_secs() < 60, "the restore never began");
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -325,8 +387,14 @@ fn an_image_restores_into_any_nbd_export() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let got = std::fs::read(&img).unwrap();
-    assert!(got[..64 << 20] == expect[..], "the NBD export differs from the snapshot");
-    assert!(got[64 << 20..].iter().all(|b| *b == 0xFF), "bytes past the image changed");
+    assert!(
+        got[..64 << 20] == expect[..],
+        "the NBD export differs from the snapshot"
+    );
+    assert!(
+        got[64 << 20..].iter().all(|b| *b == 0xFF),
+        "bytes past the image changed"
+    );
     // Too small an export is refused before anything is written.
     let small = v.dir.path().join("small.img");
     std::fs::write(&small, vec![0xFFu8; 32 << 20]).unwrap();
@@ -353,7 +421,10 @@ fn an_image_restores_into_any_nbd_export() {
     v.stop(s);
     assert!(v.raw("nbdtgt") == expect);
     let alloc = allocated(&raw_path(&v, "nbdtgt"));
-    assert!(alloc <= 5 * MIB, "zeros were written as data: {alloc} bytes allocated");
+    assert!(
+        alloc <= 5 * MIB,
+        "zeros were written as data: {alloc} bytes allocated"
+    );
     // Bad addresses are usage errors.
     let o = v.in_repo(&a, &["restore", &s1, "--target", "nbd://"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

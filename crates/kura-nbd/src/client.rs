@@ -37,8 +37,15 @@ type Result<T> = std::result::Result<T, ClientError>;
 /// Where an export is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    Tcp { host: String, port: u16, export: String },
-    Unix { socket: String, export: String },
+    Tcp {
+        host: String,
+        port: u16,
+        export: String,
+    },
+    Unix {
+        socket: String,
+        export: String,
+    },
 }
 
 impl Address {
@@ -392,7 +399,13 @@ mod tests {
                 export: "e".into()
             }
         );
-        for bad in ["", "nbd://", "http://x/y", "nbd://h:port/x", "nbd+unix:///e"] {
+        for bad in [
+            "",
+            "nbd://",
+            "http://x/y",
+            "nbd://h:port/x",
+            "nbd+unix:///e",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }

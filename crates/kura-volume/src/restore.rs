@@ -26,12 +26,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kura_nbd::Client;
+use kura_repo::IndexedRepo;
 use kura_repo::backup::CancelToken;
 use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
 use kura_repo::restore::{ImageTarget, RestoreOutcome, restore_image_into};
 use kura_repo::snapshot::{Content, ImageInfo, SnapshotEntry};
-use kura_repo::IndexedRepo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -107,7 +107,9 @@ pub fn restore_volume(
         }
         other => other?,
     };
-    let r = restore_into(store, &export, repo, lock, snap, false, threads, progress, cancel);
+    let r = restore_into(
+        store, &export, repo, lock, snap, false, threads, progress, cancel,
+    );
     // Closed cleanly here (chains written with the raw file's identity), errors included.
     let closed = export.shutdown();
     let mut r = r?;
@@ -311,7 +313,9 @@ pub fn restore_to_nbd(
     };
     let out = restore_image_into(repo, lock, info, &target, threads, progress, cancel)?;
     for c in target.conns {
-        c.into_inner().unwrap_or_else(|p| p.into_inner()).disconnect();
+        c.into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .disconnect();
     }
     Ok(out)
 }
@@ -342,11 +346,20 @@ mod tests {
         e.write_at(20 << 20, &[2u8; 512], false).unwrap();
         e.end_restore(Some((a, snap, "restored"))).unwrap();
         let states = e.chains().states();
-        let ca = states.iter().find(|c| c.repository_id == a.to_hex()).unwrap();
-        let cb = states.iter().find(|c| c.repository_id == b.to_hex()).unwrap();
+        let ca = states
+            .iter()
+            .find(|c| c.repository_id == a.to_hex())
+            .unwrap();
+        let cb = states
+            .iter()
+            .find(|c| c.repository_id == b.to_hex())
+            .unwrap();
         assert!(ca.trusted && ca.base == Some(snap.to_hex()), "{ca:?}");
         assert_eq!(ca.dirty_bytes, 4 << 20, "only the host's write is dirty");
-        assert_eq!((cb.trusted, cb.reason.as_deref()), (false, Some("restored")));
+        assert_eq!(
+            (cb.trusted, cb.reason.as_deref()),
+            (false, Some("restored"))
+        );
         // A restore that fails: every chain stays untrusted, for why it began.
         e.claim_restore(false).unwrap();
         e.begin_restore(b, "unfinished").unwrap();
