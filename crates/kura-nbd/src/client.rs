@@ -200,12 +200,13 @@ impl Client {
             let (reply, data) = self.option_reply(proto::OPT_GO)?;
             match reply {
                 proto::REP_ACK => break,
-                proto::REP_INFO => {
-                    if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == 0 {
-                        self.size = be64(&data[2..]);
-                        self.flags = u16::from_be_bytes([data[10], data[11]]);
-                        got_export = true;
-                    }
+                // INFO_EXPORT: size and transmission flags (other information is skipped).
+                proto::REP_INFO
+                    if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == 0 =>
+                {
+                    self.size = be64(&data[2..]);
+                    self.flags = u16::from_be_bytes([data[10], data[11]]);
+                    got_export = true;
                 }
                 proto::REP_ERR_UNSUP => return self.export_name(export, no_zeroes),
                 r if r & (1 << 31) != 0 => {

@@ -243,7 +243,7 @@ impl IntoNbd {
             g = Some(self.conns[i].lock().unwrap_or_else(|p| p.into_inner()));
         }
         match g {
-            Some(mut c) => f(&mut *c).map_err(std::io::Error::other),
+            Some(mut c) => f(&mut c).map_err(std::io::Error::other),
             None => Err(std::io::Error::other("no NBD connection")),
         }
     }
