@@ -425,6 +425,47 @@ fn an_image_restores_into_any_nbd_export() {
         alloc <= 5 * MIB,
         "zeros were written as data: {alloc} bytes allocated"
     );
+    // qemu-storage-daemon on a Unix socket (nbd+unix://), read back with nbdcopy.
+    let qsd = v.dir.path().join("qsd.img");
+    let sock = v.dir.path().join("qsd.sock");
+    std::fs::write(&qsd, vec![0xFFu8; 64 << 20]).unwrap();
+    let mut d = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,filename={},node-name=f",
+            qsd.display()
+        ))
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", sock.display()))
+        .args(["--export", "type=nbd,id=e,node-name=f,name=exp,writable=on"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon: run the tests through scripts/test.sh");
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "qemu-storage-daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let url = format!("nbd+unix:///exp?socket={}", sock.display());
+    let o = v.in_repo(&a, &["restore", &s1, "--target", &url]);
+    let copy = v.dir.path().join("qsd-copy.img");
+    let c = Command::new("nbdcopy")
+        .arg(&url)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let _ = d.kill();
+    let _ = d.wait();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(c.status.success(), "nbdcopy: {}", stderr(&c));
+    assert!(
+        std::fs::read(&copy).unwrap() == expect,
+        "nbdcopy read back a difference"
+    );
     // Bad addresses are usage errors.
     let o = v.in_repo(&a, &["restore", &s1, "--target", "nbd://"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
