@@ -128,7 +128,7 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
 
 fn kind(e: &Error) -> &'static str {
     match e {
-        Error::InUse(_) => "in_use",
+        Error::InUse(_) | Error::Busy(_) => "in_use",
         Error::NotFound(_) => "not_found",
         Error::Invalid(_) | Error::Corrupt { .. } => "invalid",
         _ => "error",
@@ -280,7 +280,7 @@ impl Client {
         }
         let msg = v["error"].as_str().unwrap_or("no reason given").to_string();
         Err(match v["kind"].as_str() {
-            Some("in_use") => Error::InUse(msg),
+            Some("in_use") => Error::Busy(msg),
             Some("not_found") => Error::NotFound(msg),
             Some("invalid") => Error::Invalid(msg),
             _ => Error::Invalid(format!("volume server: {msg}")),

@@ -10,6 +10,9 @@ pub enum Error {
     Exists(String),
     #[error("volume {0:?} is in use (being served); stop serving it first")]
     InUse(String),
+    /// In use, the message saying by what (whole: also what the volume server answers).
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Invalid(String),
     #[error("volume metadata {path}: {why}")]

@@ -71,8 +71,8 @@ impl VolumeExport {
     /// [`end_restore`](Self::end_restore), new clients are refused unless `let_clients`.
     pub(crate) fn claim_restore(&self, let_clients: bool) -> Result<()> {
         if self.session().is_some() {
-            return Err(Error::InUse(format!(
-                "{} (a backup session is running on it)",
+            return Err(Error::Busy(format!(
+                "volume {} is in use: a backup session is running on it",
                 self.name
             )));
         }
@@ -80,7 +80,12 @@ impl VolumeExport {
         self.restoring
             .compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst)
             .map(drop)
-            .map_err(|_| Error::InUse(format!("{} (a restore into it is running)", self.name)))
+            .map_err(|_| {
+                Error::Busy(format!(
+                    "volume {} is in use: a restore into it is running",
+                    self.name
+                ))
+            })
     }
 
     /// Whether a restore runs, and if so whether new clients may connect meanwhile.
@@ -229,8 +234,8 @@ impl VolumeExport {
             )));
         }
         if self.restoring().is_some() {
-            return Err(Error::InUse(format!(
-                "{} (a restore into it is running)",
+            return Err(Error::Busy(format!(
+                "volume {} is in use: a restore into it is running",
                 self.name
             )));
         }

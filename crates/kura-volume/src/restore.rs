@@ -101,8 +101,9 @@ pub fn restore_volume(
     let created = prepare(store, name, info.size)?;
     let export = match store.open_export(name) {
         Err(Error::InUse(_)) => {
-            return Err(Error::InUse(format!(
-                "{name} (another process holds it: a volume server, a restore, or a backup)"
+            return Err(Error::Busy(format!(
+                "volume {name} is in use: another process holds it (a volume server, a \
+                 restore, or a backup)"
             )));
         }
         other => other?,
@@ -152,9 +153,9 @@ pub(crate) fn restore_into(
     }
     if clients > 0 && !force {
         export.end_restore(None)?;
-        return Err(Error::InUse(format!(
-            "{name}: {clients} client(s) connected; a restore would change the volume under \
-             them: disconnect them first, or restore anyway with --force"
+        return Err(Error::Busy(format!(
+            "volume {name} is in use: {clients} client(s) connected, and a restore would \
+             change the disk under them; disconnect them first, or restore anyway with --force"
         )));
     }
     let repo_id = repo.config().id;
