@@ -64,6 +64,9 @@ pub enum Request {
         snapshot: String,
         #[serde(default)]
         force: bool,
+        /// Parallel pack readers (default: the server's choice).
+        #[serde(default)]
+        threads: Option<usize>,
     },
     Jobs,
     Job {
@@ -114,12 +117,14 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
             password,
             snapshot,
             force,
+            threads,
         } => v(serde_json::to_value(engine.restore(
             &volume,
             &repository,
             &password,
             &snapshot,
             force,
+            threads,
         )?)),
         Request::Jobs => v(serde_json::to_value(engine.jobs())),
         Request::Job { id } => v(serde_json::to_value(engine.job(id)?)),

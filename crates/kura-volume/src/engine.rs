@@ -375,6 +375,7 @@ impl Engine {
         password: &[u8],
         snapshot: &str,
         force: bool,
+        threads: Option<usize>,
     ) -> Result<VolumeRestore> {
         let opener = self.opener.as_ref().ok_or_else(|| {
             Error::Invalid("this server cannot open repositories for restores".into())
@@ -386,7 +387,8 @@ impl Engine {
         let snap = opened.repo.find_snapshot(snapshot)?;
         let created = prepare(&self.store, volume, image_of(&snap)?.size)?;
         let export = self.store.open_export(volume)?;
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        let threads = threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
         let r = restore_into(
             &self.store,
             &export,

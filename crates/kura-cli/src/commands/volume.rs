@@ -452,6 +452,7 @@ fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
             password: crate::password::get(app.password_file().as_deref())?,
             snapshot: a.snapshot.clone(),
             force: a.force,
+            threads: a.threads.or(app.config.restore.threads),
         };
         let v = c.call(&req).with_context(|| {
             format!(
