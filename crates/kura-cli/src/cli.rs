@@ -238,6 +238,9 @@ pub struct VolumeRestoreArgs {
     /// Restore a served volume even while clients are connected (they see it change)
     #[arg(long)]
     pub force: bool,
+    /// Resize an existing volume of another size to the snapshot's (not while served)
+    #[arg(long)]
+    pub resize: bool,
     /// Parallel pack readers
     #[arg(long)]
     pub threads: Option<usize>,

@@ -166,6 +166,13 @@ fn restores_into_new_and_existing_volumes_keep_holes_and_reset_the_chain() {
     let o = restore(&v, &a, &s1, "small", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("volume resize small"), "{}", stderr(&o));
+    // Unless asked to resize it.
+    let r = restored_ok(&v, &a, &s1, "small", &["--resize"]);
+    assert_eq!(
+        (r["size"].clone(), r["created"].clone()),
+        ((64 * MIB).into(), false.into())
+    );
+    assert!(v.raw("small") == v.raw("dst"), "the resized volume differs");
     // A file-tree snapshot is no image.
     let tree = v.dir.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();

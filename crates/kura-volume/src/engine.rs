@@ -385,7 +385,7 @@ impl Engine {
             .open(repository, password)
             .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
         let snap = opened.repo.find_snapshot(snapshot)?;
-        let created = prepare(&self.store, volume, image_of(&snap)?.size)?;
+        let created = prepare(&self.store, volume, image_of(&snap)?.size, false)?;
         let export = self.store.open_export(volume)?;
         let threads = threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));

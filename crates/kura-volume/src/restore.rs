@@ -66,14 +66,17 @@ pub(crate) fn image_of(snap: &SnapshotEntry) -> Result<&ImageInfo> {
     }
 }
 
-/// Create `name` with `size` bytes, or check that the existing volume has that size.
-/// Returns whether it was created.
-pub(crate) fn prepare(store: &VolumeStore, name: &str, size: u64) -> Result<bool> {
+/// Create `name` with `size` bytes, or check that the existing volume has that size (or,
+/// with `resize`, resize it: its whole content is replaced anyway). Returns whether it was
+/// created.
+pub(crate) fn prepare(store: &VolumeStore, name: &str, size: u64, resize: bool) -> Result<bool> {
     match store.meta(name) {
         Ok(m) if m.size == size => Ok(false),
+        Ok(_) if resize => store.resize(name, size, true).map(|_| false),
         Ok(m) => Err(Error::Invalid(format!(
             "volume {name} has {} bytes, the snapshot's image {size}: restore into a new \
-             volume, or resize {name} first (kura volume resize {name} --size {size})",
+             volume, resize {name} first (kura volume resize {name} --size {size}), or \
+             restore with --resize",
             m.size
         ))),
         Err(Error::NotFound(_)) => {
@@ -84,12 +87,13 @@ pub(crate) fn prepare(store: &VolumeStore, name: &str, size: u64) -> Result<bool
     }
 }
 
-/// Restore into a volume no server holds: created if missing, opened by this process (a
-/// served volume is refused: its server restores it).
+/// Restore into a volume no server holds: created if missing (resized to the image's size
+/// if `resize`), opened by this process (a served volume is refused: its server restores it).
 #[allow(clippy::too_many_arguments)]
 pub fn restore_volume(
     store: &VolumeStore,
     name: &str,
+    resize: bool,
     repo: &IndexedRepo,
     lock: &RepoLock<Shared>,
     snap: &SnapshotEntry,
@@ -98,7 +102,7 @@ pub fn restore_volume(
     cancel: &CancelToken,
 ) -> Result<VolumeRestore> {
     let info = image_of(snap)?;
-    let created = prepare(store, name, info.size)?;
+    let created = prepare(store, name, info.size, resize)?;
     let export = match store.open_export(name) {
         Err(Error::InUse(_)) => {
             return Err(Error::Busy(format!(

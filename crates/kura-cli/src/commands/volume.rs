@@ -445,6 +445,14 @@ fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     let started = std::time::Instant::now();
     let done: kura_volume::VolumeRestore = if let Some(mut c) = Client::connect(st.dir()) {
+        if a.resize {
+            return Err(UsageError(
+                "--resize: a volume server runs on this data directory; a served volume is not \
+                 resized (stop the server first)"
+                    .into(),
+            )
+            .into());
+        }
         let repository = absolute_location(app)?;
         let req = Request::Restore {
             volume: a.name.clone(),
@@ -479,6 +487,7 @@ fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
             kura_volume::restore_volume(
                 &st,
                 &a.name,
+                a.resize,
                 &repo,
                 lock,
                 &snap,
