@@ -569,3 +569,55 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
     assert_eq!(again["imported"], 0, "{again}");
     assert_eq!(again["already_known"], 4, "{again}");
 }
+
+/// A volume backed up to an S3 repository keeps the repository's whole URL in its record
+/// (endpoint included, so nothing is sent to another S3 service) and `catalog rebuild
+/// --volumes` matches it to the target registered with that URL, options in any order.
+#[test]
+fn volume_records_keep_the_whole_url_and_find_their_s3_target() {
+    let base = std::env::var("KURA_TEST_S3").expect("run through scripts/test.sh");
+    let (bucket, query) = base.split_once('?').unwrap();
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).unwrap();
+    let url = format!("{bucket}/vr-{}?{query}", hex::encode(rnd));
+    let v = Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "8M"]);
+    let kura = |args: &[&str]| {
+        let o = v
+            .cmd()
+            .env("KURA_PASSWORD", "pw")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    kura(&["-r", &url, "init", "--kdf-memory-kib", "64"]);
+    kura(&["-r", &url, "volume", "backup", "db"]);
+    let recs = v.json(&["volume", "records", "db"]);
+    assert_eq!(recs[0]["repository"], url.as_str(), "{recs}");
+    assert!(url.contains("endpoint="), "{url}");
+    // The target registered with the same URL spelled another way (a trailing `/`): still
+    // the same place.
+    let catalog = v.dir.path().join("catalog.db").display().to_string();
+    let (b, q) = url.split_once('?').unwrap();
+    let spelled = format!("{b}/?{q}");
+    v.ok(&[
+        "--catalog",
+        &catalog,
+        "resource",
+        "add",
+        "target",
+        "s3t",
+        &spelled,
+    ]);
+    let r = v.json(&["--catalog", &catalog, "catalog", "rebuild", "--volumes"]);
+    assert_eq!(r["imported"], 1, "{r}");
+    assert_eq!(r["unknown_targets"], serde_json::json!([]), "{r}");
+    let b = v.json(&["--catalog", &catalog, "backups", "--object", "volume:db"]);
+    assert_eq!(b[0]["extents"][0]["target"], "s3t", "{b}");
+}

@@ -325,7 +325,7 @@ impl Engine {
                 volume: volume.into(),
                 freeze,
                 state: JobState::Running,
-                repository: opened.repo.location(),
+                repository: repository.to_string(),
                 started: now(),
                 finished: None,
                 bytes_total: meta.size,
@@ -399,7 +399,13 @@ impl Engine {
         .map_err(Error::from)
         .and_then(|outcome| {
             let meta = self.store.meta(volume)?;
-            let record = plan.record(&meta, &opened.repo, &outcome);
+            let repository = job
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .repository
+                .clone();
+            let record = plan.record(&meta, &repository, &opened.repo, &outcome);
             self.store.add_record(volume, &record)?;
             Ok(outcome)
         });

@@ -20,8 +20,9 @@ pub struct VolumeRecord {
     pub mount_point: Option<String>,
     /// When the backup's data was taken (RFC 3339, UTC).
     pub time: String,
-    /// The repository: its location as given, and its id (what identifies it however it
-    /// is reached); the snapshot id there.
+    /// The repository: its URL as given (endpoint and options included — never credentials,
+    /// which no target URL carries; a local path absolute), and its id (what identifies it
+    /// however it is reached); the snapshot id there.
     pub repository: String,
     pub repository_id: String,
     pub backup: String,

@@ -15,20 +15,35 @@ use crate::{App, exit};
 /// Send `req` to the server of `dir`, or carry it out here when none runs.
 pub fn call(app: &App, dir: &VolumeDirArgs, req: Request) -> Result<Value> {
     let st = store(app, dir)?;
-    let what = format!("{req:?}");
-    let what = what
-        .split([' ', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let what = describe(&req);
     match Client::connect(st.dir()) {
-        Some(mut c) => c
-            .call(&req)
-            .with_context(|| format!("{what} (through the server of {})", st.dir().display())),
+        Some(mut c) => c.call(&req).with_context(|| {
+            format!(
+                "{what} (through the volume server of {})",
+                st.dir().display()
+            )
+        }),
         None => {
             let engine = Engine::new(st, None, app.cancel.clone());
             control::handle(&engine, req).with_context(|| what)
         }
+    }
+}
+
+/// What a request does, in the words of the command that sent it (for error context).
+fn describe(req: &Request) -> String {
+    match req {
+        Request::PairCreate { primary, secondary } => {
+            format!("pair {primary} with {secondary}")
+        }
+        Request::PairSplit { primary, .. } => format!("split the pair of {primary}"),
+        Request::PairResync { primary, .. } => format!("resync the pair of {primary}"),
+        Request::PairDelete { primary } => format!("delete the pair of {primary}"),
+        Request::PairList => "list the pairs".into(),
+        Request::Backup { volume, .. } => format!("back up {volume}"),
+        Request::Jobs | Request::Job { .. } => "list the background backups".into(),
+        #[allow(unreachable_patterns)]
+        _ => "ask the volume server".into(),
     }
 }
 

@@ -324,6 +324,7 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     if let Some(c) = Client::connect(st.dir()) {
         return background(app, &a, c);
     }
+    let url = repository_url(app)?;
     let repo = app.open()?;
     let loc = repo.location();
     let lock = kura_repo::lock::RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
@@ -333,7 +334,7 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
             .with_context(|| format!("load index of {loc}"))?;
         let opts = crate::commands::backup::from_config(app);
         let bar = app.bar();
-        kura_volume::backup_volume(&st, &a.name, &repo, lock, &opts, &bar, &app.cancel)
+        kura_volume::backup_volume(&st, &a.name, &url, &repo, lock, &opts, &bar, &app.cancel)
             .with_context(|| format!("back up volume {} to {loc}", a.name))
     })?;
     let s = &done.outcome.snapshot.summary;
@@ -372,15 +373,22 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
 }
 
 /// A served volume: its server freezes it and copies in the background.
-fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
-    let mut repository = app.repo_location()?;
-    if !repository.contains("://") {
-        // The server's working directory is not ours.
-        repository = std::path::absolute(&repository)
-            .with_context(|| format!("repository path {repository}"))?
-            .display()
-            .to_string();
+/// The repository's URL for the server and the records: as given, endpoint and options
+/// included, a local path made absolute (the server's working directory is not ours, and a
+/// record must find the repository again from anywhere).
+fn repository_url(app: &App) -> Result<String> {
+    let repository = app.repo_location()?;
+    if repository.contains("://") {
+        return Ok(repository);
     }
+    Ok(std::path::absolute(&repository)
+        .with_context(|| format!("repository path {repository}"))?
+        .display()
+        .to_string())
+}
+
+fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
+    let repository = repository_url(app)?;
     let password = crate::password::get(app.password_file().as_deref())?;
     let freeze = match a.freeze {
         FreezeArg::Auto => Freeze::Auto,
