@@ -382,7 +382,7 @@ fn a_server_killed_mid_session_loses_no_write_and_the_next_backup_reads_everythi
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(code(&o), Some(14), "{err}");
     assert!(
-        err.contains("a backup job of this volume is already running"),
+        err.contains("a backup job of it is already running"),
         "{err}"
     );
     let during = random_writes(8, size, 20);

@@ -448,7 +448,13 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no free working volume"));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("no working volume"), "{err}");
+    // The hint is a command that works.
+    assert!(
+        err.contains("kura volume create NAME --size 64MiB --work"),
+        "{err}"
+    );
     drop(held);
     v.stop(s);
     // First backup: no baseline, everything is read.
@@ -620,4 +626,34 @@ fn volume_records_keep_the_whole_url_and_find_their_s3_target() {
     assert_eq!(r["unknown_targets"], serde_json::json!([]), "{r}");
     let b = v.json(&["--catalog", &catalog, "backups", "--object", "volume:db"]);
     assert_eq!(b[0]["extents"][0]["target"], "s3t", "{b}");
+}
+
+/// Messages say once, in the command's words, what holds a volume, with exit 14: no message
+/// nested in itself, no internal operation names.
+#[test]
+fn in_use_messages_say_it_once_and_exit_14() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "8M"]);
+    v.ok(&["volume", "create", "db2", "--size", "8M"]);
+    let s = v.serve();
+    let held = hold(&s.addr(), "db2");
+    let o = v.run(&["pair", "create", "db", "db2"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(14), "{err}");
+    assert!(err.contains("pair db with db2"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    assert!(
+        !err.contains("\\\"") && !err.contains("PairCreate"),
+        "{err}"
+    );
+    drop(held);
+    let o = v.run(&["volume", "info", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(13), "{err}");
+    assert_eq!(err.matches("no volume").count(), 1, "{err}");
+    let o = v.run(&["pair", "split", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("split the pair of nope"), "{err}");
+    assert!(!err.contains("PairSplit"), "{err}");
+    v.stop(s);
 }

@@ -66,8 +66,9 @@ pub fn backup_volume(
         Ok(c) => c,
         Err(Error::InUse(_)) => {
             return Err(Error::InUse(format!(
-                "{name} (served: a consistent backup of a volume in use needs a split or a \
-                 backup session; stop serving it to back it up)"
+                "volume {name:?} is in use (served): a consistent backup of a volume in use \
+                 needs its server to split it or run a backup session; back it up through the \
+                 server, or stop serving it"
             )));
         }
         Err(e) => return Err(e),

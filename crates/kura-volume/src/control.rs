@@ -182,7 +182,7 @@ pub fn listen(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> Result<std::thread:
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
             return Err(Error::InUse(format!(
-                "{} (another server owns this data directory)",
+                "{} is in use: another server owns this data directory",
                 path.display()
             )));
         }

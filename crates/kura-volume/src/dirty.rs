@@ -81,7 +81,7 @@ impl DirtyMap {
             let name = path
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            return Err(Error::InUse(name));
+            return Err(Error::served(&name));
         }
         let len = file.metadata().map_err(io(what()))?.len();
         let n = bitmap_len(size);

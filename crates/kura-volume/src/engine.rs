@@ -165,7 +165,8 @@ impl Busy {
         let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(volume.to_string()) {
             return Err(Error::InUse(format!(
-                "{volume}: a backup job of this volume is already running (kura volume jobs)"
+                "volume {volume:?} is in use: a backup job of it is already running (kura \
+                 volume jobs)"
             )));
         }
         Ok(Busy {

@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no volume {0:?}")]
+    /// The whole message (see [`Error::no_volume`]): messages cross the control socket and
+    /// must not be wrapped again on the other side.
+    #[error("{0}")]
     NotFound(String),
     #[error("volume {0:?} already exists")]
     Exists(String),
-    #[error("volume {0:?} is in use (being served); stop serving it first")]
+    /// The whole message, saying what holds the thing (see [`Error::served`]).
+    #[error("{0}")]
     InUse(String),
     #[error("{0}")]
     Invalid(String),
@@ -25,6 +28,20 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Volume `name` is held by a server (or another process serving it).
+    pub fn served(name: &str) -> Error {
+        Error::InUse(format!(
+            "volume {name:?} is in use (being served); stop serving it first"
+        ))
+    }
+
+    /// There is no volume `name`.
+    pub fn no_volume(name: &str) -> Error {
+        Error::NotFound(format!("no volume {name:?}"))
+    }
+}
 
 /// An I/O error with what was being done.
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

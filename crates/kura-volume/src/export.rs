@@ -157,7 +157,7 @@ impl VolumeExport {
         let _g = self.exclusive()?;
         if self.session().is_some() {
             return Err(Error::InUse(format!(
-                "{} (a backup session is already running on it)",
+                "volume {:?} is in use: a backup session is already running on it",
                 self.name
             )));
         }

@@ -65,7 +65,12 @@ fn show(app: &App, v: &VolumeInfo) {
                 bytes(d.dirty_bytes)
             ),
             Some(why) if d.chains.iter().all(|c| !c.trusted) => {
-                println!("changed    unknown: {why}; the next backup reads everything")
+                let tail = if why.contains("reads everything") {
+                    ""
+                } else {
+                    "; the next backup reads everything"
+                };
+                println!("changed    unknown: {why}{tail}")
             }
             Some(_) => println!("changed    per repository, below"),
         }
