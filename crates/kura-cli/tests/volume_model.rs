@@ -111,25 +111,13 @@ struct World {
     incrementals: usize,
 }
 
-fn s3_repo() -> String {
-    let base = std::env::var("KURA_TEST_S3")
-        .expect("KURA_TEST_S3 is not set: run the suite through scripts/test.sh");
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).unwrap();
-    let prefix = format!("vm-{}", hex::encode(rnd));
-    match base.split_once('?') {
-        Some((b, q)) => format!("{}/{prefix}?{q}", b.trim_end_matches('/')),
-        None => format!("{}/{prefix}", base.trim_end_matches('/')),
-    }
-}
-
 impl World {
     fn new() -> World {
         let v = Vols::new();
         v.ok(&["volume", "create", "vol", "--size", "32M"]);
         v.ok(&["volume", "create", "pool0", "--size", "32M", "--work"]);
         let local = v.repo();
-        let s3 = s3_repo();
+        let s3 = common::s3_location();
         let o = v
             .cmd()
             .env("KURA_PASSWORD", "pw")

@@ -581,11 +581,7 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
 /// --volumes` matches it to the target registered with that URL, options in any order.
 #[test]
 fn volume_records_keep_the_whole_url_and_find_their_s3_target() {
-    let base = std::env::var("KURA_TEST_S3").expect("run through scripts/test.sh");
-    let (bucket, query) = base.split_once('?').unwrap();
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).unwrap();
-    let url = format!("{bucket}/vr-{}?{query}", hex::encode(rnd));
+    let url = common::s3_location();
     let v = Vols::new();
     v.ok(&["volume", "create", "db", "--size", "8M"]);
     let kura = |args: &[&str]| {
