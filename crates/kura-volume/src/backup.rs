@@ -200,6 +200,7 @@ impl Plan {
             backup: outcome.id.to_hex(),
             size: meta.size,
             incremental: self.reads().is_some(),
+            area: None,
         }
     }
 }
