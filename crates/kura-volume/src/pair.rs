@@ -576,3 +576,83 @@ pub struct ResyncOutcome {
     pub granules: u64,
     pub bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1 << 20;
+
+    fn config(state: PairState, areas: &[(u64, u64)]) -> PairConfig {
+        PairConfig {
+            magic: MAGIC.into(),
+            v: VERSION,
+            primary: "p".into(),
+            secondary: "s".into(),
+            state,
+            areas: areas
+                .iter()
+                .map(|&(offset, length)| SplitArea {
+                    offset,
+                    length,
+                    split: "t".into(),
+                })
+                .collect(),
+            since: "t0".into(),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn version_1_areas_are_read_and_version_2_round_trips() {
+        let v1 = r#"{"magic":"KURAPAIR1","v":1,"primary":"p","secondary":"s","state":"split",
+            "areas":[[0,16777216],[33554432,8388608]],"since":"2024-01-01T00:00:00Z"}"#;
+        let c: PairConfig = serde_json::from_str(v1).unwrap();
+        assert_eq!(c.areas.len(), 2);
+        assert_eq!((c.areas[1].offset, c.areas[1].length), (32 * M, 8 * M));
+        assert!(
+            c.areas[1].split.is_empty(),
+            "filled in from `since` by the reader"
+        );
+        let two = config(PairState::Split, &[(0, 4 * M)]);
+        let back: PairConfig = serde_json::from_slice(&serde_json::to_vec(&two).unwrap()).unwrap();
+        assert_eq!(back, two);
+    }
+
+    #[test]
+    fn new_areas_are_aligned_disjoint_and_beside_the_split_ones() {
+        let size = 64 * M + 512;
+        let duplex = config(PairState::Duplex, &[]);
+        assert!(check_new_areas(&duplex, &[(0, 4 * M), (8 * M, 8 * M)], size).is_ok());
+        // The last area may end with the volume, off the granule grid.
+        assert!(check_new_areas(&duplex, &[(60 * M, 4 * M + 512)], size).is_ok());
+        for bad in [(M, 4 * M), (0, 5 * M), (60 * M, 8 * M)] {
+            assert!(check_new_areas(&duplex, &[bad], size).is_err(), "{bad:?}");
+        }
+        assert!(check_new_areas(&duplex, &[(0, 8 * M), (4 * M, 4 * M)], size).is_err());
+        let split = config(PairState::Split, &[(8 * M, 8 * M)]);
+        assert!(check_new_areas(&split, &[(0, 8 * M)], size).is_ok());
+        assert!(check_new_areas(&split, &[(12 * M, 8 * M)], size).is_err());
+        // No whole split beside areas, nor areas beside a whole split.
+        assert!(check_new_areas(&split, &[], size).is_err());
+        let whole = config(PairState::Split, &[]);
+        assert!(check_new_areas(&whole, &[(0, 4 * M)], size).is_err());
+    }
+
+    #[test]
+    fn an_unclean_stop_marks_what_was_duplex() {
+        let mut c = config(PairState::Split, &[(4 * M, 4 * M), (12 * M, 8 * M)]);
+        assert_eq!(recover_unclean(&mut c, true), Unclean::OutsideAreas);
+        assert_eq!(c.areas.len(), 2, "the areas stay split");
+        assert_eq!(granules_outside(&c.areas, 24 * M), vec![0, 2, 5]);
+        let mut d = config(PairState::Duplex, &[]);
+        assert_eq!(recover_unclean(&mut d, true), Unclean::All);
+        let mut w = config(PairState::Split, &[]);
+        assert_eq!(recover_unclean(&mut w, true), Unclean::No);
+        assert_eq!(recover_unclean(&mut c, false), Unclean::No);
+        assert_eq!(
+            area_dirty_bytes(&c.areas, &[0, 1, 3, 4]),
+            vec![4 * M, 8 * M]
+        );
+    }
+}
