@@ -71,7 +71,8 @@ enum Op {
     SplitArea {
         slot: usize,
     },
-    /// `volume backup pa --area` of area `slot` to `repo` (refused unless split).
+    /// `volume backup pa --area` of area `slot` to `repo` (refused unless split); a `slot`
+    /// past the areas picks one of those split, if any.
     BackupArea {
         slot: usize,
         repo: usize,
@@ -101,7 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(|k| Op::Restore { k }),
         2 => write_args().prop_map(|(offset, len, pattern)| Op::PairWrite { offset, len, pattern }),
         2 => (0..AREAS.len()).prop_map(|slot| Op::SplitArea { slot }),
-        2 => (0..AREAS.len(), 0..REPOS).prop_map(|(slot, repo)| Op::BackupArea { slot, repo }),
+        3 => (0..2 * AREAS.len(), 0..REPOS).prop_map(|(slot, repo)| Op::BackupArea { slot, repo }),
         1 => prop::option::of(0..AREAS.len()).prop_map(|slot| Op::ResyncArea { slot }),
     ]
 }
@@ -596,6 +597,13 @@ impl World {
     }
 
     fn backup_area(&mut self, slot: usize, repo: usize, step: usize) {
+        let split: Vec<usize> = (0..AREAS.len())
+            .filter(|&s| self.pair.frozen[s].is_some())
+            .collect();
+        let slot = match slot.checked_sub(AREAS.len()) {
+            Some(k) if !split.is_empty() => split[k % split.len()],
+            _ => slot % AREAS.len(),
+        };
         let area = area_arg(slot);
         let o = self.in_repo(repo, &["--json", "volume", "backup", "pa", "--area", &area]);
         let Some(frozen) = self.pair.frozen[slot].clone() else {

@@ -32,6 +32,16 @@ pub fn call(app: &App, dir: &VolumeDirArgs, req: Request) -> Result<Value> {
     }
 }
 
+/// An offset or length as `pair split --area` takes it: `16M`, `2G`, or bytes.
+fn unit(b: u64) -> String {
+    match b {
+        0 => "0".into(),
+        b if b.is_multiple_of(1 << 30) => format!("{}G", b >> 30),
+        b if b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
+        b => b.to_string(),
+    }
+}
+
 fn show(app: &App, pairs: &[PairInfo]) {
     if app.global.json {
         println!(
@@ -62,7 +72,7 @@ fn show(app: &App, pairs: &[PairInfo]) {
             rows.push(vec![
                 String::new(),
                 String::new(),
-                format!("  area {a}"),
+                format!("  area {}:{}", unit(a.offset), unit(a.length)),
                 p.area_dirty_bytes
                     .get(i)
                     .map(|b| bytes(*b))
