@@ -206,6 +206,7 @@ impl Plan {
             backup: outcome.id.to_hex(),
             size: meta.size,
             incremental: self.reads().is_some(),
+            area: None,
         }
     }
 }

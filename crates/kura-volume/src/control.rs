@@ -43,6 +43,9 @@ pub enum Request {
     },
     PairResync {
         primary: String,
+        /// Only these split areas (empty: all, back to duplex).
+        #[serde(default)]
+        areas: Vec<(u64, u64)>,
     },
     PairDelete {
         primary: String,
@@ -52,6 +55,9 @@ pub enum Request {
         volume: String,
         #[serde(default)]
         freeze: Freeze,
+        /// Back up this part of a split area of the volume's pair, not the volume.
+        #[serde(default)]
+        area: Option<(u64, u64)>,
         repository: String,
         /// The repository password, as bytes (JSON array).
         password: Vec<u8>,
@@ -79,8 +85,8 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
         Request::PairSplit { primary, areas } => {
             v(serde_json::to_value(st.pair_split(&primary, areas)?))
         }
-        Request::PairResync { primary } => {
-            let (info, out) = st.pair_resync(&primary)?;
+        Request::PairResync { primary, areas } => {
+            let (info, out) = st.pair_resync(&primary, &areas)?;
             Ok(json!({ "pair": info, "copied": out }))
         }
         Request::PairDelete { primary } => {
@@ -91,11 +97,13 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
         Request::Backup {
             volume,
             freeze,
+            area,
             repository,
             password,
         } => v(serde_json::to_value(engine.backup(
             &volume,
             freeze,
+            area,
             &repository,
             &password,
         )?)),

@@ -28,8 +28,9 @@
 //! `error` ← `dirty` (a granule bitmap) ← `chains`, `pair` (the pair's state and hooks),
 //! `session` (copy-before-write) ← `export` (the write path: the only place host changes
 //! reach a volume) ← `store` (every `impl VolumeStore`: volumes, records, the pool, serving,
-//! pair operations) ← `backup` ← `engine` ← `control`.
+//! pair operations) ← `backup` ← `areas` (backups of split areas) ← `engine` ← `control`.
 
+mod areas;
 mod backup;
 pub mod chains;
 pub mod control;
@@ -42,13 +43,14 @@ mod records;
 pub mod session;
 mod store;
 
+pub use areas::backup_area;
 pub use backup::{VolumeBackup, backup_volume};
 pub use chains::{ChainSet, ChainState, Identity, Tracking, Trust};
 pub use dirty::{DirtyMap, DirtyState};
 pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
 pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
-pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome};
-pub use records::{FORMAT_RAW, VolumeRecord};
+pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea};
+pub use records::{FORMAT_RAW, RecordArea, VolumeRecord};
 pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
 pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area, parse_size};

@@ -26,7 +26,21 @@ pub struct VolumeRecord {
     pub repository: String,
     pub repository_id: String,
     pub backup: String,
+    /// Bytes of the image: the volume's size, or the area's length.
     pub size: u64,
     /// Whether only changed chunks were read.
     pub incremental: bool,
+    /// Set when the backup holds one split area of the volume (its secondary's frozen
+    /// bytes), not the whole volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<RecordArea>,
+}
+
+/// The area of a volume a backup holds: `length` bytes from `offset`, as they were at
+/// `split` (the time the area of its mirror pair was split; also the record's `time`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordArea {
+    pub offset: u64,
+    pub length: u64,
+    pub split: String,
 }

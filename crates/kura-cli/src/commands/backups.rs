@@ -161,7 +161,12 @@ fn volume_records(
                 position: r.backup.clone(),
                 size,
             };
-            out.import(cat, &format!("volume:{name}"), (ms, ms, ms), &[extent])?;
+            // A split area's backup is not one of the volume: an object of its own.
+            let object = match &r.area {
+                Some(a) => format!("volume:{name}@{}:{}", a.offset, a.length),
+                None => format!("volume:{name}"),
+            };
+            out.import(cat, &object, (ms, ms, ms), &[extent])?;
         }
     }
     Ok(out)

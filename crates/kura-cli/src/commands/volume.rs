@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use kura_volume::control::{self, Client, Request};
-use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_size};
+use kura_volume::{
+    Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area, parse_size,
+};
 use serde_json::json;
 
 use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
@@ -171,7 +173,11 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
                         vec![
                             r.time.clone(),
                             r.backup[..8.min(r.backup.len())].to_string(),
-                            if r.incremental { "incremental" } else { "full" }.into(),
+                            match (&r.area, r.incremental) {
+                                (Some(a), _) => format!("area {}:{}", a.offset, a.length),
+                                (None, true) => "incremental".into(),
+                                (None, false) => "full".into(),
+                            },
                             r.label.clone().unwrap_or_default(),
                             r.mount_point.clone().unwrap_or_default(),
                             r.host.clone(),
@@ -326,8 +332,17 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
 
 fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
+    let area = a.area.as_deref().map(parse_area).transpose()?;
+    if area.is_some() && matches!(a.freeze, FreezeArg::Session) {
+        return Err(UsageError(
+            "--area backs up a split area of the volume's mirror pair (kura pair split \
+             --area); --freeze session backs up the whole volume"
+                .into(),
+        )
+        .into());
+    }
     if let Some(c) = Client::connect(st.dir()) {
-        return background(app, &a, c);
+        return background(app, &a, area, c);
     }
     let url = repository_url(app)?;
     let repo = app.open()?;
@@ -339,8 +354,36 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
             .with_context(|| format!("load index of {loc}"))?;
         let opts = crate::commands::backup::from_config(app);
         let bar = app.bar();
-        kura_volume::backup_volume(&st, &a.name, &url, &repo, lock, &opts, &bar, &app.cancel)
-            .with_context(|| format!("back up volume {} to {loc}", a.name))
+        match area {
+            Some(area) => kura_volume::backup_area(
+                &st,
+                &a.name,
+                area,
+                &url,
+                &repo,
+                lock,
+                &opts,
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| {
+                format!(
+                    "back up area {}:{} of volume {} to {loc}",
+                    area.0, area.1, a.name
+                )
+            }),
+            None => kura_volume::backup_volume(
+                &st,
+                &a.name,
+                &url,
+                &repo,
+                lock,
+                &opts,
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| format!("back up volume {} to {loc}", a.name)),
+        }
     })?;
     let s = &done.outcome.snapshot.summary;
     if app.global.json {
@@ -360,9 +403,15 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
         if let Some(why) = &done.full_reason {
             eprintln!("reading the whole volume: {why}");
         }
+        let what = match &done.record.area {
+            Some(r) => format!(
+                "volume {} area {}:{} (split at {})",
+                a.name, r.offset, r.length, r.split
+            ),
+            None => format!("volume {}", a.name),
+        };
         app.say(format!(
-            "volume {}: snapshot {} ({}, read {} of {}, {} new)",
-            a.name,
+            "{what}: snapshot {} ({}, read {} of {}, {} new)",
             done.outcome.id.short(),
             if done.incremental {
                 "incremental"
@@ -377,7 +426,6 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// A served volume: its server freezes it and copies in the background.
 /// The repository's URL for the server and the records: as given, endpoint and options
 /// included, a local path made absolute (the server's working directory is not ours, and a
 /// record must find the repository again from anywhere).
@@ -392,7 +440,14 @@ fn repository_url(app: &App) -> Result<String> {
         .to_string())
 }
 
-fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
+/// A served volume: its server freezes it (or takes a split area as frozen) and copies in
+/// the background.
+fn background(
+    app: &App,
+    a: &crate::cli::VolumeBackupArgs,
+    area: Option<(u64, u64)>,
+    mut c: Client,
+) -> Result<i32> {
     let repository = repository_url(app)?;
     let password = crate::password::get(app.password_file().as_deref())?;
     let freeze = match a.freeze {
@@ -403,6 +458,7 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
     let req = Request::Backup {
         volume: a.name.clone(),
         freeze,
+        area,
         repository: repository.clone(),
         password,
     };
@@ -416,8 +472,12 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
         if let Some(why) = &job.full_reason {
             eprintln!("reading the whole volume: {why}");
         }
-        let how = match (&job.freeze, &job.work_volume) {
-            (Freeze::Session, Some(w)) => format!("a backup session (working volume {w})"),
+        let how = match (&job.freeze, &job.work_volume, &job.area) {
+            (_, _, Some(r)) => format!(
+                "the split of area {}:{} of its mirror pair at {}",
+                r.offset, r.length, r.split
+            ),
+            (Freeze::Session, Some(w), _) => format!("a backup session (working volume {w})"),
             _ => "splitting its mirror pair".to_string(),
         };
         app.say(format!(
