@@ -111,11 +111,13 @@ pub enum PairCommand {
     /// Pair two volumes of equal size: copy the primary onto the secondary, then duplex
     /// (every write reaches both). The secondary then refuses host I/O
     Create(PairCreateArgs),
-    /// Freeze the secondary (or only --area ranges of it); later writes to the frozen part
-    /// set bits in the pair's difference bitmap, durably before they are acknowledged
+    /// Freeze the secondary (or only --area ranges of it; called again, more areas, each
+    /// frozen at its own time); later writes to the frozen part set bits in the pair's
+    /// difference bitmap, durably before they are acknowledged
     Split(PairSplitArgs),
-    /// Copy only the granules that differ, then duplex again
-    Resync(PairNameArgs),
+    /// Copy only the granules that differ, then duplex again (with --area: only those split
+    /// areas, which rejoin while the others stay split)
+    Resync(PairResyncArgs),
     /// Pairs with their state and how much differs
     List(VolumeDirArgs),
     /// Dissolve a pair (the secondary keeps what it holds)
@@ -133,7 +135,18 @@ pub struct PairCreateArgs {
 #[derive(Debug, Args)]
 pub struct PairSplitArgs {
     pub primary: String,
-    /// Split only this area, OFFSET:LENGTH (e.g. 0:64M; repeatable; default: everything)
+    /// Split only this area, OFFSET:LENGTH (e.g. 0:64M; on 4 MiB boundaries; repeatable;
+    /// default: everything)
+    #[arg(long = "area", value_name = "OFFSET:LEN")]
+    pub areas: Vec<String>,
+    #[command(flatten)]
+    pub dir: VolumeDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PairResyncArgs {
+    pub primary: String,
+    /// Resync only this split area, exactly as it was split (repeatable; default: all)
     #[arg(long = "area", value_name = "OFFSET:LEN")]
     pub areas: Vec<String>,
     #[command(flatten)]
@@ -222,6 +235,11 @@ pub struct VolumeBackupArgs {
     /// session with a working volume from the pool, or auto (split if paired, else session)
     #[arg(long, value_enum, default_value = "auto")]
     pub freeze: FreezeArg,
+    /// Back up only this part of a split area of the volume's mirror pair, OFFSET:LEN: the
+    /// secondary's bytes as they were when the area was split (kura pair split --area). Not
+    /// a backup of the volume: its change tracking is left alone
+    #[arg(long, value_name = "OFFSET:LEN")]
+    pub area: Option<String>,
     /// Wait for a background backup to finish (exit status as if it ran in the foreground)
     #[arg(long)]
     pub wait: bool,

@@ -109,7 +109,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
             use kura_volume::Error as V;
             return match v {
                 V::NotFound(_) => NOT_FOUND,
-                V::Exists(_) | V::InUse(_) | V::Busy(_) => CONFLICT,
+                V::Exists(_) | V::InUse(_) => CONFLICT,
                 V::Invalid(_) => USAGE,
                 V::Repo(r) => repo_code(r),
                 V::Nbd(kura_nbd::ClientError::Address(_)) => USAGE,

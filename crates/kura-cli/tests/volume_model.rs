@@ -65,6 +65,27 @@ enum Op {
     VolumeRestore {
         k: usize,
     },
+    // The mirror pair `pa`/`pb`, split by areas at different times (see `PairModel`).
+    /// A host write to `pa`.
+    PairWrite {
+        offset: u64,
+        len: u64,
+        pattern: u8,
+    },
+    /// `pair split pa --area` of area `slot` (refused when already split).
+    SplitArea {
+        slot: usize,
+    },
+    /// `volume backup pa --area` of area `slot` to `repo` (refused unless split); a `slot`
+    /// past the areas picks one of those split, if any.
+    BackupArea {
+        slot: usize,
+        repo: usize,
+    },
+    /// `pair resync pa --area` of area `slot` (refused unless split); `None`: all.
+    ResyncArea {
+        slot: Option<usize>,
+    },
 }
 
 fn write_args() -> impl Strategy<Value = (u64, u64, u8)> {
@@ -85,6 +106,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Kill),
         1 => (0..8usize).prop_map(|k| Op::Restore { k }),
         1 => (0..8usize).prop_map(|k| Op::VolumeRestore { k }),
+        2 => write_args().prop_map(|(offset, len, pattern)| Op::PairWrite { offset, len, pattern }),
+        2 => (0..AREAS.len()).prop_map(|slot| Op::SplitArea { slot }),
+        3 => (0..2 * AREAS.len(), 0..REPOS).prop_map(|(slot, repo)| Op::BackupArea { slot, repo }),
+        1 => prop::option::of(0..AREAS.len()).prop_map(|slot| Op::ResyncArea { slot }),
     ]
 }
 
@@ -115,18 +140,7 @@ struct World {
     snaps: Vec<Snap>,
     backups: usize,
     incrementals: usize,
-}
-
-fn s3_repo() -> String {
-    let base = std::env::var("KURA_TEST_S3")
-        .expect("KURA_TEST_S3 is not set: run the suite through scripts/test.sh");
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).unwrap();
-    let prefix = format!("vm-{}", hex::encode(rnd));
-    match base.split_once('?') {
-        Some((b, q)) => format!("{}/{prefix}?{q}", b.trim_end_matches('/')),
-        None => format!("{}/{prefix}", base.trim_end_matches('/')),
-    }
+    pair: PairModel,
 }
 
 impl World {
@@ -134,8 +148,9 @@ impl World {
         let v = Vols::new();
         v.ok(&["volume", "create", "vol", "--size", "32M"]);
         v.ok(&["volume", "create", "pool0", "--size", "32M", "--work"]);
+        let pair = PairModel::new(&v);
         let local = v.repo();
-        let s3 = s3_repo();
+        let s3 = common::s3_location();
         let o = v
             .cmd()
             .env("KURA_PASSWORD", "pw")
@@ -152,6 +167,7 @@ impl World {
             snaps: Vec::new(),
             backups: 0,
             incrementals: 0,
+            pair,
         }
     }
 
@@ -247,6 +263,7 @@ impl World {
                     unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
                     let _ = s.child.wait();
                     self.untrust_all();
+                    self.pair.killed();
                 }
             }
             Op::Restore { k } => {
@@ -256,6 +273,10 @@ impl World {
                 let s = &self.snaps[k % self.snaps.len()];
                 self.restores(s, step);
             }
+            Op::PairWrite { .. }
+            | Op::SplitArea { .. }
+            | Op::BackupArea { .. }
+            | Op::ResyncArea { .. } => self.pair_op(op, step),
             Op::VolumeRestore { k } => self.volume_restore(k, step),
         }
     }
@@ -444,6 +465,7 @@ fn every_volume_backup_restores_the_freeze_and_incrementals_read_only_their_chai
             for s in &w.snaps {
                 w.restores(s, ops.len());
             }
+            w.pair_restores(ops.len(), false);
             let mut t = totals.lock().unwrap();
             t.0 += w.backups;
             t.1 += w.incrementals;
@@ -452,8 +474,208 @@ fn every_volume_backup_restores_the_freeze_and_incrementals_read_only_their_chai
         .unwrap();
     let (backups, incrementals) = *totals.lock().unwrap();
     eprintln!("{cases} case(s): {backups} backup(s), {incrementals} of them incremental");
+    let a = AREA_BACKUPS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{a} split-area backup(s) restored to their areas at their splits");
     assert!(
         incrementals > 0 || cases < 10,
         "no incremental backup was ever checked"
     );
+}
+
+// ---- The mirror pair `pa`/`pb`, split by areas at different times ----
+
+/// Areas of `pa` (offset, length): on 4 MiB granules, with duplex parts between them.
+const AREAS: [(u64, u64); 3] = [(0, 8 * MIB), (12 * MIB, 4 * MIB), (20 * MIB, 12 * MIB)];
+
+static AREA_BACKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What the oracle knows of the pair: the primary's bytes, and each split area's bytes at
+/// its split (what the secondary must hold there, and what its backups restore to).
+struct PairModel {
+    image: Vec<u8>,
+    /// Per slot: the area's bytes at its split, while it is split.
+    frozen: [Option<Vec<u8>>; AREAS.len()],
+    /// Area backups: (snapshot, repository, the bytes it must restore to).
+    snaps: Vec<(String, usize, Vec<u8>)>,
+    /// Killed while duplex: wholly split, everything to copy, until a full resync.
+    whole: bool,
+}
+
+fn area_arg(slot: usize) -> String {
+    format!("{}:{}", AREAS[slot].0, AREAS[slot].1)
+}
+
+fn area_of(b: &[u8], slot: usize) -> &[u8] {
+    let (o, l) = AREAS[slot];
+    &b[o as usize..(o + l) as usize]
+}
+
+impl PairModel {
+    fn new(v: &Vols) -> PairModel {
+        v.ok(&["volume", "create", "pa", "--size", "32M"]);
+        v.ok(&["volume", "create", "pb", "--size", "32M"]);
+        v.ok(&["pair", "create", "pa", "pb"]);
+        PairModel {
+            image: vec![0; SIZE as usize],
+            frozen: Default::default(),
+            snaps: Vec::new(),
+            whole: false,
+        }
+    }
+
+    /// The server was killed: a duplex pair comes back wholly split (a write may have
+    /// reached one side only); split areas keep their bytes.
+    fn killed(&mut self) {
+        if self.frozen.iter().all(Option::is_none) {
+            self.whole = true;
+        }
+    }
+}
+
+impl World {
+    fn pair_op(&mut self, op: &Op, step: usize) {
+        match *op {
+            Op::PairWrite {
+                offset,
+                len,
+                pattern,
+            } => {
+                if self.server.is_none() {
+                    self.server = Some(self.v.serve());
+                }
+                let url = self.server.as_ref().unwrap().url("pa");
+                qemu_write(&url, &[&format!("write -P {pattern} {offset} {len}")]);
+                self.pair.image[offset as usize..(offset + len) as usize].fill(pattern);
+            }
+            Op::SplitArea { slot } => {
+                let o = self
+                    .v
+                    .run(&["pair", "split", "pa", "--area", &area_arg(slot)]);
+                let split = self.pair.frozen[slot].is_some() || self.pair.whole;
+                assert_eq!(
+                    o.status.code(),
+                    Some(if split { 2 } else { 0 }),
+                    "step {step}: split {slot}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                if !split {
+                    self.pair.frozen[slot] = Some(area_of(&self.pair.image, slot).to_vec());
+                }
+            }
+            Op::BackupArea { slot, repo } => self.backup_area(slot, repo, step),
+            Op::ResyncArea { slot } => {
+                let mut args = vec!["pair".to_string(), "resync".into(), "pa".into()];
+                if let Some(s) = slot {
+                    args.extend(["--area".to_string(), area_arg(s)]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let o = self.v.run(&args);
+                let ok = slot.is_none_or(|s| self.pair.frozen[s].is_some());
+                assert_eq!(
+                    o.status.code(),
+                    Some(if ok { 0 } else { 2 }),
+                    "step {step}: resync {slot:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let pb = self.v.raw("pb");
+                match slot {
+                    None => {
+                        self.pair.frozen = Default::default();
+                        self.pair.whole = false;
+                        assert!(
+                            pb == self.pair.image,
+                            "step {step}: a full resync left pb different"
+                        );
+                    }
+                    Some(s) if ok => {
+                        self.pair.frozen[s] = None;
+                        assert!(
+                            area_of(&pb, s) == area_of(&self.pair.image, s),
+                            "step {step}: area {s} not resynced"
+                        );
+                        if self.pair.frozen.iter().all(Option::is_none) {
+                            assert!(
+                                pb == self.pair.image,
+                                "step {step}: the last area's resync left pb different"
+                            );
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            _ => unreachable!("not a pair op"),
+        }
+        // Every split area of the secondary holds its bytes at its split.
+        let pb = self.v.raw("pb");
+        for (s, f) in self.pair.frozen.iter().enumerate() {
+            if let Some(f) = f {
+                assert!(
+                    area_of(&pb, s) == f.as_slice(),
+                    "step {step}: split area {s} of pb changed"
+                );
+            }
+        }
+    }
+
+    fn backup_area(&mut self, slot: usize, repo: usize, step: usize) {
+        let split: Vec<usize> = (0..AREAS.len())
+            .filter(|&s| self.pair.frozen[s].is_some())
+            .collect();
+        let slot = match slot.checked_sub(AREAS.len()) {
+            Some(k) if !split.is_empty() => split[k % split.len()],
+            _ => slot % AREAS.len(),
+        };
+        let area = area_arg(slot);
+        let o = self.in_repo(repo, &["--json", "volume", "backup", "pa", "--area", &area]);
+        let Some(frozen) = self.pair.frozen[slot].clone() else {
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "step {step}: backup of unsplit area {slot}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return;
+        };
+        assert!(
+            o.status.success(),
+            "step {step}: area backup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let b: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let id = match b["message_type"].as_str() {
+            Some("accepted") => {
+                let done = wait_job(&self.v, b["job"]["id"].as_u64().unwrap());
+                assert_eq!(done["state"], "succeeded", "step {step}: {done}");
+                done["snapshot"].as_str().unwrap().to_string()
+            }
+            _ => b["snapshot_id"].as_str().unwrap().to_string(),
+        };
+        self.pair.snaps.push((id, repo, frozen));
+        self.pair_restores(step, true);
+        AREA_BACKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every area backup (or the newest) restores to its area's bytes at its split.
+    fn pair_restores(&self, step: usize, newest: bool) {
+        let out = self.v.dir.path().join("restored-area.img");
+        let skip = if newest {
+            self.pair.snaps.len().saturating_sub(1)
+        } else {
+            0
+        };
+        for (id, repo, want) in &self.pair.snaps[skip..] {
+            let _ = std::fs::remove_file(&out);
+            let o = self.in_repo(*repo, &["restore", id, "--target", out.to_str().unwrap()]);
+            assert!(
+                o.status.success(),
+                "step {step}: restore {id}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                std::fs::read(&out).unwrap() == *want,
+                "step {step}: area backup {} differs from its area at its split",
+                &id[..8]
+            );
+        }
+    }
 }

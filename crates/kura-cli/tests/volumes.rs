@@ -448,7 +448,13 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no free working volume"));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("no working volume"), "{err}");
+    // The hint is a command that works.
+    assert!(
+        err.contains("kura volume create NAME --size 64MiB --work"),
+        "{err}"
+    );
     drop(held);
     v.stop(s);
     // First backup: no baseline, everything is read.
@@ -568,4 +574,82 @@ fn volume_backups_read_only_what_changed_and_keep_records() {
     let again = cat(&["catalog", "rebuild", "--volumes"]);
     assert_eq!(again["imported"], 0, "{again}");
     assert_eq!(again["already_known"], 4, "{again}");
+}
+
+/// A volume backed up to an S3 repository keeps the repository's whole URL in its record
+/// (endpoint included, so nothing is sent to another S3 service) and `catalog rebuild
+/// --volumes` matches it to the target registered with that URL, options in any order.
+#[test]
+fn volume_records_keep_the_whole_url_and_find_their_s3_target() {
+    let url = common::s3_location();
+    let v = Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "8M"]);
+    let kura = |args: &[&str]| {
+        let o = v
+            .cmd()
+            .env("KURA_PASSWORD", "pw")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    kura(&["-r", &url, "init", "--kdf-memory-kib", "64"]);
+    kura(&["-r", &url, "volume", "backup", "db"]);
+    let recs = v.json(&["volume", "records", "db"]);
+    assert_eq!(recs[0]["repository"], url.as_str(), "{recs}");
+    assert!(url.contains("endpoint="), "{url}");
+    // The target registered with the same URL spelled another way (a trailing `/`): still
+    // the same place.
+    let catalog = v.dir.path().join("catalog.db").display().to_string();
+    let (b, q) = url.split_once('?').unwrap();
+    let spelled = format!("{b}/?{q}");
+    v.ok(&[
+        "--catalog",
+        &catalog,
+        "resource",
+        "add",
+        "target",
+        "s3t",
+        &spelled,
+    ]);
+    let r = v.json(&["--catalog", &catalog, "catalog", "rebuild", "--volumes"]);
+    assert_eq!(r["imported"], 1, "{r}");
+    assert_eq!(r["unknown_targets"], serde_json::json!([]), "{r}");
+    let b = v.json(&["--catalog", &catalog, "backups", "--object", "volume:db"]);
+    assert_eq!(b[0]["extents"][0]["target"], "s3t", "{b}");
+}
+
+/// Messages say once, in the command's words, what holds a volume, with exit 14: no message
+/// nested in itself, no internal operation names.
+#[test]
+fn in_use_messages_say_it_once_and_exit_14() {
+    let v = Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "8M"]);
+    v.ok(&["volume", "create", "db2", "--size", "8M"]);
+    let s = v.serve();
+    let held = hold(&s.addr(), "db2");
+    let o = v.run(&["pair", "create", "db", "db2"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(14), "{err}");
+    assert!(err.contains("pair db with db2"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    assert!(
+        !err.contains("\\\"") && !err.contains("PairCreate"),
+        "{err}"
+    );
+    drop(held);
+    let o = v.run(&["volume", "info", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(13), "{err}");
+    assert_eq!(err.matches("no volume").count(), 1, "{err}");
+    let o = v.run(&["pair", "split", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("split the pair of nope"), "{err}");
+    assert!(!err.contains("PairSplit"), "{err}");
+    v.stop(s);
 }

@@ -36,9 +36,13 @@ pub struct VolumeBackup {
     pub record: VolumeRecord,
 }
 
+/// `repository` is the repository's URL as the user gave it (endpoint and options included,
+/// a local path made absolute), for the record: the record must find it again from anywhere.
+#[allow(clippy::too_many_arguments)]
 pub fn backup_volume(
     store: &VolumeStore,
     name: &str,
+    repository: &str,
     repo: &IndexedRepo,
     lock: &RepoLock<Shared>,
     opts: &BackupOptions,
@@ -62,8 +66,9 @@ pub fn backup_volume(
         Ok(c) => c,
         Err(Error::InUse(_)) => {
             return Err(Error::InUse(format!(
-                "{name} (served: a consistent backup of a volume in use needs a split or a \
-                 backup session; stop serving it to back it up)"
+                "volume {name:?} is in use (served): a consistent backup of a volume in use \
+                 needs its server to split it or run a backup session; back it up through the \
+                 server, or stop serving it"
             )));
         }
         Err(e) => return Err(e),
@@ -76,7 +81,7 @@ pub fn backup_volume(
     let result = backup(repo, lock, std::slice::from_ref(&raw), &o, progress, cancel)
         .map_err(Error::from)
         .and_then(|outcome| {
-            let record = plan.record(&meta, repo, &outcome);
+            let record = plan.record(&meta, repository, repo, &outcome);
             store.add_record(name, &record)?;
             Ok((outcome, record))
         });
@@ -181,6 +186,7 @@ impl Plan {
     pub fn record(
         &self,
         meta: &crate::VolumeMeta,
+        repository: &str,
         repo: &IndexedRepo,
         outcome: &BackupOutcome,
     ) -> VolumeRecord {
@@ -195,11 +201,12 @@ impl Plan {
             host: outcome.snapshot.host.clone(),
             mount_point: meta.mount_point.clone(),
             time,
-            repository: repo.location(),
+            repository: repository.to_string(),
             repository_id: repo.config().id.to_hex(),
             backup: outcome.id.to_hex(),
             size: meta.size,
             incremental: self.reads().is_some(),
+            area: None,
         }
     }
 }

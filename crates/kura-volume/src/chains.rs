@@ -358,7 +358,7 @@ impl ChainSet {
             let name = path
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            return Err(Error::InUse(name));
+            return Err(Error::served(&name));
         }
         let bytes = std::fs::read(path).map_err(io(what()))?;
         let mut p = parse(&bytes, size, raw);

@@ -43,6 +43,9 @@ pub enum Request {
     },
     PairResync {
         primary: String,
+        /// Only these split areas (empty: all, back to duplex).
+        #[serde(default)]
+        areas: Vec<(u64, u64)>,
     },
     PairDelete {
         primary: String,
@@ -52,6 +55,9 @@ pub enum Request {
         volume: String,
         #[serde(default)]
         freeze: Freeze,
+        /// Back up this part of a split area of the volume's pair, not the volume.
+        #[serde(default)]
+        area: Option<(u64, u64)>,
         repository: String,
         /// The repository password, as bytes (JSON array).
         password: Vec<u8>,
@@ -91,8 +97,8 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
         Request::PairSplit { primary, areas } => {
             v(serde_json::to_value(st.pair_split(&primary, areas)?))
         }
-        Request::PairResync { primary } => {
-            let (info, out) = st.pair_resync(&primary)?;
+        Request::PairResync { primary, areas } => {
+            let (info, out) = st.pair_resync(&primary, &areas)?;
             Ok(json!({ "pair": info, "copied": out }))
         }
         Request::PairDelete { primary } => {
@@ -103,11 +109,13 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
         Request::Backup {
             volume,
             freeze,
+            area,
             repository,
             password,
         } => v(serde_json::to_value(engine.backup(
             &volume,
             freeze,
+            area,
             &repository,
             &password,
         )?)),
@@ -133,7 +141,7 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
 
 fn kind(e: &Error) -> &'static str {
     match e {
-        Error::InUse(_) | Error::Busy(_) => "in_use",
+        Error::InUse(_) => "in_use",
         Error::NotFound(_) => "not_found",
         Error::Invalid(_) | Error::Corrupt { .. } => "invalid",
         _ => "error",
@@ -209,7 +217,7 @@ pub fn listen(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> Result<std::thread:
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
             return Err(Error::InUse(format!(
-                "{} (another server owns this data directory)",
+                "{} is in use: another server owns this data directory",
                 path.display()
             )));
         }
@@ -285,7 +293,7 @@ impl Client {
         }
         let msg = v["error"].as_str().unwrap_or("no reason given").to_string();
         Err(match v["kind"].as_str() {
-            Some("in_use") => Error::Busy(msg),
+            Some("in_use") => Error::InUse(msg),
             Some("not_found") => Error::NotFound(msg),
             Some("invalid") => Error::Invalid(msg),
             _ => Error::Invalid(format!("volume server: {msg}")),

@@ -81,7 +81,7 @@ impl DirtyMap {
             let name = path
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            return Err(Error::InUse(name));
+            return Err(Error::served(&name));
         }
         let len = file.metadata().map_err(io(what()))?.len();
         let n = bitmap_len(size);
@@ -258,6 +258,9 @@ pub struct DirtyState {
     pub unclean: bool,
     /// The bits could not be read (missing, damaged, or of another size).
     pub lost: bool,
+    /// The dirty granules (as last written to the file).
+    #[serde(skip)]
+    pub granules: Vec<u64>,
 }
 
 /// Read a bitmap without holding it.
@@ -271,6 +274,7 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
                 served: false,
                 unclean: false,
                 lost: true,
+                granules: Vec::new(),
             });
         }
         Err(e) => return Err(io(what())(e)),
@@ -292,11 +296,15 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
             served,
             unclean: false,
             lost: true,
+            granules: Vec::new(),
         });
     }
     let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    let dirty_bytes = (0..size.div_ceil(GRANULE))
+    let granules: Vec<u64> = (0..size.div_ceil(GRANULE))
         .filter(|g| bits[(g / 8) as usize] & (1 << (g % 8)) != 0)
+        .collect();
+    let dirty_bytes = granules
+        .iter()
         .map(|g| GRANULE.min(size - g * GRANULE))
         .sum();
     Ok(DirtyState {
@@ -304,5 +312,6 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
         served,
         unclean: flags & FLAG_IN_USE != 0 && !served,
         lost: false,
+        granules,
     })
 }

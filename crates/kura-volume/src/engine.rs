@@ -32,11 +32,13 @@ use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
 use serde::{Deserialize, Serialize};
 
+use crate::areas::AreaBackup;
 use crate::backup::Plan;
 use crate::chains::Frozen;
 use crate::error::{Error, Result};
 use crate::export::VolumeExport;
-use crate::pair::{Pair, PairState, ResyncOutcome};
+use crate::pair::{Claim, Pair, PairState, ResyncOutcome, Use, list};
+use crate::records::RecordArea;
 use crate::restore::{VolumeRestore, image_of, prepare, restore_into};
 use crate::session::{Session, SessionSource, SessionStats};
 use crate::store::VolumeStore;
@@ -98,6 +100,10 @@ pub struct JobStatus {
     pub session: Option<SessionStats>,
     /// What the resync after a split backup copied.
     pub resync: Option<ResyncOutcome>,
+    /// The split area backed up (`volume backup --area`), with its split time; `None`: the
+    /// whole volume.
+    #[serde(default)]
+    pub area: Option<RecordArea>,
 }
 
 struct Job {
@@ -150,6 +156,22 @@ impl ImageSource for SecondarySource {
     }
 }
 
+/// What a job backs up, and how it thaws.
+enum Kind {
+    /// The whole volume, frozen by a session or a split: the chain's bits taken at the
+    /// freeze (`frozen`), the session (moved into the job when it starts) or the claim on
+    /// the split secondary (given up for the resync that ends the job).
+    Volume {
+        plan: Plan,
+        source: Arc<dyn ImageSource>,
+        frozen: Frozen,
+        session: Option<Arc<Session>>,
+        claim: Option<Claim>,
+    },
+    /// A split area, read from the secondary; it stays split.
+    Area(AreaBackup),
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -166,8 +188,8 @@ impl Busy {
         let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(volume.to_string()) {
             return Err(Error::InUse(format!(
-                "{volume}: a backup job of this volume is already running, or a restore into \
-                 it (kura volume jobs)"
+                "volume {volume:?} is in use: a backup job of it is already running, or a \
+                 restore into it (kura volume jobs)"
             )));
         }
         Ok(Busy {
@@ -243,11 +265,14 @@ impl Engine {
     }
 
     /// Freeze `volume`, start backing it up to `repository` in the background, and return
-    /// the job as accepted (the frozen image exists).
+    /// the job as accepted (the frozen image exists). With `area`, back up that part of a
+    /// split area of its pair's secondary instead ([`crate::areas`]): frozen already, at
+    /// the area's split time.
     pub fn backup(
         self: &Arc<Self>,
         volume: &str,
         freeze: Freeze,
+        area: Option<(u64, u64)>,
         repository: &str,
         password: &[u8],
     ) -> Result<JobStatus> {
@@ -255,12 +280,31 @@ impl Engine {
             Error::Invalid("this server cannot open repositories for backups".into())
         })?;
         let meta = self.store.meta(volume)?;
+        if area.is_some() && freeze == Freeze::Session {
+            return Err(Error::Invalid(
+                "an area is backed up from its split (kura pair split --area); a session \
+                 backs up the whole volume"
+                    .into(),
+            ));
+        }
         let busy = Busy::take(self, volume)?;
         // Fail before freezing anything: the repository first.
         let opened = opener
             .open(repository, password)
             .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
         let export = self.store.open_export(volume)?;
+        if let Some((offset, length)) = area {
+            let a = crate::areas::prepare(&export, offset, length)?;
+            return self.start(
+                volume,
+                Freeze::Split,
+                repository,
+                export,
+                opened,
+                Kind::Area(a),
+                busy,
+            );
+        }
         // Outside the change lock (module docs): only this job can change the chain before
         // the freeze.
         let repo_id = opened.repo.config().id;
@@ -274,6 +318,23 @@ impl Engine {
                     "{volume} has no mirror pair to split (kura pair create)"
                 )));
             }
+            (Freeze::Split, Some(p)) if p.config().state == PairState::Split => {
+                let c = p.config();
+                return Err(Error::Invalid(if c.areas.is_empty() {
+                    format!(
+                        "the pair of {volume} is already split (since {}): resync it first, or \
+                         back up its frozen secondary with --area 0:{}",
+                        c.since, meta.size
+                    )
+                } else {
+                    format!(
+                        "areas of the pair of {volume} are split at their own times ({}): a \
+                         whole-volume image of the secondary would mix them. Back up each area \
+                         with --area, or the whole volume with --freeze session",
+                        list(&c.areas)
+                    )
+                }));
+            }
             (f, _) => f,
         };
         let work = match freeze {
@@ -285,7 +346,7 @@ impl Engine {
         let plan_for = |frozen: &Frozen| -> Result<Plan> {
             Ok(Plan::decide(parent.clone(), meta.size, frozen))
         };
-        let (source, session, plan, frozen): (Arc<dyn ImageSource>, _, Plan, _) =
+        let (source, session, plan, frozen, claim): (Arc<dyn ImageSource>, _, Plan, _, _) =
             match (work, &pair) {
                 (Some(work), _) => {
                     let mut plan = None;
@@ -298,7 +359,7 @@ impl Engine {
                     let plan = plan.ok_or_else(|| Error::Invalid("no plan".into()))?;
                     let volume: Arc<dyn kura_nbd::Export> = Arc::clone(&export) as _;
                     let src = SessionSource::new(volume, Arc::clone(&s));
-                    (Arc::new(src), Some(s), plan, frozen)
+                    (Arc::new(src), Some(s), plan, frozen, None)
                 }
                 (None, Some(p)) => {
                     let g = export.exclusive()?;
@@ -314,12 +375,65 @@ impl Engine {
                         }
                     };
                     drop(g);
-                    (Arc::new(SecondarySource(Arc::clone(p))), None, plan, frozen)
+                    // No resync under the backup: it is this job's, once the copy is done.
+                    let claim = match p.claim(0, meta.size, Use::Backup) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            export.chains().thaw_failed(frozen)?;
+                            return Err(e);
+                        }
+                    };
+                    let src = SecondarySource(Arc::clone(p));
+                    (Arc::new(src), None, plan, frozen, Some(claim))
                 }
                 (None, None) => {
                     return Err(Error::Invalid(format!("{volume}: nothing to freeze with")));
                 }
             };
+        let kind = Kind::Volume {
+            plan,
+            source,
+            frozen,
+            session,
+            claim,
+        };
+        self.start(volume, freeze, repository, export, opened, kind, busy)
+    }
+
+    /// Register the job of a frozen image and start copying it in the background.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        self: &Arc<Self>,
+        volume: &str,
+        freeze: Freeze,
+        repository: &str,
+        export: Arc<VolumeExport>,
+        opened: Opened,
+        kind: Kind,
+        busy: Busy,
+    ) -> Result<JobStatus> {
+        let mut kind = kind;
+        let (total, incremental, full_reason, session, area) = match &mut kind {
+            // The job holds the session from here on (its last hold goes when it thaws).
+            Kind::Volume { plan, session, .. } => (
+                kura_nbd::Export::size(&*export),
+                plan.reads().is_some(),
+                plan.full_reason.clone(),
+                session.take(),
+                None,
+            ),
+            Kind::Area(a) => (
+                a.length,
+                false,
+                None,
+                None,
+                Some(RecordArea {
+                    offset: a.offset,
+                    length: a.length,
+                    split: a.area.split.clone(),
+                }),
+            ),
+        };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job {
             status: Mutex::new(JobStatus {
@@ -327,18 +441,19 @@ impl Engine {
                 volume: volume.into(),
                 freeze,
                 state: JobState::Running,
-                repository: opened.repo.location(),
+                repository: repository.to_string(),
                 started: now(),
                 finished: None,
-                bytes_total: meta.size,
+                bytes_total: total,
                 bytes_done: 0,
-                incremental: plan.reads().is_some(),
-                full_reason: plan.full_reason.clone(),
+                incremental,
+                full_reason,
                 snapshot: None,
                 error: None,
                 work_volume: session.as_ref().map(|s| s.work_volume().to_string()),
                 session: None,
                 resync: None,
+                area,
             }),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -354,7 +469,7 @@ impl Engine {
         let spawned = std::thread::Builder::new()
             .name(format!("kura-volume-backup-{id}"))
             .spawn(move || {
-                engine.run(&job, &volume, &export, opened, plan, source, frozen, busy);
+                engine.run(&job, &volume, &export, opened, kind, busy);
             });
         if let Err(e) = spawned {
             return Err(Error::Io {
@@ -423,9 +538,7 @@ impl Engine {
         volume: &str,
         export: &Arc<VolumeExport>,
         opened: Opened,
-        plan: Plan,
-        source: Arc<dyn ImageSource>,
-        frozen: Frozen,
+        kind: Kind,
         busy: Busy,
     ) {
         // Host I/O first: the backup's threads (this one and the readers, encoders and
@@ -438,8 +551,14 @@ impl Engine {
                 std::io::Error::last_os_error()
             );
         }
-        let mut o = plan.options(&opened.options);
-        o.image_source = Some(ImageReader(source));
+        let o = match &kind {
+            Kind::Volume { plan, source, .. } => {
+                let mut o = plan.options(&opened.options);
+                o.image_source = Some(ImageReader(Arc::clone(source)));
+                o
+            }
+            Kind::Area(a) => a.options(&opened.options),
+        };
         let progress = JobProgress(Arc::clone(job));
         let result = backup(
             &opened.repo,
@@ -452,7 +571,18 @@ impl Engine {
         .map_err(Error::from)
         .and_then(|outcome| {
             let meta = self.store.meta(volume)?;
-            let record = plan.record(&meta, &opened.repo, &outcome);
+            let repository = job
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .repository
+                .clone();
+            let record = match &kind {
+                Kind::Volume { plan, .. } => {
+                    plan.record(&meta, &repository, &opened.repo, &outcome)
+                }
+                Kind::Area(a) => a.record(&meta, &repository, &opened.repo, &outcome),
+            };
             self.store.add_record(volume, &record)?;
             Ok(outcome)
         });
@@ -462,26 +592,41 @@ impl Engine {
         // pool (emptied) before anyone is told the job ended. (Without this, a client that
         // saw "succeeded" could still find the working volume claimed and holding copies.)
         drop(o);
-        let thawed = match &result {
-            Ok(outcome) => export.chains().thaw_done(&frozen, outcome.id),
-            Err(_) => export.chains().thaw_failed(frozen),
-        };
-        // Thaw the image: end the session (its working volume returns to the pool) or
-        // resync the pair back to duplex.
         let session = job.session.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut resync = None;
-        let mut thaw_error = thawed.err().map(|e| e.to_string());
-        if let Some(s) = &session {
-            if let Err(e) = export.end_session() {
-                thaw_error = Some(e.to_string());
+        let mut thaw_error = None;
+        match kind {
+            Kind::Volume {
+                frozen,
+                claim,
+                source,
+                ..
+            } => {
+                drop(source);
+                let thawed = match &result {
+                    Ok(outcome) => export.chains().thaw_done(&frozen, outcome.id),
+                    Err(_) => export.chains().thaw_failed(frozen),
+                };
+                thaw_error = thawed.err().map(|e| e.to_string());
+                // Thaw the image: end the session (its working volume returns to the pool)
+                // or resync the pair back to duplex.
+                if let Some(s) = &session {
+                    if let Err(e) = export.end_session() {
+                        thaw_error = Some(e.to_string());
+                    }
+                    let stats = s.stats();
+                    job.status.lock().unwrap_or_else(|p| p.into_inner()).session = Some(stats);
+                } else {
+                    drop(claim);
+                    match self.store.resync(export) {
+                        Ok(r) => resync = Some(r),
+                        Err(e) => thaw_error = Some(format!("resync after the backup: {e}")),
+                    }
+                }
             }
-            let stats = s.stats();
-            job.status.lock().unwrap_or_else(|p| p.into_inner()).session = Some(stats);
-        } else {
-            match self.store.resync(export) {
-                Ok(r) => resync = Some(r),
-                Err(e) => thaw_error = Some(format!("resync after the backup: {e}")),
-            }
+            // The area stays split (its owner resyncs it); only the claim goes. The volume's
+            // chains were never touched.
+            Kind::Area(a) => drop(a),
         }
         // The last hold on the session: its working volume is emptied and back in the pool.
         drop(session);

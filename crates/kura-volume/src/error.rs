@@ -4,15 +4,15 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no volume {0:?}")]
+    /// The whole message (see [`Error::no_volume`]): messages cross the control socket and
+    /// must not be wrapped again on the other side.
+    #[error("{0}")]
     NotFound(String),
     #[error("volume {0:?} already exists")]
     Exists(String),
-    #[error("volume {0:?} is in use (being served); stop serving it first")]
-    InUse(String),
-    /// In use, the message saying by what (whole: also what the volume server answers).
+    /// The whole message, saying what holds the thing (see [`Error::served`]).
     #[error("{0}")]
-    Busy(String),
+    InUse(String),
     #[error("{0}")]
     Invalid(String),
     #[error("volume metadata {path}: {why}")]
@@ -30,6 +30,20 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Volume `name` is held by a server (or another process serving it).
+    pub fn served(name: &str) -> Error {
+        Error::InUse(format!(
+            "volume {name:?} is in use (being served); stop serving it first"
+        ))
+    }
+
+    /// There is no volume `name`.
+    pub fn no_volume(name: &str) -> Error {
+        Error::NotFound(format!("no volume {name:?}"))
+    }
+}
 
 /// An I/O error with what was being done.
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

@@ -71,7 +71,7 @@ impl VolumeExport {
     /// [`end_restore`](Self::end_restore), new clients are refused unless `let_clients`.
     pub(crate) fn claim_restore(&self, let_clients: bool) -> Result<()> {
         if self.session().is_some() {
-            return Err(Error::Busy(format!(
+            return Err(Error::InUse(format!(
                 "volume {} is in use: a backup session is running on it",
                 self.name
             )));
@@ -81,7 +81,7 @@ impl VolumeExport {
             .compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst)
             .map(drop)
             .map_err(|_| {
-                Error::Busy(format!(
+                Error::InUse(format!(
                     "volume {} is in use: a restore into it is running",
                     self.name
                 ))
@@ -229,12 +229,12 @@ impl VolumeExport {
         let _g = self.exclusive()?;
         if self.session().is_some() {
             return Err(Error::InUse(format!(
-                "{} (a backup session is already running on it)",
+                "volume {:?} is in use: a backup session is already running on it",
                 self.name
             )));
         }
         if self.restoring().is_some() {
-            return Err(Error::Busy(format!(
+            return Err(Error::InUse(format!(
                 "volume {} is in use: a restore into it is running",
                 self.name
             )));

@@ -29,8 +29,9 @@
 //! `session` (copy-before-write) ← `export` (the write path: the only place host changes
 //! reach a volume) ← `store` (every `impl VolumeStore`: volumes, records, the pool, serving,
 //! pair operations) ← `backup`, `restore` (an image snapshot into a volume or an NBD export)
-//! ← `engine` ← `control`.
+//! ← `areas` (backups of split areas) ← `engine` ← `control`.
 
+mod areas;
 mod backup;
 pub mod chains;
 pub mod control;
@@ -44,14 +45,15 @@ mod restore;
 pub mod session;
 mod store;
 
+pub use areas::backup_area;
 pub use backup::{VolumeBackup, backup_volume};
 pub use chains::{ChainSet, ChainState, Identity, Tracking, Trust};
 pub use dirty::{DirtyMap, DirtyState};
 pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
 pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
-pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome};
-pub use records::{FORMAT_RAW, VolumeRecord};
+pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea};
+pub use records::{FORMAT_RAW, RecordArea, VolumeRecord};
 pub use restore::{VolumeRestore, restore_to_nbd, restore_volume};
 pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
 pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area, parse_size};

@@ -20,12 +20,27 @@ pub struct VolumeRecord {
     pub mount_point: Option<String>,
     /// When the backup's data was taken (RFC 3339, UTC).
     pub time: String,
-    /// The repository: its location as given, and its id (what identifies it however it
-    /// is reached); the snapshot id there.
+    /// The repository: its URL as given (endpoint and options included — never credentials,
+    /// which no target URL carries; a local path absolute), and its id (what identifies it
+    /// however it is reached); the snapshot id there.
     pub repository: String,
     pub repository_id: String,
     pub backup: String,
+    /// Bytes of the image: the volume's size, or the area's length.
     pub size: u64,
     /// Whether only changed chunks were read.
     pub incremental: bool,
+    /// Set when the backup holds one split area of the volume (its secondary's frozen
+    /// bytes), not the whole volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<RecordArea>,
+}
+
+/// The area of a volume a backup holds: `length` bytes from `offset`, as they were at
+/// `split` (the time the area of its mirror pair was split; also the record's `time`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordArea {
+    pub offset: u64,
+    pub length: u64,
+    pub split: String,
 }

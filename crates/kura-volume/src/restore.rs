@@ -105,7 +105,7 @@ pub fn restore_volume(
     let created = prepare(store, name, info.size, resize)?;
     let export = match store.open_export(name) {
         Err(Error::InUse(_)) => {
-            return Err(Error::Busy(format!(
+            return Err(Error::InUse(format!(
                 "volume {name} is in use: another process holds it (a volume server, a \
                  restore, or a backup)"
             )));
@@ -157,7 +157,7 @@ pub(crate) fn restore_into(
     }
     if clients > 0 && !force {
         export.end_restore(None)?;
-        return Err(Error::Busy(format!(
+        return Err(Error::InUse(format!(
             "volume {name} is in use: {clients} client(s) connected, and a restore would \
              change the disk under them; disconnect them first, or restore anyway with --force"
         )));

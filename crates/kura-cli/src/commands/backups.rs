@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use anyhow::Context;
 use kura_catalog::Kind;
 use kura_repo::Repository;
-use kura_repo::backend::Target;
 
 use crate::cli::{BackupsArgs, CatalogCommand};
 use crate::exit::UsageError;
@@ -138,10 +137,7 @@ fn volume_records(
         })
         .collect();
     // One repository may be named by several paths (symlinks) or URL spellings.
-    let same = |a: &str, b: &str| match (Target::parse(a), Target::parse(b)) {
-        (Ok(x), Ok(y)) => x.same_place(&y),
-        _ => a == b,
-    };
+    let same = super::catalog_sync::same;
     let mut out = kura_manager::rebuild::Rebuilt::default();
     for v in st.list()? {
         let name = &v.meta.name;
@@ -165,7 +161,12 @@ fn volume_records(
                 position: r.backup.clone(),
                 size,
             };
-            out.import(cat, &format!("volume:{name}"), (ms, ms, ms), &[extent])?;
+            // A split area's backup is not one of the volume: an object of its own.
+            let object = match &r.area {
+                Some(a) => format!("volume:{name}@{}:{}", a.offset, a.length),
+                None => format!("volume:{name}"),
+            };
+            out.import(cat, &object, (ms, ms, ms), &[extent])?;
         }
     }
     Ok(out)

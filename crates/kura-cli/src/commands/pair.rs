@@ -15,20 +15,45 @@ use crate::{App, exit};
 /// Send `req` to the server of `dir`, or carry it out here when none runs.
 pub fn call(app: &App, dir: &VolumeDirArgs, req: Request) -> Result<Value> {
     let st = store(app, dir)?;
-    let what = format!("{req:?}");
-    let what = what
-        .split([' ', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let what = describe(&req);
     match Client::connect(st.dir()) {
-        Some(mut c) => c
-            .call(&req)
-            .with_context(|| format!("{what} (through the server of {})", st.dir().display())),
+        Some(mut c) => c.call(&req).with_context(|| {
+            format!(
+                "{what} (through the volume server of {})",
+                st.dir().display()
+            )
+        }),
         None => {
             let engine = Engine::new(st, None, app.cancel.clone());
             control::handle(&engine, req).with_context(|| what)
         }
+    }
+}
+
+/// What a request does, in the words of the command that sent it (for error context).
+fn describe(req: &Request) -> String {
+    match req {
+        Request::PairCreate { primary, secondary } => {
+            format!("pair {primary} with {secondary}")
+        }
+        Request::PairSplit { primary, .. } => format!("split the pair of {primary}"),
+        Request::PairResync { primary, .. } => format!("resync the pair of {primary}"),
+        Request::PairDelete { primary } => format!("delete the pair of {primary}"),
+        Request::PairList => "list the pairs".into(),
+        Request::Backup { volume, .. } => format!("back up {volume}"),
+        Request::Jobs | Request::Job { .. } => "list the background backups".into(),
+        #[allow(unreachable_patterns)]
+        _ => "ask the volume server".into(),
+    }
+}
+
+/// An offset or length as `pair split --area` takes it: `16M`, `2G`, or bytes.
+fn unit(b: u64) -> String {
+    match b {
+        0 => "0".into(),
+        b if b.is_multiple_of(1 << 30) => format!("{}G", b >> 30),
+        b if b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
+        b => b.to_string(),
     }
 }
 
@@ -40,32 +65,38 @@ fn show(app: &App, pairs: &[PairInfo]) {
         );
         return;
     }
-    let rows: Vec<Vec<String>> = pairs
-        .iter()
-        .map(|p| {
-            let c = &p.config;
-            let state = match (c.state, c.areas.is_empty()) {
-                (kura_volume::PairState::Duplex, _) => "duplex".to_string(),
-                (_, true) => "split".to_string(),
-                (_, false) => format!(
-                    "split {}",
-                    c.areas
-                        .iter()
-                        .map(|(o, l)| format!("{o}:{l}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            };
-            vec![
-                c.primary.clone(),
-                c.secondary.clone(),
-                state,
-                bytes(p.dirty_bytes),
-                c.since.clone(),
-                c.note.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for p in pairs {
+        let c = &p.config;
+        let state = match (c.state, c.areas.len()) {
+            (kura_volume::PairState::Duplex, _) => "duplex".to_string(),
+            (_, 0) => "split".to_string(),
+            (_, 1) => "split (1 area)".to_string(),
+            (_, n) => format!("split ({n} areas)"),
+        };
+        rows.push(vec![
+            c.primary.clone(),
+            c.secondary.clone(),
+            state,
+            bytes(p.dirty_bytes),
+            c.since.clone(),
+            c.note.clone().unwrap_or_default(),
+        ]);
+        // One line per split area: its own split time, and what differs in it.
+        for (i, a) in c.areas.iter().enumerate() {
+            rows.push(vec![
+                String::new(),
+                String::new(),
+                format!("  area {}:{}", unit(a.offset), unit(a.length)),
+                p.area_dirty_bytes
+                    .get(i)
+                    .map(|b| bytes(*b))
+                    .unwrap_or_default(),
+                a.split.clone(),
+                String::new(),
+            ]);
+        }
+    }
     print!(
         "{}",
         table(
@@ -115,7 +146,19 @@ pub fn run(app: &App, c: PairCommand) -> Result<i32> {
             one(app, v)?;
         }
         PairCommand::Resync(a) => {
-            let v = call(app, &a.dir, Request::PairResync { primary: a.primary })?;
+            let areas = a
+                .areas
+                .iter()
+                .map(|s| parse_area(s))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let v = call(
+                app,
+                &a.dir,
+                Request::PairResync {
+                    primary: a.primary,
+                    areas,
+                },
+            )?;
             if app.global.json {
                 println!("{v}");
             } else {

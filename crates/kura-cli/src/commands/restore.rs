@@ -225,7 +225,11 @@ fn hold_image_target(target: &std::path::Path) -> Result<Option<std::fs::File>> 
     }
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(kura_volume::Error::InUse(target.display().to_string())).context(
+        return Err(kura_volume::Error::InUse(format!(
+            "{} is in use",
+            target.display()
+        )))
+        .context(
             "restore the image: another process holds the target file (a volume server?); \
              restore elsewhere",
         );

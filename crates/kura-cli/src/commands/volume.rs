@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use kura_volume::control::{self, Client, Request};
-use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_size};
+use kura_volume::{
+    Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area, parse_size,
+};
 use serde_json::json;
 
 use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
@@ -65,7 +67,12 @@ fn show(app: &App, v: &VolumeInfo) {
                 bytes(d.dirty_bytes)
             ),
             Some(why) if d.chains.iter().all(|c| !c.trusted) => {
-                println!("changed    unknown: {why}; the next backup reads everything")
+                let tail = if why.contains("reads everything") {
+                    ""
+                } else {
+                    "; the next backup reads everything"
+                };
+                println!("changed    unknown: {why}{tail}")
             }
             Some(_) => println!("changed    per repository, below"),
         }
@@ -167,7 +174,11 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
                         vec![
                             r.time.clone(),
                             r.backup[..8.min(r.backup.len())].to_string(),
-                            if r.incremental { "incremental" } else { "full" }.into(),
+                            match (&r.area, r.incremental) {
+                                (Some(a), _) => format!("area {}:{}", a.offset, a.length),
+                                (None, true) => "incremental".into(),
+                                (None, false) => "full".into(),
+                            },
                             r.label.clone().unwrap_or_default(),
                             r.mount_point.clone().unwrap_or_default(),
                             r.host.clone(),
@@ -322,9 +333,19 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
 
 fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
-    if let Some(c) = Client::connect(st.dir()) {
-        return background(app, &a, c);
+    let area = a.area.as_deref().map(parse_area).transpose()?;
+    if area.is_some() && matches!(a.freeze, FreezeArg::Session) {
+        return Err(UsageError(
+            "--area backs up a split area of the volume's mirror pair (kura pair split \
+             --area); --freeze session backs up the whole volume"
+                .into(),
+        )
+        .into());
     }
+    if let Some(c) = Client::connect(st.dir()) {
+        return background(app, &a, area, c);
+    }
+    let url = repository_url(app)?;
     let repo = app.open()?;
     let loc = repo.location();
     let lock = kura_repo::lock::RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
@@ -334,8 +355,36 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
             .with_context(|| format!("load index of {loc}"))?;
         let opts = crate::commands::backup::from_config(app);
         let bar = app.bar();
-        kura_volume::backup_volume(&st, &a.name, &repo, lock, &opts, &bar, &app.cancel)
-            .with_context(|| format!("back up volume {} to {loc}", a.name))
+        match area {
+            Some(area) => kura_volume::backup_area(
+                &st,
+                &a.name,
+                area,
+                &url,
+                &repo,
+                lock,
+                &opts,
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| {
+                format!(
+                    "back up area {}:{} of volume {} to {loc}",
+                    area.0, area.1, a.name
+                )
+            }),
+            None => kura_volume::backup_volume(
+                &st,
+                &a.name,
+                &url,
+                &repo,
+                lock,
+                &opts,
+                &bar,
+                &app.cancel,
+            )
+            .with_context(|| format!("back up volume {} to {loc}", a.name)),
+        }
     })?;
     let s = &done.outcome.snapshot.summary;
     if app.global.json {
@@ -355,9 +404,15 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
         if let Some(why) = &done.full_reason {
             eprintln!("reading the whole volume: {why}");
         }
+        let what = match &done.record.area {
+            Some(r) => format!(
+                "volume {} area {}:{} (split at {})",
+                a.name, r.offset, r.length, r.split
+            ),
+            None => format!("volume {}", a.name),
+        };
         app.say(format!(
-            "volume {}: snapshot {} ({}, read {} of {}, {} new)",
-            a.name,
+            "{what}: snapshot {} ({}, read {} of {}, {} new)",
             done.outcome.id.short(),
             if done.incremental {
                 "incremental"
@@ -372,9 +427,29 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// A served volume: its server freezes it and copies in the background.
-fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Result<i32> {
-    let repository = absolute_location(app)?;
+/// The repository's URL for the server and the records: as given, endpoint and options
+/// included, a local path made absolute (the server's working directory is not ours, and a
+/// record must find the repository again from anywhere).
+fn repository_url(app: &App) -> Result<String> {
+    let repository = app.repo_location()?;
+    if repository.contains("://") {
+        return Ok(repository);
+    }
+    Ok(std::path::absolute(&repository)
+        .with_context(|| format!("repository path {repository}"))?
+        .display()
+        .to_string())
+}
+
+/// A served volume: its server freezes it (or takes a split area as frozen) and copies in
+/// the background.
+fn background(
+    app: &App,
+    a: &crate::cli::VolumeBackupArgs,
+    area: Option<(u64, u64)>,
+    mut c: Client,
+) -> Result<i32> {
+    let repository = repository_url(app)?;
     let password = crate::password::get(app.password_file().as_deref())?;
     let freeze = match a.freeze {
         FreezeArg::Auto => Freeze::Auto,
@@ -384,6 +459,7 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
     let req = Request::Backup {
         volume: a.name.clone(),
         freeze,
+        area,
         repository: repository.clone(),
         password,
     };
@@ -397,8 +473,12 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
         if let Some(why) = &job.full_reason {
             eprintln!("reading the whole volume: {why}");
         }
-        let how = match (&job.freeze, &job.work_volume) {
-            (Freeze::Session, Some(w)) => format!("a backup session (working volume {w})"),
+        let how = match (&job.freeze, &job.work_volume, &job.area) {
+            (_, _, Some(r)) => format!(
+                "the split of area {}:{} of its mirror pair at {}",
+                r.offset, r.length, r.split
+            ),
+            (Freeze::Session, Some(w), _) => format!("a backup session (working volume {w})"),
             _ => "splitting its mirror pair".to_string(),
         };
         app.say(format!(
@@ -428,18 +508,6 @@ fn background(app: &App, a: &crate::cli::VolumeBackupArgs, mut c: Client) -> Res
     })
 }
 
-/// The repository location as the server must see it (its working directory is not ours).
-fn absolute_location(app: &App) -> Result<String> {
-    let repository = app.repo_location()?;
-    if repository.contains("://") {
-        return Ok(repository);
-    }
-    Ok(std::path::absolute(&repository)
-        .with_context(|| format!("repository path {repository}"))?
-        .display()
-        .to_string())
-}
-
 /// `kura volume restore SNAP NAME`: through the server when one runs, else in this process.
 fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
@@ -453,7 +521,7 @@ fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
             )
             .into());
         }
-        let repository = absolute_location(app)?;
+        let repository = repository_url(app)?;
         let req = Request::Restore {
             volume: a.name.clone(),
             repository: repository.clone(),

@@ -47,7 +47,7 @@ macro_rules! on_both {
 }
 
 /// The S3 location of a fresh, unique prefix.
-fn s3_location() -> String {
+pub fn s3_location() -> String {
     let base = std::env::var("KURA_TEST_S3").unwrap_or_else(|_| {
         panic!(
             "KURA_TEST_S3 is not set: the S3 variants of the repository tests need the \

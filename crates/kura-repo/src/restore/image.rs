@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -70,10 +70,24 @@ fn open_dest(info: &ImageInfo, target: &Path) -> Result<(Dest, PathBuf)> {
         |what: &str, p: &Path, e| Error::io(format!("image target {what} {}", p.display()), e);
     let (dir, name) = match std::fs::metadata(target) {
         Ok(m) if m.file_type().is_block_device() => {
+            // Non-blocking, so a FIFO swapped in cannot hang the open.
             let f = OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(target)
                 .map_err(|e| ctx("device", target, e))?;
+            // What was opened is what is written: the path may have been swapped between
+            // the check above and the open (a symlink pointed at a regular file elsewhere).
+            let opened = f.metadata().map_err(|e| ctx("device", target, e))?;
+            if !opened.file_type().is_block_device() || opened.rdev() != m.rdev() {
+                return Err(Error::InvalidInput(format!(
+                    "image target {} changed while it was opened (no longer the block device \
+                     it was); nothing was written",
+                    target.display()
+                )));
+            }
+            rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())
+                .map_err(|e| ctx("device", target, e.into()))?;
             return Ok((Dest::Device(f), target.to_path_buf()));
         }
         Ok(m) if m.is_dir() => {

@@ -253,7 +253,7 @@ impl VolumeStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(name.to_string()));
+                return Err(Error::no_volume(name));
             }
             Err(e) => return Err(io(format!("read {}", path.display()))(e)),
         };
@@ -375,7 +375,7 @@ impl VolumeStore {
             .map_err(io(format!("open {}", raw.display())))?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::InUse(name.to_string()));
+            return Err(Error::served(name));
         }
         Ok(Exclusive(f))
     }
@@ -557,6 +557,7 @@ impl VolumeStore {
             .collect();
         // The smallest that fits first: large ones stay free for large volumes.
         pool.sort_by_key(|v| v.meta.size);
+        let fitting = pool.len();
         for v in pool {
             match self.exclusive(&v.meta.name) {
                 Ok(ex) => {
@@ -566,9 +567,19 @@ impl VolumeStore {
                 Err(e) => return Err(e),
             }
         }
+        let hint = format!(
+            "create one with `kura volume create NAME --size {}MiB --work`",
+            size.div_ceil(1 << 20)
+        );
+        if fitting > 0 {
+            // There are some, all claimed by other sessions: a conflict, not a mistake.
+            return Err(Error::InUse(format!(
+                "every working volume of at least {size} bytes is in use by another backup \
+                 session ({fitting} in the pool); wait for one to end, or {hint}"
+            )));
+        }
         Err(Error::Invalid(format!(
-            "no free working volume of at least {size} bytes in the pool: create one with \
-             `kura volume create NAME {size} --work`"
+            "no working volume of at least {size} bytes in the pool: {hint}"
         )))
     }
 }
@@ -588,6 +599,23 @@ pub(crate) fn refuse_paired(m: &VolumeMeta) -> Result<()> {
 mod tests {
     use super::*;
     use kura_nbd::Export;
+
+    /// An empty pool is a mistake to correct (Invalid, with a command that works); a pool
+    /// whose working volumes are all claimed is a conflict (InUse).
+    #[test]
+    fn claiming_a_working_volume_tells_empty_from_busy() {
+        let d = tempfile::tempdir().unwrap();
+        let s = VolumeStore::open(d.path()).unwrap();
+        match s.claim_work(8 << 20) {
+            Err(Error::Invalid(m)) => assert!(m.contains("--size 8MiB --work"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        s.create_with("w0", 8 << 20, true).unwrap();
+        let first = s.claim_work(8 << 20).unwrap();
+        assert!(matches!(s.claim_work(8 << 20), Err(Error::InUse(_))));
+        drop(first);
+        s.claim_work(8 << 20).unwrap();
+    }
 
     #[test]
     fn create_list_resize_delete() {

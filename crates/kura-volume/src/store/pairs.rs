@@ -10,8 +10,8 @@ use crate::dirty::{DirtyMap, GRANULE};
 use crate::error::{Error, Result};
 use crate::export::VolumeExport;
 use crate::pair::{
-    MAGIC, Pair, PairConfig, PairInfo, PairState, ResyncOutcome, check_areas, not_paired, now,
-    recover_unclean,
+    MAGIC, Pair, PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea, Unclean, Use, VERSION,
+    area_dirty_bytes, check_new_areas, granules_outside, list, not_paired, now, recover_unclean,
 };
 use crate::store::VolumeStore;
 
@@ -33,11 +33,11 @@ impl VolumeStore {
                 });
             }
         };
-        let c: PairConfig = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        let mut c: PairConfig = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             path: path.clone(),
             why: e.to_string(),
         })?;
-        if c.magic != MAGIC || c.v != 1 || c.primary != name {
+        if c.magic != MAGIC || !(1..=VERSION).contains(&c.v) || c.primary != name {
             return Err(Error::Corrupt {
                 path,
                 why: format!(
@@ -46,6 +46,14 @@ impl VolumeStore {
                 ),
             });
         }
+        // Version 1: the areas were split together, when the pair was.
+        for a in &mut c.areas {
+            if a.split.is_empty() {
+                a.split = c.since.clone();
+            }
+        }
+        c.areas.sort_unstable_by_key(|a| a.offset);
+        c.v = VERSION;
         Ok(Some(c))
     }
 
@@ -74,10 +82,10 @@ impl VolumeStore {
             source,
         })?;
         let diff = DirtyMap::open(&self.path(name, "pairdiff"), size)?;
-        let before = config.state;
+        let before = config.clone();
         let pair = Pair::new(config, secondary, diff, hold);
         let after = pair.config();
-        if after.state != before {
+        if after != before {
             tracing::warn!("pair {name}: {}", after.note.clone().unwrap_or_default());
             self.save_pair(&after)?;
             pair.diff.persist()?;
@@ -130,7 +138,7 @@ impl VolumeStore {
         }
         self.save_pair(&PairConfig {
             magic: MAGIC.into(),
-            v: 1,
+            v: VERSION,
             primary: primary.into(),
             secondary: secondary.into(),
             state: PairState::Split,
@@ -156,7 +164,7 @@ impl VolumeStore {
             None => PairInfo {
                 config: PairConfig {
                     magic: MAGIC.into(),
-                    v: 1,
+                    v: VERSION,
                     primary: export.name().to_string(),
                     secondary: String::new(),
                     state: PairState::Duplex,
@@ -165,16 +173,17 @@ impl VolumeStore {
                     note: None,
                 },
                 dirty_bytes: 0,
+                area_dirty_bytes: Vec::new(),
                 served: true,
             },
         }
     }
 
-    /// Split the pair of `primary`: freeze the secondary (wholly, or only `areas`).
+    /// Split the pair of `primary`: freeze the secondary wholly, or `areas` of it beside
+    /// those already split (each area frozen from now, with its own split time).
     pub fn pair_split(&self, primary: &str, areas: Vec<(u64, u64)>) -> Result<PairInfo> {
         let export = self.open_export(primary)?;
         let pair = export.pair().ok_or_else(|| not_paired(primary))?;
-        check_areas(&areas, export.size())?;
         let g = export.exclusive()?;
         self.split_locked(&export, &pair, areas, &g)?;
         drop(g);
@@ -191,10 +200,16 @@ impl VolumeStore {
         _held: &std::sync::RwLockWriteGuard<'_, bool>,
     ) -> Result<()> {
         let c = pair.config();
-        if c.state == PairState::Split {
-            return Err(Error::Invalid(format!(
-                "the pair of {} is already split (since {}); resync it first",
-                c.primary, c.since
+        check_new_areas(&c, &areas, export.size())?;
+        let whole = [(0, export.size())];
+        let parts = if areas.is_empty() { &whole[..] } else { &areas };
+        if let Some(&(o, l)) = parts
+            .iter()
+            .find(|&&(o, l)| pair.claimed(o, l, Use::Resync))
+        {
+            return Err(Error::InUse(format!(
+                "{}: a resync is copying bytes {o}:{l} of its secondary; split when it ends",
+                c.primary
             )));
         }
         let flush = |r: io::Result<()>, what: &str| {
@@ -206,19 +221,83 @@ impl VolumeStore {
         flush(export.file().flush(), "the primary")?;
         flush(pair.secondary.flush(), "the secondary")?;
         pair.diff.persist()?;
-        let new = pair.set_state(PairState::Split, areas);
+        let new = pair.split(&areas);
         self.save_pair(&new)
     }
 
-    /// Copy the granules that differ and return the pair of `primary` to duplex.
-    pub fn pair_resync(&self, primary: &str) -> Result<(PairInfo, ResyncOutcome)> {
+    /// Copy the granules that differ and return the pair of `primary` to duplex — or, with
+    /// `areas`, only those split areas' granules, rejoining them while the others stay
+    /// split.
+    pub fn pair_resync(
+        &self,
+        primary: &str,
+        areas: &[(u64, u64)],
+    ) -> Result<(PairInfo, ResyncOutcome)> {
         let export = self.open_export(primary)?;
-        let out = self.resync(&export)?;
+        let out = self.resync_areas(&export, areas)?;
         Ok((self.pair_info(&export), out))
     }
 
+    /// Resync all of the pair of `export`.
     pub(crate) fn resync(&self, export: &VolumeExport) -> Result<ResyncOutcome> {
+        self.resync_areas(export, &[])
+    }
+
+    /// The split areas `want` names exactly (none: all of them, and the whole volume).
+    fn chosen(c: &PairConfig, want: &[(u64, u64)]) -> Result<Option<Vec<SplitArea>>> {
+        if want.is_empty() {
+            return Ok(None);
+        }
+        let p = &c.primary;
+        if c.state == PairState::Split && c.areas.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the pair of {p} is split wholly: resync it without --area"
+            )));
+        }
+        let mut out: Vec<SplitArea> = Vec::new();
+        for &(o, l) in want {
+            let a = c
+                .areas
+                .iter()
+                .find(|a| a.offset == o && a.length == l)
+                .ok_or_else(|| {
+                    Error::Invalid(match c.areas.is_empty() {
+                        true => format!("{o}:{l}: no area of the pair of {p} is split"),
+                        false => format!(
+                            "{o}:{l} is not a split area of the pair of {p} (split: {})",
+                            list(&c.areas)
+                        ),
+                    })
+                })?;
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        // The last areas: resyncing them is resyncing the pair (after an unclean stop, the
+        // granules outside the areas are copied too).
+        Ok((out.len() < c.areas.len()).then_some(out))
+    }
+
+    pub(crate) fn resync_areas(
+        &self,
+        export: &VolumeExport,
+        want: &[(u64, u64)],
+    ) -> Result<ResyncOutcome> {
         let pair = export.pair().ok_or_else(|| not_paired(export.name()))?;
+        let chosen = Self::chosen(&pair.config(), want)?;
+        // What a backup reads is not resynced under it.
+        let _claims = match &chosen {
+            None => vec![pair.claim(0, export.size(), Use::Resync)?],
+            Some(areas) => areas
+                .iter()
+                .map(|a| pair.claim(a.offset, a.length, Use::Resync))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let in_scope = |g: &u64| {
+            chosen
+                .as_ref()
+                .is_none_or(|areas| areas.iter().any(|a| a.granules().contains(g)))
+        };
         let mut out = ResyncOutcome::default();
         let mut buf = Vec::new();
         let ioerr = |what: &str| {
@@ -226,15 +305,21 @@ impl VolumeStore {
             move |source| Error::Io { what, source }
         };
         loop {
-            let granules = pair.diff.dirty_granules();
+            let granules: Vec<u64> = pair
+                .diff
+                .dirty_granules()
+                .into_iter()
+                .filter(in_scope)
+                .collect();
             if granules.is_empty() {
                 let _g = export.exclusive()?;
-                if !pair.diff.dirty_granules().is_empty() {
+                if pair.diff.dirty_granules().iter().any(in_scope) {
                     continue; // a host write landed in a split area meanwhile
                 }
-                if pair.config().state == PairState::Split {
-                    let c = pair.set_state(PairState::Duplex, Vec::new());
-                    self.save_pair(&c)?;
+                let before = pair.config();
+                let after = pair.rejoin(chosen.as_deref());
+                if after != before {
+                    self.save_pair(&after)?;
                 }
                 pair.diff.persist()?;
                 return Ok(out);
@@ -268,12 +353,27 @@ impl VolumeStore {
             let Some(mut config) = self.read_pair(name)? else {
                 continue;
             };
-            let d = crate::dirty::peek(&self.path(name, "pairdiff"), v.meta.size)?;
+            let size = v.meta.size;
+            let d = crate::dirty::peek(&self.path(name, "pairdiff"), size)?;
             // As the next load will find it.
-            let all = recover_unclean(&mut config, d.unclean);
+            let mut granules = d.granules;
+            match recover_unclean(&mut config, d.unclean) {
+                _ if d.lost && !d.served => granules = (0..size.div_ceil(GRANULE)).collect(),
+                Unclean::All => granules = (0..size.div_ceil(GRANULE)).collect(),
+                Unclean::OutsideAreas => {
+                    granules.extend(granules_outside(&config.areas, size));
+                    granules.sort_unstable();
+                    granules.dedup();
+                }
+                Unclean::No => {}
+            }
             out.push(PairInfo {
+                area_dirty_bytes: area_dirty_bytes(&config.areas, &granules),
+                dirty_bytes: granules
+                    .iter()
+                    .map(|g| GRANULE.min(size - g * GRANULE))
+                    .sum(),
                 config,
-                dirty_bytes: if all { v.meta.size } else { d.dirty_bytes },
                 served: d.served,
             });
         }

@@ -41,7 +41,7 @@ impl VolumeStore {
             .map_err(io(format!("open {}", raw.display())))?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
-            return Err(Error::InUse(name.to_string()));
+            return Err(Error::served(name));
         }
         let identity = Identity::of(
             &f.metadata()
@@ -142,7 +142,9 @@ impl VolumeStore {
             return Ok(());
         };
         if Arc::strong_count(e) > 1 {
-            return Err(Error::InUse(format!("{name} (a client is connected)")));
+            return Err(Error::InUse(format!(
+                "volume {name:?} is in use: a client is connected"
+            )));
         }
         if let Some(e) = reg.held.remove(name) {
             reg.open.remove(name);
