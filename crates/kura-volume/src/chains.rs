@@ -26,16 +26,15 @@
 //! the engine's last write; so a close waits until the clock has moved past the recorded
 //! times (at most a few tens of milliseconds, only when the volume was just written).
 
-use std::fs::{File, Metadata, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kura_repo::Id;
 
 use crate::dirty::GRANULE;
-use crate::error::{Error, Result, io};
+use crate::error::{Result, io};
 
 pub const MAGIC: &[u8; 8] = b"KURACBT1";
 const VERSION: u32 = 1;
@@ -345,21 +344,7 @@ impl ChainSet {
     /// and mark them in use. Fails with [`Error::InUse`] when another process holds them.
     pub fn open(path: &Path, size: u64, raw: &Identity) -> Result<ChainSet> {
         let what = || format!("change tracking {}", path.display());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(what()))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let name = path
-                .file_stem()
-                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            return Err(Error::served(&name));
-        }
+        let file = crate::hold::open_held(path, &what())?;
         let bytes = std::fs::read(path).map_err(io(what()))?;
         let mut p = parse(&bytes, size, raw);
         if let Some(why) = &p.reason {
@@ -649,8 +634,7 @@ pub fn peek(path: &Path, size: u64, raw: &Identity) -> Result<Tracking> {
         }
         Err(e) => return Err(io(what())(e)),
     };
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    let served = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
+    let served = !crate::hold::try_lock(&file, false);
     let bytes = std::fs::read(path).map_err(io(what()))?;
     let mut p = parse(&bytes, size, raw);
     if served && p.in_use {
@@ -687,6 +671,7 @@ pub fn peek(path: &Path, size: u64, raw: &Identity) -> Result<Tracking> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn id(n: u8) -> Id {
         Id([n; 32])

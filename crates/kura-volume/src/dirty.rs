@@ -14,13 +14,12 @@
 //! ⌈size / granule / 8⌉ bytes of bits, granule `i` in bit `i % 8` of byte `i / 8`.
 //! Little-endian. Specified in `docs/FORMAT.md`.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::{Error, Result, io};
+use crate::error::{Result, io};
 
 pub const MAGIC: &[u8; 8] = b"KURADBM1";
 pub const GRANULE: u64 = 4 << 20;
@@ -68,21 +67,7 @@ impl DirtyMap {
     /// [`Error::InUse`] when another process holds it.
     pub fn open(path: &Path, size: u64) -> Result<DirtyMap> {
         let what = || format!("bitmap {}", path.display());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(what()))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let name = path
-                .file_stem()
-                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            return Err(Error::served(&name));
-        }
+        let file = crate::hold::open_held(path, &what())?;
         let len = file.metadata().map_err(io(what()))?.len();
         let n = bitmap_len(size);
         let mut bits = vec![0u8; n];
@@ -215,6 +200,7 @@ impl DirtyMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn bits_survive_a_clean_close_and_a_crash_is_seen() {
@@ -279,8 +265,7 @@ pub fn peek(path: &Path, size: u64) -> Result<DirtyState> {
         }
         Err(e) => return Err(io(what())(e)),
     };
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    let served = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
+    let served = !crate::hold::try_lock(&file, false);
     let len = file.metadata().map_err(io(what()))?.len();
     let n = bitmap_len(size);
     let mut h = [0u8; 32];

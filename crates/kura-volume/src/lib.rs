@@ -39,6 +39,7 @@ pub mod dirty;
 pub mod engine;
 mod error;
 mod export;
+mod hold;
 pub mod pair;
 mod records;
 mod restore;

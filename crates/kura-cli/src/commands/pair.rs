@@ -41,9 +41,8 @@ fn describe(req: &Request) -> String {
         Request::PairDelete { primary } => format!("delete the pair of {primary}"),
         Request::PairList => "list the pairs".into(),
         Request::Backup { volume, .. } => format!("back up {volume}"),
+        Request::Restore { volume, .. } => format!("restore into {volume}"),
         Request::Jobs | Request::Job { .. } => "list the background backups".into(),
-        #[allow(unreachable_patterns)]
-        _ => "ask the volume server".into(),
     }
 }
 

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -373,8 +372,7 @@ impl VolumeStore {
             .write(true)
             .open(&raw)
             .map_err(io(format!("open {}", raw.display())))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !crate::hold::try_lock(&f, true) {
             return Err(Error::served(name));
         }
         Ok(Exclusive(f))

@@ -7,7 +7,6 @@
 //! the last connection, and the volume could be changed or removed under a running server.
 
 use std::fs::OpenOptions;
-use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Weak};
 
 use kura_nbd::{Export, Exports, FileExport};
@@ -39,8 +38,7 @@ impl VolumeStore {
             .write(true)
             .open(&raw)
             .map_err(io(format!("open {}", raw.display())))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        if !crate::hold::try_lock(&f, false) {
             return Err(Error::served(name));
         }
         let identity = Identity::of(
