@@ -13,19 +13,9 @@ use serde_json::Value;
 mod common;
 
 use common::Kura;
-use common::vols::{Server, Vols, qemu_write};
+use common::vols::{Server, Vols, pair, qemu_write};
 
 const MIB: u64 = 1 << 20;
-
-fn pair(v: &Vols, primary: &str) -> Value {
-    let all = v.json(&["pair", "list"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["primary"] == primary)
-        .cloned()
-        .unwrap_or_else(|| panic!("no pair of {primary}: {all}"))
-}
 
 fn range(b: &[u8], off: u64, len: u64) -> &[u8] {
     &b[off as usize..(off + len) as usize]

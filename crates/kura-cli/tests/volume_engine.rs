@@ -11,7 +11,7 @@ use serde_json::Value;
 mod common;
 
 use common::Kura;
-use common::vols::{Server, Vols, qemu_write, tool};
+use common::vols::{Server, Vols, pair, qemu_write, tool};
 
 const MIB: u64 = 1 << 20;
 
@@ -130,16 +130,6 @@ impl Drop for Holder {
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
-}
-
-fn pair(v: &Vols, primary: &str) -> Value {
-    let all = v.json(&["pair", "list"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["primary"] == primary)
-        .cloned()
-        .unwrap_or_else(|| panic!("no pair of {primary}: {all}"))
 }
 
 fn range(b: &[u8], off: u64, len: u64) -> &[u8] {

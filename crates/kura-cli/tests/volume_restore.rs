@@ -5,7 +5,6 @@
 //! other repository a full read that says why); and `kura restore SNAP --target nbd://…` into
 //! qemu-nbd and into kura's own server.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -14,7 +13,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::vols::{Vols, qemu_write};
+use common::vols::{Vols, hold, qemu_write};
 use common::{Kura, allocated, pseudo_random};
 
 const MIB: u64 = 1 << 20;
@@ -183,30 +182,6 @@ fn restores_into_new_and_existing_volumes_keep_holes_and_reset_the_chain() {
     let o = restore(&v, &a, t["snapshot_id"].as_str().unwrap(), "treevol", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("not an image"), "{}", stderr(&o));
-}
-
-fn opt(o: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = b"IHAVEOPT".to_vec();
-    v.extend_from_slice(&o.to_be_bytes());
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-/// A client that negotiated GO to `name` and stays connected.
-fn hold(addr: &str, name: &str) -> TcpStream {
-    let mut c = TcpStream::connect(addr).unwrap();
-    let mut greet = [0u8; 18];
-    c.read_exact(&mut greet).unwrap();
-    c.write_all(&3u32.to_be_bytes()).unwrap();
-    let mut go = (name.len() as u32).to_be_bytes().to_vec();
-    go.extend_from_slice(name.as_bytes());
-    go.extend_from_slice(&0u16.to_be_bytes());
-    c.write_all(&opt(7, &go)).unwrap();
-    let mut reply = [0u8; 20];
-    c.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply[12..16], &3u32.to_be_bytes(), "GO answered with INFO");
-    c
 }
 
 #[test]

@@ -11,7 +11,7 @@ use serde_json::Value;
 mod common;
 
 use common::Kura;
-use common::vols::{Vols, qemu_write, stdout, tool};
+use common::vols::{Vols, hold, opt, qemu_write, stdout, tool};
 
 #[test]
 fn volumes_are_created_listed_resized_and_deleted() {
@@ -239,14 +239,6 @@ fn raw_session(addr: &str, bytes: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
-fn opt(o: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = b"IHAVEOPT".to_vec();
-    v.extend_from_slice(&o.to_be_bytes());
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
 #[test]
 fn hostile_clients_are_answered_or_cut_off_and_the_server_goes_on() {
     let v = Vols::new();
@@ -294,26 +286,6 @@ fn hostile_clients_are_answered_or_cut_off_and_the_server_goes_on() {
         ],
     );
     assert!(!stdout(&o).contains("failed"));
-}
-
-/// A client that negotiated GO to `name` and stays connected: it holds the volume open.
-fn hold(addr: &str, name: &str) -> TcpStream {
-    let mut c = TcpStream::connect(addr).unwrap();
-    let mut greet = [0u8; 18];
-    c.read_exact(&mut greet).unwrap();
-    c.write_all(&3u32.to_be_bytes()).unwrap();
-    let mut go = (name.len() as u32).to_be_bytes().to_vec();
-    go.extend_from_slice(name.as_bytes());
-    go.extend_from_slice(&0u16.to_be_bytes());
-    c.write_all(&opt(7, &go)).unwrap();
-    let mut reply = [0u8; 20];
-    c.read_exact(&mut reply).unwrap();
-    assert_eq!(
-        &reply[12..16],
-        &3u32.to_be_bytes(),
-        "GO answered with INFO: the export is open"
-    );
-    c
 }
 
 #[test]

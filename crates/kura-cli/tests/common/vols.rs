@@ -3,6 +3,8 @@
 
 use std::io::BufRead;
 use std::io::BufReader;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -205,4 +207,44 @@ impl Kura for Vols {
             .env_remove("KURA_CONFIG");
         c
     }
+}
+
+/// An NBD option request of a client (newstyle negotiation).
+pub fn opt(o: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = b"IHAVEOPT".to_vec();
+    v.extend_from_slice(&o.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A client that negotiated GO to `name` and stays connected: it holds the volume open.
+pub fn hold(addr: &str, name: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut greet = [0u8; 18];
+    c.read_exact(&mut greet).unwrap();
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut go = (name.len() as u32).to_be_bytes().to_vec();
+    go.extend_from_slice(name.as_bytes());
+    go.extend_from_slice(&0u16.to_be_bytes());
+    c.write_all(&opt(7, &go)).unwrap();
+    let mut reply = [0u8; 20];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        &reply[12..16],
+        &3u32.to_be_bytes(),
+        "GO answered with INFO: the export is open"
+    );
+    c
+}
+
+/// Volume `primary`'s pair as `pair list --json` shows it.
+pub fn pair(v: &Vols, primary: &str) -> Value {
+    let all = v.json(&["pair", "list"]);
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["primary"] == primary)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pair of {primary}: {all}"))
 }
