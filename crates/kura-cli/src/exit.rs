@@ -1,31 +1,30 @@
 //! Exit codes (documented in README.md). Scripts depend on these; do not renumber.
 
-use kura_repo::Error;
-use kura_repo::backend::{BackendError, ErrorKind};
+use kura_repo::backend::BackendError;
+use kura_repo::{Error, Failure};
 
-fn backend_code(e: &BackendError) -> i32 {
-    match e.kind() {
-        ErrorKind::Unreachable | ErrorKind::TimedOut => TARGET_UNREACHABLE,
-        ErrorKind::PermissionDenied => TARGET_DENIED,
-        ErrorKind::NoSpace => TARGET_FULL,
-        ErrorKind::Invalid => USAGE,
-        ErrorKind::AlreadyExists => CONFLICT,
-        ErrorKind::NotFound if e.is_repository_missing() => NO_REPOSITORY,
-        _ => FATAL,
+/// The exit code for what the caller must do.
+pub fn failure_code(f: Failure) -> i32 {
+    match f {
+        Failure::Unreachable => TARGET_UNREACHABLE,
+        Failure::Denied => TARGET_DENIED,
+        Failure::Full => TARGET_FULL,
+        Failure::Invalid => USAGE,
+        Failure::Conflict => CONFLICT,
+        Failure::NoRepository => NO_REPOSITORY,
+        Failure::WrongPassword => WRONG_PASSWORD,
+        Failure::Locked => LOCKED,
+        Failure::Interrupted => INTERRUPTED,
+        Failure::Other => FATAL,
     }
 }
 
+fn backend_code(e: &BackendError) -> i32 {
+    failure_code(Failure::of_backend(e))
+}
+
 fn repo_code(e: &Error) -> i32 {
-    match e {
-        Error::NotARepository(_) => NO_REPOSITORY,
-        Error::WrongPassword { .. } => WRONG_PASSWORD,
-        Error::Locked { .. } => LOCKED,
-        Error::LockLost { .. } => LOCKED,
-        Error::Interrupted => INTERRUPTED,
-        Error::NotAGroup(_) => USAGE,
-        Error::Backend(b) => backend_code(b),
-        _ => FATAL,
-    }
+    failure_code(e.failure())
 }
 
 fn catalog_code(e: &kura_catalog::Error) -> i32 {
@@ -77,7 +76,7 @@ pub const CONFLICT: i32 = 14;
 pub const UNAVAILABLE: i32 = 15;
 /// The catalog database could not be reached or opened.
 pub const CATALOG_UNREACHABLE: i32 = 16;
-/// Interrupted (SIGINT).
+/// Interrupted (SIGINT, SIGTERM or SIGHUP).
 pub const INTERRUPTED: i32 = 130;
 /// Standard output was a pipe whose reader went away (`kura … | head`): the exit a shell
 /// shows for SIGPIPE, without its message. What was written so far stays consistent (a
@@ -112,6 +111,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 V::Exists(_) | V::InUse(_) => CONFLICT,
                 V::Invalid(_) => USAGE,
                 V::Repo(r) => repo_code(r),
+                V::Remote { failure, .. } => failure_code(*failure),
                 V::Nbd(kura_nbd::ClientError::Address(_)) => USAGE,
                 V::Nbd(kura_nbd::ClientError::Io { .. }) => TARGET_UNREACHABLE,
                 V::Nbd(_) => FATAL,

@@ -46,17 +46,28 @@ impl App {
             })
     }
 
-    /// Deadline and fault behaviour of storage operations (`--timeout`, `[repository] timeout`).
-    pub fn backend_options(&self) -> Result<BackendOptions> {
-        let mut opts = BackendOptions::default();
+    /// The deadline of each storage operation this invocation asks for (`--timeout`, else
+    /// `[repository] timeout`); `None`: the default.
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>> {
         let timeout = self
             .global
             .timeout
             .clone()
             .or_else(|| self.config.repository.timeout.clone());
-        if let Some(t) = timeout {
-            opts.policy.deadline = kura_repo::backend::retry::parse_duration(&t)
-                .ok_or_else(|| UsageError(format!("invalid timeout {t:?}: use e.g. 30s, 2m")))?;
+        timeout
+            .map(|t| {
+                kura_repo::backend::retry::parse_duration(&t).ok_or_else(|| {
+                    UsageError(format!("invalid timeout {t:?}: use e.g. 30s, 2m")).into()
+                })
+            })
+            .transpose()
+    }
+
+    /// Deadline and fault behaviour of storage operations (`--timeout`, `[repository] timeout`).
+    pub fn backend_options(&self) -> Result<BackendOptions> {
+        let mut opts = BackendOptions::default();
+        if let Some(d) = self.timeout()? {
+            opts.policy.deadline = d;
         }
         Ok(opts)
     }
@@ -246,7 +257,8 @@ fn run(cli: Cli) -> Result<i32> {
     {
         let cancel = cancel.clone();
         let presses = std::sync::atomic::AtomicU32::new(0);
-        // First Ctrl-C: stop cleanly (locks removed, no snapshot). Second: exit now.
+        // First Ctrl-C (or SIGTERM, SIGHUP): stop cleanly (locks removed, no snapshot).
+        // Second: exit now.
         let _ = ctrlc::set_handler(move || {
             if presses.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
                 std::process::exit(exit::INTERRUPTED);

@@ -84,3 +84,58 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What the caller must do about an error, as a small closed set: the CLI's exit codes
+/// follow it, and the volume server sends it with an error across its control socket, so
+/// that a client's exit code is the same whether the repository was opened here or there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The target could not be reached or did not answer within its deadline: retry later.
+    Unreachable,
+    /// The target refused access.
+    Denied,
+    /// The target is full.
+    Full,
+    /// The request itself was wrong.
+    Invalid,
+    /// Something of that name exists already.
+    Conflict,
+    /// There is no repository there.
+    NoRepository,
+    WrongPassword,
+    /// Locked by another process, or the lock was lost.
+    Locked,
+    Interrupted,
+    /// Anything else: the operation did not complete.
+    Other,
+}
+
+impl Failure {
+    pub fn of_backend(e: &BackendError) -> Failure {
+        match e.kind() {
+            ErrorKind::Unreachable | ErrorKind::TimedOut => Failure::Unreachable,
+            ErrorKind::PermissionDenied => Failure::Denied,
+            ErrorKind::NoSpace => Failure::Full,
+            ErrorKind::Invalid => Failure::Invalid,
+            ErrorKind::AlreadyExists => Failure::Conflict,
+            ErrorKind::NotFound if e.is_repository_missing() => Failure::NoRepository,
+            _ => Failure::Other,
+        }
+    }
+}
+
+impl Error {
+    /// What the caller must do about it ([`Failure`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            Error::NotARepository(_) => Failure::NoRepository,
+            Error::WrongPassword { .. } => Failure::WrongPassword,
+            Error::Locked { .. } | Error::LockLost { .. } => Failure::Locked,
+            Error::Interrupted => Failure::Interrupted,
+            Error::NotAGroup(_) => Failure::Invalid,
+            Error::Backend(b) => Failure::of_backend(b),
+            _ => Failure::Other,
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub mod tree;
 mod treecache;
 pub mod util;
 
-pub use error::{Error, Result};
+pub use error::{Error, Failure, Result};
 pub use id::Id;
 pub use kura_backend as backend;
 pub use repo::{IndexedRepo, InitOptions, Repository};

@@ -5,7 +5,11 @@
 //! Shaped like qemu's QMP: a Unix socket in the data directory (`.kura-control.sock`, mode
 //! 0600; a peer of another user is refused by its credentials), one JSON request per line,
 //! one JSON answer per line: `{"ok": true, "result": …}` or
-//! `{"ok": false, "kind": "in_use"|"not_found"|"invalid"|"error", "error": "…"}`.
+//! `{"ok": false, "kind": "in_use"|"not_found"|"invalid"|"repository"|"error", "error": "…"}`;
+//! a `repository` error adds `"failure"`, a [`kura_repo::Failure`] (`"unreachable"`,
+//! `"wrong_password"`, …), so the client exits as it would had it opened the repository
+//! itself. A backup or restore may carry the client's storage deadline (`timeout_ms`, from
+//! its `--timeout`), which then replaces the server's own for that job.
 //! Requests are [`Request`]; a connection may send several. The password of a backup's
 //! repository travels in the request, so the socket's permissions matter.
 //!
@@ -22,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, Freeze};
+use crate::engine::{Engine, Freeze, RepoAccess};
 use crate::error::{Error, Result};
 
 pub const SOCKET: &str = ".kura-control.sock";
@@ -61,12 +65,19 @@ pub enum Request {
         repository: String,
         /// The repository password, as bytes (JSON array).
         password: Vec<u8>,
+        /// The client's deadline of each storage operation, in milliseconds (its
+        /// `--timeout`); `None`: the server's own.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
     },
     /// Restore an image snapshot into a volume through the server's write path.
     Restore {
         volume: String,
         repository: String,
         password: Vec<u8>,
+        /// As for a backup.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
         snapshot: String,
         #[serde(default)]
         force: bool,
@@ -112,40 +123,46 @@ pub fn handle(engine: &Arc<Engine>, req: Request) -> Result<Value> {
             area,
             repository,
             password,
-        } => v(serde_json::to_value(engine.backup(
-            &volume,
-            freeze,
-            area,
-            &repository,
-            &password,
-        )?)),
+            timeout_ms,
+        } => {
+            let access = RepoAccess::new(repository, password, timeout_ms);
+            v(serde_json::to_value(
+                engine.backup(&volume, freeze, area, &access)?,
+            ))
+        }
         Request::Restore {
             volume,
             repository,
             password,
+            timeout_ms,
             snapshot,
             force,
             threads,
-        } => v(serde_json::to_value(engine.restore(
-            &volume,
-            &repository,
-            &password,
-            &snapshot,
-            force,
-            threads,
-        )?)),
+        } => {
+            let access = RepoAccess::new(repository, password, timeout_ms);
+            v(serde_json::to_value(
+                engine.restore(&volume, &access, &snapshot, force, threads)?,
+            ))
+        }
         Request::Jobs => v(serde_json::to_value(engine.jobs())),
         Request::Job { id } => v(serde_json::to_value(engine.job(id)?)),
     }
 }
 
-fn kind(e: &Error) -> &'static str {
-    match e {
+/// An error as the control socket answers it (module docs).
+fn refusal(e: &Error) -> Value {
+    let kind = match e {
         Error::InUse(_) => "in_use",
         Error::NotFound(_) => "not_found",
         Error::Invalid(_) | Error::Corrupt { .. } => "invalid",
+        Error::Repo(_) | Error::Remote { .. } => "repository",
         _ => "error",
+    };
+    let mut v = json!({"ok": false, "kind": kind, "error": e.to_string()});
+    if kind == "repository" {
+        v["failure"] = json!(e.failure());
     }
+    v
 }
 
 fn answer(engine: &Arc<Engine>, line: &str) -> Value {
@@ -153,7 +170,7 @@ fn answer(engine: &Arc<Engine>, line: &str) -> Value {
         Err(e) => json!({"ok": false, "kind": "invalid", "error": format!("bad request: {e}")}),
         Ok(req) => match handle(engine, req) {
             Ok(result) => json!({"ok": true, "result": result}),
-            Err(e) => json!({"ok": false, "kind": kind(&e), "error": e.to_string()}),
+            Err(e) => refusal(&e),
         },
     }
 }
@@ -296,7 +313,15 @@ impl Client {
             Some("in_use") => Error::InUse(msg),
             Some("not_found") => Error::NotFound(msg),
             Some("invalid") => Error::Invalid(msg),
-            _ => Error::Invalid(format!("volume server: {msg}")),
+            Some("repository") => Error::Remote {
+                failure: serde_json::from_value(v["failure"].clone())
+                    .unwrap_or(kura_repo::Failure::Other),
+                message: msg,
+            },
+            _ => Error::Remote {
+                failure: kura_repo::Failure::Other,
+                message: format!("volume server: {msg}"),
+            },
         })
     }
 }

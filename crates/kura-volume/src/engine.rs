@@ -23,8 +23,9 @@
 //! repository (a round trip to a remote target), and hosts wait while the change lock is
 //! held, so it must not happen under the lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
@@ -64,9 +65,31 @@ pub struct Opened {
     pub options: BackupOptions,
 }
 
+/// A repository a client asks the engine to open: where, its password, and the client's
+/// own deadline of each storage operation (its `--timeout`; `None`: the server's own).
+/// Deliberately not `Debug`: it carries the password.
+#[derive(Clone)]
+pub struct RepoAccess {
+    pub url: String,
+    pub password: Vec<u8>,
+    pub deadline: Option<Duration>,
+}
+
+impl RepoAccess {
+    pub fn new(url: String, password: Vec<u8>, timeout_ms: Option<u64>) -> RepoAccess {
+        RepoAccess {
+            url,
+            password,
+            deadline: timeout_ms.map(Duration::from_millis),
+        }
+    }
+}
+
 /// Opens repositories for the engine (the CLI knows targets, credentials and options).
+/// Errors stay typed, so a client's exit code says what went wrong (unreachable, wrong
+/// password, locked, …) as when it opens a repository itself.
 pub trait RepoOpener: Send + Sync {
-    fn open(&self, repository: &str, password: &[u8]) -> std::result::Result<Opened, String>;
+    fn open(&self, access: &RepoAccess) -> kura_repo::Result<Opened>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +118,9 @@ pub struct JobStatus {
     pub full_reason: Option<String>,
     pub snapshot: Option<String>,
     pub error: Option<String>,
+    /// What a failed job's caller must do about it (an unreachable target: retry).
+    #[serde(default)]
+    pub failure: Option<kura_repo::Failure>,
     pub work_volume: Option<String>,
     /// Session block states (live while running, final after).
     pub session: Option<SessionStats>,
@@ -111,6 +137,14 @@ struct Job {
     done: AtomicU64,
     total: AtomicU64,
     session: Mutex<Option<Arc<Session>>>,
+    export: Arc<VolumeExport>,
+    /// The chain's bits taken at the freeze, until the job thaws them, or until
+    /// [`Engine::stop`] gives up on the job; whichever comes first takes them (under this
+    /// lock, which also guards `abandoned`), so the bits go back exactly once.
+    frozen: Mutex<Option<Frozen>>,
+    /// Set by [`Engine::stop`]: the job's volume was thawed and closed without it; its
+    /// thread must touch nothing more.
+    abandoned: AtomicBool,
 }
 
 impl Job {
@@ -159,12 +193,12 @@ impl ImageSource for SecondarySource {
 /// What a job backs up, and how it thaws.
 enum Kind {
     /// The whole volume, frozen by a session or a split: the chain's bits taken at the
-    /// freeze (`frozen`), the session (moved into the job when it starts) or the claim on
-    /// the split secondary (given up for the resync that ends the job).
+    /// freeze (`frozen`, moved into the job when it starts), the session (likewise) or the
+    /// claim on the split secondary (given up for the resync that ends the job).
     Volume {
         plan: Plan,
         source: Arc<dyn ImageSource>,
-        frozen: Frozen,
+        frozen: Option<Frozen>,
         session: Option<Arc<Session>>,
         claim: Option<Claim>,
     },
@@ -186,6 +220,11 @@ struct Busy {
 impl Busy {
     fn take(engine: &Arc<Engine>, volume: &str) -> Result<Busy> {
         let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if engine.stopping.load(Ordering::SeqCst) {
+            return Err(Error::InUse(
+                "the volume server is stopping: no new backup or restore starts".into(),
+            ));
+        }
         if !busy.insert(volume.to_string()) {
             return Err(Error::InUse(format!(
                 "volume {volume:?} is in use: a backup job of it is already running, or a \
@@ -217,6 +256,8 @@ pub struct Engine {
     next: AtomicU64,
     /// Signalled when a job ends.
     ended: (Mutex<()>, Condvar),
+    /// Set by [`stop`](Self::stop): no new job starts.
+    stopping: AtomicBool,
 }
 
 impl Engine {
@@ -233,6 +274,7 @@ impl Engine {
             busy: Mutex::default(),
             next: AtomicU64::new(1),
             ended: (Mutex::new(()), Condvar::new()),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -252,16 +294,66 @@ impl Engine {
             .ok_or_else(|| Error::Invalid(format!("no backup job {id}")))
     }
 
-    /// Wait until no job runs (a stopping server).
-    pub fn wait_idle(&self) {
-        let (m, cv) = &self.ended;
-        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-        while self.jobs().iter().any(|j| j.state == JobState::Running) {
-            g = cv
-                .wait_timeout(g, std::time::Duration::from_millis(200))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+    /// Stop with the server: refuse new jobs, cancel the running ones and give them
+    /// `grace` to end (a cancelled copy ends at its next block); then give up on those still
+    /// running — stuck on a target that stopped answering, say — by putting their chains'
+    /// bits back now, so that closing the volumes leaves their change tracking trusted and
+    /// the next backup reads what the lost one would have. Their threads may still be
+    /// blocked; they touch nothing more (a snapshot one of them commits meanwhile is
+    /// simply not its chain's base). Returns the jobs given up on.
+    pub fn stop(&self, grace: Duration) -> Vec<u64> {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        let until = Instant::now() + grace;
+        let running = || -> Vec<Arc<Job>> {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.iter()
+                .filter(|j| j.snapshot().state == JobState::Running)
+                .cloned()
+                .collect()
+        };
+        {
+            let (m, cv) = &self.ended;
+            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+            while !running().is_empty() && Instant::now() < until {
+                let left = until.saturating_duration_since(Instant::now());
+                g = cv
+                    .wait_timeout(g, left.min(Duration::from_millis(50)))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
         }
+        let mut given_up = Vec::new();
+        for job in running() {
+            let frozen = {
+                let mut slot = job.frozen.lock().unwrap_or_else(|p| p.into_inner());
+                job.abandoned.store(true, Ordering::SeqCst);
+                slot.take()
+            };
+            let mut st = job.status.lock().unwrap_or_else(|p| p.into_inner());
+            let mut why = String::from(
+                "interrupted: the server stopped before the backup finished; the changes it \
+                 was to copy stay marked for the next backup",
+            );
+            if let Some(f) = frozen
+                && let Err(e) = job.export.chains().thaw_failed(f)
+            {
+                why = format!("interrupted; putting its changes back failed: {e}");
+            }
+            if st.freeze == Freeze::Split && st.area.is_none() {
+                why.push_str(&format!(
+                    "; the pair of {} stays split (kura pair resync {})",
+                    st.volume, st.volume
+                ));
+            }
+            tracing::warn!("volume {}: backup job {}: {why}", st.volume, st.id);
+            st.state = JobState::Failed;
+            st.finished = Some(now());
+            st.error = Some(why);
+            st.failure = Some(kura_repo::Failure::Interrupted);
+            given_up.push(st.id);
+        }
+        given_up
     }
 
     /// Freeze `volume`, start backing it up to `repository` in the background, and return
@@ -273,9 +365,9 @@ impl Engine {
         volume: &str,
         freeze: Freeze,
         area: Option<(u64, u64)>,
-        repository: &str,
-        password: &[u8],
+        access: &RepoAccess,
     ) -> Result<JobStatus> {
+        let repository = access.url.as_str();
         let opener = self.opener.as_ref().ok_or_else(|| {
             Error::Invalid("this server cannot open repositories for backups".into())
         })?;
@@ -289,9 +381,7 @@ impl Engine {
         }
         let busy = Busy::take(self, volume)?;
         // Fail before freezing anything: the repository first.
-        let opened = opener
-            .open(repository, password)
-            .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
+        let opened = opener.open(access)?;
         let export = self.store.open_export(volume)?;
         if let Some((offset, length)) = area {
             let a = crate::areas::prepare(&export, offset, length)?;
@@ -393,7 +483,7 @@ impl Engine {
         let kind = Kind::Volume {
             plan,
             source,
-            frozen,
+            frozen: Some(frozen),
             session,
             claim,
         };
@@ -413,18 +503,26 @@ impl Engine {
         busy: Busy,
     ) -> Result<JobStatus> {
         let mut kind = kind;
-        let (total, incremental, full_reason, session, area) = match &mut kind {
-            // The job holds the session from here on (its last hold goes when it thaws).
-            Kind::Volume { plan, session, .. } => (
+        let (total, incremental, full_reason, session, frozen, area) = match &mut kind {
+            // The job holds the session and the frozen bits from here on (its last hold on
+            // the session goes when it thaws).
+            Kind::Volume {
+                plan,
+                session,
+                frozen,
+                ..
+            } => (
                 kura_nbd::Export::size(&*export),
                 plan.reads().is_some(),
                 plan.full_reason.clone(),
                 session.take(),
+                frozen.take(),
                 None,
             ),
             Kind::Area(a) => (
                 a.length,
                 false,
+                None,
                 None,
                 None,
                 Some(RecordArea {
@@ -450,6 +548,7 @@ impl Engine {
                 full_reason,
                 snapshot: None,
                 error: None,
+                failure: None,
                 work_volume: session.as_ref().map(|s| s.work_volume().to_string()),
                 session: None,
                 resync: None,
@@ -458,6 +557,9 @@ impl Engine {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             session: Mutex::new(session),
+            export: Arc::clone(&export),
+            frozen: Mutex::new(frozen),
+            abandoned: AtomicBool::new(false),
         });
         self.jobs
             .lock()
@@ -486,8 +588,7 @@ impl Engine {
     pub fn restore(
         self: &Arc<Self>,
         volume: &str,
-        repository: &str,
-        password: &[u8],
+        access: &RepoAccess,
         snapshot: &str,
         force: bool,
         threads: Option<usize>,
@@ -496,9 +597,7 @@ impl Engine {
             Error::Invalid("this server cannot open repositories for restores".into())
         })?;
         let busy = Busy::take(self, volume)?;
-        let opened = opener
-            .open(repository, password)
-            .map_err(|e| Error::Invalid(format!("repository {repository}: {e}")))?;
+        let opened = opener.open(access)?;
         let snap = opened.repo.find_snapshot(snapshot)?;
         let created = prepare(&self.store, volume, image_of(&snap)?.size, false)?;
         let export = self.store.open_export(volume)?;
@@ -592,20 +691,25 @@ impl Engine {
         // pool (emptied) before anyone is told the job ended. (Without this, a client that
         // saw "succeeded" could still find the working volume claimed and holding copies.)
         drop(o);
+        let frozen = {
+            let mut slot = job.frozen.lock().unwrap_or_else(|p| p.into_inner());
+            if job.abandoned.load(Ordering::SeqCst) {
+                // The server stopped without this job (`stop`): its bits are back and its
+                // volume is closed. Touch nothing more.
+                return;
+            }
+            slot.take()
+        };
         let session = job.session.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut resync = None;
         let mut thaw_error = None;
         match kind {
-            Kind::Volume {
-                frozen,
-                claim,
-                source,
-                ..
-            } => {
+            Kind::Volume { claim, source, .. } => {
                 drop(source);
-                let thawed = match &result {
-                    Ok(outcome) => export.chains().thaw_done(&frozen, outcome.id),
-                    Err(_) => export.chains().thaw_failed(frozen),
+                let thawed = match (&result, frozen) {
+                    (Ok(outcome), Some(frozen)) => export.chains().thaw_done(&frozen, outcome.id),
+                    (Err(_), Some(frozen)) => export.chains().thaw_failed(frozen),
+                    (_, None) => Ok(()),
                 };
                 thaw_error = thawed.err().map(|e| e.to_string());
                 // Thaw the image: end the session (its working volume returns to the pool)
@@ -646,6 +750,7 @@ impl Engine {
                 }
                 Err(e) => {
                     st.state = JobState::Failed;
+                    st.failure = Some(e.failure());
                     st.error = Some(match thaw_error {
                         Some(t) => format!("{e}; {t}"),
                         None => e.to_string(),

@@ -19,6 +19,14 @@ pub enum Error {
     Corrupt { path: PathBuf, why: String },
     #[error(transparent)]
     Repo(#[from] kura_repo::Error),
+    /// The volume server failed at something other than the request itself (a repository
+    /// it opened, its own I/O), as its control socket reported it: the whole message, and
+    /// what the caller must do about it.
+    #[error("{message}")]
+    Remote {
+        failure: kura_repo::Failure,
+        message: String,
+    },
     #[error(transparent)]
     Nbd(#[from] kura_nbd::ClientError),
     #[error("{what}: {source}")]
@@ -37,6 +45,16 @@ impl Error {
         Error::InUse(format!(
             "volume {name:?} is in use (being served); stop serving it first"
         ))
+    }
+
+    /// What the caller must do about it, where a repository or the volume server says so
+    /// (`Other` for the engine's own errors, which exit codes tell apart by variant).
+    pub fn failure(&self) -> kura_repo::Failure {
+        match self {
+            Error::Repo(r) => r.failure(),
+            Error::Remote { failure, .. } => *failure,
+            _ => kura_repo::Failure::Other,
+        }
     }
 
     /// There is no volume `name`.

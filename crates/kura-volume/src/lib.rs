@@ -50,7 +50,7 @@ pub use areas::backup_area;
 pub use backup::{VolumeBackup, backup_volume};
 pub use chains::{ChainSet, ChainState, Identity, Tracking, Trust};
 pub use dirty::{DirtyMap, DirtyState};
-pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoOpener};
+pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoAccess, RepoOpener};
 pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
 pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea};

@@ -224,18 +224,15 @@ struct Opener {
 }
 
 impl kura_volume::RepoOpener for Opener {
-    fn open(
-        &self,
-        location: &str,
-        password: &[u8],
-    ) -> std::result::Result<kura_volume::Opened, String> {
-        let backend = kura_repo::backend::open(location, &self.backend)
-            .map_err(|e| format!("open target: {e}"))?;
-        let repo = kura_repo::Repository::open(backend, password).map_err(|e| e.to_string())?;
-        let lock = kura_repo::lock::RepoLock::shared(&repo).map_err(|e| e.to_string())?;
-        let repo = repo
-            .load_index()
-            .map_err(|e| format!("load the index: {e}"))?;
+    fn open(&self, access: &kura_volume::RepoAccess) -> kura_repo::Result<kura_volume::Opened> {
+        let mut backend = self.backend;
+        if let Some(d) = access.deadline {
+            backend.policy.deadline = d;
+        }
+        let backend = kura_repo::backend::open(&access.url, &backend)?;
+        let repo = kura_repo::Repository::open(backend, &access.password)?;
+        let lock = kura_repo::lock::RepoLock::shared(&repo)?;
+        let repo = repo.load_index()?;
         Ok(kura_volume::Opened {
             repo,
             lock,
@@ -243,6 +240,9 @@ impl kura_volume::RepoOpener for Opener {
         })
     }
 }
+
+/// How long a stopping server waits for its background backups to end by themselves.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Closes every volume a store holds when dropped (a server that ends early).
 struct CloseOnDrop(VolumeStore);
@@ -320,8 +320,9 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let served = kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
         .with_context(|| format!("serve on {addr}"));
     // Background backups were cancelled with the server: let them put their dirty bits back
-    // and end their sessions before the volumes close.
-    engine.wait_idle();
+    // and end their sessions before the volumes close; one stuck on a target that stopped
+    // answering is given up on after a moment, its bits put back all the same.
+    engine.stop(STOP_GRACE);
     let _ = control.join();
     // Clients may still be connected: refuse their further changes and close every volume
     // cleanly, so its change tracking stays trusted.
@@ -441,6 +442,13 @@ fn repository_url(app: &App) -> Result<String> {
         .to_string())
 }
 
+/// This invocation's storage deadline for the volume server to use instead of its own.
+fn timeout_ms(app: &App) -> Result<Option<u64>> {
+    Ok(app
+        .timeout()?
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
 /// A served volume: its server freezes it (or takes a split area as frozen) and copies in
 /// the background.
 fn background(
@@ -462,6 +470,7 @@ fn background(
         area,
         repository: repository.clone(),
         password,
+        timeout_ms: timeout_ms(app)?,
     };
     let v = c
         .call(&req)
@@ -501,10 +510,10 @@ fn background(
     }
     kura_repo::progress::Progress::finish(&bar);
     print_job(app, &job);
-    Ok(if job.state == JobState::Succeeded {
-        exit::OK
-    } else {
-        exit::FATAL
+    Ok(match (job.state, job.failure) {
+        (JobState::Succeeded, _) => exit::OK,
+        (_, Some(f)) => exit::failure_code(f),
+        (_, None) => exit::FATAL,
     })
 }
 
@@ -526,6 +535,7 @@ fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
             volume: a.name.clone(),
             repository: repository.clone(),
             password: crate::password::get(app.password_file().as_deref())?,
+            timeout_ms: timeout_ms(app)?,
             snapshot: a.snapshot.clone(),
             force: a.force,
             threads: a.threads.or(app.config.restore.threads),
