@@ -137,7 +137,10 @@ struct Job {
     done: AtomicU64,
     total: AtomicU64,
     session: Mutex<Option<Arc<Session>>>,
-    export: Arc<VolumeExport>,
+    /// Weak: jobs are kept after they end (for [`Engine::jobs`]), and a strong reference
+    /// would count as a client of the volume forever. While the job runs, its thread holds
+    /// the export.
+    export: std::sync::Weak<VolumeExport>,
     /// The chain's bits taken at the freeze, until the job thaws them, or until
     /// [`Engine::stop`] gives up on the job; whichever comes first takes them (under this
     /// lock, which also guards `abandoned`), so the bits go back exactly once.
@@ -335,10 +338,14 @@ impl Engine {
                 "interrupted: the server stopped before the backup finished; the changes it \
                  was to copy stay marked for the next backup",
             );
-            if let Some(f) = frozen
-                && let Err(e) = job.export.chains().thaw_failed(f)
-            {
-                why = format!("interrupted; putting its changes back failed: {e}");
+            if let Some(f) = frozen {
+                let put_back = match job.export.upgrade() {
+                    Some(export) => export.chains().thaw_failed(f),
+                    None => Err(Error::Invalid("its volume is no longer open".into())),
+                };
+                if let Err(e) = put_back {
+                    why = format!("interrupted; putting its changes back failed: {e}");
+                }
             }
             if st.freeze == Freeze::Split && st.area.is_none() {
                 why.push_str(&format!(
@@ -557,7 +564,7 @@ impl Engine {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             session: Mutex::new(session),
-            export: Arc::clone(&export),
+            export: Arc::downgrade(&export),
             frozen: Mutex::new(frozen),
             abandoned: AtomicBool::new(false),
         });
