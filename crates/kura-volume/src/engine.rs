@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
 use kura_repo::lock::{RepoLock, Shared};
-use kura_repo::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::areas::AreaBackup;
@@ -38,10 +37,12 @@ use crate::backup::Plan;
 use crate::chains::Frozen;
 use crate::error::{Error, Result};
 use crate::export::VolumeExport;
-use crate::pair::{Claim, Pair, PairState, ResyncOutcome, Use, list};
+use crate::job::{Job, JobProgress, now};
+pub use crate::job::{JobState, JobStatus};
+use crate::pair::{Claim, Pair, PairState, Use, list};
 use crate::records::RecordArea;
 use crate::restore::{VolumeRestore, image_of, prepare, restore_into};
-use crate::session::{Session, SessionSource, SessionStats};
+use crate::session::{Session, SessionSource};
 use crate::store::VolumeStore;
 
 /// The nice value of background backup threads (19 is the lowest priority).
@@ -92,95 +93,6 @@ pub trait RepoOpener: Send + Sync {
     fn open(&self, access: &RepoAccess) -> kura_repo::Result<Opened>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-/// A background backup, as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub id: u64,
-    pub volume: String,
-    /// `session` or `split`.
-    pub freeze: Freeze,
-    pub state: JobState,
-    pub repository: String,
-    pub started: String,
-    pub finished: Option<String>,
-    /// Bytes of the image to cover, and covered so far.
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-    pub incremental: bool,
-    pub full_reason: Option<String>,
-    pub snapshot: Option<String>,
-    pub error: Option<String>,
-    /// What a failed job's caller must do about it (an unreachable target: retry).
-    #[serde(default)]
-    pub failure: Option<kura_repo::Failure>,
-    pub work_volume: Option<String>,
-    /// Session block states (live while running, final after).
-    pub session: Option<SessionStats>,
-    /// What the resync after a split backup copied.
-    pub resync: Option<ResyncOutcome>,
-    /// The split area backed up (`volume backup --area`), with its split time; `None`: the
-    /// whole volume.
-    #[serde(default)]
-    pub area: Option<RecordArea>,
-}
-
-struct Job {
-    status: Mutex<JobStatus>,
-    done: AtomicU64,
-    total: AtomicU64,
-    session: Mutex<Option<Arc<Session>>>,
-    /// Weak: jobs are kept after they end (for [`Engine::jobs`]), and a strong reference
-    /// would count as a client of the volume forever. While the job runs, its thread holds
-    /// the export.
-    export: std::sync::Weak<VolumeExport>,
-    /// The chain's bits taken at the freeze, until the job thaws them, or until
-    /// [`Engine::stop`] gives up on the job; whichever comes first takes them (under this
-    /// lock, which also guards `abandoned`), so the bits go back exactly once.
-    frozen: Mutex<Option<Frozen>>,
-    /// Set by [`Engine::stop`]: the job's volume was thawed and closed without it; its
-    /// thread must touch nothing more.
-    abandoned: AtomicBool,
-}
-
-impl Job {
-    fn snapshot(&self) -> JobStatus {
-        let mut s = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if s.state == JobState::Running {
-            s.bytes_done = self.done.load(Ordering::Relaxed);
-            s.bytes_total = self.total.load(Ordering::Relaxed).max(s.bytes_total);
-            if let Some(sess) = &*self.session.lock().unwrap_or_else(|p| p.into_inner()) {
-                s.session = Some(sess.stats());
-            }
-        }
-        s
-    }
-}
-
-struct JobProgress(Arc<Job>);
-
-impl Progress for JobProgress {
-    fn start(&self, _phase: &str, total: Option<u64>) {
-        if let Some(t) = total {
-            self.0.total.store(t, Ordering::Relaxed);
-        }
-    }
-    fn advance(&self, bytes: u64, _items: u64) {
-        self.0.done.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
 /// A split pair's secondary as a backup reads it.
 struct SecondarySource(Arc<Pair>);
 
@@ -209,10 +121,6 @@ enum Kind {
     Area(AreaBackup),
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// A volume's claim on its one job at a time; released when dropped (the job's end, or an
 /// error before it started).
 struct Busy {
@@ -223,11 +131,7 @@ struct Busy {
 impl Busy {
     fn take(engine: &Arc<Engine>, volume: &str) -> Result<Busy> {
         let mut busy = engine.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if engine.stopping.load(Ordering::SeqCst) {
-            return Err(Error::InUse(
-                "the volume server is stopping: no new backup or restore starts".into(),
-            ));
-        }
+        engine.not_stopping()?;
         if !busy.insert(volume.to_string()) {
             return Err(Error::InUse(format!(
                 "volume {volume:?} is in use: a backup job of it is already running, or a \
@@ -279,6 +183,16 @@ impl Engine {
             ended: (Mutex::new(()), Condvar::new()),
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Refused once [`stop`](Self::stop) began.
+    fn not_stopping(&self) -> Result<()> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::InUse(
+                "the volume server is stopping: no new backup or restore starts".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &VolumeStore {
@@ -389,6 +303,8 @@ impl Engine {
         let busy = Busy::take(self, volume)?;
         // Fail before freezing anything: the repository first.
         let opened = opener.open(access)?;
+        // The server may have begun to stop while the repository opened: freeze nothing.
+        self.not_stopping()?;
         let export = self.store.open_export(volume)?;
         if let Some((offset, length)) = area {
             let a = crate::areas::prepare(&export, offset, length)?;

@@ -40,6 +40,7 @@ pub mod engine;
 mod error;
 mod export;
 mod hold;
+mod job;
 pub mod pair;
 mod records;
 mod restore;
