@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long runs of the model-based tests: the same random sequences the test command runs a few
-# dozen of, thousands of times. Starts what the tests need through scripts/test.sh.
+# dozen to a couple of hundred of, thousands of times. Starts what the tests need through scripts/test.sh.
 #
 # Usage: scripts/soak.sh [VOLUME_CASES [REPO_CASES]]
 #   VOLUME_CASES  cases of tests/volume_model.rs (default 2000)
