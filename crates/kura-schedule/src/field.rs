@@ -8,7 +8,7 @@ use chrono::Weekday;
 use crate::error::{Error, Result};
 
 /// One numeric field's place: its name in messages, its bounds and its printed width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Kind {
     pub name: &'static str,
     pub min: u32,

@@ -33,9 +33,10 @@ pub(crate) fn parse_zone(token: &str) -> Option<Tz> {
     token.parse::<Tz>().ok()
 }
 
-/// Does the token look like a (mistyped) zone name rather than a date or time?
+/// Is the text one token that looks like a (mistyped) zone name rather than a date or time?
 pub(crate) fn looks_like_zone(token: &str) -> bool {
     token.contains('/')
+        && !token.contains(char::is_whitespace)
         && token.starts_with(|c: char| c.is_ascii_alphabetic())
         && !token.contains(':')
 }
