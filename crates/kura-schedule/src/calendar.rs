@@ -62,7 +62,10 @@ impl CalendarEvent {
     pub fn parse(text: &str, default_zone: Tz) -> Result<CalendarEvent> {
         let input = text.trim();
         if input.is_empty() {
-            return Err(Error::Empty { what: "calendar event", expected: EVENT_EXAMPLES });
+            return Err(Error::Empty {
+                what: "calendar event",
+                expected: EVENT_EXAMPLES,
+            });
         }
         let (body, zone) = zone::split_zone(input, input)?;
         if zone::parse_zone(body).is_some() {
@@ -108,7 +111,9 @@ impl CalendarEvent {
     /// are ignored.
     pub fn matches(&self, local: NaiveDateTime) -> bool {
         let date = local.date();
-        let Ok(year) = u32::try_from(date.year()) else { return false };
+        let Ok(year) = u32::try_from(date.year()) else {
+            return false;
+        };
         self.year.contains(year)
             && bit(self.masks.month, date.month())
             && self.day_matches(date)
@@ -127,7 +132,9 @@ impl CalendarEvent {
     fn day_matches(&self, date: NaiveDate) -> bool {
         let day = date.day();
         if self.day_from_end {
-            let Some(dim) = days_in_month(date.year(), date.month()) else { return false };
+            let Some(dim) = days_in_month(date.year(), date.month()) else {
+                return false;
+            };
             bit(self.masks.day, dim + 1 - day)
         } else {
             bit(self.masks.day, day)
@@ -151,7 +158,11 @@ impl CalendarEvent {
                 year += 1;
                 continue;
             }
-            let (m0, d0) = if first { (start.month(), start.day()) } else { (1, 1) };
+            let (m0, d0) = if first {
+                (start.month(), start.day())
+            } else {
+                (1, 1)
+            };
             for month in m0..=12 {
                 if !bit(self.masks.month, month) {
                     continue;
@@ -159,7 +170,9 @@ impl CalendarEvent {
                 let dim = days_in_month(year, month)?;
                 let day_start = if first && month == m0 { d0 } else { 1 };
                 for day in day_start..=dim {
-                    let Some(date) = NaiveDate::from_ymd_opt(year, month, day) else { continue };
+                    let Some(date) = NaiveDate::from_ymd_opt(year, month, day) else {
+                        continue;
+                    };
                     if !self.day_matches(date)
                         || self.weekdays.is_some_and(|w| !w.contains(date.weekday()))
                     {
@@ -186,7 +199,9 @@ impl CalendarEvent {
         if self.year.is_any() {
             return Some(year);
         }
-        let next = self.year.next_at_or_after(u32::try_from(year).unwrap_or(0))?;
+        let next = self
+            .year
+            .next_at_or_after(u32::try_from(year).unwrap_or(0))?;
         i32::try_from(next).ok().filter(|&y| y <= LAST_YEAR)
     }
 
@@ -212,7 +227,11 @@ fn bit(mask: u64, v: u32) -> bool {
 
 /// The set bits of `mask` at or above `from`, in order.
 fn bits_from(mask: u64, from: u32) -> impl Iterator<Item = u32> {
-    let mut rest = if from >= 64 { 0 } else { mask & (u64::MAX << from) };
+    let mut rest = if from >= 64 {
+        0
+    } else {
+        mask & (u64::MAX << from)
+    };
     std::iter::from_fn(move || {
         if rest == 0 {
             return None;
@@ -266,12 +285,21 @@ fn parse_body(body: &str, input: &str) -> Result<CalendarEvent> {
     }
     let (year, month, day, day_from_end) = match date {
         Some(d) => d,
-        None => (Field::any(field::YEAR), Field::any(field::MONTH), Field::any(field::DAY), false),
+        None => (
+            Field::any(field::YEAR),
+            Field::any(field::MONTH),
+            Field::any(field::DAY),
+            false,
+        ),
     };
     let zero = |kind: Kind| Field::parse("0", kind, input);
     let (hour, minute, second) = match time {
         Some(t) => t,
-        None => (zero(field::HOUR)?, zero(field::MINUTE)?, zero(field::SECOND)?),
+        None => (
+            zero(field::HOUR)?,
+            zero(field::MINUTE)?,
+            zero(field::SECOND)?,
+        ),
     };
     let masks = Masks {
         month: month.mask(),

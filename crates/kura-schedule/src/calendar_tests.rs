@@ -4,7 +4,9 @@ use chrono_tz::Tz;
 use super::*;
 
 fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn event(text: &str) -> CalendarEvent {
@@ -35,7 +37,10 @@ fn shorthands_expand() {
         ("quarterly", "*-01,04,07,10-01 00:00:00"),
         ("semiannually", "*-01,07-01 00:00:00"),
         ("daily UTC", "*-*-* 00:00:00 UTC"),
-        ("weekly Pacific/Auckland", "Mon *-*-* 00:00:00 Pacific/Auckland"),
+        (
+            "weekly Pacific/Auckland",
+            "Mon *-*-* 00:00:00 Pacific/Auckland",
+        ),
     ] {
         assert_eq!(event(short).to_string(), long, "{short}");
         assert_eq!(event(long), event(short));
@@ -46,7 +51,10 @@ fn shorthands_expand() {
 #[test]
 fn normalized_forms() {
     for (text, normal) in [
-        ("Sat,Thu,Mon..Wed,Sat..Sun", "Mon..Thu,Sat,Sun *-*-* 00:00:00"),
+        (
+            "Sat,Thu,Mon..Wed,Sat..Sun",
+            "Mon..Thu,Sat,Sun *-*-* 00:00:00",
+        ),
         ("Wed *-1", "Wed *-*-01 00:00:00"),
         ("Wed..Wed,Wed *-1", "Wed *-*-01 00:00:00"),
         ("Wed, 17:48", "Wed *-*-* 17:48:00"),
@@ -66,12 +74,19 @@ fn normalized_forms() {
         ("*:2/3", "*-*-* *:02/3:00"),
         ("mon..fri 8..18:00", "Mon..Fri *-*-* 08..18:00:00"),
         ("*-*~01", "*-*~01 00:00:00"),
-        ("Mon *-05~07/1 03:00 Europe/Berlin", "Mon *-05~07/1 03:00:00 Europe/Berlin"),
+        (
+            "Mon *-05~07/1 03:00 Europe/Berlin",
+            "Mon *-05~07/1 03:00:00 Europe/Berlin",
+        ),
         ("  mon   02:00  ", "Mon *-*-* 02:00:00"),
     ] {
         let e = event(text);
         assert_eq!(e.to_string(), normal, "{text}");
-        assert_eq!(CalendarEvent::parse(&e.to_string(), Tz::UTC).unwrap(), e, "{text}");
+        assert_eq!(
+            CalendarEvent::parse(&e.to_string(), Tz::UTC).unwrap(),
+            e,
+            "{text}"
+        );
     }
 }
 
@@ -86,7 +101,10 @@ fn zone_default_and_explicit() {
     assert_eq!((e.zone(), e.zone_is_explicit()), (Tz::UTC, true));
     assert_eq!(e.clone().with_default_zone(berlin).zone(), Tz::UTC);
     let e = CalendarEvent::parse("02:00 America/New_York", Tz::UTC).unwrap();
-    assert_eq!(e.next_after(utc("2025-01-01T00:00:00Z")).unwrap(), utc("2025-01-01T07:00:00Z"));
+    assert_eq!(
+        e.next_after(utc("2025-01-01T00:00:00Z")).unwrap(),
+        utc("2025-01-01T07:00:00Z")
+    );
 }
 
 #[test]
@@ -103,7 +121,11 @@ fn next_runs_in_utc() {
     );
     assert_eq!(
         runs("*:0/15", z, "2025-01-01T00:07:30.5Z", 3),
-        ["2025-01-01T00:15:00+00:00", "2025-01-01T00:30:00+00:00", "2025-01-01T00:45:00+00:00"]
+        [
+            "2025-01-01T00:15:00+00:00",
+            "2025-01-01T00:30:00+00:00",
+            "2025-01-01T00:45:00+00:00"
+        ]
     );
     assert_eq!(
         runs("8..18:00", z, "2025-01-01T18:00:00Z", 2),
@@ -111,7 +133,11 @@ fn next_runs_in_utc() {
     );
     assert_eq!(
         runs("*-*-31", z, "2025-01-31T00:00:00Z", 3),
-        ["2025-03-31T00:00:00+00:00", "2025-05-31T00:00:00+00:00", "2025-07-31T00:00:00+00:00"]
+        [
+            "2025-03-31T00:00:00+00:00",
+            "2025-05-31T00:00:00+00:00",
+            "2025-07-31T00:00:00+00:00"
+        ]
     );
     assert_eq!(
         runs("*-02-29 12:00", z, "2024-03-01T00:00:00Z", 2),
@@ -119,7 +145,11 @@ fn next_runs_in_utc() {
     );
     assert_eq!(
         runs("*-*~01", z, "2024-01-31T00:00:00Z", 3),
-        ["2024-02-29T00:00:00+00:00", "2024-03-31T00:00:00+00:00", "2024-04-30T00:00:00+00:00"]
+        [
+            "2024-02-29T00:00:00+00:00",
+            "2024-03-31T00:00:00+00:00",
+            "2024-04-30T00:00:00+00:00"
+        ]
     );
     assert_eq!(
         runs("*-02~03", z, "2025-01-01T00:00:00Z", 2),
@@ -138,17 +168,31 @@ fn next_runs_in_utc() {
         runs("2025-*-01/14 *:*:0/20", z, "2025-06-30T23:59:59Z", 2),
         ["2025-07-01T00:00:00+00:00", "2025-07-01T00:00:20+00:00"]
     );
-    assert_eq!(runs("minutely", z, "2025-12-31T23:59:00Z", 1), ["2026-01-01T00:00:00+00:00"]);
+    assert_eq!(
+        runs("minutely", z, "2025-12-31T23:59:00Z", 1),
+        ["2026-01-01T00:00:00+00:00"]
+    );
 }
 
 #[test]
 fn events_that_never_run_again() {
     let t = utc("2025-01-01T00:00:00Z");
-    for text in ["*-02-30", "*-04-31", "2020-*-*", "Mon 2025-01-01", "Sat *-02~30", "9999-12-31 23:59:59"] {
+    for text in [
+        "*-02-30",
+        "*-04-31",
+        "2020-*-*",
+        "Mon 2025-01-01",
+        "Sat *-02~30",
+        "9999-12-31 23:59:59",
+    ] {
         let e = event(text);
         let started = std::time::Instant::now();
         let next = e.next_after(t);
-        assert!(started.elapsed().as_secs() < 2, "{text} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 2,
+            "{text} took {:?}",
+            started.elapsed()
+        );
         if text.starts_with("9999") {
             assert_eq!(next, Some(utc("9999-12-31T23:59:59Z")));
             assert_eq!(e.next_after(utc("9999-12-31T23:59:59Z")), None);
@@ -159,7 +203,10 @@ fn events_that_never_run_again() {
     // Far-off extremes never panic.
     let e = event("minutely");
     assert_eq!(e.next_after(DateTime::<Utc>::MAX_UTC), None);
-    assert!(e.next_after(DateTime::<Utc>::MIN_UTC).is_some_and(|t| t.year() == 1));
+    assert!(
+        e.next_after(DateTime::<Utc>::MIN_UTC)
+            .is_some_and(|t| t.year() == 1)
+    );
 }
 
 #[test]
@@ -173,11 +220,26 @@ fn matches_is_the_same_as_the_search() {
 #[test]
 fn errors_name_the_part_and_what_was_expected() {
     let msg = |text: &str| CalendarEvent::parse(text, Tz::UTC).unwrap_err().to_string();
-    assert_eq!(msg("mon 25:00"), "invalid hour \"25\" in \"mon 25:00\": expected 0..23");
-    assert_eq!(msg("*-13-01"), "invalid month \"13\" in \"*-13-01\": expected 1..12");
-    assert_eq!(msg("*-*-32"), "invalid day \"32\" in \"*-*-32\": expected 1..31");
-    assert_eq!(msg("12:60"), "invalid minute \"60\" in \"12:60\": expected 0..59");
-    assert_eq!(msg("12-10-15"), "invalid year \"12\" in \"12-10-15\": expected 1970..9999");
+    assert_eq!(
+        msg("mon 25:00"),
+        "invalid hour \"25\" in \"mon 25:00\": expected 0..23"
+    );
+    assert_eq!(
+        msg("*-13-01"),
+        "invalid month \"13\" in \"*-13-01\": expected 1..12"
+    );
+    assert_eq!(
+        msg("*-*-32"),
+        "invalid day \"32\" in \"*-*-32\": expected 1..31"
+    );
+    assert_eq!(
+        msg("12:60"),
+        "invalid minute \"60\" in \"12:60\": expected 0..59"
+    );
+    assert_eq!(
+        msg("12-10-15"),
+        "invalid year \"12\" in \"12-10-15\": expected 1970..9999"
+    );
     assert!(msg("funday 02:00").starts_with("invalid weekday \"funday\" in \"funday 02:00\""));
     assert!(msg("daily Europe/Berlinn").starts_with("invalid time zone \"Europe/Berlinn\""));
     assert!(msg("Europe/Berlinn").starts_with("invalid time zone \"Europe/Berlinn\""));

@@ -27,7 +27,8 @@ pub struct CronExpr {
 
 impl PartialEq for CronExpr {
     fn eq(&self, other: &Self) -> bool {
-        (&self.text, self.zone, self.zone_explicit) == (&other.text, other.zone, other.zone_explicit)
+        (&self.text, self.zone, self.zone_explicit)
+            == (&other.text, other.zone, other.zone_explicit)
     }
 }
 
@@ -56,10 +57,16 @@ impl CronExpr {
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build();
-        let cron = parser
-            .parse(&text)
-            .map_err(|e| Error::Cron { input: input.to_string(), reason: e.to_string() })?;
-        Ok(CronExpr { text, cron, zone: zone.unwrap_or(default_zone), zone_explicit: zone.is_some() })
+        let cron = parser.parse(&text).map_err(|e| Error::Cron {
+            input: input.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(CronExpr {
+            text,
+            cron,
+            zone: zone.unwrap_or(default_zone),
+            zone_explicit: zone.is_some(),
+        })
     }
 
     /// Parses a cron expression (no `cron:` prefix, an optional trailing zone).
@@ -122,4 +129,3 @@ impl fmt::Display for CronExpr {
         Ok(())
     }
 }
-

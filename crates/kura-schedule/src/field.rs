@@ -16,18 +16,53 @@ pub(crate) struct Kind {
     pub width: usize,
 }
 
-pub(crate) const YEAR: Kind = Kind { name: "year", min: 1970, max: 9999, width: 4 };
-pub(crate) const MONTH: Kind = Kind { name: "month", min: 1, max: 12, width: 2 };
-pub(crate) const DAY: Kind = Kind { name: "day", min: 1, max: 31, width: 2 };
+pub(crate) const YEAR: Kind = Kind {
+    name: "year",
+    min: 1970,
+    max: 9999,
+    width: 4,
+};
+pub(crate) const MONTH: Kind = Kind {
+    name: "month",
+    min: 1,
+    max: 12,
+    width: 2,
+};
+pub(crate) const DAY: Kind = Kind {
+    name: "day",
+    min: 1,
+    max: 31,
+    width: 2,
+};
 /// Days counted back from the month's end after `~` (`~01` is the last day).
-pub(crate) const DAY_FROM_END: Kind = Kind { name: "day before the month's end", min: 1, max: 31, width: 2 };
-pub(crate) const HOUR: Kind = Kind { name: "hour", min: 0, max: 23, width: 2 };
-pub(crate) const MINUTE: Kind = Kind { name: "minute", min: 0, max: 59, width: 2 };
-pub(crate) const SECOND: Kind = Kind { name: "second", min: 0, max: 59, width: 2 };
+pub(crate) const DAY_FROM_END: Kind = Kind {
+    name: "day before the month's end",
+    min: 1,
+    max: 31,
+    width: 2,
+};
+pub(crate) const HOUR: Kind = Kind {
+    name: "hour",
+    min: 0,
+    max: 23,
+    width: 2,
+};
+pub(crate) const MINUTE: Kind = Kind {
+    name: "minute",
+    min: 0,
+    max: 59,
+    width: 2,
+};
+pub(crate) const SECOND: Kind = Kind {
+    name: "second",
+    min: 0,
+    max: 59,
+    width: 2,
+};
 
-const FIELD_SYNTAX: &str = "a number, *, a list such as 1,15, a range such as 1..5 or a repetition such as */2 or 1/3";
-const FROM_END_SYNTAX: &str =
-    "a number of days back from the month's end (~01 is the last day), a list such as ~01,02 or a repetition towards the end such as ~07/1";
+const FIELD_SYNTAX: &str =
+    "a number, *, a list such as 1,15, a range such as 1..5 or a repetition such as */2 or 1/3";
+const FROM_END_SYNTAX: &str = "a number of days back from the month's end (~01 is the last day), a list such as ~01,02 or a repetition towards the end such as ~07/1";
 
 /// One comma-separated item of a numeric field.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,7 +74,11 @@ pub(crate) enum Part {
     /// `A..B`
     Range(u32, u32),
     /// `*/STEP` (no start), `S/STEP`, `A..B/STEP`.
-    Repeat { start: Option<u32>, end: Option<u32>, step: u32 },
+    Repeat {
+        start: Option<u32>,
+        end: Option<u32>,
+        step: u32,
+    },
 }
 
 impl Part {
@@ -63,7 +102,11 @@ impl Part {
             Part::Repeat { start, end, step } => {
                 let s = start.unwrap_or(kind.min);
                 let e = end.unwrap_or(kind.max);
-                let c = if v <= s { s } else { s + (v - s).div_ceil(step) * step };
+                let c = if v <= s {
+                    s
+                } else {
+                    s + (v - s).div_ceil(step) * step
+                };
                 (c <= e).then_some(c)
             }
         }
@@ -81,7 +124,11 @@ pub(crate) struct Field {
 
 impl Field {
     pub fn any(kind: Kind) -> Field {
-        Field { parts: vec![Part::Any], kind, from_end: false }
+        Field {
+            parts: vec![Part::Any],
+            kind,
+            from_end: false,
+        }
     }
 
     pub fn is_any(&self) -> bool {
@@ -108,7 +155,12 @@ impl Field {
         for item in text.split(',') {
             let part = parse_part(item, kind, input)?;
             match part {
-                Part::Value(_) | Part::Repeat { start: Some(_), end: None, .. } => parts.push(part),
+                Part::Value(_)
+                | Part::Repeat {
+                    start: Some(_),
+                    end: None,
+                    ..
+                } => parts.push(part),
                 _ => return Err(Error::invalid(kind.name, item, input, FROM_END_SYNTAX)),
             }
         }
@@ -121,7 +173,11 @@ impl Field {
         }
         parts.sort_by(|a, b| (a.first(kind), a).cmp(&(b.first(kind), b)));
         parts.dedup();
-        Field { parts, kind, from_end }
+        Field {
+            parts,
+            kind,
+            from_end,
+        }
     }
 
     /// Does the field match `v`? (For `~` fields, `v` counts back from the end: 1 = last.)
@@ -129,16 +185,25 @@ impl Field {
         if self.from_end {
             return self.parts.iter().any(|p| match *p {
                 Part::Value(n) => n == v,
-                Part::Repeat { start: Some(s), step, .. } => v <= s && (s - v) % step == 0,
+                Part::Repeat {
+                    start: Some(s),
+                    step,
+                    ..
+                } => v <= s && (s - v).is_multiple_of(step),
                 _ => false,
             });
         }
-        self.parts.iter().any(|p| p.next_at_or_after(self.kind, v) == Some(v))
+        self.parts
+            .iter()
+            .any(|p| p.next_at_or_after(self.kind, v) == Some(v))
     }
 
     /// The smallest matched value `>= v` (not for `~` fields).
     pub fn next_at_or_after(&self, v: u32) -> Option<u32> {
-        self.parts.iter().filter_map(|p| p.next_at_or_after(self.kind, v)).min()
+        self.parts
+            .iter()
+            .filter_map(|p| p.next_at_or_after(self.kind, v))
+            .min()
     }
 
     /// The matched values as bits (fields whose maximum is below 64).
@@ -160,11 +225,19 @@ impl fmt::Display for Field {
                 Part::Any => f.write_str("*")?,
                 Part::Value(v) => write!(f, "{v:0w$}")?,
                 Part::Range(a, b) => write!(f, "{a:0w$}..{b:0w$}")?,
-                Part::Repeat { start: None, step, .. } => write!(f, "*/{step}")?,
-                Part::Repeat { start: Some(s), end: None, step } => write!(f, "{s:0w$}/{step}")?,
-                Part::Repeat { start: Some(s), end: Some(e), step } => {
-                    write!(f, "{s:0w$}..{e:0w$}/{step}")?
-                }
+                Part::Repeat {
+                    start: None, step, ..
+                } => write!(f, "*/{step}")?,
+                Part::Repeat {
+                    start: Some(s),
+                    end: None,
+                    step,
+                } => write!(f, "{s:0w$}/{step}")?,
+                Part::Repeat {
+                    start: Some(s),
+                    end: Some(e),
+                    step,
+                } => write!(f, "{s:0w$}..{e:0w$}/{step}")?,
             }
         }
         Ok(())
@@ -196,14 +269,23 @@ fn parse_part(item: &str, kind: Kind, input: &str) -> Result<Part> {
     let value = |text: &str| -> Result<u32> {
         let v = number(text).ok_or_else(syntax)?;
         if v < kind.min || v > kind.max {
-            return Err(Error::invalid(kind.name, text, input, format!("{}..{}", kind.min, kind.max)));
+            return Err(Error::invalid(
+                kind.name,
+                text,
+                input,
+                format!("{}..{}", kind.min, kind.max),
+            ));
         }
         Ok(v)
     };
     if base == "*" {
         return Ok(match step {
             None => Part::Any,
-            Some(step) => Part::Repeat { start: None, end: None, step },
+            Some(step) => Part::Repeat {
+                start: None,
+                end: None,
+                step,
+            },
         });
     }
     if let Some((a, b)) = base.split_once("..") {
@@ -218,13 +300,21 @@ fn parse_part(item: &str, kind: Kind, input: &str) -> Result<Part> {
         }
         return Ok(match step {
             None => Part::Range(a, b),
-            Some(step) => Part::Repeat { start: Some(a), end: Some(b), step },
+            Some(step) => Part::Repeat {
+                start: Some(a),
+                end: Some(b),
+                step,
+            },
         });
     }
     let v = value(base)?;
     Ok(match step {
         None => Part::Value(v),
-        Some(step) => Part::Repeat { start: Some(v), end: None, step },
+        Some(step) => Part::Repeat {
+            start: Some(v),
+            end: None,
+            step,
+        },
     })
 }
 
@@ -241,8 +331,15 @@ pub(crate) fn number(text: &str) -> Option<u32> {
 pub struct Weekdays(u8);
 
 const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const LONG_NAMES: [&str; 7] =
-    ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+const LONG_NAMES: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 const WEEKDAY_SYNTAX: &str =
     "weekday names (mon or monday, any case), a list such as sat,sun or a range such as mon..fri";
 
@@ -348,7 +445,10 @@ mod tests {
         let f = field("1/3", MONTH).unwrap();
         assert!([1, 4, 7, 10].iter().all(|&m| f.contains(m)) && !f.contains(2));
         let f = field("8..18/5", HOUR).unwrap();
-        assert_eq!((0..24).filter(|&h| f.contains(h)).collect::<Vec<_>>(), [8, 13, 18]);
+        assert_eq!(
+            (0..24).filter(|&h| f.contains(h)).collect::<Vec<_>>(),
+            [8, 13, 18]
+        );
         assert_eq!(f.next_at_or_after(9), Some(13));
         assert_eq!(f.next_at_or_after(19), None);
         let f = field("2000/4", YEAR).unwrap();
@@ -361,15 +461,23 @@ mod tests {
         assert_eq!(field("3,1,2", DAY).unwrap().to_string(), "01,02,03");
         assert_eq!(field("5,*", MINUTE).unwrap().to_string(), "*");
         assert_eq!(field("2/3", MINUTE).unwrap().to_string(), "02/3");
-        assert_eq!(field("*/15,1..4", MINUTE).unwrap().to_string(), "*/15,01..04");
+        assert_eq!(
+            field("*/15,1..4", MINUTE).unwrap().to_string(),
+            "*/15,01..04"
+        );
         assert_eq!(field("2024", YEAR).unwrap().to_string(), "2024");
     }
 
     #[test]
     fn field_errors_name_the_part() {
         let e = Field::parse("25", HOUR, "mon 25:00").unwrap_err();
-        assert_eq!(e.to_string(), "invalid hour \"25\" in \"mon 25:00\": expected 0..23");
-        for bad in ["", "a", "1..", "..2", "5..1", "*/0", "1/61", "-1", "+1", "1.5", "1,,2"] {
+        assert_eq!(
+            e.to_string(),
+            "invalid hour \"25\" in \"mon 25:00\": expected 0..23"
+        );
+        for bad in [
+            "", "a", "1..", "..2", "5..1", "*/0", "1/61", "-1", "+1", "1.5", "1,,2",
+        ] {
             assert!(field(bad, MINUTE).is_err(), "{bad:?} accepted");
         }
         assert!(field("1969", YEAR).is_err());
@@ -382,19 +490,33 @@ mod tests {
         let f = Field::parse_from_end("07/1", "x").unwrap();
         assert!((1..=7).all(|k| f.contains(k)) && !f.contains(8));
         let f = Field::parse_from_end("05/2", "x").unwrap();
-        assert_eq!((1..=31).filter(|&k| f.contains(k)).collect::<Vec<_>>(), [1, 3, 5]);
+        assert_eq!(
+            (1..=31).filter(|&k| f.contains(k)).collect::<Vec<_>>(),
+            [1, 3, 5]
+        );
     }
 
     #[test]
     fn weekdays() {
         let w = Weekdays::parse("mon,wed..fri", "x").unwrap();
         assert_eq!(w.to_string(), "Mon,Wed..Fri");
-        assert_eq!(Weekdays::parse("Sat,Thu,Mon..Wed,Sat..Sun", "x").unwrap().to_string(), "Mon..Thu,Sat,Sun");
-        assert_eq!(Weekdays::parse("MONDAY,tuesday,", "x").unwrap().to_string(), "Mon,Tue");
+        assert_eq!(
+            Weekdays::parse("Sat,Thu,Mon..Wed,Sat..Sun", "x")
+                .unwrap()
+                .to_string(),
+            "Mon..Thu,Sat,Sun"
+        );
+        assert_eq!(
+            Weekdays::parse("MONDAY,tuesday,", "x").unwrap().to_string(),
+            "Mon,Tue"
+        );
         assert!(Weekdays::parse("sun..mon", "x").is_err());
         assert!(Weekdays::parse("funday", "x").is_err());
         assert!(Weekdays::parse("mon,,tue", "x").is_err());
         let e = Weekdays::parse("mon..fry", "mon..fry 02:00").unwrap_err();
-        assert!(e.to_string().starts_with("invalid weekday \"fry\" in \"mon..fry 02:00\""));
+        assert!(
+            e.to_string()
+                .starts_with("invalid weekday \"fry\" in \"mon..fry 02:00\"")
+        );
     }
 }

@@ -100,7 +100,10 @@ impl Schedule {
 
     /// The runs strictly after `t`, in order (ends when the schedule does).
     pub fn upcoming(&self, t: DateTime<Utc>) -> Upcoming<'_> {
-        Upcoming { schedule: self, cursor: Some(t) }
+        Upcoming {
+            schedule: self,
+            cursor: Some(t),
+        }
     }
 
     /// The runs due in `(last_run, now]`: the earliest `limit` of them, whether there were
@@ -152,7 +155,8 @@ impl Schedule {
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 /// The runs of a schedule after an instant: [`Schedule::upcoming`].

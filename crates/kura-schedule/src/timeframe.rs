@@ -70,7 +70,10 @@ impl Timeframe {
     pub fn parse(text: &str, default_zone: Tz) -> Result<Timeframe> {
         let input = text.trim();
         if input.is_empty() {
-            return Err(Error::Empty { what: "time frame", expected: WINDOW_SYNTAX });
+            return Err(Error::Empty {
+                what: "time frame",
+                expected: WINDOW_SYNTAX,
+            });
         }
         let (body, zone) = zone::split_zone(input, input)?;
         if zone::parse_zone(body).is_some() || zone::looks_like_zone(body) {
@@ -80,7 +83,11 @@ impl Timeframe {
             .split(';')
             .map(|w| parse_window(w.trim(), input))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Timeframe { windows, zone: zone.unwrap_or(default_zone), zone_explicit: zone.is_some() })
+        Ok(Timeframe {
+            windows,
+            zone: zone.unwrap_or(default_zone),
+            zone_explicit: zone.is_some(),
+        })
     }
 
     /// Parses several values (each a time frame text) as one time frame: what a config key
@@ -109,7 +116,10 @@ impl Timeframe {
                 }
             }
         }
-        all.ok_or(Error::Empty { what: "time frame", expected: WINDOW_SYNTAX })
+        all.ok_or(Error::Empty {
+            what: "time frame",
+            expected: WINDOW_SYNTAX,
+        })
     }
 
     /// The zone whose wall clock the windows follow.
@@ -153,7 +163,9 @@ impl Timeframe {
         let today = zone::local_time(&self.zone, t).date();
         let mut candidates = zone::transitions(&self.zone, t, horizon);
         for offset in -1..=9 {
-            let Some(date) = today.checked_add_signed(TimeDelta::days(offset)) else { continue };
+            let Some(date) = today.checked_add_signed(TimeDelta::days(offset)) else {
+                continue;
+            };
             let midnight = date.and_hms_opt(0, 0, 0)?;
             for secs in self.edges() {
                 let local = midnight.checked_add_signed(TimeDelta::seconds(i64::from(secs)))?;
@@ -186,7 +198,14 @@ fn parse_window(text: &str, input: &str) -> Result<Window> {
         [one] if one.contains(':') => (None, Some(*one)),
         [one] => (Some(*one), None),
         [days, range] => (Some(*days), Some(*range)),
-        _ => return Err(Error::invalid("time frame window", text, input, WINDOW_SYNTAX)),
+        _ => {
+            return Err(Error::invalid(
+                "time frame window",
+                text,
+                input,
+                WINDOW_SYNTAX,
+            ));
+        }
     };
     let days = days.map(|d| Weekdays::parse(d, input)).transpose()?;
     let range = range.map(|r| parse_range(r, input)).transpose()?;
@@ -195,9 +214,17 @@ fn parse_window(text: &str, input: &str) -> Result<Window> {
 
 fn parse_range(text: &str, input: &str) -> Result<(u32, u32)> {
     let Some((start, end)) = text.split_once('-') else {
-        return Err(Error::invalid("time range", text, input, "START-END such as 08:00-18:00"));
+        return Err(Error::invalid(
+            "time range",
+            text,
+            input,
+            "START-END such as 08:00-18:00",
+        ));
     };
-    let (start, end) = (parse_clock(start, false, input)?, parse_clock(end, true, input)?);
+    let (start, end) = (
+        parse_clock(start, false, input)?,
+        parse_clock(end, true, input)?,
+    );
     if start == end {
         return Err(Error::invalid(
             "time range",
@@ -219,7 +246,11 @@ fn parse_clock(text: &str, end: bool, input: &str) -> Result<u32> {
         _ => return Err(bad()),
     };
     let two = |p: &str| if p.len() <= 2 { field::number(p) } else { None };
-    let (h, m, s) = (two(h).ok_or_else(bad)?, two(m).ok_or_else(bad)?, two(s).ok_or_else(bad)?);
+    let (h, m, s) = (
+        two(h).ok_or_else(bad)?,
+        two(m).ok_or_else(bad)?,
+        two(s).ok_or_else(bad)?,
+    );
     if m > 59 || s > 59 || h > 24 || (h == 24 && (m, s, end) != (0, 0, true)) {
         return Err(bad());
     }
@@ -228,7 +259,11 @@ fn parse_clock(text: &str, end: bool, input: &str) -> Result<u32> {
 
 fn write_clock(f: &mut fmt::Formatter<'_>, secs: u32) -> fmt::Result {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    if s == 0 { write!(f, "{h:02}:{m:02}") } else { write!(f, "{h:02}:{m:02}:{s:02}") }
+    if s == 0 {
+        write!(f, "{h:02}:{m:02}")
+    } else {
+        write!(f, "{h:02}:{m:02}:{s:02}")
+    }
 }
 
 impl fmt::Display for Timeframe {

@@ -4,7 +4,9 @@ use chrono_tz::Tz;
 use super::*;
 
 fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn tf(text: &str) -> Timeframe {
@@ -34,8 +36,14 @@ fn office_hours() {
     assert!(!f.contains(utc("2025-01-06T18:00:00Z")));
     assert!(!f.contains(utc("2025-01-06T07:59:59Z")));
     assert!(!f.contains(utc("2025-01-11T12:00:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-01-06T12:00:00Z")), Some(utc("2025-01-06T18:00:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-01-10T18:00:00Z")), Some(utc("2025-01-13T08:00:00Z")));
+    assert_eq!(
+        f.next_change_after(utc("2025-01-06T12:00:00Z")),
+        Some(utc("2025-01-06T18:00:00Z"))
+    );
+    assert_eq!(
+        f.next_change_after(utc("2025-01-10T18:00:00Z")),
+        Some(utc("2025-01-13T08:00:00Z"))
+    );
 }
 
 #[test]
@@ -43,14 +51,23 @@ fn weekends_and_midnight() {
     let f = tf("sat,sun");
     assert!(f.contains(utc("2025-01-11T00:00:00Z")));
     assert!(!f.contains(utc("2025-01-10T23:59:59Z")));
-    assert_eq!(f.next_change_after(utc("2025-01-08T00:00:00Z")), Some(utc("2025-01-11T00:00:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-01-11T00:00:00Z")), Some(utc("2025-01-13T00:00:00Z")));
+    assert_eq!(
+        f.next_change_after(utc("2025-01-08T00:00:00Z")),
+        Some(utc("2025-01-11T00:00:00Z"))
+    );
+    assert_eq!(
+        f.next_change_after(utc("2025-01-11T00:00:00Z")),
+        Some(utc("2025-01-13T00:00:00Z"))
+    );
 
     let f = tf("22:00-06:00");
     assert!(f.contains(utc("2025-01-06T23:00:00Z")));
     assert!(f.contains(utc("2025-01-07T05:59:00Z")));
     assert!(!f.contains(utc("2025-01-07T06:00:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-01-07T01:00:00Z")), Some(utc("2025-01-07T06:00:00Z")));
+    assert_eq!(
+        f.next_change_after(utc("2025-01-07T01:00:00Z")),
+        Some(utc("2025-01-07T06:00:00Z"))
+    );
 
     // A Friday night window runs into Saturday morning, not into Friday morning.
     let f = tf("fri 22:00-06:00");
@@ -61,10 +78,14 @@ fn weekends_and_midnight() {
 #[test]
 fn lists_and_round_trip() {
     let f = tf("mon..fri 08:00-18:00; sat 10:00-12:00:30;sun");
-    assert_eq!(f.to_string(), "Mon..Fri 08:00-18:00; Sat 10:00-12:00:30; Sun");
+    assert_eq!(
+        f.to_string(),
+        "Mon..Fri 08:00-18:00; Sat 10:00-12:00:30; Sun"
+    );
     assert_eq!(Timeframe::parse(&f.to_string(), Tz::UTC).unwrap(), f);
     assert!(f.contains(utc("2025-01-12T20:00:00Z")));
-    let g = Timeframe::parse_list(["mon..fri 08:00-18:00", "sat 10:00-12:00:30; sun"], Tz::UTC).unwrap();
+    let g = Timeframe::parse_list(["mon..fri 08:00-18:00", "sat 10:00-12:00:30; sun"], Tz::UTC)
+        .unwrap();
     assert_eq!(g, f);
     let berlin = tf("0:00-24:00 Europe/Berlin");
     assert_eq!(berlin.to_string(), "00:00-24:00 Europe/Berlin");
@@ -98,19 +119,36 @@ fn dst_follows_the_wall_clock() {
     // 2025-03-30: 02:00 CET becomes 03:00 CEST. The window 01:00-02:30 ends at the jump.
     let f = Timeframe::parse("01:00-02:30", berlin).unwrap();
     assert!(f.contains(utc("2025-03-30T00:59:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-03-30T00:30:00Z")), Some(utc("2025-03-30T01:00:00Z")));
+    assert_eq!(
+        f.next_change_after(utc("2025-03-30T00:30:00Z")),
+        Some(utc("2025-03-30T01:00:00Z"))
+    );
     // 2025-10-26: 03:00 CEST becomes 02:00 CET; 02:00-02:30 happens twice.
     let f = Timeframe::parse("02:00-02:30", berlin).unwrap();
     assert!(f.contains(utc("2025-10-26T00:10:00Z")));
     assert!(f.contains(utc("2025-10-26T01:10:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-10-26T00:10:00Z")), Some(utc("2025-10-26T00:30:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-10-26T00:30:00Z")), Some(utc("2025-10-26T01:00:00Z")));
-    assert_eq!(f.next_change_after(utc("2025-10-26T01:00:00Z")), Some(utc("2025-10-26T01:30:00Z")));
+    assert_eq!(
+        f.next_change_after(utc("2025-10-26T00:10:00Z")),
+        Some(utc("2025-10-26T00:30:00Z"))
+    );
+    assert_eq!(
+        f.next_change_after(utc("2025-10-26T00:30:00Z")),
+        Some(utc("2025-10-26T01:00:00Z"))
+    );
+    assert_eq!(
+        f.next_change_after(utc("2025-10-26T01:00:00Z")),
+        Some(utc("2025-10-26T01:30:00Z"))
+    );
 }
 
 #[test]
 fn next_change_matches_a_minute_scan() {
-    let zones = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"];
+    let zones = [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+    ];
     let frames = [
         "mon..fri 08:00-18:00",
         "sat,sun",
@@ -136,7 +174,11 @@ fn next_change_matches_a_minute_scan() {
                 let mut t = utc(start);
                 for _ in 0..6 {
                     let expected = scan_change(&f, t, 8);
-                    assert_eq!(f.next_change_after(t), expected, "{text} in {zone} after {t}");
+                    assert_eq!(
+                        f.next_change_after(t),
+                        expected,
+                        "{text} in {zone} after {t}"
+                    );
                     match expected {
                         Some(e) => t = e,
                         None => break,

@@ -45,10 +45,7 @@ pub(crate) const ZONE_SYNTAX: &str = "UTC or an IANA time zone name such as Euro
 
 /// Splits a trailing time zone off `text`: (the rest, the zone if one was given).
 /// A last token that looks like a zone but is none is an error.
-pub(crate) fn split_zone<'a>(
-    text: &'a str,
-    input: &str,
-) -> crate::Result<(&'a str, Option<Tz>)> {
+pub(crate) fn split_zone<'a>(text: &'a str, input: &str) -> crate::Result<(&'a str, Option<Tz>)> {
     let trimmed = text.trim_end();
     let Some((rest, last)) = trimmed.rsplit_once(char::is_whitespace) else {
         return Ok((trimmed, None));
@@ -64,7 +61,9 @@ pub(crate) fn split_zone<'a>(
 
 fn offset_secs(tz: &Tz, secs: i64) -> Option<i64> {
     let utc = DateTime::<Utc>::from_timestamp(secs, 0)?.naive_utc();
-    Some(i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()))
+    Some(i64::from(
+        tz.offset_from_utc_datetime(&utc).fix().local_minus_utc(),
+    ))
 }
 
 /// The wall-clock time at instant `secs`, in seconds since the epoch of local time.
@@ -189,7 +188,11 @@ pub(crate) fn next_run(
             Some(jump) => {
                 let old = offset_secs(tz, run.timestamp())?;
                 let end = DateTime::<Utc>::from_timestamp(jump + old, 0)?.naive_utc();
-                if end > local { end } else { local.checked_add_signed(second)? }
+                if end > local {
+                    end
+                } else {
+                    local.checked_add_signed(second)?
+                }
             }
             None => local.checked_add_signed(second)?,
         };

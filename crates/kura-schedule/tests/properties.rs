@@ -3,18 +3,28 @@
 //! and Australia/Lord_Howe), month ends, the parse/display round trip, and garbage never
 //! panics (`KURA_FUZZ_CASES` cases; `scripts/fuzz.sh` runs it long).
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc, Weekday,
+};
 use kura_schedule::{Schedule, Timeframe, Tz};
 use proptest::prelude::*;
 
-const ZONES: [&str; 4] = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"];
+const ZONES: [&str; 4] = [
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Australia/Lord_Howe",
+];
 
 fn zone(name: &str) -> Tz {
     name.parse().unwrap()
 }
 
 fn fuzz_cases() -> u32 {
-    std::env::var("KURA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    std::env::var("KURA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
 }
 
 /// One numeric field, as text and as the set of values it matches (computed here, not by
@@ -38,10 +48,18 @@ fn field(min: u32, max: u32, star_weight: u32) -> impl Strategy<Value = FieldSpe
             (format!("{a}..{b}"), format!("{a}-{b}"), (a..=b).collect())
         }),
         (min..=max, 1..=(max - min + 1)).prop_map(move |(a, s)| {
-            (format!("{a}/{s}"), format!("{a}-{max}/{s}"), (a..=max).step_by(s as usize).collect())
+            (
+                format!("{a}/{s}"),
+                format!("{a}-{max}/{s}"),
+                (a..=max).step_by(s as usize).collect(),
+            )
         }),
         (1..=(max - min + 1)).prop_map(move |s| {
-            (format!("*/{s}"), format!("*/{s}"), (min..=max).step_by(s as usize).collect())
+            (
+                format!("*/{s}"),
+                format!("*/{s}"),
+                (min..=max).step_by(s as usize).collect(),
+            )
         }),
     ];
     prop_oneof![
@@ -96,9 +114,22 @@ fn event_spec() -> impl Strategy<Value = EventSpec> {
             Some((text, set))
         }),
     ];
-    (weekdays, field(1, 12, 4), field(1, 31, 3), from_end, field(0, 23, 2), field(0, 59, 2)).prop_map(
-        |(weekdays, month, day, from_end, hour, minute)| EventSpec { weekdays, month, day, from_end, hour, minute },
+    (
+        weekdays,
+        field(1, 12, 4),
+        field(1, 31, 3),
+        from_end,
+        field(0, 23, 2),
+        field(0, 59, 2),
     )
+        .prop_map(|(weekdays, month, day, from_end, hour, minute)| EventSpec {
+            weekdays,
+            month,
+            day,
+            from_end,
+            hour,
+            minute,
+        })
 }
 
 impl EventSpec {
@@ -124,9 +155,16 @@ impl EventSpec {
         let dow = match &self.weekdays {
             None => "*".to_string(),
             // cron counts Sunday as 0.
-            Some(days) => (0..7).filter(|&i| days[i]).map(|i| ((i + 1) % 7).to_string()).collect::<Vec<_>>().join(","),
+            Some(days) => (0..7)
+                .filter(|&i| days[i])
+                .map(|i| ((i + 1) % 7).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         };
-        Some(format!("{} {} {} {} {dow}", self.minute.cron, self.hour.cron, self.day.cron, self.month.cron))
+        Some(format!(
+            "{} {} {} {} {dow}",
+            self.minute.cron, self.hour.cron, self.day.cron, self.month.cron
+        ))
     }
 
     fn matches(&self, local: NaiveDateTime) -> bool {
@@ -138,7 +176,10 @@ impl EventSpec {
             }
             None => self.day.set[date.day() as usize],
         };
-        let weekday_ok = self.weekdays.as_ref().is_none_or(|d| d[date.weekday().num_days_from_monday() as usize]);
+        let weekday_ok = self
+            .weekdays
+            .as_ref()
+            .is_none_or(|d| d[date.weekday().num_days_from_monday() as usize]);
         day_ok
             && weekday_ok
             && self.month.set[date.month() as usize]
@@ -149,7 +190,10 @@ impl EventSpec {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    (28..=31).rev().find(|&d| chrono::NaiveDate::from_ymd_opt(year, month, d).is_some()).unwrap()
+    (28..=31)
+        .rev()
+        .find(|&d| chrono::NaiveDate::from_ymd_opt(year, month, d).is_some())
+        .unwrap()
 }
 
 fn local(tz: Tz, t: DateTime<Utc>) -> NaiveDateTime {
@@ -196,7 +240,11 @@ fn transitions(tz: Tz, year: i32) -> Vec<DateTime<Utc>> {
             let (mut lo, mut hi) = (day.timestamp() / 60, next.timestamp() / 60);
             while hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2;
-                if offset(at(mid)) == offset(at(lo)) { lo = mid } else { hi = mid }
+                if offset(at(mid)) == offset(at(lo)) {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
             }
             found.push(at(hi));
         }
@@ -220,7 +268,10 @@ fn window(tz: Tz, year: i32, pick: usize, shift_min: i64) -> (DateTime<Utc>, Dat
 
 fn instant() -> impl Strategy<Value = DateTime<Utc>> {
     // 1990..2040, to the second, with some fractions.
-    (631_152_000i64..2_208_988_800, prop_oneof![Just(0u32), 0u32..1_000_000_000])
+    (
+        631_152_000i64..2_208_988_800,
+        prop_oneof![Just(0u32), 0u32..1_000_000_000],
+    )
         .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
 }
 

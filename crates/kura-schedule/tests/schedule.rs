@@ -6,7 +6,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kura_schedule::{Error, Schedule, Tz};
 
 fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn zone(name: &str) -> Tz {
@@ -36,30 +38,72 @@ fn which_texts_are_cron() {
     assert!(is_cron("cron:0 0 2 * * *"));
     assert!(is_cron("CRON: @daily"));
     assert!(is_cron("cron:   */5  *  * * *   "));
-    assert_eq!(schedule("cron:   */5  *  * * *   ", Tz::UTC).to_string(), "cron:*/5 * * * *");
+    assert_eq!(
+        schedule("cron:   */5  *  * * *   ", Tz::UTC).to_string(),
+        "cron:*/5 * * * *"
+    );
     assert_eq!(schedule("0 2 * * *", Tz::UTC).to_string(), "cron:0 2 * * *");
-    assert_eq!(schedule("0 2 * * * UTC", zone("Europe/Berlin")).to_string(), "cron:0 2 * * * UTC");
+    assert_eq!(
+        schedule("0 2 * * * UTC", zone("Europe/Berlin")).to_string(),
+        "cron:0 2 * * * UTC"
+    );
     // A bare 6-field expression is neither: it needs the prefix.
     assert!(Schedule::parse("0 0 2 * * *", Tz::UTC).is_err());
-    assert!(matches!(Schedule::parse("cron:61 * * * *", Tz::UTC), Err(Error::Cron { .. })));
-    assert!(matches!(Schedule::parse("a b c d e", Tz::UTC), Err(Error::Cron { .. })));
-    assert!(matches!(Schedule::parse("cron:", Tz::UTC), Err(Error::Cron { .. })));
-    assert!(matches!(Schedule::parse(" ", Tz::UTC), Err(Error::Empty { .. })));
+    assert!(matches!(
+        Schedule::parse("cron:61 * * * *", Tz::UTC),
+        Err(Error::Cron { .. })
+    ));
+    assert!(matches!(
+        Schedule::parse("a b c d e", Tz::UTC),
+        Err(Error::Cron { .. })
+    ));
+    assert!(matches!(
+        Schedule::parse("cron:", Tz::UTC),
+        Err(Error::Cron { .. })
+    ));
+    assert!(matches!(
+        Schedule::parse(" ", Tz::UTC),
+        Err(Error::Empty { .. })
+    ));
     let e = Schedule::parse("mon 25:00", Tz::UTC).unwrap_err();
-    assert_eq!(e.to_string(), "invalid hour \"25\" in \"mon 25:00\": expected 0..23");
+    assert_eq!(
+        e.to_string(),
+        "invalid hour \"25\" in \"mon 25:00\": expected 0..23"
+    );
 }
 
 #[test]
 fn cron_runs() {
     assert_eq!(
         runs("*/20 9-10 * * 1-5", "UTC", "2025-01-03T10:30:00Z", 3),
-        ["2025-01-03T10:40:00Z", "2025-01-06T09:00:00Z", "2025-01-06T09:20:00Z"]
+        [
+            "2025-01-03T10:40:00Z",
+            "2025-01-06T09:00:00Z",
+            "2025-01-06T09:20:00Z"
+        ]
     );
-    assert_eq!(runs("cron:30 0 0 1 * *", "UTC", "2025-01-15T00:00:00Z", 1), ["2025-02-01T00:00:30Z"]);
-    assert_eq!(runs("cron:0 0 L * *", "UTC", "2024-02-01T00:00:00Z", 2), ["2024-02-29T00:00:00Z", "2024-03-31T00:00:00Z"]);
-    assert_eq!(runs("0 2 * * * America/New_York", "UTC", "2025-01-01T00:00:00Z", 1), ["2025-01-01T07:00:00Z"]);
+    assert_eq!(
+        runs("cron:30 0 0 1 * *", "UTC", "2025-01-15T00:00:00Z", 1),
+        ["2025-02-01T00:00:30Z"]
+    );
+    assert_eq!(
+        runs("cron:0 0 L * *", "UTC", "2024-02-01T00:00:00Z", 2),
+        ["2024-02-29T00:00:00Z", "2024-03-31T00:00:00Z"]
+    );
+    assert_eq!(
+        runs(
+            "0 2 * * * America/New_York",
+            "UTC",
+            "2025-01-01T00:00:00Z",
+            1
+        ),
+        ["2025-01-01T07:00:00Z"]
+    );
     // Never again before croner's horizon: no run, no hang.
-    assert_eq!(runs("cron:0 0 30 2 *", "UTC", "2025-01-01T00:00:00Z", 1), Vec::<String>::new());
+    assert_eq!(
+        runs("cron:0 0 30 2 *", "UTC", "2025-01-01T00:00:00Z", 1),
+        Vec::<String>::new()
+    );
 }
 
 /// Europe/Berlin 2025: 30 March 02:00 CET → 03:00 CEST (01:00Z), 26 October 03:00 CEST →
@@ -77,7 +121,11 @@ fn berlin_spring_forward() {
     for text in ["*:0/15", "*/15 * * * *"] {
         assert_eq!(
             runs(text, "Europe/Berlin", "2025-03-30T00:30:00Z", 3),
-            ["2025-03-30T00:45:00Z", "2025-03-30T01:00:00Z", "2025-03-30T01:15:00Z"],
+            [
+                "2025-03-30T00:45:00Z",
+                "2025-03-30T01:00:00Z",
+                "2025-03-30T01:15:00Z"
+            ],
             "{text}"
         );
     }
@@ -92,15 +140,25 @@ fn berlin_fall_back() {
             "{text}"
         );
         // From inside the repeated hour: 02:30 already ran in the first pass.
-        assert_eq!(runs(text, "Europe/Berlin", "2025-10-26T01:00:00Z", 1), ["2025-10-27T01:30:00Z"]);
+        assert_eq!(
+            runs(text, "Europe/Berlin", "2025-10-26T01:00:00Z", 1),
+            ["2025-10-27T01:30:00Z"]
+        );
     }
     for text in ["*:0/15", "cron:0 */15 * * * *"] {
         assert_eq!(
             runs(text, "Europe/Berlin", "2025-10-26T00:20:00Z", 3),
-            ["2025-10-26T00:30:00Z", "2025-10-26T00:45:00Z", "2025-10-26T02:00:00Z"],
+            [
+                "2025-10-26T00:30:00Z",
+                "2025-10-26T00:45:00Z",
+                "2025-10-26T02:00:00Z"
+            ],
             "{text}"
         );
-        assert_eq!(runs(text, "Europe/Berlin", "2025-10-26T01:10:00Z", 1), ["2025-10-26T02:00:00Z"]);
+        assert_eq!(
+            runs(text, "Europe/Berlin", "2025-10-26T01:10:00Z", 1),
+            ["2025-10-26T02:00:00Z"]
+        );
     }
 }
 
@@ -108,17 +166,32 @@ fn berlin_fall_back() {
 /// 01:00 EST (06:00Z).
 #[test]
 fn new_york() {
-    assert_eq!(runs("02:30", "America/New_York", "2025-03-08T12:00:00Z", 2), ["2025-03-09T07:00:00Z", "2025-03-10T06:30:00Z"]);
-    assert_eq!(runs("01:30", "America/New_York", "2025-11-01T12:00:00Z", 2), ["2025-11-02T05:30:00Z", "2025-11-03T06:30:00Z"]);
-    assert_eq!(runs("30 1 * * *", "America/New_York", "2025-11-02T06:00:00Z", 1), ["2025-11-03T06:30:00Z"]);
+    assert_eq!(
+        runs("02:30", "America/New_York", "2025-03-08T12:00:00Z", 2),
+        ["2025-03-09T07:00:00Z", "2025-03-10T06:30:00Z"]
+    );
+    assert_eq!(
+        runs("01:30", "America/New_York", "2025-11-01T12:00:00Z", 2),
+        ["2025-11-02T05:30:00Z", "2025-11-03T06:30:00Z"]
+    );
+    assert_eq!(
+        runs("30 1 * * *", "America/New_York", "2025-11-02T06:00:00Z", 1),
+        ["2025-11-03T06:30:00Z"]
+    );
 }
 
 /// Australia/Lord_Howe moves its clocks by half an hour: 5 October 2025 02:00 (+10:30) →
 /// 02:30 (+11) at 15:30Z the day before; 6 April 2025 02:00 (+11) → 01:30 (+10:30) at 15:00Z.
 #[test]
 fn lord_howe_half_hour() {
-    assert_eq!(runs("02:15", "Australia/Lord_Howe", "2025-10-04T00:00:00Z", 2), ["2025-10-04T15:30:00Z", "2025-10-05T15:15:00Z"]);
-    assert_eq!(runs("01:45", "Australia/Lord_Howe", "2025-04-05T00:00:00Z", 2), ["2025-04-05T14:45:00Z", "2025-04-06T15:15:00Z"]);
+    assert_eq!(
+        runs("02:15", "Australia/Lord_Howe", "2025-10-04T00:00:00Z", 2),
+        ["2025-10-04T15:30:00Z", "2025-10-05T15:15:00Z"]
+    );
+    assert_eq!(
+        runs("01:45", "Australia/Lord_Howe", "2025-04-05T00:00:00Z", 2),
+        ["2025-04-05T14:45:00Z", "2025-04-06T15:15:00Z"]
+    );
 }
 
 #[test]
@@ -127,10 +200,16 @@ fn missed_runs() {
     let (last, now) = (utc("2025-01-01T00:00:00Z"), utc("2025-01-05T12:00:00Z"));
     let m = s.missed(last, now, 10);
     assert_eq!(m.times.len(), 4);
-    assert_eq!((m.truncated, m.latest), (false, Some(utc("2025-01-05T00:00:00Z"))));
+    assert_eq!(
+        (m.truncated, m.latest),
+        (false, Some(utc("2025-01-05T00:00:00Z")))
+    );
     let m = s.missed(last, now, 1);
     assert_eq!(m.times, [utc("2025-01-02T00:00:00Z")]);
-    assert_eq!((m.truncated, m.latest), (true, Some(utc("2025-01-05T00:00:00Z"))));
+    assert_eq!(
+        (m.truncated, m.latest),
+        (true, Some(utc("2025-01-05T00:00:00Z")))
+    );
     let m = s.missed(last, now, 0);
     assert!(m.times.is_empty() && m.truncated && m.any());
     // A run due exactly now is missed; one due at the last run is not.
@@ -143,7 +222,10 @@ fn missed_runs() {
     let s = schedule("minutely", Tz::UTC);
     let started = std::time::Instant::now();
     let m = s.missed(utc("2024-01-01T00:00:00Z"), utc("2025-01-01T00:00:30Z"), 3);
-    assert_eq!((m.times.len(), m.truncated, m.latest), (3, true, Some(utc("2025-01-01T00:00:00Z"))));
+    assert_eq!(
+        (m.times.len(), m.truncated, m.latest),
+        (3, true, Some(utc("2025-01-01T00:00:00Z")))
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     // Extremes do not panic.
     let m = s.missed(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, 2);
@@ -159,13 +241,23 @@ fn upcoming_ends_with_the_schedule() {
     let mut it = s.upcoming(utc("2025-01-01T00:30:00Z"));
     assert_eq!(it.next(), Some(utc("2025-01-01T01:00:00Z")));
     assert_eq!(it.next(), Some(utc("2025-01-01T02:00:00Z")));
-    assert!(s.upcoming(utc("2025-01-01T00:00:00Z")).take(50).zip(s.upcoming(utc("2025-01-01T00:00:00Z")).skip(1)).all(|(a, b)| b - a == TimeDelta::hours(1)));
+    assert!(
+        s.upcoming(utc("2025-01-01T00:00:00Z"))
+            .take(50)
+            .zip(s.upcoming(utc("2025-01-01T00:00:00Z")).skip(1))
+            .all(|(a, b)| b - a == TimeDelta::hours(1))
+    );
 }
 
 #[test]
 fn serde_as_text() {
     let berlin = zone("Europe/Berlin");
-    for text in ["mon..fri 02:00", "*-*~01 Europe/Berlin", "cron:*/5 * * * *", "0 3 * * * UTC"] {
+    for text in [
+        "mon..fri 02:00",
+        "*-*~01 Europe/Berlin",
+        "cron:*/5 * * * *",
+        "0 3 * * * UTC",
+    ] {
         let s = schedule(text, berlin);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, format!("\"{s}\""));
