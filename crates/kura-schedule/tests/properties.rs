@@ -284,7 +284,7 @@ fn schedule_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn next_is_later_and_monotone(text in schedule_text(), zone_name in prop::sample::select(&ZONES[..]), t1 in instant(), gap in 0i64..3_000_000) {
@@ -304,7 +304,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn no_run_is_skipped_across_clock_changes(
@@ -374,6 +374,58 @@ proptest! {
     }
 }
 
+/// Valid and nearly valid pieces of schedules and time frames, for `token_soup_never_panics`.
+const FRAGMENTS: [&str; 48] = [
+    "mon",
+    "Sat,sun",
+    "mon..fri",
+    "sunday..monday",
+    "*",
+    "*-*-*",
+    "2025-02-29",
+    "*-*~01",
+    "*-02~07/1",
+    "*-*-31",
+    "12-25",
+    "02:00",
+    "*:0/15",
+    "8..18:00:30",
+    "23:59:59",
+    "*:*:*",
+    "UTC",
+    "Europe/Berlin",
+    "Australia/Lord_Howe",
+    "America/New_York",
+    "cron:",
+    "0",
+    "*/5",
+    "1-5",
+    "L",
+    "7W",
+    "5#2",
+    "5L",
+    "@daily",
+    "@yearly",
+    "22:00-06:00",
+    "08:00-18:00",
+    "00:00-24:00",
+    "daily",
+    "quarterly",
+    "minutely",
+    "9999-12-31",
+    "1970-01-01",
+    "*/1",
+    "59",
+    "31",
+    "2",
+    "feb",
+    "MON-FRI",
+    "?",
+    "0 0 29 2 *",
+    "*-*-* 02:30",
+    "~",
+];
+
 fn check_garbage(text: &str) {
     let t = Utc.with_ymd_and_hms(2025, 3, 30, 0, 30, 0).unwrap();
     for tz in [Tz::UTC, zone("Europe/Berlin")] {
@@ -405,6 +457,12 @@ proptest! {
 
     #[test]
     fn cron_like_text_never_panics(text in "(cron:)?[0-9*,/?LW#@a-zA-Z -]{0,40}") {
+        check_garbage(&text);
+    }
+
+    #[test]
+    fn token_soup_never_panics(tokens in prop::collection::vec((prop::sample::select(&FRAGMENTS[..]), prop::sample::select(&[" ", " ", "", ",", ";"][..])), 1..7)) {
+        let text: String = tokens.iter().flat_map(|(t, j)| [*t, *j]).collect();
         check_garbage(&text);
     }
 
