@@ -29,6 +29,7 @@ mod copies;
 mod jobs;
 mod resources;
 mod secure;
+mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub use resources::{Kind, Resource, State};
 /// usable last month", without a table that grows with every job run forever.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
+pub use tokens::{ApiToken, Claim, ClaimState};
 
 /// Errors the catalog reports; each says what the operator can do.
 #[derive(Debug, thiserror::Error)]
@@ -246,15 +248,24 @@ impl Catalog {
             Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
             Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
         };
-        let sql = include_str!("../migrations/0001_inventory.sql").replace("{{ID}}", id);
-        let migrator = Migrator {
-            migrations: vec![Migration::new(
-                1,
-                "inventory".into(),
+        let migration = |version: i64, name: &str, sql: &str| {
+            Migration::new(
+                version,
+                name.to_string().into(),
                 MigrationType::Simple,
-                sql.into(),
+                sql.replace("{{ID}}", id).into(),
                 false,
-            )]
+            )
+        };
+        let migrator = Migrator {
+            migrations: vec![
+                migration(
+                    1,
+                    "inventory",
+                    include_str!("../migrations/0001_inventory.sql"),
+                ),
+                migration(2, "daemon", include_str!("../migrations/0002_daemon.sql")),
+            ]
             .into(),
             ignore_missing: false,
             locking: true,
