@@ -1,1 +1,189 @@
+//! kura's service: `kura serve`, the daemon that runs jobs by itself.
+//!
+//! One process holds:
+//! - **[`tasks`]**: every piece of work it starts is a task with an id, state, progress and
+//!   a log on disk (PBS's worker tasks);
+//! - **the scheduler** ([`scheduler`]): it reads the jobs' schedules from the catalog and
+//!   starts each occurrence exactly once across all daemons sharing the catalog (a claim row
+//!   per occurrence, no leader);
+//! - **the REST API** ([`api`]): axum, versioned under `/api/v1/`, its OpenAPI document
+//!   generated from the handlers (utoipa) at `/api/v1/openapi.json`, API tokens
+//!   ([`auth`]), Prometheus metrics at `/metrics`.
+//!
+//! # Threads
+//! The HTTP side is async (tokio); the work is not: repository pipelines are threads and
+//! the catalog is a blocking API over its own runtime. So handlers never call the catalog
+//! or run work on the async workers: catalog calls go through `spawn_blocking`, and each
+//! task runs on a thread of its own.
+//!
+//! # What the daemon may not do
+//! It owns no repository format, no catalog schema and no backup logic: those are
+//! `kura-repo`, `kura-catalog` and `kura-manager`, which the CLI uses the same way. The
+//! daemon decides *when* work runs and *records* it; how a job runs is given to it as a
+//! [`JobRunner`].
 
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod scheduler;
+pub mod tasks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kura_catalog::{Catalog, JobDef};
+
+pub use tasks::{Task, TaskFilter, TaskInfo, TaskState, Tasks};
+
+/// The daemon's errors, by what an API client must do (each has a stable code, see
+/// [`Error::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// No valid token (unknown, expired, malformed, missing): deliberately says no more.
+    #[error("a valid API token is required (Authorization: Bearer …)")]
+    Unauthorized,
+    /// Something the daemon depends on (the catalog) cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable code an API error carries (`{"error": {"code": …, "message": …}}`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::Invalid(_) => "invalid",
+            Error::Conflict(_) => "conflict",
+            Error::Unauthorized => "unauthorized",
+            Error::Unavailable(_) => "unavailable",
+            Error::Io { .. } | Error::Internal(_) => "internal",
+        }
+    }
+
+    /// A catalog error, by what it means for a client.
+    pub fn catalog(e: kura_catalog::Error) -> Error {
+        use kura_catalog::Error as C;
+        match e {
+            C::UnknownJob(_) | C::UnknownResource(_) | C::UnknownBackup(_) => {
+                Error::NotFound(e.to_string())
+            }
+            C::Invalid(_) => Error::Invalid(e.to_string()),
+            C::Duplicate(_) | C::InUse(_) => Error::Conflict(e.to_string()),
+            e if e.is_unreachable() => Error::Unavailable(e.to_string()),
+            e => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How a job runs: given to the daemon by whoever knows targets, credentials and options
+/// (the `kura` binary). Called on a thread of the task's own; the work polls the task's
+/// cancel token and reports progress to the task.
+pub trait JobRunner: Send + Sync {
+    fn run(&self, job: &JobDef, task: &Task) -> std::result::Result<(), String>;
+}
+
+/// Settings of a daemon (`[daemon]` in the config file, `kura serve` flags).
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Where tasks and their logs live.
+    pub state_dir: PathBuf,
+    /// This daemon's name in claims and logs (default: the host name and process id).
+    pub name: String,
+    /// The time zone of schedules that name none.
+    pub zone: kura_schedule::Tz,
+}
+
+/// A running daemon's shared state.
+pub struct Daemon {
+    pub catalog: Arc<Catalog>,
+    pub tasks: Tasks,
+    pub tokens: auth::Tokens,
+    pub runner: Arc<dyn JobRunner>,
+    pub options: DaemonOptions,
+    pub metrics: metrics::Metrics,
+}
+
+impl Daemon {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        runner: Arc<dyn JobRunner>,
+        options: DaemonOptions,
+    ) -> Result<Arc<Daemon>> {
+        let tasks = Tasks::open(&options.state_dir.join("tasks"))?;
+        Ok(Arc::new(Daemon {
+            catalog,
+            tasks,
+            tokens: auth::Tokens::default(),
+            runner,
+            options,
+            metrics: metrics::Metrics::default(),
+        }))
+    }
+
+    /// Start job `name` now, as a task on a thread of its own; `started_by` says who asked.
+    /// Refused while a run of the same job started by this daemon still runs.
+    pub fn run_job(self: &Arc<Self>, name: &str, started_by: &str) -> Result<TaskInfo> {
+        let job = self.catalog.job(name).map_err(Error::catalog)?;
+        self.start_job(job, started_by, None)
+    }
+
+    /// Start a run of `job` as a task; `then` is called with its outcome when it ends (the
+    /// scheduler records its claim there).
+    pub(crate) fn start_job(
+        self: &Arc<Self>,
+        job: JobDef,
+        started_by: &str,
+        then: Option<Box<dyn FnOnce(&std::result::Result<(), String>) + Send>>,
+    ) -> Result<TaskInfo> {
+        let running = self.tasks.running().into_iter().any(|t| {
+            let i = t.info();
+            i.kind == "job-run" && i.subject == job.name
+        });
+        if running {
+            return Err(Error::Conflict(format!(
+                "job {} is already running on this daemon",
+                job.name
+            )));
+        }
+        let task = self.tasks.start("job-run", &job.name, started_by)?;
+        let info = task.info();
+        let d = Arc::clone(self);
+        let failed = Arc::clone(&task);
+        let spawned = std::thread::Builder::new()
+            .name(format!("kura-task-{}", info.id))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let result = d.runner.run(&job, &task);
+                task.finish(result.clone());
+                d.metrics.job_ended(&job.name, &task.info(), started.elapsed());
+                if let Some(then) = then {
+                    then(&result);
+                }
+                d.tasks.reap();
+            });
+        if let Err(e) = spawned {
+            failed.finish(Err(format!("could not start its thread: {e}")));
+            return Err(Error::Io {
+                what: "start a task thread".into(),
+                source: e,
+            });
+        }
+        Ok(info)
+    }
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics at `/metrics` (text exposition format), through `prometheus-client`.
+//!
+//! Per job: when it last succeeded, how long its last run took, how many bytes it moved,
+//! and runs by result. Per daemon: tasks by state, whether the catalog answers. Metric
+//! names follow Prometheus conventions (`_seconds`, `_bytes`, `_total`, `_timestamp_seconds`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::tasks::{TaskInfo, TaskState};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobResult {
+    job: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// The daemon's metrics. Job metrics are updated as runs end; the rest at each scrape.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    last_success: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_duration: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_bytes: Family<JobLabel, Gauge>,
+    runs: Family<JobResult, Counter>,
+    tasks: Family<StateLabel, Gauge>,
+    catalog_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("kura");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            last_success: Family::default(),
+            last_duration: Family::default(),
+            last_bytes: Family::default(),
+            runs: Family::default(),
+            tasks: Family::default(),
+            catalog_up: Gauge::default(),
+        };
+        r.register(
+            "job_last_success_timestamp_seconds",
+            "When the job's last successful run ended (Unix time)",
+            m.last_success.clone(),
+        );
+        r.register(
+            "job_last_duration_seconds",
+            "How long the job's last run took",
+            m.last_duration.clone(),
+        );
+        r.register(
+            "job_last_bytes",
+            "Bytes the job's last run read",
+            m.last_bytes.clone(),
+        );
+        r.register("job_runs", "Job runs by result", m.runs.clone());
+        r.register("tasks", "Tasks kept by this daemon, by state", m.tasks.clone());
+        r.register(
+            "catalog_up",
+            "Whether the catalog answered at the last scrape (1) or not (0)",
+            m.catalog_up.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
+    }
+}
+
+impl Metrics {
+    /// A job run ended (its task's final record).
+    pub fn job_ended(&self, job: &str, task: &TaskInfo, took: Duration) {
+        let l = JobLabel { job: job.into() };
+        self.last_duration.get_or_create(&l).set(took.as_secs_f64());
+        self.last_bytes
+            .get_or_create(&l)
+            .set(i64::try_from(task.bytes_done).unwrap_or(i64::MAX));
+        if task.state == TaskState::Succeeded {
+            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+            self.last_success.get_or_create(&l).set(now);
+        }
+        self.runs
+            .get_or_create(&JobResult {
+                job: job.into(),
+                result: task.state.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, after setting the scrape-time gauges.
+    pub fn render(
+        &self,
+        tasks: &std::collections::BTreeMap<TaskState, u64>,
+        catalog_up: bool,
+    ) -> String {
+        for s in TaskState::ALL {
+            self.tasks
+                .get_or_create(&StateLabel {
+                    state: s.as_str().into(),
+                })
+                .set(i64::try_from(tasks.get(&s).copied().unwrap_or(0)).unwrap_or(i64::MAX));
+        }
+        self.catalog_up.set(i64::from(catalog_up));
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_runs_show_up_in_the_exposition() {
+        let m = Metrics::default();
+        let t = TaskInfo {
+            id: "x".into(),
+            kind: "job-run".into(),
+            subject: "nightly".into(),
+            state: TaskState::Succeeded,
+            started_by: "schedule".into(),
+            started: String::new(),
+            finished: None,
+            bytes_total: None,
+            bytes_done: 4096,
+            items_done: 1,
+            error: None,
+        };
+        m.job_ended("nightly", &t, Duration::from_millis(1500));
+        let text = m.render(&Default::default(), true);
+        assert!(text.contains("kura_job_last_duration_seconds{job=\"nightly\"} 1.5"), "{text}");
+        assert!(text.contains("kura_job_last_bytes{job=\"nightly\"} 4096"), "{text}");
+        assert!(text.contains("kura_job_runs_total{job=\"nightly\",result=\"succeeded\"} 1"), "{text}");
+        assert!(text.contains("kura_tasks{state=\"running\"} 0"), "{text}");
+        assert!(text.contains("kura_catalog_up 1"), "{text}");
+        assert!(text.contains("kura_job_last_success_timestamp_seconds{job=\"nightly\"}"), "{text}");
+    }
+}

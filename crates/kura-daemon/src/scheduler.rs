@@ -1,0 +1,338 @@
+//! The scheduler: runs each job's scheduled occurrences, exactly once across every daemon
+//! sharing the catalog.
+//!
+//! Once a second it reads the jobs, and for each job with a schedule works out which
+//! occurrences fell due since the last one it knows of (the newest claim in the catalog, or
+//! this daemon's start for a job never run): see [`kura_schedule::Schedule::missed`]. Each
+//! occurrence is *claimed* in the catalog before anything is done with it
+//! ([`kura_catalog::Catalog::claim_run`]): the insert succeeds for one daemon only, so an
+//! occurrence runs once, or is recorded `missed` or `skipped` once — never silently
+//! dropped, never run twice. While a run goes on its daemon renews the claim's lease; a
+//! daemon killed mid-run stops renewing, and the next daemon to look records the claim
+//! `expired`; the job's next occurrence goes ahead as usual.
+//!
+//! # Missed occurrences (catch-up)
+//! Occurrences that fell due while no daemon ran (or the machine slept) follow the job's
+//! catch-up policy: `one` (the default) runs the newest of them now and records the older
+//! ones missed; `none` records them all missed, except one due within [`ON_TIME`] (a tick
+//! late is not missed). A clock that jumps backwards makes nothing due until it passes the
+//! last occurrence again; one that jumps forwards is a gap like any other.
+//!
+//! # Overlap
+//! An occurrence that falls due while the job's previous run still runs (on any daemon)
+//! follows the job's overlap policy: `skip` (the default) records it skipped; `queue` runs
+//! it once the previous run ends; `cancel-older` cancels the previous run (on this daemon)
+//! and starts the new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use kura_catalog::{ClaimState, JobDef};
+use kura_schedule::{Schedule, Tz};
+
+use crate::Daemon;
+
+/// How often the scheduler looks.
+pub const TICK: Duration = Duration::from_secs(1);
+/// An occurrence this late still counts as on time (catch-up `none`).
+pub const ON_TIME: Duration = Duration::from_secs(60);
+/// A claim's lease; renewed every [`RENEW`] while its run goes on.
+pub const LEASE: Duration = Duration::from_secs(45);
+pub const RENEW: Duration = Duration::from_secs(10);
+/// At most this many missed occurrences are recorded one by one per look.
+const RECORD_AT_MOST: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    None,
+    #[default]
+    One,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+    CancelOlder,
+}
+
+/// What the scheduler does with a job's occurrences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub catch_up: CatchUp,
+    pub overlap: Overlap,
+}
+
+/// The scheduler's settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// The zone of schedules that name none.
+    pub zone: Tz,
+    /// Each job's policy (the job settings carry it).
+    pub policy: fn(&JobDef) -> Policy,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+}
+
+struct JobState {
+    /// The newest occurrence dealt with (claimed, recorded, or queued).
+    last: DateTime<Utc>,
+    /// An occurrence waiting for the previous run to end (overlap `queue`).
+    queued: Option<DateTime<Utc>>,
+    /// The schedule text that failed to parse (reported once).
+    bad: Option<String>,
+}
+
+/// Run the scheduler until `stop`.
+pub fn run(daemon: Arc<Daemon>, options: SchedulerOptions, stop: Arc<AtomicBool>) {
+    let started = Utc::now();
+    let mut jobs: HashMap<i64, JobState> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = tick(&daemon, &options, started, &mut jobs) {
+            tracing::warn!("scheduler: {e}");
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+fn tick(
+    d: &Arc<Daemon>,
+    o: &SchedulerOptions,
+    started: DateTime<Utc>,
+    jobs: &mut HashMap<i64, JobState>,
+) -> crate::Result<()> {
+    let cat = &d.catalog;
+    cat.expire_claims().map_err(crate::Error::catalog)?;
+    let defs = cat.jobs().map_err(crate::Error::catalog)?;
+    jobs.retain(|id, _| defs.iter().any(|j| j.id == *id));
+    let now = Utc::now();
+    for job in defs {
+        let Some(text) = job.schedule.clone() else {
+            continue;
+        };
+        let schedule = match Schedule::parse(&text, o.zone) {
+            Ok(s) => s,
+            Err(e) => {
+                let st = jobs.entry(job.id).or_insert(JobState {
+                    last: now,
+                    queued: None,
+                    bad: None,
+                });
+                if st.bad.as_deref() != Some(text.as_str()) {
+                    tracing::error!("job {}: schedule {text:?}: {e}; not scheduled", job.name);
+                    st.bad = Some(text);
+                }
+                continue;
+            }
+        };
+        if !jobs.contains_key(&job.id) {
+            let newest = cat
+                .claims(Some(job.id), 1)
+                .map_err(crate::Error::catalog)?
+                .first()
+                .map(|c| at(c.due));
+            jobs.insert(
+                job.id,
+                JobState {
+                    last: newest.unwrap_or(started),
+                    queued: None,
+                    bad: None,
+                },
+            );
+        }
+        let policy = (o.policy)(&job);
+        let Some(st) = jobs.get_mut(&job.id) else {
+            continue;
+        };
+        st.bad = None;
+        let missed = schedule.missed(st.last, now, RECORD_AT_MOST);
+        let mut due = st.queued.take();
+        if let Some(latest) = missed.latest {
+            st.last = latest;
+            let older: Vec<DateTime<Utc>> = missed
+                .times
+                .iter()
+                .copied()
+                .filter(|t| *t < latest)
+                .collect();
+            let on_time = (now - latest).to_std().unwrap_or_default() <= ON_TIME;
+            let run_latest = policy.catch_up == CatchUp::One || on_time;
+            let mut unrun = older;
+            if !run_latest {
+                unrun.push(latest);
+            }
+            let why = "no daemon ran when it fell due (catch-up policy: only the newest \
+                       missed occurrence runs)";
+            for t in unrun {
+                record(d, &job, t, ClaimState::Missed, why);
+            }
+            if missed.truncated {
+                tracing::warn!(
+                    "job {}: more than {RECORD_AT_MOST} occurrences fell due while no daemon \
+                     ran; the others are not recorded one by one",
+                    job.name
+                );
+            }
+            if run_latest {
+                if let Some(q) = due {
+                    record(
+                        d,
+                        &job,
+                        q,
+                        ClaimState::Skipped,
+                        "a newer occurrence fell due while it waited",
+                    );
+                }
+                due = Some(latest);
+            }
+        }
+        let Some(due) = due else {
+            continue;
+        };
+        if let Some(why) = still_running(d, &job)? {
+            match policy.overlap {
+                Overlap::Skip => {
+                    record(d, &job, due, ClaimState::Skipped, &why);
+                    continue;
+                }
+                Overlap::Queue => {
+                    st.queued = Some(due);
+                    continue;
+                }
+                Overlap::CancelOlder => {
+                    for t in d.tasks.running() {
+                        let i = t.info();
+                        if i.kind == "job-run" && i.subject == job.name {
+                            let _ = d.tasks.cancel(&i.id);
+                        }
+                    }
+                    // Started at the next look, once the older run has ended.
+                    st.queued = Some(due);
+                    continue;
+                }
+            }
+        }
+        start(d, job, due);
+    }
+    Ok(())
+}
+
+/// Why `job` counts as running, if it does: a run of it on this daemon, or a live claim of
+/// another daemon.
+fn still_running(d: &Arc<Daemon>, job: &JobDef) -> crate::Result<Option<String>> {
+    let here = d.tasks.running().into_iter().find(|t| {
+        let i = t.info();
+        i.kind == "job-run" && i.subject == job.name
+    });
+    if let Some(t) = here {
+        return Ok(Some(format!("its run {} was still going", t.info().id)));
+    }
+    let claims = d
+        .catalog
+        .claims(Some(job.id), 5)
+        .map_err(crate::Error::catalog)?;
+    Ok(claims
+        .iter()
+        .find(|c| c.state == ClaimState::Started)
+        .map(|c| {
+            format!(
+                "its run due at {} was still going on daemon {}",
+                at(c.due).to_rfc3339(),
+                c.daemon
+            )
+        }))
+}
+
+fn record(d: &Daemon, job: &JobDef, due: DateTime<Utc>, state: ClaimState, why: &str) {
+    match d
+        .catalog
+        .record_unrun(job.id, ms(due), &d.options.name, state, why)
+    {
+        Ok(true) => tracing::warn!(
+            "job {}: occurrence due at {} {}: {why}",
+            job.name,
+            due.to_rfc3339(),
+            state.as_str()
+        ),
+        Ok(false) => {} // another daemon dealt with it
+        Err(e) => tracing::warn!("job {}: recording an occurrence: {e}", job.name),
+    }
+}
+
+/// Claim the occurrence and, if this daemon got it, run it as a task.
+fn start(d: &Arc<Daemon>, job: JobDef, due: DateTime<Utc>) {
+    let lease = LEASE.as_millis() as i64;
+    let name = d.options.name.clone();
+    match d.catalog.claim_run(job.id, ms(due), &name, lease) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!("job {}: claiming its run: {e}", job.name);
+            return;
+        }
+    }
+    let (id, due_ms) = (job.id, ms(due));
+    let running = Arc::new(AtomicBool::new(true));
+    {
+        // Renew the claim while the run goes on.
+        let (d, running, name) = (Arc::clone(d), Arc::clone(&running), name.clone());
+        std::thread::spawn(move || {
+            loop {
+                sleep_while(&running, RENEW);
+                if !running.load(Ordering::SeqCst) {
+                    break;
+                }
+                match d.catalog.renew_claim(id, due_ms, &name, lease) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(
+                        "the claim of job {id}'s run was lost (its lease expired): the run \
+                         goes on but is recorded expired"
+                    ),
+                    Err(e) => tracing::warn!("renewing a run's claim: {e}"),
+                }
+            }
+        });
+    }
+    let job_name = job.name.clone();
+    let cat = Arc::clone(&d.catalog);
+    let renewing = Arc::clone(&running);
+    let then = Box::new(move |r: &std::result::Result<(), String>| {
+        renewing.store(false, Ordering::SeqCst);
+        let (state, why) = match r {
+            Ok(()) => (ClaimState::Succeeded, None),
+            Err(e) => (ClaimState::Failed, Some(e.as_str())),
+        };
+        if let Err(e) = cat.finish_claim(id, due_ms, state, why) {
+            tracing::warn!("job {job_name}: recording how its run ended: {e}");
+        }
+    });
+    let by = format!("schedule ({})", due.to_rfc3339());
+    if let Err(e) = d.start_job(job.clone(), &by, Some(then)) {
+        running.store(false, Ordering::SeqCst);
+        tracing::warn!("job {}: starting its run: {e}", job.name);
+        let _ = d.catalog.finish_claim(
+            job.id,
+            due_ms,
+            ClaimState::Failed,
+            Some(&format!("could not start: {e}")),
+        );
+    }
+}
+
+/// Sleep up to `d` while `running` holds.
+fn sleep_while(running: &AtomicBool, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while running.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
