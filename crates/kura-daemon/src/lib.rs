@@ -26,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod scheduler;
+pub mod server;
 pub mod tasks;
 
 use std::path::PathBuf;

@@ -74,6 +74,20 @@ pub struct SchedulerOptions {
     pub zone: Tz,
     /// Each job's policy (the job settings carry it).
     pub policy: fn(&JobDef) -> Policy,
+    /// A claim's lease, and how often a running claim renews it ([`LEASE`], [`RENEW`]).
+    pub lease: Duration,
+    pub renew: Duration,
+}
+
+impl SchedulerOptions {
+    pub fn new(zone: Tz) -> SchedulerOptions {
+        SchedulerOptions {
+            zone,
+            policy: |_| Policy::default(),
+            lease: LEASE,
+            renew: RENEW,
+        }
+    }
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -222,7 +236,7 @@ fn tick(
                 }
             }
         }
-        start(d, job, due);
+        start(d, o, job, due);
     }
     Ok(())
 }
@@ -270,8 +284,9 @@ fn record(d: &Daemon, job: &JobDef, due: DateTime<Utc>, state: ClaimState, why: 
 }
 
 /// Claim the occurrence and, if this daemon got it, run it as a task.
-fn start(d: &Arc<Daemon>, job: JobDef, due: DateTime<Utc>) {
-    let lease = LEASE.as_millis() as i64;
+fn start(d: &Arc<Daemon>, o: &SchedulerOptions, job: JobDef, due: DateTime<Utc>) {
+    let lease = i64::try_from(o.lease.as_millis()).unwrap_or(i64::MAX);
+    let renew = o.renew;
     let name = d.options.name.clone();
     match d.catalog.claim_run(job.id, ms(due), &name, lease) {
         Ok(true) => {}
@@ -288,7 +303,7 @@ fn start(d: &Arc<Daemon>, job: JobDef, due: DateTime<Utc>) {
         let (d, running, name) = (Arc::clone(d), Arc::clone(&running), name.clone());
         std::thread::spawn(move || {
             loop {
-                sleep_while(&running, RENEW);
+                sleep_while(&running, renew);
                 if !running.load(Ordering::SeqCst) {
                     break;
                 }

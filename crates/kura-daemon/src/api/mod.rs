@@ -115,6 +115,7 @@ async fn require_token(
         routes::list_jobs,
         routes::get_job,
         routes::run_job,
+        routes::job_occurrences,
         routes::metrics,
     ),
     components(schemas(
@@ -124,6 +125,7 @@ async fn require_token(
         crate::TaskState,
         routes::Health,
         routes::LogLines,
+        routes::Occurrence,
         JobView,
     )),
     modifiers(&BearerAuth),
@@ -156,6 +158,10 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
         .route("/api/v1/jobs", get(routes::list_jobs))
         .route("/api/v1/jobs/{name}", get(routes::get_job))
         .route("/api/v1/jobs/{name}/run", post(routes::run_job))
+        .route(
+            "/api/v1/jobs/{name}/occurrences",
+            get(routes::job_occurrences),
+        )
         .route("/metrics", get(routes::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&d),

@@ -327,3 +327,59 @@ pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         Err(e) => e.into_response(),
     }
 }
+
+/// One scheduled occurrence of a job, as the daemons recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Occurrence {
+    /// When it fell due (RFC 3339, UTC).
+    pub due: String,
+    /// The daemon that claimed it.
+    pub daemon: String,
+    /// `started`, `succeeded`, `failed`, `missed`, `skipped` or `expired`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct OccurrenceQuery {
+    /// At most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/occurrences",
+    params(("name" = String, Path, description = "Job name or number"), OccurrenceQuery),
+    responses(
+        (status = 200, description = "Its scheduled occurrences, newest first: run, missed \
+            or skipped, each once", body = [Occurrence]),
+        (status = 401, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+    )
+)]
+pub async fn job_occurrences(
+    State(d): State<Arc<Daemon>>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<OccurrenceQuery>, QueryRejection>,
+) -> crate::Result<Json<Vec<Occurrence>>> {
+    let name = path(p)?;
+    let limit = query(q)?.limit.unwrap_or(100).clamp(1, 10_000);
+    let claims = blocking(move || {
+        let j = d.catalog.job(&name).map_err(Error::catalog)?;
+        d.catalog.claims(Some(j.id), limit).map_err(Error::catalog)
+    })
+    .await?;
+    Ok(Json(
+        claims
+            .into_iter()
+            .map(|c| Occurrence {
+                due: chrono::DateTime::from_timestamp_millis(c.due)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+                daemon: c.daemon,
+                state: c.state.as_str().into(),
+                reason: c.reason,
+            })
+            .collect(),
+    ))
+}
