@@ -86,10 +86,15 @@ impl App {
         if self.traffic.is_empty() {
             return backend;
         }
+        self.resolve_traffic_names();
+        self.traffic.wrap(url, backend)
+    }
+
+    /// Look the catalog target names traffic rules use up (once, and only if they use any).
+    pub fn resolve_traffic_names(&self) {
         if self.traffic.names_targets() {
             self.traffic.resolve(|| self.target_urls());
         }
-        self.traffic.wrap(url, backend)
     }
 
     /// The catalog's targets by name, for traffic rules naming them: only from a catalog
@@ -100,7 +105,9 @@ impl App {
             tracing::warn!("[[traffic]] rules name targets, but there is no catalog to find them in");
             return Default::default();
         }
-        let resources = self.catalog().and_then(|c| Ok(c.resources()?));
+        let resources = self
+            .catalog()
+            .and_then(|c| c.resources().map_err(anyhow::Error::from));
         match resources {
             Ok(rs) => rs
                 .into_iter()
