@@ -46,6 +46,7 @@ fn ok(o: &Output) {
 /// bound: a limit that waits far too long is broken too).
 fn assert_paced(took: Duration, mib: f64, rate_mib: f64) {
     let floor = (mib - rate_mib) / rate_mib;
+    eprintln!("{mib} MiB at {rate_mib} MiB/s: {took:.2?} (at least {floor:.2} s)");
     assert!(
         took.as_secs_f64() >= floor * 0.95,
         "{mib} MiB at {rate_mib} MiB/s took {took:?}, under the {floor:.2} s the limit allows"
@@ -141,7 +142,7 @@ fn a_rule_limits_only_inside_its_time_frame(store: Store) {
     assert!(took < Duration::from_millis(2500), "not limited, yet {took:?}");
 }
 
-common::on_both!(
+on_both!(
     a_limited_backup_takes_its_time,
     a_limited_restore_takes_its_time,
     a_rule_limits_only_inside_its_time_frame,
