@@ -215,7 +215,9 @@ impl Bucket {
         }
         let r = self.rate? as f64;
         // At least a microsecond: rounding must not make a waiter spin.
-        Some(Duration::from_secs_f64(((ticket - self.paid) / r).max(1e-6)))
+        Some(Duration::from_secs_f64(
+            ((ticket - self.paid) / r).max(1e-6),
+        ))
     }
 }
 
@@ -374,8 +376,16 @@ mod tests {
         assert_eq!(parse_rate("1024"), Ok(Some(MIB)));
         assert_eq!(parse_rate(" 0 "), Ok(None));
         assert_eq!(parse_rate("unlimited"), Ok(None));
-        for bad in ["", "fast", "/s", "10MB/s", "-1", "1.5MiB/s", "10MiB/h", "99999999999999999999"]
-        {
+        for bad in [
+            "",
+            "fast",
+            "/s",
+            "10MB/s",
+            "-1",
+            "1.5MiB/s",
+            "10MiB/h",
+            "99999999999999999999",
+        ] {
             let e = parse_rate(bad).unwrap_err();
             assert!(e.contains("invalid rate"), "{bad}: {e}");
         }
@@ -432,7 +442,8 @@ mod tests {
         let mut b = Bucket::new(Some(MIB), t0);
         let mut now = t0;
         let mut got = [0u64; 10];
-        let mut tickets: Vec<(usize, f64)> = (0..10).map(|s| (s, b.reserve(64 << 10, now))).collect();
+        let mut tickets: Vec<(usize, f64)> =
+            (0..10).map(|s| (s, b.reserve(64 << 10, now))).collect();
         let end = t0 + Duration::from_secs(60);
         while now < end {
             let (s, ticket) = tickets.remove(0);

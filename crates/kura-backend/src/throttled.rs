@@ -249,10 +249,18 @@ mod tests {
         let b = Throttled::wrap(Arc::clone(&inner), vec![up], vec![]);
         let t = Instant::now();
         for i in 0..4 {
-            b.put(FileKind::Lock, &format!("l{i}"), Bytes::from(vec![0u8; 4096]))
-                .unwrap();
+            b.put(
+                FileKind::Lock,
+                &format!("l{i}"),
+                Bytes::from(vec![0u8; 4096]),
+            )
+            .unwrap();
         }
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
         assert!(!b.pacing());
         let same = Throttled::wrap(Arc::clone(&inner), vec![], vec![]);
         assert!(Arc::ptr_eq(&same, &inner));
@@ -265,7 +273,11 @@ mod tests {
         let b = Throttled::wrap(inner, vec![up], vec![]);
         let b2 = Arc::clone(&b);
         let writer = std::thread::spawn(move || {
-            b2.put(FileKind::Pack, "bb00", Bytes::from(vec![1u8; 2 * MIB as usize]))
+            b2.put(
+                FileKind::Pack,
+                "bb00",
+                Bytes::from(vec![1u8; 2 * MIB as usize]),
+            )
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(b.pacing());

@@ -60,7 +60,11 @@ fn a_mirror_member_waiting_for_its_limit_is_not_dropped_as_stalled() {
     m.put(FileKind::Snapshot, "snap", Bytes::from_static(b"snapshot"))
         .unwrap();
     // 2.5 MiB at 1 MiB/s, one second of it free.
-    assert!(t.elapsed() >= Duration::from_millis(1400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
     for s in m.status() {
         assert_eq!(s.dropped, None, "{s:?}");
         assert_eq!(s.files, 7, "{s:?}");
@@ -112,7 +116,11 @@ fn a_failover_member_waiting_for_its_limit_is_not_failed_over() {
     // Acknowledged only once every pack is durable on the active member.
     f.put_index("idx", Bytes::from_static(b"index"), &names)
         .unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(1400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
     let st = f.status();
     assert_eq!(st.failovers, 0, "{st:?}");
     assert_eq!(st.active, Some(0));

@@ -77,7 +77,8 @@ impl App {
 
     pub fn backend_for(&self, url: &str) -> Result<Arc<dyn Backend>> {
         let opts = self.backend_options()?;
-        let b = kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))?;
+        let b =
+            kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))?;
         Ok(self.throttled(url, b))
     }
 
@@ -102,7 +103,9 @@ impl App {
     fn target_urls(&self) -> std::collections::HashMap<String, String> {
         let given = self.global.catalog.is_some() || self.config.catalog.url.is_some();
         if !given && !config::default_catalog().is_some_and(|p| p.exists()) {
-            tracing::warn!("[[traffic]] rules name targets, but there is no catalog to find them in");
+            tracing::warn!(
+                "[[traffic]] rules name targets, but there is no catalog to find them in"
+            );
             return Default::default();
         }
         let resources = self

@@ -148,9 +148,11 @@ impl Traffic {
         let target = match r.target.as_deref().map(str::trim) {
             None => None,
             Some("") => return Err(UsageError(format!("{}: empty", field("target")))),
-            Some(t) if t.contains("://") || t.starts_with(['/', '.']) => Some(Matches::Url(
-                Target::parse(t).map_err(|e| UsageError(format!("{}: {e}", field("target"))))?,
-            )),
+            Some(t) if t.contains("://") || t.starts_with(['/', '.']) => {
+                Some(Matches::Url(Target::parse(t).map_err(|e| {
+                    UsageError(format!("{}: {e}", field("target")))
+                })?))
+            }
             Some(name) => Some(Matches::Name(name.to_string())),
         };
         if r.path.as_deref().is_some_and(|p| p.trim().is_empty()) {
@@ -316,11 +318,26 @@ mod tests {
     #[test]
     fn bad_rates_and_time_frames_name_their_field() {
         let e = err(Some("fast"), "");
-        assert!(e.starts_with("--limit-upload: invalid rate \"fast\""), "{e}");
-        let e = err(None, "[[traffic]]\nupload = \"10MiB/s\"\n[[traffic]]\ndownload = \"x\"\n");
-        assert!(e.starts_with("[[traffic]] rule 2: download: invalid rate"), "{e}");
-        let e = err(None, "[[traffic]]\nupload = \"1M\"\ntimeframe = \"mon 25:00-26:00\"\n");
-        assert!(e.starts_with("[[traffic]] rule 1: timeframe: invalid"), "{e}");
+        assert!(
+            e.starts_with("--limit-upload: invalid rate \"fast\""),
+            "{e}"
+        );
+        let e = err(
+            None,
+            "[[traffic]]\nupload = \"10MiB/s\"\n[[traffic]]\ndownload = \"x\"\n",
+        );
+        assert!(
+            e.starts_with("[[traffic]] rule 2: download: invalid rate"),
+            "{e}"
+        );
+        let e = err(
+            None,
+            "[[traffic]]\nupload = \"1M\"\ntimeframe = \"mon 25:00-26:00\"\n",
+        );
+        assert!(
+            e.starts_with("[[traffic]] rule 1: timeframe: invalid"),
+            "{e}"
+        );
         let e = err(None, "[[traffic]]\ntarget = \"s3-east\"\n");
         assert!(e.contains("give upload, download or both"), "{e}");
         let e = err(None, "[[traffic]]\ntarget = \"s3://\"\nupload = \"1M\"\n");
@@ -379,7 +396,12 @@ mod tests {
         assert!(limited(&t.wrap(nas, inner(nas))));
         // A path rule: only for a stream over that path.
         let plain = t.wrap("/elsewhere", inner("/elsewhere"));
-        assert!(!limited(&t.wrap_route("/elsewhere", "x", "san-b", Arc::clone(&plain))));
+        assert!(!limited(&t.wrap_route(
+            "/elsewhere",
+            "x",
+            "san-b",
+            Arc::clone(&plain)
+        )));
         assert!(limited(&t.wrap_route("/elsewhere", "x", "san-a", plain)));
         // Global flags: every target.
         let g = Traffic::new(Some("100"), None, &[], Tz::UTC).unwrap();

@@ -58,10 +58,7 @@ fn assert_paced(took: Duration, mib: f64, rate_mib: f64) {
 }
 
 fn config(repo: &TestRepo, toml: &str) -> String {
-    let p = repo
-        .dir
-        .path()
-        .join(format!("kura-{}.toml", toml.len()));
+    let p = repo.dir.path().join(format!("kura-{}.toml", toml.len()));
     std::fs::write(&p, toml).unwrap();
     p.display().to_string()
 }
@@ -89,7 +86,13 @@ fn a_limited_backup_takes_its_time(store: Store) {
     // restic's unit: a bare number is KiB/s (4096 KiB/s = 4 MiB/s).
     let src2 = source(repo.dir.path(), "src2", 12, 2);
     let (o, took) = timed(|| {
-        repo.run(&["--limit-upload", "4096", "backup", "-q", src2.to_str().unwrap()])
+        repo.run(&[
+            "--limit-upload",
+            "4096",
+            "backup",
+            "-q",
+            src2.to_str().unwrap(),
+        ])
     });
     ok(&o);
     assert_paced(took, 12.0, 4.0);
@@ -129,8 +132,7 @@ fn a_rule_limits_only_inside_its_time_frame(store: Store) {
     };
     let now = rule(&format!("{}-{} UTC", utc_clock(-1), utc_clock(1)));
     let src = source(repo.dir.path(), "src", 12, 4);
-    let (o, took) =
-        timed(|| repo.run(&["--config", &now, "backup", "-q", src.to_str().unwrap()]));
+    let (o, took) = timed(|| repo.run(&["--config", &now, "backup", "-q", src.to_str().unwrap()]));
     ok(&o);
     assert_paced(took, 12.0, 3.0);
     let later = rule(&format!("{}-{} UTC", utc_clock(2), utc_clock(3)));
@@ -139,7 +141,10 @@ fn a_rule_limits_only_inside_its_time_frame(store: Store) {
         timed(|| repo.run(&["--config", &later, "backup", "-q", src2.to_str().unwrap()]));
     ok(&o);
     // At 3 MiB/s it would take at least 3 s.
-    assert!(took < Duration::from_millis(2500), "not limited, yet {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "not limited, yet {took:?}"
+    );
 }
 
 on_both!(
@@ -193,7 +198,17 @@ fn job_streams_share_the_limits_of_their_target_and_path() {
     let (t0s, t1s) = (t0.to_str().unwrap(), t1.to_str().unwrap());
     ok(&kura(
         None,
-        &["-r", t0s, "--mirror", t1s, "init", "--kdf-memory-kib", "64", "--pack-size-mib", "1"],
+        &[
+            "-r",
+            t0s,
+            "--mirror",
+            t1s,
+            "init",
+            "--kdf-memory-kib",
+            "64",
+            "--pack-size-mib",
+            "1",
+        ],
     ));
     ok(&kura(None, &["resource", "add", "target", "t0", t0s]));
     ok(&kura(None, &["resource", "add", "target", "t1", t1s]));
@@ -212,7 +227,10 @@ fn job_streams_share_the_limits_of_their_target_and_path() {
     ok(&o);
     assert_paced(took, 12.0, 4.0);
     let src2 = source(dir.path(), "src2", 12, 8);
-    let (o, took) = run("[[traffic]]\npath = \"local-path\"\nupload = \"8MiB/s\"\n", &src2);
+    let (o, took) = run(
+        "[[traffic]]\npath = \"local-path\"\nupload = \"8MiB/s\"\n",
+        &src2,
+    );
     ok(&o);
     assert_paced(took, 24.0, 8.0);
 }
@@ -230,7 +248,10 @@ fn malformed_rates_and_time_frames_are_usage_errors_naming_the_field() {
         2,
         "--limit-download: invalid rate",
     );
-    let bad_rate = config(&repo, "[[traffic]]\nupload = \"1M\"\n[[traffic]]\ndownload = \"lots\"\n");
+    let bad_rate = config(
+        &repo,
+        "[[traffic]]\nupload = \"1M\"\n[[traffic]]\ndownload = \"lots\"\n",
+    );
     assert_fails(
         &repo.run(&["--config", &bad_rate, "snapshots"]),
         2,
