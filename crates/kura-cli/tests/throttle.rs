@@ -141,6 +141,7 @@ fn a_rule_limits_only_inside_its_time_frame(store: Store) {
         timed(|| repo.run(&["--config", &later, "backup", "-q", src2.to_str().unwrap()]));
     ok(&o);
     // At 3 MiB/s it would take at least 3 s.
+    eprintln!("12 MiB outside the rule's time frame: {took:.2?}");
     assert!(
         took < Duration::from_millis(2500),
         "not limited, yet {took:?}"
