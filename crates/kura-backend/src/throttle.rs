@@ -545,6 +545,23 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_is_let_go_when_its_time_frame_ends() {
+        // 1 KiB/s in a window that ends in two seconds, unlimited after: a MiB that would
+        // wait 17 minutes goes when the window closes.
+        let clock = |d: i64| (Utc::now() + chrono::TimeDelta::seconds(d)).format("%H:%M:%S");
+        let text = format!("{}-{} UTC", clock(-3600), clock(2));
+        let window = Timeframe::parse(&text, Tz::UTC).unwrap();
+        let l = Limiter::new("test", RateSchedule::during(Some(1024), window));
+        assert_eq!(l.rate(), Some(1024));
+        let t = Instant::now();
+        l.acquire(MIB);
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(l.rate(), None);
+    }
+
+    #[test]
     fn lifting_a_limit_releases_its_waiters_at_once() {
         let l = std::sync::Arc::new(Limiter::fixed("test", Some(1024)));
         l.acquire(1024);
