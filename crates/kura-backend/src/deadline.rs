@@ -172,11 +172,28 @@ impl<T> Call<T> {
     /// The answer, or why there is none by `deadline`. A call still queued at the deadline
     /// is cancelled; one still running is abandoned and counted as stuck until it returns.
     pub(crate) fn wait_until(self, deadline: Instant) -> Result<T, NoAnswer> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(v) => return Ok(v),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(NoAnswer::Panicked),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        self.wait_until_or_longer(deadline, Duration::ZERO, || false)
+    }
+
+    /// As [`wait_until`](Self::wait_until), but at the deadline, while `busy()` says the
+    /// callee is waiting on purpose (a traffic limit), the deadline moves `grace` past now.
+    pub(crate) fn wait_until_or_longer(
+        self,
+        mut deadline: Instant,
+        grace: Duration,
+        busy: impl Fn() -> bool,
+    ) -> Result<T, NoAnswer> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => return Ok(v),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(NoAnswer::Panicked),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if grace.is_zero() || !busy() {
+                break;
+            }
+            deadline = Instant::now() + grace;
         }
         let state = &self.ticket.state;
         if state

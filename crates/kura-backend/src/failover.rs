@@ -290,7 +290,9 @@ impl Inner {
             if ready(&st) {
                 return Ok(st);
             }
-            if st.progress != seen || st.generation != gen_seen {
+            // A member waiting for its traffic limit is slow on purpose, not stalled.
+            let pacing = self.members.get(active).pacing();
+            if st.progress != seen || st.generation != gen_seen || pacing {
                 (seen, gen_seen, since) = (st.progress, st.generation, Instant::now());
             }
             let left = self.opts.extent_timeout.saturating_sub(since.elapsed());

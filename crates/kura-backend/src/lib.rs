@@ -31,6 +31,8 @@ mod probe;
 pub mod retry;
 mod s3;
 mod target;
+pub mod throttle;
+mod throttled;
 mod union;
 
 pub use error::{BackendError, ErrorKind};
@@ -41,6 +43,8 @@ pub use probe::{ProbeReport, probe};
 pub use retry::RetryPolicy;
 pub use s3::{S3Backend, S3Config};
 pub use target::{BackendOptions, Target, open};
+pub use throttle::{Limiter, RateSchedule, parse_rate};
+pub use throttled::Throttled;
 pub use union::UnionBackend;
 
 use std::fmt;
@@ -222,6 +226,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Free space in bytes, where the backend can tell (`None` for object stores).
     fn free_space(&self) -> Result<Option<u64>> {
         Ok(None)
+    }
+
+    /// Whether a call is now waiting for a traffic limit ([`Throttled`]): the target is slow
+    /// on purpose, not stalled. Group backends do not count such time against a member.
+    fn pacing(&self) -> bool {
+        false
     }
 
     /// Whether a file exists.

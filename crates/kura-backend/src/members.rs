@@ -187,7 +187,9 @@ impl Members {
         name: &str,
     ) -> Answer<T> {
         let loc = self.backends[i].location();
-        let detail = match call.wait_until(deadline) {
+        // A member waiting for its traffic limit is slow on purpose: its limit restarts.
+        let member = &self.backends[i];
+        let detail = match call.wait_until_or_longer(deadline, limit, || member.pacing()) {
             Ok(r) => return r.map_err(Missed::Failed),
             Err(NoAnswer::Running) => {
                 tracing::warn!("{op} {name} on {loc}: no answer within {}", secs(limit));

@@ -129,7 +129,8 @@ impl Member {
             if ready(&q) {
                 return true;
             }
-            if q.done != seen {
+            // A member waiting for its traffic limit is slow on purpose, not stalled.
+            if q.done != seen || self.backend.pacing() {
                 seen = q.done;
                 since = Instant::now();
             }

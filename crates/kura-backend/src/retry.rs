@@ -5,6 +5,9 @@
 //! jitter, as long as the next attempt can still start before the deadline; permanent ones
 //! (not found, permission denied, no space, corrupt) return at once. The final error says how
 //! many attempts were made and how long they took.
+//!
+//! Traffic limits ([`crate::Throttled`]) wait before an operation is handed to its backend,
+//! so an operation's deadline starts when it is sent: waiting for a limit is not a hang.
 
 use std::time::{Duration, Instant};
 

@@ -32,6 +32,13 @@ pub struct GlobalArgs {
     /// Deadline of each storage operation, retries included (e.g. 30s, 2m)
     #[arg(long, env = "KURA_TIMEOUT", global = true)]
     pub timeout: Option<String>,
+    /// Limit uploads to all targets together to this rate: 10MiB/s, 512KiB/s, or a bare
+    /// number of KiB/s (restic's unit); 0: no limit
+    #[arg(long, env = "KURA_LIMIT_UPLOAD", global = true, value_name = "RATE")]
+    pub limit_upload: Option<String>,
+    /// Limit downloads from all targets together to this rate (as --limit-upload)
+    #[arg(long, env = "KURA_LIMIT_DOWNLOAD", global = true, value_name = "RATE")]
+    pub limit_download: Option<String>,
     /// Read the repository password from this file (first line)
     #[arg(long, env = "KURA_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,

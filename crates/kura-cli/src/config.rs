@@ -22,6 +22,12 @@
 //!
 //! [volumes]
 //! dir = "/srv/kura/volumes"                 # default: $XDG_DATA_HOME/kura/volumes
+//!
+//! [[traffic]]                               # traffic control (see traffic.rs), repeatable
+//! target = "s3-east"                        # a catalog target name, or a target URL prefix
+//! path = "wan"                              # optional: a catalog path resource
+//! upload = "10MiB/s"                        # and/or download
+//! timeframe = "mon..fri 08:00-18:00"        # optional: one or a list
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +48,9 @@ pub struct ConfigFile {
     pub catalog: CatalogSection,
     #[serde(default)]
     pub volumes: VolumesSection,
+    /// Traffic control rules, in order.
+    #[serde(default)]
+    pub traffic: Vec<crate::traffic::TrafficRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +153,14 @@ mod tests {
             threads = 8
             [catalog]
             url = "postgres://kura@db/kura"
+            [[traffic]]
+            target = "s3-east"
+            upload = "10MiB/s"
+            timeframe = ["mon..fri 08:00-18:00", "sat 10:00-12:00"]
+            [[traffic]]
+            path = "wan"
+            download = "1024"
+            timeframe = "22:00-06:00 UTC"
             "#,
         )
         .unwrap();
@@ -152,6 +169,9 @@ mod tests {
         assert_eq!(c.backup.compression, Some(5));
         assert_eq!(c.restore.threads, Some(8));
         assert_eq!(c.catalog.url.as_deref(), Some("postgres://kura@db/kura"));
+        assert_eq!(c.traffic.len(), 2);
+        assert_eq!(c.traffic[0].target.as_deref(), Some("s3-east"));
+        assert_eq!(c.traffic[1].download.as_deref(), Some("1024"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod exit;
 mod output;
 mod password;
 mod progress;
+mod traffic;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct App {
     pub cancel: CancelToken,
     /// Set by [`App::backend`] when `--mirror` is given.
     pub mirror: std::sync::OnceLock<Arc<MirrorBackend>>,
+    /// Traffic limits, shared by every stream of the process (`traffic.rs`).
+    pub traffic: Arc<traffic::Traffic>,
 }
 
 impl App {
@@ -74,7 +77,57 @@ impl App {
 
     pub fn backend_for(&self, url: &str) -> Result<Arc<dyn Backend>> {
         let opts = self.backend_options()?;
-        kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))
+        let b =
+            kura_repo::backend::open(url, &opts).with_context(|| format!("open target {url}"))?;
+        Ok(self.throttled(url, b))
+    }
+
+    /// `backend` (opened from `url`) charged to the traffic limits that apply to it.
+    pub fn throttled(&self, url: &str, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        if self.traffic.is_empty() {
+            return backend;
+        }
+        self.resolve_traffic_names();
+        self.traffic.wrap(url, backend)
+    }
+
+    /// Look the catalog target names traffic rules use up (once, and only if they use any).
+    pub fn resolve_traffic_names(&self) {
+        if self.traffic.names_targets() {
+            self.traffic.resolve(|| self.target_urls());
+        }
+    }
+
+    /// The catalog's targets by name, for traffic rules naming them: only from a catalog
+    /// that was given or already exists (a rule does not create one).
+    fn target_urls(&self) -> std::collections::HashMap<String, String> {
+        let given = self.global.catalog.is_some() || self.config.catalog.url.is_some();
+        if !given && !config::default_catalog().is_some_and(|p| p.exists()) {
+            tracing::warn!(
+                "[[traffic]] rules name targets, but there is no catalog to find them in"
+            );
+            return Default::default();
+        }
+        let resources = self
+            .catalog()
+            .and_then(|c| c.resources().map_err(anyhow::Error::from));
+        match resources {
+            Ok(rs) => rs
+                .into_iter()
+                .filter(|r| r.kind == kura_catalog::Kind::Target)
+                .filter_map(|r| {
+                    let url = r.config.get("url")?.as_str()?.to_string();
+                    Some((r.name, url))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "[[traffic]] rules name targets, but the catalog cannot be read ({e:#}): \
+                     those rules are not applied"
+                );
+                Default::default()
+            }
+        }
     }
 
     /// A target URL as a backend, for `kura_manager`'s callbacks (jobs, restore, heal);
@@ -88,9 +141,23 @@ impl App {
         let invalid = |e: anyhow::Error| kura_manager::Error::Invalid(format!("{e:#}"));
         let mut opts = self.backend_options().map_err(invalid)?;
         opts.policy.unreachable_for = unreachable_for;
-        kura_repo::backend::open(url, &opts)
+        let b = kura_repo::backend::open(url, &opts)
             .with_context(|| format!("open target {url}"))
-            .map_err(invalid)
+            .map_err(invalid)?;
+        Ok(self.throttled(url, b))
+    }
+
+    /// For job runs: each secured stream charged to the traffic rules of its path too.
+    pub fn route(&self) -> Option<kura_manager::Route> {
+        if !self.traffic.has_path_rules() {
+            return None;
+        }
+        let traffic = Arc::clone(&self.traffic);
+        Some(Arc::new(
+            move |sub: &kura_catalog::Subsystem, url: &str, backend: Arc<dyn Backend>| {
+                traffic.wrap_route(url, &sub.target, &sub.path, backend)
+            },
+        ))
     }
 
     /// The repository's backend: one target, or with `--mirror` a [`MirrorBackend`] over the
@@ -266,11 +333,18 @@ fn run(cli: Cli) -> Result<i32> {
             cancel.cancel();
         });
     }
+    let traffic = traffic::Traffic::new(
+        cli.global.limit_upload.as_deref(),
+        cli.global.limit_download.as_deref(),
+        &config.traffic,
+        traffic::system_zone(),
+    )?;
     let app = App {
         global: cli.global,
         config,
         cancel,
         mirror: std::sync::OnceLock::new(),
+        traffic: Arc::new(traffic),
     };
     if !app.global.mirrors.is_empty() {
         let what = match &cli.command {

@@ -46,7 +46,7 @@ pub mod verify;
 pub use heal::{BackupView, HealReport, heal, open_backup};
 pub use hooks::{Hook, HookPhase};
 pub use position::Position;
-pub use run::{Copy, JobReport, JobSpec, RunMode, run_job};
+pub use run::{Copy, JobReport, JobSpec, Route, RunMode, run_job};
 
 /// Errors of a job run, each naming what failed.
 #[derive(Debug, thiserror::Error)]

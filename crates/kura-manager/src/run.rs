@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kura_backend::Backend;
-use kura_catalog::{BackupState, Catalog, Constraints, Extent, Secured};
+use kura_catalog::{BackupState, Catalog, Constraints, Extent, Secured, Subsystem};
 use kura_repo::Repository;
 use kura_repo::backup::{BackupOptions, BackupOutcome, CancelToken};
 use kura_repo::catalog_record::CatalogRecord;
@@ -39,6 +39,10 @@ pub enum RunMode {
     },
 }
 
+/// Shapes a secured stream's backend by its route, after the caller's `open` made it from
+/// the target URL (given too): the CLI charges it to the traffic limits of the stream's path.
+pub type Route = Arc<dyn Fn(&Subsystem, &str, Arc<dyn Backend>) -> Arc<dyn Backend> + Send + Sync>;
+
 /// One backup job run.
 pub struct JobSpec {
     /// The job definition's number, or 0 for an ad-hoc backup.
@@ -63,6 +67,8 @@ pub struct JobSpec {
     pub pre: Option<Hook>,
     pub post: Option<Hook>,
     pub backup: BackupOptions,
+    /// Applied to each secured stream's backend (`None`: used as `open` made it).
+    pub route: Option<Route>,
 }
 
 /// One target's part in a run.
@@ -190,7 +196,7 @@ pub fn run_job(
             if let Some(h) = &job.pre {
                 h.run(HookPhase::Pre, &env)?;
             }
-            let members = open_targets(catalog, &guard.secured, open)?;
+            let members = open_targets(catalog, &guard.secured, open, job.route.as_ref())?;
             let done = match &job.mode {
                 RunMode::Mirror {
                     quorum,
@@ -307,6 +313,7 @@ fn open_targets(
     catalog: &Catalog,
     secured: &Secured,
     open: &dyn Fn(&str) -> Result<Arc<dyn Backend>>,
+    route: Option<&Route>,
 ) -> Result<Vec<Arc<dyn Backend>>> {
     let mut members = Vec::new();
     for sub in &secured.subsystems {
@@ -316,7 +323,11 @@ fn open_targets(
             .get("url")
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| Error::Invalid(format!("target {} has no url", sub.target)))?;
-        members.push(open(url)?);
+        let backend = open(url)?;
+        members.push(match route {
+            Some(route) => route(sub, url, backend),
+            None => backend,
+        });
     }
     Ok(members)
 }

@@ -172,6 +172,7 @@ pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
         pre: hook(s("pre").as_deref(), hook_timeout),
         post: hook(s("post").as_deref(), hook_timeout),
         backup: crate::commands::backup::from_config(app),
+        route: app.route(),
     };
     execute(app, cat, &def.name, job)
 }
@@ -214,6 +215,7 @@ pub fn run_adhoc(
         pre: hook(r.pre.as_deref(), hook_timeout),
         post: hook(r.post.as_deref(), hook_timeout),
         backup: opts,
+        route: app.route(),
     };
     execute(app, &cat, "backup", job)
 }

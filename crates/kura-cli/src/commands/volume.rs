@@ -217,10 +217,11 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
 }
 
 /// Opens repositories for the server's background backups with the server's own target
-/// options and `[backup]` settings.
+/// options, traffic limits and `[backup]` settings.
 struct Opener {
     backend: kura_repo::backend::BackendOptions,
     options: kura_repo::backup::BackupOptions,
+    traffic: Arc<crate::traffic::Traffic>,
 }
 
 impl kura_volume::RepoOpener for Opener {
@@ -230,6 +231,7 @@ impl kura_volume::RepoOpener for Opener {
             backend.policy.deadline = d;
         }
         let backend = kura_repo::backend::open(&access.url, &backend)?;
+        let backend = self.traffic.wrap(&access.url, backend);
         let repo = kura_repo::Repository::open(backend, &access.password)?;
         let lock = kura_repo::lock::RepoLock::shared(&repo)?;
         let repo = repo.load_index()?;
@@ -277,9 +279,11 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let exports = st.exports(only.clone());
     let stop = Arc::new(AtomicBool::new(false));
     // The control socket: pairs and background backups of the volumes this process owns.
+    app.resolve_traffic_names();
     let opener = Opener {
         backend: app.backend_options()?,
         options: crate::commands::backup::from_config(app),
+        traffic: Arc::clone(&app.traffic),
     };
     let engine = Engine::new(st.clone(), Some(Arc::new(opener)), app.cancel.clone());
     let control = control::listen(Arc::clone(&engine), Arc::clone(&stop))
