@@ -311,12 +311,7 @@ fn open_targets(
     let mut members = Vec::new();
     for sub in &secured.subsystems {
         let t = catalog.resource(&sub.target)?;
-        let url = t
-            .config
-            .get("url")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| Error::Invalid(format!("target {} has no url", sub.target)))?;
-        members.push(open(url)?);
+        members.push(open(t.target_url()?)?);
     }
     Ok(members)
 }

@@ -10,7 +10,7 @@ use kura_catalog::{Catalog, JobDef, Mode};
 use kura_manager::{Hook, JobSpec, RunMode, run_job as run_spec};
 use kura_repo::backup::BackupOptions;
 use kura_types::JobSettings;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cli::RunArgs;
 use crate::exit::{self, UsageError};
@@ -62,24 +62,15 @@ pub fn settings(app: &App, r: &RunArgs) -> JobSettings {
     }
 }
 
-/// `settings` checked for `redundancy` targets; a problem is a usage error naming the flag.
+/// `settings` checked for an ad-hoc run onto `redundancy` targets (a job's are checked by
+/// the catalog when it is added); a problem is a usage error naming the flag.
 fn checked(app: &App, r: &RunArgs, redundancy: usize) -> Result<JobSettings> {
     let s = settings(app, r);
-    s.check("the run settings", redundancy).map_err(|e| {
+    s.check("backup", redundancy).map_err(|e| {
         let flag = e.field.as_deref().unwrap_or("settings").replace('_', "-");
         UsageError(format!("--{flag}: {}", e.why))
     })?;
     Ok(s)
-}
-
-/// The run settings a job definition stores in its config.
-pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
-    // (A redundancy below 1 is the catalog's to refuse, with its own message.)
-    let s = match usize::try_from(redundancy) {
-        Ok(n) if n >= 1 => checked(app, r, n)?,
-        _ => settings(app, r),
-    };
-    Ok(serde_json::to_value(&s)?)
 }
 
 /// What a run of `mode` with `settings` does.
@@ -128,14 +119,13 @@ fn spec(
 
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
-    let settings = JobSettings::from_value(&format!("job {}", def.name), def.config.clone())?;
     let job = spec(
         (def.id, Some(def.name.clone())),
         def.object.clone(),
         vec![PathBuf::from(&def.object)],
         def.redundancy as usize,
         def.mode,
-        settings,
+        def.settings.clone(),
         crate::commands::backup::from_config(app),
     )?;
     execute(app, cat, &def.name, job)
