@@ -7,6 +7,7 @@
 //! - [`JobSettings`], [`TargetConfig`], [`MediumConfig`], [`ResourceConfig`] — what the
 //!   catalog stores as JSON, read strictly: a configuration that does not parse is a
 //!   [`ConfigError`] naming the job or resource and the field, never a silent `null`;
+//! - [`Extent`] — a byte range with a checked end (split areas of volumes).
 //!
 //! Why a crate of its own: these were parsed in several places with different grammars
 //! (three size parsers, three duration parsers) and read from `serde_json::Value` by string
@@ -20,10 +21,12 @@
 mod config;
 mod duration;
 mod error;
+mod extent;
 mod lex;
 mod size;
 
 pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TargetConfig};
 pub use duration::{CalendarSpan, Duration};
 pub use error::{ConfigError, ParseError};
+pub use extent::Extent;
 pub use size::ByteSize;

@@ -31,6 +31,7 @@ use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
 use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
+use kura_types::Extent;
 use serde::{Deserialize, Serialize};
 
 use crate::areas::AreaBackup;
@@ -364,7 +365,7 @@ impl Engine {
         self: &Arc<Self>,
         volume: &str,
         freeze: Freeze,
-        area: Option<(u64, u64)>,
+        area: Option<Extent>,
         access: &RepoAccess,
     ) -> Result<JobStatus> {
         let repository = access.url.as_str();
@@ -383,8 +384,8 @@ impl Engine {
         // Fail before freezing anything: the repository first.
         let opened = opener.open(access)?;
         let export = self.store.open_export(volume)?;
-        if let Some((offset, length)) = area {
-            let a = crate::areas::prepare(&export, offset, length)?;
+        if let Some(e) = area {
+            let a = crate::areas::prepare(&export, e)?;
             return self.start(
                 volume,
                 Freeze::Split,

@@ -364,12 +364,7 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
                 &bar,
                 &app.cancel,
             )
-            .with_context(|| {
-                format!(
-                    "back up area {}:{} of volume {} to {loc}",
-                    area.0, area.1, a.name
-                )
-            }),
+            .with_context(|| format!("back up area {area} of volume {} to {loc}", a.name)),
             None => kura_volume::backup_volume(
                 &st,
                 &a.name,
@@ -450,7 +445,7 @@ fn timeout_ms(app: &App) -> Result<Option<u64>> {
 fn background(
     app: &App,
     a: &crate::cli::VolumeBackupArgs,
-    area: Option<(u64, u64)>,
+    area: Option<kura_types::Extent>,
     mut c: Client,
 ) -> Result<i32> {
     let repository = repository_url(app)?;

@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use kura_types::ByteSize;
+use kura_types::{ByteSize, Extent};
 use serde::{Deserialize, Serialize};
 
 use crate::chains::{self, Identity, Tracking};
@@ -64,7 +64,7 @@ pub struct VolumeInfo {
 }
 
 /// Parse `OFFSET:LEN`, each a size (`0:64M`, `32MiB:8MiB`; see [`ByteSize`]).
-pub fn parse_area(s: &str) -> Result<(u64, u64)> {
+pub fn parse_area(s: &str) -> Result<Extent> {
     let (o, l) = s
         .split_once(':')
         .ok_or_else(|| Error::Invalid(format!("area {s:?}: use OFFSET:LENGTH, e.g. 0:64M")))?;
@@ -77,7 +77,7 @@ pub fn parse_area(s: &str) -> Result<(u64, u64)> {
     if l == 0 {
         return Err(Error::Invalid(format!("area {s:?} is empty")));
     }
-    Ok((o, l))
+    Ok(Extent::new(o, l))
 }
 
 fn check_size(size: u64) -> Result<()> {
@@ -661,8 +661,11 @@ mod tests {
 
     #[test]
     fn areas_parse_sizes() {
-        assert_eq!(parse_area("0:64M").unwrap(), (0, 64 << 20));
-        assert_eq!(parse_area("32MiB:8MiB").unwrap(), (32 << 20, 8 << 20));
+        assert_eq!(parse_area("0:64M").unwrap(), Extent::new(0, 64 << 20));
+        assert_eq!(
+            parse_area("32MiB:8MiB").unwrap(),
+            Extent::new(32 << 20, 8 << 20)
+        );
         for (bad, why) in [
             ("64M", "use OFFSET:LENGTH"),
             ("0:0", "empty"),
