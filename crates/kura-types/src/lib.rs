@@ -7,7 +7,9 @@
 //! - [`JobSettings`], [`TargetConfig`], [`MediumConfig`], [`ResourceConfig`] — what the
 //!   catalog stores as JSON, read strictly: a configuration that does not parse is a
 //!   [`ConfigError`] naming the job or resource and the field, never a silent `null`;
-//! - [`Extent`] — a byte range with a checked end (split areas of volumes).
+//! - [`Extent`] — a byte range with a checked end (split areas of volumes);
+//! - [`JobRunReport`], [`BackupSummary`] — what a job run and a backup report (the CLI's
+//!   `--json`, the REST API's answers).
 //!
 //! Why a crate of its own: these were parsed in several places with different grammars
 //! (three size parsers, three duration parsers) and read from `serde_json::Value` by string
@@ -23,10 +25,14 @@ mod duration;
 mod error;
 mod extent;
 mod lex;
+mod report;
 mod size;
 
 pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TargetConfig};
 pub use duration::{CalendarSpan, Duration};
 pub use error::{ConfigError, ParseError};
 pub use extent::Extent;
+pub use report::{
+    BackupSummary, CopyReport, JobRunReport, RunModeName, SectionReport, SkippedTarget,
+};
 pub use size::ByteSize;

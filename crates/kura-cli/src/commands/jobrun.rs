@@ -9,12 +9,14 @@ use anyhow::{Context, Result};
 use kura_catalog::{Catalog, JobDef, Mode};
 use kura_manager::{Hook, JobSpec, RunMode, run_job as run_spec};
 use kura_repo::backup::BackupOptions;
-use kura_types::JobSettings;
+use kura_types::{
+    CopyReport, JobRunReport, JobSettings, RunModeName, SectionReport, SkippedTarget,
+};
 use serde_json::json;
 
 use crate::cli::RunArgs;
 use crate::exit::{self, UsageError};
-use crate::output::{bytes, summary_json};
+use crate::output::{backup_summary, bytes};
 use crate::{App, password};
 
 /// How long a run's allocations live without renewal, and how often they are renewed: a
@@ -157,6 +159,58 @@ pub fn run_adhoc(
     execute(app, &cat, "backup", job)
 }
 
+/// The run's report as `--json` prints it (and an API will return it).
+fn job_run_report(report: &kura_manager::JobReport, failover: bool) -> JobRunReport {
+    JobRunReport {
+        message_type: JobRunReport::MESSAGE_TYPE.into(),
+        process: report.process,
+        backup: report.backup,
+        snapshot_id: report.outcome.id.to_hex(),
+        summary: backup_summary(&report.outcome.snapshot.summary),
+        warnings: report.outcome.warnings.clone(),
+        post_hook_error: report.post_error.clone(),
+        skipped: report
+            .skipped
+            .iter()
+            .map(|(target, reason)| SkippedTarget {
+                target: target.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        mode: if failover {
+            RunModeName::Failover
+        } else {
+            RunModeName::Mirror
+        },
+        failovers: report.failovers,
+        copies: report
+            .copies
+            .iter()
+            .map(|c| CopyReport {
+                stream: c.stream,
+                target: c.target.clone(),
+                location: c.location.clone(),
+                complete: !failover && c.dropped.is_none(),
+                dropped: c.dropped.clone(),
+                bytes: c.bytes,
+            })
+            .collect(),
+        extents: report
+            .extents
+            .iter()
+            .map(|e| SectionReport {
+                seq: e.seq,
+                stream: e.stream,
+                target: e.target.clone(),
+                position: e.position.clone(),
+                source_offset: e.source_offset,
+                source_length: e.source_length,
+                size: e.size,
+            })
+            .collect(),
+    }
+}
+
 fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
     let password = password::get(app.password_file().as_deref())?;
     let unreachable_for = match job.mode {
@@ -178,38 +232,7 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
         .filter(|c| c.dropped.is_some())
         .collect();
     if app.global.json {
-        println!(
-            "{}",
-            json!({
-                "message_type": "summary",
-                "process": report.process,
-                "backup": report.backup,
-                "snapshot_id": report.outcome.id.to_hex(),
-                "summary": summary_json(s),
-                "warnings": report.outcome.warnings,
-                "post_hook_error": report.post_error,
-                "skipped": report.skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
-                "mode": if failover { "failover" } else { "mirror" },
-                "failovers": report.failovers,
-                "copies": report.copies.iter().map(|c| json!({
-                    "stream": c.stream,
-                    "target": c.target,
-                    "location": c.location,
-                    "complete": !failover && c.dropped.is_none(),
-                    "dropped": c.dropped,
-                    "bytes": c.bytes,
-                })).collect::<Vec<_>>(),
-                "extents": report.extents.iter().map(|e| json!({
-                    "seq": e.seq,
-                    "stream": e.stream,
-                    "target": e.target,
-                    "position": e.position,
-                    "source_offset": e.source_offset,
-                    "source_length": e.source_length,
-                    "size": e.size,
-                })).collect::<Vec<_>>(),
-            })
-        );
+        println!("{}", json!(job_run_report(&report, failover)));
     } else if !app.global.quiet {
         println!(
             "{name}: process {}, backup {}, snapshot {} of {}",
