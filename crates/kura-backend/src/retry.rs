@@ -82,31 +82,6 @@ impl RetryPolicy {
     }
 }
 
-/// Parse `30s`, `1500ms`, `2m` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    // At most 30 days: deadlines are added to `Instant`s, which must not overflow.
-    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_DURATION_SECS) {
-        return None;
-    }
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-/// The longest duration [`parse_duration`] accepts (30 days).
-pub const MAX_DURATION_SECS: f64 = 30.0 * 86400.0;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,16 +180,5 @@ mod tests {
             })
             .unwrap();
         assert!(v >= 2, "{v}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("0"), None);
-        assert_eq!(parse_duration("x"), None);
-        assert_eq!(parse_duration("5y"), None);
     }
 }

@@ -5,13 +5,17 @@
 //!   bucket (AWS S3, Ceph RGW, Garage, MinIO, SeaweedFS). Credentials come from the usual AWS
 //!   environment variables and the shared credentials/config files; the query string can set
 //!   `endpoint`, `region`, `path-style`, `allow-http`, `timeout` (operation deadline,
-//!   retries included) and `connect-timeout`.
+//!   retries included) and `connect-timeout` (durations: `30s`, `2m`, see
+//!   [`kura_types::Duration`]), `multipart-threshold` and `part-size` (sizes: `8MiB`, see
+//!   [`kura_types::ByteSize`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::retry::{RetryPolicy, parse_duration};
+use kura_types::{ByteSize, Duration as Span};
+
+use crate::retry::RetryPolicy;
 use crate::s3::{S3Backend, S3Config};
 use crate::{Backend, BackendError, ErrorKind, LocalBackend, Result};
 
@@ -246,28 +250,14 @@ impl Target {
                 }
                 "path-style" | "path_style" => cfg.path_style = Some(parse_bool(url, k, &v)?),
                 "allow-http" | "allow_http" => cfg.allow_http = Some(parse_bool(url, k, &v)?),
-                "timeout" => {
-                    cfg.timeout = Some(
-                        parse_duration(&v).ok_or_else(|| bad(url, format!("bad timeout {v:?}")))?,
-                    )
-                }
+                "timeout" => cfg.timeout = Some(deadline(url, "timeout", &v)?),
                 "connect-timeout" | "connect_timeout" => {
-                    cfg.connect_timeout = Some(
-                        parse_duration(&v)
-                            .ok_or_else(|| bad(url, format!("bad connect-timeout {v:?}")))?,
-                    )
+                    cfg.connect_timeout = Some(deadline(url, "connect-timeout", &v)?)
                 }
                 "multipart-threshold" | "multipart_threshold" => {
-                    cfg.multipart_threshold = Some(
-                        parse_size(&v)
-                            .ok_or_else(|| bad(url, format!("bad multipart-threshold {v:?}")))?,
-                    )
+                    cfg.multipart_threshold = Some(size(url, "multipart-threshold", &v)?)
                 }
-                "part-size" | "part_size" => {
-                    cfg.part_size = Some(
-                        parse_size(&v).ok_or_else(|| bad(url, format!("bad part-size {v:?}")))?,
-                    )
-                }
+                "part-size" | "part_size" => cfg.part_size = Some(size(url, "part-size", &v)?),
                 other => {
                     return Err(bad(
                         url,
@@ -307,19 +297,23 @@ fn local(url: &str, path: Vec<u8>) -> Result<Target> {
     ))))
 }
 
-/// A byte size: `8388608`, `512K`/`512KiB`, `8M`/`8MiB`, `1G`/`1GiB` (binary units).
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: usize = s[..split].parse().ok()?;
-    let shift = match s[split..].trim() {
-        "" | "B" => 0,
-        "K" | "KiB" | "k" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1 << shift).filter(|&v| v > 0)
+/// A deadline option (`timeout=30s`): the one duration grammar, longer than zero.
+fn deadline(url: &str, option: &str, v: &str) -> Result<Duration> {
+    Span::parse_positive(v)
+        .map(Span::std)
+        .map_err(|e| bad(url, format!("bad {option}: {e}")))
+}
+
+/// A size option (`part-size=8MiB`): the one size grammar, above zero.
+fn size(url: &str, option: &str, v: &str) -> Result<usize> {
+    let s = ByteSize::parse(v).map_err(|e| bad(url, format!("bad {option}: {e}")))?;
+    match usize::try_from(s.bytes()) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad(
+            url,
+            format!("bad {option}: {v:?} must be above zero and fit in memory"),
+        )),
+    }
 }
 
 /// Open the backend a URL names.
@@ -390,13 +384,32 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("8388608"), Some(8 << 20));
-        assert_eq!(parse_size("512K"), Some(512 << 10));
-        assert_eq!(parse_size("8MiB"), Some(8 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        for bad in ["", "M", "0", "8 X", "-1", "99999999999999999999G"] {
-            assert_eq!(parse_size(bad), None, "{bad}");
+    fn sizes_and_deadlines() {
+        let opt = |q: &str| match Target::parse(&format!("s3://b?{q}")) {
+            Ok(Target::S3(c)) => Ok((c.part_size, c.timeout)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(opt("part-size=8388608"), Ok((Some(8 << 20), None)));
+        assert_eq!(opt("part-size=512K"), Ok((Some(512 << 10), None)));
+        assert_eq!(opt("part_size=8MiB"), Ok((Some(8 << 20), None)));
+        assert_eq!(
+            opt("timeout=1m30s"),
+            Ok((None, Some(Duration::from_secs(90))))
+        );
+        for (q, why) in [
+            ("part-size=", "bad part-size: invalid size \"\""),
+            ("part-size=M", "bad part-size"),
+            ("part-size=0", "above zero"),
+            ("part-size=8%20X", "unknown unit"),
+            ("multipart-threshold=-1", "bad multipart-threshold"),
+            ("part-size=99999999999999999999G", "too large"),
+            ("timeout=0", "longer than zero"),
+            ("timeout=soon", "bad timeout: invalid duration \"soon\""),
+            ("connect-timeout=5y", "bad connect-timeout"),
+        ] {
+            let e = opt(q).unwrap_err();
+            assert!(e.contains(why), "{q}: {e}");
         }
     }
 

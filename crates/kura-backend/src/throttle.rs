@@ -45,8 +45,8 @@ const RECHECK: Duration = Duration::from_secs(60);
 
 /// Parse a rate: `10MiB/s`, `512KiB/s`, `1G/s`, `64K` (`/s` may be left out), a bare number
 /// of KiB per second (`1024` = 1 MiB/s, as restic's `--limit-upload`), or `0` / `unlimited`
-/// for no limit (`Ok(None)`). Sizes are binary (`K` = `KiB` = 1024). The one place rates
-/// are parsed.
+/// for no limit (`Ok(None)`). The size is kura's one size grammar ([`kura_types::ByteSize`]:
+/// `K` = `KiB` = 1024, `KB` = 1000). The one place rates are parsed.
 pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
     let s = text.trim();
     let bad = || {
@@ -63,7 +63,7 @@ pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
         let kib: u64 = size.parse().map_err(|_| bad())?;
         kib.checked_mul(1024).ok_or_else(bad)?
     } else {
-        crate::target::parse_size(size).ok_or_else(bad)? as u64
+        kura_types::ByteSize::parse(size).map_err(|_| bad())?.bytes()
     };
     if bytes == 0 {
         return Ok(None);

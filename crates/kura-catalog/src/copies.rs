@@ -9,10 +9,10 @@
 //! `forgetting` *first*, so a crash part-way leaves a row that says what was under way, and
 //! `catalog verify --fix` finishes it. Only the last step deletes the rows.
 
-use serde_json::Value;
+use kura_types::ResourceConfig;
 use sqlx::Row;
 
-use crate::{BackupState, Catalog, Error, Result};
+use crate::{BackupState, Catalog, Result};
 
 /// Can a backup whose extents are `rows` (position, source offset, source length) still be
 /// restored, given it held `total` bytes of data? Yes with a whole copy anywhere (a position
@@ -164,31 +164,19 @@ impl Catalog {
     /// The repository a target held when a job or `init` last used it (its id, as the
     /// manager computes it), if recorded.
     pub fn target_repository(&self, target: &str) -> Result<Option<String>> {
-        Ok(self
-            .resource(target)?
-            .config
-            .get("repository")
-            .and_then(Value::as_str)
-            .map(str::to_string))
+        Ok(self.resource(target)?.target()?.repository.clone())
     }
 
     /// Record the repository a target holds (kept in its config as `repository`), with an
     /// event when it changes.
     pub fn set_target_repository(&self, target: &str, id: &str) -> Result<()> {
         let r = self.resource(target)?;
-        if r.config.get("repository").and_then(Value::as_str) == Some(id) {
+        let mut config = r.target()?.clone();
+        if config.repository.as_deref() == Some(id) {
             return Ok(());
         }
-        let mut config = match r.config {
-            Value::Object(m) => m,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "target {target}: its configuration is not an object"
-                )));
-            }
-        };
-        config.insert("repository".into(), Value::String(id.to_string()));
-        let text = Value::Object(config).to_string();
+        config.repository = Some(id.to_string());
+        let text = ResourceConfig::Target(config).to_json();
         let now = self.now();
         self.rt.block_on(async {
             let db = |e| self.db(e);

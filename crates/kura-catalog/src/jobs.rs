@@ -8,7 +8,7 @@
 //! [`Catalog::finish_backup`], after every stream has finished. A manager that dies leaves
 //! its backup `running`: restores and retention treat anything but `complete` as unusable.
 
-use serde_json::Value;
+use kura_types::JobSettings;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -54,7 +54,8 @@ pub struct JobDef {
     /// How many disjoint subsystems a run secures.
     pub redundancy: i64,
     pub mode: Mode,
-    pub config: Value,
+    /// How its runs use their targets (stored as JSON in `config`).
+    pub settings: JobSettings,
 }
 
 /// One stream of a run: the subsystem it used and how it ended.
@@ -178,19 +179,23 @@ fn row_to_backup(r: &AnyRow) -> std::result::Result<Backup, sqlx::Error> {
 fn row_to_job(r: &AnyRow) -> std::result::Result<JobDef, sqlx::Error> {
     let mode: String = r.try_get("mode")?;
     let config: String = r.try_get("config")?;
+    let name: String = r.try_get("name")?;
+    let settings = JobSettings::from_json(&format!("job {name}"), &config)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(JobDef {
         id: r.try_get("id")?,
-        name: r.try_get("name")?,
+        name,
         object: r.try_get("object")?,
         schedule: r.try_get("schedule")?,
         redundancy: r.try_get("redundancy")?,
         mode: Mode::parse(&mode).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
-        config: serde_json::from_str(&config).unwrap_or(Value::Null),
+        settings,
     })
 }
 
 impl Catalog {
-    /// Define a job. `redundancy` is the n its runs secure (at least 1).
+    /// Define a job. `redundancy` is the n its runs secure (at least 1); `settings` are
+    /// checked against it ([`JobSettings::check`]).
     pub fn add_job(
         &self,
         name: &str,
@@ -198,7 +203,7 @@ impl Catalog {
         schedule: Option<&str>,
         redundancy: i64,
         mode: Mode,
-        config: Value,
+        settings: &JobSettings,
     ) -> Result<i64> {
         valid_job_name(name)?;
         if object.trim().is_empty() {
@@ -212,7 +217,13 @@ impl Catalog {
         if schedule.is_some_and(|s| s.trim().is_empty()) {
             return Err(Error::Invalid(format!("job {name}: the schedule is empty")));
         }
-        let cfg = config.to_string();
+        settings
+            .check(
+                &format!("job {name}"),
+                usize::try_from(redundancy).unwrap_or(usize::MAX),
+            )
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let cfg = settings.to_json();
         self.rt.block_on(async {
             let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             self.refuse_duplicate(&mut tx, "SELECT id FROM jobs WHERE name = $1", name)
@@ -259,20 +270,33 @@ impl Catalog {
     }
 
     /// Delete a job definition. Its runs and backups stay (their job becomes unknown).
+    /// Found by number and name alone, so that a job whose stored settings no longer parse
+    /// can still be removed.
     pub fn remove_job(&self, name_or_number: &str) -> Result<()> {
-        let j = self.job(name_or_number)?;
+        let number: Option<i64> = name_or_number.parse().ok();
+        let (id, name): (i64, String) = self
+            .rt
+            .block_on(sqlx::query("SELECT id, name FROM jobs ORDER BY id").fetch_all(&self.pool))
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<std::result::Result<Vec<(i64, String)>, sqlx::Error>>()
+            })
+            .map_err(|e| self.db(e))?
+            .into_iter()
+            .find(|(id, name)| name == name_or_number || Some(*id) == number)
+            .ok_or_else(|| Error::UnknownJob(name_or_number.to_string()))?;
         self.reclaim()?;
         let running = self
-            .runs(Some(j.id), 1)?
+            .runs(Some(id), 1)?
             .into_iter()
             .any(|r| r.ended.is_none());
         if running {
             return Err(Error::InUse(format!(
-                "job {} is running; wait for it to end or its lease to expire",
-                j.name
+                "job {name} is running; wait for it to end or its lease to expire"
             )));
         }
-        self.exec("DELETE FROM jobs WHERE id = $1", |q| q.bind(j.id))
+        self.exec("DELETE FROM jobs WHERE id = $1", |q| q.bind(id))
     }
 
     /// The newest `limit` runs (of one job, or of all), newest first, with their streams.

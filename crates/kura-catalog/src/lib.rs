@@ -79,6 +79,10 @@ pub enum Error {
     LeaseLost(i64),
     #[error("catalog: {0}")]
     Other(String),
+    /// A stored job's settings or resource's configuration does not fit its type (it names
+    /// the job or resource and the field).
+    #[error("catalog holds a bad configuration: {0}")]
+    Config(#[from] kura_types::ConfigError),
 }
 
 impl Error {
@@ -308,7 +312,14 @@ impl Catalog {
         }
     }
 
+    /// A database error; a stored configuration that did not parse (carried out of a row
+    /// decoder as `Decode`) comes back as [`Error::Config`].
     pub(crate) fn db(&self, source: sqlx::Error) -> Error {
+        if let sqlx::Error::Decode(inner) = &source
+            && let Some(c) = inner.downcast_ref::<kura_types::ConfigError>()
+        {
+            return Error::Config(c.clone());
+        }
         Error::Db {
             url: self.url.clone(),
             source,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use kura_types::{ConfigKind, MediumConfig, ResourceConfig, TargetConfig};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -29,6 +29,15 @@ impl Kind {
             Kind::Medium => "medium",
             Kind::Path => "path",
             Kind::CopyEngine => "copy-engine",
+        }
+    }
+
+    /// Which configuration a resource of this kind has.
+    pub fn config_kind(self) -> ConfigKind {
+        match self {
+            Kind::Target => ConfigKind::Target,
+            Kind::Medium => ConfigKind::Medium,
+            Kind::Worker | Kind::Path | Kind::CopyEngine => ConfigKind::None,
         }
     }
 
@@ -72,7 +81,8 @@ pub struct Resource {
     pub id: i64,
     pub kind: Kind,
     pub name: String,
-    pub config: Value,
+    /// Its configuration, of its kind's type (stored as JSON, parsed as it is read).
+    pub config: ResourceConfig,
     /// The target a medium belongs to.
     pub parent: Option<i64>,
     pub slots: i64,
@@ -87,6 +97,22 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// A target's configuration; an error for any other kind of resource.
+    pub fn target(&self) -> Result<&TargetConfig> {
+        self.config.target().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} is a {}, not a target",
+                self.name,
+                self.kind.as_str()
+            ))
+        })
+    }
+
+    /// A target's URL; an error for any other kind of resource.
+    pub fn target_url(&self) -> Result<&str> {
+        self.target().map(|t| t.url.as_str())
+    }
+
     pub fn state(&self) -> State {
         if !self.enabled || !self.healthy {
             State::NotUsable
@@ -173,14 +199,30 @@ fn valid_target_url(name: &str, url: &str) -> Result<()> {
     }
 }
 
+fn config_name(k: ConfigKind) -> &'static str {
+    match k {
+        ConfigKind::Target => "target",
+        ConfigKind::Medium => "medium",
+        ConfigKind::None => "empty",
+    }
+}
+
 fn row_to_resource(r: &AnyRow) -> std::result::Result<Resource, sqlx::Error> {
     let kind: String = r.try_get("kind")?;
+    let kind = Kind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
     let config: String = r.try_get("config")?;
+    let name: String = r.try_get("name")?;
+    let config = ResourceConfig::from_json(
+        kind.config_kind(),
+        &format!("{} {name}", kind.as_str()),
+        &config,
+    )
+    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(Resource {
         id: r.try_get("id")?,
-        kind: Kind::parse(&kind).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
-        name: r.try_get("name")?,
-        config: serde_json::from_str(&config).unwrap_or(Value::Null),
+        kind,
+        name,
+        config,
         parent: r.try_get("parent")?,
         slots: r.try_get("slots")?,
         enabled: r.try_get::<i64, _>("enabled")? != 0,
@@ -196,24 +238,36 @@ const SELECT: &str = "SELECT id, kind, name, config, parent, slots, enabled, hea
                       last_error, since FROM resources";
 
 impl Catalog {
-    /// Register a resource. A target gets its implicit medium (`NAME.medium`) unless its
-    /// config says `"sequential": true` (labelled media are then added one by one).
-    pub fn add_resource(&self, kind: Kind, name: &str, config: Value, slots: i64) -> Result<i64> {
+    /// Register a resource with the configuration of its kind. A target gets its implicit
+    /// medium (`NAME.medium`) unless it is `sequential` (labelled media are then added one by
+    /// one).
+    pub fn add_resource(
+        &self,
+        kind: Kind,
+        name: &str,
+        config: ResourceConfig,
+        slots: i64,
+    ) -> Result<i64> {
         valid_name(name)?;
         if slots < 1 {
             return Err(Error::Invalid(format!("{name}: slots must be at least 1")));
         }
-        if kind == Kind::Target {
-            let Some(url) = config.get("url").and_then(Value::as_str) else {
-                return Err(Error::Invalid(format!(
-                    "target {name} needs a config with \"url\""
-                )));
-            };
-            valid_target_url(name, url)?;
+        if config.kind() != kind.config_kind() {
+            return Err(Error::Invalid(format!(
+                "{} {name}: needs a {} configuration, not a {} one",
+                kind.as_str(),
+                config_name(kind.config_kind()),
+                config_name(config.kind())
+            )));
+        }
+        let mut sequential = false;
+        if let ResourceConfig::Target(t) = &config {
+            valid_target_url(name, &t.url)?;
+            sequential = t.sequential;
         }
         let now = self.now();
-        let sequential = config.get("sequential").and_then(Value::as_bool) == Some(true);
-        let cfg = config.to_string();
+        let cfg = config.to_json();
+        let implicit = ResourceConfig::Medium(MediumConfig { implicit: true }).to_json();
         self.rt.block_on(async {
             let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
             self.refuse_duplicate(&mut tx, "SELECT id FROM resources WHERE name = $1", name)
@@ -234,9 +288,10 @@ impl Catalog {
             if kind == Kind::Target && !sequential {
                 sqlx::query(
                     "INSERT INTO resources (kind, name, config, parent, slots, since) \
-                     VALUES ('medium', $1, '{\"implicit\":true}', $2, 1, $3)",
+                     VALUES ('medium', $1, $2, $3, 1, $4)",
                 )
                 .bind(format!("{name}.medium"))
+                .bind(&implicit)
                 .bind(id)
                 .bind(now)
                 .execute(&mut *tx)
@@ -260,7 +315,12 @@ impl Catalog {
                 t.kind.as_str()
             )));
         }
-        let id = self.add_resource(Kind::Medium, label, serde_json::json!({}), 1)?;
+        let id = self.add_resource(
+            Kind::Medium,
+            label,
+            ResourceConfig::Medium(MediumConfig::default()),
+            1,
+        )?;
         self.exec("UPDATE resources SET parent = $1 WHERE id = $2", |q| {
             q.bind(t.id).bind(id)
         })?;
@@ -298,7 +358,7 @@ impl Catalog {
             match self.add_resource(
                 kind,
                 &format!("local-{}", kind.as_str()),
-                Value::Null,
+                ResourceConfig::None,
                 slots,
             ) {
                 Ok(_) | Err(Error::Duplicate(_)) => {}
@@ -311,7 +371,8 @@ impl Catalog {
     /// Add a target reachable from this machine (the single-machine default).
     pub fn add_local_target(&self, name: &str, url: &str) -> Result<i64> {
         self.ensure_local(64)?;
-        let id = self.add_resource(Kind::Target, name, serde_json::json!({ "url": url }), 1)?;
+        let config = ResourceConfig::Target(TargetConfig::new(url));
+        let id = self.add_resource(Kind::Target, name, config, 1)?;
         self.add_route("local-worker", "local-path", name)?;
         Ok(id)
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kura_catalog::{BackupState, Catalog, Constraints, Error, Extent, Kind, Mode, State};
-use serde_json::json;
+use kura_types::{JobSettings, ResourceConfig, TargetConfig};
 
 mod common;
 
@@ -32,11 +32,11 @@ fn registers_resources_with_implicit_media_and_rejects_bad_input(db: Db) {
     ));
     assert!(matches!(c.resource("nope"), Err(Error::UnknownResource(_))));
     assert!(matches!(
-        c.add_resource(Kind::Target, "bad name/", json!({"url": "/x"}), 1),
+        c.add_resource(Kind::Target, "bad name/", target("/x"), 1),
         Err(Error::Invalid(_))
     ));
     assert!(matches!(
-        c.add_resource(Kind::Target, "nourl", json!({}), 1),
+        c.add_resource(Kind::Target, "nourl", ResourceConfig::None, 1),
         Err(Error::Invalid(_))
     ));
     assert!(matches!(Kind::parse("tape-robot"), Err(Error::Invalid(_))));
@@ -226,7 +226,7 @@ fn invalid_target_urls_are_refused(db: Db) {
         ("s3://b/p?colour=blue", "unknown option"),
         ("", "empty"),
     ] {
-        match c.add_resource(Kind::Target, "t", json!({ "url": url }), 1) {
+        match c.add_resource(Kind::Target, "t", target(url), 1) {
             Err(Error::Invalid(m)) => assert!(m.contains(why), "{url:?}: {m}"),
             other => panic!("{url:?} accepted: {other:?}"),
         }
@@ -235,7 +235,7 @@ fn invalid_target_urls_are_refused(db: Db) {
     c.add_resource(
         Kind::Target,
         "s3",
-        json!({"url": "s3://b/p?endpoint=http://127.0.0.1:1"}),
+        target("s3://b/p?endpoint=http://127.0.0.1:1"),
         1,
     )
     .unwrap();
@@ -250,15 +250,15 @@ fn runs_record_their_outcome_and_expired_leases_are_lost(db: Db) {
             Some("daily 02:00"),
             2,
             Mode::Mirror,
-            json!({}),
+            &JobSettings::default(),
         )
         .unwrap();
     assert!(matches!(
-        c.add_job("db", "/x", None, 1, Mode::Failover, json!({})),
+        c.add_job("db", "/x", None, 1, Mode::Failover, &JobSettings::default()),
         Err(Error::Duplicate(_))
     ));
     assert!(matches!(
-        c.add_job("j0", "/x", None, 0, Mode::Mirror, json!({})),
+        c.add_job("j0", "/x", None, 0, Mode::Mirror, &JobSettings::default()),
         Err(Error::Invalid(m)) if m.contains("redundancy")
     ));
     assert!(matches!(
@@ -389,11 +389,13 @@ fn selection_prefers_healthy_and_least_loaded(db: Db) {
     let f = common::fresh(db);
     let c = Catalog::open(&f.url).unwrap();
     for w in ["w1", "w2"] {
-        c.add_resource(Kind::Worker, w, json!(null), 4).unwrap();
+        c.add_resource(Kind::Worker, w, ResourceConfig::None, 4)
+            .unwrap();
     }
-    c.add_resource(Kind::Path, "p", json!(null), 8).unwrap();
+    c.add_resource(Kind::Path, "p", ResourceConfig::None, 8)
+        .unwrap();
     for t in ["a", "b", "c"] {
-        c.add_resource(Kind::Target, t, json!({"url": format!("/srv/{t}")}), 1)
+        c.add_resource(Kind::Target, t, target(&format!("/srv/{t}")), 1)
             .unwrap();
         for w in ["w1", "w2"] {
             c.add_route(w, "p", t).unwrap();
@@ -419,7 +421,7 @@ fn selection_prefers_healthy_and_least_loaded(db: Db) {
 fn reclaim_frees_a_dead_managers_holdings_without_a_secure(db: Db) {
     let (_f, c) = with_targets(db, 2);
     let job = c
-        .add_job("j", "/x", None, 2, Mode::Mirror, json!({}))
+        .add_job("j", "/x", None, 2, Mode::Mirror, &JobSettings::default())
         .unwrap();
     let g = c.secure(job, 2, &Constraints::default()).unwrap();
     let process = g.secured.process;
@@ -440,6 +442,64 @@ fn reclaim_frees_a_dead_managers_holdings_without_a_secure(db: Db) {
     );
     assert_eq!(c.reclaim().unwrap(), 0);
     c.remove_resource("t0").unwrap();
+}
+
+fn target(url: &str) -> ResourceConfig {
+    ResourceConfig::Target(TargetConfig::new(url))
+}
+
+/// A stored configuration that does not fit its type (changed behind the catalog's back) is
+/// an error naming the job or resource and the field, not a silent default; a broken job can
+/// still be removed.
+#[test]
+fn bad_stored_configurations_are_typed_errors() {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let (f, c) = with_targets(Db::Sqlite, 1);
+    c.add_job("db", "/x", None, 1, Mode::Mirror, &JobSettings::default())
+        .unwrap();
+    let sql = |q: &'static str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&f.url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query(q).execute(&mut conn).await.unwrap();
+        });
+    };
+    sql(r#"UPDATE jobs SET config = '{"hook_timeout": "ten minutes"}' WHERE name = 'db'"#);
+    match c.job("db") {
+        Err(Error::Config(e)) => {
+            assert_eq!(
+                (e.owner.as_str(), e.field.as_deref()),
+                ("job db", Some("hook_timeout"))
+            );
+            assert!(
+                e.to_string().contains("invalid duration \"ten minutes\""),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    c.remove_job("db").unwrap();
+    assert!(c.jobs().unwrap().is_empty());
+    sql(
+        r#"UPDATE resources SET config = '{"url": "/srv/t0", "colour": "blue"}' WHERE name = 't0'"#,
+    );
+    match c.resources() {
+        Err(Error::Config(e)) => {
+            assert_eq!(
+                (e.owner.as_str(), e.field.as_deref()),
+                ("target t0", Some("colour"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A catalog written by a newer kura (a migration this binary does not know) is refused,

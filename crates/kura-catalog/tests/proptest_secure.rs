@@ -26,9 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kura_catalog::{Catalog, Constraints, Error, Kind, Resource, SecuredGuard, State, Subsystem};
+use kura_types::{ResourceConfig, TargetConfig};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use serde_json::json;
 
 mod common;
 
@@ -389,11 +389,11 @@ fn run_case(url: &str, pg: bool, case: &Case, seen: &RefCell<BTreeMap<&'static s
         for (i, &s) in slots.iter().enumerate() {
             names.push(format!("{}{i}", &kind.as_str()[..1]));
             let name = names.last().unwrap();
-            c.add_resource(kind, name, json!({}), s).unwrap();
+            c.add_resource(kind, name, ResourceConfig::None, s).unwrap();
         }
     }
     for t in 0..case.targets {
-        let url = json!({ "url": format!("/srv/t{t}") });
+        let url = ResourceConfig::Target(TargetConfig::new(format!("/srv/t{t}")));
         c.add_resource(Kind::Target, &format!("t{t}"), url, 1)
             .unwrap();
         names.extend([format!("t{t}"), format!("t{t}.medium")]);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use kura_types::{ByteSize, CalendarSpan, Duration};
 
 /// kura — deduplicated, compressed, encrypted backups of file trees and block images.
 #[derive(Debug, Parser)]
@@ -27,11 +28,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, default_value_t = 1)]
     pub quorum: usize,
     /// With --mirror or a job: drop a target whose writes make no progress this long (e.g. 2m)
-    #[arg(long, global = true, default_value = "2m")]
-    pub stall_timeout: String,
+    #[arg(long, global = true, default_value = "2m", value_parser = Duration::parse_positive)]
+    pub stall_timeout: Duration,
     /// Deadline of each storage operation, retries included (e.g. 30s, 2m)
-    #[arg(long, env = "KURA_TIMEOUT", global = true)]
-    pub timeout: Option<String>,
+    #[arg(long, env = "KURA_TIMEOUT", global = true, value_parser = Duration::parse_positive)]
+    pub timeout: Option<Duration>,
     /// Limit uploads to all targets together to this rate: 10MiB/s, 512KiB/s, or a bare
     /// number of KiB/s (restic's unit); 0: no limit
     #[arg(long, env = "KURA_LIMIT_UPLOAD", global = true, value_name = "RATE")]
@@ -225,9 +226,9 @@ pub struct VolumeDirArgs {
 #[derive(Debug, Args)]
 pub struct VolumeCreateArgs {
     pub name: String,
-    /// Size, e.g. 10G, 512M (binary units; a multiple of 512 bytes)
+    /// Size, e.g. 10G, 512M (K/M/G = KiB/MiB/GiB; a multiple of 512 bytes)
     #[arg(long)]
-    pub size: String,
+    pub size: ByteSize,
     /// A working volume for backup sessions' pool (refuses host I/O)
     #[arg(long)]
     pub work: bool,
@@ -308,9 +309,9 @@ pub struct VolumeDeleteArgs {
 #[derive(Debug, Args)]
 pub struct VolumeResizeArgs {
     pub name: String,
-    /// The new size
+    /// The new size (e.g. 20G)
     #[arg(long)]
-    pub size: String,
+    pub size: ByteSize,
     /// Allow a smaller size (the volume's end is discarded)
     #[arg(long)]
     pub allow_shrink: bool,
@@ -450,22 +451,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub post: Option<String>,
     /// How long each hook may take
-    #[arg(long, default_value = "10m")]
-    pub hook_timeout: String,
+    #[arg(long, default_value = "10m", value_parser = Duration::parse_positive)]
+    pub hook_timeout: Duration,
     /// mirror (every target gets all data, at once) or failover (one target at a time; the
     /// next takes over from the first unacknowledged extent)
     #[arg(long, default_value = "mirror")]
     pub mode: String,
-    /// Fail-over: the extent size, acknowledged as a unit (e.g. 64MiB, 1GiB)
+    /// Fail-over: the extent size, acknowledged as a unit (e.g. 64MiB, 1GiB; at least 1MiB)
     #[arg(long, default_value = "64MiB")]
-    pub extent_size: String,
+    pub extent_size: ByteSize,
     /// Fail-over: move to the next target when nothing on the active one finishes this long
-    #[arg(long, default_value = "2m")]
-    pub extent_timeout: String,
+    #[arg(long, default_value = "2m", value_parser = Duration::parse_positive)]
+    pub extent_timeout: Duration,
     /// Fail-over: move to the next target once the active one has refused connections (or had
     /// no route) this long, instead of retrying until --timeout
-    #[arg(long, default_value = "1s")]
-    pub unreachable_timeout: String,
+    #[arg(long, default_value = "1s", value_parser = Duration::parse_positive)]
+    pub unreachable_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -652,9 +653,10 @@ pub struct ForgetArgs {
     /// … years
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: u32,
-    /// Keep snapshots younger than this before the newest one (e.g. 30d, 1y6m, 2w)
-    #[arg(long)]
-    pub keep_within: Option<String>,
+    /// Keep snapshots taken within this span before the newest one (e.g. 30d, 1y6m, 2w;
+    /// m = months)
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<CalendarSpan>,
     /// Keep snapshots with this tag (repeatable)
     #[arg(long)]
     pub keep_tag: Vec<String>,
@@ -669,7 +671,7 @@ pub struct ForgetArgs {
     pub prune: bool,
     /// With --prune: as `kura prune --keep-condemned`
     #[arg(long, value_name = "DURATION", requires = "prune")]
-    pub keep_condemned: Option<String>,
+    pub keep_condemned: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -683,7 +685,7 @@ pub struct PruneArgs {
     /// Delete a condemned pack only this long after it was condemned (0, 30s, 90m, 1h, 2d;
     /// default 1h); running backups are protected by their locks in any case
     #[arg(long, value_name = "DURATION")]
-    pub keep_condemned: Option<String>,
+    pub keep_condemned: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -72,8 +72,9 @@ pub struct CatalogSection {
 pub struct RepositorySection {
     pub repo: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// Deadline of each storage operation, e.g. "60s".
-    pub timeout: Option<String>,
+    /// Deadline of each storage operation, e.g. "60s" (parsed as it is read: a bad one is an
+    /// error naming the key).
+    pub timeout: Option<kura_types::Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +173,21 @@ mod tests {
         assert_eq!(c.traffic.len(), 2);
         assert_eq!(c.traffic[0].target.as_deref(), Some("s3-east"));
         assert_eq!(c.traffic[1].download.as_deref(), Some("1024"));
+    }
+
+    #[test]
+    fn durations_are_parsed_as_read() {
+        let c = ConfigFile::parse("[repository]\ntimeout = \"1m30s\"\n").unwrap();
+        assert_eq!(
+            c.repository.timeout,
+            Some(kura_types::Duration::from_secs(90))
+        );
+        let e = ConfigFile::parse("[repository]\ntimeout = \"soon\"\n").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("timeout") && msg.contains("invalid duration \"soon\""),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -52,18 +52,14 @@ impl App {
     /// The deadline of each storage operation this invocation asks for (`--timeout`, else
     /// `[repository] timeout`); `None`: the default.
     pub fn timeout(&self) -> Result<Option<std::time::Duration>> {
-        let timeout = self
-            .global
-            .timeout
-            .clone()
-            .or_else(|| self.config.repository.timeout.clone());
-        timeout
-            .map(|t| {
-                kura_repo::backend::retry::parse_duration(&t).ok_or_else(|| {
-                    UsageError(format!("invalid timeout {t:?}: use e.g. 30s, 2m")).into()
-                })
-            })
-            .transpose()
+        match (self.global.timeout, self.config.repository.timeout) {
+            (Some(t), _) => Ok(Some(t.std())),
+            (None, Some(t)) if t.is_zero() => Err(UsageError(
+                "the config file's [repository] timeout must be longer than zero".into(),
+            )
+            .into()),
+            (None, t) => Ok(t.map(kura_types::Duration::std)),
+        }
     }
 
     /// Deadline and fault behaviour of storage operations (`--timeout`, `[repository] timeout`).
@@ -116,7 +112,7 @@ impl App {
                 .into_iter()
                 .filter(|r| r.kind == kura_catalog::Kind::Target)
                 .filter_map(|r| {
-                    let url = r.config.get("url")?.as_str()?.to_string();
+                    let url = r.config.target()?.url.clone();
                     Some((r.name, url))
                 })
                 .collect(),
@@ -171,13 +167,7 @@ impl App {
         for url in &self.global.mirrors {
             members.push(self.backend_for(url)?);
         }
-        let stall = kura_repo::backend::retry::parse_duration(&self.global.stall_timeout)
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "invalid --stall-timeout {:?}: use e.g. 30s, 2m",
-                    self.global.stall_timeout
-                ))
-            })?;
+        let stall = self.global.stall_timeout.std();
         if self.global.quorum == 0 || self.global.quorum > members.len() {
             return Err(UsageError(format!(
                 "--quorum {} must be between 1 and the number of targets ({})",

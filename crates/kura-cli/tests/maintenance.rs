@@ -97,8 +97,9 @@ fn forget_by_id_and_usage_errors(store: Store) {
     let snaps = repo.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     assert_eq!(snaps[0]["id"], b.as_str());
+    // A span that does not parse is a usage error, refused before the repository is opened.
     let o = repo.run(&["forget", "--keep-within", "3x"]);
-    assert_fails(&o, 1, "invalid duration");
+    assert_fails(&o, 2, "invalid duration \"3x\": unknown unit \"x\"");
 }
 
 /// `forget --prune` takes prune's grace period: with `--keep-condemned 0` what an earlier

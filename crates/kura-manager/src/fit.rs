@@ -112,18 +112,9 @@ pub fn check(
             out.unusable.push((r.name.clone(), r.why_not()));
             continue;
         }
-        let url = r.config.get("url").and_then(serde_json::Value::as_str);
-        let opened = match url {
-            Some(u) => open(u).map_err(|e| e.to_string()),
-            None => Err("has no url".to_string()),
-        };
-        recorded.insert(
-            r.name.clone(),
-            r.config
-                .get("repository")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string),
-        );
+        let target = r.target()?;
+        let opened = open(&target.url).map_err(|e| e.to_string());
+        recorded.insert(r.name.clone(), target.repository.clone());
         match opened {
             Ok(b) => backends.push((r.name.clone(), b)),
             Err(e) => out

@@ -101,12 +101,7 @@ pub fn open_backup<'c>(
         .ok();
     let mut targets = Vec::new();
     for t in resources {
-        let url = t
-            .config
-            .get("url")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| Error::Invalid(format!("target {} has no url", t.name)))?;
-        targets.push((t.name.clone(), open(url)?));
+        targets.push((t.name.clone(), open(t.target_url()?)?));
     }
     Ok(BackupView {
         snapshot,

@@ -318,11 +318,7 @@ fn open_targets(
     let mut members = Vec::new();
     for sub in &secured.subsystems {
         let t = catalog.resource(&sub.target)?;
-        let url = t
-            .config
-            .get("url")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| Error::Invalid(format!("target {} has no url", sub.target)))?;
+        let url = t.target_url()?;
         let backend = open(url)?;
         members.push(match route {
             Some(route) => route(sub, url, backend),

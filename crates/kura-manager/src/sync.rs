@@ -84,12 +84,7 @@ impl<'p> Keyring<'p> {
 
 /// The URL of a catalog target.
 pub fn target_url(catalog: &Catalog, name: &str) -> Result<String> {
-    let t = catalog.resource(name)?;
-    t.config
-        .get("url")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Invalid(format!("target {name} has no url")))
+    Ok(catalog.resource(name)?.target_url()?.to_string())
 }
 
 /// The snapshot a record (or a backup's extents) is about.
@@ -241,12 +236,7 @@ pub fn targets_at(
         .resources()?
         .into_iter()
         .filter(|r| r.kind == kura_catalog::Kind::Target)
-        .filter(|r| {
-            r.config
-                .get("url")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|u| same(u, location))
-        })
+        .filter(|r| r.config.target().is_some_and(|t| same(&t.url, location)))
         .map(|r| r.name)
         .collect())
 }

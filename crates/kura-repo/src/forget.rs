@@ -4,7 +4,9 @@
 //! rules are applied newest first, with restic's semantics so that operators can reuse their
 //! policies: `--keep-last n` keeps the n newest; `--keep-daily n` keeps the newest snapshot of
 //! each of the n most recent days that have one (likewise hourly, weekly, monthly, yearly);
-//! `--keep-within d` keeps everything younger than d before the group's newest snapshot;
+//! `--keep-within d` keeps everything taken within d before the group's newest snapshot, d
+//! a [`CalendarSpan`] moved back on the calendar of the time zone given (`1y6m` is one year
+//! and six calendar months, as in restic);
 //! `--keep-tag t` keeps snapshots tagged t. A snapshot kept by any rule is kept. Forgetting
 //! only deletes snapshot manifests; `prune` frees the data nobody references any more.
 
@@ -12,8 +14,9 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike};
 use serde::Serialize;
 
 use kura_backend::{ErrorKind, FileKind};
+use kura_types::CalendarSpan;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::Id;
 use crate::lock::RepoLock;
 use crate::repo::Repository;
@@ -28,9 +31,8 @@ pub struct KeepPolicy {
     pub weekly: u32,
     pub monthly: u32,
     pub yearly: u32,
-    /// Keep everything this many seconds older than the newest snapshot of the group, or
-    /// younger.
-    pub within_secs: Option<i64>,
+    /// Keep everything taken at most this long before the newest snapshot of the group.
+    pub within: Option<CalendarSpan>,
     pub tags: Vec<String>,
 }
 
@@ -38,41 +40,6 @@ impl KeepPolicy {
     pub fn is_empty(&self) -> bool {
         *self == KeepPolicy::default()
     }
-}
-
-/// Parse a duration like `30d`, `1y6m`, `2w3d12h` (y = 365 d, m = 30 d).
-pub fn parse_duration(s: &str) -> Result<i64> {
-    let bad = || {
-        Error::InvalidInput(format!(
-            "invalid duration {s:?}: use e.g. 30d, 1y6m, 2w3d12h"
-        ))
-    };
-    let mut total = 0i64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let unit = match c {
-            'y' => 365 * 86400,
-            'm' => 30 * 86400,
-            'w' => 7 * 86400,
-            'd' => 86400,
-            'h' => 3600,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(total)
 }
 
 /// The decision for one snapshot.
@@ -131,7 +98,15 @@ pub fn apply_policy<Tz: TimeZone>(
     let mut out = Vec::new();
     for (host, paths, mut list) in groups {
         list.sort_by(|a, b| b.snapshot.time.cmp(&a.snapshot.time).then(b.id.cmp(&a.id)));
-        let newest = list.first().map(|s| s.snapshot.time.0).unwrap_or(0);
+        let newest = list.first().and_then(|s| s.snapshot.time.to_chrono());
+        // The oldest time `within` keeps: on the local calendar, or where that has no such
+        // time (a clock change), on UTC's.
+        let cutoff = policy.within.zip(newest).map(|(w, t)| {
+            w.before(&t.with_timezone(tz))
+                .map(|l| l.timestamp())
+                .or_else(|| w.before(&t).map(|u| u.timestamp()))
+                .unwrap_or(i64::MIN)
+        });
         let mut last_bucket: [Option<i64>; 5] = [None; 5];
         let mut counts = [0u32; 5];
         let mut decisions = Vec::new();
@@ -140,8 +115,8 @@ pub fn apply_policy<Tz: TimeZone>(
             if (i as u32) < policy.last {
                 reasons.push("last".to_string());
             }
-            if let Some(w) = policy.within_secs
-                && newest - s.snapshot.time.0 <= w
+            if let Some(c) = cutoff
+                && s.snapshot.time.0 >= c
             {
                 reasons.push("within".to_string());
             }
@@ -255,7 +230,7 @@ mod tests {
             vec!["09", "08"]
         );
         let p = KeepPolicy {
-            within_secs: Some(DAY),
+            within: Some(CalendarSpan::days(1)),
             ..Default::default()
         };
         assert_eq!(
@@ -280,15 +255,24 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d").unwrap(), 30 * DAY);
+    fn within_moves_by_calendar_months() {
+        // 2026 (UTC): 1 January noon, 1 February at midnight, 1 March and 1 April noon.
+        let months = [1_767_268_800, 1_769_904_000, 1_772_366_400, 1_775_044_800];
+        let snaps: Vec<_> = months
+            .iter()
+            .enumerate()
+            .map(|(i, t)| snap(i as u8, *t, &[]))
+            .collect();
+        let p = KeepPolicy {
+            within: Some(CalendarSpan::parse("2m").unwrap()),
+            ..Default::default()
+        };
+        // Two calendar months before 1 April noon is 1 February noon: that morning's
+        // snapshot is not kept (60 days would have reached back to 31 January).
         assert_eq!(
-            parse_duration("1y2m1w3h").unwrap(),
-            365 * DAY + 60 * DAY + 7 * DAY + 3 * 3600
+            kept(&apply_policy(&snaps, &p, &chrono::Utc)),
+            vec!["03", "02"]
         );
-        for bad in ["", "5", "d", "3x", "99999999999999999999y"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 
     proptest! {

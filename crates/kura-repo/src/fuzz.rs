@@ -110,11 +110,6 @@ proptest! {
     fn index_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let _ = IndexFile::decode(&bytes, "index");
     }
-
-    #[test]
-    fn forget_durations_never_panic(s in "[0-9a-z ]{0,24}") {
-        let _ = crate::forget::parse_duration(&s);
-    }
 }
 
 /// Declared lengths far beyond the input are refused without allocating them.

@@ -26,9 +26,9 @@
 //! another process may have judged the lock stale and acted on it. A backup verifies its lock
 //! before and after writing its snapshot and writes none (or removes it) if the lock was lost.
 //!
-//! `KURA_LOCK_REFRESH` and `KURA_LOCK_STALE` (seconds) override the two intervals; they exist
-//! for tests and unusual deployments, and every process sharing a repository must agree on
-//! the staleness window.
+//! `KURA_LOCK_REFRESH` and `KURA_LOCK_STALE` (durations such as `2s`; a number alone is
+//! seconds) override the two intervals; they exist for tests and unusual deployments, and
+//! every process sharing a repository must agree on the staleness window.
 
 use std::marker::PhantomData;
 use std::sync::mpsc;
@@ -49,25 +49,32 @@ use crate::util::{Timestamp, hostname, username};
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 
-fn env_secs(name: &str, default: Duration) -> Duration {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|&s| s > 0)
-        .map_or(default, Duration::from_secs)
+/// A duration from the environment (the one grammar: `30s`, `2m`; a number alone is
+/// seconds), else `default`; a value that does not parse is warned of and ignored.
+fn env_duration(name: &str, default: Duration) -> Duration {
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    match kura_types::Duration::parse_positive(&v) {
+        Ok(d) => d.std(),
+        Err(e) => {
+            tracing::warn!("{name}: {e}; using {}s", default.as_secs());
+            default
+        }
+    }
 }
 
-/// How often a held lock is rewritten (`KURA_LOCK_REFRESH` seconds, default 60).
+/// How often a held lock is rewritten (`KURA_LOCK_REFRESH`, a duration; default 60 s).
 pub fn refresh_interval() -> Duration {
     static V: OnceLock<Duration> = OnceLock::new();
-    *V.get_or_init(|| env_secs("KURA_LOCK_REFRESH", REFRESH_INTERVAL))
+    *V.get_or_init(|| env_duration("KURA_LOCK_REFRESH", REFRESH_INTERVAL))
 }
 
-/// After how long without a refresh a lock is stale (`KURA_LOCK_STALE` seconds, default
-/// 1800).
+/// After how long without a refresh a lock is stale (`KURA_LOCK_STALE`, a duration; default
+/// 30 min).
 pub fn stale_after() -> Duration {
     static V: OnceLock<Duration> = OnceLock::new();
-    *V.get_or_init(|| env_secs("KURA_LOCK_STALE", STALE_AFTER))
+    *V.get_or_init(|| env_duration("KURA_LOCK_STALE", STALE_AFTER))
 }
 
 /// Contents of a lock file.

@@ -122,29 +122,6 @@ pub struct Sections {
     pub partial: HashSet<Id>,
 }
 
-/// Parse a grace period: `0`, or a number with `s`, `m` (minutes), `h` or `d`, e.g. `90m`.
-pub fn parse_grace(s: &str) -> Result<Duration> {
-    let bad = || {
-        Error::InvalidInput(format!(
-            "invalid duration {s:?}: use 0 or e.g. 30s, 90m, 1h, 2d"
-        ))
-    };
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit {
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad)
-}
-
 /// What prune did (or would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
@@ -589,22 +566,5 @@ fn ignore_missing(r: std::result::Result<(), kura_backend::BackendError>) -> Res
     match r {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grace_periods_parse() {
-        assert_eq!(parse_grace("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_grace("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_grace("90m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_grace("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_grace("2d").unwrap(), Duration::from_secs(172_800));
-        for bad in ["", "h", "1x", "-1h", "1h30m", "99999999999999999999d"] {
-            assert!(parse_grace(bad).is_err(), "{bad}");
-        }
     }
 }

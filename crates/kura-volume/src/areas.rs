@@ -23,6 +23,7 @@ use kura_repo::backup::{
 };
 use kura_repo::lock::{RepoLock, Shared};
 use kura_repo::progress::Progress;
+use kura_types::Extent;
 
 use crate::backup::VolumeBackup;
 use crate::error::{Error, Result};
@@ -58,15 +59,16 @@ impl ImageSource for AreaSource {
     }
 }
 
-/// Find the split area of `export`'s pair that holds `[offset, offset + length)` and claim
-/// that range for a backup.
-pub(crate) fn prepare(export: &VolumeExport, offset: u64, length: u64) -> Result<AreaBackup> {
+/// Find the split area of `export`'s pair that holds `want` and claim that range for a
+/// backup.
+pub(crate) fn prepare(export: &VolumeExport, want: Extent) -> Result<AreaBackup> {
     let name = export.name();
     let pair = export.pair().ok_or_else(|| not_paired(name))?;
     let size = export.size();
-    if length == 0 || offset.checked_add(length).is_none_or(|e| e > size) {
+    let Extent { offset, length } = want;
+    if want.is_empty() || !want.fits(size) {
         return Err(Error::Invalid(format!(
-            "area {offset}:{length} is not inside the {size}-byte volume {name}"
+            "area {want} is not inside the {size}-byte volume {name}"
         )));
     }
     // Claimed before the state is looked at: a resync that rejoins the area either claimed
@@ -89,7 +91,7 @@ pub(crate) fn prepare(export: &VolumeExport, offset: u64, length: u64) -> Result
         (PairState::Split, false) => c
             .areas
             .iter()
-            .find(|a| a.contains(offset, length))
+            .find(|a| a.contains(&want))
             .cloned()
             .ok_or_else(|| {
                 Error::Invalid(format!(
@@ -167,7 +169,7 @@ impl AreaBackup {
 pub fn backup_area(
     store: &VolumeStore,
     name: &str,
-    (offset, length): (u64, u64),
+    area: Extent,
     repository: &str,
     repo: &IndexedRepo,
     lock: &RepoLock<Shared>,
@@ -176,7 +178,7 @@ pub fn backup_area(
     cancel: &CancelToken,
 ) -> Result<VolumeBackup> {
     let export = store.open_export(name)?;
-    let job = prepare(&export, offset, length)?;
+    let job = prepare(&export, area)?;
     let o = job.options(opts);
     let outcome = backup(repo, lock, &[store.raw(name)], &o, progress, cancel)?;
     let record = job.record(&store.meta(name)?, repository, repo, &outcome);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kura_types::Extent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -43,13 +44,13 @@ pub enum Request {
     PairSplit {
         primary: String,
         #[serde(default)]
-        areas: Vec<(u64, u64)>,
+        areas: Vec<Extent>,
     },
     PairResync {
         primary: String,
         /// Only these split areas (empty: all, back to duplex).
         #[serde(default)]
-        areas: Vec<(u64, u64)>,
+        areas: Vec<Extent>,
     },
     PairDelete {
         primary: String,
@@ -61,7 +62,7 @@ pub enum Request {
         freeze: Freeze,
         /// Back up this part of a split area of the volume's pair, not the volume.
         #[serde(default)]
-        area: Option<(u64, u64)>,
+        area: Option<Extent>,
         repository: String,
         /// The repository password, as bytes (JSON array).
         password: Vec<u8>,

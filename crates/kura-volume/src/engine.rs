@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
 use kura_repo::lock::{RepoLock, Shared};
+use kura_types::Extent;
 use serde::{Deserialize, Serialize};
 
 use crate::areas::AreaBackup;
@@ -285,7 +286,7 @@ impl Engine {
         self: &Arc<Self>,
         volume: &str,
         freeze: Freeze,
-        area: Option<(u64, u64)>,
+        area: Option<Extent>,
         access: &RepoAccess,
     ) -> Result<JobStatus> {
         let repository = access.url.as_str();
@@ -306,8 +307,8 @@ impl Engine {
         // The server may have begun to stop while the repository opened: freeze nothing.
         self.not_stopping()?;
         let export = self.store.open_export(volume)?;
-        if let Some((offset, length)) = area {
-            let a = crate::areas::prepare(&export, offset, length)?;
+        if let Some(e) = area {
+            let a = crate::areas::prepare(&export, e)?;
             return self.start(
                 volume,
                 Freeze::Split,

@@ -58,4 +58,4 @@ pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea};
 pub use records::{FORMAT_RAW, RecordArea, VolumeRecord};
 pub use restore::{VolumeRestore, restore_to_nbd, restore_volume};
 pub use session::{BlockState, Session, SessionSource, SessionStats, WorkVolume};
-pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area, parse_size};
+pub use store::{VolumeInfo, VolumeMeta, VolumeStore, parse_area};

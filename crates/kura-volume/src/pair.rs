@@ -46,6 +46,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use kura_nbd::{Export, FileExport};
+use kura_types::Extent;
 use serde::{Deserialize, Serialize};
 
 use crate::dirty::{DirtyMap, GRANULE};
@@ -128,8 +129,12 @@ impl From<AreaRepr> for SplitArea {
 }
 
 impl SplitArea {
+    pub fn extent(&self) -> Extent {
+        Extent::new(self.offset, self.length)
+    }
+
     pub fn end(&self) -> u64 {
-        self.offset.saturating_add(self.length)
+        self.extent().end().unwrap_or(u64::MAX)
     }
 
     /// The granules it covers (a version-1 area may share its first and last with
@@ -138,8 +143,8 @@ impl SplitArea {
         self.offset / GRANULE..self.end().div_ceil(GRANULE)
     }
 
-    pub fn contains(&self, offset: u64, len: u64) -> bool {
-        self.offset <= offset && offset.saturating_add(len) <= self.end()
+    pub fn contains(&self, e: &Extent) -> bool {
+        self.extent().contains(e)
     }
 }
 
@@ -248,12 +253,6 @@ pub(crate) fn granules_outside(areas: &[SplitArea], size: u64) -> Vec<u64> {
         .collect()
 }
 
-fn overlap(a: (u64, u64), b: (u64, u64)) -> Option<(u64, u64)> {
-    let s = a.0.max(b.0);
-    let e = (a.0 + a.1).min(b.0 + b.1);
-    (s < e).then(|| (s, e - s))
-}
-
 impl Pair {
     pub(crate) fn new(
         config: PairConfig,
@@ -297,10 +296,11 @@ impl Pair {
     /// another claim overlaps it.
     pub(crate) fn claim(self: &Arc<Self>, offset: u64, len: u64, what: Use) -> Result<Claim> {
         let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&(o, l, u)) = c
-            .iter()
-            .find(|r| overlap((r.0, r.1), (offset, len)).is_some())
-        {
+        if let Some(&(o, l, u)) = c.iter().find(|r| {
+            Extent::new(r.0, r.1)
+                .overlap(&Extent::new(offset, len))
+                .is_some()
+        }) {
             let primary = self.config().primary;
             let doing = match u {
                 Use::Backup => "a backup is reading",
@@ -321,8 +321,12 @@ impl Pair {
     /// Whether a claim for `what` overlaps `[offset, offset + len)`.
     pub(crate) fn claimed(&self, offset: u64, len: u64, what: Use) -> bool {
         let c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        c.iter()
-            .any(|r| r.2 == what && overlap((r.0, r.1), (offset, len)).is_some())
+        c.iter().any(|r| {
+            r.2 == what
+                && Extent::new(r.0, r.1)
+                    .overlap(&Extent::new(offset, len))
+                    .is_some()
+        })
     }
 
     /// The parts of `[offset, offset+len)` that are split (`true`) or duplex (`false`).
@@ -337,9 +341,13 @@ impl Pair {
         // Walk the range against the areas (kept sorted by offset).
         let mut out = Vec::new();
         let mut at = offset;
-        let end = offset + len;
+        let end = Extent::new(offset, len).end().unwrap_or(u64::MAX);
         for a in &c.areas {
-            let Some((s, l)) = overlap((at, end - at), (a.offset, a.length)) else {
+            let Some(Extent {
+                offset: s,
+                length: l,
+            }) = Extent::new(at, end - at).overlap(&a.extent())
+            else {
                 continue;
             };
             if s > at {
@@ -422,7 +430,7 @@ impl Pair {
 
     /// Split: wholly (`new` empty) from duplex, or more areas beside those already split,
     /// each frozen from now. Checked by [`check_new_areas`] first.
-    pub(crate) fn split(&self, new: &[(u64, u64)]) -> PairConfig {
+    pub(crate) fn split(&self, new: &[Extent]) -> PairConfig {
         let mut c = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if c.state == PairState::Duplex {
             c.since = now();
@@ -431,12 +439,11 @@ impl Pair {
         c.state = PairState::Split;
         c.note = None;
         let at = now_ms();
-        c.areas
-            .extend(new.iter().map(|&(offset, length)| SplitArea {
-                offset,
-                length,
-                split: at.clone(),
-            }));
+        c.areas.extend(new.iter().map(|e| SplitArea {
+            offset: e.offset,
+            length: e.length,
+            split: at.clone(),
+        }));
         c.areas.sort_unstable_by_key(|a| a.offset);
         c.clone()
     }
@@ -481,12 +488,12 @@ pub(crate) fn area_dirty_bytes(areas: &[SplitArea], dirty: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// `(offset, len)` areas checked against a volume size.
-pub(crate) fn check_areas(areas: &[(u64, u64)], size: u64) -> Result<()> {
-    for &(o, l) in areas {
-        if o.checked_add(l).is_none_or(|e| e > size) {
+/// Areas checked against a volume size.
+pub(crate) fn check_areas(areas: &[Extent], size: u64) -> Result<()> {
+    for e in areas {
+        if !e.fits(size) {
             return Err(Error::Invalid(format!(
-                "split area {o}:{l} reaches past the end of the {size}-byte volume"
+                "split area {e} reaches past the end of the {size}-byte volume"
             )));
         }
     }
@@ -497,7 +504,7 @@ pub(crate) fn check_areas(areas: &[(u64, u64)], size: u64) -> Result<()> {
 /// area's granules are its own, so it can be resynced alone), overlapping neither each
 /// other nor an area already split; and not while the pair is wholly split, nor a whole
 /// split while areas are.
-pub(crate) fn check_new_areas(config: &PairConfig, new: &[(u64, u64)], size: u64) -> Result<()> {
+pub(crate) fn check_new_areas(config: &PairConfig, new: &[Extent], size: u64) -> Result<()> {
     let p = &config.primary;
     if config.state == PairState::Split && config.areas.is_empty() {
         return Err(Error::Invalid(format!(
@@ -515,8 +522,9 @@ pub(crate) fn check_new_areas(config: &PairConfig, new: &[(u64, u64)], size: u64
     }
     check_areas(new, size)?;
     let mib = |b: u64| format!("{}M", b >> 20);
-    for (i, &(o, l)) in new.iter().enumerate() {
-        let ends_volume = o + l == size;
+    for (i, e) in new.iter().enumerate() {
+        let (o, l) = (e.offset, e.length);
+        let ends_volume = e.end() == Some(size);
         if !o.is_multiple_of(GRANULE) || !(l.is_multiple_of(GRANULE) || ends_volume) {
             return Err(Error::Invalid(format!(
                 "split area {o}:{l} is not on the pair's {} granules: its offset and length \
@@ -529,7 +537,7 @@ pub(crate) fn check_new_areas(config: &PairConfig, new: &[(u64, u64)], size: u64
         if let Some(a) = config
             .areas
             .iter()
-            .find(|a| overlap((a.offset, a.length), (o, l)).is_some())
+            .find(|a| a.extent().overlap(e).is_some())
         {
             return Err(Error::Invalid(format!(
                 "split area {o}:{l} overlaps area {a} of the pair of {p}, split since {}: \
@@ -537,10 +545,8 @@ pub(crate) fn check_new_areas(config: &PairConfig, new: &[(u64, u64)], size: u64
                 a.split
             )));
         }
-        if let Some(&(o2, l2)) = new[..i].iter().find(|b| overlap(**b, (o, l)).is_some()) {
-            return Err(Error::Invalid(format!(
-                "split areas {o2}:{l2} and {o}:{l} overlap"
-            )));
+        if let Some(b) = new[..i].iter().find(|b| b.overlap(e).is_some()) {
+            return Err(Error::Invalid(format!("split areas {b} and {e} overlap")));
         }
     }
     Ok(())
@@ -619,24 +625,31 @@ mod tests {
         assert_eq!(back, two);
     }
 
+    fn ext(v: &[(u64, u64)]) -> Vec<Extent> {
+        v.iter().map(|&(o, l)| Extent::new(o, l)).collect()
+    }
+
     #[test]
     fn new_areas_are_aligned_disjoint_and_beside_the_split_ones() {
         let size = 64 * M + 512;
         let duplex = config(PairState::Duplex, &[]);
-        assert!(check_new_areas(&duplex, &[(0, 4 * M), (8 * M, 8 * M)], size).is_ok());
+        assert!(check_new_areas(&duplex, &ext(&[(0, 4 * M), (8 * M, 8 * M)]), size).is_ok());
         // The last area may end with the volume, off the granule grid.
-        assert!(check_new_areas(&duplex, &[(60 * M, 4 * M + 512)], size).is_ok());
+        assert!(check_new_areas(&duplex, &ext(&[(60 * M, 4 * M + 512)]), size).is_ok());
         for bad in [(M, 4 * M), (0, 5 * M), (60 * M, 8 * M)] {
-            assert!(check_new_areas(&duplex, &[bad], size).is_err(), "{bad:?}");
+            assert!(
+                check_new_areas(&duplex, &ext(&[bad]), size).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(check_new_areas(&duplex, &[(0, 8 * M), (4 * M, 4 * M)], size).is_err());
+        assert!(check_new_areas(&duplex, &ext(&[(0, 8 * M), (4 * M, 4 * M)]), size).is_err());
         let split = config(PairState::Split, &[(8 * M, 8 * M)]);
-        assert!(check_new_areas(&split, &[(0, 8 * M)], size).is_ok());
-        assert!(check_new_areas(&split, &[(12 * M, 8 * M)], size).is_err());
+        assert!(check_new_areas(&split, &ext(&[(0, 8 * M)]), size).is_ok());
+        assert!(check_new_areas(&split, &ext(&[(12 * M, 8 * M)]), size).is_err());
         // No whole split beside areas, nor areas beside a whole split.
-        assert!(check_new_areas(&split, &[], size).is_err());
+        assert!(check_new_areas(&split, &ext(&[]), size).is_err());
         let whole = config(PairState::Split, &[]);
-        assert!(check_new_areas(&whole, &[(0, 4 * M)], size).is_err());
+        assert!(check_new_areas(&whole, &ext(&[(0, 4 * M)]), size).is_err());
     }
 
     #[test]

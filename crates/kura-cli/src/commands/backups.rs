@@ -130,9 +130,8 @@ fn volume_records(
     let targets: Vec<(String, String)> = cat
         .resources()?
         .into_iter()
-        .filter(|r| r.kind == Kind::Target)
         .filter_map(|r| {
-            let url = r.config.get("url").and_then(Value::as_str)?.to_string();
+            let url = r.config.target()?.url.clone();
             Some((r.name, url))
         })
         .collect();
@@ -193,7 +192,7 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
                 UsageError(format!("{name} is a {}, not a target", t.kind.as_str())).into(),
             );
         }
-        let url = t.config.get("url").and_then(Value::as_str).unwrap_or("");
+        let url = t.target_url()?;
         let repo = Repository::open(app.backend_for(url)?, &password)
             .with_context(|| format!("open repository on target {name}"))?;
         let r = kura_manager::rebuild::rebuild_from(&cat, &repo, name)

@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use kura_repo::Id;
 use kura_repo::Repository;
-use kura_repo::forget::{KeepPolicy, apply_policy, parse_duration, remove_snapshots};
+use kura_repo::forget::{KeepPolicy, apply_policy, remove_snapshots};
 use kura_repo::lock::RepoLock;
 use kura_repo::prune::PruneOptions;
 
@@ -18,7 +18,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
-        within_secs: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        within: a.keep_within,
         tags: a.keep_tag.clone(),
     };
     if policy.is_empty() == a.snapshots.is_empty() {
@@ -29,7 +29,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         .into());
     }
     let prune_opts = PruneOptions {
-        keep_condemned: super::prune::keep_condemned(a.keep_condemned.as_deref())?,
+        keep_condemned: super::prune::keep_condemned(a.keep_condemned),
         ..Default::default()
     };
     let repo = app.open()?;

@@ -21,7 +21,7 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
                 a.schedule.as_deref(),
                 a.redundancy,
                 mode,
-                crate::commands::jobrun::settings_json(app, a.redundancy, &a.run)?,
+                &crate::commands::jobrun::settings(app, &a.run),
             )?;
             app.say(format!(
                 "added job {} (number {id}): {} onto {} subsystem(s), {}",

@@ -8,13 +8,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use kura_catalog::{Catalog, JobDef, Mode};
 use kura_manager::{Hook, JobSpec, RunMode, run_job as run_spec};
-use kura_repo::backend::retry::parse_duration;
 use kura_repo::backup::BackupOptions;
-use serde_json::{Value, json};
+use kura_types::{
+    CopyReport, JobRunReport, JobSettings, RunModeName, SectionReport, SkippedTarget,
+};
+use serde_json::json;
 
 use crate::cli::RunArgs;
 use crate::exit::{self, UsageError};
-use crate::output::{bytes, summary_json};
+use crate::output::{backup_summary, bytes};
 use crate::{App, password};
 
 /// How long a run's allocations live without renewal, and how often they are renewed: a
@@ -29,151 +31,108 @@ const CHECK_WITHIN: Duration = Duration::from_secs(5);
 fn timings() -> Result<(Duration, Duration, Duration)> {
     let env = |name: &str, default: Duration| -> Result<Duration> {
         match std::env::var(name) {
-            Ok(v) => duration(name, &v),
+            Ok(v) => kura_types::Duration::parse_positive(&v)
+                .map(kura_types::Duration::std)
+                .map_err(|e| UsageError(format!("{name}: {e}")).into()),
             Err(_) => Ok(default),
         }
     };
     let lease = env("KURA_LEASE", LEASE)?;
     let renew = env("KURA_LEASE_RENEW", RENEW_EVERY)?;
-    if renew.is_zero() || renew >= lease {
+    if renew >= lease {
         return Err(UsageError(format!(
-            "KURA_LEASE_RENEW ({renew:?}) must be shorter than KURA_LEASE ({lease:?}) and not 0"
+            "KURA_LEASE_RENEW ({renew:?}) must be shorter than KURA_LEASE ({lease:?})"
         ))
         .into());
     }
     Ok((lease, renew, env("KURA_CHECK_WITHIN", CHECK_WITHIN)?))
 }
 
-fn duration(what: &str, s: &str) -> Result<Duration> {
-    parse_duration(s)
-        .ok_or_else(|| UsageError(format!("invalid {what} {s:?}: use e.g. 30s, 2m")).into())
-}
-
-/// The run settings a job definition stores in its config.
-pub fn settings_json(app: &App, redundancy: i64, r: &RunArgs) -> Result<Value> {
-    let quorum = app.global.quorum;
-    // (A redundancy below 1 is the catalog's to refuse, with its own message.)
-    if redundancy >= 1 && (quorum == 0 || quorum as i64 > redundancy) {
-        return Err(UsageError(format!(
-            "--quorum {quorum} must be between 1 and the redundancy ({redundancy})"
-        ))
-        .into());
+/// The run settings of `job add` and `backup --redundancy`: the flags, with the global
+/// `--quorum` and `--stall-timeout`.
+pub fn settings(app: &App, r: &RunArgs) -> JobSettings {
+    JobSettings {
+        quorum: app.global.quorum,
+        extent_size: r.extent_size,
+        extent_timeout: r.extent_timeout,
+        unreachable_timeout: r.unreachable_timeout,
+        targets: r.targets.clone(),
+        pre: r.pre.clone(),
+        post: r.post.clone(),
+        hook_timeout: r.hook_timeout,
+        stall_timeout: app.global.stall_timeout,
     }
-    duration("--hook-timeout", &r.hook_timeout)?;
-    duration("--stall-timeout", &app.global.stall_timeout)?;
-    duration("--extent-timeout", &r.extent_timeout)?;
-    duration("--unreachable-timeout", &r.unreachable_timeout)?;
-    let extent_size = size("--extent-size", &r.extent_size)?;
-    Ok(json!({
-        "quorum": quorum,
-        "extent_size": extent_size,
-        "extent_timeout": r.extent_timeout,
-        "unreachable_timeout": r.unreachable_timeout,
-        "targets": r.targets,
-        "pre": r.pre,
-        "post": r.post,
-        "hook_timeout": r.hook_timeout,
-        "stall_timeout": app.global.stall_timeout,
-    }))
 }
 
-/// `64MiB`, `1GiB`, `512KiB`, `1048576` (bytes); at least 1 MiB.
-fn size(what: &str, s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => 0,
+/// `settings` checked for an ad-hoc run onto `redundancy` targets (a job's are checked by
+/// the catalog when it is added); a problem is a usage error naming the flag.
+fn checked(app: &App, r: &RunArgs, redundancy: usize) -> Result<JobSettings> {
+    let s = settings(app, r);
+    s.check("backup", redundancy).map_err(|e| {
+        let flag = e.field.as_deref().unwrap_or("settings").replace('_', "-");
+        UsageError(format!("--{flag}: {}", e.why))
+    })?;
+    Ok(s)
+}
+
+/// What a run of `mode` with `settings` does.
+fn spec(
+    job: (i64, Option<String>),
+    object: String,
+    sources: Vec<PathBuf>,
+    redundancy: usize,
+    mode: Mode,
+    s: JobSettings,
+    backup: BackupOptions,
+    route: Option<kura_manager::Route>,
+) -> Result<JobSpec> {
+    let (lease, renew_every, check_within) = timings()?;
+    let hook = |cmd: Option<String>| {
+        cmd.map(|command| Hook {
+            command,
+            timeout: s.hook_timeout.std(),
+        })
     };
-    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
-        Some(v) if v >= 1 << 20 => Ok(v),
-        _ => Err(UsageError(format!(
-            "invalid {what} {s:?}: use e.g. 64MiB or 1GiB (at least 1MiB)"
-        ))
-        .into()),
-    }
-}
-
-/// Fail-over settings of a run.
-struct Extents {
-    bytes: u64,
-    timeout: Duration,
-    unreachable_for: Duration,
-}
-
-fn mode(mode: Mode, quorum: usize, stall_timeout: Duration, extents: Extents) -> RunMode {
-    match mode {
-        Mode::Mirror => RunMode::Mirror {
-            quorum,
-            stall_timeout,
+    Ok(JobSpec {
+        job: job.0,
+        job_name: job.1,
+        object,
+        sources,
+        redundancy,
+        mode: match mode {
+            Mode::Mirror => RunMode::Mirror {
+                quorum: s.quorum,
+                stall_timeout: s.stall_timeout.std(),
+            },
+            Mode::Failover => RunMode::Failover {
+                extent_bytes: s.extent_size.bytes(),
+                extent_timeout: s.extent_timeout.std(),
+                unreachable_for: s.unreachable_timeout.std(),
+            },
         },
-        Mode::Failover => RunMode::Failover {
-            extent_bytes: extents.bytes,
-            extent_timeout: extents.timeout,
-            unreachable_for: extents.unreachable_for,
-        },
-    }
-}
-
-fn hook(cmd: Option<&str>, timeout: Duration) -> Option<Hook> {
-    cmd.map(|c| Hook {
-        command: c.to_string(),
-        timeout,
+        targets: (!s.targets.is_empty()).then(|| s.targets.clone()),
+        lease,
+        renew_every,
+        check_within,
+        pre: hook(s.pre.clone()),
+        post: hook(s.post.clone()),
+        backup,
+        route,
     })
 }
 
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
-    let c = &def.config;
-    let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
-    let hook_timeout = duration("hook_timeout", &s("hook_timeout").unwrap_or("10m".into()))?;
-    let targets: Vec<String> = c
-        .get("targets")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let job = JobSpec {
-        job: def.id,
-        job_name: Some(def.name.clone()),
-        object: def.object.clone(),
-        sources: vec![PathBuf::from(&def.object)],
-        redundancy: def.redundancy as usize,
-        mode: mode(
-            def.mode,
-            c.get("quorum").and_then(Value::as_u64).unwrap_or(1) as usize,
-            duration("stall_timeout", &s("stall_timeout").unwrap_or("2m".into()))?,
-            Extents {
-                bytes: c
-                    .get("extent_size")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(64 << 20),
-                timeout: duration(
-                    "extent_timeout",
-                    &s("extent_timeout").unwrap_or("2m".into()),
-                )?,
-                unreachable_for: duration(
-                    "unreachable_timeout",
-                    &s("unreachable_timeout").unwrap_or("1s".into()),
-                )?,
-            },
-        ),
-        targets: (!targets.is_empty()).then_some(targets),
-        lease: timings()?.0,
-        renew_every: timings()?.1,
-        check_within: timings()?.2,
-        pre: hook(s("pre").as_deref(), hook_timeout),
-        post: hook(s("post").as_deref(), hook_timeout),
-        backup: crate::commands::backup::from_config(app),
-        route: app.route(),
-    };
+    let job = spec(
+        (def.id, Some(def.name.clone())),
+        def.object.clone(),
+        vec![PathBuf::from(&def.object)],
+        def.redundancy as usize,
+        def.mode,
+        def.settings.clone(),
+        crate::commands::backup::from_config(app),
+        app.route(),
+    )?;
     execute(app, cat, &def.name, job)
 }
 
@@ -186,38 +145,74 @@ pub fn run_adhoc(
     opts: BackupOptions,
 ) -> Result<i32> {
     let cat = app.catalog()?;
-    let hook_timeout = duration("--hook-timeout", &r.hook_timeout)?;
+    let settings = checked(app, r, redundancy)?;
     let mut object = Vec::new();
     for p in paths {
         object.push(kura_repo::backup::absolute_path(p)?.display().to_string());
     }
-    let object = object.join(" ");
-    let job = JobSpec {
-        job: 0,
-        job_name: None,
-        object,
-        sources: paths.to_vec(),
+    let job = spec(
+        (0, None),
+        object.join(" "),
+        paths.to_vec(),
         redundancy,
-        mode: mode(
-            Mode::parse(&r.mode)?,
-            app.global.quorum,
-            duration("--stall-timeout", &app.global.stall_timeout)?,
-            Extents {
-                bytes: size("--extent-size", &r.extent_size)?,
-                timeout: duration("--extent-timeout", &r.extent_timeout)?,
-                unreachable_for: duration("--unreachable-timeout", &r.unreachable_timeout)?,
-            },
-        ),
-        targets: (!r.targets.is_empty()).then(|| r.targets.clone()),
-        lease: timings()?.0,
-        renew_every: timings()?.1,
-        check_within: timings()?.2,
-        pre: hook(r.pre.as_deref(), hook_timeout),
-        post: hook(r.post.as_deref(), hook_timeout),
-        backup: opts,
-        route: app.route(),
-    };
+        Mode::parse(&r.mode)?,
+        settings,
+        opts,
+        app.route(),
+    )?;
     execute(app, &cat, "backup", job)
+}
+
+/// The run's report as `--json` prints it (and an API will return it).
+fn job_run_report(report: &kura_manager::JobReport, failover: bool) -> JobRunReport {
+    JobRunReport {
+        message_type: JobRunReport::MESSAGE_TYPE.into(),
+        process: report.process,
+        backup: report.backup,
+        snapshot_id: report.outcome.id.to_hex(),
+        summary: backup_summary(&report.outcome.snapshot.summary),
+        warnings: report.outcome.warnings.clone(),
+        post_hook_error: report.post_error.clone(),
+        skipped: report
+            .skipped
+            .iter()
+            .map(|(target, reason)| SkippedTarget {
+                target: target.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        mode: if failover {
+            RunModeName::Failover
+        } else {
+            RunModeName::Mirror
+        },
+        failovers: report.failovers,
+        copies: report
+            .copies
+            .iter()
+            .map(|c| CopyReport {
+                stream: c.stream,
+                target: c.target.clone(),
+                location: c.location.clone(),
+                complete: !failover && c.dropped.is_none(),
+                dropped: c.dropped.clone(),
+                bytes: c.bytes,
+            })
+            .collect(),
+        extents: report
+            .extents
+            .iter()
+            .map(|e| SectionReport {
+                seq: e.seq,
+                stream: e.stream,
+                target: e.target.clone(),
+                position: e.position.clone(),
+                source_offset: e.source_offset,
+                source_length: e.source_length,
+                size: e.size,
+            })
+            .collect(),
+    }
 }
 
 fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
@@ -241,38 +236,7 @@ fn execute(app: &App, cat: &Catalog, name: &str, job: JobSpec) -> Result<i32> {
         .filter(|c| c.dropped.is_some())
         .collect();
     if app.global.json {
-        println!(
-            "{}",
-            json!({
-                "message_type": "summary",
-                "process": report.process,
-                "backup": report.backup,
-                "snapshot_id": report.outcome.id.to_hex(),
-                "summary": summary_json(s),
-                "warnings": report.outcome.warnings,
-                "post_hook_error": report.post_error,
-                "skipped": report.skipped.iter().map(|(t, w)| json!({"target": t, "reason": w})).collect::<Vec<_>>(),
-                "mode": if failover { "failover" } else { "mirror" },
-                "failovers": report.failovers,
-                "copies": report.copies.iter().map(|c| json!({
-                    "stream": c.stream,
-                    "target": c.target,
-                    "location": c.location,
-                    "complete": !failover && c.dropped.is_none(),
-                    "dropped": c.dropped,
-                    "bytes": c.bytes,
-                })).collect::<Vec<_>>(),
-                "extents": report.extents.iter().map(|e| json!({
-                    "seq": e.seq,
-                    "stream": e.stream,
-                    "target": e.target,
-                    "position": e.position,
-                    "source_offset": e.source_offset,
-                    "source_length": e.source_length,
-                    "size": e.size,
-                })).collect::<Vec<_>>(),
-            })
-        );
+        println!("{}", json!(job_run_report(&report, failover)));
     } else if !app.global.quiet {
         println!(
             "{name}: process {}, backup {}, snapshot {} of {}",

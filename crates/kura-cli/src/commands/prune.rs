@@ -1,7 +1,7 @@
 use anyhow::{Context, Result};
 use kura_repo::Repository;
 use kura_repo::lock::{Exclusive, RepoLock};
-use kura_repo::prune::{DEFAULT_KEEP_CONDEMNED, PruneOptions, PruneReport, parse_grace, prune};
+use kura_repo::prune::{DEFAULT_KEEP_CONDEMNED, PruneOptions, PruneReport, prune};
 
 use crate::cli::PruneArgs;
 use crate::exit::UsageError;
@@ -49,12 +49,10 @@ pub fn prune_locked(
     Ok(report)
 }
 
-/// `--keep-condemned` of `prune` and `forget --prune`.
-pub fn keep_condemned(arg: Option<&str>) -> Result<std::time::Duration> {
-    Ok(match arg {
-        Some(d) => parse_grace(d).map_err(|e| UsageError(e.to_string()))?,
-        None => DEFAULT_KEEP_CONDEMNED,
-    })
+/// `--keep-condemned` of `prune` and `forget --prune` (0 allowed: delete as soon as no lock
+/// holds a pack).
+pub fn keep_condemned(arg: Option<kura_types::Duration>) -> std::time::Duration {
+    arg.map_or(DEFAULT_KEEP_CONDEMNED, kura_types::Duration::std)
 }
 
 pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
@@ -67,7 +65,7 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
     let opts = PruneOptions {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
-        keep_condemned: keep_condemned(a.keep_condemned.as_deref())?,
+        keep_condemned: keep_condemned(a.keep_condemned),
         ..Default::default()
     };
     // Snapshots removed without the catalog hearing of it (a forget elsewhere) stop being

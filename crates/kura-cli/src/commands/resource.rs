@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use kura_catalog::{Catalog, Kind, Resource, State};
 use kura_repo::backend::{ProbeReport, probe};
+use kura_types::{ResourceConfig, TargetConfig};
 use serde_json::{Value, json};
 
 use crate::App;
@@ -118,10 +119,10 @@ fn add(app: &App, cat: &Catalog, a: ResourceAddArgs) -> Result<i32> {
                     a.name
                 ))
             })?;
-            let mut config = json!({ "url": url });
-            if a.sequential {
-                config["sequential"] = json!(true);
-            }
+            let config = ResourceConfig::Target(TargetConfig {
+                sequential: a.sequential,
+                ..TargetConfig::new(url)
+            });
             let id = cat.add_resource(kind, &a.name, config, a.slots.unwrap_or(1))?;
             let mut msg = format!("added target {} (number {id})", a.name);
             if !a.sequential {
@@ -151,7 +152,7 @@ fn add(app: &App, cat: &Catalog, a: ResourceAddArgs) -> Result<i32> {
         }
         _ => {
             let slots = a.slots.unwrap_or(1);
-            let id = cat.add_resource(kind, &a.name, Value::Null, slots)?;
+            let id = cat.add_resource(kind, &a.name, ResourceConfig::None, slots)?;
             app.say(format!(
                 "added {} {} (number {id}, {slots} slot(s))",
                 kind.as_str(),
@@ -207,9 +208,10 @@ fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> 
                 .iter()
                 .map(|t| {
                     s.spawn(move || {
-                        let url = t.config.get("url").and_then(Value::as_str).unwrap_or("");
-                        let r = app
-                            .backend_for(url)
+                        let r = t
+                            .target_url()
+                            .map_err(anyhow::Error::from)
+                            .and_then(|url| app.backend_for(url))
                             .map(|b| probe(b.as_ref(), a.size))
                             .map_err(|e| format!("{e:#}"));
                         (*t, r)

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use kura_volume::control::{self, Client, Request};
-use kura_volume::{
-    Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area, parse_size,
-};
+use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
 use serde_json::json;
 
 use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
@@ -106,8 +104,7 @@ fn show(app: &App, v: &VolumeInfo) {
 pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
     match c {
         VolumeCommand::Create(a) => {
-            let size = parse_size(&a.size)?;
-            let v = store(app, &a.dir)?.create_with(&a.name, size, a.work)?;
+            let v = store(app, &a.dir)?.create_with(&a.name, a.size.bytes(), a.work)?;
             show(app, &v);
         }
         VolumeCommand::List(d) => {
@@ -144,8 +141,7 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
         }
         VolumeCommand::Info(a) => show(app, &store(app, &a.dir)?.info(&a.name)?),
         VolumeCommand::Resize(a) => {
-            let size = parse_size(&a.size)?;
-            let v = store(app, &a.dir)?.resize(&a.name, size, a.allow_shrink)?;
+            let v = store(app, &a.dir)?.resize(&a.name, a.size.bytes(), a.allow_shrink)?;
             show(app, &v);
         }
         VolumeCommand::Delete(a) => {
@@ -372,12 +368,7 @@ fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
                 &bar,
                 &app.cancel,
             )
-            .with_context(|| {
-                format!(
-                    "back up area {}:{} of volume {} to {loc}",
-                    area.0, area.1, a.name
-                )
-            }),
+            .with_context(|| format!("back up area {area} of volume {} to {loc}", a.name)),
             None => kura_volume::backup_volume(
                 &st,
                 &a.name,
@@ -458,7 +449,7 @@ fn timeout_ms(app: &App) -> Result<Option<u64>> {
 fn background(
     app: &App,
     a: &crate::cli::VolumeBackupArgs,
-    area: Option<(u64, u64)>,
+    area: Option<kura_types::Extent>,
     mut c: Client,
 ) -> Result<i32> {
     let repository = repository_url(app)?;

@@ -91,8 +91,9 @@ pub fn resource_detail(
             ),
         );
     }
-    if !r.config.is_null() && r.config != json!({}) {
-        kv("config", r.config.to_string());
+    let config = r.config.to_json();
+    if config != "null" && config != "{}" {
+        kv("config", config);
     }
     for (p, s, until) in &r.allocations {
         kv(
@@ -155,7 +156,7 @@ pub fn job_json(j: &JobDef) -> Value {
         "schedule": j.schedule,
         "redundancy": j.redundancy,
         "mode": j.mode.as_str(),
-        "config": j.config,
+        "config": j.settings,
     })
 }
 
@@ -237,13 +238,19 @@ pub fn job_detail(j: &JobDef, runs: &[Run], time: &impl Fn(i64) -> String) -> St
 mod tests {
     use super::*;
     use kura_catalog::{Kind, Mode, StreamRow};
+    use kura_types::{JobSettings, MediumConfig, ResourceConfig, TargetConfig};
 
     fn res(id: i64, kind: Kind, name: &str, allocs: Vec<(i64, i64, i64)>) -> Resource {
+        let config = match kind {
+            Kind::Target => ResourceConfig::Target(TargetConfig::new(format!("/srv/{name}"))),
+            Kind::Medium => ResourceConfig::Medium(MediumConfig { implicit: true }),
+            _ => ResourceConfig::None,
+        };
         Resource {
             id,
             kind,
             name: name.into(),
-            config: json!({}),
+            config,
             parent: None,
             slots: if kind == Kind::Worker { 64 } else { 1 },
             enabled: true,
@@ -260,7 +267,8 @@ mod tests {
         down.healthy = false;
         down.errors = 3;
         down.last_error = Some("probe: unreachable: connection refused".into());
-        down.config = json!({"url": "s3://b/p?endpoint=http://10.0.0.9:8333"});
+        down.config =
+            ResourceConfig::Target(TargetConfig::new("s3://b/p?endpoint=http://10.0.0.9:8333"));
         vec![
             res(1, Kind::Worker, "local-worker", vec![(7, 0, 0), (7, 1, 0)]),
             res(2, Kind::Target, "t0", vec![(7, 0, 0)]),
@@ -307,7 +315,11 @@ mod tests {
             schedule: Some("daily 02:00".into()),
             redundancy: 2,
             mode: Mode::Mirror,
-            config: json!({}),
+            settings: JobSettings {
+                quorum: 2,
+                pre: Some("pg_dump -f /srv/db/dump.sql".into()),
+                ..JobSettings::default()
+            },
         }
     }
 

@@ -133,24 +133,29 @@ pub fn snapshot_json(s: &SnapshotEntry) -> Value {
     v
 }
 
+/// A snapshot's summary as reports carry it.
+pub fn backup_summary(s: &kura_repo::snapshot::Summary) -> kura_types::BackupSummary {
+    kura_types::BackupSummary {
+        backup_start: s.backup_start.to_rfc3339(),
+        backup_end: s.backup_end.to_rfc3339(),
+        files_new: s.files_new,
+        files_changed: s.files_changed,
+        files_unmodified: s.files_unmodified,
+        dirs: s.dirs,
+        other_entries: s.other_entries,
+        total_bytes: s.total_bytes,
+        bytes_read: s.bytes_read,
+        data_blobs_new: s.data_blobs_new,
+        tree_blobs_new: s.tree_blobs_new,
+        bytes_added_raw: s.bytes_added_raw,
+        bytes_added: s.bytes_added,
+        warnings: s.warnings,
+        files_changed_while_read: s.files_changed_while_read,
+    }
+}
+
 pub fn summary_json(s: &kura_repo::snapshot::Summary) -> Value {
-    json!({
-        "backup_start": s.backup_start.to_rfc3339(),
-        "backup_end": s.backup_end.to_rfc3339(),
-        "files_new": s.files_new,
-        "files_changed": s.files_changed,
-        "files_unmodified": s.files_unmodified,
-        "dirs": s.dirs,
-        "other_entries": s.other_entries,
-        "total_bytes": s.total_bytes,
-        "bytes_read": s.bytes_read,
-        "data_blobs_new": s.data_blobs_new,
-        "tree_blobs_new": s.tree_blobs_new,
-        "bytes_added_raw": s.bytes_added_raw,
-        "bytes_added": s.bytes_added,
-        "warnings": s.warnings,
-        "files_changed_while_read": s.files_changed_while_read,
-    })
+    json!(backup_summary(s))
 }
 
 /// `drwxr-xr-x`-style mode string.

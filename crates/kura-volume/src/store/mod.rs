@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use kura_types::{ByteSize, Extent};
 use serde::{Deserialize, Serialize};
 
 use crate::chains::{self, Identity, Tracking};
@@ -62,50 +63,21 @@ pub struct VolumeInfo {
     pub dirty: Tracking,
 }
 
-/// `10G`, `512M`, `4096`, `1TiB`: binary units; a multiple of 512, at least 512.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => {
-            return Err(Error::Invalid(format!(
-                "size {s:?}: unknown unit (use K, M, G, T)"
-            )));
-        }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::Invalid(format!("size {s:?} is not a number")))?;
-    let size = n
-        .checked_mul(1 << shift)
-        .filter(|v| *v <= MAX_SIZE)
-        .ok_or_else(|| Error::Invalid(format!("size {s:?} is too large")))?;
-    check_size(size)?;
-    Ok(size)
-}
-
-/// Parse `OFFSET:LEN` (sizes with units).
-pub fn parse_area(s: &str) -> Result<(u64, u64)> {
+/// Parse `OFFSET:LEN`, each a size (`0:64M`, `32MiB:8MiB`; see [`ByteSize`]).
+pub fn parse_area(s: &str) -> Result<Extent> {
     let (o, l) = s
         .split_once(':')
         .ok_or_else(|| Error::Invalid(format!("area {s:?}: use OFFSET:LENGTH, e.g. 0:64M")))?;
     let num = |v: &str| -> Result<u64> {
-        if v.trim() == "0" {
-            return Ok(0);
-        }
-        parse_size(v)
+        ByteSize::parse(v)
+            .map(ByteSize::bytes)
+            .map_err(|e| Error::Invalid(format!("area {s:?}: {e}")))
     };
     let (o, l) = (num(o)?, num(l)?);
     if l == 0 {
         return Err(Error::Invalid(format!("area {s:?} is empty")));
     }
-    Ok((o, l))
+    Ok(Extent::new(o, l))
 }
 
 fn check_size(size: u64) -> Result<()> {
@@ -688,12 +660,20 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512").unwrap(), 512);
-        assert_eq!(parse_size("4KiB").unwrap(), 4096);
-        for bad in ["", "0", "1000", "12parsecs", "99999999999T"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
+    fn areas_parse_sizes() {
+        assert_eq!(parse_area("0:64M").unwrap(), Extent::new(0, 64 << 20));
+        assert_eq!(
+            parse_area("32MiB:8MiB").unwrap(),
+            Extent::new(32 << 20, 8 << 20)
+        );
+        for (bad, why) in [
+            ("64M", "use OFFSET:LENGTH"),
+            ("0:0", "empty"),
+            ("x:4M", "invalid size \"x\""),
+            ("0:12parsecs", "unknown unit"),
+        ] {
+            let e = parse_area(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
@@ -727,7 +707,6 @@ mod tests {
             }
             std::fs::write(d.path().join("v.records"), &junk).unwrap();
             let _ = s.records("v");
-            let _ = parse_size(&text);
             let _ = parse_area(&text);
         }
     }

@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use kura_nbd::{Export, FileExport};
+use kura_types::Extent;
 
 use crate::dirty::{DirtyMap, GRANULE};
 use crate::error::{Error, Result};
@@ -181,7 +182,7 @@ impl VolumeStore {
 
     /// Split the pair of `primary`: freeze the secondary wholly, or `areas` of it beside
     /// those already split (each area frozen from now, with its own split time).
-    pub fn pair_split(&self, primary: &str, areas: Vec<(u64, u64)>) -> Result<PairInfo> {
+    pub fn pair_split(&self, primary: &str, areas: Vec<Extent>) -> Result<PairInfo> {
         let export = self.open_export(primary)?;
         let pair = export.pair().ok_or_else(|| not_paired(primary))?;
         let g = export.exclusive()?;
@@ -196,19 +197,19 @@ impl VolumeStore {
         &self,
         export: &VolumeExport,
         pair: &Pair,
-        areas: Vec<(u64, u64)>,
+        areas: Vec<Extent>,
         _held: &std::sync::RwLockWriteGuard<'_, bool>,
     ) -> Result<()> {
         let c = pair.config();
         check_new_areas(&c, &areas, export.size())?;
-        let whole = [(0, export.size())];
+        let whole = [Extent::new(0, export.size())];
         let parts = if areas.is_empty() { &whole[..] } else { &areas };
-        if let Some(&(o, l)) = parts
+        if let Some(e) = parts
             .iter()
-            .find(|&&(o, l)| pair.claimed(o, l, Use::Resync))
+            .find(|e| pair.claimed(e.offset, e.length, Use::Resync))
         {
             return Err(Error::InUse(format!(
-                "{}: a resync is copying bytes {o}:{l} of its secondary; split when it ends",
+                "{}: a resync is copying bytes {e} of its secondary; split when it ends",
                 c.primary
             )));
         }
@@ -231,7 +232,7 @@ impl VolumeStore {
     pub fn pair_resync(
         &self,
         primary: &str,
-        areas: &[(u64, u64)],
+        areas: &[Extent],
     ) -> Result<(PairInfo, ResyncOutcome)> {
         let export = self.open_export(primary)?;
         let out = self.resync_areas(&export, areas)?;
@@ -244,7 +245,7 @@ impl VolumeStore {
     }
 
     /// The split areas `want` names exactly (none: all of them, and the whole volume).
-    fn chosen(c: &PairConfig, want: &[(u64, u64)]) -> Result<Option<Vec<SplitArea>>> {
+    fn chosen(c: &PairConfig, want: &[Extent]) -> Result<Option<Vec<SplitArea>>> {
         if want.is_empty() {
             return Ok(None);
         }
@@ -255,20 +256,16 @@ impl VolumeStore {
             )));
         }
         let mut out: Vec<SplitArea> = Vec::new();
-        for &(o, l) in want {
-            let a = c
-                .areas
-                .iter()
-                .find(|a| a.offset == o && a.length == l)
-                .ok_or_else(|| {
-                    Error::Invalid(match c.areas.is_empty() {
-                        true => format!("{o}:{l}: no area of the pair of {p} is split"),
-                        false => format!(
-                            "{o}:{l} is not a split area of the pair of {p} (split: {})",
-                            list(&c.areas)
-                        ),
-                    })
-                })?;
+        for e in want {
+            let a = c.areas.iter().find(|a| a.extent() == *e).ok_or_else(|| {
+                Error::Invalid(match c.areas.is_empty() {
+                    true => format!("{e}: no area of the pair of {p} is split"),
+                    false => format!(
+                        "{e} is not a split area of the pair of {p} (split: {})",
+                        list(&c.areas)
+                    ),
+                })
+            })?;
             if !out.contains(a) {
                 out.push(a.clone());
             }
@@ -281,7 +278,7 @@ impl VolumeStore {
     pub(crate) fn resync_areas(
         &self,
         export: &VolumeExport,
-        want: &[(u64, u64)],
+        want: &[Extent],
     ) -> Result<ResyncOutcome> {
         let pair = export.pair().ok_or_else(|| not_paired(export.name()))?;
         let chosen = Self::chosen(&pair.config(), want)?;
