@@ -69,7 +69,11 @@ pub fn settings(app: &App, r: &RunArgs) -> JobSettings {
 fn checked(app: &App, r: &RunArgs, redundancy: usize) -> Result<JobSettings> {
     let s = settings(app, r);
     s.check("backup", redundancy).map_err(|e| {
-        let flag = e.field.as_deref().unwrap_or("settings").replace('_', "-");
+        let flag = match e.field.as_deref() {
+            Some("targets") => "target".to_string(),
+            Some(f) => f.replace('_', "-"),
+            None => "settings".into(),
+        };
         UsageError(format!("--{flag}: {}", e.why))
     })?;
     Ok(s)
