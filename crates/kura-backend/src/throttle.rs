@@ -63,7 +63,9 @@ pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
         let kib: u64 = size.parse().map_err(|_| bad())?;
         kib.checked_mul(1024).ok_or_else(bad)?
     } else {
-        kura_types::ByteSize::parse(size).map_err(|_| bad())?.bytes()
+        kura_types::ByteSize::parse(size)
+            .map_err(|_| bad())?
+            .bytes()
     };
     if bytes == 0 {
         return Ok(None);

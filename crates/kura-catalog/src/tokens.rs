@@ -367,7 +367,7 @@ mod tests {
                 Some("daily"),
                 1,
                 crate::Mode::Mirror,
-                serde_json::json!({}),
+                &kura_types::JobSettings::default(),
             )
             .unwrap();
         assert!(c.claim_run(job, 1000, "a", 60_000).unwrap());

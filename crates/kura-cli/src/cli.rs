@@ -112,6 +112,11 @@ pub enum Command {
     /// Mirror pairs of volumes: duplex writes, split (freeze the secondary), resync
     #[command(subcommand)]
     Pair(PairCommand),
+    /// Run the daemon: scheduled jobs, tasks, the REST API (/api/v1) and /metrics
+    Serve(crate::cli_daemon::ServeArgs),
+    /// API tokens of the daemon
+    #[command(subcommand)]
+    Token(crate::cli_daemon::TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]

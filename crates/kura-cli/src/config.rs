@@ -51,6 +51,26 @@ pub struct ConfigFile {
     /// Traffic control rules, in order.
     #[serde(default)]
     pub traffic: Vec<crate::traffic::TrafficRule>,
+    #[serde(default)]
+    pub daemon: DaemonSection,
+}
+
+/// `kura serve` settings (its flags win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Address of the API, e.g. "127.0.0.1:8787".
+    pub listen: Option<String>,
+    /// Where tasks and their logs live.
+    pub state_dir: Option<PathBuf>,
+    /// The daemon's name in claims and logs.
+    pub name: Option<String>,
+    /// Time zone of schedules that name none (IANA name).
+    pub timezone: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_self_signed: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

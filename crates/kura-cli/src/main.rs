@@ -3,6 +3,7 @@
 //! and README.md).
 
 mod cli;
+mod cli_daemon;
 mod commands;
 mod config;
 mod exit;
@@ -376,6 +377,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Backups(a) => commands::backups::run(&app, a),
         Command::Catalog(c) => commands::backups::catalog(&app, c),
         Command::Heal(a) => commands::heal::run(&app, a),
+        Command::Serve(a) => commands::serve::run(&app, a),
+        Command::Token(t) => commands::token::run(&app, t),
     }
 }
 

@@ -42,9 +42,12 @@ pub struct Caller {
     pub token: String,
 }
 
+/// A token as checked: its id, name and expiry (`None`: no such token).
+type Found = Option<(i64, String, Option<i64>)>;
+
 /// Checks tokens against the catalog, with a short cache.
 pub struct Tokens {
-    cache: Mutex<HashMap<String, (Option<(i64, String, Option<i64>)>, Instant)>>,
+    cache: Mutex<HashMap<String, (Found, Instant)>>,
 }
 
 impl Default for Tokens {
@@ -118,7 +121,10 @@ mod tests {
         c.add_token("old", &hash(&b), Some(1)).unwrap();
         let t = Tokens::default();
         assert_eq!(t.check(&c, &a).unwrap().token, "ops");
-        assert!(matches!(t.check(&c, &b), Err(Error::Unauthorized)), "expired");
+        assert!(
+            matches!(t.check(&c, &b), Err(Error::Unauthorized)),
+            "expired"
+        );
         assert!(matches!(t.check(&c, "kura_nope"), Err(Error::Unauthorized)));
         assert!(matches!(t.check(&c, "Bearer x"), Err(Error::Unauthorized)));
         // Nothing in the catalog is the secret.

@@ -99,6 +99,9 @@ pub trait JobRunner: Send + Sync {
     fn run(&self, job: &JobDef, task: &Task) -> std::result::Result<(), String>;
 }
 
+/// Called with a run's outcome when it ends.
+pub(crate) type Then = Box<dyn FnOnce(&std::result::Result<(), String>) + Send>;
+
 /// Settings of a daemon (`[daemon]` in the config file, `kura serve` flags).
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -150,7 +153,7 @@ impl Daemon {
         self: &Arc<Self>,
         job: JobDef,
         started_by: &str,
-        then: Option<Box<dyn FnOnce(&std::result::Result<(), String>) + Send>>,
+        then: Option<Then>,
     ) -> Result<TaskInfo> {
         let running = self.tasks.running().into_iter().any(|t| {
             let i = t.info();
@@ -172,7 +175,8 @@ impl Daemon {
                 let started = std::time::Instant::now();
                 let result = d.runner.run(&job, &task);
                 task.finish(result.clone());
-                d.metrics.job_ended(&job.name, &task.info(), started.elapsed());
+                d.metrics
+                    .job_ended(&job.name, &task.info(), started.elapsed());
                 if let Some(then) = then {
                     then(&result);
                 }

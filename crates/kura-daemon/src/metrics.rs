@@ -70,7 +70,11 @@ impl Default for Metrics {
             m.last_bytes.clone(),
         );
         r.register("job_runs", "Job runs by result", m.runs.clone());
-        r.register("tasks", "Tasks kept by this daemon, by state", m.tasks.clone());
+        r.register(
+            "tasks",
+            "Tasks kept by this daemon, by state",
+            m.tasks.clone(),
+        );
         r.register(
             "catalog_up",
             "Whether the catalog answered at the last scrape (1) or not (0)",
@@ -146,11 +150,23 @@ mod tests {
         };
         m.job_ended("nightly", &t, Duration::from_millis(1500));
         let text = m.render(&Default::default(), true);
-        assert!(text.contains("kura_job_last_duration_seconds{job=\"nightly\"} 1.5"), "{text}");
-        assert!(text.contains("kura_job_last_bytes{job=\"nightly\"} 4096"), "{text}");
-        assert!(text.contains("kura_job_runs_total{job=\"nightly\",result=\"succeeded\"} 1"), "{text}");
+        assert!(
+            text.contains("kura_job_last_duration_seconds{job=\"nightly\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kura_job_last_bytes{job=\"nightly\"} 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kura_job_runs_total{job=\"nightly\",result=\"succeeded\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("kura_tasks{state=\"running\"} 0"), "{text}");
         assert!(text.contains("kura_catalog_up 1"), "{text}");
-        assert!(text.contains("kura_job_last_success_timestamp_seconds{job=\"nightly\"}"), "{text}");
+        assert!(
+            text.contains("kura_job_last_success_timestamp_seconds{job=\"nightly\"}"),
+            "{text}"
+        );
     }
 }

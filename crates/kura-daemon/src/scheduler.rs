@@ -95,7 +95,9 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 fn at(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 struct JobState {
@@ -149,20 +151,17 @@ fn tick(
                 continue;
             }
         };
-        if !jobs.contains_key(&job.id) {
+        if let std::collections::hash_map::Entry::Vacant(v) = jobs.entry(job.id) {
             let newest = cat
                 .claims(Some(job.id), 1)
                 .map_err(crate::Error::catalog)?
                 .first()
                 .map(|c| at(c.due));
-            jobs.insert(
-                job.id,
-                JobState {
-                    last: newest.unwrap_or(started),
-                    queued: None,
-                    bad: None,
-                },
-            );
+            v.insert(JobState {
+                last: newest.unwrap_or(started),
+                queued: None,
+                bad: None,
+            });
         }
         let policy = (o.policy)(&job);
         let Some(st) = jobs.get_mut(&job.id) else {

@@ -88,15 +88,10 @@ fn hostname() -> String {
 
 /// The SHA-256 fingerprint of the first certificate in a PEM file.
 fn fingerprint(cert_pem: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(cert_pem).map_err(io(format!(
-        "read the certificate {}",
-        cert_pem.display()
-    )))?;
+    let text = std::fs::read_to_string(cert_pem)
+        .map_err(io(format!("read the certificate {}", cert_pem.display())))?;
     let der = pem_first_der(&text).ok_or_else(|| {
-        Error::Invalid(format!(
-            "{}: no PEM certificate in it",
-            cert_pem.display()
-        ))
+        Error::Invalid(format!("{}: no PEM certificate in it", cert_pem.display()))
     })?;
     let d = sha2::Sha256::digest(&der);
     Ok(d.iter()
@@ -145,7 +140,9 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(io(format!("listen on {listen}")))?;
-    let addr = listener.local_addr().map_err(io("read the bound address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("read the bound address"))?;
     let app = crate::api::router(Arc::clone(&daemon));
     let handle = axum_server::Handle::new();
     {

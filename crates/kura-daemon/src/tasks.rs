@@ -391,12 +391,13 @@ impl Tasks {
     /// A task's log lines from line `from` (0-based).
     pub fn log(&self, id: &str, from: usize) -> Result<Vec<String>> {
         self.get(id)?;
-        let text = std::fs::read_to_string(self.dir.join(format!("{id}.log"))).map_err(
-            |source| Error::Io {
-                what: format!("read the log of task {id}"),
-                source,
-            },
-        )?;
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{id}.log"))).map_err(|source| {
+                Error::Io {
+                    what: format!("read the log of task {id}"),
+                    source,
+                }
+            })?;
         Ok(text.lines().skip(from).map(str::to_string).collect())
     }
 
@@ -443,11 +444,7 @@ impl Ord for TaskState {
 
 /// Task ids are file names: only what [`Tasks::start`] makes (no path separators, no dots).
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
@@ -471,10 +468,7 @@ mod tests {
         let tasks = Tasks::open(d.path()).unwrap();
         let a2 = tasks.get(&a.id()).unwrap();
         assert_eq!(a2.state, TaskState::Failed);
-        assert_eq!(
-            a2.error.as_deref(),
-            Some("the daemon stopped while it ran")
-        );
+        assert_eq!(a2.error.as_deref(), Some("the daemon stopped while it ran"));
         assert_eq!(tasks.get(&b.id()).unwrap().state, TaskState::Succeeded);
     }
 

@@ -104,6 +104,9 @@ pub fn check(
     let mut out = Fitness::default();
     let mut backends = Vec::new();
     let mut recorded: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // Leases of dead managers first: their targets are usable again. (A command opening the
+    // catalog reclaims too, but a long-lived daemon opens it once.)
+    catalog.reclaim()?;
     for r in catalog.resources()? {
         if r.kind != Kind::Target || only.is_some_and(|o| !o.contains(&r.name)) {
             continue;

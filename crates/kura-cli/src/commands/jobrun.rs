@@ -88,7 +88,6 @@ fn spec(
     mode: Mode,
     s: JobSettings,
     backup: BackupOptions,
-    route: Option<kura_manager::Route>,
 ) -> Result<JobSpec> {
     let (lease, renew_every, check_within) = timings()?;
     let hook = |cmd: Option<String>| {
@@ -121,23 +120,33 @@ fn spec(
         pre: hook(s.pre.clone()),
         post: hook(s.post.clone()),
         backup,
-        route,
+        route: None,
     })
 }
 
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
-    let job = spec(
+    let job = job_spec(def, crate::commands::backup::from_config(app), app.route())?;
+    execute(app, cat, &def.name, job)
+}
+
+/// A job definition as a run of `kura_manager` (`kura job run`, and the daemon's runs).
+pub fn job_spec(
+    def: &JobDef,
+    backup: BackupOptions,
+    route: Option<kura_manager::Route>,
+) -> Result<JobSpec> {
+    let mut job = spec(
         (def.id, Some(def.name.clone())),
         def.object.clone(),
         vec![PathBuf::from(&def.object)],
         def.redundancy as usize,
         def.mode,
         def.settings.clone(),
-        crate::commands::backup::from_config(app),
-        app.route(),
+        backup,
     )?;
-    execute(app, cat, &def.name, job)
+    job.route = route;
+    Ok(job)
 }
 
 /// `kura backup PATHS --redundancy N`: an ad-hoc run (job number 0).
@@ -154,7 +163,7 @@ pub fn run_adhoc(
     for p in paths {
         object.push(kura_repo::backup::absolute_path(p)?.display().to_string());
     }
-    let job = spec(
+    let mut job = spec(
         (0, None),
         object.join(" "),
         paths.to_vec(),
@@ -162,8 +171,8 @@ pub fn run_adhoc(
         Mode::parse(&r.mode)?,
         settings,
         opts,
-        app.route(),
     )?;
+    job.route = app.route();
     execute(app, &cat, "backup", job)
 }
 

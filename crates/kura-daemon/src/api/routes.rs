@@ -156,16 +156,14 @@ pub async fn follow_task(
     let past = stream::iter(so_far.into_iter().map(line));
     let live = stream::unfold(rx, |rx| async move {
         let mut rx = rx?;
-        loop {
-            match rx.recv().await {
-                Ok(l) => return Some((Ok(Event::default().event("line").data(l)), Some(rx))),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let note = format!("({n} lines skipped: the follower fell behind)");
-                    return Some((Ok(Event::default().event("line").data(note)), Some(rx)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let data = match rx.recv().await {
+            Ok(l) => l,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                format!("({n} lines skipped: the follower fell behind)")
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(Event::default().event("line").data(data)), Some(rx)))
     });
     let end = stream::once(async move {
         let info = blocking(move || d.tasks.get(&id)).await;

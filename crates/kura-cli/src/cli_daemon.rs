@@ -1,0 +1,61 @@
+//! Command-line definitions of the daemon and its tokens (`kura serve`, `kura token`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the API (default 127.0.0.1:8787, or [daemon] listen). Without TLS only a
+    /// loopback address is accepted
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where tasks and their logs live (default $XDG_STATE_HOME/kura, or [daemon] state_dir)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This daemon's name in the catalog's claims and in logs (default HOST-PID)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Time zone of schedules that name none (an IANA name; default UTC, or [daemon]
+    /// timezone)
+    #[arg(long, value_name = "TZ")]
+    pub timezone: Option<String>,
+    /// Serve HTTPS with this certificate (PEM; with --tls-key)
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate kept in the state directory (made once;
+    /// its SHA-256 fingerprint is printed)
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// Serve the API only; run no scheduled job
+    #[arg(long)]
+    pub no_scheduler: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token (for `Authorization: Bearer …`); its secret is printed once and
+    /// only its hash is kept, in the catalog
+    Create(TokenCreateArgs),
+    /// List tokens: name, created, expires, last used
+    List,
+    /// Revoke a token; every daemon refuses it within seconds
+    Revoke(TokenNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The token's name (shown in task logs as who started what)
+    pub name: String,
+    /// Expire after this long (e.g. 30d, 12h); default: never
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenNameArgs {
+    pub name: String,
+}

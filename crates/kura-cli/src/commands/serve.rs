@@ -1,0 +1,228 @@
+//! `kura serve`: the daemon (`kura_daemon`), with this binary's way of running a job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use kura_catalog::{Catalog, JobDef};
+use kura_daemon::scheduler::{self, SchedulerOptions};
+use kura_daemon::server::{self, Tls};
+use kura_daemon::{Daemon, DaemonOptions, JobRunner, Task};
+use kura_manager::{RunMode, run_job};
+use kura_repo::backend::BackendOptions;
+use kura_repo::backup::BackupOptions;
+
+use crate::App;
+use crate::cli_daemon::ServeArgs;
+use crate::exit::{self, UsageError};
+
+/// Where the API listens when neither `--listen` nor `[daemon] listen` says.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// Runs jobs for the daemon the way `kura job run` does, with the daemon's environment
+/// (password, target options, `[backup]` settings), each run reporting to its task.
+struct Runner {
+    catalog: Arc<Catalog>,
+    backend: BackendOptions,
+    backup: BackupOptions,
+    password: Vec<u8>,
+    /// The daemon's traffic limits, shared by all its runs.
+    traffic: Arc<crate::traffic::Traffic>,
+    route: Option<kura_manager::Route>,
+}
+
+impl JobRunner for Runner {
+    fn run(&self, def: &JobDef, task: &Task) -> std::result::Result<(), String> {
+        let job = crate::commands::jobrun::job_spec(def, self.backup.clone(), self.route.clone())
+            .map_err(|e| format!("{e:#}"))?;
+        let unreachable_for = match job.mode {
+            RunMode::Failover {
+                unreachable_for, ..
+            } => Some(unreachable_for),
+            RunMode::Mirror { .. } => None,
+        };
+        let open = |url: &str| {
+            let mut o = self.backend;
+            o.policy.unreachable_for = unreachable_for;
+            let b = kura_repo::backend::open(url, &o)
+                .map_err(|e| kura_manager::Error::Invalid(format!("open target {url}: {e}")))?;
+            Ok(if self.traffic.is_empty() {
+                b
+            } else {
+                self.traffic.wrap(url, b)
+            })
+        };
+        task.log(format!(
+            "job {}: backing up {} onto {} target(s)",
+            def.name, job.object, job.redundancy
+        ));
+        let report = run_job(
+            &self.catalog,
+            &job,
+            &open,
+            &self.password,
+            task,
+            &task.cancel_token(),
+        )
+        .map_err(|e| e.to_string())?;
+        task.log(format!(
+            "process {}, backup {}, snapshot {}",
+            report.process,
+            report.backup,
+            report.outcome.id.to_hex()
+        ));
+        for (t, why) in &report.skipped {
+            task.log(format!("target {t} was passed over: {why}"));
+        }
+        for c in report.copies.iter().filter(|c| c.dropped.is_some()) {
+            task.log(format!(
+                "stream {} on {} was dropped: {}",
+                c.stream,
+                c.target,
+                c.dropped.as_deref().unwrap_or("")
+            ));
+        }
+        match &report.post_error {
+            Some(e) => Err(format!("post hook: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn state_dir(a: &ServeArgs, app: &App) -> Result<PathBuf> {
+    if let Some(d) = a
+        .state_dir
+        .clone()
+        .or_else(|| app.config.daemon.state_dir.clone())
+    {
+        return Ok(d);
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .ok_or_else(|| UsageError("no home directory: give --state-dir".into()))?;
+    Ok(base.join("kura"))
+}
+
+/// A claim timing from the environment (`KURA_CLAIM_LEASE`, `KURA_CLAIM_RENEW`: tests).
+fn env_duration(name: &str, default: std::time::Duration) -> Result<std::time::Duration> {
+    match std::env::var(name) {
+        Ok(v) => kura_types::Duration::parse_positive(&v)
+            .map(kura_types::Duration::std)
+            .map_err(|e| UsageError(format!("{name}: {e}")).into()),
+        Err(_) => Ok(default),
+    }
+}
+
+pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
+    let d = &app.config.daemon;
+    let listen_text = a
+        .listen
+        .clone()
+        .or_else(|| d.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = SocketAddr::from_str(&listen_text).map_err(|e| {
+        UsageError(format!(
+            "invalid --listen {listen_text:?}: {e} (use e.g. 127.0.0.1:8787)"
+        ))
+    })?;
+    let zone_text = a
+        .timezone
+        .clone()
+        .or_else(|| d.timezone.clone())
+        .unwrap_or_else(|| "UTC".into());
+    let zone = kura_schedule::Tz::from_str(&zone_text).map_err(|_| {
+        UsageError(format!(
+            "invalid --timezone {zone_text:?}: use an IANA name such as Europe/Berlin or UTC"
+        ))
+    })?;
+    let state_dir = state_dir(&a, app)?;
+    let tls = match (
+        a.tls_cert.clone().or_else(|| d.tls_cert.clone()),
+        a.tls_key.clone().or_else(|| d.tls_key.clone()),
+        a.tls_self_signed || d.tls_self_signed,
+    ) {
+        (Some(cert), Some(key), _) => Tls::Files { cert, key },
+        (Some(_), None, _) | (None, Some(_), _) => {
+            return Err(UsageError("give both --tls-cert and --tls-key".into()).into());
+        }
+        (None, None, true) => Tls::SelfSigned {
+            dir: state_dir.join("tls"),
+        },
+        (None, None, false) => Tls::None,
+    };
+    let name = a
+        .name
+        .clone()
+        .or_else(|| d.name.clone())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "kura".into());
+            format!("{host}-{}", std::process::id())
+        });
+    let mut sched = SchedulerOptions::new(zone);
+    sched.lease = env_duration("KURA_CLAIM_LEASE", scheduler::LEASE)?;
+    sched.renew = env_duration("KURA_CLAIM_RENEW", scheduler::RENEW)?;
+    if sched.renew >= sched.lease {
+        return Err(
+            UsageError("KURA_CLAIM_RENEW must be shorter than KURA_CLAIM_LEASE".into()).into(),
+        );
+    }
+    let catalog = Arc::new(app.catalog()?);
+    let runner = Runner {
+        catalog: Arc::clone(&catalog),
+        backend: app.backend_options()?,
+        backup: crate::commands::backup::from_config(app),
+        password: crate::password::get(app.password_file().as_deref())?,
+        traffic: {
+            app.resolve_traffic_names();
+            Arc::clone(&app.traffic)
+        },
+        route: app.route(),
+    };
+    let daemon = Daemon::new(
+        catalog,
+        Arc::new(runner),
+        DaemonOptions {
+            state_dir: state_dir.clone(),
+            name: name.clone(),
+            zone,
+        },
+    )
+    .with_context(|| format!("start the daemon in {}", state_dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        // SIGINT/SIGTERM cancel the app's token; the daemon stops on it.
+        let (stop, cancel) = (Arc::clone(&stop), app.cancel.clone());
+        std::thread::spawn(move || {
+            while !cancel.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    if !a.no_scheduler {
+        let (daemon, stop) = (Arc::clone(&daemon), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("kura-scheduler".into())
+            .spawn(move || scheduler::run(daemon, sched, stop))
+            .context("start the scheduler")?;
+    }
+    let quiet = app.global.quiet;
+    server::serve(daemon, listen, tls, stop, |l| {
+        // The URL first, alone on stdout: scripts and tests read it (port 0 picks one).
+        println!("{}", l.url);
+        if !quiet {
+            eprintln!("kura daemon {name} serving {}/api/v1/", l.url);
+            if let Some(f) = &l.fingerprint {
+                eprintln!("TLS certificate SHA-256 fingerprint: {f}");
+            }
+        }
+    })
+    .with_context(|| format!("serve the API on {listen}"))?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,467 @@
+//! The daemon as an operator runs it: `kura serve` with a real catalog (SQLite, and
+//! PostgreSQL for several daemons), real local targets and real backups. Scheduled runs
+//! happen by themselves, each occurrence once however many daemons share the catalog; the
+//! API answers in JSON, refuses bad tokens without a word more, and a daemon killed mid-run
+//! leaves a claim the others record as expired.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[path = "../../kura-catalog/tests/common/mod.rs"]
+mod catalog_common;
+mod common;
+
+use catalog_common::{Db, Fresh, fresh};
+use common::{pseudo_random, write};
+
+struct Setup {
+    f: Fresh,
+    src: PathBuf,
+    target: PathBuf,
+}
+
+impl Setup {
+    fn new(db: Db) -> Setup {
+        let f = fresh(db);
+        let base = f._dir.path().to_path_buf();
+        let s = Setup {
+            src: base.join("src"),
+            target: base.join("t0"),
+            f,
+        };
+        s.ok(&[
+            "-r",
+            s.target.to_str().unwrap(),
+            "init",
+            "--kdf-memory-kib",
+            "64",
+        ]);
+        if matches!(db, Db::Postgres) {
+            s.ok(&["resource", "add", "worker", "w", "--slots", "8"]);
+            s.ok(&["resource", "add", "path", "p", "--slots", "8"]);
+        }
+        s.ok(&[
+            "resource",
+            "add",
+            "target",
+            "t0",
+            s.target.to_str().unwrap(),
+        ]);
+        if matches!(db, Db::Postgres) {
+            s.ok(&["resource", "route", "w", "p", "t0"]);
+        }
+        for i in 0..3u64 {
+            write(&s.src.join(format!("f{i}")), &pseudo_random(256 << 10, i));
+        }
+        s
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
+        c.env("KURA_CATALOG", &self.f.url)
+            .env("KURA_PASSWORD", "pw")
+            .env_remove("KURA_REPOSITORY")
+            .env_remove("KURA_PASSWORD_FILE")
+            .env_remove("KURA_CONFIG")
+            .env("XDG_CONFIG_HOME", self.f._dir.path().join("no-config"))
+            .env("KURA_CLAIM_LEASE", "3s")
+            .env("KURA_CLAIM_RENEW", "1s")
+            .env("KURA_LEASE", "5s")
+            .env("KURA_LEASE_RENEW", "1s");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd().args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "kura {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn token(&self, name: &str) -> String {
+        self.ok(&["-q", "token", "create", name]).trim().to_string()
+    }
+
+    fn serve(&self, name: &str) -> Daemon {
+        self.serve_with(name, &[])
+    }
+
+    fn serve_with(&self, name: &str, extra: &[&str]) -> Daemon {
+        let state = self.f._dir.path().join(format!("state-{name}"));
+        let mut child = self
+            .cmd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--name", name])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
+        Daemon {
+            child,
+            addr: url.trim_start_matches("http://").to_string(),
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// One HTTP/1.1 request; the status and the body.
+    fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    }
+
+    fn json(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.http("GET", path, Some(token));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Poll `f` until it gives `Some`, for up to `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "waited {secs} s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count(v: &Value, key: &str, value: &str) -> usize {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x[key] == value)
+        .count()
+}
+
+#[test]
+fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
+    let s = Setup::new(Db::Sqlite);
+    let src = s.src.to_str().unwrap().to_string();
+    s.ok(&[
+        "job",
+        "add",
+        "often",
+        "--object",
+        &src,
+        "--redundancy",
+        "1",
+        "--schedule",
+        "*:*:0/3",
+    ]);
+    s.ok(&[
+        "job",
+        "add",
+        "manual",
+        "--object",
+        &src,
+        "--redundancy",
+        "1",
+    ]);
+    let token = s.token("ops");
+    let d = s.serve("d1");
+
+    // Two scheduled runs happen with nobody asking, each recorded once.
+    let runs = wait_for(40, "two scheduled runs", || {
+        let t = d.json("/api/v1/tasks?kind=job-run&subject=often", &token);
+        (count(&t, "state", "succeeded") >= 2).then_some(t)
+    });
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["started_by"].as_str().unwrap().starts_with("schedule (")),
+        "{runs}"
+    );
+    let occ = d.json("/api/v1/jobs/often/occurrences", &token);
+    let dues: Vec<&str> = occ
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["due"].as_str().unwrap())
+        .collect();
+    let mut uniq = dues.clone();
+    uniq.dedup();
+    assert_eq!(dues, uniq, "an occurrence recorded twice: {occ}");
+    let backups = serde_json::from_str::<Value>(&s.ok(&["--json", "backups"])).unwrap();
+    assert!(backups.as_array().unwrap().len() >= 2, "{backups}");
+
+    // Jobs show their next run; a job without a schedule has none.
+    let jobs = d.json("/api/v1/jobs", &token);
+    let often = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "often")
+        .unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(often["next_run"].as_str().unwrap()).unwrap();
+    assert!(
+        next > chrono::Utc::now() - chrono::Duration::seconds(1),
+        "{often}"
+    );
+    let manual = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "manual")
+        .unwrap();
+    assert_eq!(manual["next_run"], Value::Null);
+
+    // An on-demand run through the API: 202 with its task, followed to the end.
+    let (status, body) = d.http("POST", "/api/v1/jobs/manual/run", Some(&token));
+    assert_eq!(status, 202, "{body}");
+    let task: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(task["started_by"], "api:ops");
+    let id = task["id"].as_str().unwrap().to_string();
+    let (status, events) = d.http("GET", &format!("/api/v1/tasks/{id}/follow"), Some(&token));
+    assert_eq!(status, 200);
+    assert!(events.contains("event: line"), "{events}");
+    let end = events
+        .split("event: end\ndata: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no end event: {events}"));
+    let end: Value = serde_json::from_str(end.lines().next().unwrap()).unwrap();
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let log = d.json(&format!("/api/v1/tasks/{id}/log"), &token);
+    assert!(log["lines"].as_array().unwrap().len() >= 2, "{log}");
+
+    // Refusals: JSON with a stable code; a bad token is not echoed.
+    let (status, body) = d.http("GET", "/api/v1/jobs", None);
+    assert_eq!(status, 401, "{body}");
+    let bad = "kura_0000000000000000000000000000000000000000000000000000000000000000";
+    let (status, body) = d.http("GET", "/api/v1/jobs", Some(bad));
+    assert_eq!(status, 401);
+    assert!(!body.contains(bad), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (status, body) = d.http("GET", "/api/v1/tasks/nope", Some(&token));
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "not_found"
+    );
+    let (status, body) = d.http("POST", "/api/v1/jobs/nope/run", Some(&token));
+    assert_eq!((status, body.contains("not_found")), (404, true), "{body}");
+    let (status, _) = d.http("GET", "/api/v1/tasks?state=sleeping", Some(&token));
+    assert_eq!(status, 400);
+    // A revoked token stops working (within the daemon's short cache).
+    s.ok(&["token", "revoke", "ops"]);
+    wait_for(10, "the revoked token to be refused", || {
+        (d.http("GET", "/api/v1/jobs", Some(&token)).0 == 401).then_some(())
+    });
+    let token = s.token("ops2");
+
+    // The OpenAPI document and the health check need no token; metrics do.
+    let (status, body) = d.http("GET", "/api/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        doc["paths"]["/api/v1/jobs/{name}/run"]["post"].is_object(),
+        "{doc}"
+    );
+    let (status, body) = d.http("GET", "/api/v1/health", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["catalog"],
+        "ok"
+    );
+    let (status, metrics) = d.http("GET", "/metrics", Some(&token));
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("kura_job_runs_total{job=\"often\",result=\"succeeded\"}"),
+        "{metrics}"
+    );
+
+    // SIGTERM: the daemon stops cleanly.
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let st = d.child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
+
+    // Occurrences that fell due while no daemon ran: the newest runs, the older are
+    // recorded missed with the reason (catch-up `one`).
+    std::thread::sleep(Duration::from_secs(7));
+    let d = s.serve("d1");
+    let occ = wait_for(20, "a missed occurrence recorded", || {
+        let o = d.json("/api/v1/jobs/often/occurrences", &token);
+        (count(&o, "state", "missed") >= 1).then_some(o)
+    });
+    let missed = occ
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["state"] == "missed")
+        .unwrap();
+    assert!(
+        missed["reason"].as_str().unwrap().contains("no daemon ran"),
+        "{missed}"
+    );
+}
+
+#[test]
+fn three_daemons_on_one_catalog_fire_each_occurrence_once_and_outlive_a_kill() {
+    let s = Setup::new(Db::Postgres);
+    let src = s.src.to_str().unwrap().to_string();
+    // Each run takes about 2 s (its pre hook), so a kill lands mid-run.
+    s.ok(&[
+        "job",
+        "add",
+        "often",
+        "--object",
+        &src,
+        "--redundancy",
+        "1",
+        "--schedule",
+        "*:*:0/4",
+        "--pre",
+        "sleep 2",
+    ]);
+    let token = s.token("ops");
+    let ds: Vec<Daemon> = ["a", "b", "c"].iter().map(|n| s.serve(n)).collect();
+    let started = Instant::now();
+    // Wait until some daemon runs an occurrence, then kill -9 that daemon.
+    let victim = wait_for(30, "a run in progress", || {
+        ds.iter().position(|d| {
+            let t = d.json("/api/v1/tasks?kind=job-run&state=running", &token);
+            !t.as_array().unwrap().is_empty()
+        })
+    });
+    ds[victim].signal(libc::SIGKILL);
+    let survivor = (victim + 1) % 3;
+    // Its claim is recorded expired once its lease (3 s here) lapses, and later occurrences
+    // still run on the others.
+    wait_for(40, "an expired claim and a later success", || {
+        let o = ds[survivor].json("/api/v1/jobs/often/occurrences?limit=1000", &token);
+        let v = o.as_array().unwrap();
+        let expired = v.iter().position(|x| x["state"] == "expired")?;
+        // Newest first: a success newer than the expired one.
+        v[..expired]
+            .iter()
+            .any(|x| x["state"] == "succeeded")
+            .then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(90));
+    // Stop the survivors (their runs in progress are cancelled, and so recorded failed),
+    // then look from a daemon that schedules nothing.
+    for (i, d) in ds.iter().enumerate() {
+        if i != victim {
+            d.signal(libc::SIGTERM);
+        }
+    }
+    let mut ds = ds;
+    for d in &mut ds {
+        let _ = d.child.wait();
+    }
+    let q = s.serve_with("q", &["--no-scheduler"]);
+    let occ = q.json("/api/v1/jobs/often/occurrences?limit=1000", &token);
+    let v = occ.as_array().unwrap();
+    let mut dues: Vec<&str> = v.iter().map(|o| o["due"].as_str().unwrap()).collect();
+    let n = dues.len();
+    dues.sort();
+    dues.dedup();
+    assert_eq!(dues.len(), n, "an occurrence claimed twice: {occ}");
+    let expired: Vec<&Value> = v.iter().filter(|x| x["state"] == "expired").collect();
+    assert_eq!(expired.len(), 1, "{occ}");
+    assert_eq!(
+        expired[0]["daemon"],
+        ["a", "b", "c"][victim],
+        "the expired claim is the killed daemon's: {occ}"
+    );
+    assert!(v.iter().all(|x| x["state"] != "started"), "{occ}");
+    // One run in the catalog per occurrence that succeeded: nothing ran twice.
+    let show: Value =
+        serde_json::from_str(&s.ok(&["--json", "job", "show", "often", "--runs", "1000"])).unwrap();
+    let runs_ok = count(&show["runs"], "state", "succeeded");
+    assert_eq!(
+        runs_ok,
+        count(&occ, "state", "succeeded"),
+        "{show} against {occ}"
+    );
+    assert!(runs_ok >= 1);
+    // Nobody leads: whichever daemon claimed first ran it.
+    let ran_on: std::collections::BTreeSet<&str> = v
+        .iter()
+        .filter(|x| x["state"] == "succeeded")
+        .map(|x| x["daemon"].as_str().unwrap())
+        .collect();
+    assert!(!ran_on.contains("q"), "{occ}");
+}
