@@ -378,11 +378,12 @@ mod tests {
         assert_eq!(parse_rate("1024"), Ok(Some(MIB)));
         assert_eq!(parse_rate(" 0 "), Ok(None));
         assert_eq!(parse_rate("unlimited"), Ok(None));
+        // The one size grammar: SI units are powers of 1000.
+        assert_eq!(parse_rate("10MB/s"), Ok(Some(10_000_000)));
         for bad in [
             "",
             "fast",
             "/s",
-            "10MB/s",
             "-1",
             "1.5MiB/s",
             "10MiB/h",

@@ -245,7 +245,7 @@ fn malformed_rates_and_time_frames_are_usage_errors_naming_the_field() {
         "--limit-upload: invalid rate \"fast\"",
     );
     assert_fails(
-        &repo.run(&["--limit-download", "10MB/s", "snapshots"]),
+        &repo.run(&["--limit-download", "10MiB/h", "snapshots"]),
         2,
         "--limit-download: invalid rate",
     );
