@@ -380,12 +380,13 @@ mod tests {
         assert_eq!(parse_rate("unlimited"), Ok(None));
         // The one size grammar: SI units are powers of 1000.
         assert_eq!(parse_rate("10MB/s"), Ok(Some(10_000_000)));
+        assert_eq!(parse_rate("1.5MiB/s"), Ok(Some(1536 << 10)));
         for bad in [
             "",
             "fast",
             "/s",
             "-1",
-            "1.5MiB/s",
+            "0.5B/s",
             "10MiB/h",
             "99999999999999999999",
         ] {
