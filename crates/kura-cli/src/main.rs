@@ -63,6 +63,21 @@ impl App {
         }
     }
 
+    /// The time zone of schedules that name none: `flag` (`kura serve --timezone`), else
+    /// `[daemon] timezone`, else UTC.
+    pub fn schedule_zone(&self, flag: Option<&str>) -> Result<kura_schedule::Tz> {
+        let text = flag
+            .map(str::to_string)
+            .or_else(|| self.config.daemon.timezone.clone())
+            .unwrap_or_else(|| "UTC".into());
+        text.parse().map_err(|_| {
+            UsageError(format!(
+                "invalid time zone {text:?}: use an IANA name such as Europe/Berlin or UTC"
+            ))
+            .into()
+        })
+    }
+
     /// Deadline and fault behaviour of storage operations (`--timeout`, `[repository] timeout`).
     pub fn backend_options(&self) -> Result<BackendOptions> {
         let mut opts = BackendOptions::default();

@@ -362,7 +362,7 @@ fn jobs_list_show_remove(db: Db) {
         "--object",
         "/srv/db",
         "--schedule",
-        "daily 02:00",
+        "*-*-* 02:00",
         "--redundancy",
         "1",
         "--mode",
@@ -370,10 +370,13 @@ fn jobs_list_show_remove(db: Db) {
     ]);
     k.ok(&["job", "add", "home", "--object", "/home"]);
     let list = k.ok(&["job", "list"]);
+    let line = list.lines().find(|l| l.contains("/srv/db")).unwrap();
     assert!(
-        list.contains("db    /srv/db  1  failover  daily 02:00  never"),
+        line.contains("db    /srv/db  1  failover  *-*-* 02:00  ") && line.ends_with("never"),
         "{list}"
     );
+    // The next run: a time between the schedule and the last run (none yet).
+    assert!(!line.contains("  -  "), "{list}");
     assert!(list.contains("2 job(s)"), "{list}");
     let cat = Catalog::open(&k.f.url).unwrap();
     let g = cat.secure(1, 1, &Constraints::default()).unwrap();

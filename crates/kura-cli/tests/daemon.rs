@@ -235,6 +235,39 @@ fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
         "--redundancy",
         "1",
     ]);
+    // A schedule nothing can run is refused when the job is added (exit 2, naming it).
+    let o = s
+        .cmd()
+        .args([
+            "job",
+            "add",
+            "bad",
+            "--object",
+            &src,
+            "--schedule",
+            "mon 25:00",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--schedule") && err.contains("\"25\""),
+        "{err}"
+    );
+    // `job list` shows each job's next run.
+    let list: Value = serde_json::from_str(&s.ok(&["--json", "job", "list"])).unwrap();
+    let next = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap()["next_run"]
+            .clone()
+    };
+    assert!(next("often").is_string(), "{list}");
+    assert_eq!(next("manual"), Value::Null, "{list}");
+    assert!(!s.ok(&["job", "list"]).contains("invalid schedule"));
     let token = s.token("ops");
     let d = s.serve("d1");
 

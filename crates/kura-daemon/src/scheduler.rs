@@ -90,6 +90,18 @@ impl SchedulerOptions {
     }
 }
 
+/// A job's next scheduled run after now, or why its schedule is not understood (`Ok(None)`:
+/// no schedule, or one that never runs again). The one place a job's next run is worked
+/// out (the API, `kura job list`).
+pub fn next_run(job: &JobDef, zone: Tz) -> std::result::Result<Option<DateTime<Utc>>, String> {
+    match job.schedule.as_deref() {
+        None => Ok(None),
+        Some(text) => Schedule::parse(text, zone)
+            .map(|s| s.next_after(Utc::now()))
+            .map_err(|e| e.to_string()),
+    }
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

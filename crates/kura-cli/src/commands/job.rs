@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::App;
 use crate::cli::JobCommand;
-use crate::exit;
+use crate::exit::{self, UsageError};
 use crate::output::catalog::{job_detail, job_json, job_table, run_json};
 use crate::output::{local_ms, rfc3339_ms};
 
@@ -15,6 +15,11 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
     match cmd {
         JobCommand::Add(a) => {
             let mode = Mode::parse(&a.run.mode)?;
+            if let Some(text) = &a.schedule {
+                // A schedule nothing can run is refused now, not found out at night.
+                kura_schedule::Schedule::parse(text, app.schedule_zone(None)?)
+                    .map_err(|e| UsageError(format!("--schedule: {e}")))?;
+            }
             let id = cat.add_job(
                 &a.name,
                 &a.object,
@@ -37,6 +42,8 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
                 let last = cat.runs(Some(j.id), 1)?.into_iter().next();
                 jobs.push((j, last));
             }
+            let zone = app.schedule_zone(None)?;
+            let next = |j: &kura_catalog::JobDef| kura_daemon::scheduler::next_run(j, zone);
             if app.global.json {
                 let v: Vec<Value> = jobs
                     .iter()
@@ -45,12 +52,24 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
                         v["last_run"] = last
                             .as_ref()
                             .map_or(Value::Null, |r| run_json(r, &rfc3339_ms));
+                        match next(j) {
+                            Ok(t) => v["next_run"] = json!(t.map(|t| t.to_rfc3339())),
+                            Err(e) => {
+                                v["next_run"] = Value::Null;
+                                v["schedule_error"] = json!(e);
+                            }
+                        }
                         v
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", job_table(&jobs, &local_ms));
+                let cell = |j: &kura_catalog::JobDef| match next(j) {
+                    Ok(Some(t)) => local_ms(t.timestamp_millis()),
+                    Ok(None) => "-".into(),
+                    Err(_) => "invalid schedule".into(),
+                };
+                print!("{}", job_table(&jobs, &local_ms, &cell));
             }
         }
         JobCommand::Show(a) => {

@@ -129,16 +129,7 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             "invalid --listen {listen_text:?}: {e} (use e.g. 127.0.0.1:8787)"
         ))
     })?;
-    let zone_text = a
-        .timezone
-        .clone()
-        .or_else(|| d.timezone.clone())
-        .unwrap_or_else(|| "UTC".into());
-    let zone = kura_schedule::Tz::from_str(&zone_text).map_err(|_| {
-        UsageError(format!(
-            "invalid --timezone {zone_text:?}: use an IANA name such as Europe/Berlin or UTC"
-        ))
-    })?;
+    let zone = app.schedule_zone(a.timezone.as_deref())?;
     let state_dir = state_dir(&a, app)?;
     let tls = match (
         a.tls_cert.clone().or_else(|| d.tls_cert.clone()),

@@ -123,7 +123,11 @@ fn last_run_cell(run: Option<&Run>, time: &impl Fn(i64) -> String) -> String {
 }
 
 /// `kura job list`: number, name, object, redundancy, mode, schedule, last run.
-pub fn job_table(jobs: &[(JobDef, Option<Run>)], time: &impl Fn(i64) -> String) -> String {
+pub fn job_table(
+    jobs: &[(JobDef, Option<Run>)],
+    time: &impl Fn(i64) -> String,
+    next_run: &impl Fn(&JobDef) -> String,
+) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|(j, last)| {
@@ -134,13 +138,14 @@ pub fn job_table(jobs: &[(JobDef, Option<Run>)], time: &impl Fn(i64) -> String) 
                 j.redundancy.to_string(),
                 j.mode.as_str().into(),
                 j.schedule.clone().unwrap_or_else(|| "-".into()),
+                next_run(j),
                 last_run_cell(last.as_ref(), time),
             ]
         })
         .collect();
     let mut out = table(
         &[
-            "Number", "Name", "Object", "N", "Mode", "Schedule", "Last run",
+            "Number", "Name", "Object", "N", "Mode", "Schedule", "Next run", "Last run",
         ],
         &rows,
     );
@@ -345,7 +350,7 @@ mod tests {
 
     #[test]
     fn job_list_and_show_format() {
-        let list = job_table(&[(job(), Some(run()))], &t);
+        let list = job_table(&[(job(), Some(run()))], &t, &|_| "@30".to_string());
         let show = job_detail(&job(), &[run()], &t);
         insta::assert_snapshot!(format!("{list}\n{show}"));
         insta::assert_json_snapshot!(json!({"job": job_json(&job()), "run": run_json(&run(), &t)}));

@@ -216,17 +216,9 @@ pub struct JobView {
 
 impl JobView {
     pub fn of(j: &kura_catalog::JobDef, zone: kura_schedule::Tz) -> JobView {
-        let parsed = j
-            .schedule
-            .as_deref()
-            .map(|s| kura_schedule::Schedule::parse(s, zone));
-        let (next_run, schedule_error) = match parsed {
-            None => (None, None),
-            Some(Ok(s)) => (
-                s.next_after(chrono::Utc::now()).map(|t| t.to_rfc3339()),
-                None,
-            ),
-            Some(Err(e)) => (None, Some(e.to_string())),
+        let (next_run, schedule_error) = match crate::scheduler::next_run(j, zone) {
+            Ok(t) => (t.map(|t| t.to_rfc3339()), None),
+            Err(e) => (None, Some(e)),
         };
         JobView {
             id: j.id,
