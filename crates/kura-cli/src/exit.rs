@@ -118,6 +118,16 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 V::Corrupt { .. } | V::Io { .. } => FATAL,
             };
         }
+        if let Some(d) = cause.downcast_ref::<kura_daemon::Error>() {
+            use kura_daemon::Error as D;
+            return match d {
+                D::Invalid(_) => USAGE,
+                D::NotFound(_) => NOT_FOUND,
+                D::Conflict(_) => CONFLICT,
+                D::Unavailable(_) => CATALOG_UNREACHABLE,
+                D::Unauthorized | D::Io { .. } | D::Internal(_) => FATAL,
+            };
+        }
         if let Some(UsageError(_)) = cause.downcast_ref::<UsageError>() {
             return USAGE;
         }

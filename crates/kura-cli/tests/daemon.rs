@@ -269,6 +269,26 @@ fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
     assert_eq!(next("manual"), Value::Null, "{list}");
     assert!(!s.ok(&["job", "list"]).contains("invalid schedule"));
     let token = s.token("ops");
+    // Bad daemon settings are usage errors (exit 2) that say what to do.
+    for (args, says) in [
+        (&["--listen", "0.0.0.0:0"][..], "loopback"),
+        (&["--listen", "nowhere"][..], "--listen"),
+        (&["--timezone", "Mars/Olympus"][..], "time zone"),
+    ] {
+        let state = s.f._dir.path().join("state-bad");
+        let o = s
+            .cmd()
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?}: the state directory was made");
+    }
     let d = s.serve("d1");
 
     // Two scheduled runs happen with nobody asking, each recorded once.

@@ -145,6 +145,14 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         },
         (None, None, false) => Tls::None,
     };
+    if matches!(tls, Tls::None) && !listen.ip().is_loopback() {
+        // Before anything is created: the library refuses it too.
+        return Err(UsageError(format!(
+            "{listen} is not a loopback address: without TLS the daemon listens on loopback \
+             only (give --tls-cert and --tls-key, or --tls-self-signed)"
+        ))
+        .into());
+    }
     let name = a
         .name
         .clone()
