@@ -222,6 +222,14 @@ impl Catalog {
         self.dialect == Dialect::Sqlite
     }
 
+    /// Whether the database answers (one trivial query): health checks and metrics.
+    pub fn ping(&self) -> Result<()> {
+        self.rt
+            .block_on(sqlx::query("SELECT 1").execute(&self.pool))
+            .map(|_| ())
+            .map_err(|e| self.db(e))
+    }
+
     /// The catalog's location, password removed (for messages).
     pub fn url(&self) -> &str {
         &self.url

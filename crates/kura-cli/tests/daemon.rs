@@ -85,6 +85,14 @@ impl Setup {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `kura job add NAME` of the source tree onto one target, with `extra` arguments.
+    fn add_job(&self, name: &str, extra: &[&str]) {
+        let src = self.src.to_str().unwrap();
+        let mut args = vec!["job", "add", name, "--object", src, "--redundancy", "1"];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
     fn token(&self, name: &str) -> String {
         self.ok(&["-q", "token", "create", name]).trim().to_string()
     }
@@ -215,26 +223,8 @@ fn count(v: &Value, key: &str, value: &str) -> usize {
 fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
     let s = Setup::new(Db::Sqlite);
     let src = s.src.to_str().unwrap().to_string();
-    s.ok(&[
-        "job",
-        "add",
-        "often",
-        "--object",
-        &src,
-        "--redundancy",
-        "1",
-        "--schedule",
-        "*:*:0/3",
-    ]);
-    s.ok(&[
-        "job",
-        "add",
-        "manual",
-        "--object",
-        &src,
-        "--redundancy",
-        "1",
-    ]);
+    s.add_job("often", &["--schedule", "*:*:0/3"]);
+    s.add_job("manual", &[]);
     // A schedule nothing can run is refused when the job is added (exit 2, naming it).
     let o = s
         .cmd()
@@ -433,21 +423,8 @@ fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
 #[test]
 fn three_daemons_on_one_catalog_fire_each_occurrence_once_and_outlive_a_kill() {
     let s = Setup::new(Db::Postgres);
-    let src = s.src.to_str().unwrap().to_string();
     // Each run takes about 2 s (its pre hook), so a kill lands mid-run.
-    s.ok(&[
-        "job",
-        "add",
-        "often",
-        "--object",
-        &src,
-        "--redundancy",
-        "1",
-        "--schedule",
-        "*:*:0/4",
-        "--pre",
-        "sleep 2",
-    ]);
+    s.add_job("often", &["--schedule", "*:*:0/4", "--pre", "sleep 2"]);
     let token = s.token("ops");
     let ds: Vec<Daemon> = ["a", "b", "c"].iter().map(|n| s.serve(n)).collect();
     let started = Instant::now();

@@ -49,7 +49,7 @@ pub struct Health {
 )]
 pub async fn health(State(d): State<Arc<Daemon>>) -> Json<Health> {
     let d2 = Arc::clone(&d);
-    let catalog_ok = blocking(move || d2.catalog.jobs().map_err(Error::catalog))
+    let catalog_ok = blocking(move || d2.catalog.ping().map_err(Error::catalog))
         .await
         .is_ok();
     Json(Health {
@@ -301,7 +301,7 @@ pub async fn run_job(
 )]
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let text = blocking(move || {
-        let up = d.catalog.jobs().is_ok();
+        let up = d.catalog.ping().is_ok();
         Ok(d.metrics.render(&d.tasks.counts(), up))
     })
     .await;
