@@ -362,19 +362,25 @@ fn a_server_killed_mid_session_loses_no_write_and_the_next_backup_reads_everythi
         c.copy_from_slice(&r.next().to_le_bytes());
     }
     std::fs::write(v.data().join("db.raw"), &model).unwrap();
-    let s = v.serve();
+    // Served backups are throttled, so that the one killed below is still running: it is a
+    // full backup to a second repository (a chain of its own), 256 MiB at 8 MiB/s.
+    // The first backup runs with no server, at full speed.
+    assert_eq!(v.backup("db")["incremental"], false);
+    let s = v.serve_with(&["--limit-upload", "8MiB/s"]);
     let url = s.url("db");
-    let first = start_backup(&v, "db", "session");
-    assert_eq!(
-        wait_job(&v, first["id"].as_u64().unwrap())["state"],
-        "succeeded"
-    );
     let holder = hold(&url);
     let before = random_writes(7, size, 20);
     before.iter().for_each(|w| w.apply(&mut model));
     write_all(&url, &before);
     // Freeze, keep writing into the session, and kill the server in the middle.
-    let job = start_backup(&v, "db", "session");
+    let other = v.repo_named("other");
+    let o = v.in_repo(
+        &other,
+        &["--json", "volume", "backup", "db", "--freeze", "session"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let job = serde_json::from_slice::<Value>(&o.stdout).unwrap()["job"].clone();
+    assert_eq!(job["incremental"], false, "{job}");
     // One job per volume at a time: a second request is refused while this one runs.
     let o = v.with_repo(&["volume", "backup", "db"]);
     let err = String::from_utf8_lossy(&o.stderr);

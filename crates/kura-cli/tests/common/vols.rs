@@ -29,8 +29,14 @@ impl Vols {
 
     /// `kura volume serve` on a free loopback port; stopped on drop.
     pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    /// `kura GLOBAL… volume serve`, e.g. with `--limit-upload` so that a backup is slow.
+    pub fn serve_with(&self, global: &[&str]) -> Server {
         let mut child = self
             .cmd()
+            .args(global)
             .args(["volume", "serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
