@@ -32,6 +32,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use kura_catalog::{ClaimState, JobDef};
 use kura_schedule::{Schedule, Tz};
+use kura_types::{CatchUp, Overlap};
 
 use crate::Daemon;
 
@@ -45,35 +46,11 @@ pub const RENEW: Duration = Duration::from_secs(10);
 /// At most this many missed occurrences are recorded one by one per look.
 const RECORD_AT_MOST: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CatchUp {
-    None,
-    #[default]
-    One,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overlap {
-    #[default]
-    Skip,
-    Queue,
-    CancelOlder,
-}
-
-/// What the scheduler does with a job's occurrences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Policy {
-    pub catch_up: CatchUp,
-    pub overlap: Overlap,
-}
-
 /// The scheduler's settings.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
     /// The zone of schedules that name none.
     pub zone: Tz,
-    /// Each job's policy (the job settings carry it).
-    pub policy: fn(&JobDef) -> Policy,
     /// A claim's lease, and how often a running claim renews it ([`LEASE`], [`RENEW`]).
     pub lease: Duration,
     pub renew: Duration,
@@ -83,7 +60,6 @@ impl SchedulerOptions {
     pub fn new(zone: Tz) -> SchedulerOptions {
         SchedulerOptions {
             zone,
-            policy: |_| Policy::default(),
             lease: LEASE,
             renew: RENEW,
         }
@@ -175,7 +151,7 @@ fn tick(
                 bad: None,
             });
         }
-        let policy = (o.policy)(&job);
+        let policy = &job.settings;
         let Some(st) = jobs.get_mut(&job.id) else {
             continue;
         };

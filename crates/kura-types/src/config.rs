@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::duration::Duration;
 use crate::error::ConfigError;
 use crate::size::ByteSize;
+use crate::window::{CatchUp, Overlap, WindowEnd};
 
 /// A JSON object read field by field, so that each error names its field.
 struct Fields<'a> {
@@ -103,6 +104,21 @@ pub struct JobSettings {
     pub hook_timeout: Duration,
     /// Mirror: drop a target whose writes make no progress this long.
     pub stall_timeout: Duration,
+    /// Scheduled runs: occurrences missed while no daemon ran.
+    pub catch_up: CatchUp,
+    /// Scheduled runs: an occurrence due while the previous run still goes on.
+    pub overlap: Overlap,
+    /// Scheduled runs: a run not started this long after its scheduled time is recorded
+    /// missed (none: it may start any time before the next occurrence).
+    pub start_within: Option<Duration>,
+    /// Scheduled runs: the window, from the scheduled time; at its end `at_window_end`
+    /// applies.
+    pub finish_within: Option<Duration>,
+    /// Any run: the longest it may run, from its actual start; at its end `at_window_end`
+    /// applies.
+    pub max_run: Option<Duration>,
+    /// What happens to a run still going at its window's end or after `max_run`.
+    pub at_window_end: WindowEnd,
 }
 
 impl Default for JobSettings {
@@ -117,6 +133,12 @@ impl Default for JobSettings {
             post: None,
             hook_timeout: Duration::from_mins(10),
             stall_timeout: Duration::from_mins(2),
+            catch_up: CatchUp::default(),
+            overlap: Overlap::default(),
+            start_within: None,
+            finish_within: None,
+            max_run: None,
+            at_window_end: WindowEnd::default(),
         }
     }
 }
@@ -132,6 +154,12 @@ impl JobSettings {
         "post",
         "hook_timeout",
         "stall_timeout",
+        "catch_up",
+        "overlap",
+        "start_within",
+        "finish_within",
+        "max_run",
+        "at_window_end",
     ];
 
     /// The smallest extent a fail-over run may use.
@@ -158,6 +186,12 @@ impl JobSettings {
             post: f.take("post")?,
             hook_timeout: f.take("hook_timeout")?.unwrap_or(d.hook_timeout),
             stall_timeout: f.take("stall_timeout")?.unwrap_or(d.stall_timeout),
+            catch_up: f.take("catch_up")?.unwrap_or(d.catch_up),
+            overlap: f.take("overlap")?.unwrap_or(d.overlap),
+            start_within: f.take("start_within")?,
+            finish_within: f.take("finish_within")?,
+            max_run: f.take("max_run")?,
+            at_window_end: f.take("at_window_end")?.unwrap_or(d.at_window_end),
         };
         f.finish()?;
         Ok(s)
@@ -201,6 +235,23 @@ impl JobSettings {
             if d.is_zero() {
                 return bad(field, "must be longer than zero".into());
             }
+        }
+        for (field, d) in [
+            ("start_within", self.start_within),
+            ("finish_within", self.finish_within),
+            ("max_run", self.max_run),
+        ] {
+            if d.is_some_and(Duration::is_zero) {
+                return bad(field, "must be longer than zero (leave it out for none)".into());
+            }
+        }
+        if let (Some(s), Some(f)) = (self.start_within, self.finish_within)
+            && s >= f
+        {
+            return bad(
+                "start_within",
+                format!("{s} leaves no time to run in the window (finish_within {f})"),
+            );
         }
         if let Some(t) = self.targets.iter().find(|t| t.trim().is_empty()) {
             return bad("targets", format!("{t:?} is not a target name"));

@@ -7,6 +7,7 @@
 //! - [`JobSettings`], [`TargetConfig`], [`MediumConfig`], [`ResourceConfig`] — what the
 //!   catalog stores as JSON, read strictly: a configuration that does not parse is a
 //!   [`ConfigError`] naming the job or resource and the field, never a silent `null`;
+//! - [`CatchUp`], [`Overlap`], [`WindowEnd`] — a scheduled job's policies and window;
 //! - [`Extent`] — a byte range with a checked end (split areas of volumes);
 //! - [`JobRunReport`], [`BackupSummary`] — what a job run and a backup report (the CLI's
 //!   `--json`, the REST API's answers).
@@ -27,6 +28,7 @@ mod extent;
 mod lex;
 mod report;
 mod size;
+mod window;
 
 pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TargetConfig};
 pub use duration::{CalendarSpan, Duration};
@@ -36,3 +38,4 @@ pub use report::{
     BackupSummary, CopyReport, JobRunReport, RunModeName, SectionReport, SkippedTarget,
 };
 pub use size::ByteSize;
+pub use window::{CatchUp, Overlap, WindowEnd};
