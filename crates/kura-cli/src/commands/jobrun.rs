@@ -61,6 +61,7 @@ pub fn settings(app: &App, r: &RunArgs) -> JobSettings {
         post: r.post.clone(),
         hook_timeout: r.hook_timeout,
         stall_timeout: app.global.stall_timeout,
+        ..JobSettings::default()
     }
 }
 
