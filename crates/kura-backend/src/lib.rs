@@ -42,7 +42,7 @@ pub use mirror::{MemberStatus, MirrorBackend, MirrorOptions};
 pub use probe::{ProbeReport, probe};
 pub use retry::RetryPolicy;
 pub use s3::{S3Backend, S3Config};
-pub use target::{BackendOptions, Target, open};
+pub use target::{BackendOptions, Target, open, same_url};
 pub use throttle::{Limiter, RateSchedule, parse_rate};
 pub use throttled::Throttled;
 pub use union::UnionBackend;

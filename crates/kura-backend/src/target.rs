@@ -286,6 +286,15 @@ impl Target {
     }
 }
 
+/// Do two target URLs name the same place ([`Target::same_place`])? URLs that do not parse
+/// are compared as written.
+pub fn same_url(a: &str, b: &str) -> bool {
+    match (Target::parse(a), Target::parse(b)) {
+        (Ok(x), Ok(y)) => x.same_place(&y),
+        _ => a == b,
+    }
+}
+
 /// A local directory target: any non-empty path without NUL.
 fn local(url: &str, path: Vec<u8>) -> Result<Target> {
     use std::os::unix::ffi::OsStringExt;

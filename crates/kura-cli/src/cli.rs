@@ -117,6 +117,10 @@ pub enum Command {
     /// API tokens of the daemon
     #[command(subcommand)]
     Token(crate::cli_daemon::TokenCommand),
+    /// The tasks of a running daemon (KURA_DAEMON and KURA_TOKEN, or [daemon] url and
+    /// token_file): list, show, follow a log, cancel
+    #[command(subcommand)]
+    Task(crate::cli_daemon::TaskCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -59,3 +59,43 @@ pub struct TokenCreateArgs {
 pub struct TokenNameArgs {
     pub name: String,
 }
+
+/// `kura task …`: the tasks of the daemon this command is configured to talk to
+/// (`KURA_DAEMON` and `KURA_TOKEN`, or `[daemon] url` and `token_file`).
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List the daemon's tasks, newest first
+    List(TaskListArgs),
+    /// One task: kind, subject, state, progress
+    Show(TaskIdArgs),
+    /// A task's log; with --follow, until it ends (exit code by its result)
+    Log(TaskLogArgs),
+    /// Cancel a running task (the work stops at its next check, repository consistent)
+    Cancel(TaskIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    /// Only tasks in this state (running, succeeded, failed, cancelled)
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only tasks of this kind (job-run, …)
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only tasks working on this (a job's name, …)
+    #[arg(long)]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskLogArgs {
+    pub id: String,
+    /// Keep printing new lines until the task ends
+    #[arg(long, short)]
+    pub follow: bool,
+}

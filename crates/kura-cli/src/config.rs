@@ -71,6 +71,11 @@ pub struct DaemonSection {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_self_signed: bool,
+    /// The daemon commands talk to (`http://127.0.0.1:8787`): `kura job run` and `kura task`
+    /// go through its API (`KURA_DAEMON` wins; empty: none).
+    pub url: Option<String>,
+    /// A file holding the API token for `url` (`KURA_TOKEN` wins).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

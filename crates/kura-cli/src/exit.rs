@@ -76,6 +76,11 @@ pub const CONFLICT: i32 = 14;
 pub const UNAVAILABLE: i32 = 15;
 /// The catalog database could not be reached or opened.
 pub const CATALOG_UNREACHABLE: i32 = 16;
+/// The daemon this command is configured to use (`KURA_DAEMON`, `[daemon] url`) could not
+/// be reached.
+pub const DAEMON_UNREACHABLE: i32 = 17;
+/// The daemon refused the API token (unknown, revoked or expired).
+pub const DAEMON_REFUSED: i32 = 18;
 /// Interrupted (SIGINT, SIGTERM or SIGHUP).
 pub const INTERRUPTED: i32 = 130;
 /// Standard output was a pipe whose reader went away (`kura … | head`): the exit a shell
@@ -127,6 +132,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 D::Unavailable(_) => CATALOG_UNREACHABLE,
                 D::Unauthorized | D::Io { .. } | D::Internal(_) => FATAL,
             };
+        }
+        if let Some(c) = cause.downcast_ref::<kura_daemon::client::ClientError>() {
+            return crate::commands::task::client_code(c);
         }
         if let Some(UsageError(_)) = cause.downcast_ref::<UsageError>() {
             return USAGE;

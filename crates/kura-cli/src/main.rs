@@ -295,17 +295,18 @@ impl App {
 /// Streams the local worker and path of an embedded catalog serve at once.
 pub const LOCAL_SLOTS: i64 = 64;
 
-/// Run `f` under `lock`, then release it — or abandon it when the target stopped answering,
-/// so that a dead target costs one deadline, not two (the lock file becomes stale).
+/// Run `f` under `lock`, then release it ([`RepoLock::finish`](kura_repo::lock::RepoLock::finish):
+/// abandoned when the target stopped answering).
 pub fn with_lock<K, T>(
     lock: kura_repo::lock::RepoLock<K>,
     f: impl FnOnce(&kura_repo::lock::RepoLock<K>) -> Result<T>,
 ) -> Result<T> {
     let r = f(&lock);
-    match &r {
-        Err(e) if exit::code_for(e) == exit::TARGET_UNREACHABLE => lock.abandon(),
-        _ => drop(lock),
-    }
+    lock.finish(
+        r.as_ref()
+            .err()
+            .map(|e| e.as_ref() as &(dyn std::error::Error + 'static)),
+    );
     r
 }
 
@@ -394,6 +395,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Heal(a) => commands::heal::run(&app, a),
         Command::Serve(a) => commands::serve::run(&app, a),
         Command::Token(t) => commands::token::run(&app, t),
+        Command::Task(t) => commands::task::run(&app, t),
     }
 }
 

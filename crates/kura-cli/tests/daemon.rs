@@ -495,3 +495,117 @@ fn three_daemons_on_one_catalog_fire_each_occurrence_once_and_outlive_a_kill() {
         .collect();
     assert!(!ran_on.contains("q"), "{occ}");
 }
+
+/// With a daemon configured, `kura job run` is a client: the run is the daemon's task (its
+/// log printed as it goes, the exit code its result), `kura task` lists and shows it, and
+/// the token never appears in what either side prints. Without one, it runs in process.
+#[test]
+fn with_a_daemon_configured_the_cli_runs_jobs_as_its_tasks() {
+    let s = Setup::new(Db::Sqlite);
+    s.add_job("nightly", &[]);
+    let token = s.token("ops");
+    let d = s.serve_with("cli", &["--no-scheduler"]);
+    let url = format!("http://{}", d.addr);
+    let client = |args: &[&str], token: &str| {
+        let o = s
+            .cmd()
+            .env("KURA_DAEMON", &url)
+            .env("KURA_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        assert!(
+            !out.contains(token) && !err.contains(token),
+            "the token was printed: {out}{err}"
+        );
+        (o.status.code(), out, err)
+    };
+
+    let (code, out, err) = client(&["job", "run", "nightly"], &token);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("on the daemon at"), "{out}");
+    assert!(
+        out.contains("backing up"),
+        "the task's log is printed: {out}"
+    );
+    let tasks = d.json("/api/v1/tasks?kind=job-run", &token);
+    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+    let task = &tasks[0];
+    assert_eq!(task["subject"], "nightly");
+    assert_eq!(task["state"], "succeeded");
+    assert_eq!(task["started_by"], "api:ops");
+    let id = task["id"].as_str().unwrap().to_string();
+
+    // kura task: list, show, log.
+    let (code, out, _) = client(&["--json", "task", "list", "--subject", "nightly"], &token);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    let (_, out, _) = client(&["--json", "task", "show", &id], &token);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "succeeded"
+    );
+    let (_, log, _) = client(&["task", "log", &id], &token);
+    assert!(log.contains("snapshot"), "{log}");
+
+    // Errors have their exit codes: an unknown job, a refused token, no daemon there.
+    let (code, _, err) = client(&["job", "run", "nope"], &token);
+    assert_eq!(code, Some(13), "{err}");
+    let (code, _, err) = client(&["job", "run", "nightly"], "kura_0000");
+    assert_eq!(code, Some(18), "{err}");
+    let o = s
+        .cmd()
+        .env("KURA_DAEMON", "http://127.0.0.1:9")
+        .env("KURA_TOKEN", &token)
+        .args(["job", "run", "nightly"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(17),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The daemon's log and task logs never hold the token either.
+    let state = s.f._dir.path().join("state-cli");
+    for e in walk(&state) {
+        let text = std::fs::read(&e).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&text).contains(&token),
+            "{} holds the token",
+            e.display()
+        );
+    }
+
+    // An empty KURA_DAEMON: in process, no new task in the daemon, a second backup.
+    let o = s
+        .cmd()
+        .env("KURA_DAEMON", "")
+        .args(["job", "run", "nightly"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tasks = d.json("/api/v1/tasks?kind=job-run", &token);
+    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+    let backups: Value = serde_json::from_str(&s.ok(&["--json", "backups"])).unwrap();
+    assert_eq!(backups.as_array().unwrap().len(), 2, "{backups}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

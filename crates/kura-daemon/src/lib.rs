@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;

@@ -35,11 +35,13 @@
 mod failover;
 pub mod fit;
 pub mod heal;
+pub mod health;
 mod hooks;
 mod mirror;
 pub mod position;
 pub mod rebuild;
 mod run;
+pub mod spec;
 pub mod sync;
 pub mod verify;
 
@@ -47,6 +49,7 @@ pub use heal::{BackupView, HealReport, heal, open_backup};
 pub use hooks::{Hook, HookPhase};
 pub use position::Position;
 pub use run::{Copy, JobReport, JobSpec, Route, RunMode, run_job};
+pub use spec::Timings;
 
 /// Errors of a job run, each naming what failed.
 #[derive(Debug, thiserror::Error)]

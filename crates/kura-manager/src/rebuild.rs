@@ -79,6 +79,72 @@ impl Rebuilt {
     }
 }
 
+/// A volume backup as its volume's backup record tells it (seed 002: the records kept
+/// outside the volume's address space are enough to rebuild the catalog's entries).
+#[derive(Debug, Clone)]
+pub struct VolumeBackup {
+    pub volume: String,
+    /// When it was taken (milliseconds since the epoch).
+    pub time_ms: i64,
+    pub size: u64,
+    /// The repository URL it went to.
+    pub repository: String,
+    /// Its snapshot id.
+    pub snapshot: String,
+    /// A split area's backup: (offset, length) within the volume.
+    pub area: Option<(u64, u64)>,
+}
+
+/// Re-enter volume backups from their records. Each is a backup of object `volume:NAME`
+/// (a split area's: `volume:NAME@OFFSET:LENGTH`, an object of its own), complete, with one
+/// extent: the snapshot on the registered target whose URL names the record's repository
+/// (and that target's implicit medium). A record whose repository is no registered target
+/// is counted and its repository listed in [`Rebuilt::unknown_targets`].
+pub fn import_volume_backups(catalog: &Catalog, records: &[VolumeBackup]) -> Result<Rebuilt> {
+    let targets: Vec<(String, String)> = catalog
+        .resources()?
+        .into_iter()
+        .filter_map(|r| {
+            let url = r.config.target()?.url.clone();
+            Some((r.name, url))
+        })
+        .collect();
+    let mut out = Rebuilt::default();
+    for r in records {
+        // One repository may be named by several paths (symlinks) or URL spellings.
+        let Some((target, _)) = targets
+            .iter()
+            .find(|(_, u)| kura_backend::same_url(u, &r.repository))
+        else {
+            out.records += 1;
+            out.unknown_targets.push(r.repository.clone());
+            continue;
+        };
+        let size = i64::try_from(r.size).unwrap_or(i64::MAX);
+        let extent = Extent {
+            stream: 0,
+            seq: 0,
+            source_offset: 0,
+            source_length: size,
+            target: target.clone(),
+            medium: format!("{target}.medium"),
+            position: r.snapshot.clone(),
+            size,
+        };
+        let object = match r.area {
+            Some((offset, length)) => format!("volume:{}@{offset}:{length}", r.volume),
+            None => format!("volume:{}", r.volume),
+        };
+        out.import(
+            catalog,
+            &object,
+            (r.time_ms, r.time_ms, r.time_ms),
+            &[extent],
+        )?;
+    }
+    Ok(out)
+}
+
 /// Re-enter every backup recorded in `repo` (the repository on catalog target `name`) into
 /// `catalog`. A record never brings back a copy on `name` whose snapshot `name` no longer
 /// holds (a forget there after the record was written); copies on other targets are taken

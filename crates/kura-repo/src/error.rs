@@ -123,6 +123,22 @@ impl Failure {
             _ => Failure::Other,
         }
     }
+
+    /// The failure behind `e`: the first repository or backend error among it and its
+    /// sources (context wrappers are looked through); `None` when there is none.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+        let mut cur = Some(e);
+        while let Some(c) = cur {
+            if let Some(r) = c.downcast_ref::<Error>() {
+                return Some(r.failure());
+            }
+            if let Some(b) = c.downcast_ref::<BackendError>() {
+                return Some(Failure::of_backend(b));
+            }
+            cur = c.source();
+        }
+        None
+    }
 }
 
 impl Error {

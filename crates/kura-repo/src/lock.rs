@@ -511,6 +511,17 @@ impl<K> RepoLock<K> {
         }
     }
 
+    /// Release the lock after the work it guarded ended with `error` (if any): deleted as
+    /// usual, or abandoned ([`Self::abandon`]) when the error says the target stopped
+    /// answering ([`Failure::Unreachable`](crate::Failure)), so a dead target costs one
+    /// deadline, not two.
+    pub fn finish(self, error: Option<&(dyn std::error::Error + 'static)>) {
+        match error.and_then(crate::Failure::find) {
+            Some(crate::Failure::Unreachable) => self.abandon(),
+            _ => drop(self),
+        }
+    }
+
     /// Give the lock up without deleting its file: for when the target stopped answering,
     /// where a delete would only wait out another deadline. The file becomes a stale lock
     /// (its process is gone), which others ignore and `kura unlock` removes.

@@ -117,58 +117,32 @@ fn ranges(seqs: &[i64]) -> String {
     out.join(".")
 }
 
-/// Re-enter volume backups from the volumes' backup records (seed 002: the records outside
-/// the address space are enough to rebuild the catalog's entries). Each record is a backup
-/// of object `volume:NAME`, complete, with one extent: the snapshot (`position`) on the
-/// registered target whose URL is the record's repository (and its implicit medium).
+/// Re-enter volume backups from the volumes' backup records
+/// ([`kura_manager::rebuild::import_volume_backups`]).
 fn volume_records(
     app: &App,
     cat: &kura_catalog::Catalog,
     dir: &crate::cli::VolumeDirArgs,
 ) -> Result<kura_manager::rebuild::Rebuilt> {
     let st = crate::commands::volume::store(app, dir)?;
-    let targets: Vec<(String, String)> = cat
-        .resources()?
-        .into_iter()
-        .filter_map(|r| {
-            let url = r.config.target()?.url.clone();
-            Some((r.name, url))
-        })
-        .collect();
-    // One repository may be named by several paths (symlinks) or URL spellings.
-    let same = super::catalog_sync::same;
-    let mut out = kura_manager::rebuild::Rebuilt::default();
+    let mut records = Vec::new();
     for v in st.list()? {
         let name = &v.meta.name;
         for r in st.records(name)? {
-            let Some((target, _)) = targets.iter().find(|(_, u)| same(u, &r.repository)) else {
-                out.records += 1;
-                out.unknown_targets.push(r.repository.clone());
-                continue;
-            };
-            let ms = chrono::DateTime::parse_from_rfc3339(&r.time)
+            let time_ms = chrono::DateTime::parse_from_rfc3339(&r.time)
                 .map(|t| t.timestamp_millis())
                 .with_context(|| format!("volume {name}: record time {:?}", r.time))?;
-            let size = i64::try_from(r.size).unwrap_or(i64::MAX);
-            let extent = kura_catalog::Extent {
-                stream: 0,
-                seq: 0,
-                source_offset: 0,
-                source_length: size,
-                target: target.clone(),
-                medium: format!("{target}.medium"),
-                position: r.backup.clone(),
-                size,
-            };
-            // A split area's backup is not one of the volume: an object of its own.
-            let object = match &r.area {
-                Some(a) => format!("volume:{name}@{}:{}", a.offset, a.length),
-                None => format!("volume:{name}"),
-            };
-            out.import(cat, &object, (ms, ms, ms), &[extent])?;
+            records.push(kura_manager::rebuild::VolumeBackup {
+                volume: name.clone(),
+                time_ms,
+                size: r.size,
+                repository: r.repository.clone(),
+                snapshot: r.backup.clone(),
+                area: r.area.as_ref().map(|a| (a.offset, a.length)),
+            });
         }
     }
-    Ok(out)
+    Ok(kura_manager::rebuild::import_volume_backups(cat, &records)?)
 }
 
 /// `kura catalog rebuild --from TARGET… [--volumes]`.

@@ -7,7 +7,6 @@
 use anyhow::{Context, Result};
 use kura_catalog::Catalog;
 use kura_repo::Repository;
-use kura_repo::backend::Target;
 use serde_json::json;
 
 use crate::{App, exit};
@@ -42,12 +41,7 @@ pub fn sections_here(app: &App) -> Result<kura_repo::prune::Sections> {
 }
 
 /// Do two target URLs name the same place?
-pub fn same(a: &str, b: &str) -> bool {
-    match (Target::parse(a), Target::parse(b)) {
-        (Ok(x), Ok(y)) => x.same_place(&y),
-        _ => a == b,
-    }
-}
+pub use kura_repo::backend::same_url as same;
 
 /// After snapshots were removed from `repo` (and its `--mirror` members): the catalog drops
 /// the copies they held and the records on the targets are brought in line. The repository

@@ -11,6 +11,12 @@ use crate::output::catalog::{job_detail, job_json, job_table, run_json};
 use crate::output::{local_ms, rfc3339_ms};
 
 pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
+    if let JobCommand::Run(a) = &cmd
+        && let Some(c) = crate::commands::task::client(app)?
+    {
+        // A daemon is configured: the run is its task, followed from here.
+        return crate::commands::task::run_job(app, &c, &a.job);
+    }
     let cat = app.catalog()?;
     match cmd {
         JobCommand::Add(a) => {

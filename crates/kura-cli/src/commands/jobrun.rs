@@ -3,11 +3,10 @@
 //! job definitions into a [`JobSpec`] and prints the report.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kura_catalog::{Catalog, JobDef, Mode};
-use kura_manager::{Hook, JobSpec, RunMode, run_job as run_spec};
+use kura_manager::{JobSpec, RunMode, Timings, run_job as run_spec};
 use kura_repo::backup::BackupOptions;
 use kura_types::{
     CopyReport, JobRunReport, JobSettings, RunModeName, SectionReport, SkippedTarget,
@@ -18,35 +17,6 @@ use crate::cli::RunArgs;
 use crate::exit::{self, UsageError};
 use crate::output::{backup_summary, bytes};
 use crate::{App, password};
-
-/// How long a run's allocations live without renewal, and how often they are renewed: a
-/// dead manager's targets return to the pool within a minute. `KURA_LEASE` and
-/// `KURA_LEASE_RENEW` (e.g. `5s`) change them, for tests and slow catalogs.
-const LEASE: Duration = Duration::from_secs(45);
-const RENEW_EVERY: Duration = Duration::from_secs(10);
-/// How long the check before securing waits for a target to answer (`KURA_CHECK_WITHIN`).
-const CHECK_WITHIN: Duration = Duration::from_secs(5);
-
-/// (lease, renewal interval, check deadline), from the environment or the defaults.
-fn timings() -> Result<(Duration, Duration, Duration)> {
-    let env = |name: &str, default: Duration| -> Result<Duration> {
-        match std::env::var(name) {
-            Ok(v) => kura_types::Duration::parse_positive(&v)
-                .map(kura_types::Duration::std)
-                .map_err(|e| UsageError(format!("{name}: {e}")).into()),
-            Err(_) => Ok(default),
-        }
-    };
-    let lease = env("KURA_LEASE", LEASE)?;
-    let renew = env("KURA_LEASE_RENEW", RENEW_EVERY)?;
-    if renew >= lease {
-        return Err(UsageError(format!(
-            "KURA_LEASE_RENEW ({renew:?}) must be shorter than KURA_LEASE ({lease:?})"
-        ))
-        .into());
-    }
-    Ok((lease, renew, env("KURA_CHECK_WITHIN", CHECK_WITHIN)?))
-}
 
 /// The run settings of `job add` and `backup --redundancy`: the flags, with the global
 /// `--quorum` and `--stall-timeout`.
@@ -80,51 +50,6 @@ fn checked(app: &App, r: &RunArgs, redundancy: usize) -> Result<JobSettings> {
     Ok(s)
 }
 
-/// What a run of `mode` with `settings` does.
-fn spec(
-    job: (i64, Option<String>),
-    object: String,
-    sources: Vec<PathBuf>,
-    redundancy: usize,
-    mode: Mode,
-    s: JobSettings,
-    backup: BackupOptions,
-) -> Result<JobSpec> {
-    let (lease, renew_every, check_within) = timings()?;
-    let hook = |cmd: Option<String>| {
-        cmd.map(|command| Hook {
-            command,
-            timeout: s.hook_timeout.std(),
-        })
-    };
-    Ok(JobSpec {
-        job: job.0,
-        job_name: job.1,
-        object,
-        sources,
-        redundancy,
-        mode: match mode {
-            Mode::Mirror => RunMode::Mirror {
-                quorum: s.quorum,
-                stall_timeout: s.stall_timeout.std(),
-            },
-            Mode::Failover => RunMode::Failover {
-                extent_bytes: s.extent_size.bytes(),
-                extent_timeout: s.extent_timeout.std(),
-                unreachable_for: s.unreachable_timeout.std(),
-            },
-        },
-        targets: (!s.targets.is_empty()).then(|| s.targets.clone()),
-        lease,
-        renew_every,
-        check_within,
-        pre: hook(s.pre.clone()),
-        post: hook(s.post.clone()),
-        backup,
-        route: None,
-    })
-}
-
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
     let job = job_spec(def, crate::commands::backup::from_config(app), app.route())?;
@@ -137,15 +62,7 @@ pub fn job_spec(
     backup: BackupOptions,
     route: Option<kura_manager::Route>,
 ) -> Result<JobSpec> {
-    let mut job = spec(
-        (def.id, Some(def.name.clone())),
-        def.object.clone(),
-        vec![PathBuf::from(&def.object)],
-        def.redundancy as usize,
-        def.mode,
-        def.settings.clone(),
-        backup,
-    )?;
+    let mut job = kura_manager::spec::for_job(def, backup, Timings::from_env()?);
     job.route = route;
     Ok(job)
 }
@@ -164,15 +81,15 @@ pub fn run_adhoc(
     for p in paths {
         object.push(kura_repo::backup::absolute_path(p)?.display().to_string());
     }
-    let mut job = spec(
+    let mut job = kura_manager::spec::spec(
         (0, None),
         object.join(" "),
         paths.to_vec(),
-        redundancy,
-        Mode::parse(&r.mode)?,
-        settings,
+        (redundancy, Mode::parse(&r.mode)?),
+        &settings,
         opts,
-    )?;
+        Timings::from_env()?,
+    );
     job.route = app.route();
     execute(app, &cat, "backup", job)
 }

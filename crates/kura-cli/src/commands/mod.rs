@@ -20,6 +20,7 @@ pub mod restore;
 pub mod serve;
 pub mod snapshots;
 pub mod target;
+pub mod task;
 pub mod token;
 pub mod unlock;
 pub mod volume;

@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use kura_catalog::{Catalog, Kind, Resource, State};
-use kura_repo::backend::{ProbeReport, probe};
 use kura_types::{ResourceConfig, TargetConfig};
 use serde_json::{Value, json};
 
@@ -163,96 +162,28 @@ fn add(app: &App, cat: &Catalog, a: ResourceAddArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Probe targets in parallel (a dead one costs its deadline, not everyone's), then record
-/// each result as the target's health: success resets its errors, a failure counts toward
-/// *not usable*.
+/// Probe targets (`kura_manager::health::sweep`: in parallel, each result recorded as the
+/// target's health) and show what was found.
 fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> {
-    let all = cat.resources()?;
-    let targets: Vec<&Resource> = if a.names.is_empty() {
-        all.iter().filter(|r| r.kind == Kind::Target).collect()
-    } else {
-        let mut v = Vec::new();
-        for n in &a.names {
-            let r = all
-                .iter()
-                .find(|r| &r.name == n)
-                .ok_or_else(|| kura_catalog::Error::UnknownResource(n.clone()))?;
-            let t = match r.kind {
-                Kind::Target => r,
-                Kind::Medium => all
-                    .iter()
-                    .find(|t| Some(t.id) == r.parent)
-                    .ok_or_else(|| UsageError(format!("medium {n} belongs to no target")))?,
-                k => {
-                    return Err(UsageError(format!(
-                        "{n} is a {}: only targets and media are probed (workers and paths \
-                         show their health through the targets they reach)",
-                        k.as_str()
-                    ))
-                    .into());
-                }
-            };
-            if !v.iter().any(|x: &&Resource| x.id == t.id) {
-                v.push(t);
-            }
-        }
-        v
-    };
+    let targets = kura_manager::health::targets_named(cat, &a.names)?;
     if targets.is_empty() {
         app.say("no targets to probe: add one with kura resource add target NAME URL");
         return Ok(exit::OK);
     }
-    let reports: Vec<(&Resource, std::result::Result<ProbeReport, String>)> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|t| {
-                    s.spawn(move || {
-                        let r = t
-                            .target_url()
-                            .map_err(anyhow::Error::from)
-                            .and_then(|url| app.backend_for(url))
-                            .map(|b| probe(b.as_ref(), a.size))
-                            .map_err(|e| format!("{e:#}"));
-                        (*t, r)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .zip(&targets)
-                .map(|(h, t)| {
-                    h.join()
-                        .unwrap_or_else(|_| (*t, Err("probe thread panicked".to_string())))
-                })
-                .collect()
-        });
+    let open = |url: &str| app.backend_for(url).map_err(|e| format!("{e:#}"));
+    let results = kura_manager::health::sweep(cat, &targets, &open, a.size)?;
     let mut rows = Vec::new();
     let mut json_out = Vec::new();
     let mut failed = 0;
-    for (t, r) in &reports {
-        let error = match r {
-            Ok(rep) if rep.ok() => None,
-            Ok(rep) => Some(match &rep.error {
-                Some((class, msg)) => format!("probe: {}: {msg}", class.as_str()),
-                None => "probe: failed".to_string(),
-            }),
-            Err(e) => Some(format!("probe: {e}")),
-        };
-        let state = match &error {
-            None => {
-                cat.record_ok(&t.name)?;
-                cat.resource(&t.name)?.state()
-            }
-            Some(e) => {
-                failed += 1;
-                cat.record_error(&t.name, e)?
-            }
-        };
+    for h in &results {
+        let (error, state) = (&h.error, h.state);
+        if error.is_some() {
+            failed += 1;
+        }
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
-        let rep = r.as_ref().ok();
+        let rep = h.report.as_ref();
         rows.push(vec![
-            t.name.clone(),
+            h.target.clone(),
             if error.is_none() { "ok" } else { "FAILED" }.to_string(),
             ms(rep.and_then(|r| r.latency_ms)),
             ms(rep.and_then(|r| r.write_ms)),
@@ -261,7 +192,7 @@ fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> 
             state.as_str().to_string(),
         ]);
         json_out.push(json!({
-            "name": t.name,
+            "name": h.target,
             "ok": error.is_none(),
             "latency_ms": rep.and_then(|r| r.latency_ms),
             "write_ms": rep.and_then(|r| r.write_ms),
@@ -271,11 +202,11 @@ fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> 
             "state": state.as_str(),
         }));
         if let Some(e) = &error {
-            eprintln!("kura: target {} unhealthy: {e}", t.name);
+            eprintln!("kura: target {} unhealthy: {e}", h.target);
             if state == State::NotUsable {
                 eprintln!(
                     "kura: {} is now not usable; a successful probe puts it back",
-                    t.name
+                    h.target
                 );
             }
         }

@@ -27,12 +27,12 @@ use crate::{Daemon, Error};
 pub use routes::JobView;
 
 /// An error as the API answers it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable: `not_found`, `invalid`, `conflict`, `unauthorized`, `unavailable`, `internal`.
     pub code: String,

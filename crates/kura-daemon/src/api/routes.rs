@@ -325,6 +325,9 @@ pub struct Occurrence {
     pub due: String,
     /// The daemon that claimed it.
     pub daemon: String,
+    /// When it was claimed (RFC 3339, UTC, milliseconds): a run started then; for an
+    /// occurrence recorded missed or skipped, when that was recorded.
+    pub claimed: String,
     /// `started`, `succeeded`, `failed`, `missed`, `skipped` or `expired`.
     pub state: String,
     pub reason: Option<String>,
@@ -367,6 +370,9 @@ pub async fn job_occurrences(
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_default(),
                 daemon: c.daemon,
+                claimed: chrono::DateTime::from_timestamp_millis(c.claimed)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default(),
                 state: c.state.as_str().into(),
                 reason: c.reason,
             })
