@@ -25,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod metrics;
+pub mod ops;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
@@ -119,6 +120,8 @@ pub struct Daemon {
     pub tasks: Tasks,
     pub tokens: auth::Tokens,
     pub runner: Arc<dyn JobRunner>,
+    /// Repository and volume work (restore, check, prune, heal, rebuild, browsing).
+    pub ops: Arc<dyn ops::Operations>,
     pub options: DaemonOptions,
     pub metrics: metrics::Metrics,
 }
@@ -129,12 +132,23 @@ impl Daemon {
         runner: Arc<dyn JobRunner>,
         options: DaemonOptions,
     ) -> Result<Arc<Daemon>> {
+        Daemon::with_operations(catalog, runner, Arc::new(ops::NoOperations), options)
+    }
+
+    /// A daemon that can also restore, check, prune, heal, rebuild and browse.
+    pub fn with_operations(
+        catalog: Arc<Catalog>,
+        runner: Arc<dyn JobRunner>,
+        ops: Arc<dyn ops::Operations>,
+        options: DaemonOptions,
+    ) -> Result<Arc<Daemon>> {
         let tasks = Tasks::open(&options.state_dir.join("tasks"))?;
         Ok(Arc::new(Daemon {
             catalog,
             tasks,
             tokens: auth::Tokens::default(),
             runner,
+            ops,
             options,
             metrics: metrics::Metrics::default(),
         }))

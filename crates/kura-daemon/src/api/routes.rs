@@ -212,6 +212,8 @@ pub struct JobView {
     pub redundancy: i64,
     /// `mirror` or `failover`.
     pub mode: String,
+    /// How its runs use their targets.
+    pub settings: kura_types::JobSettings,
 }
 
 impl JobView {
@@ -229,6 +231,7 @@ impl JobView {
             schedule_error,
             redundancy: j.redundancy,
             mode: j.mode.as_str().into(),
+            settings: j.settings.clone(),
         }
     }
 }
