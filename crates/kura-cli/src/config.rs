@@ -71,6 +71,8 @@ pub struct DaemonSection {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_self_signed: bool,
+    /// Restores started through the API may write only inside this directory.
+    pub restore_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

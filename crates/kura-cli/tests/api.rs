@@ -91,11 +91,16 @@ impl Setup {
 
     /// `kura serve` on a free loopback port, its stderr into `stderr.log`.
     fn serve(&self) -> Daemon {
+        self.serve_with(&[])
+    }
+
+    fn serve_with(&self, extra: &[&str]) -> Daemon {
         let state = self.dir().join("state");
         let log = self.dir().join("stderr.log");
         let mut child = self
             .cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "api-test"])
+            .args(extra)
             .arg("--state-dir")
             .arg(&state)
             .stdout(Stdio::piped())
@@ -536,14 +541,17 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     let s = Setup::new();
     let token = s.token("ops", &[]);
-    let d = s.serve();
+    // Restores through this daemon may write only below `root`.
+    let root = s.dir().join("root");
+    fs::create_dir(&root).unwrap();
+    let d = s.serve_with(&["--restore-root", root.to_str().unwrap()]);
     let t = token.as_str();
     let tg = s.target;
     d.succeeds("POST", "/api/v1/jobs/nightly/run", t, None);
     let rel = s.src.strip_prefix("/").unwrap();
 
     // A snapshot of a target's repository, into an empty directory.
-    let dest = s.dir().join("r1");
+    let dest = root.join("r1");
     let body = json!({"target": tg, "destination": dest.to_str().unwrap()});
     let log = d.succeeds("POST", "/api/v1/restores", t, Some(&body));
     assert!(log.contains("restored 4 files"), "{log}");
@@ -551,7 +559,7 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
 
     // A catalog backup, with a pattern.
     let id = d.get("/api/v1/backups", t)[0]["id"].as_i64().unwrap();
-    let dest = s.dir().join("r2");
+    let dest = root.join("r2");
     let body = json!({"backup": id, "destination": dest.to_str().unwrap(),
         "include": [format!("{}/d/**", s.src.display())]});
     d.succeeds("POST", "/api/v1/restores", t, Some(&body));
@@ -564,7 +572,7 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     fs::create_dir(&outside).unwrap();
     write(&outside.join("victim"), b"keep me");
     write(&outside.join("victim2"), b"keep me too");
-    let dest = s.dir().join("r3");
+    let dest = root.join("r3");
     let base = dest.join(rel);
     fs::create_dir_all(&base).unwrap();
     fs::hard_link(outside.join("victim"), base.join("f0")).unwrap();
@@ -580,8 +588,13 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     // Bad requests are refused before any task starts, naming the field.
     let tasks_before = d.get("/api/v1/tasks?kind=restore", t).as_array().unwrap().len();
     let abs = dest.to_str().unwrap();
+    let escape = root.join("escape");
+    std::os::unix::fs::symlink(&outside, &escape).unwrap();
+    let via_link = escape.join("r4");
     for (body, status, code, says) in [
         (json!({"target": tg, "destination": "relative/dir"}), 400, "invalid", "destination"),
+        (json!({"target": tg, "destination": s.dir().join("r5")}), 400, "invalid", "--restore-root"),
+        (json!({"target": tg, "destination": via_link}), 400, "invalid", "--restore-root"),
         (json!({"target": tg, "destination": format!("{abs}/../up")}), 400, "invalid", "destination"),
         (json!({"target": tg, "backup": id, "destination": abs}), 400, "invalid", "backup"),
         (json!({"destination": abs}), 400, "invalid", "target"),
@@ -596,6 +609,8 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     }
     let tasks_after = d.get("/api/v1/tasks?kind=restore", t).as_array().unwrap().len();
     assert_eq!(tasks_before, tasks_after);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 2, "nothing new outside");
+    assert!(!s.dir().join("r5").exists());
     // A snapshot that does not exist: the task fails, saying so.
     let body = json!({"target": tg, "snapshot": "ffffffff", "destination": abs});
     let (task, _) = d.task("POST", "/api/v1/restores", t, Some(&body));
@@ -672,13 +687,15 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_schema() {
     );
     let s = Setup::new();
     let token = s.token("fuzz", &[]);
-    let d = s.serve();
+    // Whatever restores the fuzzer starts write below this directory only.
+    let root = s.dir().join("restores");
+    fs::create_dir(&root).unwrap();
+    let d = s.serve_with(&["--restore-root", root.to_str().unwrap()]);
     d.succeeds("POST", "/api/v1/jobs/nightly/run", &token, None);
     s.ok(&["volume", "create", "vol1", "--size", "8M"]);
-    let report = s.dir().join("st-report");
     let started = Instant::now();
     let o = Command::new(&st)
-        .arg("run")
+        .args(["--no-color", "run"])
         .arg(format!("{}/api/v1/openapi.json", d.url()))
         .args(["--url", &d.url()])
         .args(["-H", &format!("Authorization: Bearer {token}")])
@@ -686,8 +703,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_schema() {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", "15", "--workers", "2"])
         .args(["--request-timeout", "30", "--seed", "1"])
-        .args(["--no-color"])
-        .env("SCHEMATHESIS_REPORTS_DIR", &report)
+        .args(["--generation-database", "none"])
         .current_dir(s.dir())
         .output()
         .unwrap();

@@ -112,6 +112,9 @@ pub struct DaemonOptions {
     pub name: String,
     /// The time zone of schedules that name none.
     pub zone: kura_schedule::Tz,
+    /// Restores started through the API may write only inside this directory (`None`: any
+    /// absolute path).
+    pub restore_root: Option<PathBuf>,
 }
 
 /// A running daemon's shared state.

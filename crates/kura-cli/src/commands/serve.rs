@@ -197,6 +197,7 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             state_dir: state_dir.clone(),
             name: name.clone(),
             zone,
+            restore_root: a.restore_root.clone().or_else(|| d.restore_root.clone()),
         },
     )
     .with_context(|| format!("start the daemon in {}", state_dir.display()))?;

@@ -155,6 +155,7 @@ async fn require_token(
         routes::Health,
         routes::LogLines,
         routes::Occurrence,
+        routes::FollowEvent,
         JobView,
         jobs::JobSpec,
         resources::ResourceView,

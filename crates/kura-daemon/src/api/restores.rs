@@ -1,14 +1,14 @@
 //! `POST /api/v1/restores`: a restore, started as a task.
 //!
 //! The request is checked before the task starts (a 400 names the field): one source (a
-//! target and a snapshot, or a catalog backup), an absolute destination without `..`, a known
-//! overwrite policy. The restore itself is the binary's [`crate::ops::Operations::restore`],
+//! target and a snapshot, or a catalog backup), an absolute destination without `..` (inside
+//! the daemon's `--restore-root` when it has one), a known overwrite policy. The restore itself is the binary's [`crate::ops::Operations::restore`],
 //! which runs `kura restore`'s code: it writes only inside the destination and never
 //! through an entry already there (symlinks and hard links planted in it are replaced, not
 //! followed), files appear under their names only when whole, an image is not written over a
 //! file a volume server holds.
 
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
@@ -52,8 +52,33 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{field}: {why}"))
 }
 
+/// Is `dest` (absolute, without `..`) inside `root`? Judged on what the paths resolve to:
+/// the root and the longest part of `dest` that exists are resolved (symlinks followed), so a
+/// symlink inside the root that leads out of it does not count as inside.
+fn inside(dest: &Path, root: &Path) -> bool {
+    let Ok(root) = root.canonicalize() else {
+        return false;
+    };
+    let mut existing = dest.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(n), Some(p)) => {
+                rest.push(n.to_os_string());
+                existing = p.to_path_buf();
+            }
+            _ => return false,
+        }
+    }
+    let Ok(mut resolved) = existing.canonicalize() else {
+        return false;
+    };
+    resolved.extend(rest.iter().rev());
+    resolved.starts_with(&root)
+}
+
 /// The checks that need no catalog.
-fn options(r: &RestoreRequest) -> crate::Result<(PathBuf, RestoreOptions)> {
+fn options(r: &RestoreRequest, root: Option<&Path>) -> crate::Result<(PathBuf, RestoreOptions)> {
     let dest = PathBuf::from(&r.destination);
     if !dest.is_absolute() {
         return Err(invalid(
@@ -69,6 +94,18 @@ fn options(r: &RestoreRequest) -> crate::Result<(PathBuf, RestoreOptions)> {
         return Err(invalid(
             "destination",
             format!("{:?} must not contain '..', '.' or NUL", r.destination),
+        ));
+    }
+    if let Some(root) = root
+        && !inside(&dest, root)
+    {
+        return Err(invalid(
+            "destination",
+            format!(
+                "{} is outside {}, where this daemon's restores may write (--restore-root)",
+                dest.display(),
+                root.display()
+            ),
         ));
     }
     if let Some(p) = r.include.iter().find(|p| p.is_empty() || p.contains('\0')) {
@@ -113,7 +150,7 @@ pub async fn start(
     b: Result<Json<RestoreRequest>, JsonRejection>,
 ) -> crate::Result<(StatusCode, Json<TaskInfo>)> {
     let r = body(b)?;
-    let (destination, opts) = options(&r)?;
+    let (destination, opts) = options(&r, d.options.restore_root.as_deref())?;
     let by = format!("api:{}", caller.token);
     let t = blocking(move || {
         let source = match (&r.target, r.backup) {

@@ -159,8 +159,15 @@ pub async fn tree(
 ) -> crate::Result<Json<Vec<NodeView>>> {
     let (target, spec) = path(p)?;
     let dir = PathBuf::from("/").join(query(q)?.path.unwrap_or_default());
-    if dir.as_os_str().as_bytes().contains(&0) {
-        return Err(Error::Invalid("path: contains a NUL byte".into()));
+    if dir.as_os_str().as_bytes().contains(&0)
+        || dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::Invalid(format!(
+            "path: {:?} must not contain '..' or NUL",
+            dir.display().to_string()
+        )));
     }
     let out = blocking(move || {
         let url = d.target_url(&target)?;
