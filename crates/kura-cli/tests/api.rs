@@ -39,8 +39,20 @@ impl Setup {
             target: "t0-q7x",
             f,
         };
-        s.ok(&["-r", s.repo.to_str().unwrap(), "init", "--kdf-memory-kib", "64"]);
-        s.ok(&["resource", "add", "target", s.target, s.repo.to_str().unwrap()]);
+        s.ok(&[
+            "-r",
+            s.repo.to_str().unwrap(),
+            "init",
+            "--kdf-memory-kib",
+            "64",
+        ]);
+        s.ok(&[
+            "resource",
+            "add",
+            "target",
+            s.target,
+            s.repo.to_str().unwrap(),
+        ]);
         for i in 0..3u64 {
             write(&s.src.join(format!("f{i}")), &pseudo_random(200_000, i));
         }
@@ -297,7 +309,10 @@ fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
         (json!({"kind": "worker", "name": "w", "url": "/x"}), "url"),
         (json!({"kind": "target", "name": "t2"}), "url"),
         (json!({"kind": "worker", "name": "w", "slots": 0}), "slots"),
-        (json!({"kind": "worker", "name": "w", "colour": "red"}), "colour"),
+        (
+            json!({"kind": "worker", "name": "w", "colour": "red"}),
+            "colour",
+        ),
     ] {
         d.call("POST", "/api/v1/resources", Some(t), Some(&body))
             .error(400, "invalid", field);
@@ -315,13 +330,31 @@ fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
     let src = s.src.to_str().unwrap();
     for (body, field) in [
         (json!({"object": src}), "name"),
-        (json!({"name": "j", "object": src, "settings": {"quorum": 2}}), "quorum"),
-        (json!({"name": "j", "object": src, "schedule": "mon 25:00"}), "schedule"),
+        (
+            json!({"name": "j", "object": src, "settings": {"quorum": 2}}),
+            "quorum",
+        ),
+        (
+            json!({"name": "j", "object": src, "schedule": "mon 25:00"}),
+            "schedule",
+        ),
         (json!({"name": "j", "object": src, "mode": "raid"}), "mode"),
-        (json!({"name": "j", "object": src, "redundancy": 0}), "redundancy"),
-        (json!({"name": "j", "object": src, "settings": {"stall_timeout": "soon"}}), "stall_timeout"),
-        (json!({"name": "j", "object": src, "settings": {"start_within": "2h", "finish_within": "1h"}}), "start_within"),
-        (json!({"name": "j", "object": src, "settings": {"speed": 1}}), "speed"),
+        (
+            json!({"name": "j", "object": src, "redundancy": 0}),
+            "redundancy",
+        ),
+        (
+            json!({"name": "j", "object": src, "settings": {"stall_timeout": "soon"}}),
+            "stall_timeout",
+        ),
+        (
+            json!({"name": "j", "object": src, "settings": {"start_within": "2h", "finish_within": "1h"}}),
+            "start_within",
+        ),
+        (
+            json!({"name": "j", "object": src, "settings": {"speed": 1}}),
+            "speed",
+        ),
         (json!({"name": "j/k", "object": src}), "job name"),
     ] {
         d.call("POST", "/api/v1/jobs", Some(t), Some(&body))
@@ -365,7 +398,10 @@ fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
     assert_eq!(j["schedule"], Value::Null, "{j}");
     assert_eq!(j["mode"], "failover", "{j}");
     assert_eq!(j["settings"]["hook_timeout"], "1m", "{j}");
-    assert_eq!(j["settings"]["stall_timeout"], "2m", "the default again: {j}");
+    assert_eq!(
+        j["settings"]["stall_timeout"], "2m",
+        "the default again: {j}"
+    );
     d.call("PUT", "/api/v1/jobs/nope", Some(t), Some(&edit))
         .error(404, "not_found", "nope");
     let a = d.call("DELETE", "/api/v1/jobs/j", Some(t), None);
@@ -416,7 +452,11 @@ fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
         assert!(doc["paths"][p].is_object(), "{p} is not documented");
     }
     for m in ["post", "put", "delete"] {
-        let op = if m == "post" { "/api/v1/jobs" } else { "/api/v1/jobs/{name}" };
+        let op = if m == "post" {
+            "/api/v1/jobs"
+        } else {
+            "/api/v1/jobs/{name}"
+        };
         assert!(doc["paths"][op][m].is_object(), "{m} {op}");
     }
     assert!(
@@ -440,7 +480,11 @@ fn backups_snapshots_and_maintenance_tasks() {
     let b = &bs[0];
     assert_eq!(b["state"], "complete", "{b}");
     assert_eq!(b["object"], s.src.to_str().unwrap());
-    assert_eq!(b["copies"], json!([{"target": tg, "whole": true, "sections": []}]), "{b}");
+    assert_eq!(
+        b["copies"],
+        json!([{"target": tg, "whole": true, "sections": []}]),
+        "{b}"
+    );
     let id = b["id"].as_i64().unwrap();
     assert_eq!(d.get(&format!("/api/v1/backups/{id}"), t)["id"], id);
     let q = format!("/api/v1/backups?object={}", s.src.to_str().unwrap());
@@ -456,9 +500,8 @@ fn backups_snapshots_and_maintenance_tasks() {
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
     assert_eq!(snaps[0]["paths"], json!([s.src.to_str().unwrap()]));
     let short = snaps[0]["short_id"].as_str().unwrap();
-    let ls = |snap: &str, path: &str| {
-        format!("/api/v1/targets/{tg}/snapshots/{snap}/tree?path={path}")
-    };
+    let ls =
+        |snap: &str, path: &str| format!("/api/v1/targets/{tg}/snapshots/{snap}/tree?path={path}");
     let dir = d.get(&ls(short, s.src.to_str().unwrap()), t);
     assert_eq!(names(&dir, "name"), ["d", "f0", "f1", "f2"], "{dir}");
     assert_eq!(dir[1]["size"], 200_000);
@@ -473,8 +516,13 @@ fn backups_snapshots_and_maintenance_tasks() {
         .error(404, "not_found", "ffffffff");
     d.call("GET", "/api/v1/targets/nope/snapshots", Some(t), None)
         .error(404, "not_found", "nope");
-    d.call("GET", "/api/v1/targets/local-worker/snapshots", Some(t), None)
-        .error(400, "invalid", "not a target");
+    d.call(
+        "GET",
+        "/api/v1/targets/local-worker/snapshots",
+        Some(t),
+        None,
+    )
+    .error(400, "invalid", "not a target");
 
     // Check, prune, heal, rebuild: tasks with ids, states and logs.
     let log = d.succeeds("POST", &format!("/api/v1/targets/{tg}/check"), t, None);
@@ -485,7 +533,10 @@ fn backups_snapshots_and_maintenance_tasks() {
         t,
         None,
     );
-    assert!(!log.contains("read 0 pack(s)"), "--read-data read packs: {log}");
+    assert!(
+        !log.contains("read 0 pack(s)"),
+        "--read-data read packs: {log}"
+    );
     let log = d.succeeds("POST", &format!("/api/v1/targets/{tg}/prune"), t, None);
     assert!(log.contains("blobs used"), "{log}");
     let log = d.succeeds("POST", &format!("/api/v1/backups/{id}/heal"), t, None);
@@ -493,8 +544,13 @@ fn backups_snapshots_and_maintenance_tasks() {
     let body = json!({"targets": [tg]});
     let log = d.succeeds("POST", "/api/v1/catalog/rebuild", t, Some(&body));
     assert!(log.contains("1 already known"), "{log}");
-    d.call("POST", "/api/v1/catalog/rebuild", Some(t), Some(&json!({"targets": []})))
-        .error(400, "invalid", "targets");
+    d.call(
+        "POST",
+        "/api/v1/catalog/rebuild",
+        Some(t),
+        Some(&json!({"targets": []})),
+    )
+    .error(400, "invalid", "targets");
     d.call("POST", "/api/v1/targets/nope/check", Some(t), None)
         .error(404, "not_found", "nope");
     d.call("POST", "/api/v1/backups/999/heal", Some(t), None)
@@ -513,12 +569,19 @@ fn backups_snapshots_and_maintenance_tasks() {
         None,
     );
     assert_eq!(task["state"], "failed", "{task}\n{log}");
-    assert!(task["error"].as_str().unwrap().contains("damaged"), "{task}");
+    assert!(
+        task["error"].as_str().unwrap().contains("damaged"),
+        "{task}"
+    );
     // Every task is listed, and filtered by kind.
     let checks = d.get("/api/v1/tasks?kind=check", t);
     assert_eq!(checks.as_array().unwrap().len(), 3, "{checks}");
     assert!(
-        checks.as_array().unwrap().iter().all(|c| c["started_by"] == "api:ops"),
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["started_by"] == "api:ops"),
         "{checks}"
     );
 }
@@ -563,7 +626,10 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     let body = json!({"backup": id, "destination": dest.to_str().unwrap(),
         "include": [format!("{}/d/**", s.src.display())]});
     d.succeeds("POST", "/api/v1/restores", t, Some(&body));
-    assert_eq!(fs::read(dest.join(rel).join("d/inner")).unwrap(), b"inner file");
+    assert_eq!(
+        fs::read(dest.join(rel).join("d/inner")).unwrap(),
+        b"inner file"
+    );
     assert!(!dest.join(rel).join("f0").exists());
 
     // Into a directory where someone planted links to the outside: they are replaced, never
@@ -582,40 +648,109 @@ fn a_restore_task_restores_byte_equal_and_writes_nowhere_but_its_destination() {
     d.succeeds("POST", "/api/v1/restores", t, Some(&body));
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"keep me");
     assert_eq!(fs::read(outside.join("victim2")).unwrap(), b"keep me too");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 2, "nothing new outside");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        2,
+        "nothing new outside"
+    );
     assert_same_tree(&s.src, &base);
 
     // Bad requests are refused before any task starts, naming the field.
-    let tasks_before = d.get("/api/v1/tasks?kind=restore", t).as_array().unwrap().len();
+    let tasks_before = d
+        .get("/api/v1/tasks?kind=restore", t)
+        .as_array()
+        .unwrap()
+        .len();
     let abs = dest.to_str().unwrap();
     let escape = root.join("escape");
     std::os::unix::fs::symlink(&outside, &escape).unwrap();
     let via_link = escape.join("r4");
     for (body, status, code, says) in [
-        (json!({"target": tg, "destination": "relative/dir"}), 400, "invalid", "destination"),
-        (json!({"target": tg, "destination": s.dir().join("r5")}), 400, "invalid", "--restore-root"),
-        (json!({"target": tg, "destination": via_link}), 400, "invalid", "--restore-root"),
-        (json!({"target": tg, "destination": format!("{abs}/../up")}), 400, "invalid", "destination"),
-        (json!({"target": tg, "backup": id, "destination": abs}), 400, "invalid", "backup"),
+        (
+            json!({"target": tg, "destination": "relative/dir"}),
+            400,
+            "invalid",
+            "destination",
+        ),
+        (
+            json!({"target": tg, "destination": s.dir().join("r5")}),
+            400,
+            "invalid",
+            "--restore-root",
+        ),
+        (
+            json!({"target": tg, "destination": via_link}),
+            400,
+            "invalid",
+            "--restore-root",
+        ),
+        (
+            json!({"target": tg, "destination": format!("{abs}/../up")}),
+            400,
+            "invalid",
+            "destination",
+        ),
+        (
+            json!({"target": tg, "backup": id, "destination": abs}),
+            400,
+            "invalid",
+            "backup",
+        ),
         (json!({"destination": abs}), 400, "invalid", "target"),
-        (json!({"target": tg, "destination": abs, "overwrite": "sometimes"}), 400, "invalid", "overwrite"),
-        (json!({"target": tg, "destination": abs, "colour": 1}), 400, "invalid", "colour"),
-        (json!({"backup": id, "snapshot": "latest", "destination": abs}), 400, "invalid", "snapshot"),
-        (json!({"target": "nope", "destination": abs}), 404, "not_found", "nope"),
-        (json!({"backup": 999, "destination": abs}), 404, "not_found", "999"),
+        (
+            json!({"target": tg, "destination": abs, "overwrite": "sometimes"}),
+            400,
+            "invalid",
+            "overwrite",
+        ),
+        (
+            json!({"target": tg, "destination": abs, "colour": 1}),
+            400,
+            "invalid",
+            "colour",
+        ),
+        (
+            json!({"backup": id, "snapshot": "latest", "destination": abs}),
+            400,
+            "invalid",
+            "snapshot",
+        ),
+        (
+            json!({"target": "nope", "destination": abs}),
+            404,
+            "not_found",
+            "nope",
+        ),
+        (
+            json!({"backup": 999, "destination": abs}),
+            404,
+            "not_found",
+            "999",
+        ),
     ] {
         d.call("POST", "/api/v1/restores", Some(t), Some(&body))
             .error(status, code, says);
     }
-    let tasks_after = d.get("/api/v1/tasks?kind=restore", t).as_array().unwrap().len();
+    let tasks_after = d
+        .get("/api/v1/tasks?kind=restore", t)
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(tasks_before, tasks_after);
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 2, "nothing new outside");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        2,
+        "nothing new outside"
+    );
     assert!(!s.dir().join("r5").exists());
     // A snapshot that does not exist: the task fails, saying so.
     let body = json!({"target": tg, "snapshot": "ffffffff", "destination": abs});
     let (task, _) = d.task("POST", "/api/v1/restores", t, Some(&body));
     assert_eq!(task["state"], "failed", "{task}");
-    assert!(task["error"].as_str().unwrap().contains("ffffffff"), "{task}");
+    assert!(
+        task["error"].as_str().unwrap().contains("ffffffff"),
+        "{task}"
+    );
 }
 
 #[test]
@@ -626,7 +761,12 @@ fn tokens_are_refused_without_a_word_more_and_never_logged() {
     let d = s.serve();
     // Work that writes task logs, started with the good token.
     d.succeeds("POST", "/api/v1/jobs/nightly/run", &token, None);
-    d.succeeds("POST", &format!("/api/v1/targets/{}/check", s.target), &token, None);
+    d.succeeds(
+        "POST",
+        &format!("/api/v1/targets/{}/check", s.target),
+        &token,
+        None,
+    );
 
     let unknown = format!("kura_{}", "0".repeat(64));
     std::thread::sleep(Duration::from_millis(1500));
@@ -658,8 +798,13 @@ fn tokens_are_refused_without_a_word_more_and_never_logged() {
     // A token in the URL is not a token.
     d.call("GET", &format!("/api/v1/jobs?token={token}"), None, None)
         .error(401, "unauthorized", "token");
-    d.call("GET", &format!("/api/v1/jobs?access_token={token}"), None, None)
-        .error(401, "unauthorized", "token");
+    d.call(
+        "GET",
+        &format!("/api/v1/jobs?access_token={token}"),
+        None,
+        None,
+    )
+    .error(401, "unauthorized", "token");
     // The job is still there: nothing the bad calls asked for happened.
     assert_eq!(d.get("/api/v1/jobs/nightly", &token)["name"], "nightly");
 
@@ -668,7 +813,10 @@ fn tokens_are_refused_without_a_word_more_and_never_logged() {
     for p in walk_files(&d.state.join("tasks")) {
         seen.push_str(&fs::read_to_string(&p).unwrap());
     }
-    assert!(seen.contains("api:ops"), "the token's name is who started the work");
+    assert!(
+        seen.contains("api:ops"),
+        "the token's name is who started the work"
+    );
     seen.push_str(&fs::read_to_string(&d.log).unwrap());
     for secret in [&token, &short_lived, &unknown] {
         assert!(!seen.contains(secret.as_str()), "a token was logged");

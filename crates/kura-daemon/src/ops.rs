@@ -23,7 +23,11 @@ use crate::{Daemon, Error, Result, Task, TaskInfo};
 #[derive(Debug, Clone)]
 pub enum RestoreSource {
     /// A snapshot (`latest` or an id prefix) of the repository on a target.
-    Snapshot { target: String, url: String, snapshot: String },
+    Snapshot {
+        target: String,
+        url: String,
+        snapshot: String,
+    },
     /// A backup of the catalog: read from every target holding a copy or a section of it.
     Backup(i64),
 }

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::openapi::{RefOr, SchemaFormat, KnownFormat};
+use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 
 use crate::{ByteSize, Duration};
 

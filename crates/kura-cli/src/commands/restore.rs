@@ -181,14 +181,15 @@ pub fn restore_from(
             kura_repo::snapshot::Content::Image(_) => hold_image_target(&r.target)?,
             _ => None,
         };
-        let out = restore(&repo, lock, &snap, &r.target, opts, r.progress, r.cancel)
-            .with_context(|| {
+        let out = restore(&repo, lock, &snap, &r.target, opts, r.progress, r.cancel).with_context(
+            || {
                 format!(
                     "restore snapshot {} from {loc} to {}",
                     snap.id.short(),
                     r.target.display()
                 )
-            })?;
+            },
+        )?;
         Ok((snap, out))
     })
 }

@@ -146,8 +146,7 @@ impl Operations for Ops {
     fn check(&self, target: &str, url: &str, read_data: bool, task: &Task) -> Done {
         let app = self.app_for(Some(url), task);
         let repo = self.open_with(&app, target, url).map_err(text)?;
-        let report =
-            super::check::check_open(&app, repo, read_data, false, task).map_err(text)?;
+        let report = super::check::check_open(&app, repo, read_data, false, task).map_err(text)?;
         for w in &report.warnings {
             task.log(format!("warning: {w}"));
         }
@@ -178,8 +177,8 @@ impl Operations for Ops {
     fn prune(&self, target: &str, url: &str, task: &Task) -> Done {
         let app = self.app_for(Some(url), task);
         let repo = self.open_with(&app, target, url).map_err(text)?;
-        let r = super::prune::prune_open(&app, repo, &PruneOptions::default(), task)
-            .map_err(text)?;
+        let r =
+            super::prune::prune_open(&app, repo, &PruneOptions::default(), task).map_err(text)?;
         task.log(format!(
             "{} blobs used, {} unused; packs: {} kept, {} repacked into {}, {} condemned, {} \
              recovered, {} deleted, {} left condemned for a later prune; {} → {}",

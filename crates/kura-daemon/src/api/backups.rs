@@ -67,11 +67,13 @@ pub struct BackupView {
 fn view(b: &Backup, extents: Vec<kura_catalog::Extent>) -> BackupView {
     let mut by_target: BTreeMap<String, CopyView> = BTreeMap::new();
     for e in &extents {
-        let c = by_target.entry(e.target.clone()).or_insert_with(|| CopyView {
-            target: e.target.clone(),
-            whole: false,
-            sections: Vec::new(),
-        });
+        let c = by_target
+            .entry(e.target.clone())
+            .or_insert_with(|| CopyView {
+                target: e.target.clone(),
+                whole: false,
+                sections: Vec::new(),
+            });
         match e.position.parse::<Position>() {
             Ok(Position::Section { index, .. }) if !index.is_empty() => c.sections.push(e.seq),
             Ok(Position::Section { .. }) => {}

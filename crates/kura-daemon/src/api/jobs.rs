@@ -147,7 +147,10 @@ pub async fn replace(
     let j = blocking(move || {
         let old = d.catalog.job(&which).map_err(Error::catalog)?;
         if spec.name.as_ref().is_some_and(|n| *n != old.name) {
-            return Err(invalid("name", "a job cannot be renamed (define a new one)"));
+            return Err(invalid(
+                "name",
+                "a job cannot be renamed (define a new one)",
+            ));
         }
         let c = check(&d, &old.name, spec)?;
         d.catalog

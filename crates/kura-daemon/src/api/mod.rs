@@ -200,9 +200,7 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
         .route("/api/v1/jobs", get(routes::list_jobs).post(jobs::create))
         .route(
             "/api/v1/jobs/{name}",
-            get(routes::get_job)
-                .put(jobs::replace)
-                .delete(jobs::delete),
+            get(routes::get_job).put(jobs::replace).delete(jobs::delete),
         )
         .route("/api/v1/jobs/{name}/run", post(routes::run_job))
         .route(
@@ -210,7 +208,10 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
             get(routes::job_occurrences),
         )
         .route("/metrics", get(routes::metrics))
-        .route("/api/v1/resources", get(resources::list).post(resources::add))
+        .route(
+            "/api/v1/resources",
+            get(resources::list).post(resources::add),
+        )
         .route(
             "/api/v1/resources/{name}",
             get(resources::get).delete(resources::remove),

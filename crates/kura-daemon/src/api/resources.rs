@@ -143,7 +143,10 @@ pub async fn add(
     let n = body(b)?;
     let kind = Kind::parse(&n.kind).map_err(|e| refuse("kind", e.to_string()))?;
     if kind != Kind::Target && n.url.is_some() {
-        return Err(refuse("url", format!("only a target takes a URL, not a {}", n.kind)));
+        return Err(refuse(
+            "url",
+            format!("only a target takes a URL, not a {}", n.kind),
+        ));
     }
     if kind != Kind::Target && n.sequential {
         return Err(refuse("sequential", "is for targets"));

@@ -180,7 +180,10 @@ pub async fn start(
                 let url = d.target_url(t)?;
                 let snapshot = r.snapshot.clone().unwrap_or_else(|| "latest".into());
                 if snapshot.is_empty() || snapshot.contains(['/', '\0']) {
-                    return Err(invalid("snapshot", format!("{snapshot:?} is not a snapshot")));
+                    return Err(invalid(
+                        "snapshot",
+                        format!("{snapshot:?} is not a snapshot"),
+                    ));
                 }
                 RestoreSource::Snapshot {
                     target: t.clone(),
