@@ -162,6 +162,14 @@ fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
     d.call("GET", "/api/v1/volumes/vol2", Some(t), None)
         .error(404, "not_found", "vol2");
     assert_eq!(d.get("/api/v1/pairs", t), json!([]));
+    s.ok(&["volume", "create", "vol2", "--size", "8M"]);
+    s.ok(&["pair", "create", "vol1", "vol2"]);
+    let pairs = d.get("/api/v1/pairs", t);
+    assert_eq!(pairs.as_array().unwrap().len(), 1, "{pairs}");
+    assert_eq!(pairs[0]["primary"], "vol1", "{pairs}");
+    assert_eq!(pairs[0]["secondary"], "vol2", "{pairs}");
+    assert_eq!(pairs[0]["state"], "duplex", "{pairs}");
+    assert_eq!(d.get("/api/v1/volumes/vol2", t)["secondary_of"], "vol1");
 
     // Every route is in the OpenAPI document.
     let doc = d.call("GET", "/api/v1/openapi.json", None, None).json();

@@ -93,7 +93,7 @@ fn options(r: &RestoreRequest, root: Option<&Path>) -> crate::Result<(PathBuf, R
     {
         return Err(invalid(
             "destination",
-            format!("{:?} must not contain '..', '.' or NUL", r.destination),
+            format!("{:?} must not contain '..' or NUL", r.destination),
         ));
     }
     if let Some(root) = root
@@ -209,4 +209,43 @@ pub async fn start(
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(dest: &str) -> RestoreRequest {
+        RestoreRequest {
+            target: Some("t".into()),
+            snapshot: None,
+            backup: None,
+            destination: dest.into(),
+            include: Vec::new(),
+            overwrite: None,
+            delete: false,
+        }
+    }
+
+    #[test]
+    fn a_destination_is_absolute_without_dots_and_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(d.path(), root.join("out")).unwrap();
+        let ok = |p: &Path| options(&req(p.to_str().unwrap()), Some(&root)).is_ok();
+        assert!(ok(&root.join("a/b/c")), "inside, not yet made");
+        assert!(ok(&root));
+        assert!(!ok(&d.path().join("elsewhere")));
+        assert!(!ok(&root.join("out/x")), "a symlink out of the root");
+        assert!(!ok(Path::new("/")));
+        for bad in ["rel", "/a/../b", "./a"] {
+            assert!(options(&req(bad), None).is_err(), "{bad}");
+        }
+        assert!(options(&req("/anywhere"), None).is_ok());
+        let mut r = req("/x");
+        r.overwrite = Some("sometimes".into());
+        let e = options(&r, None).unwrap_err().to_string();
+        assert!(e.starts_with("overwrite:"), "{e}");
+    }
 }
