@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod api_common;
 #[path = "../../kura-catalog/tests/common/mod.rs"]
 mod catalog_common;
-mod api_common;
 mod common;
 
 use api_common::{Setup, names, walk_files};

@@ -4,9 +4,9 @@ use std::fs;
 use std::process::Command;
 use std::time::Instant;
 
+mod api_common;
 #[path = "../../kura-catalog/tests/common/mod.rs"]
 mod catalog_common;
-mod api_common;
 mod common;
 
 use api_common::Setup;

@@ -171,7 +171,13 @@ impl Daemon {
     }
 
     /// One HTTP/1.1 request with an optional JSON body.
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
         let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let auth = token
@@ -218,7 +224,13 @@ impl Daemon {
     }
 
     /// Start a task (202) and wait for it to end; its final record and its log.
-    pub fn task(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> (Value, String) {
+    pub fn task(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (Value, String) {
         let a = self.call(method, path, Some(token), body);
         assert_eq!(a.status, 202, "{method} {path}: {}", a.text);
         let id = a.json()["id"].as_str().unwrap().to_string();
@@ -279,7 +291,6 @@ pub fn names(v: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
-
 pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).unwrap() {
@@ -293,4 +304,3 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
-
