@@ -15,7 +15,7 @@ mod catalog_common;
 mod common;
 
 use api_common::{Setup, names, walk_files};
-use common::{assert_same_tree, write};
+use common::{assert_same_tree, pseudo_random, write};
 
 #[test]
 fn resources_and_jobs_are_read_and_written_with_bad_input_refused_whole() {
@@ -550,4 +550,56 @@ fn tokens_are_refused_without_a_word_more_and_never_logged() {
         assert!(!seen.contains(secret.as_str()), "a token was logged");
         assert!(!seen.contains(&secret[5..]), "a token's digits were logged");
     }
+}
+
+#[test]
+fn a_restore_task_can_be_cancelled_and_leaves_nothing_incomplete_under_its_name() {
+    let s = Setup::new();
+    let big = pseudo_random(2 << 20, 9);
+    write(&s.src.join("big"), &big);
+    s.ok(&["job", "run", "nightly"]);
+    let token = s.token("ops", &[]);
+    // Reads from targets at 256 KiB/s: the restore of 2 MiB takes at least 8 s, and it
+    // checks for cancellation before each pack it fetches.
+    let d = s.serve_with(&["--limit-download", "256KiB/s"]);
+    let dest = s.dir().join("slow");
+    let body = json!({"target": s.target, "destination": dest.to_str().unwrap()});
+    let a = d.call("POST", "/api/v1/restores", Some(&token), Some(&body));
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    // Cancelled while it restores (its progress has begun), not before it began.
+    let log = format!("/api/v1/tasks/{id}/log");
+    api_common::wait_for(60, "the restore to begin", || {
+        let lines = d.get(&log, &token)["lines"].as_array().unwrap().len();
+        (lines >= 2).then_some(())
+    });
+    let a = d.call(
+        "POST",
+        &format!("/api/v1/tasks/{id}/cancel"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(a.status, 202, "{}", a.text);
+    let t = api_common::wait_for(120, "the restore to stop", || {
+        let t = d.get(&format!("/api/v1/tasks/{id}"), &token);
+        (t["state"] != "running").then_some(t)
+    });
+    assert_eq!(t["state"], "cancelled", "{t}");
+    assert!(
+        !t["error"].as_str().unwrap().contains("before it began"),
+        "{t}"
+    );
+    // Nothing incomplete under its own name: the big file is whole, or not there.
+    let restored = dest.join(s.src.strip_prefix("/").unwrap()).join("big");
+    if let Ok(b) = fs::read(&restored) {
+        assert!(b == big, "an incomplete file under its own name");
+    }
+    // Cancelling it again is a conflict: it is not running.
+    d.call(
+        "POST",
+        &format!("/api/v1/tasks/{id}/cancel"),
+        Some(&token),
+        None,
+    )
+    .error(409, "conflict", "not running");
 }

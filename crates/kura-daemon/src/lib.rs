@@ -20,7 +20,8 @@
 //! It owns no repository format, no catalog schema and no backup logic: those are
 //! `kura-repo`, `kura-catalog` and `kura-manager`, which the CLI uses the same way. The
 //! daemon decides *when* work runs and *records* it; how a job runs is given to it as a
-//! [`JobRunner`].
+//! [`JobRunner`], and how a repository is opened, restored, checked, pruned, healed or read
+//! back into the catalog as [`ops::Operations`] (the binary's commands' own code).
 
 pub mod api;
 pub mod auth;
