@@ -143,7 +143,8 @@ pub fn repo_error(e: kura_repo::Error) -> Error {
         R::SnapshotNotFound(_) | R::PathNotFound { .. } => Error::NotFound(e.to_string()),
         R::InvalidInput(_) => Error::Invalid(e.to_string()),
         _ => match e.failure() {
-            Failure::Unreachable => Error::Unavailable(e.to_string()),
+            // The target does not answer, or refuses us: nothing the client can fix.
+            Failure::Unreachable | Failure::Denied => Error::Unavailable(e.to_string()),
             Failure::Locked => Error::Conflict(e.to_string()),
             Failure::NoRepository => Error::Conflict(e.to_string()),
             _ => Error::Internal(e.to_string()),
