@@ -5,7 +5,8 @@
 # started here on loopback ports, stopped at exit), loop devices (losetup) for block-device
 # backups, setpriv to drop privileges for unreadable-file tests, mkfifo, tmpfs mounts for
 # full and read-only file systems, qemu-io/qemu-img (qemu-utils) and nbdinfo/nbdcopy
-# (libnbd-bin) as NBD clients; they run as root, as CI does.
+# (libnbd-bin) as NBD clients, schemathesis (PyPI, into a venv) to fuzz the REST API; they run
+# as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,10 @@ need curl || DEBIAN_FRONTEND=noninteractive apt-get install -y curl >/dev/null
 source scripts/seaweedfs.sh
 seaweed_install
 s3dir=$(mktemp -d /tmp/kura-test-s3.XXXXXX)
+# schemathesis, which fuzzes the daemon's REST API against its OpenAPI document.
+# shellcheck source=scripts/schemathesis.sh
+source scripts/schemathesis.sh
+schemathesis_install
 # A real PostgreSQL for the catalog tests (each runs on SQLite and on PostgreSQL).
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh

@@ -162,6 +162,36 @@ fn valid_job_name(name: &str) -> Result<()> {
     }
 }
 
+/// What [`Catalog::add_job`] and [`Catalog::update_job`] refuse: a bad name, an empty object
+/// or schedule, a redundancy below 1, settings that do not fit the redundancy.
+fn check_job(
+    name: &str,
+    object: &str,
+    schedule: Option<&str>,
+    redundancy: i64,
+    settings: &JobSettings,
+) -> Result<()> {
+    valid_job_name(name)?;
+    if object.trim().is_empty() {
+        return Err(Error::Invalid(format!("job {name}: the object is empty")));
+    }
+    if redundancy < 1 {
+        return Err(Error::Invalid(format!(
+            "job {name}: redundancy must be at least 1 (got {redundancy})"
+        )));
+    }
+    if schedule.is_some_and(|s| s.trim().is_empty()) {
+        return Err(Error::Invalid(format!("job {name}: the schedule is empty")));
+    }
+    settings
+        .check(
+            &format!("job {name}"),
+            usize::try_from(redundancy).unwrap_or(usize::MAX),
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(())
+}
+
 const BACKUP_SELECT: &str = "SELECT id, run, object, started, ended, data_time, state FROM backups";
 
 fn row_to_backup(r: &AnyRow) -> std::result::Result<Backup, sqlx::Error> {
@@ -205,24 +235,7 @@ impl Catalog {
         mode: Mode,
         settings: &JobSettings,
     ) -> Result<i64> {
-        valid_job_name(name)?;
-        if object.trim().is_empty() {
-            return Err(Error::Invalid(format!("job {name}: the object is empty")));
-        }
-        if redundancy < 1 {
-            return Err(Error::Invalid(format!(
-                "job {name}: redundancy must be at least 1 (got {redundancy})"
-            )));
-        }
-        if schedule.is_some_and(|s| s.trim().is_empty()) {
-            return Err(Error::Invalid(format!("job {name}: the schedule is empty")));
-        }
-        settings
-            .check(
-                &format!("job {name}"),
-                usize::try_from(redundancy).unwrap_or(usize::MAX),
-            )
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        check_job(name, object, schedule, redundancy, settings)?;
         let cfg = settings.to_json();
         self.rt.block_on(async {
             let mut tx = self.write_tx().await.map_err(|e| self.db(e))?;
@@ -245,6 +258,46 @@ impl Catalog {
             tx.commit().await.map_err(|e| self.db(e))?;
             Ok(id)
         })
+    }
+
+    /// Change a job's definition (everything but its name and number), checked as
+    /// [`Catalog::add_job`] checks a new one; one statement, so a refused change leaves the
+    /// job as it was.
+    pub fn update_job(
+        &self,
+        id: i64,
+        object: &str,
+        schedule: Option<&str>,
+        redundancy: i64,
+        mode: Mode,
+        settings: &JobSettings,
+    ) -> Result<()> {
+        let name: String = self
+            .rt
+            .block_on(
+                sqlx::query("SELECT name FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool),
+            )
+            .map_err(|e| self.db(e))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| self.db(e))?
+            .ok_or_else(|| Error::UnknownJob(id.to_string()))?;
+        check_job(&name, object, schedule, redundancy, settings)?;
+        let cfg = settings.to_json();
+        self.exec(
+            "UPDATE jobs SET object = $1, schedule = $2, redundancy = $3, mode = $4, \
+             config = $5 WHERE id = $6",
+            |q| {
+                q.bind(object)
+                    .bind(schedule)
+                    .bind(redundancy)
+                    .bind(mode.as_str())
+                    .bind(cfg.clone())
+                    .bind(id)
+            },
+        )
     }
 
     /// Every job definition, by number.

@@ -15,7 +15,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Repository location: a directory, file:///path, or s3://bucket/prefix?endpoint=…
     #[arg(short = 'r', long, env = "KURA_REPOSITORY", global = true)]

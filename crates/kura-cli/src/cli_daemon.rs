@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Serve the API only; run no scheduled job
     #[arg(long)]
     pub no_scheduler: bool,
+    /// Restores started through the API may write only inside this directory (default: any
+    /// absolute path, or [daemon] restore_root)
+    #[arg(long, value_name = "DIR")]
+    pub restore_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
@@ -56,7 +56,7 @@ pub struct ConfigFile {
 }
 
 /// `kura serve` settings (its flags win).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonSection {
     /// Address of the API, e.g. "127.0.0.1:8787".
@@ -76,23 +76,25 @@ pub struct DaemonSection {
     pub url: Option<String>,
     /// A file holding the API token for `url` (`KURA_TOKEN` wins).
     pub token_file: Option<PathBuf>,
+    /// Restores started through the API may write only inside this directory.
+    pub restore_root: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumesSection {
     /// The volume engine's data directory.
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSection {
     /// A SQLite file path (`sqlite://` optional) or `postgres://…`.
     pub url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySection {
     pub repo: Option<String>,
@@ -102,7 +104,7 @@ pub struct RepositorySection {
     pub timeout: Option<kura_types::Duration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupSection {
     #[serde(default)]
@@ -115,7 +117,7 @@ pub struct BackupSection {
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSection {
     pub threads: Option<usize>,

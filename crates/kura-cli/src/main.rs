@@ -26,6 +26,7 @@ use config::ConfigFile;
 use exit::UsageError;
 
 /// What every command gets.
+#[derive(Clone)]
 pub struct App {
     pub global: GlobalArgs,
     pub config: ConfigFile,

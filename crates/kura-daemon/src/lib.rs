@@ -20,12 +20,14 @@
 //! It owns no repository format, no catalog schema and no backup logic: those are
 //! `kura-repo`, `kura-catalog` and `kura-manager`, which the CLI uses the same way. The
 //! daemon decides *when* work runs and *records* it; how a job runs is given to it as a
-//! [`JobRunner`].
+//! [`JobRunner`], and how a repository is opened, restored, checked, pruned, healed or read
+//! back into the catalog as [`ops::Operations`] (the binary's commands' own code).
 
 pub mod api;
 pub mod auth;
 pub mod client;
 pub mod metrics;
+pub mod ops;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
@@ -112,6 +114,9 @@ pub struct DaemonOptions {
     pub name: String,
     /// The time zone of schedules that name none.
     pub zone: kura_schedule::Tz,
+    /// Restores started through the API may write only inside this directory (`None`: any
+    /// absolute path).
+    pub restore_root: Option<PathBuf>,
 }
 
 /// A running daemon's shared state.
@@ -120,6 +125,8 @@ pub struct Daemon {
     pub tasks: Tasks,
     pub tokens: auth::Tokens,
     pub runner: Arc<dyn JobRunner>,
+    /// Repository and volume work (restore, check, prune, heal, rebuild, browsing).
+    pub ops: Arc<dyn ops::Operations>,
     pub options: DaemonOptions,
     pub metrics: metrics::Metrics,
 }
@@ -130,12 +137,23 @@ impl Daemon {
         runner: Arc<dyn JobRunner>,
         options: DaemonOptions,
     ) -> Result<Arc<Daemon>> {
+        Daemon::with_operations(catalog, runner, Arc::new(ops::NoOperations), options)
+    }
+
+    /// A daemon that can also restore, check, prune, heal, rebuild and browse.
+    pub fn with_operations(
+        catalog: Arc<Catalog>,
+        runner: Arc<dyn JobRunner>,
+        ops: Arc<dyn ops::Operations>,
+        options: DaemonOptions,
+    ) -> Result<Arc<Daemon>> {
         let tasks = Tasks::open(&options.state_dir.join("tasks"))?;
         Ok(Arc::new(Daemon {
             catalog,
             tasks,
             tokens: auth::Tokens::default(),
             runner,
+            ops,
             options,
             metrics: metrics::Metrics::default(),
         }))

@@ -15,7 +15,8 @@ use kura_catalog::{Catalog, Kind, Resource, State};
 use crate::{Error, Result};
 
 /// Opens a target's backend by URL (the caller knows credentials and options).
-pub type Opener<'a> = dyn Fn(&str) -> std::result::Result<std::sync::Arc<dyn Backend>, String> + Sync + 'a;
+pub type Opener<'a> =
+    dyn Fn(&str) -> std::result::Result<std::sync::Arc<dyn Backend>, String> + Sync + 'a;
 
 /// One target's result.
 #[derive(Debug, Clone)]

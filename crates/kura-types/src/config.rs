@@ -85,6 +85,7 @@ fn parse_text(owner: &str, text: &str) -> Result<Value, ConfigError> {
 /// take as flags, and what the catalog keeps with a job definition. (The job's mode and
 /// redundancy are columns of their own.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSettings {
     /// How many targets must finish for a mirrored run to succeed.
     pub quorum: usize,

@@ -26,6 +26,8 @@ mod duration;
 mod error;
 mod extent;
 mod lex;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod report;
 mod size;
 mod window;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Occurrences that fell due while no daemon ran (or the machine slept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum CatchUp {
     /// Record them all missed (an occurrence a tick late still runs).
@@ -25,6 +26,7 @@ pub enum CatchUp {
 
 /// An occurrence that falls due while the job's previous run still goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Overlap {
     /// Record it skipped.
@@ -40,6 +42,7 @@ pub enum Overlap {
 /// What happens to a run still going when its window (`finish-within`) or its `max-run`
 /// ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum WindowEnd {
     /// Cancel it: the repository stays consistent, no snapshot is made, its resources are

@@ -1,27 +1,41 @@
 use anyhow::{Context, Result};
-use kura_repo::check::{CheckOptions, check_repository};
+use kura_repo::Repository;
+use kura_repo::check::{CheckOptions, CheckReport, check_repository};
 use kura_repo::lock::RepoLock;
+use kura_repo::progress::Progress;
 
 use crate::cli::CheckArgs;
 use crate::{App, exit};
 
-pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
-    let repo = app.open()?;
+/// Check an open repository under a shared lock (none with `no_lock`): `kura check`, and
+/// the daemon's check tasks.
+pub fn check_open(
+    app: &App,
+    repo: Repository,
+    read_data: bool,
+    no_lock: bool,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
     let loc = repo.location();
-    let lock = if a.no_lock {
+    let lock = if no_lock {
         RepoLock::none(&repo)
     } else {
         RepoLock::shared_or_read_only(&repo).with_context(|| format!("lock {loc}"))?
     };
-    let report = crate::with_lock(lock, |lock| {
+    crate::with_lock(lock, |lock| {
         let opts = CheckOptions {
-            read_data: a.read_data,
+            read_data,
             ..Default::default()
         };
-        let bar = app.bar();
-        check_repository(repo, lock, &opts, &bar, &app.cancel)
+        check_repository(repo, lock, &opts, progress, &app.cancel)
             .with_context(|| format!("check {loc}"))
-    })?;
+    })
+}
+
+pub fn run(app: &App, a: CheckArgs) -> Result<i32> {
+    let repo = app.open()?;
+    let bar = app.bar();
+    let report = check_open(app, repo, a.read_data, a.no_lock, &bar)?;
     if app.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -40,7 +40,7 @@ pub fn run(app: &App, a: ForgetArgs) -> Result<i32> {
         let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
         crate::with_lock(lock, |lock| {
             if forget_locked(app, &a, &policy, &repo, lock)? {
-                super::prune::prune_locked(app, repo, lock, &prune_opts)?;
+                super::prune::prune_locked(app, repo, lock, &prune_opts, &app.bar())?;
             }
             Ok(exit::OK)
         })

@@ -18,6 +18,7 @@ pub mod repair;
 pub mod resource;
 pub mod restore;
 pub mod serve;
+pub mod serve_ops;
 pub mod snapshots;
 pub mod target;
 pub mod task;

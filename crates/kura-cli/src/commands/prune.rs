@@ -1,6 +1,7 @@
 use anyhow::{Context, Result};
 use kura_repo::Repository;
 use kura_repo::lock::{Exclusive, RepoLock};
+use kura_repo::progress::Progress;
 use kura_repo::prune::{DEFAULT_KEEP_CONDEMNED, PruneOptions, PruneReport, prune};
 
 use crate::cli::PruneArgs;
@@ -15,15 +16,15 @@ pub fn prune_locked(
     repo: Repository,
     lock: &RepoLock<Exclusive>,
     opts: &PruneOptions,
+    progress: &dyn Progress,
 ) -> Result<PruneReport> {
     let loc = repo.location();
     let opts = PruneOptions {
         sections: super::catalog_sync::sections_here(app)?,
         ..opts.clone()
     };
-    let bar = app.bar();
     let report =
-        prune(repo, lock, &opts, &bar, &app.cancel).with_context(|| format!("prune {loc}"))?;
+        prune(repo, lock, &opts, progress, &app.cancel).with_context(|| format!("prune {loc}"))?;
     if app.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -59,18 +60,29 @@ pub fn run(app: &App, a: PruneArgs) -> Result<i32> {
     if !(0.0..=100.0).contains(&a.repack_threshold) {
         return Err(UsageError("--repack-threshold is a percentage, 0 to 100".into()).into());
     }
-    let repo = app.open()?;
-    let loc = repo.location();
-    let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
     let opts = PruneOptions {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold / 100.0,
         keep_condemned: keep_condemned(a.keep_condemned),
         ..Default::default()
     };
+    let bar = app.bar();
+    prune_open(app, app.open()?, &opts, &bar)?;
+    Ok(exit::OK)
+}
+
+/// Prune an open repository under an exclusive lock: `kura prune`, and the daemon's prune
+/// tasks.
+pub fn prune_open(
+    app: &App,
+    repo: Repository,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
+    let loc = repo.location();
+    let lock = RepoLock::exclusive(&repo).with_context(|| format!("lock {loc} exclusively"))?;
     // Snapshots removed without the catalog hearing of it (a forget elsewhere) stop being
     // claimed.
     super::catalog_sync::after_change(app, &repo);
-    crate::with_lock(lock, |lock| prune_locked(app, repo, lock, &opts))?;
-    Ok(exit::OK)
+    crate::with_lock(lock, |lock| prune_locked(app, repo, lock, opts, progress))
 }

@@ -1,7 +1,14 @@
+//! `kura restore`, and the one restore path the daemon's restore tasks take too
+//! ([`restore_from`], [`from_catalog`]): every safety rule lives here or below, once.
+
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
-use kura_catalog::BackupState;
+use kura_catalog::{BackupState, Catalog};
 use kura_repo::Repository;
+use kura_repo::backup::CancelToken;
 use kura_repo::lock::RepoLock;
+use kura_repo::progress::Progress;
 use kura_repo::restore::{RestoreOptions, RestoreOutcome, restore};
 use kura_repo::snapshot::SnapshotEntry;
 use serde_json::json;
@@ -11,8 +18,39 @@ use crate::exit::UsageError;
 use crate::output::bytes;
 use crate::{App, exit};
 
+/// A restore's destination and options: `kura restore`'s flags, or a daemon restore task's
+/// request.
+pub struct Restoring<'a> {
+    /// A directory, a file or device (images), or an NBD export (`nbd://…`).
+    pub target: PathBuf,
+    pub opts: RestoreOptions,
+    pub no_lock: bool,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a CancelToken,
+}
+
 pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
     let started = std::time::Instant::now();
+    let bar = app.bar();
+    let mut opts = RestoreOptions {
+        includes: a.includes.clone(),
+        overwrite: a
+            .overwrite
+            .parse()
+            .map_err(|e| UsageError(format!("{e}")))?,
+        delete: a.delete,
+        ..Default::default()
+    };
+    if let Some(t) = a.threads.or(app.config.restore.threads) {
+        opts.threads = t.max(1);
+    }
+    let r = Restoring {
+        target: a.target.clone(),
+        opts,
+        no_lock: a.no_lock,
+        progress: &bar,
+        cancel: &app.cancel,
+    };
     let (snap, out) = match (a.backup, &a.snapshot) {
         (Some(_), _) if nbd_target(&a.target).is_some() => {
             return Err(UsageError(
@@ -20,8 +58,17 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
             )
             .into());
         }
-        (Some(b), _) => from_catalog(app, b, &a)?,
-        (None, Some(spec)) => restore_from(app, app.open()?, spec, &a)?,
+        (Some(b), _) => {
+            let cat = app.catalog()?;
+            let password = crate::password::get(app.password_file().as_deref())?;
+            let quiet = app.global.quiet || app.global.json;
+            from_catalog(app, &cat, b, &password, &r, &|m| {
+                if !quiet {
+                    eprintln!("{m}")
+                }
+            })?
+        }
+        (None, Some(spec)) => restore_from(app.open()?, spec, &r)?,
         (None, None) => {
             return Err(UsageError("give a snapshot or --backup N".into()).into());
         }
@@ -97,14 +144,13 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
 }
 
 /// Restore snapshot `spec` of an opened repository.
-fn restore_from(
-    app: &App,
+pub fn restore_from(
     repo: Repository,
     spec: &str,
-    a: &RestoreArgs,
+    r: &Restoring,
 ) -> Result<(SnapshotEntry, RestoreOutcome)> {
     let loc = repo.location();
-    let lock = if a.no_lock {
+    let lock = if r.no_lock {
         RepoLock::none(&repo)
     } else {
         RepoLock::shared_or_read_only(&repo).with_context(|| format!("lock {loc}"))?
@@ -114,28 +160,16 @@ fn restore_from(
             .load_index()
             .with_context(|| format!("load index of {loc}"))?;
         let snap = repo.find_snapshot(spec)?;
-        let mut opts = RestoreOptions {
-            includes: a.includes.clone(),
-            overwrite: a
-                .overwrite
-                .parse()
-                .map_err(|e| UsageError(format!("{e}")))?,
-            delete: a.delete,
-            ..Default::default()
-        };
-        if let Some(t) = a.threads.or(app.config.restore.threads) {
-            opts.threads = t.max(1);
-        }
-        if let Some(url) = nbd_target(&a.target) {
-            let bar = app.bar();
+        let opts = &r.opts;
+        if let Some(url) = nbd_target(&r.target) {
             let out = kura_volume::restore_to_nbd(
                 url,
                 &repo,
                 lock,
                 &snap,
                 opts.threads,
-                &bar,
-                &app.cancel,
+                r.progress,
+                r.cancel,
             )
             .with_context(|| format!("restore snapshot {} from {loc} to {url}", snap.id.short()))?;
             return Ok((snap, out));
@@ -144,16 +178,15 @@ fn restore_from(
         // volume a `kura volume serve` owns — is refused: it would change the volume behind
         // its server's back. Held for the restore, so no server starts on it meanwhile.
         let _held = match &snap.snapshot.content {
-            kura_repo::snapshot::Content::Image(_) => hold_image_target(&a.target)?,
+            kura_repo::snapshot::Content::Image(_) => hold_image_target(&r.target)?,
             _ => None,
         };
-        let bar = app.bar();
-        let out = restore(&repo, lock, &snap, &a.target, &opts, &bar, &app.cancel).with_context(
+        let out = restore(&repo, lock, &snap, &r.target, opts, r.progress, r.cancel).with_context(
             || {
                 format!(
                     "restore snapshot {} from {loc} to {}",
                     snap.id.short(),
-                    a.target.display()
+                    r.target.display()
                 )
             },
         )?;
@@ -165,13 +198,16 @@ fn restore_from(
 /// section of it, usable targets with the fewest errors first (`kura_manager::open_backup`).
 /// Each file is read from the first target that has it, and a blob found damaged there is
 /// read again from the others; a sectioned backup is reassembled the same way. A target that
-/// failed a read counts against its health, even when another one served the data.
-fn from_catalog(
+/// failed a read counts against its health, even when another one served the data. `say`
+/// gets what the user should hear (which targets, which failed).
+pub fn from_catalog(
     app: &App,
+    cat: &Catalog,
     backup: i64,
-    a: &RestoreArgs,
+    password: &[u8],
+    r: &Restoring,
+    say: &dyn Fn(&str),
 ) -> Result<(SnapshotEntry, RestoreOutcome)> {
-    let cat = app.catalog()?;
     let b = cat.backup(backup)?;
     if b.state != BackupState::Complete {
         return Err(UsageError(format!(
@@ -180,20 +216,17 @@ fn from_catalog(
         ))
         .into());
     }
-    let view = kura_manager::open_backup(&cat, backup, &|url| app.manager_backend(url, None))?;
+    let view = kura_manager::open_backup(cat, backup, &|url| app.manager_backend(url, None))?;
     let names: Vec<String> = view.targets.iter().map(|(t, _)| t.clone()).collect();
-    let password = crate::password::get(app.password_file().as_deref())?;
     let union = view.union();
-    if !app.global.quiet && !app.global.json {
-        eprintln!(
-            "restoring backup {backup} from target{} {}",
-            if names.len() > 1 { "s" } else { "" },
-            names.join(", ")
-        );
-    }
-    let done = Repository::open(union.clone(), &password)
+    say(&format!(
+        "restoring backup {backup} from target{} {}",
+        if names.len() > 1 { "s" } else { "" },
+        names.join(", ")
+    ));
+    let done = Repository::open(union.clone(), password)
         .with_context(|| format!("open backup {backup} on targets {}", names.join(", ")))
-        .and_then(|repo| restore_from(app, repo, &view.snapshot.to_hex(), a));
+        .and_then(|repo| restore_from(repo, &view.snapshot.to_hex(), r));
     for (i, why) in union.failures() {
         eprintln!(
             "warning: target {} failed during the restore: {why}",

@@ -172,24 +172,32 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         );
     }
     let catalog = Arc::new(app.catalog()?);
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let ops = super::serve_ops::Ops {
+        app: app.clone(),
+        catalog: Arc::clone(&catalog),
+        password: password.clone(),
+    };
     let runner = Runner {
         catalog: Arc::clone(&catalog),
         backend: app.backend_options()?,
         backup: crate::commands::backup::from_config(app),
-        password: crate::password::get(app.password_file().as_deref())?,
+        password,
         traffic: {
             app.resolve_traffic_names();
             Arc::clone(&app.traffic)
         },
         route: app.route(),
     };
-    let daemon = Daemon::new(
+    let daemon = Daemon::with_operations(
         catalog,
         Arc::new(runner),
+        Arc::new(ops),
         DaemonOptions {
             state_dir: state_dir.clone(),
             name: name.clone(),
             zone,
+            restore_root: a.restore_root.clone().or_else(|| d.restore_root.clone()),
         },
     )
     .with_context(|| format!("start the daemon in {}", state_dir.display()))?;

@@ -16,17 +16,24 @@ use crate::exit::UsageError;
 use crate::output::{bytes, table};
 use crate::{App, config, exit};
 
+/// The volume directory: `--data-dir` (KURA_VOLUMES), `[volumes] dir`, or the default.
+pub(crate) fn volume_dir(app: &App, d: &VolumeDirArgs) -> Result<PathBuf> {
+    Ok(
+        match d
+            .data_dir
+            .clone()
+            .or_else(|| app.config.volumes.dir.clone())
+        {
+            Some(d) => d,
+            None => config::default_volumes().ok_or_else(|| {
+                UsageError("no volume directory and no home directory: use --data-dir".into())
+            })?,
+        },
+    )
+}
+
 pub(crate) fn store(app: &App, d: &VolumeDirArgs) -> Result<VolumeStore> {
-    let dir: PathBuf = match d
-        .data_dir
-        .clone()
-        .or_else(|| app.config.volumes.dir.clone())
-    {
-        Some(d) => d,
-        None => config::default_volumes().ok_or_else(|| {
-            UsageError("no volume directory and no home directory: use --data-dir".into())
-        })?,
-    };
+    let dir = volume_dir(app, d)?;
     VolumeStore::open(&dir).with_context(|| format!("volume directory {}", dir.display()))
 }
 

@@ -10,7 +10,15 @@
 //!   bearer tokens). A bad token gets 401 and nothing else.
 //! - **Blocking work** (the catalog) runs on `spawn_blocking`, never on the async workers.
 
+mod backups;
+mod extract;
+mod jobs;
+mod maintenance;
+mod resources;
+mod restores;
 mod routes;
+mod snapshots;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -103,7 +111,9 @@ async fn require_token(
 #[openapi(
     info(
         title = "kura",
-        description = "The kura daemon's API: jobs, tasks, health and metrics."
+        description = "The kura daemon's API: resources, jobs, tasks, backups with their \
+            copies and sections, snapshot browsing, restores, maintenance tasks, volumes and \
+            pairs, health and metrics."
     ),
     paths(
         routes::health,
@@ -117,6 +127,25 @@ async fn require_token(
         routes::run_job,
         routes::job_occurrences,
         routes::metrics,
+        jobs::create,
+        jobs::replace,
+        jobs::delete,
+        resources::list,
+        resources::get,
+        resources::add,
+        resources::remove,
+        backups::list,
+        backups::get,
+        snapshots::list,
+        snapshots::tree,
+        restores::start,
+        maintenance::check,
+        maintenance::prune,
+        maintenance::heal,
+        maintenance::rebuild,
+        volumes::list,
+        volumes::get,
+        volumes::pairs,
     ),
     components(schemas(
         ErrorBody,
@@ -126,7 +155,20 @@ async fn require_token(
         routes::Health,
         routes::LogLines,
         routes::Occurrence,
+        routes::FollowEvent,
         JobView,
+        jobs::JobSpec,
+        resources::ResourceView,
+        resources::NewResource,
+        backups::BackupView,
+        backups::CopyView,
+        backups::ExtentView,
+        snapshots::SnapshotView,
+        snapshots::NodeView,
+        restores::RestoreRequest,
+        maintenance::RebuildRequest,
+        crate::ops::VolumeView,
+        crate::ops::PairView,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -155,14 +197,40 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
         .route("/api/v1/tasks/{id}/log", get(routes::task_log))
         .route("/api/v1/tasks/{id}/follow", get(routes::follow_task))
         .route("/api/v1/tasks/{id}/cancel", post(routes::cancel_task))
-        .route("/api/v1/jobs", get(routes::list_jobs))
-        .route("/api/v1/jobs/{name}", get(routes::get_job))
+        .route("/api/v1/jobs", get(routes::list_jobs).post(jobs::create))
+        .route(
+            "/api/v1/jobs/{name}",
+            get(routes::get_job).put(jobs::replace).delete(jobs::delete),
+        )
         .route("/api/v1/jobs/{name}/run", post(routes::run_job))
         .route(
             "/api/v1/jobs/{name}/occurrences",
             get(routes::job_occurrences),
         )
         .route("/metrics", get(routes::metrics))
+        .route(
+            "/api/v1/resources",
+            get(resources::list).post(resources::add),
+        )
+        .route(
+            "/api/v1/resources/{name}",
+            get(resources::get).delete(resources::remove),
+        )
+        .route("/api/v1/backups", get(backups::list))
+        .route("/api/v1/backups/{id}", get(backups::get))
+        .route("/api/v1/backups/{id}/heal", post(maintenance::heal))
+        .route("/api/v1/targets/{target}/snapshots", get(snapshots::list))
+        .route(
+            "/api/v1/targets/{target}/snapshots/{snapshot}/tree",
+            get(snapshots::tree),
+        )
+        .route("/api/v1/targets/{target}/check", post(maintenance::check))
+        .route("/api/v1/targets/{target}/prune", post(maintenance::prune))
+        .route("/api/v1/catalog/rebuild", post(maintenance::rebuild))
+        .route("/api/v1/restores", post(restores::start))
+        .route("/api/v1/volumes", get(volumes::list))
+        .route("/api/v1/volumes/{name}", get(volumes::get))
+        .route("/api/v1/pairs", get(volumes::pairs))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&d),
             require_token,

@@ -132,6 +132,14 @@ pub async fn task_log(
     Ok(Json(LogLines { from, lines }))
 }
 
+/// One server-sent event of a followed task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FollowEvent {
+    /// `line` (a log line), or `end` (the task's final record, as JSON).
+    pub event: String,
+    pub data: String,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/tasks/{id}/follow",
@@ -139,7 +147,7 @@ pub async fn task_log(
     responses(
         (status = 200, description = "Server-sent events: one `line` event per log line (the \
             lines so far, then new ones), and an `end` event with the task's final record",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = FollowEvent),
         (status = 401, body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
     )
@@ -212,6 +220,8 @@ pub struct JobView {
     pub redundancy: i64,
     /// `mirror` or `failover`.
     pub mode: String,
+    /// How its runs use their targets.
+    pub settings: kura_types::JobSettings,
 }
 
 impl JobView {
@@ -229,6 +239,7 @@ impl JobView {
             schedule_error,
             redundancy: j.redundancy,
             mode: j.mode.as_str().into(),
+            settings: j.settings.clone(),
         }
     }
 }
