@@ -157,7 +157,9 @@ impl TestRepo {
             .env("KURA_PASSWORD", PASSWORD)
             .env_remove("KURA_PASSWORD_FILE")
             .env_remove("KURA_CONFIG")
-            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"));
+            .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
+            // The embedded catalog's default home: this test's own, never the machine's.
+            .env("XDG_DATA_HOME", self.dir.path().join("data"));
         c
     }
 
