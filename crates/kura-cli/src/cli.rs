@@ -117,6 +117,10 @@ pub enum Command {
     /// API tokens of the daemon
     #[command(subcommand)]
     Token(crate::cli_daemon::TokenCommand),
+    /// The volume engine's backup policies: volumes backed up on a schedule by the daemon,
+    /// with no client involved
+    #[command(subcommand)]
+    Policy(crate::cli_daemon::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]

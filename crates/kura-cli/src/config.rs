@@ -71,6 +71,9 @@ pub struct DaemonSection {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_self_signed: bool,
+    /// Host the volume engine too: serve the volumes over NBD on this address and run
+    /// their backup policies.
+    pub nbd_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

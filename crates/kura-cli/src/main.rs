@@ -394,6 +394,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Heal(a) => commands::heal::run(&app, a),
         Command::Serve(a) => commands::serve::run(&app, a),
         Command::Token(t) => commands::token::run(&app, t),
+        Command::Policy(c) => commands::policy::run(&app, c),
     }
 }
 

@@ -10,6 +10,7 @@
 //!   bearer tokens). A bad token gets 401 and nothing else.
 //! - **Blocking work** (the catalog) runs on `spawn_blocking`, never on the async workers.
 
+mod policies;
 mod routes;
 
 use std::sync::Arc;
@@ -103,7 +104,7 @@ async fn require_token(
 #[openapi(
     info(
         title = "kura",
-        description = "The kura daemon's API: jobs, tasks, health and metrics."
+        description = "The kura daemon's API: jobs, tasks, volume policies, health and metrics."
     ),
     paths(
         routes::health,
@@ -117,6 +118,8 @@ async fn require_token(
         routes::run_job,
         routes::job_occurrences,
         routes::metrics,
+        policies::list_policies,
+        policies::put_policies,
     ),
     components(schemas(
         ErrorBody,
@@ -127,6 +130,15 @@ async fn require_token(
         routes::LogLines,
         routes::Occurrence,
         JobView,
+        policies::Applied,
+        policies::InvalidTable,
+        policies::InvalidTableDetail,
+        kura_types::PolicyTable,
+        kura_types::PolicyEntry,
+        kura_types::PolicyView,
+        kura_types::PolicyRun,
+        kura_types::PolicyProblem,
+        kura_types::Freeze,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -161,6 +173,10 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
         .route(
             "/api/v1/jobs/{name}/occurrences",
             get(routes::job_occurrences),
+        )
+        .route(
+            "/api/v1/policies",
+            get(policies::list_policies).put(policies::put_policies),
         )
         .route("/metrics", get(routes::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
