@@ -51,7 +51,7 @@ pub enum WindowEnd {
 }
 
 macro_rules! words {
-    ($t:ty, $what:literal, $($v:expr => $s:literal),+ $(,)?) => {
+    ($t:ty, $what:literal, $($v:path => $s:literal),+ $(,)?) => {
         impl $t {
             /// The word used in settings, flags and reports.
             pub fn as_str(self) -> &'static str {
