@@ -261,19 +261,23 @@ mod tests {
         let ps = c.policies().unwrap();
         assert_eq!(ps.len(), 2);
         let (db, web) = (ps[0].id, ps[1].id);
-        assert!(c.claim(ClaimOn::Policy(db), 1000, "a", 60_000).unwrap());
-        assert!(!c.claim(ClaimOn::Policy(db), 1000, "b", 60_000).unwrap());
+        assert!(c.claim_on(ClaimOn::Policy(db), 1000, "a", 60_000).unwrap());
+        assert!(!c.claim_on(ClaimOn::Policy(db), 1000, "b", 60_000).unwrap());
         c.policy_run_task(db, 1000, "task-1").unwrap();
         c.finish_policy_run(db, 1000, ClaimState::Failed, Some("down"), None)
             .unwrap();
-        assert!(c.claim(ClaimOn::Policy(web), 1000, "a", 60_000).unwrap());
+        assert!(c.claim_on(ClaimOn::Policy(web), 1000, "a", 60_000).unwrap());
         // db kept with a new schedule and first; web dropped; a new entry added.
         c.replace_policies(&[entry("new", "t1", "daily"), entry("db", "t0", "*:0/5")])
             .unwrap();
         let ps = c.policies().unwrap();
         assert_eq!(
             ps.iter()
-                .map(|p| (p.entry.volume.as_str(), p.entry.schedule.as_str(), p.position))
+                .map(|p| (
+                    p.entry.volume.as_str(),
+                    p.entry.schedule.as_str(),
+                    p.position
+                ))
                 .collect::<Vec<_>>(),
             vec![("new", "daily", 1), ("db", "*:0/5", 2)]
         );
@@ -286,12 +290,9 @@ mod tests {
         assert!(runs[0].finished.is_some());
         assert!(c.policy_runs(web, 10).unwrap().is_empty());
         // A lapsed policy claim expires like a job's.
-        assert!(c.claim(ClaimOn::Policy(db), 2000, "a", 1000).unwrap());
+        assert!(c.claim_on(ClaimOn::Policy(db), 2000, "a", 1000).unwrap());
         c.advance_clock(std::time::Duration::from_secs(5));
         assert_eq!(c.expire_claims().unwrap(), 1);
-        assert_eq!(
-            c.policy_runs(db, 1).unwrap()[0].state,
-            ClaimState::Expired
-        );
+        assert_eq!(c.policy_runs(db, 1).unwrap()[0].state, ClaimState::Expired);
     }
 }

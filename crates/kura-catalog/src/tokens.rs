@@ -237,11 +237,11 @@ impl Catalog {
     /// `lease_ms`: `true` if this call claimed it, `false` if another daemon (or an earlier
     /// call) already had.
     pub fn claim_run(&self, job: i64, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
-        self.claim(ClaimOn::Job(job), due, daemon, lease_ms)
+        self.claim_on(ClaimOn::Job(job), due, daemon, lease_ms)
     }
 
     /// Claim an occurrence (see [`claim_run`](Self::claim_run)) of a job or a policy.
-    pub fn claim(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
+    pub fn claim_on(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
         let now = self.now();
         let (table, key) = (on.table(), on.key());
         self.rt.block_on(async {
@@ -306,11 +306,11 @@ impl Catalog {
     /// Extend a started claim's lease; `false` if it is no longer this daemon's started
     /// claim (it expired and was recorded so).
     pub fn renew_claim(&self, job: i64, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
-        self.renew(ClaimOn::Job(job), due, daemon, lease_ms)
+        self.renew_on(ClaimOn::Job(job), due, daemon, lease_ms)
     }
 
     /// [`renew_claim`](Self::renew_claim) for a job or a policy.
-    pub fn renew(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
+    pub fn renew_on(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
         let until = self.now() + lease_ms;
         let (table, key) = (on.table(), on.key());
         self.rt.block_on(async {

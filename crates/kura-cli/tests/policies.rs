@@ -30,7 +30,9 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let s = Setup { f: fresh(Db::Sqlite) };
+        let s = Setup {
+            f: fresh(Db::Sqlite),
+        };
         std::fs::create_dir_all(s.data()).unwrap();
         s
     }
@@ -102,7 +104,13 @@ impl Setup {
         let state = self.base().join(format!("state-{name}"));
         let mut child = self
             .cmd()
-            .args(["serve", "--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--nbd-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--name", name, "--state-dir"])
             .arg(&state)
             .stdout(Stdio::piped())
@@ -137,7 +145,14 @@ impl Setup {
     fn restored(&self, repo: &str, snapshot: &str) -> Vec<u8> {
         let out = self.base().join(format!("restored-{snapshot}"));
         let _ = std::fs::remove_file(&out);
-        self.ok(&["-r", repo, "restore", snapshot, "--target", out.to_str().unwrap()]);
+        self.ok(&[
+            "-r",
+            repo,
+            "restore",
+            snapshot,
+            "--target",
+            out.to_str().unwrap(),
+        ]);
         let b = std::fs::read(&out).unwrap();
         std::fs::remove_file(&out).unwrap();
         b
@@ -323,7 +338,10 @@ route = "nope"
             .unwrap_or_else(|| panic!("entry {n} not named:\n{err}"));
         assert!(line.contains(why), "entry {n}: {line:?} lacks {why:?}");
     }
-    assert!(!err.contains("policy 1 "), "the good entry was blamed:\n{err}");
+    assert!(
+        !err.contains("policy 1 "),
+        "the good entry was blamed:\n{err}"
+    );
     assert!(err.contains("nothing was applied"), "{err}");
     // Nothing of it applied: the table is still the good one.
     let all = s.policies();
@@ -440,7 +458,11 @@ fn timer_backups_run_with_no_client_and_each_restores_to_the_volume_at_its_freez
                     c.args(["-c", cmd]);
                 }
                 let o = c.output().expect("qemu-io: run through scripts/test.sh");
-                assert!(o.status.success(), "qemu-io: {}", String::from_utf8_lossy(&o.stderr));
+                assert!(
+                    o.status.success(),
+                    "qemu-io: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
                 n += 16;
             }
             n
@@ -477,13 +499,17 @@ fn timer_backups_run_with_no_client_and_each_restores_to_the_volume_at_its_freez
         let k = prefix_of(&blocks(&img), writes).unwrap_or_else(|| {
             panic!("snapshot {id} is not the volume after any prefix of the {writes} writes")
         });
+        eprintln!("snapshot {id}: the volume after {k} of the {writes} writes");
         assert!(k >= last, "snapshot {id} is older than the one before it");
         last = k;
         if k > 0 && k < writes {
             during += 1;
         }
     }
-    assert!(during >= 2, "fewer than two backups froze the volume mid-writing");
+    assert!(
+        during >= 2,
+        "fewer than two backups froze the volume mid-writing"
+    );
     // The table reports the normal end and the next run; so do the metrics.
     let all = s.policies();
     let p = entry(&all, "db");
@@ -521,7 +547,10 @@ fn a_policy_whose_target_is_down_records_an_abnormal_end_and_runs_again_when_it_
     std::fs::rename(&t1, &away).unwrap();
     let failed = wait_for(120, "an abnormal end", || last("failed"));
     let reason = failed["reason"].as_str().unwrap();
-    assert!(reason.contains("t1"), "the reason names no target: {reason}");
+    assert!(
+        reason.contains("t1"),
+        "the reason names no target: {reason}"
+    );
     let task = failed["task"].as_str().unwrap();
     let log = d.json(&format!("/api/v1/tasks/{task}/log"))["lines"].to_string();
     assert!(log.contains("task failed"), "{log}");

@@ -31,7 +31,6 @@ use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
 use kura_repo::lock::{RepoLock, Shared};
 use kura_types::Extent;
-use serde::{Deserialize, Serialize};
 
 use crate::areas::AreaBackup;
 use crate::backup::Plan;

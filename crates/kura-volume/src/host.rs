@@ -66,7 +66,9 @@ impl Host {
                 store.info(v)?; // name them wrong and hear it now, not from a client
             }
         }
-        let addr = listener.local_addr().map_err(io("the NBD listener's address"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("the NBD listener's address"))?;
         let failed = match store.hold_all(only.as_deref()) {
             Ok(f) => f,
             Err(e) => {

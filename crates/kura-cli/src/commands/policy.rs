@@ -112,10 +112,7 @@ fn apply(app: &App, a: PolicyApplyArgs) -> Result<i32> {
             for p in &problems {
                 eprintln!("error: {p}");
             }
-            eprintln!(
-                "error: {file}: {}",
-                ApplyError::Invalid(problems.clone())
-            );
+            eprintln!("error: {file}: {}", ApplyError::Invalid(problems.clone()));
             Ok(exit::USAGE)
         }
         Err(ApplyError::Catalog(e)) => Err(e).context("store the policy table"),
@@ -164,6 +161,10 @@ fn list(app: &App) -> Result<i32> {
             &rows
         )
     );
-    println!("{} polic{}", views.len(), if views.len() == 1 { "y" } else { "ies" });
+    println!(
+        "{} polic{}",
+        views.len(),
+        if views.len() == 1 { "y" } else { "ies" }
+    );
     Ok(exit::OK)
 }

@@ -178,7 +178,9 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         Some(addr) => {
             let store = crate::commands::volume::store(app, &a.dir)?;
             let l = std::net::TcpListener::bind(addr).map_err(|e| {
-                UsageError(format!("--nbd-listen {addr:?}: {e} (use e.g. 127.0.0.1:10809)"))
+                UsageError(format!(
+                    "--nbd-listen {addr:?}: {e} (use e.g. 127.0.0.1:10809)"
+                ))
             })?;
             Some((store, l))
         }

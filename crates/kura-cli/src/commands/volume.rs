@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kura_volume::control::{self, Client, Request};
-use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
+use kura_volume::control::{Client, Request};
+use kura_volume::{Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
 use serde_json::json;
 
 use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
@@ -279,8 +279,7 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
             host.served().join(", ")
         );
     }
-    host.wait()
-        .with_context(|| format!("serve on {addr}"))?;
+    host.wait().with_context(|| format!("serve on {addr}"))?;
     Ok(exit::OK)
 }
 

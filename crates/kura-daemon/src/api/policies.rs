@@ -50,8 +50,7 @@ pub struct InvalidTableDetail {
 )]
 pub async fn list_policies(State(d): State<Arc<Daemon>>) -> crate::Result<Json<Vec<PolicyView>>> {
     let zone = d.options.zone;
-    let out =
-        blocking(move || policies::views(&d.catalog, zone).map_err(Error::catalog)).await?;
+    let out = blocking(move || policies::views(&d.catalog, zone).map_err(Error::catalog)).await?;
     Ok(Json(out))
 }
 

@@ -160,9 +160,10 @@ fn resolve_target(catalog: &Catalog, target: &str) -> std::result::Result<String
         ));
     }
     match catalog.resource(target) {
-        Ok(r) if r.kind == Kind::Target => r.target_url().map(str::to_string).map_err(|e| {
-            format!("catalog target {target:?} has no usable URL: {e}")
-        }),
+        Ok(r) if r.kind == Kind::Target => r
+            .target_url()
+            .map(str::to_string)
+            .map_err(|e| format!("catalog target {target:?} has no usable URL: {e}")),
         Ok(r) => Err(format!(
             "{target:?} is a catalog {}, not a target",
             r.kind.as_str()
@@ -233,10 +234,9 @@ pub fn validate(
             Err(err) => bad("volume", format!("volume {:?}: {err}", e.volume)),
         }
         match Schedule::parse(&e.schedule, zone) {
-            Ok(s) if s.next_after(Utc::now()).is_none() => bad(
-                "schedule",
-                format!("{:?} never runs again", e.schedule),
-            ),
+            Ok(s) if s.next_after(Utc::now()).is_none() => {
+                bad("schedule", format!("{:?} never runs again", e.schedule))
+            }
             Ok(_) => {}
             Err(err) => bad("schedule", err.to_string()),
         }
@@ -263,7 +263,10 @@ pub fn validate(
             .entry(url.clone())
             .or_insert_with(|| env.check_target(&url));
         if let Err(why) = check {
-            bad("target", format!("{} cannot be backed up to now: {why}", e.target));
+            bad(
+                "target",
+                format!("{} cannot be backed up to now: {why}", e.target),
+            );
         }
         if let Some(first) = resolved
             .iter()

@@ -182,13 +182,10 @@ fn still_running(d: &Daemon, p: &PolicyRow) -> crate::Result<Option<String>> {
 }
 
 fn record(d: &Daemon, p: &PolicyRow, due: DateTime<Utc>, state: ClaimState, why: &str) {
-    match d.catalog.record_unrun_on(
-        ClaimOn::Policy(p.id),
-        ms(due),
-        &d.options.name,
-        state,
-        why,
-    ) {
+    match d
+        .catalog
+        .record_unrun_on(ClaimOn::Policy(p.id), ms(due), &d.options.name, state, why)
+    {
         Ok(true) => tracing::warn!(
             "policy of volume {}: occurrence due at {} {}: {why}",
             p.entry.volume,
@@ -204,10 +201,16 @@ fn record(d: &Daemon, p: &PolicyRow, due: DateTime<Utc>, state: ClaimState, why:
 }
 
 /// Claim the occurrence and, if this daemon got it, run it as a task.
-fn start(d: &Arc<Daemon>, o: &SchedulerOptions, v: &Arc<Volumes>, p: PolicyRow, due: DateTime<Utc>) {
+fn start(
+    d: &Arc<Daemon>,
+    o: &SchedulerOptions,
+    v: &Arc<Volumes>,
+    p: PolicyRow,
+    due: DateTime<Utc>,
+) {
     let lease = i64::try_from(o.lease.as_millis()).unwrap_or(i64::MAX);
     let on = ClaimOn::Policy(p.id);
-    match d.catalog.claim(on, ms(due), &d.options.name, lease) {
+    match d.catalog.claim_on(on, ms(due), &d.options.name, lease) {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
@@ -219,31 +222,36 @@ fn start(d: &Arc<Daemon>, o: &SchedulerOptions, v: &Arc<Volumes>, p: PolicyRow, 
     let task = match d.tasks.start(TASK_KIND, &p.entry.volume, &by) {
         Ok(t) => t,
         Err(e) => {
-            finish(d, v, &p, ms(due), Err(format!("could not start a task: {e}")), None);
+            finish(
+                d,
+                v,
+                &p,
+                ms(due),
+                Err(format!("could not start a task: {e}")),
+                None,
+            );
             return;
         }
     };
     if let Err(e) = d.catalog.policy_run_task(p.id, ms(due), &task.id()) {
         tracing::warn!("policy of volume {}: noting its task: {e}", p.entry.volume);
     }
-    let (d2, v2, renew) = (Arc::clone(d), Arc::clone(v), o.renew);
+    let (d2, v2, p2, renew) = (Arc::clone(d), Arc::clone(v), p.clone(), o.renew);
     let failed = Arc::clone(&task);
     let spawned = std::thread::Builder::new()
         .name(format!("kura-task-{}", task.id()))
         .spawn(move || {
             let due_ms = ms(due);
-            let renew_claim = || {
-                match d2.catalog.renew(on, due_ms, &d2.options.name, lease) {
-                    Ok(true) => {}
-                    Ok(false) => task.log(
-                        "the claim of this run was lost (its lease expired): the backup goes \
+            let renew_claim = || match d2.catalog.renew_on(on, due_ms, &d2.options.name, lease) {
+                Ok(true) => {}
+                Ok(false) => task.log(
+                    "the claim of this run was lost (its lease expired): the backup goes \
                          on but the run is recorded expired",
-                    ),
-                    Err(e) => tracing::warn!("renewing a policy run's claim: {e}"),
-                }
+                ),
+                Err(e) => tracing::warn!("renewing a policy run's claim: {e}"),
             };
-            let result = back_up(&v2, &p, &task, renew, renew_claim);
-            finish(&d2, &v2, &p, due_ms, result, Some(&task));
+            let result = back_up(&v2, &p2, &task, renew, renew_claim);
+            finish(&d2, &v2, &p2, due_ms, result, Some(&task));
             d2.tasks.reap();
         });
     if let Err(e) = spawned {
@@ -297,7 +305,11 @@ fn back_up(
         job.full_reason
             .as_deref()
             .map(|r| format!(", reading everything: {r}"))
-            .unwrap_or_else(|| if job.incremental { ", incremental".into() } else { String::new() })
+            .unwrap_or_else(|| if job.incremental {
+                ", incremental".into()
+            } else {
+                String::new()
+            })
     ));
     kura_repo::progress::Progress::start(task, "copying the frozen image", Some(job.bytes_total));
     let mut shown = 0;
