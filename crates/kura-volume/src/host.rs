@@ -79,7 +79,9 @@ impl Host {
         for (name, e) in failed {
             if only.is_some() || matches!(e, Error::InUse(_)) {
                 close(&store);
-                return Err(Error::InUse(format!("serve volume {name}: {e}")));
+                // The error as it was (its kind decides the exit code); it names the volume.
+                tracing::debug!("volume {name} cannot be served: {e}");
+                return Err(e);
             }
             tracing::warn!("volume {name} is not served: {e}");
         }
@@ -206,10 +208,10 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if self.nbd.is_some() || self.control.is_some() {
-            if let Err(e) = self.close_all() {
-                tracing::error!("closing the served volumes: {e}");
-            }
+        if (self.nbd.is_some() || self.control.is_some())
+            && let Err(e) = self.close_all()
+        {
+            tracing::error!("closing the served volumes: {e}");
         }
     }
 }

@@ -109,23 +109,19 @@ fn tick(
                 continue;
             }
         };
-        if !seen.contains_key(&p.id) {
-            let newest = cat
-                .policy_runs(p.id, 1)
-                .map_err(crate::Error::catalog)?
-                .first()
-                .map(|r| at(r.due));
-            let from = newest.unwrap_or_else(|| started.max(at(p.applied)));
-            seen.insert(
-                p.id,
-                Seen {
-                    last: from,
+        let s = match seen.entry(p.id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let newest = cat
+                    .policy_runs(p.id, 1)
+                    .map_err(crate::Error::catalog)?
+                    .first()
+                    .map(|r| at(r.due));
+                v.insert(Seen {
+                    last: newest.unwrap_or_else(|| started.max(at(p.applied))),
                     bad: None,
-                },
-            );
-        }
-        let Some(s) = seen.get_mut(&p.id) else {
-            continue;
+                })
+            }
         };
         s.bad = None;
         let missed = schedule.missed(s.last, now, RECORD_AT_MOST);
@@ -314,8 +310,18 @@ fn back_up(
     kura_repo::progress::Progress::start(task, "copying the frozen image", Some(job.bytes_total));
     let mut shown = 0;
     let mut renewed = Instant::now();
+    let mut cancel_told = false;
     while job.state == JobState::Running {
         std::thread::sleep(POLL);
+        if !cancel_told && task.cancel_token().is_cancelled() {
+            // The engine cancels its jobs only all together (when it stops): the frozen
+            // image is copied to its end, and the chain stays consistent either way.
+            task.log(
+                "cancel asked: a volume backup runs to its end once frozen (stop the daemon \
+                 to interrupt every backup, their changes kept for the next one)",
+            );
+            cancel_told = true;
+        }
         job = match v.engine.job(job.id) {
             Ok(j) => j,
             Err(err) => return Err(format!("the engine lost its job: {err}")),
