@@ -12,7 +12,7 @@ CREATE TABLE volume_policies (
     target_url TEXT NOT NULL,
     schedule TEXT NOT NULL,
     route TEXT,
-    freeze TEXT NOT NULL,
+    freeze_mode TEXT NOT NULL,
     applied BIGINT NOT NULL,
     UNIQUE (volume, target)
 );

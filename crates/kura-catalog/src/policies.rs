@@ -49,7 +49,7 @@ pub struct PolicyRunRow {
 }
 
 const POLICY_COLUMNS: &str =
-    "id, position, volume, target, target_url, schedule, route, freeze, applied";
+    "id, position, volume, target, target_url, schedule, route, freeze_mode, applied";
 const RUN_COLUMNS: &str =
     "policy, due, daemon, claimed, lease_until, state, reason, task, snapshot, finished";
 
@@ -120,7 +120,7 @@ impl Catalog {
                         kept.push(id);
                         sqlx::query(
                             "UPDATE volume_policies SET position = $1, target_url = $2, \
-                             schedule = $3, route = $4, freeze = $5, applied = $6 WHERE id = $7",
+                             schedule = $3, route = $4, freeze_mode = $5, applied = $6 WHERE id = $7",
                         )
                         .bind(position)
                         .bind(url.as_str())
@@ -136,7 +136,7 @@ impl Catalog {
                     None => {
                         sqlx::query(
                             "INSERT INTO volume_policies (position, volume, target, target_url, \
-                             schedule, route, freeze, applied) \
+                             schedule, route, freeze_mode, applied) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         )
                         .bind(position)

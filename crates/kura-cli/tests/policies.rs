@@ -2,7 +2,8 @@
 //! timer): `kura serve --nbd-listen` hosts the volume engine, `kura policy apply` (and
 //! `PUT /api/v1/policies`) sets its policy table, validated whole, and the daemon backs the
 //! volumes up at each occurrence with no `kura volume backup` issued — while a real NBD
-//! client (qemu-io) writes — recording each run's normal or abnormal end.
+//! client (qemu-io) writes — recording each run's normal or abnormal end. The catalog is
+//! SQLite or PostgreSQL (`KURA_TEST_PG`, started by scripts/test.sh).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,10 +30,8 @@ struct Setup {
 }
 
 impl Setup {
-    fn new() -> Setup {
-        let s = Setup {
-            f: fresh(Db::Sqlite),
-        };
+    fn new(db: Db) -> Setup {
+        let s = Setup { f: fresh(db) };
         std::fs::create_dir_all(s.data()).unwrap();
         s
     }
@@ -268,9 +267,10 @@ fn entry<'a>(all: &'a Value, volume: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no policy of {volume}: {all}"))
 }
 
-#[test]
-fn a_table_with_bad_entries_is_refused_whole_and_nothing_is_applied() {
-    let s = Setup::new();
+on_both_dbs!(a_table_with_bad_entries_is_refused_whole_and_nothing_is_applied);
+
+fn a_table_with_bad_entries_is_refused_whole_and_nothing_is_applied(db: Db) {
+    let s = Setup::new(db);
     s.volume("db");
     s.volume("web");
     let t0 = s.target("t0");
@@ -424,7 +424,7 @@ fn prefix_of(img: &[Option<u8>], n: u64) -> Option<u64> {
 
 #[test]
 fn timer_backups_run_with_no_client_and_each_restores_to_the_volume_at_its_freeze() {
-    let s = Setup::new();
+    let s = Setup::new(Db::Sqlite);
     s.volume("db");
     let t0 = s.target("t0");
     let d = s.serve("a");
@@ -525,9 +525,10 @@ fn timer_backups_run_with_no_client_and_each_restores_to_the_volume_at_its_freez
     assert!(human.contains("succeeded snapshot"), "{human}");
 }
 
+/// On PostgreSQL: the catalog several daemons share.
 #[test]
 fn a_policy_whose_target_is_down_records_an_abnormal_end_and_runs_again_when_it_returns() {
-    let s = Setup::new();
+    let s = Setup::new(Db::Postgres);
     s.volume("web");
     let t1 = s.target("t1");
     let d = s.serve("a");
