@@ -152,10 +152,12 @@ impl Daemon {
         engine: Arc<kura_volume::Engine>,
         env: Arc<dyn policies::PolicyEnv>,
     ) -> Result<()> {
+        let already = || Error::Conflict("this daemon hosts volumes already".into());
+        if self.volumes.get().is_some() {
+            return Err(already()); // before its metrics are registered a second time
+        }
         let v = Arc::new(policies::Volumes::new(engine, env, self));
-        self.volumes
-            .set(v)
-            .map_err(|_| Error::Conflict("this daemon hosts volumes already".into()))
+        self.volumes.set(v).map_err(|_| already())
     }
 
     /// The volumes this daemon hosts, if it hosts any.

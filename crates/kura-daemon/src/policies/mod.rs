@@ -356,3 +356,28 @@ pub fn views(catalog: &Catalog, zone: Tz) -> kura_catalog::Result<Vec<PolicyView
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_resolve_to_urls_or_say_why_not() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(d.path().join("c.db").to_str().unwrap()).unwrap();
+        c.add_local_target("t0", "/srv/t0").unwrap();
+        assert_eq!(resolve_target(&c, "t0").unwrap(), "/srv/t0");
+        assert_eq!(resolve_target(&c, "/srv/x").unwrap(), "/srv/x");
+        assert_eq!(
+            resolve_target(&c, "s3://b/p?endpoint=http://h:1").unwrap(),
+            "s3://b/p?endpoint=http://h:1"
+        );
+        let why = resolve_target(&c, "nowhere").unwrap_err();
+        assert!(why.contains("unknown target \"nowhere\""), "{why}");
+        let why = resolve_target(&c, "./rel").unwrap_err();
+        assert!(why.contains("relative path"), "{why}");
+        let why = resolve_target(&c, "t0.medium").unwrap_err();
+        assert!(why.contains("not a target"), "{why}");
+        assert!(resolve_target(&c, "").is_err());
+    }
+}
