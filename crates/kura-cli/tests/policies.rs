@@ -100,9 +100,15 @@ impl Setup {
 
     /// `kura serve` hosting the volumes, on free loopback ports.
     fn serve(&self, name: &str) -> Daemon {
+        self.serve_with(name, &[])
+    }
+
+    /// `kura GLOBAL… serve` hosting the volumes.
+    fn serve_with(&self, name: &str, global: &[&str]) -> Daemon {
         let state = self.base().join(format!("state-{name}"));
         let mut child = self
             .cmd()
+            .args(global)
             .args([
                 "serve",
                 "--listen",
@@ -577,4 +583,62 @@ fn a_policy_whose_target_is_down_records_an_abnormal_end_and_runs_again_when_it_
     // The target's events tell it too.
     let events = s.ok(&["resource", "show", "t1"]);
     assert!(events.contains("policy backup failed"), "{events}");
+}
+
+/// A policy's route paces its uploads: a `[[traffic]]` rule naming the route as its path
+/// limits the policy's backups (and nothing else limits them here).
+#[test]
+fn a_policy_route_paces_its_backups_by_the_routes_traffic_rules() {
+    let s = Setup::new(Db::Sqlite);
+    s.volume("db");
+    s.target("t0");
+    // Incompressible bytes, written while no server holds the volume.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..VOLUME)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(s.data().join("db.raw"), &bytes).unwrap();
+    let config = s.write_table(
+        "config.toml",
+        "[[traffic]]\npath = \"slow\"\nupload = \"2MiB/s\"\n",
+    );
+    let d = s.serve_with("a", &["--config", &config]);
+    let table = s.write_table(
+        "table.toml",
+        "[[policy]]\nvolume = \"db\"\ntarget = \"t0\"\nschedule = \"*:*:0/2\"\n\
+         route = \"slow\"\n",
+    );
+    // The route is known from the rules of the process that applies the table.
+    let o = s.run(&["policy", "apply", &table]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a route no rule names was accepted"
+    );
+    assert!(
+        stderr(&o).contains("unknown route \"slow\""),
+        "{}",
+        stderr(&o)
+    );
+    s.ok(&["--config", &config, "policy", "apply", &table]);
+    let task = wait_for(180, "a paced policy backup", || {
+        let t = d.json("/api/v1/tasks?kind=volume-backup&state=succeeded");
+        t.as_array().unwrap().first().cloned()
+    });
+    let at = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(task[k].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let took = Duration::from_millis((at("finished") - at("started")) as u64);
+    // 8 MiB at 2 MiB/s, one second's worth of burst: at least 3 s.
+    assert!(
+        took >= Duration::from_millis(2900),
+        "an 8 MiB backup over a 2 MiB/s route took {took:?}"
+    );
 }
