@@ -14,6 +14,8 @@
 //!   `secure` reclaims expired leases, so nothing stays stuck.
 //! - **Routes** (`routes`): which worker reaches which target over which path. A target that
 //!   is not sequential media gets one implicit medium (`<target>.medium`) when it is added.
+//! - **Policies** (`volume_policies`, `policy_runs`): the volume engine's host-free backup
+//!   policies and their runs (see `policies.rs`).
 //! - **Events** (`events`): every state change, with its reason. Kept for
 //!   [`EVENT_RETENTION`] (the CLI prunes older ones whenever it opens the catalog).
 //!
@@ -27,6 +29,7 @@
 
 mod copies;
 mod jobs;
+mod policies;
 mod resources;
 mod secure;
 mod tokens;
@@ -39,13 +42,14 @@ use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use copies::position_names;
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
+pub use policies::{PolicyRow, PolicyRunRow};
 pub use resources::{Kind, Resource, State};
 
 /// How long resource events are kept: a quarter of history for "why was this target not
 /// usable last month", without a table that grows with every job run forever.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
-pub use tokens::{ApiToken, Claim, ClaimState};
+pub use tokens::{ApiToken, Claim, ClaimOn, ClaimState};
 
 /// Errors the catalog reports; each says what the operator can do.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +281,12 @@ impl Catalog {
                     include_str!("../migrations/0001_inventory.sql"),
                 ),
                 migration(2, "daemon", include_str!("../migrations/0002_daemon.sql")),
+                // 3 is another change's.
+                migration(
+                    4,
+                    "policies",
+                    include_str!("../migrations/0004_policies.sql"),
+                ),
             ]
             .into(),
             ignore_missing: false,

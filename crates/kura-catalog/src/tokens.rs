@@ -10,6 +10,10 @@
 //! daemon renews the claim's lease while the run goes on and records how it ended; a claim
 //! whose lease lapsed (its daemon was killed) is recorded `expired` by the next daemon that
 //! looks, and the job's next occurrence goes ahead as usual.
+//!
+//! The same mechanism claims the occurrences of the volume engine's policies ([`ClaimOn`]):
+//! their claims are the rows of `policy_runs` (the backup information table, see
+//! `policies.rs`), which has the claim columns of `schedule_claims` and more.
 
 use sqlx::Row;
 
@@ -103,6 +107,37 @@ fn row_to_claim(r: &sqlx::any::AnyRow) -> Result<Claim> {
         state: ClaimState::parse(&state)?,
         reason: r.try_get(6).map_err(get)?,
     })
+}
+
+/// What a claim is of: a job's scheduled occurrence (`schedule_claims`) or a volume
+/// policy's (`policy_runs`). Both tables have the same claim columns, keyed by the owner's
+/// id and the due time, so one set of statements serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOn {
+    Job(i64),
+    Policy(i64),
+}
+
+impl ClaimOn {
+    fn table(self) -> &'static str {
+        match self {
+            ClaimOn::Job(_) => "schedule_claims",
+            ClaimOn::Policy(_) => "policy_runs",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            ClaimOn::Job(_) => "job",
+            ClaimOn::Policy(_) => "policy",
+        }
+    }
+
+    fn id(self) -> i64 {
+        match self {
+            ClaimOn::Job(id) | ClaimOn::Policy(id) => id,
+        }
+    }
 }
 
 const CLAIM_COLUMNS: &str = "job, due, daemon, claimed, lease_until, state, reason";
@@ -202,13 +237,19 @@ impl Catalog {
     /// `lease_ms`: `true` if this call claimed it, `false` if another daemon (or an earlier
     /// call) already had.
     pub fn claim_run(&self, job: i64, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
+        self.claim_on(ClaimOn::Job(job), due, daemon, lease_ms)
+    }
+
+    /// Claim an occurrence (see [`claim_run`](Self::claim_run)) of a job or a policy.
+    pub fn claim_on(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
         let now = self.now();
+        let (table, key) = (on.table(), on.key());
         self.rt.block_on(async {
-            sqlx::query(
-                "INSERT INTO schedule_claims (job, due, daemon, claimed, lease_until) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job, due) DO NOTHING",
-            )
-            .bind(job)
+            sqlx::query(&format!(
+                "INSERT INTO {table} ({key}, due, daemon, claimed, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT ({key}, due) DO NOTHING"
+            ))
+            .bind(on.id())
             .bind(due)
             .bind(daemon)
             .bind(now)
@@ -230,13 +271,26 @@ impl Catalog {
         state: ClaimState,
         reason: &str,
     ) -> Result<bool> {
+        self.record_unrun_on(ClaimOn::Job(job), due, daemon, state, reason)
+    }
+
+    /// [`record_unrun`](Self::record_unrun) for a job or a policy.
+    pub fn record_unrun_on(
+        &self,
+        on: ClaimOn,
+        due: i64,
+        daemon: &str,
+        state: ClaimState,
+        reason: &str,
+    ) -> Result<bool> {
         let now = self.now();
+        let (table, key) = (on.table(), on.key());
         self.rt.block_on(async {
-            sqlx::query(
-                "INSERT INTO schedule_claims (job, due, daemon, claimed, lease_until, state, \
-                 reason) VALUES ($1, $2, $3, $4, $4, $5, $6) ON CONFLICT (job, due) DO NOTHING",
-            )
-            .bind(job)
+            sqlx::query(&format!(
+                "INSERT INTO {table} ({key}, due, daemon, claimed, lease_until, state, \
+                 reason) VALUES ($1, $2, $3, $4, $4, $5, $6) ON CONFLICT ({key}, due) DO NOTHING"
+            ))
+            .bind(on.id())
             .bind(due)
             .bind(daemon)
             .bind(now)
@@ -252,14 +306,20 @@ impl Catalog {
     /// Extend a started claim's lease; `false` if it is no longer this daemon's started
     /// claim (it expired and was recorded so).
     pub fn renew_claim(&self, job: i64, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
+        self.renew_on(ClaimOn::Job(job), due, daemon, lease_ms)
+    }
+
+    /// [`renew_claim`](Self::renew_claim) for a job or a policy.
+    pub fn renew_on(&self, on: ClaimOn, due: i64, daemon: &str, lease_ms: i64) -> Result<bool> {
         let until = self.now() + lease_ms;
+        let (table, key) = (on.table(), on.key());
         self.rt.block_on(async {
-            sqlx::query(
-                "UPDATE schedule_claims SET lease_until = $1 WHERE job = $2 AND due = $3 \
-                 AND daemon = $4 AND state = 'started'",
-            )
+            sqlx::query(&format!(
+                "UPDATE {table} SET lease_until = $1 WHERE {key} = $2 AND due = $3 \
+                 AND daemon = $4 AND state = 'started'"
+            ))
             .bind(until)
-            .bind(job)
+            .bind(on.id())
             .bind(due)
             .bind(daemon)
             .execute(&self.pool)
@@ -284,21 +344,26 @@ impl Catalog {
         )
     }
 
-    /// Record every started claim whose lease lapsed as `expired`; how many.
+    /// Record every started claim (of jobs and of policies) whose lease lapsed as
+    /// `expired`; how many.
     pub fn expire_claims(&self) -> Result<u64> {
         let now = self.now();
-        self.rt.block_on(async {
-            sqlx::query(
-                "UPDATE schedule_claims SET state = 'expired', \
-                 reason = 'its daemon stopped renewing the lease' \
-                 WHERE state = 'started' AND lease_until < $1",
-            )
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(|e| self.db(e))
-        })
+        let mut n = 0;
+        for table in ["schedule_claims", "policy_runs"] {
+            n += self.rt.block_on(async {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET state = 'expired', \
+                     reason = 'its daemon stopped renewing the lease' \
+                     WHERE state = 'started' AND lease_until < $1"
+                ))
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| self.db(e))
+            })?;
+        }
+        Ok(n)
     }
 
     /// The newest `limit` claims of a job (all jobs with `None`), newest due first.

@@ -121,6 +121,10 @@ pub enum Command {
     /// token_file): list, show, follow a log, cancel
     #[command(subcommand)]
     Task(crate::cli_daemon::TaskCommand),
+    /// The volume engine's backup policies: volumes backed up on a schedule by the daemon,
+    /// with no client involved
+    #[command(subcommand)]
+    Policy(crate::cli_daemon::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,13 +30,39 @@ pub struct ServeArgs {
     /// its SHA-256 fingerprint is printed)
     #[arg(long, conflicts_with = "tls_cert")]
     pub tls_self_signed: bool,
-    /// Serve the API only; run no scheduled job
+    /// Serve the API only; run no scheduled job and no volume policy
     #[arg(long)]
     pub no_scheduler: bool,
     /// Restores started through the API may write only inside this directory (default: any
     /// absolute path, or [daemon] restore_root)
     #[arg(long, value_name = "DIR")]
     pub restore_root: Option<PathBuf>,
+    /// Host the volume engine too: serve the volumes of --data-dir over NBD on this address
+    /// (as `kura volume serve` does; default: [daemon] nbd_listen, else no volumes) and run
+    /// their backup policies (kura policy apply)
+    #[arg(long, value_name = "ADDR")]
+    pub nbd_listen: Option<String>,
+    #[command(flatten)]
+    pub dir: crate::cli::VolumeDirArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the volume engine's backup policy table with the [[policy]] entries of a TOML
+    /// file (volume, target, schedule, route, freeze). The whole table is checked first —
+    /// unknown volumes, bad schedules, unknown or unreachable targets, unknown routes,
+    /// duplicates — and applied only if every entry is good; running daemons pick it up
+    Apply(PolicyApplyArgs),
+    /// The policy table: each entry with its last run (how it ended) and its next run
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyApplyArgs {
+    /// The policy table (TOML)
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub dir: crate::cli::VolumeDirArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -78,6 +78,9 @@ pub struct DaemonSection {
     pub token_file: Option<PathBuf>,
     /// Restores started through the API may write only inside this directory.
     pub restore_root: Option<PathBuf>,
+    /// Host the volume engine too: serve the volumes over NBD on this address and run
+    /// their backup policies.
+    pub nbd_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -397,6 +397,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Serve(a) => commands::serve::run(&app, a),
         Command::Token(t) => commands::token::run(&app, t),
         Command::Task(t) => commands::task::run(&app, t),
+        Command::Policy(c) => commands::policy::run(&app, c),
     }
 }
 

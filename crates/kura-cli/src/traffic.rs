@@ -228,6 +228,11 @@ impl Traffic {
         }
     }
 
+    /// Whether a rule names `path` (a route a volume policy may use).
+    pub fn names_path(&self, path: &str) -> bool {
+        self.rules.iter().any(|r| r.path.as_deref() == Some(path))
+    }
+
     /// `backend` (opened from `url`) charged to the global limits and to every rule
     /// without a path that applies to `url`; unwrapped when none does.
     pub fn wrap(&self, url: &str, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {

@@ -6,6 +6,8 @@
 //! - **the scheduler** ([`scheduler`]): it reads the jobs' schedules from the catalog and
 //!   starts each occurrence exactly once across all daemons sharing the catalog (a claim row
 //!   per occurrence, no leader);
+//! - **the volume engine**, when it hosts volumes ([`policies`]): their host-free backup
+//!   policies run at each occurrence, claimed like the scheduler's;
 //! - **the REST API** ([`api`]): axum, versioned under `/api/v1/`, its OpenAPI document
 //!   generated from the handlers (utoipa) at `/api/v1/openapi.json`, API tokens
 //!   ([`auth`]), Prometheus metrics at `/metrics`.
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod client;
 pub mod metrics;
 pub mod ops;
+pub mod policies;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
@@ -129,6 +132,8 @@ pub struct Daemon {
     pub ops: Arc<dyn ops::Operations>,
     pub options: DaemonOptions,
     pub metrics: metrics::Metrics,
+    /// The volumes it hosts, once [`host_volumes`](Self::host_volumes) was called.
+    volumes: std::sync::OnceLock<Arc<policies::Volumes>>,
 }
 
 impl Daemon {
@@ -156,7 +161,27 @@ impl Daemon {
             ops,
             options,
             metrics: metrics::Metrics::default(),
+            volumes: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Host volumes: their policies run from now on ([`policies::runner`]). Once only.
+    pub fn host_volumes(
+        &self,
+        engine: Arc<kura_volume::Engine>,
+        env: Arc<dyn policies::PolicyEnv>,
+    ) -> Result<()> {
+        let already = || Error::Conflict("this daemon hosts volumes already".into());
+        if self.volumes.get().is_some() {
+            return Err(already()); // before its metrics are registered a second time
+        }
+        let v = Arc::new(policies::Volumes::new(engine, env, self));
+        self.volumes.set(v).map_err(|_| already())
+    }
+
+    /// The volumes this daemon hosts, if it hosts any.
+    pub fn volumes(&self) -> Option<&Arc<policies::Volumes>> {
+        self.volumes.get()
     }
 
     /// Start job `name` now, as a task on a thread of its own; `started_by` says who asked.

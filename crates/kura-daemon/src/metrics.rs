@@ -105,6 +105,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Register a metric of another module (named without the `kura_` prefix, which the
+    /// registry adds).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(name, help, metric);
+    }
+
     /// The text exposition, after setting the scrape-time gauges.
     pub fn render(
         &self,

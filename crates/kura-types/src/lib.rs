@@ -8,6 +8,8 @@
 //!   catalog stores as JSON, read strictly: a configuration that does not parse is a
 //!   [`ConfigError`] naming the job or resource and the field, never a silent `null`;
 //! - [`CatchUp`], [`Overlap`], [`WindowEnd`] — a scheduled job's policies and window;
+//! - [`PolicyTable`], [`PolicyEntry`], [`Freeze`], [`PolicyView`] — the volume engine's
+//!   host-free backup policies and what is reported about them;
 //! - [`Extent`] — a byte range with a checked end (split areas of volumes);
 //! - [`JobRunReport`], [`BackupSummary`] — what a job run and a backup report (the CLI's
 //!   `--json`, the REST API's answers).
@@ -28,6 +30,7 @@ mod extent;
 mod lex;
 #[cfg(feature = "openapi")]
 mod openapi;
+mod policy;
 mod report;
 mod size;
 mod window;
@@ -36,6 +39,7 @@ pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TargetCo
 pub use duration::{CalendarSpan, Duration};
 pub use error::{ConfigError, ParseError};
 pub use extent::Extent;
+pub use policy::{Freeze, PolicyEntry, PolicyProblem, PolicyRun, PolicyTable, PolicyView};
 pub use report::{
     BackupSummary, CopyReport, JobRunReport, RunModeName, SectionReport, SkippedTarget,
 };

@@ -31,7 +31,6 @@ use kura_repo::IndexedRepo;
 use kura_repo::backup::{BackupOptions, CancelToken, ImageReader, ImageSource, backup};
 use kura_repo::lock::{RepoLock, Shared};
 use kura_types::Extent;
-use serde::{Deserialize, Serialize};
 
 use crate::areas::AreaBackup;
 use crate::backup::Plan;
@@ -49,16 +48,8 @@ use crate::store::VolumeStore;
 /// The nice value of background backup threads (19 is the lowest priority).
 const BACKUP_NICE: libc::c_int = 19;
 
-/// How a served volume is frozen for a backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Freeze {
-    /// Split the mirror pair when the volume is a duplex primary, else a session.
-    #[default]
-    Auto,
-    Session,
-    Split,
-}
+/// How a served volume is frozen for a backup (one home: the policy table names it too).
+pub use kura_types::Freeze;
 
 /// A repository opened for a background backup, under a shared lock.
 pub struct Opened {
@@ -67,14 +58,18 @@ pub struct Opened {
     pub options: BackupOptions,
 }
 
-/// A repository a client asks the engine to open: where, its password, and the client's
-/// own deadline of each storage operation (its `--timeout`; `None`: the server's own).
+/// A repository a client asks the engine to open: where, its password, the client's own
+/// deadline of each storage operation (its `--timeout`; `None`: the server's own), and the
+/// traffic route whose limits pace it besides the target's own (a policy's `route`; the
+/// target's catalog name in `route_target`, for rules naming targets by name).
 /// Deliberately not `Debug`: it carries the password.
 #[derive(Clone)]
 pub struct RepoAccess {
     pub url: String,
     pub password: Vec<u8>,
     pub deadline: Option<Duration>,
+    pub route: Option<String>,
+    pub route_target: Option<String>,
 }
 
 impl RepoAccess {
@@ -83,6 +78,8 @@ impl RepoAccess {
             url,
             password,
             deadline: timeout_ms.map(Duration::from_millis),
+            route: None,
+            route_target: None,
         }
     }
 }

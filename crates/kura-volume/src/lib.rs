@@ -29,7 +29,8 @@
 //! `session` (copy-before-write) ← `export` (the write path: the only place host changes
 //! reach a volume) ← `store` (every `impl VolumeStore`: volumes, records, the pool, serving,
 //! pair operations) ← `backup`, `restore` (an image snapshot into a volume or an NBD export)
-//! ← `areas` (backups of split areas) ← `engine` ← `control`.
+//! ← `areas` (backups of split areas) ← `engine` ← `control` ← `host` (a serving process:
+//! NBD server, control socket, engine and holds, shared by `kura volume serve` and the daemon).
 
 mod areas;
 mod backup;
@@ -40,6 +41,7 @@ pub mod engine;
 mod error;
 mod export;
 mod hold;
+pub mod host;
 mod job;
 pub mod pair;
 mod records;
@@ -54,6 +56,7 @@ pub use dirty::{DirtyMap, DirtyState};
 pub use engine::{Engine, Freeze, JobState, JobStatus, Opened, RepoAccess, RepoOpener};
 pub use error::{Error, Result};
 pub use export::{DIRTY_CONTEXT, VolumeExport};
+pub use host::Host;
 pub use pair::{PairConfig, PairInfo, PairState, ResyncOutcome, SplitArea};
 pub use records::{FORMAT_RAW, RecordArea, VolumeRecord};
 pub use restore::{VolumeRestore, restore_to_nbd, restore_volume};

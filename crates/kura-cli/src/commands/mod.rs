@@ -13,6 +13,7 @@ pub mod jobrun;
 pub mod key;
 pub mod ls;
 pub mod pair;
+pub mod policy;
 pub mod prune;
 pub mod repair;
 pub mod resource;

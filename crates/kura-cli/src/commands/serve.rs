@@ -1,4 +1,6 @@
-//! `kura serve`: the daemon (`kura_daemon`), with this binary's way of running a job.
+//! `kura serve`: the daemon (`kura_daemon`), with this binary's way of running a job, and —
+//! with `--nbd-listen` — the volume engine hosted in the same process (`kura_volume::Host`,
+//! as `kura volume serve` hosts it), whose volumes the daemon backs up by their policies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -171,6 +173,19 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             UsageError("KURA_CLAIM_RENEW must be shorter than KURA_CLAIM_LEASE".into()).into(),
         );
     }
+    let nbd_listen = a.nbd_listen.clone().or_else(|| d.nbd_listen.clone());
+    let nbd_listener = match &nbd_listen {
+        Some(addr) => {
+            let store = crate::commands::volume::store(app, &a.dir)?;
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                UsageError(format!(
+                    "--nbd-listen {addr:?}: {e} (use e.g. 127.0.0.1:10809)"
+                ))
+            })?;
+            Some((store, l))
+        }
+        None => None,
+    };
     let catalog = Arc::new(app.catalog()?);
     let password = crate::password::get(app.password_file().as_deref())?;
     let ops = super::serve_ops::Ops {
@@ -182,7 +197,7 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         catalog: Arc::clone(&catalog),
         backend: app.backend_options()?,
         backup: crate::commands::backup::from_config(app),
-        password,
+        password: password.clone(),
         traffic: {
             app.resolve_traffic_names();
             Arc::clone(&app.traffic)
@@ -201,6 +216,26 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         },
     )
     .with_context(|| format!("start the daemon in {}", state_dir.display()))?;
+    // The volume engine, hosted here: its volumes held and served from now until the
+    // daemon stops; their policies run by the policy runner below.
+    let host = match nbd_listener {
+        Some((store, listener)) => {
+            let opener = crate::commands::volume::Opener::new(app)?;
+            let host = kura_volume::Host::start(
+                store,
+                listener,
+                None,
+                Some(Arc::new(opener)),
+                app.cancel.clone(),
+            )
+            .context("host the volume engine")?;
+            let env = crate::commands::policy::Env::new(app, password)?;
+            daemon.host_volumes(Arc::clone(host.engine()), Arc::new(env))?;
+            Some(host)
+        }
+        None => None,
+    };
+    let nbd_url = host.as_ref().map(|h| format!("nbd://{}", h.addr()));
     let stop = Arc::new(AtomicBool::new(false));
     {
         // SIGINT/SIGTERM cancel the app's token; the daemon stops on it.
@@ -213,6 +248,13 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
         });
     }
     if !a.no_scheduler {
+        if host.is_some() {
+            let (daemon, stop, o) = (Arc::clone(&daemon), Arc::clone(&stop), sched.clone());
+            std::thread::Builder::new()
+                .name("kura-policies".into())
+                .spawn(move || kura_daemon::policies::runner::run(daemon, o, stop))
+                .context("start the policy runner")?;
+        }
         let (daemon, stop) = (Arc::clone(&daemon), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("kura-scheduler".into())
@@ -220,16 +262,32 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             .context("start the scheduler")?;
     }
     let quiet = app.global.quiet;
-    server::serve(daemon, listen, tls, stop, |l| {
-        // The URL first, alone on stdout: scripts and tests read it (port 0 picks one).
+    let served = server::serve(daemon, listen, tls, stop, |l| {
+        // The URL first, alone on stdout: scripts and tests read it (port 0 picks one);
+        // the volumes' NBD URL on the next line when it hosts them.
         println!("{}", l.url);
+        if let Some(nbd) = &nbd_url {
+            println!("{nbd}");
+        }
         if !quiet {
             eprintln!("kura daemon {name} serving {}/api/v1/", l.url);
+            if let (Some(nbd), Some(h)) = (&nbd_url, &host) {
+                eprintln!(
+                    "serving {} volume(s) on {nbd}/NAME: {}",
+                    h.served().len(),
+                    h.served().join(", ")
+                );
+            }
             if let Some(f) = &l.fingerprint {
                 eprintln!("TLS certificate SHA-256 fingerprint: {f}");
             }
         }
     })
-    .with_context(|| format!("serve the API on {listen}"))?;
+    .with_context(|| format!("serve the API on {listen}"));
+    // Stopped: background backups put their bits back and every volume closes cleanly.
+    if let Some(h) = host {
+        h.stop().context("close the served volumes")?;
+    }
+    served?;
     Ok(exit::OK)
 }

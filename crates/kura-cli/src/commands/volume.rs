@@ -4,11 +4,10 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use kura_volume::control::{self, Client, Request};
-use kura_volume::{Engine, Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
+use kura_volume::control::{Client, Request};
+use kura_volume::{Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
 use serde_json::json;
 
 use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
@@ -219,12 +218,24 @@ pub fn run(app: &App, c: VolumeCommand) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Opens repositories for the server's background backups with the server's own target
-/// options, traffic limits and `[backup]` settings.
-struct Opener {
-    backend: kura_repo::backend::BackendOptions,
-    options: kura_repo::backup::BackupOptions,
-    traffic: Arc<crate::traffic::Traffic>,
+/// Opens repositories for a volume host's background backups (`kura volume serve` and the
+/// daemon's) with the process's own target options, traffic limits and `[backup]`
+/// settings; a request's route adds that route's limits.
+pub(crate) struct Opener {
+    pub backend: kura_repo::backend::BackendOptions,
+    pub options: kura_repo::backup::BackupOptions,
+    pub traffic: Arc<crate::traffic::Traffic>,
+}
+
+impl Opener {
+    pub fn new(app: &App) -> Result<Opener> {
+        app.resolve_traffic_names();
+        Ok(Opener {
+            backend: app.backend_options()?,
+            options: crate::commands::backup::from_config(app),
+            traffic: Arc::clone(&app.traffic),
+        })
+    }
 }
 
 impl kura_volume::RepoOpener for Opener {
@@ -234,7 +245,11 @@ impl kura_volume::RepoOpener for Opener {
             backend.policy.deadline = d;
         }
         let backend = kura_repo::backend::open(&access.url, &backend)?;
-        let backend = self.traffic.wrap(&access.url, backend);
+        let mut backend = self.traffic.wrap(&access.url, backend);
+        if let Some(route) = &access.route {
+            let name = access.route_target.as_deref().unwrap_or(&access.url);
+            backend = self.traffic.wrap_route(&access.url, name, route, backend);
+        }
         let repo = kura_repo::Repository::open(backend, &access.password)?;
         let lock = kura_repo::lock::RepoLock::shared(&repo)?;
         let repo = repo.load_index()?;
@@ -246,96 +261,32 @@ impl kura_volume::RepoOpener for Opener {
     }
 }
 
-/// How long a stopping server waits for its background backups to end by themselves.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Closes every volume a store holds when dropped (a server that ends early).
-struct CloseOnDrop(VolumeStore);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.shutdown() {
-            tracing::error!("closing the served volumes: {e}");
-        }
-    }
-}
-
 fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
-    for v in &a.volumes {
-        st.info(v)?; // name them wrong and hear it now, not from a client
-    }
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listen on {}", a.listen))?;
-    let addr = listener.local_addr()?;
     let only = (!a.volumes.is_empty()).then(|| a.volumes.clone());
-    // The server owns what it serves from now until it stops, client or not: resize,
-    // delete and other servers are refused meanwhile. However this function ends, what it
-    // holds is closed cleanly.
-    let closing = CloseOnDrop(st.clone());
-    for (name, e) in st.hold_all(only.as_deref())? {
-        if only.is_some() || matches!(e, kura_volume::Error::InUse(_)) {
-            return Err(anyhow::Error::new(e).context(format!("serve volume {name}")));
-        }
-        tracing::warn!("volume {name} is not served: {e}");
-    }
-    let exports = st.exports(only.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    // The control socket: pairs and background backups of the volumes this process owns.
-    app.resolve_traffic_names();
-    let opener = Opener {
-        backend: app.backend_options()?,
-        options: crate::commands::backup::from_config(app),
-        traffic: Arc::clone(&app.traffic),
-    };
-    let engine = Engine::new(st.clone(), Some(Arc::new(opener)), app.cancel.clone());
-    let control = control::listen(Arc::clone(&engine), Arc::clone(&stop))
-        .context("start the control socket")?;
+    let opener = Opener::new(app)?;
+    // Holds what it serves from now until it stops (SIGINT cancels the app's token), client
+    // or not; however this ends, what it holds is closed cleanly.
+    let host = kura_volume::Host::start(
+        st,
+        listener,
+        only,
+        Some(Arc::new(opener)),
+        app.cancel.clone(),
+    )?;
+    let addr = host.addr();
     // The address first, alone on stdout: scripts and tests read it (port 0 picks one).
     println!("nbd://{addr}");
     if !app.global.quiet {
-        let names: Vec<String> = exports.list().into_iter().map(|(n, _)| n).collect();
         eprintln!(
             "serving {} volume(s) on nbd://{addr}/NAME: {}",
-            names.len(),
-            names.join(", ")
+            host.served().len(),
+            host.served().join(", ")
         );
     }
-    {
-        // SIGINT: stop accepting (a connection to ourselves wakes the accept loop). Meanwhile,
-        // every second, hold the volumes created since the start.
-        let (stop, cancel) = (Arc::clone(&stop), app.cancel.clone());
-        let (st, only) = (st.clone(), only.clone());
-        std::thread::spawn(move || {
-            let mut tick = 0u32;
-            while !cancel.is_cancelled() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                tick += 1;
-                if tick.is_multiple_of(10) && !cancel.is_cancelled() {
-                    match st.hold_all(only.as_deref()) {
-                        Ok(failed) => failed.iter().for_each(|(n, e)| {
-                            tracing::debug!("volume {n}: not held: {e}");
-                        }),
-                        Err(e) => tracing::debug!("listing volumes to hold: {e}"),
-                    }
-                }
-            }
-            stop.store(true, Ordering::SeqCst);
-            let _ = std::net::TcpStream::connect(addr);
-        });
-    }
-    let served = kura_nbd::serve(listener, exports, kura_nbd::ServerOptions::default(), stop)
-        .with_context(|| format!("serve on {addr}"));
-    // Background backups were cancelled with the server: let them put their dirty bits back
-    // and end their sessions before the volumes close; one stuck on a target that stopped
-    // answering is given up on after a moment, its bits put back all the same.
-    engine.stop(STOP_GRACE);
-    let _ = control.join();
-    // Clients may still be connected: refuse their further changes and close every volume
-    // cleanly, so its change tracking stays trusted.
-    st.shutdown().context("close the served volumes")?;
-    drop(closing);
-    served?;
+    host.wait().with_context(|| format!("serve on {addr}"))?;
     Ok(exit::OK)
 }
 

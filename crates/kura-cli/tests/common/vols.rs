@@ -210,6 +210,8 @@ impl Kura for Vols {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
         c.env("KURA_VOLUMES", self.data())
             .env("XDG_CONFIG_HOME", self.dir.path().join("no-config"))
+            // The embedded catalog's default home: this test's own, never the machine's.
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
             .env_remove("KURA_CONFIG");
         c
     }

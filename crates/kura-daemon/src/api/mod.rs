@@ -14,6 +14,7 @@ mod backups;
 mod extract;
 mod jobs;
 mod maintenance;
+mod policies;
 mod resources;
 mod restores;
 mod routes;
@@ -112,8 +113,8 @@ async fn require_token(
     info(
         title = "kura",
         description = "The kura daemon's API: resources, jobs, tasks, backups with their \
-            copies and sections, snapshot browsing, restores, maintenance tasks, volumes and \
-            pairs, health and metrics."
+            copies and sections, snapshot browsing, restores, maintenance tasks, volumes, \
+            pairs and their backup policies, health and metrics."
     ),
     paths(
         routes::health,
@@ -146,6 +147,8 @@ async fn require_token(
         volumes::list,
         volumes::get,
         volumes::pairs,
+        policies::list_policies,
+        policies::put_policies,
     ),
     components(schemas(
         ErrorBody,
@@ -169,6 +172,15 @@ async fn require_token(
         maintenance::RebuildRequest,
         crate::ops::VolumeView,
         crate::ops::PairView,
+        policies::Applied,
+        policies::InvalidTable,
+        policies::InvalidTableDetail,
+        kura_types::PolicyTable,
+        kura_types::PolicyEntry,
+        kura_types::PolicyView,
+        kura_types::PolicyRun,
+        kura_types::PolicyProblem,
+        kura_types::Freeze,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -206,6 +218,10 @@ pub fn router(d: Arc<Daemon>) -> axum::Router {
         .route(
             "/api/v1/jobs/{name}/occurrences",
             get(routes::job_occurrences),
+        )
+        .route(
+            "/api/v1/policies",
+            get(policies::list_policies).put(policies::put_policies),
         )
         .route("/metrics", get(routes::metrics))
         .route(
