@@ -35,7 +35,7 @@ pub struct InvalidTableDetail {
     /// Always `invalid`.
     pub code: String,
     pub message: String,
-    /// Every bad entry, with its field and reason.
+    /// Every bad entry, with its field and reason (empty when the body itself is malformed).
     pub problems: Vec<PolicyProblem>,
 }
 
@@ -72,7 +72,17 @@ pub async fn put_policies(
 ) -> Response {
     let table = match body {
         Ok(Json(t)) => t,
-        Err(e) => return Error::Invalid(format!("body: {}", e.body_text())).into_response(),
+        // The documented 400 shape for this route, with no entry to blame.
+        Err(e) => {
+            let body = InvalidTable {
+                error: InvalidTableDetail {
+                    code: "invalid".into(),
+                    message: format!("body: {}", e.body_text()),
+                    problems: Vec::new(),
+                },
+            };
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
     };
     let applied = blocking(move || {
         let v = d.volumes().ok_or_else(|| {
