@@ -247,6 +247,40 @@ impl Catalog {
         })
     }
 
+    /// Change a job's schedule (`Some(None)` removes it; `None` leaves it) and its run
+    /// settings, checked as [`add_job`](Self::add_job) checks them: all or nothing.
+    pub fn edit_job(
+        &self,
+        name_or_number: &str,
+        schedule: Option<Option<&str>>,
+        settings: &JobSettings,
+    ) -> Result<JobDef> {
+        let j = self.job(name_or_number)?;
+        if schedule.flatten().is_some_and(|s| s.trim().is_empty()) {
+            return Err(Error::Invalid(format!("job {}: the schedule is empty", j.name)));
+        }
+        settings
+            .check(
+                &format!("job {}", j.name),
+                usize::try_from(j.redundancy).unwrap_or(usize::MAX),
+            )
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let schedule = match schedule {
+            Some(s) => s.map(str::to_string),
+            None => j.schedule.clone(),
+        };
+        let cfg = settings.to_json();
+        self.exec(
+            "UPDATE jobs SET schedule = $1, config = $2 WHERE id = $3",
+            |q| q.bind(schedule.clone()).bind(cfg).bind(j.id),
+        )?;
+        Ok(JobDef {
+            schedule,
+            settings: settings.clone(),
+            ..j
+        })
+    }
+
     /// Every job definition, by number.
     pub fn jobs(&self) -> Result<Vec<JobDef>> {
         self.rt.block_on(async {

@@ -29,6 +29,7 @@ mod copies;
 mod jobs;
 mod resources;
 mod secure;
+mod stats;
 mod tokens;
 
 use std::str::FromStr;
@@ -45,6 +46,7 @@ pub use resources::{Kind, Resource, State};
 /// usable last month", without a table that grows with every job run forever.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
+pub use stats::RecordedStats;
 pub use tokens::{ApiToken, Claim, ClaimState};
 
 /// Errors the catalog reports; each says what the operator can do.
@@ -277,6 +279,11 @@ impl Catalog {
                     include_str!("../migrations/0001_inventory.sql"),
                 ),
                 migration(2, "daemon", include_str!("../migrations/0002_daemon.sql")),
+                migration(
+                    3,
+                    "run_stats",
+                    include_str!("../migrations/0003_run_stats.sql"),
+                ),
             ]
             .into(),
             ignore_missing: false,

@@ -71,6 +71,10 @@ pub struct DaemonSection {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_self_signed: bool,
+    /// A command (run with `sh -c`) told of window events: a predicted overrun, a run
+    /// cancelled at or before its window's end, an overrun, a missed start. The event is in
+    /// its environment (`KURA_EVENT`, `KURA_JOB`, …; see the README).
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,10 @@
 //! - **the scheduler** ([`scheduler`]): it reads the jobs' schedules from the catalog and
 //!   starts each occurrence exactly once across all daemons sharing the catalog (a claim row
 //!   per occurrence, no leader);
+//! - **windows** ([`window`]): every running job run is watched against its window and
+//!   `max-run`, with a prediction of its finish from the job's history and its own progress
+//!   ([`predict`]); a predicted overrun is warned of before it happens ([`notify`]), and
+//!   the window's end is enforced;
 //! - **the REST API** ([`api`]): axum, versioned under `/api/v1/`, its OpenAPI document
 //!   generated from the handlers (utoipa) at `/api/v1/openapi.json`, API tokens
 //!   ([`auth`]), Prometheus metrics at `/metrics`.
@@ -25,9 +29,12 @@
 pub mod api;
 pub mod auth;
 pub mod metrics;
+pub mod notify;
+pub mod predict;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,8 +106,8 @@ pub trait JobRunner: Send + Sync {
     fn run(&self, job: &JobDef, task: &Task) -> std::result::Result<(), String>;
 }
 
-/// Called with a run's outcome when it ends.
-pub(crate) type Then = Box<dyn FnOnce(&std::result::Result<(), String>) + Send>;
+/// Called with a run's final record when it ends (the scheduler records its claim there).
+pub(crate) type Then = Box<dyn FnOnce(&TaskInfo) + Send>;
 
 /// Settings of a daemon (`[daemon]` in the config file, `kura serve` flags).
 #[derive(Debug, Clone)]
@@ -111,6 +118,8 @@ pub struct DaemonOptions {
     pub name: String,
     /// The time zone of schedules that name none.
     pub zone: kura_schedule::Tz,
+    /// The notification hook (`[daemon] notify`), see [`notify`].
+    pub notify: Option<String>,
 }
 
 /// A running daemon's shared state.
@@ -121,6 +130,7 @@ pub struct Daemon {
     pub runner: Arc<dyn JobRunner>,
     pub options: DaemonOptions,
     pub metrics: metrics::Metrics,
+    pub windows: window::Windows,
 }
 
 impl Daemon {
@@ -137,6 +147,7 @@ impl Daemon {
             runner,
             options,
             metrics: metrics::Metrics::default(),
+            windows: window::Windows::default(),
         }))
     }
 
@@ -144,15 +155,16 @@ impl Daemon {
     /// Refused while a run of the same job started by this daemon still runs.
     pub fn run_job(self: &Arc<Self>, name: &str, started_by: &str) -> Result<TaskInfo> {
         let job = self.catalog.job(name).map_err(Error::catalog)?;
-        self.start_job(job, started_by, None)
+        self.start_job(job, started_by, None, None)
     }
 
-    /// Start a run of `job` as a task; `then` is called with its outcome when it ends (the
-    /// scheduler records its claim there).
+    /// Start a run of `job` as a task, watched against its window (`due`: the scheduled
+    /// time of a scheduled run); `then` is called with its final record when it ends.
     pub(crate) fn start_job(
         self: &Arc<Self>,
         job: JobDef,
         started_by: &str,
+        due: Option<chrono::DateTime<chrono::Utc>>,
         then: Option<Then>,
     ) -> Result<TaskInfo> {
         let running = self.tasks.running().into_iter().any(|t| {
@@ -166,6 +178,7 @@ impl Daemon {
             )));
         }
         let task = self.tasks.start("job-run", &job.name, started_by)?;
+        self.windows.watch(Arc::clone(&task), job.clone(), due);
         let info = task.info();
         let d = Arc::clone(self);
         let failed = Arc::clone(&task);
@@ -174,15 +187,31 @@ impl Daemon {
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let result = d.runner.run(&job, &task);
-                task.finish(result.clone());
-                d.metrics
-                    .job_ended(&job.name, &task.info(), started.elapsed());
+                if let Some(ended) = d.windows.end(&task.id())
+                    && ended.overran
+                    && result.is_ok()
+                    && let Some(dl) = ended.deadline
+                {
+                    let late = (chrono::Utc::now() - dl.at).num_milliseconds().max(0);
+                    let what = format!(
+                        "finished {:.1} s after its deadline: {}",
+                        late as f64 / 1000.0,
+                        dl.what.replace("ends", "ended")
+                    );
+                    task.log(format!("overrun: {what}"));
+                    task.set_overrun(what);
+                }
+                task.finish(result);
+                let info = task.info();
+                d.metrics.job_ended(&job.name, &info, started.elapsed());
+                d.metrics.outlook(&job.name, None, None);
                 if let Some(then) = then {
-                    then(&result);
+                    then(&info);
                 }
                 d.tasks.reap();
             });
         if let Err(e) = spawned {
+            self.windows.end(&info.id);
             failed.finish(Err(format!("could not start its thread: {e}")));
             return Err(Error::Io {
                 what: "start a task thread".into(),

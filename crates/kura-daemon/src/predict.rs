@@ -1,0 +1,362 @@
+//! Predicting when a run finishes, from the job's history and the run's live progress.
+//!
+//! Pure logic, no clock and no catalog: the callers ([`crate::window`], the API) gather a
+//! job's recorded runs ([`Sample`]) and a running task's progress ([`Live`]) and ask
+//! [`predict`] for the run's whole duration.
+//!
+//! # The model
+//! A backup's time is dominated by one rate: bytes scanned per second (reading new data,
+//! or, rate-limited, uploading it). The job's history gives a prior rate `r_h` (the median
+//! of its recent runs' `bytes_scanned / duration`), and the run's progress gives the live
+//! rate. The two are combined as if the history were a few seconds of extra observation:
+//!
+//! ```text
+//! rate      = (done_w + r_h · T0) / (elapsed_w + T0)     T0 = PRIOR · expected duration
+//! remaining = (total - done) / rate
+//! duration  = elapsed + remaining
+//! ```
+//!
+//! where `done_w / elapsed_w` is the progress over the recent part of the run since its
+//! first byte (a sliding window: the start of a backup reads ahead into its upload buffers
+//! faster than it can upload, so the rate since the start overstates it; and the time
+//! before the first byte — securing targets, a pre hook, opening the repository — is not
+//! a rate at all), and `T0` is a small part of the duration the history expects for this
+//! run's size. So with no progress yet the history decides (and waiting pushes the finish
+//! out), and within a small part of the run the run's own rate does. Properties (tested
+//! below): more progress at the same elapsed time never predicts a later finish; no history
+//! and no progress predicts nothing; one run of history suffices; a source that grew or
+//! shrank since is predicted by rate, not by the old duration.
+//!
+//! A backup reads ahead of its uploads by its buffers (tens of MiB). In an upload-bound run
+//! the reading therefore ends well before the run does; the time the buffered bytes still
+//! need is added from the acknowledged uploads ([`Live::uploaded`]): at the upload rate,
+//! the targets hold `uploaded` bytes' worth of the `done / rate` seconds of reading, and the
+//! rest is backlog. (A run whose first part was already stored — the resumption of a
+//! cancelled run — uploads nothing for that part, so its backlog is overstated until the
+//! reading ends: a pessimistic prediction, never an optimistic one.)
+//!
+//! Before the run knows its total (a file tree still being walked), the total is taken as
+//! the larger of what was walked so far and the history's last size.
+
+use std::time::Duration;
+
+/// How much the history weighs, as a part of the expected duration (see the module docs).
+pub const PRIOR: f64 = 0.01;
+/// At most this much weight for the history, however long the run is expected to take.
+pub const PRIOR_MAX: Duration = Duration::from_secs(60);
+/// Uploads observed for less than this do not give a rate yet (a pack is acknowledged as a
+/// whole: the first few say little).
+pub const MIN_UPLOAD_WINDOW: Duration = Duration::from_secs(3);
+/// How many recorded runs the history looks at (newest first).
+pub const HISTORY: usize = 5;
+
+/// One recorded run of the job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub bytes_scanned: u64,
+    pub duration: Duration,
+}
+
+impl Sample {
+    fn rate(&self) -> Option<f64> {
+        let s = self.duration.as_secs_f64();
+        (s > 0.0 && self.bytes_scanned > 0).then(|| self.bytes_scanned as f64 / s)
+    }
+}
+
+/// A running run's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Live {
+    /// Since the run started.
+    pub elapsed: Duration,
+    /// Bytes scanned so far.
+    pub done: u64,
+    /// Bytes to scan, if known yet.
+    pub total: Option<u64>,
+    /// The progress to take the run's rate from: bytes scanned over how long — the recent
+    /// part of the run since its first progress ([`Recent`]); `(0, 0)` before any.
+    pub observed: (u64, Duration),
+    /// Bytes its targets acknowledged so far, and the recent part of that progress (as
+    /// `observed`): what is still buffered between reading and the targets.
+    pub uploaded: u64,
+    pub observed_up: (u64, Duration),
+}
+
+/// The history's view: median rate, the newest size and the median duration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Prior {
+    rate: Option<f64>,
+    size: Option<u64>,
+    duration: Option<Duration>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn prior(history: &[Sample]) -> Prior {
+    let recent = &history[..history.len().min(HISTORY)];
+    Prior {
+        rate: median(recent.iter().filter_map(Sample::rate).collect()),
+        size: recent.first().map(|s| s.bytes_scanned),
+        duration: median(recent.iter().map(|s| s.duration.as_secs_f64()).collect())
+            .map(Duration::from_secs_f64),
+    }
+}
+
+/// The predicted whole duration of a run (from its start), from the job's `history` (newest
+/// first) and, for a running run, its `live` progress. `None` when there is nothing to go
+/// on (no history and no progress yet).
+pub fn predict(history: &[Sample], live: Option<&Live>) -> Option<Duration> {
+    let p = prior(history);
+    let Some(live) = live else {
+        // Not started: the history's typical run.
+        return p.duration;
+    };
+    let total = match (live.total, p.size) {
+        (Some(t), _) => t,
+        (None, Some(s)) => s.max(live.done),
+        (None, None) => return None,
+    }
+    .max(live.done);
+    let elapsed = live.elapsed.as_secs_f64();
+    let (done_w, elapsed_w) = (live.observed.0 as f64, live.observed.1.as_secs_f64());
+    let (b0, t0) = match p.rate {
+        Some(r) => {
+            let expected = total as f64 / r;
+            let t0 = (PRIOR * expected).min(PRIOR_MAX.as_secs_f64());
+            (r * t0, t0)
+        }
+        None => (0.0, 0.0),
+    };
+    let rate = (done_w + b0) / (elapsed_w + t0);
+    if !rate.is_finite() || rate <= 0.0 {
+        return None;
+    }
+    let mut remaining = (total - live.done) as f64 / rate;
+    // The backlog: what was read but not yet uploaded drains at the upload rate after the
+    // reading ends. In a steady, upload-bound run, reading `done` took `done / rate` and
+    // uploading what the targets hold took `uploaded / upload rate`; the difference is the
+    // time the buffered bytes still need.
+    let (up_b, up_t) = live.observed_up;
+    if up_b > 0 && up_t >= MIN_UPLOAD_WINDOW {
+        let up_rate = up_b as f64 / up_t.as_secs_f64();
+        let backlog = live.done as f64 / rate - live.uploaded as f64 / up_rate;
+        if backlog.is_finite() && backlog > 0.0 {
+            remaining += backlog;
+        }
+    }
+    let secs = elapsed + remaining;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
+}
+
+/// A running run's recent progress: `(when, bytes done)` observations from its first
+/// progress on, kept over a sliding window (what [`Live::observed`] wants).
+#[derive(Debug, Clone, Default)]
+pub struct Recent {
+    points: std::collections::VecDeque<(Duration, u64)>,
+    zero_at: Option<Duration>,
+}
+
+/// The sliding window: this part of the elapsed time, at least [`RECENT_MIN`].
+pub const RECENT_PART: f64 = 0.5;
+pub const RECENT_MIN: Duration = Duration::from_secs(6);
+
+impl Recent {
+    /// Note that `done` bytes were done at `elapsed`; the recent progress, `(0, 0)` before
+    /// any.
+    pub fn observe(&mut self, elapsed: Duration, done: u64) -> (u64, Duration) {
+        if done == 0 {
+            return (0, Duration::ZERO);
+        }
+        if self.points.is_empty() {
+            // Progress began since the last look: count from the look before, where it was 0.
+            self.points.push_back((self.zero_at.unwrap_or(elapsed), 0));
+        }
+        self.points.push_back((elapsed, done));
+        let span = elapsed.mul_f64(RECENT_PART).max(RECENT_MIN);
+        while self.points.len() > 2
+            && self
+                .points
+                .get(1)
+                .is_some_and(|(t, _)| elapsed.saturating_sub(*t) >= span)
+        {
+            self.points.pop_front();
+        }
+        match self.points.front() {
+            Some(&(t0, b0)) => (done.saturating_sub(b0), elapsed.saturating_sub(t0)),
+            None => (0, Duration::ZERO),
+        }
+    }
+
+    /// Note a look that saw no progress yet (where [`observe`](Self::observe) will count
+    /// from).
+    pub fn nothing_at(&mut self, elapsed: Duration) {
+        if self.points.is_empty() {
+            self.zero_at = Some(elapsed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn s(bytes: u64, secs: u64) -> Sample {
+        Sample {
+            bytes_scanned: bytes,
+            duration: Duration::from_secs(secs),
+        }
+    }
+
+    fn live(elapsed: u64, done: u64, total: Option<u64>) -> Live {
+        Live {
+            elapsed: Duration::from_secs(elapsed),
+            done,
+            total,
+            observed: (done, Duration::from_secs(elapsed)),
+            ..Live::default()
+        }
+    }
+
+    fn secs(d: Option<Duration>) -> f64 {
+        d.expect("a prediction").as_secs_f64()
+    }
+
+    #[test]
+    fn with_no_history_it_waits_for_progress_then_extrapolates() {
+        assert_eq!(predict(&[], None), None);
+        assert_eq!(predict(&[], Some(&live(5, 0, Some(1000)))), None);
+        assert_eq!(predict(&[], Some(&live(5, 10, None))), None);
+        // A quarter done in 10 s: 40 s in all.
+        let d = secs(predict(&[], Some(&live(10, 250, Some(1000)))));
+        assert!((d - 40.0).abs() < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn one_run_of_history_predicts_before_any_progress() {
+        let h = [s(1000, 100)];
+        assert_eq!(secs(predict(&h, None)), 100.0);
+        let d = secs(predict(&h, Some(&live(0, 0, Some(1000)))));
+        assert!((d - 100.0).abs() < 1e-6, "{d}");
+        // Time spent before the first byte (securing, a pre hook) pushes the finish out
+        // by as much, not by a rate made of it.
+        let d = secs(predict(&h, Some(&live(7, 0, Some(1000)))));
+        assert!((d - 107.0).abs() < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn a_changed_data_size_is_predicted_by_rate_not_by_the_old_duration() {
+        // 10 bytes/s before; the source doubled.
+        let h = [s(1000, 100), s(1000, 100)];
+        let d = secs(predict(&h, Some(&live(0, 0, Some(2000)))));
+        assert!((d - 200.0).abs() < 1e-6, "{d}");
+        // Before the walk ends, the last size stands in for the total.
+        let d = secs(predict(&h, Some(&live(0, 0, None))));
+        assert!((d - 100.0).abs() < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn the_live_rate_soon_outweighs_a_history_that_no_longer_holds() {
+        // History: 10 bytes/s. Now the target is 4 times slower: 2.5 bytes/s.
+        let h = [s(1000, 100)];
+        let at_10_percent = secs(predict(&h, Some(&live(40, 100, Some(1000)))));
+        // The truth is 400 s; the old history alone says 100 s.
+        assert!(
+            (at_10_percent - 400.0).abs() / 400.0 < 0.15,
+            "{at_10_percent}"
+        );
+    }
+
+    #[test]
+    fn what_is_buffered_but_not_uploaded_is_still_to_come() {
+        // 1000 bytes at an upload rate of 10 bytes/s (100 s in all), read ahead by 300
+        // bytes of buffers at once, then as fast as uploads free them.
+        let mut l = live(20, 500, Some(1000));
+        l.observed = (100, Duration::from_secs(10));
+        l.uploaded = 200;
+        l.observed_up = (100, Duration::from_secs(10));
+        let d = secs(predict(&[], Some(&l)));
+        // Reading the rest: 50 s; then the 300 buffered bytes: 30 s.
+        assert!((d - 100.0).abs() < 0.1, "{d}");
+        // The reading is over (its rate as it was then); the buffers drain.
+        l.elapsed = Duration::from_secs(70);
+        l.done = 1000;
+        l.uploaded = 700;
+        let d = secs(predict(&[], Some(&l)));
+        assert!((d - 100.0).abs() < 0.1, "{d}");
+        // Uploads that keep up with the reading (nothing buffered) add nothing.
+        l.uploaded = 1000;
+        let d = secs(predict(&[], Some(&l)));
+        assert!((d - 70.0).abs() < 0.1, "{d}");
+    }
+
+    #[test]
+    fn the_recent_window_forgets_a_fast_start() {
+        let mut r = Recent::default();
+        // 50 bytes at once (buffers filling), then 1 byte/s.
+        let mut last = (0, Duration::ZERO);
+        r.nothing_at(Duration::from_secs(0));
+        for t in 1..=60u64 {
+            let done = if t <= 2 { 50 * t / 2 } else { 50 + (t - 2) };
+            last = r.observe(Duration::from_secs(t), done);
+        }
+        let (b, d) = last;
+        let rate = b as f64 / d.as_secs_f64();
+        assert!((rate - 1.0).abs() < 0.05, "{rate}");
+    }
+
+    proptest! {
+        #[test]
+        fn more_progress_never_predicts_a_later_finish(
+            hist in proptest::collection::vec((1u64..1 << 40, 1u64..100_000), 0..6),
+            elapsed in 1u64..100_000,
+            total in 1u64..1 << 40,
+            a in 0.0f64..1.0,
+            b in 0.0f64..1.0,
+            up in 0u64..1 << 40,
+        ) {
+            let h: Vec<Sample> = hist.iter().map(|&(x, y)| s(x, y)).collect();
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            let p = |f: f64| {
+                let mut l = live(elapsed, (total as f64 * f) as u64, Some(total));
+                l.uploaded = up;
+                l.observed_up = (up, Duration::from_secs(elapsed));
+                predict(&h, Some(&l))
+            };
+            if let (Some(slow), Some(fast)) = (p(lo), p(hi)) {
+                prop_assert!(fast <= slow + Duration::from_millis(1), "{fast:?} > {slow:?}");
+            }
+            // And a prediction is never shorter than the time already spent.
+            if let Some(d) = p(lo) {
+                prop_assert!(d + Duration::from_millis(1) >= Duration::from_secs(elapsed));
+            }
+        }
+
+        #[test]
+        fn waiting_without_progress_never_predicts_an_earlier_finish(
+            hist in proptest::collection::vec((1u64..1 << 40, 1u64..100_000), 0..6),
+            e1 in 1u64..100_000,
+            extra in 0u64..100_000,
+            total in 1u64..1 << 40,
+            f in 0.0f64..1.0,
+        ) {
+            let h: Vec<Sample> = hist.iter().map(|&(x, y)| s(x, y)).collect();
+            let done = (total as f64 * f) as u64;
+            let p = |e: u64| predict(&h, Some(&live(e, done, Some(total))));
+            if let (Some(early), Some(late)) = (p(e1), p(e1 + extra)) {
+                prop_assert!(late + Duration::from_millis(1) >= early);
+            }
+        }
+    }
+}
