@@ -258,7 +258,7 @@ fn tick(
         .into_iter()
         .map(|(j, due)| (d.windows.expected(&d.catalog, &j), j, due))
         .collect();
-    ready.sort_by(|a, b| b.0.cmp(&a.0));
+    ready.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (_, job, due) in ready {
         start(d, o, job, due);
     }

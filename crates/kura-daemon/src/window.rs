@@ -297,20 +297,25 @@ pub fn look(d: &Daemon) {
         let history = histories.get(&w.job.id).unwrap_or(&empty);
         w.predicted = predict::predict(history, Some(&live)).map(|p| add(w.started, p));
         let window_end = w.deadline.as_ref().map(|dl| rfc(dl.at));
-        w.task.set_outlook(w.predicted.map(rfc), window_end.clone());
+        w.task.set_outlook(w.predicted.map(rfc), window_end);
         d.metrics
             .outlook(&w.job.name, w.predicted, w.deadline.as_ref().map(|x| x.at));
         let Some(dl) = w.deadline.clone() else {
             continue;
         };
-        let event = |event: &'static str, reason: &str| Event {
-            event,
+        let base = Event {
+            event: "",
             job: w.job.name.clone(),
             task: info.id.clone(),
             due: w.due.map(rfc).unwrap_or_default(),
             window_end: rfc(dl.at),
             predicted_finish: w.predicted.map(rfc).unwrap_or_default(),
+            reason: String::new(),
+        };
+        let event = |event: &'static str, reason: &str| Event {
+            event,
             reason: reason.to_string(),
+            ..base.clone()
         };
         let action = w.job.settings.at_window_end;
         if now >= dl.at {
