@@ -116,10 +116,18 @@ mod tests {
         inner.create().unwrap();
         let n = Arc::new(AtomicU64::new(0));
         let c = Counted::new(inner, Arc::clone(&n));
-        c.put(FileKind::Pack, &"ab".repeat(32), Bytes::from(vec![0u8; 1000]))
-            .unwrap();
-        c.put(FileKind::Snapshot, &"cd".repeat(32), Bytes::from(vec![1u8; 24]))
-            .unwrap();
+        c.put(
+            FileKind::Pack,
+            &"ab".repeat(32),
+            Bytes::from(vec![0u8; 1000]),
+        )
+        .unwrap();
+        c.put(
+            FileKind::Snapshot,
+            &"cd".repeat(32),
+            Bytes::from(vec![1u8; 24]),
+        )
+        .unwrap();
         assert_eq!(c.get(FileKind::Pack, &"ab".repeat(32)).unwrap().len(), 1000);
         assert_eq!(n.load(Ordering::Relaxed), 1024);
     }

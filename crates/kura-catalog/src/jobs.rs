@@ -257,7 +257,10 @@ impl Catalog {
     ) -> Result<JobDef> {
         let j = self.job(name_or_number)?;
         if schedule.flatten().is_some_and(|s| s.trim().is_empty()) {
-            return Err(Error::Invalid(format!("job {}: the schedule is empty", j.name)));
+            return Err(Error::Invalid(format!(
+                "job {}: the schedule is empty",
+                j.name
+            )));
         }
         settings
             .check(

@@ -632,20 +632,31 @@ fn dropped_copies_leave_forgotten_backups(db: Db) {
 fn run_stats_and_edited_windows_are_kept(db: Db) {
     let (_f, c) = with_targets(db, 1);
     let job = c
-        .add_job("db", "/srv/db", None, 1, Mode::Mirror, &JobSettings::default())
+        .add_job(
+            "db",
+            "/srv/db",
+            None,
+            1,
+            Mode::Mirror,
+            &JobSettings::default(),
+        )
         .unwrap();
     // Editing: the window is checked (nothing applied on a bad one), then stored.
-    let mut bad = JobSettings::default();
-    bad.start_within = Some("2h".parse().unwrap());
-    bad.finish_within = Some("1h".parse().unwrap());
+    let bad = JobSettings {
+        start_within: Some("2h".parse().unwrap()),
+        finish_within: Some("1h".parse().unwrap()),
+        ..JobSettings::default()
+    };
     assert!(matches!(
         c.edit_job("db", Some(Some("daily")), &bad),
         Err(Error::Invalid(m)) if m.contains("start_within")
     ));
     assert_eq!(c.job("db").unwrap().schedule, None);
-    let mut good = JobSettings::default();
-    good.finish_within = Some("4h".parse().unwrap());
-    good.at_window_end = kura_types::WindowEnd::Finish;
+    let good = JobSettings {
+        finish_within: Some("4h".parse().unwrap()),
+        at_window_end: kura_types::WindowEnd::Finish,
+        ..JobSettings::default()
+    };
     c.edit_job("db", Some(Some("daily")), &good).unwrap();
     let j = c.job("db").unwrap();
     assert_eq!((j.schedule.as_deref(), &j.settings), (Some("daily"), &good));

@@ -72,10 +72,7 @@ impl Setup {
             s.target.to_str().unwrap(),
         ]);
         for i in 0..files {
-            write(
-                &s.src.join(format!("f{i}")),
-                &pseudo_random(size, 100 + i),
-            );
+            write(&s.src.join(format!("f{i}")), &pseudo_random(size, 100 + i));
         }
         s
     }
@@ -191,7 +188,9 @@ impl Daemon {
     }
 
     fn tasks(&self, job: &str) -> Vec<Value> {
-        let t = self.get(&format!("/api/v1/tasks?kind=job-run&subject={job}&limit=1000"));
+        let t = self.get(&format!(
+            "/api/v1/tasks?kind=job-run&subject={job}&limit=1000"
+        ));
         let mut v = t.as_array().unwrap().clone();
         v.reverse(); // oldest first
         v
@@ -290,7 +289,14 @@ fn overlap_queue_runs_a_waiting_occurrence_after_the_previous_run() {
     // Each run takes over 4 s (its pre hook); one falls due every 3 s.
     s.add_job(
         "q",
-        &["--schedule", "*:*:0/3", "--pre", "sleep 4", "--overlap", "queue"],
+        &[
+            "--schedule",
+            "*:*:0/3",
+            "--pre",
+            "sleep 4",
+            "--overlap",
+            "queue",
+        ],
     );
     let d = s.serve("d", "0");
     let tasks = wait_for(90, "three runs that succeeded", || {
@@ -327,10 +333,7 @@ fn overlap_queue_runs_a_waiting_occurrence_after_the_previous_run() {
 fn overlap_cancel_older_cancels_the_running_run_for_the_new_one() {
     // 8 MiB at 256 KiB/s: 32 s a run; one falls due every 6 s.
     let s = Setup::new(8, MIB);
-    s.add_job(
-        "c",
-        &["--schedule", "*:*:0/6", "--overlap", "cancel-older"],
-    );
+    s.add_job("c", &["--schedule", "*:*:0/6", "--overlap", "cancel-older"]);
     let d = s.serve("d", "256KiB");
     let tasks = wait_for(90, "two runs cancelled by newer ones", || {
         let t = d.tasks("c");
@@ -394,7 +397,9 @@ fn a_run_that_cannot_start_within_its_start_window_is_recorded_missed() {
     );
     // The hook heard of it.
     wait_for(10, "the missed event", || {
-        s.events().contains("missed|m|not started within").then_some(())
+        s.events()
+            .contains("missed|m|not started within")
+            .then_some(())
     });
     // A run due while nothing was in its way still ran.
     assert!(
@@ -436,15 +441,25 @@ fn a_window_cancels_cleanly_and_a_large_first_backup_completes_over_several_wind
     let why = first["error"].as_str().unwrap();
     assert!(why.contains("window ended at"), "{first}");
     let end = time(&first["window_end"]);
-    assert!(time(&first["finished"]) >= end, "cancelled before its window ended: {first}");
+    assert!(
+        time(&first["finished"]) >= end,
+        "cancelled before its window ended: {first}"
+    );
     assert!(first["bytes_uploaded"].as_u64().unwrap() > 0, "{first}");
     let occ = wait_for(10, "its claim recorded cancelled", || {
         let o = d.occurrences("big");
         o.iter().any(|o| o["state"] == "cancelled").then_some(o)
     });
     let c = occ.iter().find(|o| o["state"] == "cancelled").unwrap();
-    assert!(c["reason"].as_str().unwrap().contains("window ended at"), "{c}");
-    assert!(s.events().contains("window-cancelled|big|"), "{}", s.events());
+    assert!(
+        c["reason"].as_str().unwrap().contains("window ended at"),
+        "{c}"
+    );
+    assert!(
+        s.events().contains("window-cancelled|big|"),
+        "{}",
+        s.events()
+    );
     // Between windows: no snapshot, and the repository checks clean.
     d.stop();
     let snaps: Value = serde_json::from_str(&s.repo(&["--json", "snapshots"])).unwrap();
@@ -512,8 +527,14 @@ fn finish_runs_on_past_the_window_reports_the_overrun_and_warned_before_half_of_
     assert!(running["window_end"].is_string(), "{running}");
     let metrics = d.get("/metrics");
     let m = metrics.as_str().unwrap();
-    assert!(m.contains("kura_job_predicted_finish_seconds{job=\"slow\"}"), "{m}");
-    assert!(m.contains("kura_job_window_end_seconds{job=\"slow\"}"), "{m}");
+    assert!(
+        m.contains("kura_job_predicted_finish_seconds{job=\"slow\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kura_job_window_end_seconds{job=\"slow\"}"),
+        "{m}"
+    );
     let task = wait_for(120, "the run to end", || {
         d.tasks("slow")
             .into_iter()
@@ -525,7 +546,10 @@ fn finish_runs_on_past_the_window_reports_the_overrun_and_warned_before_half_of_
     let due = due_of(&task);
     let window_end = time(&task["window_end"]);
     assert_eq!((window_end - due).num_seconds(), 40, "{task}");
-    assert!(time(&task["finished"]) > window_end, "it did not overrun: {task}");
+    assert!(
+        time(&task["finished"]) > window_end,
+        "it did not overrun: {task}"
+    );
     // Warned before half the window had passed.
     let log = d.log(id);
     let (warned, line) = logged(&log, "warning: predicted to finish at")
@@ -539,24 +563,42 @@ fn finish_runs_on_past_the_window_reports_the_overrun_and_warned_before_half_of_
     // Then it ran on past the window, and its record says by how much.
     assert!(logged(&log, "running on past it").is_some(), "{log:#?}");
     let overrun = task["overrun"].as_str().unwrap();
-    assert!(overrun.starts_with("finished ") && overrun.contains("after its deadline"), "{task}");
+    assert!(
+        overrun.starts_with("finished ") && overrun.contains("after its deadline"),
+        "{task}"
+    );
     let occ = d.occurrences("slow");
     let o = occ
         .iter()
         .find(|o| time(&o["due"]) == due)
         .unwrap_or_else(|| panic!("{occ:#?}"));
     assert_eq!(o["state"], "succeeded");
-    assert!(o["reason"].as_str().unwrap().contains("after its deadline"), "{o}");
+    assert!(
+        o["reason"].as_str().unwrap().contains("after its deadline"),
+        "{o}"
+    );
     let m = d.get("/metrics");
     let m = m.as_str().unwrap();
-    assert!(m.contains("kura_job_overrun_warnings_total{job=\"slow\"} 1"), "{m}");
-    assert!(m.contains("kura_job_window_overruns_total{job=\"slow\"} 1"), "{m}");
+    assert!(
+        m.contains("kura_job_overrun_warnings_total{job=\"slow\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kura_job_window_overruns_total{job=\"slow\"} 1"),
+        "{m}"
+    );
     let ev = s.events();
-    assert!(ev.contains("overrun-predicted|slow|predicted to finish"), "{ev}");
+    assert!(
+        ev.contains("overrun-predicted|slow|predicted to finish"),
+        "{ev}"
+    );
     assert!(ev.contains("window-overrun|slow|"), "{ev}");
     // With history, the next run is predicted before it starts.
     let j = d.get("/api/v1/jobs/slow");
-    assert!(j["predicted_duration_seconds"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(
+        j["predicted_duration_seconds"].as_f64().unwrap() > 0.0,
+        "{j}"
+    );
 }
 
 #[test]
@@ -583,7 +625,16 @@ fn cancel_early_ends_a_run_that_cannot_finish_before_its_window_does() {
     });
     assert_eq!(task["state"], "cancelled", "{task}");
     let e = task["error"].as_str().unwrap();
-    assert!(e.contains("cancelled early: predicted to finish at"), "{task}");
-    assert!(time(&task["finished"]) < time(&task["window_end"]), "{task}");
-    assert!(s.events().contains("window-cancelled|early|cancelled early"));
+    assert!(
+        e.contains("cancelled early: predicted to finish at"),
+        "{task}"
+    );
+    assert!(
+        time(&task["finished"]) < time(&task["window_end"]),
+        "{task}"
+    );
+    assert!(
+        s.events()
+            .contains("window-cancelled|early|cancelled early")
+    );
 }

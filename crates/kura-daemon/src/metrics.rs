@@ -241,7 +241,10 @@ mod tests {
         );
         m.outlook("nightly", None, None);
         let text = m.render(&Default::default(), true);
-        assert!(!text.contains("kura_job_predicted_finish_seconds{"), "{text}");
+        assert!(
+            !text.contains("kura_job_predicted_finish_seconds{"),
+            "{text}"
+        );
         assert!(
             text.contains("kura_job_last_duration_seconds{job=\"nightly\"} 1.5"),
             "{text}"

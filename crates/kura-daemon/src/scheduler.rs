@@ -172,7 +172,8 @@ fn tick(
         let missed = schedule.missed(st.last, now, RECORD_AT_MOST);
         let mut due = st.queued.take();
         if let Some(q) = due
-            && let Some(why) = too_late(&job, q, now, "it was still waiting behind its previous run")
+            && let Some(why) =
+                too_late(&job, q, now, "it was still waiting behind its previous run")
         {
             record(d, &job, q, ClaimState::Missed, &why);
             due = None;

@@ -559,7 +559,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let tasks = Tasks::open(d.path()).unwrap();
         let t = tasks.start("job-run", "nightly", "schedule").unwrap();
-        t.set_outlook(Some("2026-01-01T02:10:00Z".into()), Some("2026-01-01T02:00:00Z".into()));
+        t.set_outlook(
+            Some("2026-01-01T02:10:00Z".into()),
+            Some("2026-01-01T02:00:00Z".into()),
+        );
         t.upload_counter().fetch_add(7, Ordering::Relaxed);
         t.cancel_because("its window ended");
         t.cancel_because("a second reason is ignored");

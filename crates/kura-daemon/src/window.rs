@@ -72,7 +72,11 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 /// The deadline of a run of `job` scheduled at `due` (none: on demand) and started at
 /// `started`.
-pub fn deadline(job: &JobDef, due: Option<DateTime<Utc>>, started: DateTime<Utc>) -> Option<Deadline> {
+pub fn deadline(
+    job: &JobDef,
+    due: Option<DateTime<Utc>>,
+    started: DateTime<Utc>,
+) -> Option<Deadline> {
     let s = &job.settings;
     let window = due.zip(s.finish_within).map(|(due, fw)| {
         let at = add(due, fw.std());
@@ -152,7 +156,10 @@ impl Windows {
         let started = Utc::now();
         let deadline = deadline(&job, due, started);
         if let Some(dl) = &deadline {
-            task.log(format!("{}; at its end: {}", dl.what, job.settings.at_window_end));
+            task.log(format!(
+                "{}; at its end: {}",
+                dl.what, job.settings.at_window_end
+            ));
             task.set_outlook(None, Some(rfc(dl.at)));
         }
         let id = task.id();
@@ -270,7 +277,9 @@ pub fn look(d: &Daemon) {
     for w in lock(&d.windows.runs).values_mut() {
         let info = w.task.info();
         let elapsed = w.clock.elapsed();
-        let read_all = info.bytes_total.is_some_and(|t| t > 0 && info.bytes_done >= t);
+        let read_all = info
+            .bytes_total
+            .is_some_and(|t| t > 0 && info.bytes_done >= t);
         if info.bytes_done == 0 {
             w.recent.nothing_at(elapsed);
         } else if !read_all {
@@ -321,7 +330,10 @@ pub fn look(d: &Daemon) {
         if now >= dl.at {
             match action {
                 WindowEnd::Cancel | WindowEnd::CancelEarly => {
-                    let why = format!("cancelled at its deadline: {}", dl.what.replace("ends", "ended"));
+                    let why = format!(
+                        "cancelled at its deadline: {}",
+                        dl.what.replace("ends", "ended")
+                    );
                     acts.push(Act::Cancel(
                         Arc::clone(&w.task),
                         why.clone(),

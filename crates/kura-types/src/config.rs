@@ -242,7 +242,10 @@ impl JobSettings {
             ("max_run", self.max_run),
         ] {
             if d.is_some_and(Duration::is_zero) {
-                return bad(field, "must be longer than zero (leave it out for none)".into());
+                return bad(
+                    field,
+                    "must be longer than zero (leave it out for none)".into(),
+                );
             }
         }
         if let (Some(s), Some(f)) = (self.start_within, self.finish_within)

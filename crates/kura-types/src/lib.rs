@@ -35,8 +35,8 @@ pub use duration::{CalendarSpan, Duration};
 pub use error::{ConfigError, ParseError};
 pub use extent::Extent;
 pub use report::{
-    BackupSummary, CopyReport, JobRunReport, RunModeName, RunStats, SectionReport,
-    SkippedTarget, TargetStats,
+    BackupSummary, CopyReport, JobRunReport, RunModeName, RunStats, SectionReport, SkippedTarget,
+    TargetStats,
 };
 pub use size::ByteSize;
 pub use window::{CatchUp, Overlap, WindowEnd};

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::cli::JobCommand;
 use crate::cli_daemon::WindowArgs;
-use kura_types::JobSettings;
 use crate::exit::{self, UsageError};
 use crate::output::catalog::{job_detail, job_json, job_table, run_json};
 use crate::output::{local_ms, rfc3339_ms};
+use kura_types::JobSettings;
 
 /// Apply the policy and window flags given to `settings`; a bad value is a usage error
 /// naming its flag. `none` removes a duration.
@@ -21,7 +21,9 @@ pub fn apply_window(s: &mut JobSettings, w: &WindowArgs) -> Result<(), UsageErro
         to: &mut T,
     ) -> Result<(), UsageError> {
         if let Some(v) = v {
-            *to = v.parse().map_err(|e| UsageError(format!("--{flag}: {e}")))?;
+            *to = v
+                .parse()
+                .map_err(|e| UsageError(format!("--{flag}: {e}")))?;
         }
         Ok(())
     }
@@ -181,9 +183,9 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
                             ", predicted to take {}",
                             kura_types::Duration::from_secs(s.round() as u64)
                         )),
-                        window_end.as_deref().map_or(String::new(), |w| format!(
-                            ", its window ends {w}"
-                        ))
+                        window_end
+                            .as_deref()
+                            .map_or(String::new(), |w| format!(", its window ends {w}"))
                     );
                 }
             }

@@ -56,9 +56,8 @@ impl JobRunner for Runner {
                 self.traffic.wrap(url, b)
             };
             // The task reports what its targets acknowledged (and predicts from it).
-            let counted: Arc<dyn kura_repo::backend::Backend> = Arc::new(
-                kura_repo::backend::Counted::new(b, Arc::clone(&uploaded)),
-            );
+            let counted: Arc<dyn kura_repo::backend::Backend> =
+                Arc::new(kura_repo::backend::Counted::new(b, Arc::clone(&uploaded)));
             Ok(counted)
         };
         task.log(format!(
