@@ -217,6 +217,8 @@ mod tests {
             bytes_done: 4096,
             items_done: 1,
             bytes_uploaded: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
             error: None,
             predicted_finish: None,
             window_end: None,

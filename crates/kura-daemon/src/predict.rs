@@ -27,13 +27,13 @@
 //! and no progress predicts nothing; one run of history suffices; a source that grew or
 //! shrank since is predicted by rate, not by the old duration.
 //!
-//! A backup reads ahead of its uploads by its buffers (tens of MiB). In an upload-bound run
-//! the reading therefore ends well before the run does; the time the buffered bytes still
-//! need is added from the acknowledged uploads ([`Live::uploaded`]): at the upload rate,
-//! the targets hold `uploaded` bytes' worth of the `done / rate` seconds of reading, and the
-//! rest is backlog. (A run whose first part was already stored — the resumption of a
-//! cancelled run — uploads nothing for that part, so its backlog is overstated until the
-//! reading ends: a pessimistic prediction, never an optimistic one.)
+//! A backup reads ahead of its uploads by its buffers (tens of MiB), so in an upload-bound
+//! run the reading ends well before the run does. The run also reports the new data it
+//! queued for storing (not found in the repository) and how much of it the target holds;
+//! the storing still to do is the new data queued, plus the unread rest at the share of new
+//! data seen so far, less what is stored, at the recent storing rate. The run ends with the
+//! later of the reading and the storing. (A run resuming a cancelled one finds its first
+//! part stored already: the share of new data is low at first, and grows.)
 //!
 //! Before the run knows its total (a file tree still being walked), the total is taken as
 //! the larger of what was walked so far and the history's last size.
@@ -44,7 +44,7 @@ use std::time::Duration;
 pub const PRIOR: f64 = 0.01;
 /// At most this much weight for the history, however long the run is expected to take.
 pub const PRIOR_MAX: Duration = Duration::from_secs(60);
-/// Uploads observed for less than this do not give a rate yet (a pack is acknowledged as a
+/// Storing observed for less than this gives no rate yet (a pack is acknowledged as a
 /// whole: the first few say little).
 pub const MIN_UPLOAD_WINDOW: Duration = Duration::from_secs(3);
 /// How many recorded runs the history looks at (newest first).
@@ -76,10 +76,14 @@ pub struct Live {
     /// The progress to take the run's rate from: bytes scanned over how long — the recent
     /// part of the run since its first progress ([`Recent`]); `(0, 0)` before any.
     pub observed: (u64, Duration),
-    /// Bytes its targets acknowledged so far, and the recent part of that progress (as
-    /// `observed`): what is still buffered between reading and the targets.
-    pub uploaded: u64,
-    pub observed_up: (u64, Duration),
+    /// New data (not in the repository yet) queued for storing so far (before compression,
+    /// [`kura_repo::progress::Progress::new_data`]), and the bytes the target acknowledged
+    /// (per target), with the recent part of that progress (as `observed`). Compressible
+    /// data is acknowledged in fewer bytes than it was queued in, so the storing still to
+    /// do is overstated for it: pessimistic, never optimistic.
+    pub new: u64,
+    pub stored: u64,
+    pub observed_stored: (u64, Duration),
 }
 
 /// The history's view: median rate, the newest size and the median duration.
@@ -139,22 +143,30 @@ pub fn predict(history: &[Sample], live: Option<&Live>) -> Option<Duration> {
         None => (0.0, 0.0),
     };
     let rate = (done_w + b0) / (elapsed_w + t0);
-    if !rate.is_finite() || rate <= 0.0 {
-        return None;
-    }
-    let mut remaining = (total - live.done) as f64 / rate;
-    // The backlog: what was read but not yet uploaded drains at the upload rate after the
-    // reading ends. In a steady, upload-bound run, reading `done` took `done / rate` and
-    // uploading what the targets hold took `uploaded / upload rate`; the difference is the
-    // time the buffered bytes still need.
-    let (up_b, up_t) = live.observed_up;
-    if up_b > 0 && up_t >= MIN_UPLOAD_WINDOW {
-        let up_rate = up_b as f64 / up_t.as_secs_f64();
-        let backlog = live.done as f64 / rate - live.uploaded as f64 / up_rate;
-        if backlog.is_finite() && backlog > 0.0 {
-            remaining += backlog;
-        }
-    }
+    let left = (total - live.done) as f64;
+    let read = if left == 0.0 {
+        Some(0.0)
+    } else if rate.is_finite() && rate > 0.0 {
+        Some(left / rate)
+    } else {
+        None
+    };
+    // The storing: the new data queued so far and, at the share of new data seen so far,
+    // the new data still to read, less what the target already holds, at the rate it has
+    // been taking it. Reading and storing overlap; the run ends with the later of the two.
+    let (st_b, st_t) = live.observed_stored;
+    let store = (st_b > 0 && st_t >= MIN_UPLOAD_WINDOW && live.done > 0).then(|| {
+        let store_rate = st_b as f64 / st_t.as_secs_f64();
+        let share = live.new as f64 / live.done as f64;
+        let to_store = live.new as f64 + left * share - live.stored as f64;
+        to_store.max(0.0) / store_rate
+    });
+    let remaining = match (read, store) {
+        (Some(r), Some(s)) => r.max(s),
+        (Some(r), None) => r,
+        (None, Some(s)) => s,
+        (None, None) => return None,
+    };
     let secs = elapsed + remaining;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))
 }
@@ -284,25 +296,32 @@ mod tests {
     }
 
     #[test]
-    fn what_is_buffered_but_not_uploaded_is_still_to_come() {
-        // 1000 bytes at an upload rate of 10 bytes/s (100 s in all), read ahead by 300
-        // bytes of buffers at once, then as fast as uploads free them.
+    fn what_is_buffered_but_not_stored_is_still_to_come() {
+        // 1000 bytes, all new, stored at 10 bytes/s (100 s in all), read ahead by 300
+        // bytes of buffers at once, then as fast as storing frees them.
         let mut l = live(20, 500, Some(1000));
         l.observed = (100, Duration::from_secs(10));
-        l.uploaded = 200;
-        l.observed_up = (100, Duration::from_secs(10));
+        l.new = 500;
+        l.stored = 200;
+        l.observed_stored = (100, Duration::from_secs(10));
         let d = secs(predict(&[], Some(&l)));
-        // Reading the rest: 50 s; then the 300 buffered bytes: 30 s.
+        // Storing the 300 buffered and the 500 unread bytes: 80 s more.
         assert!((d - 100.0).abs() < 0.1, "{d}");
-        // The reading is over (its rate as it was then); the buffers drain.
+        // The reading is over; the buffers drain.
         l.elapsed = Duration::from_secs(70);
         l.done = 1000;
-        l.uploaded = 700;
+        l.new = 1000;
+        l.stored = 700;
         let d = secs(predict(&[], Some(&l)));
         assert!((d - 100.0).abs() < 0.1, "{d}");
-        // Uploads that keep up with the reading (nothing buffered) add nothing.
-        l.uploaded = 1000;
+        // Half the data was stored before (a resumed run): only the new half is stored.
+        let mut l = live(20, 500, Some(1000));
+        l.observed = (100, Duration::from_secs(10));
+        l.new = 250;
+        l.stored = 100;
+        l.observed_stored = (100, Duration::from_secs(10));
         let d = secs(predict(&[], Some(&l)));
+        // To store: 250 + 500 × 0.5 - 100 = 400 bytes = 40 s; reading: 50 s.
         assert!((d - 70.0).abs() < 0.1, "{d}");
     }
 
@@ -329,14 +348,19 @@ mod tests {
             total in 1u64..1 << 40,
             a in 0.0f64..1.0,
             b in 0.0f64..1.0,
-            up in 0u64..1 << 40,
+            new in 0u64..1 << 40,
+            stored in 0u64..1 << 40,
         ) {
             let h: Vec<Sample> = hist.iter().map(|&(x, y)| s(x, y)).collect();
             let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            // The same new and stored bytes (within what the lesser progress read).
+            let new = new.min((total as f64 * lo) as u64);
+            let stored = stored.min(new);
             let p = |f: f64| {
                 let mut l = live(elapsed, (total as f64 * f) as u64, Some(total));
-                l.uploaded = up;
-                l.observed_up = (up, Duration::from_secs(elapsed));
+                l.new = new;
+                l.stored = stored;
+                l.observed_stored = (stored, Duration::from_secs(elapsed));
                 predict(&h, Some(&l))
             };
             if let (Some(slow), Some(fast)) = (p(lo), p(hi)) {

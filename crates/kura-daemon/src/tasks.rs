@@ -88,6 +88,12 @@ pub struct TaskInfo {
     /// together.
     #[serde(default)]
     pub bytes_uploaded: u64,
+    /// A backup: new data (not in the repository yet) queued for storing, and how much of
+    /// it is stored, before compression.
+    #[serde(default)]
+    pub bytes_new: u64,
+    #[serde(default)]
+    pub bytes_stored: u64,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
     /// A job run: when it is predicted to finish (RFC 3339, UTC; while it runs).
@@ -254,6 +260,12 @@ impl Progress for Task {
         let mut i = lock(&self.info);
         i.bytes_total = Some(i.bytes_total.unwrap_or(0) + bytes);
     }
+    fn new_data(&self, raw_bytes: u64) {
+        lock(&self.info).bytes_new += raw_bytes;
+    }
+    fn stored(&self, raw_bytes: u64) {
+        lock(&self.info).bytes_stored += raw_bytes;
+    }
     fn advance(&self, bytes: u64, items: u64) {
         let mut i = lock(&self.info);
         i.bytes_done += bytes;
@@ -363,6 +375,8 @@ impl Tasks {
             bytes_done: 0,
             items_done: 0,
             bytes_uploaded: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
             error: None,
             predicted_finish: None,
             window_end: None,

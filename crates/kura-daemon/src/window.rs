@@ -282,25 +282,29 @@ pub fn look(d: &Daemon) {
             .is_some_and(|t| t > 0 && info.bytes_done >= t);
         if info.bytes_done == 0 {
             w.recent.nothing_at(elapsed);
-        } else if !read_all {
+        } else if !read_all || w.observed.1.is_zero() {
             // Once the reading is over its rate stays as it was (what is left is the
             // backlog, at the upload rate).
             w.observed = w.recent.observe(elapsed, info.bytes_done);
         }
         let observed = w.observed;
-        let observed_up = if info.bytes_uploaded == 0 {
+        // What the targets acknowledged, per target (the saver's own count of stored data
+        // includes what a mirror still holds in its queues).
+        let stored = info.bytes_uploaded / u64::try_from(w.job.redundancy.max(1)).unwrap_or(1);
+        let observed_stored = if stored == 0 {
             w.recent_up.nothing_at(elapsed);
             (0, Duration::ZERO)
         } else {
-            w.recent_up.observe(elapsed, info.bytes_uploaded)
+            w.recent_up.observe(elapsed, stored)
         };
         let live = Live {
             elapsed,
             done: info.bytes_done,
             total: info.bytes_total,
             observed,
-            uploaded: info.bytes_uploaded,
-            observed_up,
+            new: info.bytes_new,
+            stored,
+            observed_stored,
         };
         let empty = Vec::new();
         let history = histories.get(&w.job.id).unwrap_or(&empty);

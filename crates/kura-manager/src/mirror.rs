@@ -2,6 +2,7 @@
 //! [`MirrorBackend`]; each finished target holds a complete copy (see the crate docs).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kura_backend::{Backend, MirrorBackend, MirrorOptions};
@@ -12,6 +13,9 @@ use kura_repo::progress::Progress;
 
 use crate::Result;
 use crate::run::{JobSpec, ModeDone, Piece};
+
+/// Why the members of a cancelled run were dropped.
+const CANCELLED: &str = "the run was cancelled";
 
 pub(crate) fn back_up(
     job: &JobSpec,
@@ -34,9 +38,38 @@ pub(crate) fn back_up(
     let repo = Repository::open(Arc::clone(&mirror) as Arc<dyn Backend>, password)?;
     let lock = RepoLock::shared(&repo)?;
     let (indexed, _) = repo.load_index_adopting_orphans()?;
-    let outcome = backup(&indexed, &lock, &job.sources, &job.backup, progress, cancel);
+    // The mirror writes behind (its members' queues): a backup whose pipeline is done may
+    // still wait for them in its snapshot's write. A cancel then drops every member, so
+    // the snapshot write fails and nothing more is sent; the packs the members hold stay
+    // (the next run adopts them).
+    let n = mirror.members().len();
+    let finished = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !finished.load(Ordering::SeqCst) {
+                if cancel.is_cancelled() {
+                    for i in 0..n {
+                        mirror.drop_member(i, CANCELLED);
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = backup(&indexed, &lock, &job.sources, &job.backup, progress, cancel);
+        finished.store(true, Ordering::SeqCst);
+        r
+    });
     drop(lock);
-    let status = mirror.status();
+    let mut status = mirror.status();
+    if cancel.is_cancelled() {
+        // Cancelled, not failed: no error against the targets' health.
+        for st in &mut status {
+            if st.dropped.as_deref() == Some(CANCELLED) {
+                st.dropped = None;
+            }
+        }
+    }
     let total = outcome
         .as_ref()
         .map_or(0, |o| o.snapshot.summary.total_bytes as i64);
