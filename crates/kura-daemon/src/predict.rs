@@ -47,6 +47,8 @@ pub const PRIOR_MAX: Duration = Duration::from_secs(60);
 /// Storing observed for less than this gives no rate yet (a pack is acknowledged as a
 /// whole: the first few say little).
 pub const MIN_UPLOAD_WINDOW: Duration = Duration::from_secs(3);
+/// …nor do fewer bytes than this (a lock file, an index: not the packs' pace).
+pub const MIN_STORED: u64 = 512 << 10;
 /// How many recorded runs the history looks at (newest first).
 pub const HISTORY: usize = 5;
 
@@ -155,7 +157,7 @@ pub fn predict(history: &[Sample], live: Option<&Live>) -> Option<Duration> {
     // the new data still to read, less what the target already holds, at the rate it has
     // been taking it. Reading and storing overlap; the run ends with the later of the two.
     let (st_b, st_t) = live.observed_stored;
-    let store = (st_b > 0 && st_t >= MIN_UPLOAD_WINDOW && live.done > 0).then(|| {
+    let store = (st_b >= MIN_STORED && st_t >= MIN_UPLOAD_WINDOW && live.done > 0).then(|| {
         let store_rate = st_b as f64 / st_t.as_secs_f64();
         let share = live.new as f64 / live.done as f64;
         let to_store = live.new as f64 + left * share - live.stored as f64;
@@ -297,31 +299,38 @@ mod tests {
 
     #[test]
     fn what_is_buffered_but_not_stored_is_still_to_come() {
-        // 1000 bytes, all new, stored at 10 bytes/s (100 s in all), read ahead by 300
-        // bytes of buffers at once, then as fast as storing frees them.
-        let mut l = live(20, 500, Some(1000));
-        l.observed = (100, Duration::from_secs(10));
-        l.new = 500;
-        l.stored = 200;
-        l.observed_stored = (100, Duration::from_secs(10));
+        // 1000 units, all new, stored at 10 units/s (100 s in all), read ahead by 300
+        // units of buffers at once, then as fast as storing frees them.
+        const K: u64 = 1 << 20; // bytes per unit
+        let mut l = live(20, 500 * K, Some(1000 * K));
+        l.observed = (100 * K, Duration::from_secs(10));
+        l.new = 500 * K;
+        l.stored = 200 * K;
+        l.observed_stored = (100 * K, Duration::from_secs(10));
         let d = secs(predict(&[], Some(&l)));
-        // Storing the 300 buffered and the 500 unread bytes: 80 s more.
+        // Storing the 300 buffered and the 500 unread units: 80 s more.
         assert!((d - 100.0).abs() < 0.1, "{d}");
         // The reading is over; the buffers drain.
         l.elapsed = Duration::from_secs(70);
-        l.done = 1000;
-        l.new = 1000;
-        l.stored = 700;
+        l.done = 1000 * K;
+        l.new = 1000 * K;
+        l.stored = 700 * K;
         let d = secs(predict(&[], Some(&l)));
         assert!((d - 100.0).abs() < 0.1, "{d}");
         // Half the data was stored before (a resumed run): only the new half is stored.
-        let mut l = live(20, 500, Some(1000));
-        l.observed = (100, Duration::from_secs(10));
-        l.new = 250;
-        l.stored = 100;
-        l.observed_stored = (100, Duration::from_secs(10));
+        let mut l = live(20, 500 * K, Some(1000 * K));
+        l.observed = (100 * K, Duration::from_secs(10));
+        l.new = 250 * K;
+        l.stored = 100 * K;
+        l.observed_stored = (100 * K, Duration::from_secs(10));
         let d = secs(predict(&[], Some(&l)));
-        // To store: 250 + 500 × 0.5 - 100 = 400 bytes = 40 s; reading: 50 s.
+        // To store: 250 + 500 × 0.5 - 100 = 400 units = 40 s; reading: 50 s.
+        assert!((d - 70.0).abs() < 0.1, "{d}");
+        // A lock file's few bytes say nothing of the pace yet: the reading alone counts.
+        l.new = 1000 * K;
+        l.stored = 127;
+        l.observed_stored = (127, Duration::from_secs(5));
+        let d = secs(predict(&[], Some(&l)));
         assert!((d - 70.0).abs() < 0.1, "{d}");
     }
 
