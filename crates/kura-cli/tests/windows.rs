@@ -132,7 +132,12 @@ impl Setup {
             .unwrap();
         let url = line.trim().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
-        let token = self.ok(&["-q", "token", "create", name]).trim().to_string();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = self
+            .ok(&["-q", "token", "create", &format!("{name}-{n}")])
+            .trim()
+            .to_string();
         Daemon {
             child,
             addr: url.trim_start_matches("http://").to_string(),

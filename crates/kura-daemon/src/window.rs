@@ -19,7 +19,7 @@
 //! once per run: a line in the task's log, a tracing warning, the
 //! `kura_job_overrun_warnings_total` metric and the notification hook. A `cancel-early` job's
 //! run is then cancelled as soon as the prediction is confident: it has [`EARLY_AFTER`] of
-//! its own progress to go on, and overshoots by more than [`EARLY_MARGIN`] of the time the
+//! its own progress (reading or storing) to go on, and overshoots by more than [`EARLY_MARGIN`] of the time the
 //! run was allowed.
 //!
 //! # Locking
@@ -393,7 +393,7 @@ pub fn look(d: &Daemon) {
         }
         let allowed = (dl.at - w.started).to_std().unwrap_or_default();
         if action == WindowEnd::CancelEarly
-            && observed.1 >= EARLY_AFTER
+            && observed.1.max(observed_stored.1) >= EARLY_AFTER
             && late.as_secs_f64() > EARLY_MARGIN * allowed.as_secs_f64()
         {
             let why = format!(
