@@ -488,7 +488,15 @@ fn a_window_cancels_cleanly_and_a_large_first_backup_completes_over_several_wind
         .sum();
     // Each window reused what the ones before uploaded: about the data once in all (one
     // pack in flight per cancelled run may be sent again), not once per window.
-    assert!(uploaded >= data, "{uploaded} < {data}");
+    let runs: Vec<String> = tasks
+        .iter()
+        .map(|t| format!("{} {} {}", t["id"], t["state"], t["bytes_uploaded"]))
+        .collect();
+    assert!(
+        uploaded >= data,
+        "{uploaded} < {data}: {runs:#?}, {} on the target",
+        du(&s.target)
+    );
     assert!(
         uploaded < data + data / 2,
         "{uploaded} bytes uploaded for {data} bytes of data over {} runs",

@@ -14,9 +14,6 @@ use kura_repo::progress::Progress;
 use crate::Result;
 use crate::run::{JobSpec, ModeDone, Piece};
 
-/// Why the members of a cancelled run were dropped.
-const CANCELLED: &str = "the run was cancelled";
-
 pub(crate) fn back_up(
     job: &JobSpec,
     members: Vec<Arc<dyn Backend>>,
@@ -39,18 +36,15 @@ pub(crate) fn back_up(
     let lock = RepoLock::shared(&repo)?;
     let (indexed, _) = repo.load_index_adopting_orphans()?;
     // The mirror writes behind (its members' queues): a backup whose pipeline is done may
-    // still wait for them in its snapshot's write. A cancel then drops every member, so
-    // the snapshot write fails and nothing more is sent; the packs the members hold stay
-    // (the next run adopts them).
-    let n = mirror.members().len();
+    // still wait for them in its snapshot's write. A cancel abandons what is queued, so
+    // the snapshot write fails and nothing more is sent; what the members hold stays (the
+    // next run adopts it), and the lock is released as usual.
     let finished = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
         s.spawn(|| {
             while !finished.load(Ordering::SeqCst) {
                 if cancel.is_cancelled() {
-                    for i in 0..n {
-                        mirror.drop_member(i, CANCELLED);
-                    }
+                    mirror.abandon("the run was cancelled");
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -61,15 +55,7 @@ pub(crate) fn back_up(
         r
     });
     drop(lock);
-    let mut status = mirror.status();
-    if cancel.is_cancelled() {
-        // Cancelled, not failed: no error against the targets' health.
-        for st in &mut status {
-            if st.dropped.as_deref() == Some(CANCELLED) {
-                st.dropped = None;
-            }
-        }
-    }
+    let status = mirror.status();
     let total = outcome
         .as_ref()
         .map_or(0, |o| o.snapshot.summary.total_bytes as i64);
