@@ -163,6 +163,19 @@ pub fn predict(history: &[Sample], live: Option<&Live>) -> Option<Duration> {
         let to_store = live.new as f64 + left * share - live.stored as f64;
         to_store.max(0.0) / store_rate
     });
+    // New data waits to be stored but its pace is not seen yet (the first packs are on
+    // their way): the history's rate stands in; with no history there is nothing to say
+    // (the reading alone would promise a finish the storing cannot keep).
+    let waiting = live.new > live.stored.saturating_add(MIN_STORED);
+    let store = match (store, p.rate) {
+        (Some(s), _) => Some(s),
+        (None, Some(r)) if waiting => {
+            let share = live.new as f64 / live.done.max(1) as f64;
+            Some((live.new as f64 + left * share - live.stored as f64).max(0.0) / r)
+        }
+        (None, None) if waiting => return None,
+        (None, _) => None,
+    };
     let remaining = match (read, store) {
         (Some(r), Some(s)) => r.max(s),
         (Some(r), None) => r,
@@ -326,12 +339,16 @@ mod tests {
         let d = secs(predict(&[], Some(&l)));
         // To store: 250 + 500 × 0.5 - 100 = 400 units = 40 s; reading: 50 s.
         assert!((d - 70.0).abs() < 0.1, "{d}");
-        // A lock file's few bytes say nothing of the pace yet: the reading alone counts.
-        l.new = 1000 * K;
+        // A lock file's few bytes say nothing of the pace yet: with no history, nothing is
+        // predicted (the reading alone would promise too early a finish)…
+        l.new = 250 * K;
         l.stored = 127;
         l.observed_stored = (127, Duration::from_secs(5));
-        let d = secs(predict(&[], Some(&l)));
-        assert!((d - 70.0).abs() < 0.1, "{d}");
+        assert_eq!(predict(&[], Some(&l)), None);
+        // …with history, its rate stands in: 250 + 250 units at 10 units/s.
+        let h = [s(1000 * K, 100)];
+        let d = secs(predict(&h, Some(&l)));
+        assert!((d - 70.0).abs() < 0.2, "{d}");
     }
 
     #[test]

@@ -310,7 +310,8 @@ pub fn look(d: &Daemon) {
         let history = histories.get(&w.job.id).unwrap_or(&empty);
         w.predicted = predict::predict(history, Some(&live)).map(|p| add(w.started, p));
         let window_end = w.deadline.as_ref().map(|dl| rfc(dl.at));
-        w.task.set_outlook(w.predicted.map(rfc), window_end);
+        let precise = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        w.task.set_outlook(w.predicted.map(precise), window_end);
         d.metrics
             .outlook(&w.job.name, w.predicted, w.deadline.as_ref().map(|x| x.at));
         let Some(dl) = w.deadline.clone() else {
