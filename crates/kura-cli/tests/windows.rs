@@ -651,3 +651,88 @@ fn cancel_early_ends_a_run_that_cannot_finish_before_its_window_does() {
             .contains("window-cancelled|early|cancelled early")
     );
 }
+
+#[test]
+fn window_flags_are_checked_whole_and_shown() {
+    let s = Setup::new(1, 4096);
+    let src = s.src.to_str().unwrap().to_string();
+    let fails = |args: &[&str], says: &[&str]| {
+        let o = s.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for w in says {
+            assert!(err.contains(w), "{args:?}: {err}");
+        }
+    };
+    fails(
+        &[
+            "job",
+            "add",
+            "w",
+            "--object",
+            &src,
+            "--start-within",
+            "2h",
+            "--finish-within",
+            "1h",
+        ],
+        &["--start-within", "leaves no time"],
+    );
+    fails(
+        &["job", "add", "w", "--object", &src, "--max-run", "soon"],
+        &["--max-run"],
+    );
+    s.add_job(
+        "w",
+        &[
+            "--schedule",
+            "daily",
+            "--finish-within",
+            "4h",
+            "--overlap",
+            "queue",
+        ],
+    );
+    fails(
+        &["job", "edit", "w", "--overlap", "sometimes"],
+        &["--overlap", "skip, queue, cancel-older"],
+    );
+    fails(
+        &["job", "edit", "w", "--at-window-end", "later"],
+        &["--at-window-end", "cancel, finish, cancel-early"],
+    );
+    fails(
+        &["job", "edit", "w", "--start-within", "5h"],
+        &["--start-within"],
+    );
+    // Nothing of a refused edit was applied.
+    let show: Value = serde_json::from_str(&s.ok(&["--json", "job", "show", "w"])).unwrap();
+    let c = &show["config"];
+    assert_eq!(
+        (&c["finish_within"], &c["overlap"], &c["start_within"]),
+        (&Value::from("4h"), &Value::from("queue"), &Value::Null),
+        "{show}"
+    );
+    assert!(show["window_end"].is_string(), "{show}");
+    s.ok(&[
+        "job",
+        "edit",
+        "w",
+        "--finish-within",
+        "none",
+        "--max-run",
+        "90m",
+        "--catch-up",
+        "none",
+        "--at-window-end",
+        "finish",
+    ]);
+    let list: Value = serde_json::from_str(&s.ok(&["--json", "job", "list"])).unwrap();
+    let c = &list[0]["config"];
+    assert_eq!(c["finish_within"], Value::Null, "{list}");
+    assert_eq!(c["max_run"], "1h30m", "{list}");
+    assert_eq!(c["catch_up"], "none", "{list}");
+    assert_eq!(c["at_window_end"], "finish", "{list}");
+    let text = s.ok(&["job", "show", "w"]);
+    assert!(text.contains("max-run 1h30m, at its end finish"), "{text}");
+}
