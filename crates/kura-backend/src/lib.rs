@@ -21,6 +21,7 @@
 //!   operation, the object and the backend location.
 
 mod aws_profile;
+mod counted;
 mod deadline;
 mod error;
 mod failover;
@@ -35,6 +36,7 @@ pub mod throttle;
 mod throttled;
 mod union;
 
+pub use counted::Counted;
 pub use error::{BackendError, ErrorKind};
 pub use failover::{FailoverBackend, FailoverMember, FailoverOptions, FailoverStatus, Section};
 pub use local::LocalBackend;

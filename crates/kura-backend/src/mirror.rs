@@ -86,6 +86,9 @@ struct Queue {
     bytes: u64,
     dropped: Option<String>,
     closing: bool,
+    /// Abandoned by the caller ([`MirrorBackend::abandon`]): nothing more is queued or
+    /// written behind; the member stays live.
+    abandoned: bool,
 }
 
 struct Member {
@@ -123,7 +126,7 @@ impl Member {
         let mut seen = q.done;
         let mut since = Instant::now();
         loop {
-            if q.dropped.is_some() {
+            if q.dropped.is_some() || q.abandoned {
                 return false;
             }
             if ready(&q) {
@@ -156,7 +159,7 @@ impl Member {
             let (kind, name, data) = {
                 let mut q = self.lock();
                 loop {
-                    if q.dropped.is_some() || (q.closing && q.items.is_empty()) {
+                    if q.dropped.is_some() || q.abandoned || (q.closing && q.items.is_empty()) {
                         return;
                     }
                     // A barrier (index, snapshot) waits at the front until every write
@@ -210,6 +213,8 @@ pub struct MirrorBackend {
     opts: MirrorOptions,
     /// Writer threads with the index of their member.
     threads: Mutex<Vec<(usize, std::thread::JoinHandle<()>)>>,
+    /// Why the caller abandoned the writes behind, if it did ([`MirrorBackend::abandon`]).
+    abandoned: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for MirrorBackend {
@@ -252,6 +257,7 @@ impl MirrorBackend {
                         bytes: 0,
                         dropped: None,
                         closing: false,
+                        abandoned: false,
                     }),
                     cv: Condvar::new(),
                 })
@@ -281,6 +287,7 @@ impl MirrorBackend {
             targets,
             opts,
             threads: Mutex::new(threads),
+            abandoned: Mutex::new(None),
         })
     }
 
@@ -294,6 +301,45 @@ impl MirrorBackend {
         if let Some(m) = self.members.get(index) {
             let mut q = m.lock();
             m.drop_with(&mut q, reason.to_string());
+        }
+    }
+
+    /// Abandon what is written behind (a cancelled backup): queued packs, index files and
+    /// snapshots are discarded, writes in progress finish, and every later queued write — a
+    /// snapshot waiting for its barrier included — fails with `why`. The members stay live
+    /// and healthy: locks, keys and deletes still reach them (a cancelled run releases its
+    /// lock), and what they already hold stays.
+    pub fn abandon(&self, why: &str) {
+        {
+            let mut a = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            if a.is_none() {
+                *a = Some(why.to_string());
+            }
+        }
+        for m in &self.members {
+            let mut q = m.lock();
+            q.abandoned = true;
+            q.items.clear();
+            q.queued_bytes = 0;
+            m.cv.notify_all();
+        }
+    }
+
+    fn check_abandoned(&self, op: &'static str, name: &str) -> Result<()> {
+        match self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            None => Ok(()),
+            Some(why) => Err(BackendError::new(
+                ErrorKind::Other,
+                op,
+                name,
+                self.location(),
+                format!("the writes were abandoned: {why}"),
+            )),
         }
     }
 
@@ -493,6 +539,9 @@ impl Backend for MirrorBackend {
 
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
         self.check_quorum("put", name)?;
+        if matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot) {
+            self.check_abandoned("put", name)?;
+        }
         match kind {
             FileKind::Pack | FileKind::Index => self.enqueue(kind, name, &data),
             FileKind::Snapshot => {
@@ -504,6 +553,7 @@ impl Backend for MirrorBackend {
                         q.items.is_empty() && q.in_flight == 0
                     });
                 }
+                self.check_abandoned("put", name)?;
             }
             _ => self.put_direct(kind, name, &data),
         }

@@ -202,3 +202,38 @@ fn listings_are_what_every_member_holds_and_locks_are_anyones() {
         .is_err()
     );
 }
+
+#[test]
+fn abandoned_writes_fail_the_snapshot_but_leave_the_members_live_and_unlockable() {
+    use kura_backend::{Limiter, Throttled};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, plain) = members(dir.path(), 1);
+    // A slow member (256 KiB/s): its queue still holds packs when the run is abandoned.
+    let limit = Arc::new(Limiter::fixed("slow", Some(256 << 10)));
+    let slow: Arc<dyn Backend> =
+        Arc::new(Throttled::new(Arc::clone(&plain[0]), vec![limit], vec![]));
+    let m = Arc::new(MirrorBackend::new(vec![slow], MirrorOptions::default()).unwrap());
+    for i in 0..8 {
+        let (n, d) = pack(i);
+        m.put(FileKind::Pack, &n, d).unwrap();
+    }
+    let m2 = Arc::clone(&m);
+    let abandon = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        m2.abandon("the run was cancelled");
+    });
+    let snap = format!("{:064x}", 999);
+    let e = m
+        .put(FileKind::Snapshot, &snap, Bytes::from_static(b"snapshot"))
+        .unwrap_err();
+    abandon.join().unwrap();
+    assert!(e.to_string().contains("the run was cancelled"), "{e}");
+    assert!(names(plain[0].as_ref(), FileKind::Snapshot).is_empty());
+    // Not every pack was sent; the member is not dropped, and still takes locks.
+    assert!(names(plain[0].as_ref(), FileKind::Pack).len() < 8);
+    assert!(m.status().iter().all(|s| s.dropped.is_none()));
+    m.put(FileKind::Lock, "l1", Bytes::from_static(b"lock"))
+        .unwrap();
+    m.delete(FileKind::Lock, "l1").unwrap();
+    assert!(m.put(FileKind::Pack, &pack(50).0, pack(50).1).is_err());
+}

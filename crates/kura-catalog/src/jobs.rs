@@ -300,6 +300,34 @@ impl Catalog {
         )
     }
 
+    /// Change a job's schedule (`Some(None)` removes it; `None` leaves it) and its run
+    /// settings, checked as [`add_job`](Self::add_job) checks them: all or nothing.
+    pub fn edit_job(
+        &self,
+        name_or_number: &str,
+        schedule: Option<Option<&str>>,
+        settings: &JobSettings,
+    ) -> Result<JobDef> {
+        let j = self.job(name_or_number)?;
+        let schedule = match schedule {
+            Some(s) => s.map(str::to_string),
+            None => j.schedule.clone(),
+        };
+        self.update_job(
+            j.id,
+            &j.object,
+            schedule.as_deref(),
+            j.redundancy,
+            j.mode,
+            settings,
+        )?;
+        Ok(JobDef {
+            schedule,
+            settings: settings.clone(),
+            ..j
+        })
+    }
+
     /// Every job definition, by number.
     pub fn jobs(&self) -> Result<Vec<JobDef>> {
         self.rt.block_on(async {

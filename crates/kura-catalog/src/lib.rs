@@ -32,6 +32,7 @@ mod jobs;
 mod policies;
 mod resources;
 mod secure;
+mod stats;
 mod tokens;
 
 use std::str::FromStr;
@@ -49,6 +50,7 @@ pub use resources::{Kind, Resource, State};
 /// usable last month", without a table that grows with every job run forever.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub use secure::{Constraints, Secured, SecuredGuard, Subsystem};
+pub use stats::RecordedStats;
 pub use tokens::{ApiToken, Claim, ClaimOn, ClaimState};
 
 /// Errors the catalog reports; each says what the operator can do.
@@ -281,7 +283,11 @@ impl Catalog {
                     include_str!("../migrations/0001_inventory.sql"),
                 ),
                 migration(2, "daemon", include_str!("../migrations/0002_daemon.sql")),
-                // 3 is another change's.
+                migration(
+                    3,
+                    "run_stats",
+                    include_str!("../migrations/0003_run_stats.sql"),
+                ),
                 migration(
                     4,
                     "policies",

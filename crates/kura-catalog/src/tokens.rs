@@ -52,6 +52,9 @@ pub enum ClaimState {
     Skipped,
     /// Its daemon stopped renewing the lease.
     Expired,
+    /// Cancelled by the daemon: its window or `max-run` ended (or was predicted to end
+    /// before it could finish), or a newer occurrence replaced it (overlap `cancel-older`).
+    Cancelled,
 }
 
 impl ClaimState {
@@ -63,6 +66,7 @@ impl ClaimState {
             ClaimState::Missed => "missed",
             ClaimState::Skipped => "skipped",
             ClaimState::Expired => "expired",
+            ClaimState::Cancelled => "cancelled",
         }
     }
 
@@ -74,6 +78,7 @@ impl ClaimState {
             "missed" => ClaimState::Missed,
             "skipped" => ClaimState::Skipped,
             "expired" => ClaimState::Expired,
+            "cancelled" => ClaimState::Cancelled,
             other => {
                 return Err(Error::Other(format!("unknown claim state {other:?}")));
             }

@@ -629,7 +629,71 @@ fn dropped_copies_leave_forgotten_backups(db: Db) {
     );
 }
 
+fn run_stats_and_edited_windows_are_kept(db: Db) {
+    let (_f, c) = with_targets(db, 1);
+    let job = c
+        .add_job(
+            "db",
+            "/srv/db",
+            None,
+            1,
+            Mode::Mirror,
+            &JobSettings::default(),
+        )
+        .unwrap();
+    // Editing: the window is checked (nothing applied on a bad one), then stored.
+    let bad = JobSettings {
+        start_within: Some("2h".parse().unwrap()),
+        finish_within: Some("1h".parse().unwrap()),
+        ..JobSettings::default()
+    };
+    assert!(matches!(
+        c.edit_job("db", Some(Some("daily")), &bad),
+        Err(Error::Invalid(m)) if m.contains("start_within")
+    ));
+    assert_eq!(c.job("db").unwrap().schedule, None);
+    let good = JobSettings {
+        finish_within: Some("4h".parse().unwrap()),
+        at_window_end: kura_types::WindowEnd::Finish,
+        ..JobSettings::default()
+    };
+    c.edit_job("db", Some(Some("daily")), &good).unwrap();
+    let j = c.job("db").unwrap();
+    assert_eq!((j.schedule.as_deref(), &j.settings), (Some("daily"), &good));
+    c.edit_job("db", None, &JobSettings::default()).unwrap();
+    assert_eq!(c.job("db").unwrap().schedule.as_deref(), Some("daily"));
+    // Stats of two runs, newest first; recording again replaces.
+    let mut runs = Vec::new();
+    for i in 0..2u64 {
+        let g = c.secure(job, 1, &Constraints::default()).unwrap();
+        let run = g.secured.process;
+        g.finish(Ok(())).unwrap();
+        let s = kura_types::RunStats {
+            bytes_scanned: 1 << 40,
+            bytes_read: 1000 + i,
+            bytes_stored: 900,
+            files: 3,
+            duration_ms: 2500,
+            targets: vec![kura_types::TargetStats {
+                target: "t0".into(),
+                bytes: 900,
+                bytes_per_second: 360,
+            }],
+        };
+        c.record_run_stats(run, Some(job), &s).unwrap();
+        c.record_run_stats(run, Some(job), &s).unwrap();
+        runs.push((run, s));
+        c.advance_clock(Duration::from_secs(1));
+    }
+    let got = c.run_stats(job, 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].run, &got[0].stats), (runs[1].0, &runs[1].1));
+    assert_eq!((got[1].run, &got[1].stats), (runs[0].0, &runs[0].1));
+    assert!(c.run_stats(job + 1, 10).unwrap().is_empty());
+}
+
 on_both_dbs!(
+    run_stats_and_edited_windows_are_kept,
     dropped_copies_leave_forgotten_backups,
     a_sectioned_backup_missing_a_section_is_forgotten,
     registers_resources_with_implicit_media_and_rejects_bad_input,

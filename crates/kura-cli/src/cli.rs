@@ -431,6 +431,9 @@ pub enum JobCommand {
     Remove(JobNameArgs),
     /// Run a job now: secure its targets, back up, record the copies in the catalog
     Run(JobNameArgs),
+    /// Change a job's schedule, policies and window (checked whole; nothing applied on
+    /// an error)
+    Edit(Box<crate::cli_daemon::JobEditArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +451,8 @@ pub struct JobAddArgs {
     pub redundancy: i64,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub window: crate::cli_daemon::WindowArgs,
 }
 
 /// How a job run uses its targets; shared by `job add` and `backup --redundancy` (with the

@@ -129,3 +129,48 @@ pub struct TaskLogArgs {
     #[arg(long, short)]
     pub follow: bool,
 }
+
+/// A scheduled job's policies and window (`job add`, `job edit`). Durations as everywhere
+/// (`30m`, `4h`, `1h30m`); in `job edit`, `none` removes one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WindowArgs {
+    /// Occurrences missed while no daemon ran: none (record them missed) or one (run the
+    /// newest now; the default)
+    #[arg(long, value_name = "POLICY")]
+    pub catch_up: Option<String>,
+    /// An occurrence due while the previous run still goes on: skip (the default), queue
+    /// (run it after), or cancel-older
+    #[arg(long, value_name = "POLICY")]
+    pub overlap: Option<String>,
+    /// A run not started this long after its scheduled time is recorded missed, with the
+    /// reason
+    #[arg(long, value_name = "DURATION")]
+    pub start_within: Option<String>,
+    /// The backup window, from the scheduled time: at its end --at-window-end applies
+    #[arg(long, value_name = "DURATION")]
+    pub finish_within: Option<String>,
+    /// The longest any run may take, from its actual start: at its end --at-window-end
+    /// applies
+    #[arg(long, value_name = "DURATION")]
+    pub max_run: Option<String>,
+    /// What happens to a run still going at its window's end (or after --max-run): cancel
+    /// (the default; the repository stays consistent, no snapshot, what was uploaded is
+    /// reused by the next run; a run predicted to overrun is cancelled early) or finish
+    /// (run on, report the overrun)
+    #[arg(long, value_name = "ACTION")]
+    pub at_window_end: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobEditArgs {
+    /// Job name or number
+    pub job: String,
+    /// A new schedule
+    #[arg(long, conflicts_with = "no_schedule")]
+    pub schedule: Option<String>,
+    /// Remove the schedule (the job runs only when asked)
+    #[arg(long)]
+    pub no_schedule: bool,
+    #[command(flatten)]
+    pub window: WindowArgs,
+}

@@ -81,6 +81,10 @@ pub struct DaemonSection {
     /// Host the volume engine too: serve the volumes over NBD on this address and run
     /// their backup policies.
     pub nbd_listen: Option<String>,
+    /// A command (run with `sh -c`) told of window events: a predicted overrun, a run
+    /// cancelled at or before its window's end, an overrun, a missed start. The event is in
+    /// its environment (`KURA_EVENT`, `KURA_JOB`, …; see the README).
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,6 +8,10 @@
 //!   per occurrence, no leader);
 //! - **the volume engine**, when it hosts volumes ([`policies`]): their host-free backup
 //!   policies run at each occurrence, claimed like the scheduler's;
+//! - **windows** ([`window`]): every running job run is watched against its window and
+//!   `max-run`, with a prediction of its finish from the job's history and its own progress
+//!   ([`predict`]); a predicted overrun is warned of before it happens ([`notify`]), and
+//!   the window's end is enforced;
 //! - **the REST API** ([`api`]): axum, versioned under `/api/v1/`, its OpenAPI document
 //!   generated from the handlers (utoipa) at `/api/v1/openapi.json`, API tokens
 //!   ([`auth`]), Prometheus metrics at `/metrics`.
@@ -29,11 +33,14 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod policies;
+pub mod predict;
 pub mod scheduler;
 pub mod server;
 pub mod tasks;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,8 +112,8 @@ pub trait JobRunner: Send + Sync {
     fn run(&self, job: &JobDef, task: &Task) -> std::result::Result<(), String>;
 }
 
-/// Called with a run's outcome when it ends.
-pub(crate) type Then = Box<dyn FnOnce(&std::result::Result<(), String>) + Send>;
+/// Called with a run's final record when it ends (the scheduler records its claim there).
+pub(crate) type Then = Box<dyn FnOnce(&TaskInfo) + Send>;
 
 /// Settings of a daemon (`[daemon]` in the config file, `kura serve` flags).
 #[derive(Debug, Clone)]
@@ -120,6 +127,8 @@ pub struct DaemonOptions {
     /// Restores started through the API may write only inside this directory (`None`: any
     /// absolute path).
     pub restore_root: Option<PathBuf>,
+    /// The notification hook (`[daemon] notify`), see [`notify`].
+    pub notify: Option<String>,
 }
 
 /// A running daemon's shared state.
@@ -134,6 +143,9 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The volumes it hosts, once [`host_volumes`](Self::host_volumes) was called.
     volumes: std::sync::OnceLock<Arc<policies::Volumes>>,
+    pub windows: window::Windows,
+    /// The job list as the API last answered it ([`api::cache`]).
+    pub job_list: api::cache::AnswerCache,
 }
 
 impl Daemon {
@@ -162,6 +174,8 @@ impl Daemon {
             options,
             metrics: metrics::Metrics::default(),
             volumes: std::sync::OnceLock::new(),
+            windows: window::Windows::default(),
+            job_list: api::cache::AnswerCache::default(),
         }))
     }
 
@@ -188,15 +202,16 @@ impl Daemon {
     /// Refused while a run of the same job started by this daemon still runs.
     pub fn run_job(self: &Arc<Self>, name: &str, started_by: &str) -> Result<TaskInfo> {
         let job = self.catalog.job(name).map_err(Error::catalog)?;
-        self.start_job(job, started_by, None)
+        self.start_job(job, started_by, None, None)
     }
 
-    /// Start a run of `job` as a task; `then` is called with its outcome when it ends (the
-    /// scheduler records its claim there).
+    /// Start a run of `job` as a task, watched against its window (`due`: the scheduled
+    /// time of a scheduled run); `then` is called with its final record when it ends.
     pub(crate) fn start_job(
         self: &Arc<Self>,
         job: JobDef,
         started_by: &str,
+        due: Option<chrono::DateTime<chrono::Utc>>,
         then: Option<Then>,
     ) -> Result<TaskInfo> {
         let running = self.tasks.running().into_iter().any(|t| {
@@ -210,6 +225,7 @@ impl Daemon {
             )));
         }
         let task = self.tasks.start("job-run", &job.name, started_by)?;
+        self.windows.watch(Arc::clone(&task), job.clone(), due);
         let info = task.info();
         let d = Arc::clone(self);
         let failed = Arc::clone(&task);
@@ -218,15 +234,31 @@ impl Daemon {
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let result = d.runner.run(&job, &task);
-                task.finish(result.clone());
-                d.metrics
-                    .job_ended(&job.name, &task.info(), started.elapsed());
+                if let Some(ended) = d.windows.end(&task.id())
+                    && ended.overran
+                    && result.is_ok()
+                    && let Some(dl) = ended.deadline
+                {
+                    let late = (chrono::Utc::now() - dl.at).num_milliseconds().max(0);
+                    let what = format!(
+                        "finished {:.1} s after its deadline: {}",
+                        late as f64 / 1000.0,
+                        dl.what.replace("ends", "ended")
+                    );
+                    task.log(format!("overrun: {what}"));
+                    task.set_overrun(what);
+                }
+                task.finish(result);
+                let info = task.info();
+                d.metrics.job_ended(&job.name, &info, started.elapsed());
+                d.metrics.outlook(&job.name, None, None);
                 if let Some(then) = then {
-                    then(&result);
+                    then(&info);
                 }
                 d.tasks.reap();
             });
         if let Err(e) = spawned {
+            self.windows.end(&info.id);
             failed.finish(Err(format!("could not start its thread: {e}")));
             return Err(Error::Io {
                 what: "start a task thread".into(),

@@ -1,7 +1,9 @@
 //! Prometheus metrics at `/metrics` (text exposition format), through `prometheus-client`.
 //!
 //! Per job: when it last succeeded, how long its last run took, how many bytes it moved,
-//! and runs by result. Per daemon: tasks by state, whether the catalog answers. Metric
+//! and runs by result; its running or next run's predicted finish and window end (set by
+//! the window watcher for running runs, at each scrape for the others), the overruns it
+//! was warned of before they happened and those that happened (`at-window-end finish`). Per daemon: tasks by state, whether the catalog answers. Metric
 //! names follow Prometheus conventions (`_seconds`, `_bytes`, `_total`, `_timestamp_seconds`).
 
 use std::sync::Mutex;
@@ -38,6 +40,10 @@ pub struct Metrics {
     last_duration: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     last_bytes: Family<JobLabel, Gauge>,
     runs: Family<JobResult, Counter>,
+    predicted_finish: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    window_end: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    overrun_warnings: Family<JobLabel, Counter>,
+    overruns: Family<JobLabel, Counter>,
     tasks: Family<StateLabel, Gauge>,
     catalog_up: Gauge,
 }
@@ -51,6 +57,10 @@ impl Default for Metrics {
             last_duration: Family::default(),
             last_bytes: Family::default(),
             runs: Family::default(),
+            predicted_finish: Family::default(),
+            window_end: Family::default(),
+            overrun_warnings: Family::default(),
+            overruns: Family::default(),
             tasks: Family::default(),
             catalog_up: Gauge::default(),
         };
@@ -70,6 +80,26 @@ impl Default for Metrics {
             m.last_bytes.clone(),
         );
         r.register("job_runs", "Job runs by result", m.runs.clone());
+        r.register(
+            "job_predicted_finish_seconds",
+            "When the job's running (or else next) run is predicted to finish (Unix time)",
+            m.predicted_finish.clone(),
+        );
+        r.register(
+            "job_window_end_seconds",
+            "When the job's running (or else next) run's window or max-run ends (Unix time)",
+            m.window_end.clone(),
+        );
+        r.register(
+            "job_overrun_warnings",
+            "Runs of the job predicted, while they ran, to overrun their window",
+            m.overrun_warnings.clone(),
+        );
+        r.register(
+            "job_window_overruns",
+            "Runs of the job that ran past their window's end (at-window-end finish)",
+            m.overruns.clone(),
+        );
         r.register(
             "tasks",
             "Tasks kept by this daemon, by state",
@@ -119,6 +149,46 @@ impl Metrics {
             .register(name, help, metric);
     }
 
+    /// A job's outlook: its predicted finish and window end (a series is removed when
+    /// there is none).
+    pub fn outlook(
+        &self,
+        job: &str,
+        predicted_finish: Option<chrono::DateTime<chrono::Utc>>,
+        window_end: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let l = JobLabel { job: job.into() };
+        for (family, t) in [
+            (&self.predicted_finish, predicted_finish),
+            (&self.window_end, window_end),
+        ] {
+            match t {
+                Some(t) => {
+                    family
+                        .get_or_create(&l)
+                        .set(t.timestamp_millis() as f64 / 1000.0);
+                }
+                None => {
+                    family.remove(&l);
+                }
+            }
+        }
+    }
+
+    /// A run of `job` was predicted to overrun its window.
+    pub fn overrun_warning(&self, job: &str) {
+        self.overrun_warnings
+            .get_or_create(&JobLabel { job: job.into() })
+            .inc();
+    }
+
+    /// A run of `job` ran past its window's end.
+    pub fn window_overrun(&self, job: &str) {
+        self.overruns
+            .get_or_create(&JobLabel { job: job.into() })
+            .inc();
+    }
+
     /// The text exposition, after setting the scrape-time gauges.
     pub fn render(
         &self,
@@ -160,10 +230,37 @@ mod tests {
             bytes_total: None,
             bytes_done: 4096,
             items_done: 1,
+            bytes_uploaded: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
             error: None,
+            predicted_finish: None,
+            window_end: None,
+            overrun: None,
         };
         m.job_ended("nightly", &t, Duration::from_millis(1500));
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        m.outlook("nightly", Some(at), Some(at));
+        m.overrun_warning("nightly");
         let text = m.render(&Default::default(), true);
+        assert!(
+            text.contains("kura_job_predicted_finish_seconds{job=\"nightly\"} 1700000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kura_job_window_end_seconds{job=\"nightly\"} 1700000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kura_job_overrun_warnings_total{job=\"nightly\"} 1"),
+            "{text}"
+        );
+        m.outlook("nightly", None, None);
+        let text = m.render(&Default::default(), true);
+        assert!(
+            !text.contains("kura_job_predicted_finish_seconds{"),
+            "{text}"
+        );
         assert!(
             text.contains("kura_job_last_duration_seconds{job=\"nightly\"} 1.5"),
             "{text}"

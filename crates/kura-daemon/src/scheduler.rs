@@ -23,6 +23,17 @@
 //! follows the job's overlap policy: `skip` (the default) records it skipped; `queue` runs
 //! it once the previous run ends; `cancel-older` cancels the previous run (on this daemon)
 //! and starts the new one.
+//!
+//! # Start windows
+//! An occurrence not started within the job's `start-within` of its scheduled time — no
+//! daemon ran, or it waited behind the previous run (overlap `queue`) — is recorded
+//! `missed` with the reason, and the notification hook hears of it. (The run's window and
+//! `max-run` are enforced while it runs: [`crate::window`].)
+//!
+//! # Order
+//! Occurrences ready at the same look start longest-predicted-first (from each job's
+//! history, [`crate::window::Windows::expected`]): the long runs get the most of the
+//! night, the short ones fit around them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +46,7 @@ use kura_schedule::{Schedule, Tz};
 use kura_types::{CatchUp, Overlap};
 
 use crate::Daemon;
+use crate::notify::{self, Event};
 
 /// How often the scheduler looks.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -120,6 +132,7 @@ fn tick(
     let defs = cat.jobs().map_err(crate::Error::catalog)?;
     jobs.retain(|id, _| defs.iter().any(|j| j.id == *id));
     let now = Utc::now();
+    let mut ready: Vec<(JobDef, DateTime<Utc>)> = Vec::new();
     for job in defs {
         let Some(text) = job.schedule.clone() else {
             continue;
@@ -158,6 +171,13 @@ fn tick(
         st.bad = None;
         let missed = schedule.missed(st.last, now, RECORD_AT_MOST);
         let mut due = st.queued.take();
+        if let Some(q) = due
+            && let Some(why) =
+                too_late(&job, q, now, "it was still waiting behind its previous run")
+        {
+            record(d, &job, q, ClaimState::Missed, &why);
+            due = None;
+        }
         if let Some(latest) = missed.latest {
             st.last = latest;
             let older: Vec<DateTime<Utc>> = missed
@@ -184,7 +204,13 @@ fn tick(
                     job.name
                 );
             }
-            if run_latest {
+            let late = run_latest
+                .then(|| too_late(&job, latest, now, "no daemon ran it in time"))
+                .flatten();
+            if let Some(why) = &late {
+                record(d, &job, latest, ClaimState::Missed, why);
+            }
+            if run_latest && late.is_none() {
                 if let Some(q) = due {
                     record(
                         d,
@@ -214,7 +240,10 @@ fn tick(
                     for t in d.tasks.running() {
                         let i = t.info();
                         if i.kind == "job-run" && i.subject == job.name {
-                            let _ = d.tasks.cancel(&i.id);
+                            t.cancel_because(format!(
+                                "replaced by its occurrence due at {} (overlap cancel-older)",
+                                due.to_rfc3339()
+                            ));
                         }
                     }
                     // Started at the next look, once the older run has ended.
@@ -223,9 +252,32 @@ fn tick(
                 }
             }
         }
+        ready.push((job, due));
+    }
+    // Longest predicted first.
+    let mut ready: Vec<(Duration, JobDef, DateTime<Utc>)> = ready
+        .into_iter()
+        .map(|(j, due)| (d.windows.expected(&d.catalog, &j), j, due))
+        .collect();
+    ready.sort_by_key(|r| std::cmp::Reverse(r.0));
+    for (_, job, due) in ready {
         start(d, o, job, due);
     }
     Ok(())
+}
+
+/// Why the occurrence of `job` due at `due` may no longer start at `now` (its
+/// `start-within` passed), if it may not; `because` says what kept it.
+fn too_late(job: &JobDef, due: DateTime<Utc>, now: DateTime<Utc>, because: &str) -> Option<String> {
+    let within = job.settings.start_within?;
+    let late = (now - due).to_std().unwrap_or_default();
+    (late > within.std()).then(|| {
+        format!(
+            "not started within its start window (start-within {within}): {because}; \
+             {:.0} s late",
+            late.as_secs_f64()
+        )
+    })
 }
 
 /// Why `job` counts as running, if it does: a run of it on this daemon, or a live claim of
@@ -259,12 +311,26 @@ fn record(d: &Daemon, job: &JobDef, due: DateTime<Utc>, state: ClaimState, why: 
         .catalog
         .record_unrun(job.id, ms(due), &d.options.name, state, why)
     {
-        Ok(true) => tracing::warn!(
-            "job {}: occurrence due at {} {}: {why}",
-            job.name,
-            due.to_rfc3339(),
-            state.as_str()
-        ),
+        Ok(true) => {
+            tracing::warn!(
+                "job {}: occurrence due at {} {}: {why}",
+                job.name,
+                due.to_rfc3339(),
+                state.as_str()
+            );
+            if state == ClaimState::Missed {
+                notify::send(
+                    d.options.notify.as_deref(),
+                    Event {
+                        event: "missed",
+                        job: job.name.clone(),
+                        due: due.to_rfc3339(),
+                        reason: why.to_string(),
+                        ..Event::default()
+                    },
+                );
+            }
+        }
         Ok(false) => {} // another daemon dealt with it
         Err(e) => tracing::warn!("job {}: recording an occurrence: {e}", job.name),
     }
@@ -308,18 +374,21 @@ fn start(d: &Arc<Daemon>, o: &SchedulerOptions, job: JobDef, due: DateTime<Utc>)
     let job_name = job.name.clone();
     let cat = Arc::clone(&d.catalog);
     let renewing = Arc::clone(&running);
-    let then = Box::new(move |r: &std::result::Result<(), String>| {
+    let then = Box::new(move |t: &crate::TaskInfo| {
         renewing.store(false, Ordering::SeqCst);
-        let (state, why) = match r {
-            Ok(()) => (ClaimState::Succeeded, None),
-            Err(e) => (ClaimState::Failed, Some(e.as_str())),
+        let (state, why) = match t.state {
+            crate::TaskState::Succeeded | crate::TaskState::Running => {
+                (ClaimState::Succeeded, t.overrun.as_deref())
+            }
+            crate::TaskState::Cancelled => (ClaimState::Cancelled, t.error.as_deref()),
+            crate::TaskState::Failed => (ClaimState::Failed, t.error.as_deref()),
         };
         if let Err(e) = cat.finish_claim(id, due_ms, state, why) {
             tracing::warn!("job {job_name}: recording how its run ended: {e}");
         }
     });
     let by = format!("schedule ({})", due.to_rfc3339());
-    if let Err(e) = d.start_job(job.clone(), &by, Some(then)) {
+    if let Err(e) = d.start_job(job.clone(), &by, Some(due), Some(then)) {
         running.store(false, Ordering::SeqCst);
         tracing::warn!("job {}: starting its run: {e}", job.name);
         let _ = d.catalog.finish_claim(

@@ -84,8 +84,27 @@ pub struct TaskInfo {
     pub bytes_total: Option<u64>,
     pub bytes_done: u64,
     pub items_done: u64,
+    /// A job run: bytes its targets acknowledged (packs, indexes, snapshot), all targets
+    /// together.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    /// A backup: new data (not in the repository yet) queued for storing, and how much of
+    /// it is stored, before compression.
+    #[serde(default)]
+    pub bytes_new: u64,
+    #[serde(default)]
+    pub bytes_stored: u64,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// A job run: when it is predicted to finish (RFC 3339, UTC; while it runs).
+    #[serde(default)]
+    pub predicted_finish: Option<String>,
+    /// A job run: when its window (or `max-run`) ends (RFC 3339, UTC).
+    #[serde(default)]
+    pub window_end: Option<String>,
+    /// A job run that ran past its window's end (`at-window-end finish`): by how much.
+    #[serde(default)]
+    pub overrun: Option<String>,
 }
 
 /// A running task: its record, its log and its cancellation.
@@ -94,6 +113,10 @@ pub struct Task {
     dir: PathBuf,
     log: Mutex<Option<File>>,
     cancel: CancelToken,
+    /// Why the daemon cancelled it (its window ended…), reported as its error.
+    cancel_reason: Mutex<Option<String>>,
+    /// What its work uploaded (see [`Task::upload_counter`]).
+    uploaded: Arc<AtomicU64>,
     lines: broadcast::Sender<String>,
 }
 
@@ -122,12 +145,46 @@ impl Task {
     }
 
     pub fn info(&self) -> TaskInfo {
-        lock(&self.info).clone()
+        let mut i = lock(&self.info).clone();
+        i.bytes_uploaded = self.uploaded.load(Ordering::Relaxed);
+        i
+    }
+
+    /// The counter its work adds uploaded bytes to (e.g. through
+    /// [`kura_repo::backend::Counted`]).
+    pub fn upload_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.uploaded)
     }
 
     /// The token the task's work must poll (see [`Tasks::cancel`]).
     pub fn cancel_token(&self) -> CancelToken {
         self.cancel.clone()
+    }
+
+    /// Cancel the task for `why` (its error once it ends); the first reason stands.
+    pub fn cancel_because(&self, why: impl Into<String>) {
+        let why = why.into();
+        {
+            let mut r = lock(&self.cancel_reason);
+            if r.is_some() || lock(&self.info).state != TaskState::Running {
+                return;
+            }
+            *r = Some(why.clone());
+        }
+        self.log(format!("cancelling: {why}"));
+        self.cancel.cancel();
+    }
+
+    /// The daemon's outlook for a running job run: its predicted finish and window end.
+    pub fn set_outlook(&self, predicted_finish: Option<String>, window_end: Option<String>) {
+        let mut i = lock(&self.info);
+        i.predicted_finish = predicted_finish;
+        i.window_end = window_end;
+    }
+
+    /// Note that the run ran past its window's end (reported with its record).
+    pub fn set_overrun(&self, what: String) {
+        lock(&self.info).overrun = Some(what);
     }
 
     /// Append a line to the task's log (and to its followers). File and followers are
@@ -170,14 +227,21 @@ impl Task {
                     } else {
                         TaskState::Failed
                     };
-                    i.error = Some(e.clone());
+                    i.error = Some(match lock(&self.cancel_reason).as_ref() {
+                        Some(why) if i.state == TaskState::Cancelled => why.clone(),
+                        _ => e.clone(),
+                    });
                 }
             }
+            i.predicted_finish = None;
+            i.bytes_uploaded = self.uploaded.load(Ordering::Relaxed);
             i.clone()
         };
-        match &result {
-            Ok(()) => self.log("task succeeded"),
-            Err(e) => self.log(format!("task {}: {e}", info.state.as_str())),
+        match (&result, &info.error) {
+            (Ok(()), _) => self.log("task succeeded"),
+            (Err(_), Some(e)) | (Err(e), None) => {
+                self.log(format!("task {}: {e}", info.state.as_str()))
+            }
         }
         self.persist(&info);
         // Followers see the end as the channel closing: drop the file and let the sender go
@@ -191,6 +255,16 @@ impl Progress for Task {
     fn start(&self, phase: &str, total: Option<u64>) {
         lock(&self.info).bytes_total = total;
         self.log(format!("{phase}…"));
+    }
+    fn add_total(&self, bytes: u64, _items: u64) {
+        let mut i = lock(&self.info);
+        i.bytes_total = Some(i.bytes_total.unwrap_or(0) + bytes);
+    }
+    fn new_data(&self, raw_bytes: u64) {
+        lock(&self.info).bytes_new += raw_bytes;
+    }
+    fn stored(&self, raw_bytes: u64) {
+        lock(&self.info).bytes_stored += raw_bytes;
     }
     fn advance(&self, bytes: u64, items: u64) {
         let mut i = lock(&self.info);
@@ -300,13 +374,21 @@ impl Tasks {
             bytes_total: None,
             bytes_done: 0,
             items_done: 0,
+            bytes_uploaded: 0,
+            bytes_new: 0,
+            bytes_stored: 0,
             error: None,
+            predicted_finish: None,
+            window_end: None,
+            overrun: None,
         };
         let task = Arc::new(Task {
             info: Mutex::new(info.clone()),
             dir: self.dir.clone(),
             log: Mutex::new(Some(log)),
             cancel: CancelToken::new(),
+            cancel_reason: Mutex::new(None),
+            uploaded: Arc::default(),
             lines: broadcast::channel(FOLLOW_BUFFER).0,
         });
         task.persist(&info);
@@ -484,6 +566,28 @@ mod tests {
         assert_eq!(tasks.get(&id).unwrap().state, TaskState::Cancelled);
         assert!(matches!(tasks.cancel(&id), Err(Error::Conflict(_))));
         assert!(matches!(tasks.cancel("nope"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn a_task_cancelled_for_a_reason_reports_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let tasks = Tasks::open(d.path()).unwrap();
+        let t = tasks.start("job-run", "nightly", "schedule").unwrap();
+        t.set_outlook(
+            Some("2026-01-01T02:10:00Z".into()),
+            Some("2026-01-01T02:00:00Z".into()),
+        );
+        t.upload_counter().fetch_add(7, Ordering::Relaxed);
+        t.cancel_because("its window ended");
+        t.cancel_because("a second reason is ignored");
+        assert!(t.cancel_token().is_cancelled());
+        t.finish(Err("interrupted".into()));
+        let i = tasks.get(&t.id()).unwrap();
+        assert_eq!(i.state, TaskState::Cancelled);
+        assert_eq!(i.error.as_deref(), Some("its window ended"));
+        assert_eq!(i.predicted_finish, None);
+        assert_eq!(i.window_end.as_deref(), Some("2026-01-01T02:00:00Z"));
+        assert_eq!(i.bytes_uploaded, 7);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! [`MirrorBackend`]; each finished target holds a complete copy (see the crate docs).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kura_backend::{Backend, MirrorBackend, MirrorOptions};
@@ -34,7 +35,25 @@ pub(crate) fn back_up(
     let repo = Repository::open(Arc::clone(&mirror) as Arc<dyn Backend>, password)?;
     let lock = RepoLock::shared(&repo)?;
     let (indexed, _) = repo.load_index_adopting_orphans()?;
-    let outcome = backup(&indexed, &lock, &job.sources, &job.backup, progress, cancel);
+    // The mirror writes behind (its members' queues): a backup whose pipeline is done may
+    // still wait for them in its snapshot's write. A cancel abandons what is queued, so
+    // the snapshot write fails and nothing more is sent; what the members hold stays (the
+    // next run adopts it), and the lock is released as usual.
+    let finished = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !finished.load(Ordering::SeqCst) {
+                if cancel.is_cancelled() {
+                    mirror.abandon("the run was cancelled");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = backup(&indexed, &lock, &job.sources, &job.backup, progress, cancel);
+        finished.store(true, Ordering::SeqCst);
+        r
+    });
     drop(lock);
     let status = mirror.status();
     let total = outcome

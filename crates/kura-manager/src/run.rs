@@ -112,6 +112,7 @@ pub fn run_job(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<JobReport> {
+    let began = std::time::Instant::now();
     match &job.mode {
         RunMode::Mirror { quorum, .. } if *quorum == 0 || *quorum > job.redundancy => {
             return Err(Error::Invalid(format!(
@@ -252,6 +253,13 @@ pub fn run_job(
                 None => Ok(()),
             };
             guard.finish(outcome_for_run)?;
+            // What the run did, for history and the daemon's predictions. A failure to
+            // record it costs predictions, not the backup: logged, not returned.
+            let stats = run_stats(&outcome.snapshot.summary, &copies, began.elapsed());
+            let job_id = (job.job != 0).then_some(job.job);
+            if let Err(e) = catalog.record_run_stats(process, job_id, &stats) {
+                tracing::warn!("process {process}: recording its stats: {e}");
+            }
             // The group each copy holder now holds, for the next run's identity check.
             if let Some(id) = &fitness.repository {
                 for c in copies.iter().filter(|c| c.dropped.is_none()) {
@@ -277,6 +285,30 @@ pub fn run_job(
             guard.finish(Err(why))?;
             Err(e)
         }
+    }
+}
+
+/// A completed run's [`kura_types::RunStats`].
+fn run_stats(
+    s: &kura_repo::snapshot::Summary,
+    copies: &[Copy],
+    took: Duration,
+) -> kura_types::RunStats {
+    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1);
+    kura_types::RunStats {
+        bytes_scanned: s.total_bytes,
+        bytes_read: s.bytes_read,
+        bytes_stored: s.bytes_added,
+        files: s.files_new + s.files_changed + s.files_unmodified,
+        duration_ms: ms,
+        targets: copies
+            .iter()
+            .map(|c| kura_types::TargetStats {
+                target: c.target.clone(),
+                bytes: c.bytes,
+                bytes_per_second: c.bytes.saturating_mul(1000) / ms,
+            })
+            .collect(),
     }
 }
 

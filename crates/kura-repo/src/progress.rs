@@ -11,6 +11,13 @@ pub trait Progress: Send + Sync {
     fn add_total(&self, _bytes: u64, _items: u64) {}
     /// Work done.
     fn advance(&self, _bytes: u64, _items: u64) {}
+    /// A backup queued this many bytes of new data (not found in the repository) for
+    /// storing: what its uploads still have to carry, before compression.
+    fn new_data(&self, _raw_bytes: u64) {}
+    /// This many bytes of a backup's new data (before compression) are now durable on the
+    /// target. With [`Progress::new_data`] it tells how much is buffered between reading
+    /// and the target, and how fast the target takes it.
+    fn stored(&self, _raw_bytes: u64) {}
     /// A warning for the user (also logged).
     fn warn(&self, _msg: &str) {}
     /// The phase is over.

@@ -41,7 +41,8 @@ pub use error::{ConfigError, ParseError};
 pub use extent::Extent;
 pub use policy::{Freeze, PolicyEntry, PolicyProblem, PolicyRun, PolicyTable, PolicyView};
 pub use report::{
-    BackupSummary, CopyReport, JobRunReport, RunModeName, SectionReport, SkippedTarget,
+    BackupSummary, CopyReport, JobRunReport, RunModeName, RunStats, SectionReport, SkippedTarget,
+    TargetStats,
 };
 pub use size::ByteSize;
 pub use window::{CatchUp, Overlap, WindowEnd};

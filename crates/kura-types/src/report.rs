@@ -102,6 +102,44 @@ pub struct JobRunReport {
     pub extents: Vec<SectionReport>,
 }
 
+/// What one completed run did, as the catalog keeps it for history and finish predictions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Logical bytes of the source (every file, or the image): what a run must scan.
+    pub bytes_scanned: u64,
+    /// Bytes read from the source (unchanged files are not read).
+    pub bytes_read: u64,
+    /// Stored bytes of new blobs (compressed, encrypted).
+    pub bytes_stored: u64,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// From the run's start (securing included) to its record.
+    pub duration_ms: u64,
+    /// Per target: the bytes it took and its throughput over the run.
+    pub targets: Vec<TargetStats>,
+}
+
+/// One target's part in a run's [`RunStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStats {
+    pub target: String,
+    /// Mirror: bytes written. Fail-over: bytes sent.
+    pub bytes: u64,
+    /// `bytes` over the run's duration.
+    pub bytes_per_second: u64,
+}
+
+impl RunStats {
+    /// Scanned bytes per second over the whole run (0 for a run that took no time).
+    pub fn scan_rate(&self) -> f64 {
+        if self.duration_ms == 0 {
+            0.0
+        } else {
+            self.bytes_scanned as f64 * 1000.0 / self.duration_ms as f64
+        }
+    }
+}
+
 impl JobRunReport {
     /// The value of [`JobRunReport::message_type`].
     pub const MESSAGE_TYPE: &'static str = "summary";

@@ -51,6 +51,12 @@ pub enum WindowEnd {
     Cancel,
     /// Let it run on and report the overrun.
     Finish,
+    /// As `Cancel`, and earlier: as soon as the daemon's prediction is confident the run
+    /// cannot finish within its window, it is cancelled then, with the reason (the source
+    /// and targets are freed early; the next run reuses what was uploaded either way).
+    /// `Cancel` instead lets the run use its whole window, uploading as much as it can for
+    /// the next run to reuse — what a first backup larger than one window needs.
+    CancelEarly,
 }
 
 macro_rules! words {
@@ -85,7 +91,9 @@ macro_rules! words {
 words!(CatchUp, "catch-up policy", CatchUp::None => "none", CatchUp::One => "one");
 words!(Overlap, "overlap policy",
     Overlap::Skip => "skip", Overlap::Queue => "queue", Overlap::CancelOlder => "cancel-older");
-words!(WindowEnd, "window end action", WindowEnd::Cancel => "cancel", WindowEnd::Finish => "finish");
+words!(WindowEnd, "window end action",
+    WindowEnd::Cancel => "cancel", WindowEnd::Finish => "finish",
+    WindowEnd::CancelEarly => "cancel-early");
 
 #[cfg(test)]
 mod tests {
@@ -102,6 +110,10 @@ mod tests {
         }
         assert_eq!("none".parse::<CatchUp>(), Ok(CatchUp::None));
         assert_eq!("finish".parse::<WindowEnd>(), Ok(WindowEnd::Finish));
+        assert_eq!(
+            serde_json::to_string(&WindowEnd::CancelEarly).unwrap(),
+            "\"cancel-early\""
+        );
         let e = "sometimes".parse::<Overlap>().unwrap_err();
         assert!(e.contains("skip, queue, cancel-older"), "{e}");
     }

@@ -39,15 +39,18 @@ pub fn settings(app: &App, r: &RunArgs) -> JobSettings {
 /// the catalog when it is added); a problem is a usage error naming the flag.
 fn checked(app: &App, r: &RunArgs, redundancy: usize) -> Result<JobSettings> {
     let s = settings(app, r);
-    s.check("backup", redundancy).map_err(|e| {
-        let flag = match e.field.as_deref() {
-            Some("targets") => "target".to_string(),
-            Some(f) => f.replace('_', "-"),
-            None => "settings".into(),
-        };
-        UsageError(format!("--{flag}: {}", e.why))
-    })?;
+    s.check("backup", redundancy).map_err(flag_error)?;
     Ok(s)
+}
+
+/// A settings error as a usage error naming the flag that sets the field.
+pub fn flag_error(e: kura_types::ConfigError) -> UsageError {
+    let flag = match e.field.as_deref() {
+        Some("targets") => "target".to_string(),
+        Some(f) => f.replace('_', "-"),
+        None => "settings".into(),
+    };
+    UsageError(format!("--{flag}: {}", e.why))
 }
 
 /// `kura job run NAME`.

@@ -46,16 +46,21 @@ impl JobRunner for Runner {
             } => Some(unreachable_for),
             RunMode::Mirror { .. } => None,
         };
+        let uploaded = task.upload_counter();
         let open = |url: &str| {
             let mut o = self.backend;
             o.policy.unreachable_for = unreachable_for;
             let b = kura_repo::backend::open(url, &o)
                 .map_err(|e| kura_manager::Error::Invalid(format!("open target {url}: {e}")))?;
-            Ok(if self.traffic.is_empty() {
+            let b = if self.traffic.is_empty() {
                 b
             } else {
                 self.traffic.wrap(url, b)
-            })
+            };
+            // The task reports what its targets acknowledged (and predicts from it).
+            let counted: Arc<dyn kura_repo::backend::Backend> =
+                Arc::new(kura_repo::backend::Counted::new(b, Arc::clone(&uploaded)));
+            Ok(counted)
         };
         task.log(format!(
             "job {}: backing up {} onto {} target(s)",
@@ -213,6 +218,7 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             name: name.clone(),
             zone,
             restore_root: a.restore_root.clone().or_else(|| d.restore_root.clone()),
+            notify: d.notify.clone(),
         },
     )
     .with_context(|| format!("start the daemon in {}", state_dir.display()))?;
@@ -246,6 +252,14 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             }
             stop.store(true, Ordering::SeqCst);
         });
+    }
+    {
+        // Runs started through the API have windows too (`max-run`): always watched.
+        let (daemon, stop) = (Arc::clone(&daemon), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("kura-windows".into())
+            .spawn(move || kura_daemon::window::run(daemon, stop))
+            .context("start the window watcher")?;
     }
     if !a.no_scheduler {
         if host.is_some() {

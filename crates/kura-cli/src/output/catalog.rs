@@ -190,6 +190,22 @@ pub fn job_detail(j: &JobDef, runs: &[Run], time: &impl Fn(i64) -> String) -> St
     kv("redundancy", j.redundancy.to_string());
     kv("mode", j.mode.as_str().into());
     kv("schedule", j.schedule.clone().unwrap_or_else(|| "-".into()));
+    let st = &j.settings;
+    let or_none = |d: Option<kura_types::Duration>| d.map_or("-".into(), |d| d.to_string());
+    kv(
+        "policies",
+        format!("catch-up {}, overlap {}", st.catch_up, st.overlap),
+    );
+    kv(
+        "window",
+        format!(
+            "start-within {}, finish-within {}, max-run {}, at its end {}",
+            or_none(st.start_within),
+            or_none(st.finish_within),
+            or_none(st.max_run),
+            st.at_window_end
+        ),
+    );
     if runs.is_empty() {
         out.push_str("no runs\n");
         return out;

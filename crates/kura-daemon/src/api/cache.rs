@@ -96,9 +96,7 @@ mod tests {
             .get(|| Ok::<_, ()>((Bytes::from("x"), Some(Instant::now()))))
             .unwrap();
         assert_eq!(b, "x");
-        let b = c
-            .get(|| Ok::<_, ()>((Bytes::from("y"), None)))
-            .unwrap();
+        let b = c.get(|| Ok::<_, ()>((Bytes::from("y"), None))).unwrap();
         assert_eq!(b, "y", "the earlier `until` had passed");
     }
 }

@@ -99,7 +99,6 @@ pub async fn create(
     b: Result<Json<JobSpec>, JsonRejection>,
 ) -> crate::Result<(StatusCode, Json<JobView>)> {
     let spec = body(b)?;
-    let zone = d.options.zone;
     let j = blocking(move || {
         let name = spec
             .name
@@ -116,10 +115,12 @@ pub async fn create(
                 &c.settings,
             )
             .map_err(Error::catalog)?;
-        d.catalog.job(&name).map_err(Error::catalog)
+        d.job_list.invalidate();
+        let j = d.catalog.job(&name).map_err(Error::catalog)?;
+        Ok(JobView::of(&d, &j))
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(JobView::of(&j, zone))))
+    Ok((StatusCode::CREATED, Json(j)))
 }
 
 #[utoipa::path(
@@ -143,7 +144,6 @@ pub async fn replace(
 ) -> crate::Result<Json<JobView>> {
     let which = path(p)?;
     let spec = body(b)?;
-    let zone = d.options.zone;
     let j = blocking(move || {
         let old = d.catalog.job(&which).map_err(Error::catalog)?;
         if spec.name.as_ref().is_some_and(|n| *n != old.name) {
@@ -163,10 +163,12 @@ pub async fn replace(
                 &c.settings,
             )
             .map_err(Error::catalog)?;
-        d.catalog.job(&old.name).map_err(Error::catalog)
+        d.job_list.invalidate();
+        let j = d.catalog.job(&old.name).map_err(Error::catalog)?;
+        Ok(JobView::of(&d, &j))
     })
     .await?;
-    Ok(Json(JobView::of(&j, zone)))
+    Ok(Json(j))
 }
 
 #[utoipa::path(
@@ -185,6 +187,11 @@ pub async fn delete(
     p: Result<Path<String>, PathRejection>,
 ) -> crate::Result<StatusCode> {
     let which = path(p)?;
-    blocking(move || d.catalog.remove_job(&which).map_err(Error::catalog)).await?;
+    blocking(move || {
+        let r = d.catalog.remove_job(&which).map_err(Error::catalog);
+        d.job_list.invalidate();
+        r
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

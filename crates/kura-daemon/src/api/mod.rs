@@ -11,6 +11,7 @@
 //! - **Blocking work** (the catalog) runs on `spawn_blocking`, never on the async workers.
 
 mod backups;
+pub mod cache;
 mod extract;
 mod jobs;
 mod maintenance;

@@ -204,7 +204,7 @@ pub async fn cancel_task(
     Ok((StatusCode::ACCEPTED, Json(t)))
 }
 
-/// A job definition as the API shows it.
+/// A job definition as the API shows it, with its outlook.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: i64,
@@ -222,24 +222,39 @@ pub struct JobView {
     pub mode: String,
     /// How its runs use their targets.
     pub settings: kura_types::JobSettings,
+    /// Whether a run of it is going on on this daemon.
+    pub running: bool,
+    /// When its running run (else its next scheduled run) is predicted to finish (RFC 3339,
+    /// UTC), from its history and the run's progress.
+    pub predicted_finish: Option<String>,
+    /// How long that run is predicted to take in all, in seconds.
+    pub predicted_duration_seconds: Option<f64>,
+    /// When that run's window (or `max-run`) ends (RFC 3339, UTC).
+    pub window_end: Option<String>,
 }
 
 impl JobView {
-    pub fn of(j: &kura_catalog::JobDef, zone: kura_schedule::Tz) -> JobView {
-        let (next_run, schedule_error) = match crate::scheduler::next_run(j, zone) {
-            Ok(t) => (t.map(|t| t.to_rfc3339()), None),
+    /// The view of `j`; its outlook from the daemon's watched runs and the job's history.
+    pub fn of(d: &crate::Daemon, j: &kura_catalog::JobDef) -> JobView {
+        let (next_run, schedule_error) = match crate::scheduler::next_run(j, d.options.zone) {
+            Ok(t) => (t, None),
             Err(e) => (None, Some(e)),
         };
+        let o = d.windows.outlook(&d.catalog, j, next_run);
         JobView {
             id: j.id,
             name: j.name.clone(),
             object: j.object.clone(),
             schedule: j.schedule.clone(),
-            next_run,
+            next_run: next_run.map(|t| t.to_rfc3339()),
             schedule_error,
             redundancy: j.redundancy,
             mode: j.mode.as_str().into(),
             settings: j.settings.clone(),
+            running: o.running,
+            predicted_finish: o.predicted_finish.map(|t| t.to_rfc3339()),
+            predicted_duration_seconds: o.predicted_duration.map(|d| d.as_secs_f64()),
+            window_end: o.window_end.map(|t| t.to_rfc3339()),
         }
     }
 }
@@ -253,10 +268,19 @@ impl JobView {
         (status = 503, description = "The catalog does not answer", body = super::ErrorBody),
     )
 )]
-pub async fn list_jobs(State(d): State<Arc<Daemon>>) -> crate::Result<Json<Vec<JobView>>> {
-    let zone = d.options.zone;
-    let jobs = blocking(move || d.catalog.jobs().map_err(Error::catalog)).await?;
-    Ok(Json(jobs.iter().map(|j| JobView::of(j, zone)).collect()))
+pub async fn list_jobs(State(d): State<Arc<Daemon>>) -> crate::Result<Response> {
+    // Kept serialized for up to a second (`AnswerCache`): dashboards poll this.
+    let body = blocking(move || {
+        d.job_list.get(|| {
+            let jobs = d.catalog.jobs().map_err(Error::catalog)?;
+            let views: Vec<JobView> = jobs.iter().map(|j| JobView::of(&d, j)).collect();
+            let body = serde_json::to_vec(&views)
+                .map_err(|e| Error::Internal(format!("serialize the job list: {e}")))?;
+            Ok((axum::body::Bytes::from(body), None))
+        })
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[utoipa::path(
@@ -274,9 +298,12 @@ pub async fn get_job(
     p: Result<Path<String>, PathRejection>,
 ) -> crate::Result<Json<JobView>> {
     let name = path(p)?;
-    let zone = d.options.zone;
-    let j = blocking(move || d.catalog.job(&name).map_err(Error::catalog)).await?;
-    Ok(Json(JobView::of(&j, zone)))
+    let view = blocking(move || {
+        let j = d.catalog.job(&name).map_err(Error::catalog)?;
+        Ok(JobView::of(&d, &j))
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 #[utoipa::path(
@@ -313,6 +340,17 @@ pub async fn run_job(
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let text = blocking(move || {
         let up = d.catalog.ping().is_ok();
+        if let Ok(jobs) = d.catalog.jobs() {
+            // The outlook of jobs not running now (the window watcher keeps the running
+            // ones' up to date).
+            for j in &jobs {
+                let next = crate::scheduler::next_run(j, d.options.zone).ok().flatten();
+                let o = d.windows.outlook(&d.catalog, j, next);
+                if !o.running {
+                    d.metrics.outlook(&j.name, o.predicted_finish, o.window_end);
+                }
+            }
+        }
         Ok(d.metrics.render(&d.tasks.counts(), up))
     })
     .await;
@@ -339,7 +377,7 @@ pub struct Occurrence {
     /// When it was claimed (RFC 3339, UTC, milliseconds): a run started then; for an
     /// occurrence recorded missed or skipped, when that was recorded.
     pub claimed: String,
-    /// `started`, `succeeded`, `failed`, `missed`, `skipped` or `expired`.
+    /// `started`, `succeeded`, `failed`, `missed`, `skipped`, `expired` or `cancelled`.
     pub state: String,
     pub reason: Option<String>,
 }

@@ -192,7 +192,10 @@ pub(super) fn backup_image(
                             if is_zero(&buf) {
                                 saver.pool().put(buf);
                             } else {
-                                let (id, _) = saver.save(BlobType::Data, buf)?;
+                                let (id, new) = saver.save(BlobType::Data, buf)?;
+                                if new {
+                                    progress.new_data(len as u64);
+                                }
                                 ids.lock().map_err(|_| Error::Interrupted)?[n as usize] = id;
                             }
                             progress.advance(len as u64, 0);

@@ -253,7 +253,7 @@ pub fn backup(
                 ));
             }
         };
-        let (info, summary) = saver::run(repo, lock, cfg, &stats, |saver| {
+        let (info, summary) = saver::run(repo, lock, cfg, &stats, progress, |saver| {
             image::backup_image(saver, &paths[0], opts, reuse.as_ref(), progress, cancel)
         })?;
         (Content::Image(info), summary, Vec::new())
@@ -262,7 +262,7 @@ pub fn backup(
             Some(Content::Tree { root }) => Some(*root),
             _ => None,
         };
-        let (root, summary, warnings) = saver::run(repo, lock, cfg, &stats, |saver| {
+        let (root, summary, warnings) = saver::run(repo, lock, cfg, &stats, progress, |saver| {
             walk::backup_tree(saver, repo, &paths, parent_root, opts, progress, cancel)
         })?;
         (Content::Tree { root }, summary, warnings)

@@ -298,6 +298,7 @@ pub(crate) fn run<T>(
     lock: &RepoLock<Shared>,
     cfg: SaverConfig,
     stats: &SaverStats,
+    progress: &dyn crate::progress::Progress,
     produce: impl FnOnce(&Saver<'_>) -> Result<T>,
 ) -> Result<T> {
     let budget = Budget::new(cfg.inflight_bytes.max(8 << 20));
@@ -360,7 +361,7 @@ pub(crate) fn run<T>(
                     .name(format!("kura-upload-{i}"))
                     .spawn_scoped(s, move || {
                         if let Err(e) =
-                            upload_loop(repo, lock, stats, failure, pack_rx, index_state)
+                            upload_loop(repo, lock, stats, progress, failure, pack_rx, index_state)
                         {
                             failure.set(e);
                             budget.abort();
@@ -504,6 +505,7 @@ fn upload_loop(
     repo: &IndexedRepo,
     lock: &RepoLock<Shared>,
     stats: &SaverStats,
+    progress: &dyn crate::progress::Progress,
     failure: &Failure,
     rx: Receiver<FinishedPack>,
     index_state: &Mutex<IndexState>,
@@ -529,6 +531,13 @@ fn upload_loop(
                 .fetch_add(b.length as u64, Ordering::Relaxed);
         }
         stats.packs.fetch_add(1, Ordering::Relaxed);
+        progress.stored(
+            p.blobs
+                .iter()
+                .filter(|b| b.ty == BlobType::Data)
+                .map(|b| b.raw_length as u64)
+                .sum(),
+        );
         // The pack is durable: list it in the next index file, and write that file when due.
         let due = {
             let mut st = index_state.lock().map_err(|_| Error::Interrupted)?;

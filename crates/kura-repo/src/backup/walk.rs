@@ -686,7 +686,10 @@ fn read_file(
                 chunks.push(ChunkRef::Zero(n));
             }
         } else {
-            let (id, _) = ctx.saver.save(BlobType::Data, data)?;
+            let (id, new) = ctx.saver.save(BlobType::Data, data)?;
+            if new {
+                ctx.progress.new_data(n);
+            }
             chunks.push(ChunkRef::Blob(id));
         }
         ctx.progress.advance(n, 0);
