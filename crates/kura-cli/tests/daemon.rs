@@ -609,3 +609,152 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A TCP relay in front of the catalog's PostgreSQL, which the test can cut (every
+/// connection, and every new one, reset at once) and mend: the catalog going away and coming
+/// back, as a network partition would make it, without stopping a server others share.
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: String) -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        {
+            let (cut, live) = (cut.clone(), live.clone());
+            std::thread::spawn(move || {
+                // Cut: shut every open connection down.
+                let mut was = false;
+                loop {
+                    let now = cut.load(Ordering::SeqCst);
+                    if now && !was {
+                        for s in live.lock().unwrap().drain(..) {
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    was = now;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        let cut2 = cut.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                if cut2.load(Ordering::SeqCst) {
+                    drop(c); // refused, in effect: closed at once
+                    continue;
+                }
+                let Ok(u) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut l2 = live.lock().unwrap();
+                l2.push(c.try_clone().unwrap());
+                l2.push(u.try_clone().unwrap());
+                drop(l2);
+                for (mut from, mut to) in [(c.try_clone().unwrap(), u.try_clone().unwrap()), (u, c)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, cut }
+    }
+
+    fn set_cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The catalog going away under a running daemon: it keeps serving what it can (health,
+/// its tasks, callers whose token it checked before), says so in `/api/v1/health` and
+/// `/metrics`, runs nothing it cannot claim, and resumes by itself when the catalog is back.
+#[test]
+fn a_daemon_whose_catalog_goes_away_says_so_keeps_serving_and_resumes() {
+    let mut s = Setup::new(Db::Postgres);
+    // The daemon reaches the catalog through the relay; the test's own commands directly.
+    let direct = s.f.url.clone();
+    let hostport = direct
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    let relay = Relay::start(hostport.clone());
+    s.add_job("often", &["--schedule", "*:*:0/2"]);
+    let token = s.token("ops");
+    let relayed = direct.replace(&hostport, &format!("127.0.0.1:{}", relay.port));
+    s.f.url = relayed;
+    let d = s.serve("r");
+    s.f.url = direct;
+    let succeeded = |d: &Daemon| {
+        let occ = d.json("/api/v1/jobs/often/occurrences", &token);
+        count(&occ, "state", "succeeded")
+    };
+    wait_for(60, "a scheduled run", || (succeeded(&d) >= 1).then_some(()));
+    let health = |d: &Daemon| {
+        let (status, body) = d.http("GET", "/api/v1/health", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    assert_eq!(health(&d)["catalog"], "ok");
+    // The inventory's health and use are in the metrics.
+    let (_, m) = d.http("GET", "/metrics", Some(&token));
+    assert!(
+        m.contains("kura_resource_usable{kind=\"target\",resource=\"t0\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kura_resource_in_use{kind=\"target\",resource=\"t0\"}"),
+        "{m}"
+    );
+
+    relay.set_cut(true);
+    let h = wait_for(60, "health to say the catalog is unreachable", || {
+        let h = health(&d);
+        (h["catalog"] == "unreachable").then_some(h)
+    });
+    assert_eq!(h["status"], "degraded", "{h}");
+    // A caller whose token was checked before is still served: the metrics say it, and the
+    // tasks (kept on the daemon's disk) are listed.
+    let (status, m) = d.http("GET", "/metrics", Some(&token));
+    assert_eq!(status, 200, "{m}");
+    assert!(m.contains("kura_catalog_up 0"), "{m}");
+    let tasks = d.json("/api/v1/tasks", &token);
+    assert!(!tasks.as_array().unwrap().is_empty(), "{tasks}");
+    // What needs the catalog is refused as unavailable (503), not as a bad token.
+    let (status, body) = d.http("GET", "/api/v1/jobs/often/occurrences", Some(&token));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"unavailable\""), "{body}");
+    // Nothing starts while the catalog is away: no run it could not claim.
+    wait_for(60, "a run in flight at the cut to end", || {
+        let r = d.json("/api/v1/tasks?state=running", &token);
+        r.as_array().unwrap().is_empty().then_some(())
+    });
+    let n = d.json("/api/v1/tasks", &token).as_array().unwrap().len();
+    std::thread::sleep(Duration::from_secs(5));
+    let tasks = d.json("/api/v1/tasks", &token);
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        n,
+        "a run started unclaimed: {tasks}"
+    );
+
+    relay.set_cut(false);
+    wait_for(60, "health to see the catalog again", || {
+        (health(&d)["catalog"] == "ok").then_some(())
+    });
+    let before = succeeded(&d);
+    wait_for(60, "a scheduled run after the catalog came back", || {
+        (succeeded(&d) > before).then_some(())
+    });
+    let (_, m) = d.http("GET", "/metrics", Some(&token));
+    assert!(m.contains("kura_catalog_up 1"), "{m}");
+}

@@ -10,6 +10,9 @@
 //! under load queries the catalog about once per token per few seconds, and a revoked token
 //! stops working within that time on every daemon. A token that fails (unknown, expired,
 //! malformed) is never echoed or logged: the answer is the same 401 whatever was wrong.
+//! While the catalog is unreachable, a token found valid within [`STALE_FOR`] is still
+//! accepted (so its callers keep what the daemon can serve without the catalog); any other
+//! gets 503 `unavailable`, never a 401 that would blame the token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +24,8 @@ use crate::{Error, Result};
 
 /// How long a token check is trusted before the catalog is asked again.
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
+/// While the catalog cannot be asked, a token found valid this recently still is.
+pub const STALE_FOR: Duration = Duration::from_secs(15 * 60);
 
 const PREFIX: &str = "kura_";
 
@@ -74,9 +79,24 @@ impl Tokens {
         let found = match cached {
             Some(v) => v,
             None => {
-                let t = catalog
-                    .token_by_hash(&h)
-                    .map_err(|e| Error::Unavailable(format!("checking the token: {e}")))?;
+                let t = match catalog.token_by_hash(&h) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // The catalog is away: a token this daemon found valid not long ago
+                        // still is (a revocation cannot reach it now anyway), so its callers
+                        // keep the health, metrics and tasks it can serve without the
+                        // catalog. Anything else waits for the catalog.
+                        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                        match c.get(&h) {
+                            Some((Some(v), at)) if at.elapsed() < STALE_FOR => {
+                                return still_valid(Some(v.clone()));
+                            }
+                            _ => {
+                                return Err(Error::Unavailable(format!("checking the token: {e}")));
+                            }
+                        }
+                    }
+                };
                 let v = t.map(|t| {
                     // Best effort: when a token was last used is for operators, not for
                     // access.
@@ -93,16 +113,21 @@ impl Tokens {
                 v
             }
         };
-        match found {
-            Some((_, name, expires)) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                if expires.is_some_and(|e| e <= now) {
-                    return Err(Error::Unauthorized);
-                }
-                Ok(Caller { token: name })
+        still_valid(found)
+    }
+}
+
+/// The caller of a token found (`Some`: its id, name and expiry), unless it expired.
+fn still_valid(found: Found) -> Result<Caller> {
+    match found {
+        Some((_, name, expires)) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            if expires.is_some_and(|e| e <= now) {
+                return Err(Error::Unauthorized);
             }
-            None => Err(Error::Unauthorized),
+            Ok(Caller { token: name })
         }
+        None => Err(Error::Unauthorized),
     }
 }
 

@@ -29,6 +29,12 @@ struct JobResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    kind: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -46,6 +52,9 @@ pub struct Metrics {
     overruns: Family<JobLabel, Counter>,
     tasks: Family<StateLabel, Gauge>,
     catalog_up: Gauge,
+    resource_usable: Family<ResourceLabel, Gauge>,
+    resource_in_use: Family<ResourceLabel, Gauge>,
+    resource_errors: Family<ResourceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -63,6 +72,9 @@ impl Default for Metrics {
             overruns: Family::default(),
             tasks: Family::default(),
             catalog_up: Gauge::default(),
+            resource_usable: Family::default(),
+            resource_in_use: Family::default(),
+            resource_errors: Family::default(),
         };
         r.register(
             "job_last_success_timestamp_seconds",
@@ -110,6 +122,22 @@ impl Default for Metrics {
             "Whether the catalog answered at the last scrape (1) or not (0)",
             m.catalog_up.clone(),
         );
+        r.register(
+            "resource_usable",
+            "Whether the resource (target, medium, worker, path) is usable now: enabled and \
+             healthy (1) or not (0)",
+            m.resource_usable.clone(),
+        );
+        r.register(
+            "resource_in_use",
+            "Streams of runs holding the resource now",
+            m.resource_in_use.clone(),
+        );
+        r.register(
+            "resource_errors",
+            "Errors recorded against the resource since its last success (its health)",
+            m.resource_errors.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m
     }
@@ -147,6 +175,27 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .register(name, help, metric);
+    }
+
+    /// The inventory as the catalog has it now: each resource's health and use.
+    pub fn resources(&self, rs: &[kura_catalog::Resource]) {
+        self.resource_usable.clear();
+        self.resource_in_use.clear();
+        self.resource_errors.clear();
+        for r in rs {
+            let l = ResourceLabel {
+                kind: r.kind.as_str().into(),
+                resource: r.name.clone(),
+            };
+            let usable = r.enabled && r.healthy;
+            self.resource_usable
+                .get_or_create(&l)
+                .set(i64::from(usable));
+            self.resource_in_use
+                .get_or_create(&l)
+                .set(i64::try_from(r.allocations.len()).unwrap_or(i64::MAX));
+            self.resource_errors.get_or_create(&l).set(r.errors);
+        }
     }
 
     /// A job's outlook: its predicted finish and window end (a series is removed when

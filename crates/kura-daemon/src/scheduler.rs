@@ -113,13 +113,35 @@ struct JobState {
 pub fn run(daemon: Arc<Daemon>, options: SchedulerOptions, stop: Arc<AtomicBool>) {
     let started = Utc::now();
     let mut jobs: HashMap<i64, JobState> = HashMap::new();
+    // A failing look (the catalog away) is reported when it starts, then once a minute
+    // while it lasts, and when it ends — not once a second.
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut last_said = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = tick(&daemon, &options, started, &mut jobs) {
-            tracing::warn!("scheduler: {e}");
+        match tick(&daemon, &options, started, &mut jobs) {
+            Ok(()) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::warn!(
+                        "scheduler: looking works again after {:.0} s; occurrences due \
+                         meanwhile follow their catch-up policy",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                if failing_since.is_none() || last_said.elapsed() >= REPEAT_FAILURE {
+                    tracing::warn!("scheduler: {e}; nothing is started until it answers");
+                    last_said = std::time::Instant::now();
+                }
+                failing_since.get_or_insert_with(std::time::Instant::now);
+            }
         }
         std::thread::sleep(TICK);
     }
 }
+
+/// How often a lasting failure of the scheduler's look is reported again.
+const REPEAT_FAILURE: Duration = Duration::from_secs(60);
 
 fn tick(
     d: &Arc<Daemon>,

@@ -340,6 +340,9 @@ pub async fn run_job(
 pub async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let text = blocking(move || {
         let up = d.catalog.ping().is_ok();
+        if let Ok(rs) = d.catalog.resources() {
+            d.metrics.resources(&rs);
+        }
         if let Ok(jobs) = d.catalog.jobs() {
             // The outlook of jobs not running now (the window watcher keeps the running
             // ones' up to date).
