@@ -10,8 +10,8 @@
 //! finish it shows, given as `until` by the filler). A change made through this daemon's
 //! API drops it at once ([`AnswerCache::invalidate`]).
 //!
-//! Concurrent misses fill it once: the fill runs under the lock, and the others wait for it
-//! rather than repeat it.
+//! Concurrent misses fill it once: one caller fills, and the others meanwhile get the answer
+//! being replaced (a second old at most) — or, after an invalidation, wait for the new one.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,29 +31,55 @@ struct Kept {
 #[derive(Default)]
 pub struct AnswerCache {
     kept: Mutex<Option<Kept>>,
+    /// Held by the one caller refilling it.
+    filling: Mutex<()>,
     /// Bumped by every invalidation, so a fill that began before one is not kept.
     generation: Mutex<u64>,
 }
 
 impl AnswerCache {
+    fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept answer: fresh only, or also one past its time (`stale`), if it is of the
+    /// current generation.
+    fn kept(&self, stale: bool) -> Option<Bytes> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.as_ref()
+            .filter(|k| k.generation == self.generation() && (stale || Instant::now() < k.until))
+            .map(|k| k.body.clone())
+    }
+
     /// The cached answer, or `fill`'s (kept until the earlier of [`FRESH`] from now and the
-    /// instant it returns). Blocking: call it off the async workers.
+    /// instant it returns). While one caller refills an answer past its time, the others
+    /// get that answer rather than wait (it is at most a fill's time older); after an
+    /// invalidation they wait. Blocking: call it off the async workers.
     pub fn get<E>(
         &self,
         fill: impl FnOnce() -> Result<(Bytes, Option<Instant>), E>,
     ) -> Result<Bytes, E> {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let generation = *self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = kept.as_ref()
-            && now < k.until
-            && k.generation == generation
-        {
-            return Ok(k.body.clone());
+        if let Some(b) = self.kept(false) {
+            return Ok(b);
         }
+        let _filling = match self.filling.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                if let Some(b) = self.kept(true) {
+                    return Ok(b);
+                }
+                let g = self.filling.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(b) = self.kept(false) {
+                    return Ok(b);
+                }
+                g
+            }
+        };
+        let generation = self.generation();
+        let now = Instant::now();
         let (body, until) = fill()?;
         let fresh = now + FRESH;
-        *kept = Some(Kept {
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept {
             body: body.clone(),
             until: until.map_or(fresh, |u| u.min(fresh)),
             generation,
