@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// The request itself is invalid (a malformed target URL or option): a usage error,
     /// never worth retrying.
     Invalid,
+    /// The caller gave the operation up (its run was cancelled) before it was sent: the
+    /// target did nothing wrong, and group backends must not hold it against the member.
+    Cancelled,
     /// Anything else.
     Other,
 }
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::NoSpace => "no-space",
             ErrorKind::Invalid => "invalid",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Other => "other",
         }
     }

@@ -127,6 +127,9 @@ struct State {
     sections: Vec<Section>,
     failovers: usize,
     closing: bool,
+    /// A write was given up by the caller ([`ErrorKind::Cancelled`]): every wait ends with
+    /// that error instead of failing a member over.
+    cancelled: Option<String>,
 }
 
 struct Inner {
@@ -268,6 +271,11 @@ impl Inner {
                     st.progress += 1;
                     self.cv.notify_all();
                 }
+                Err(e) if e.kind() == ErrorKind::Cancelled => {
+                    st.cancelled = Some(e.to_string());
+                    self.cv.notify_all();
+                    return;
+                }
                 Err(e) => self.fail_over(&mut st, m, e.to_string()),
             }
         }
@@ -284,6 +292,15 @@ impl Inner {
         let mut st = self.lock();
         let (mut seen, mut gen_seen, mut since) = (st.progress, st.generation, Instant::now());
         loop {
+            if let Some(why) = &st.cancelled {
+                return Err(BackendError::new(
+                    ErrorKind::Cancelled,
+                    op,
+                    name,
+                    self.members.location(),
+                    why.clone(),
+                ));
+            }
             let Some(active) = st.active else {
                 return Err(self.all_failed(&st, op, name));
             };
@@ -329,16 +346,19 @@ impl Inner {
                 (m, st.generation)
             };
             let (n, d) = (name.to_string(), data.clone());
-            let r = self
-                .within(m, "put", name, move |b| b.put(kind, &n, d))
-                .map_err(|e| e.to_string());
+            let r = self.within(m, "put", name, move |b| b.put(kind, &n, d));
             let mut st = self.lock();
             match r {
                 Ok(()) if st.generation == g => return Ok((m, st)),
                 // Failed over while this write ran (a pack write failed): the packs this
                 // file may name are being sent again; write it there too.
                 Ok(()) => continue,
-                Err(reason) => self.fail_over(&mut st, m, reason),
+                Err(e) if e.kind() == ErrorKind::Cancelled => {
+                    st.cancelled = Some(e.to_string());
+                    self.cv.notify_all();
+                    return Err(e);
+                }
+                Err(e) => self.fail_over(&mut st, m, e.to_string()),
             }
         }
     }
@@ -388,6 +408,7 @@ impl FailoverBackend {
                 sections: Vec::new(),
                 failovers: 0,
                 closing: false,
+                cancelled: None,
             }),
             cv: Condvar::new(),
         });

@@ -99,6 +99,9 @@ struct Member {
     /// not write a snapshot once the mirror fell below its quorum.
     live: Arc<std::sync::atomic::AtomicUsize>,
     quorum: usize,
+    /// The mirror's [`MirrorBackend::abandoned`], shared: a writer whose run was cancelled
+    /// under it ([`ErrorKind::Cancelled`]) abandons the whole mirror's writes.
+    group_abandoned: Arc<Mutex<Option<String>>>,
 }
 
 impl Member {
@@ -198,6 +201,18 @@ impl Member {
                     q.bytes += len as u64;
                     self.cv.notify_all();
                 }
+                // The run gave up (not the member): nothing more is sent, as by `abandon`
+                // (the mirror's next call spreads it to the other members).
+                Err(e) if e.kind() == ErrorKind::Cancelled => {
+                    self.group_abandoned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(|| format!("the run was cancelled ({e})"));
+                    q.abandoned = true;
+                    q.items.clear();
+                    q.queued_bytes = 0;
+                    self.cv.notify_all();
+                }
                 Err(e) => self.drop_with(&mut q, format!("{e}")),
             }
         }
@@ -214,7 +229,7 @@ pub struct MirrorBackend {
     /// Writer threads with the index of their member.
     threads: Mutex<Vec<(usize, std::thread::JoinHandle<()>)>>,
     /// Why the caller abandoned the writes behind, if it did ([`MirrorBackend::abandon`]).
-    abandoned: Mutex<Option<String>>,
+    abandoned: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for MirrorBackend {
@@ -241,6 +256,7 @@ impl MirrorBackend {
             ));
         }
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(backends.len()));
+        let abandoned = Arc::new(Mutex::new(None));
         let targets = Members::new("mirror", backends.clone());
         let members: Vec<Arc<Member>> = backends
             .into_iter()
@@ -248,6 +264,7 @@ impl MirrorBackend {
                 Arc::new(Member {
                     live: Arc::clone(&live),
                     quorum: opts.quorum,
+                    group_abandoned: Arc::clone(&abandoned),
                     backend,
                     q: Mutex::new(Queue {
                         items: VecDeque::new(),
@@ -287,7 +304,7 @@ impl MirrorBackend {
             targets,
             opts,
             threads: Mutex::new(threads),
-            abandoned: Mutex::new(None),
+            abandoned,
         })
     }
 
@@ -326,20 +343,25 @@ impl MirrorBackend {
     }
 
     fn check_abandoned(&self, op: &'static str, name: &str) -> Result<()> {
-        match self
+        // (Read into a binding first: `abandon` takes the same lock.)
+        let abandoned = self
             .abandoned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+            .clone();
+        match abandoned {
             None => Ok(()),
-            Some(why) => Err(BackendError::new(
-                ErrorKind::Other,
-                op,
-                name,
-                self.location(),
-                format!("the writes were abandoned: {why}"),
-            )),
+            Some(why) => {
+                // A writer's cancelled upload abandons the mirror too: spread it.
+                self.abandon(&why);
+                Err(BackendError::new(
+                    ErrorKind::Cancelled,
+                    op,
+                    name,
+                    self.location(),
+                    format!("the writes were abandoned: {why}"),
+                ))
+            }
         }
     }
 

@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use kura_schedule::Timeframe;
 
+/// How often a waiter that may be aborted looks whether it is
+/// ([`Limiter::acquire_unless`]).
+pub const ABORT_POLL: Duration = Duration::from_millis(100);
+
 /// The longest a waiter sleeps before it looks at the wall clock again (a clock that was
 /// set may have moved a time frame's edge).
 const RECHECK: Duration = Duration::from_secs(60);
@@ -323,21 +327,33 @@ impl Limiter {
     /// Charge `n` bytes and wait for their turn (see the module docs). Returns how long it
     /// waited.
     pub fn acquire(&self, n: u64) -> Duration {
+        self.acquire_unless(n, &|| false).unwrap_or_default()
+    }
+
+    /// [`acquire`](Self::acquire), giving up when `abort()` says so (looked at every
+    /// [`ABORT_POLL`]): `None` then. The bytes stay charged (the caller may have sent them
+    /// elsewhere already; a limit erring on the slow side is the safe one).
+    pub fn acquire_unless(&self, n: u64, abort: &dyn Fn() -> bool) -> Option<Duration> {
         let start = Instant::now();
         let mut st = self.lock();
         self.refresh(&mut st, start);
         if st.bucket.rate().is_none() {
             // Unlimited: nothing to count.
-            return Duration::ZERO;
+            return Some(Duration::ZERO);
         }
         let ticket = st.bucket.reserve(n, start);
         loop {
             let now = Instant::now();
             self.refresh(&mut st, now);
             let Some(wait) = st.bucket.wait(ticket, now) else {
-                return now.saturating_duration_since(start);
+                return Some(now.saturating_duration_since(start));
             };
-            let wait = wait.min(st.recheck.saturating_duration_since(now));
+            if abort() {
+                return None;
+            }
+            let wait = wait
+                .min(st.recheck.saturating_duration_since(now))
+                .min(ABORT_POLL);
             st = self
                 .cv
                 .wait_timeout(st, wait.max(Duration::from_micros(1)))

@@ -9,6 +9,11 @@
 //!   whose size is not known before, after it (the caller's next request waits instead).
 //! - listings, stats, deletes: nothing (no payload).
 //!
+//! A throttled backend may be given an *abort* check (the run's cancellation): an upload
+//! still waiting for its turn when the check says so fails at once with
+//! [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), unsent — a cancelled run at a low
+//! limit must not spend its window's end sending packs nobody will name.
+//!
 //! Bytes a backend sends again when it retries a failed attempt are not charged again.
 //! Each limit is charged in turn; the tightest one governs. The wait happens before the
 //! wrapped call, so it never counts against that call's deadline.
@@ -19,7 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use crate::throttle::Limiter;
-use crate::{Backend, FileInfo, FileKind, Result};
+use crate::{Backend, BackendError, ErrorKind, FileInfo, FileKind, Result};
+
+/// Whether the caller has given up (see the module docs).
+pub type Abort = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A backend charging its traffic to limits (see the module docs).
 pub struct Throttled {
@@ -28,6 +36,7 @@ pub struct Throttled {
     download: Vec<Arc<Limiter>>,
     /// Calls now waiting for a limit.
     waiting: AtomicUsize,
+    abort: Option<Abort>,
 }
 
 impl std::fmt::Debug for Throttled {
@@ -52,7 +61,23 @@ impl Throttled {
             upload,
             download,
             waiting: AtomicUsize::new(0),
+            abort: None,
         }
+    }
+
+    /// [`wrap`](Self::wrap) with an abort check for its uploads (see the module docs).
+    pub fn wrap_abortable(
+        inner: Arc<dyn Backend>,
+        upload: Vec<Arc<Limiter>>,
+        download: Vec<Arc<Limiter>>,
+        abort: Abort,
+    ) -> Arc<dyn Backend> {
+        if upload.is_empty() && download.is_empty() {
+            return inner;
+        }
+        let mut t = Throttled::new(inner, upload, download);
+        t.abort = Some(abort);
+        Arc::new(t)
     }
 
     /// `inner` itself when there is nothing to charge, else wrapped.
@@ -74,12 +99,21 @@ impl Throttled {
     }
 
     fn pay(&self, limits: &[Arc<Limiter>], bytes: u64) {
+        let never = || false;
+        self.pay_unless(limits, bytes, &never);
+    }
+
+    /// Pay for `bytes`; false when `abort` said to give up first.
+    fn pay_unless(&self, limits: &[Arc<Limiter>], bytes: u64, abort: &dyn Fn() -> bool) -> bool {
         if limits.is_empty() || bytes == 0 {
-            return;
+            return true;
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         for l in limits {
-            let waited = l.acquire(bytes);
+            let Some(waited) = l.acquire_unless(bytes, abort) else {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return false;
+            };
             if !waited.is_zero() {
                 tracing::trace!(
                     "{}: waited {:?} for {} bytes to {}",
@@ -91,15 +125,30 @@ impl Throttled {
             }
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        true
     }
 
-    fn pay_upload(&self, kind: FileKind, bytes: u64) {
+    fn pay_upload(&self, kind: FileKind, name: &str, bytes: u64) -> Result<()> {
         if kind == FileKind::Lock {
             for l in &self.upload {
                 l.charge(bytes);
             }
+            return Ok(());
+        }
+        let paid = match &self.abort {
+            Some(abort) => self.pay_unless(&self.upload, bytes, abort.as_ref()),
+            None => self.pay_unless(&self.upload, bytes, &|| false),
+        };
+        if paid {
+            Ok(())
         } else {
-            self.pay(&self.upload, bytes);
+            Err(BackendError::new(
+                ErrorKind::Cancelled,
+                "put",
+                name,
+                self.inner.location(),
+                "cancelled while waiting for its traffic limit",
+            ))
         }
     }
 }
@@ -114,12 +163,12 @@ impl Backend for Throttled {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: Bytes) -> Result<()> {
-        self.pay_upload(kind, data.len() as u64);
+        self.pay_upload(kind, name, data.len() as u64)?;
         self.inner.put(kind, name, data)
     }
 
     fn put_index(&self, name: &str, data: Bytes, packs: &[String]) -> Result<()> {
-        self.pay_upload(FileKind::Index, data.len() as u64);
+        self.pay_upload(FileKind::Index, name, data.len() as u64)?;
         self.inner.put_index(name, data, packs)
     }
 
@@ -264,6 +313,42 @@ mod tests {
         assert!(!b.pacing());
         let same = Throttled::wrap(Arc::clone(&inner), vec![], vec![]);
         assert!(Arc::ptr_eq(&same, &inner));
+    }
+
+    #[test]
+    fn a_cancelled_upload_stops_waiting_at_once_and_sends_nothing() {
+        let (_d, inner) = local();
+        let up = Arc::new(Limiter::fixed("up", Some(MIB)));
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = Arc::clone(&flag);
+        let b = Throttled::wrap_abortable(
+            Arc::clone(&inner),
+            vec![up],
+            vec![],
+            Arc::new(move || f.load(Ordering::SeqCst)),
+        );
+        // The first second's worth goes at once; the next 8 MiB would wait 8 s.
+        b.put(FileKind::Pack, "cc00", Bytes::from(vec![1u8; MIB as usize]))
+            .unwrap();
+        let b2 = Arc::clone(&b);
+        let writer = std::thread::spawn(move || {
+            b2.put(
+                FileKind::Pack,
+                "cc01",
+                Bytes::from(vec![2u8; 8 * MIB as usize]),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        flag.store(true, Ordering::SeqCst);
+        let e = writer.join().unwrap().unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+        assert!(!inner.exists(FileKind::Pack, "cc01").unwrap());
+        assert!(!b.pacing());
+        // Lock files are never held back, cancelled or not.
+        b.put(FileKind::Lock, "l0", Bytes::from(vec![0u8; 16]))
+            .unwrap();
     }
 
     #[test]

@@ -237,3 +237,73 @@ fn abandoned_writes_fail_the_snapshot_but_leave_the_members_live_and_unlockable(
     m.delete(FileKind::Lock, "l1").unwrap();
     assert!(m.put(FileKind::Pack, &pack(50).0, pack(50).1).is_err());
 }
+
+/// A run cancelled while its members wait for their traffic limit: the waits end at once,
+/// and neither a mirror nor a fail-over group holds the cancellation against a member (a
+/// fail-over group does not move to the next one).
+#[test]
+fn a_cancel_during_a_throttled_upload_ends_it_at_once_and_fails_no_member() {
+    use kura_backend::{ErrorKind, FailoverBackend, FailoverOptions, Limiter, Throttled};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, plain) = members(dir.path(), 2);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let slow = |b: &Arc<dyn Backend>| {
+        let c = Arc::clone(&cancel);
+        Throttled::wrap_abortable(
+            Arc::clone(b),
+            vec![Arc::new(Limiter::fixed("slow", Some(128 << 10)))],
+            vec![],
+            Arc::new(move || c.load(Ordering::SeqCst)),
+        )
+    };
+    let m = Arc::new(MirrorBackend::new(vec![slow(&plain[0])], MirrorOptions::default()).unwrap());
+    let f = Arc::new(
+        FailoverBackend::new(
+            vec![slow(&plain[1]), Arc::clone(&plain[0])],
+            FailoverOptions {
+                extent_bytes: 1 << 20,
+                extent_timeout: Duration::from_secs(60),
+                ..FailoverOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let (m2, f2) = (Arc::clone(&m), Arc::clone(&f));
+    let writer = std::thread::spawn(move || {
+        let snap = format!("{:064x}", 999);
+        let mut errors = Vec::new();
+        let groups: [Arc<dyn Backend>; 2] = [m2, f2];
+        for b in &groups {
+            let r = (0..8)
+                .map(pack)
+                .try_for_each(|(n, d)| b.put(FileKind::Pack, &n, d))
+                .and_then(|()| b.put(FileKind::Snapshot, &snap, Bytes::from_static(b"s")));
+            errors.push(r.unwrap_err());
+        }
+        errors
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
+    cancel.store(true, Ordering::SeqCst);
+    let errors = writer.join().unwrap();
+    // The fail-over group is written after the mirror: both ended within a few polls.
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(errors[0].kind(), ErrorKind::Cancelled, "{}", errors[0]);
+    let f_err = &errors[1];
+    assert_eq!(f_err.kind(), ErrorKind::Cancelled, "{f_err}");
+    assert!(
+        m.status().iter().all(|s| s.dropped.is_none()),
+        "{:?}",
+        m.status()
+    );
+    let st = f.status();
+    assert_eq!(st.failovers, 0);
+    assert!(st.members.iter().all(|m| m.failed.is_none()));
+    assert_eq!(st.active, Some(0));
+    // Nothing reached the snapshot directory, and the other member was never written.
+    assert!(names(plain[0].as_ref(), FileKind::Snapshot).is_empty());
+    assert!(names(plain[1].as_ref(), FileKind::Snapshot).is_empty());
+    assert!(names(plain[0].as_ref(), FileKind::Pack).len() < 8);
+}

@@ -101,7 +101,7 @@ impl App {
             return backend;
         }
         self.resolve_traffic_names();
-        self.traffic.wrap(url, backend)
+        self.traffic.wrap(url, backend, Some(&self.cancel))
     }
 
     /// Look the catalog target names traffic rules use up (once, and only if they use any).
@@ -162,15 +162,7 @@ impl App {
 
     /// For job runs: each secured stream charged to the traffic rules of its path too.
     pub fn route(&self) -> Option<kura_manager::Route> {
-        if !self.traffic.has_path_rules() {
-            return None;
-        }
-        let traffic = Arc::clone(&self.traffic);
-        Some(Arc::new(
-            move |sub: &kura_catalog::Subsystem, url: &str, backend: Arc<dyn Backend>| {
-                traffic.wrap_route(url, &sub.target, &sub.path, backend)
-            },
-        ))
+        self.traffic.route(Some(self.cancel.clone()))
     }
 
     /// The repository's backend: one target, or with `--mirror` a [`MirrorBackend`] over the

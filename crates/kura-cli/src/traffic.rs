@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use kura_repo::backend::throttle::RateSchedule;
 use kura_repo::backend::{Backend, Limiter, Target, Throttled, parse_rate};
+use kura_repo::backup::CancelToken;
 use kura_schedule::{Timeframe, Tz};
 use serde::Deserialize;
 
@@ -235,12 +236,34 @@ impl Traffic {
 
     /// `backend` (opened from `url`) charged to the global limits and to every rule
     /// without a path that applies to `url`; unwrapped when none does.
-    pub fn wrap(&self, url: &str, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    ///
+    /// With `cancel`, uploads still waiting for their turn when it is cancelled fail at once
+    /// (`kura_backend::Throttled`).
+    pub fn wrap(
+        &self,
+        url: &str,
+        backend: Arc<dyn Backend>,
+        cancel: Option<&CancelToken>,
+    ) -> Arc<dyn Backend> {
         let rules = self
             .rules
             .iter()
             .filter(|r| r.path.is_none() && self.target_matches(&r.target, url, None));
-        self.wrap_with(backend, true, rules)
+        self.wrap_with(backend, true, rules, cancel)
+    }
+
+    /// The per-path rules as a job run's route (`None` when there are none), cancelled
+    /// with `cancel` like [`wrap`](Self::wrap).
+    pub fn route(self: &Arc<Self>, cancel: Option<CancelToken>) -> Option<kura_manager::Route> {
+        if !self.has_path_rules() {
+            return None;
+        }
+        let traffic = Arc::clone(self);
+        Some(Arc::new(
+            move |sub: &kura_catalog::Subsystem, url: &str, backend: Arc<dyn Backend>| {
+                traffic.wrap_route(url, &sub.target, &sub.path, backend, cancel.as_ref())
+            },
+        ))
     }
 
     /// A job's stream: `backend` (already [`wrap`](Self::wrap)ped) also charged to the rules
@@ -251,11 +274,12 @@ impl Traffic {
         name: &str,
         path: &str,
         backend: Arc<dyn Backend>,
+        cancel: Option<&CancelToken>,
     ) -> Arc<dyn Backend> {
         let rules = self.rules.iter().filter(|r| {
             r.path.as_deref() == Some(path) && self.target_matches(&r.target, url, Some(name))
         });
-        self.wrap_with(backend, false, rules)
+        self.wrap_with(backend, false, rules, cancel)
     }
 
     fn wrap_with<'a>(
@@ -263,6 +287,7 @@ impl Traffic {
         backend: Arc<dyn Backend>,
         global: bool,
         rules: impl Iterator<Item = &'a Rule>,
+        cancel: Option<&CancelToken>,
     ) -> Arc<dyn Backend> {
         let (mut up, mut down) = (Vec::new(), Vec::new());
         if global {
@@ -273,7 +298,13 @@ impl Traffic {
             up.extend(r.upload.iter().cloned());
             down.extend(r.download.iter().cloned());
         }
-        Throttled::wrap(backend, up, down)
+        match cancel {
+            Some(c) => {
+                let c = c.clone();
+                Throttled::wrap_abortable(backend, up, down, Arc::new(move || c.is_cancelled()))
+            }
+            None => Throttled::wrap(backend, up, down),
+        }
     }
 }
 
@@ -385,34 +416,41 @@ mod tests {
         )
         .unwrap();
         let s3 = "s3://bkt/a/b?endpoint=http://h:1";
-        assert!(limited(&t.wrap(s3, inner(s3))));
+        assert!(limited(&t.wrap(s3, inner(s3), None)));
         let other = "s3://bkt/ab?endpoint=http://h:1";
-        assert!(!limited(&t.wrap(other, inner(other))));
+        assert!(!limited(&t.wrap(other, inner(other), None)));
         let elsewhere = "s3://bkt/a?endpoint=http://h:2";
-        assert!(!limited(&t.wrap(elsewhere, inner(elsewhere))));
+        assert!(!limited(&t.wrap(elsewhere, inner(elsewhere), None)));
         let l = local.display().to_string();
-        assert!(limited(&t.wrap(&l, inner(&l))));
-        assert!(!limited(&t.wrap("/elsewhere", inner("/elsewhere"))));
+        assert!(limited(&t.wrap(&l, inner(&l), None)));
+        assert!(!limited(&t.wrap("/elsewhere", inner("/elsewhere"), None)));
         // A name: only once the catalog told what it is.
         assert!(t.names_targets());
         let nas = "/mnt/nas1/kura";
-        assert!(!limited(&t.wrap(nas, inner(nas))));
+        assert!(!limited(&t.wrap(nas, inner(nas), None)));
         t.resolve(|| HashMap::from([("nas1".to_string(), nas.to_string())]));
-        assert!(limited(&t.wrap(nas, inner(nas))));
+        assert!(limited(&t.wrap(nas, inner(nas), None)));
         // A path rule: only for a stream over that path.
-        let plain = t.wrap("/elsewhere", inner("/elsewhere"));
+        let plain = t.wrap("/elsewhere", inner("/elsewhere"), None);
         assert!(!limited(&t.wrap_route(
             "/elsewhere",
             "x",
             "san-b",
-            Arc::clone(&plain)
+            Arc::clone(&plain),
+            None
         )));
-        assert!(limited(&t.wrap_route("/elsewhere", "x", "san-a", plain)));
+        assert!(limited(&t.wrap_route(
+            "/elsewhere",
+            "x",
+            "san-a",
+            plain,
+            None
+        )));
         // Global flags: every target.
         let g = Traffic::new(Some("100"), None, &[], Tz::UTC).unwrap();
-        assert!(limited(&g.wrap("/elsewhere", inner("/elsewhere"))));
+        assert!(limited(&g.wrap("/elsewhere", inner("/elsewhere"), None)));
         // 0 is no limit.
         let g = Traffic::new(Some("0"), Some("0"), &[], Tz::UTC).unwrap();
-        assert!(!limited(&g.wrap("/elsewhere", inner("/elsewhere"))));
+        assert!(!limited(&g.wrap("/elsewhere", inner("/elsewhere"), None)));
     }
 }

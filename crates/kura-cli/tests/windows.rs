@@ -450,6 +450,11 @@ fn a_window_cancels_cleanly_and_a_large_first_backup_completes_over_several_wind
         time(&first["finished"]) >= end,
         "cancelled before its window ended: {first}"
     );
+    // ... and promptly: uploads waiting for the traffic limit are given up, not sent.
+    assert!(
+        time(&first["finished"]) - end < chrono::Duration::seconds(3),
+        "the cancel took long: {first}"
+    );
     assert!(first["bytes_uploaded"].as_u64().unwrap() > 0, "{first}");
     let occ = wait_for(10, "its claim recorded cancelled", || {
         let o = d.occurrences("big");

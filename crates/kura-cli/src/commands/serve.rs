@@ -33,12 +33,13 @@ struct Runner {
     password: Vec<u8>,
     /// The daemon's traffic limits, shared by all its runs.
     traffic: Arc<crate::traffic::Traffic>,
-    route: Option<kura_manager::Route>,
 }
 
 impl JobRunner for Runner {
     fn run(&self, def: &JobDef, task: &Task) -> std::result::Result<(), String> {
-        let job = crate::commands::jobrun::job_spec(def, self.backup.clone(), self.route.clone())
+        let cancel = task.cancel_token();
+        let route = self.traffic.route(Some(cancel.clone()));
+        let job = crate::commands::jobrun::job_spec(def, self.backup.clone(), route)
             .map_err(|e| format!("{e:#}"))?;
         let unreachable_for = match job.mode {
             RunMode::Failover {
@@ -55,7 +56,7 @@ impl JobRunner for Runner {
             let b = if self.traffic.is_empty() {
                 b
             } else {
-                self.traffic.wrap(url, b)
+                self.traffic.wrap(url, b, Some(&cancel))
             };
             // The task reports what its targets acknowledged (and predicts from it).
             let counted: Arc<dyn kura_repo::backend::Backend> =
@@ -66,15 +67,8 @@ impl JobRunner for Runner {
             "job {}: backing up {} onto {} target(s)",
             def.name, job.object, job.redundancy
         ));
-        let report = run_job(
-            &self.catalog,
-            &job,
-            &open,
-            &self.password,
-            task,
-            &task.cancel_token(),
-        )
-        .map_err(|e| e.to_string())?;
+        let report = run_job(&self.catalog, &job, &open, &self.password, task, &cancel)
+            .map_err(|e| e.to_string())?;
         task.log(format!(
             "process {}, backup {}, snapshot {}",
             report.process,
@@ -207,7 +201,6 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             app.resolve_traffic_names();
             Arc::clone(&app.traffic)
         },
-        route: app.route(),
     };
     let daemon = Daemon::with_operations(
         catalog,

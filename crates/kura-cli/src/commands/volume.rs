@@ -245,10 +245,12 @@ impl kura_volume::RepoOpener for Opener {
             backend.policy.deadline = d;
         }
         let backend = kura_repo::backend::open(&access.url, &backend)?;
-        let mut backend = self.traffic.wrap(&access.url, backend);
+        let mut backend = self.traffic.wrap(&access.url, backend, None);
         if let Some(route) = &access.route {
             let name = access.route_target.as_deref().unwrap_or(&access.url);
-            backend = self.traffic.wrap_route(&access.url, name, route, backend);
+            backend = self
+                .traffic
+                .wrap_route(&access.url, name, route, backend, None);
         }
         let repo = kura_repo::Repository::open(backend, &access.password)?;
         let lock = kura_repo::lock::RepoLock::shared(&repo)?;
