@@ -103,6 +103,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 kura_manager::Error::Repo(r) => repo_code(r),
                 kura_manager::Error::Backend(b) => backend_code(b),
                 kura_manager::Error::Invalid(_) => USAGE,
+                kura_manager::Error::NotStarted(_) => UNAVAILABLE,
                 kura_manager::Error::Hook(_) => FATAL,
             };
         }

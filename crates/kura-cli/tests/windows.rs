@@ -417,6 +417,69 @@ fn a_run_that_cannot_start_within_its_start_window_is_recorded_missed() {
 }
 
 #[test]
+fn a_run_whose_targets_stay_busy_waits_within_its_start_window_then_is_missed() {
+    let s = Setup::new(1, 4096);
+    // Another manager (an in-process `kura job run`) holds the one target for 12 s.
+    let held = s.f._dir.path().join("held");
+    s.add_job(
+        "hog",
+        &["--pre", &format!("touch {}; sleep 12", held.display())],
+    );
+    // Both fall due while it holds it: `m` may wait 2 s, `w` 40 s.
+    s.add_job("m", &["--schedule", "*:*:0/5", "--start-within", "2s"]);
+    s.add_job("w", &["--schedule", "*:*:0/5", "--start-within", "40s"]);
+    let mut hog = s.cmd().args(["job", "run", "hog"]).spawn().unwrap();
+    wait_for(30, "the other run to hold the target", || {
+        held.exists().then_some(())
+    });
+    let d = s.serve("d", "0");
+    let missed = wait_for(30, "a missed occurrence of m", || {
+        d.occurrences("m")
+            .into_iter()
+            .find(|o| o["state"] == "missed")
+    });
+    let reason = missed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("start-within 2s") && reason.contains("busy"),
+        "{missed}"
+    );
+    assert!(
+        reason.contains("t0"),
+        "the reason names the target: {missed}"
+    );
+    wait_for(10, "the missed event", || {
+        s.events()
+            .contains("missed|m|not started within")
+            .then_some(())
+    });
+    // `w` waited for the target instead, and ran once it was free.
+    let ran = wait_for(60, "w to run after waiting", || {
+        d.occurrences("w")
+            .into_iter()
+            .find(|o| o["state"] == "succeeded")
+    });
+    assert!(hog.wait().unwrap().success());
+    let task = d
+        .tasks("w")
+        .into_iter()
+        .find(|t| t["state"] == "succeeded")
+        .unwrap();
+    let lines = d.log(task["id"].as_str().unwrap());
+    assert!(
+        logged(&lines, "for its targets").is_some(),
+        "{ran}: {lines:#?}"
+    );
+    // Nothing of `w` was recorded missed while the target was busy.
+    assert!(
+        d.occurrences("w")
+            .iter()
+            .all(|o| o["state"] != "missed" && o["state"] != "failed"),
+        "{:#?}",
+        d.occurrences("w")
+    );
+}
+
+#[test]
 fn a_window_cancels_cleanly_and_a_large_first_backup_completes_over_several_windows() {
     // 10 MiB at 512 KiB/s: 20 s of uploading, in windows of 6 s every 10 s.
     let s = Setup::new(10, MIB);

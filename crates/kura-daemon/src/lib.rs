@@ -108,12 +108,38 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// How a job runs: given to the daemon by whoever knows targets, credentials and options
 /// (the `kura` binary). Called on a thread of the task's own; the work polls the task's
 /// cancel token and reports progress to the task.
+///
+/// `start_by`: a scheduled run with a start window may wait for busy targets until then
+/// (and ends [`RunError::NotStarted`] if they stay busy); `None`: it does not wait.
 pub trait JobRunner: Send + Sync {
-    fn run(&self, job: &JobDef, task: &Task) -> std::result::Result<(), String>;
+    fn run(
+        &self,
+        job: &JobDef,
+        task: &Task,
+        start_by: Option<std::time::Instant>,
+    ) -> std::result::Result<(), RunError>;
 }
 
-/// Called with a run's final record when it ends (the scheduler records its claim there).
-pub(crate) type Then = Box<dyn FnOnce(&TaskInfo) + Send>;
+/// How a job run ended without a backup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// It never began: what it needed stayed busy to the end of its start window. The
+    /// scheduler records the occurrence *missed* with this reason.
+    #[error("{0}")]
+    NotStarted(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for RunError {
+    fn from(e: String) -> RunError {
+        RunError::Failed(e)
+    }
+}
+
+/// Called with a run's final record when it ends (the scheduler records its claim there);
+/// `Some(why)` when the run never started (see [`RunError::NotStarted`]).
+pub(crate) type Then = Box<dyn FnOnce(&TaskInfo, Option<&str>) + Send>;
 
 /// Settings of a daemon (`[daemon]` in the config file, `kura serve` flags).
 #[derive(Debug, Clone)]
@@ -233,7 +259,16 @@ impl Daemon {
             .name(format!("kura-task-{}", info.id))
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let result = d.runner.run(&job, &task);
+                let start_by = due.zip(job.settings.start_within).map(|(due, within)| {
+                    let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                    started + left.saturating_add(within.std())
+                });
+                let result = d.runner.run(&job, &task, start_by);
+                let not_started = match &result {
+                    Err(RunError::NotStarted(why)) => Some(why.clone()),
+                    _ => None,
+                };
+                let result = result.map_err(|e| e.to_string());
                 if let Some(ended) = d.windows.end(&task.id())
                     && ended.overran
                     && result.is_ok()
@@ -253,7 +288,7 @@ impl Daemon {
                 d.metrics.job_ended(&job.name, &info, started.elapsed());
                 d.metrics.outlook(&job.name, None, None);
                 if let Some(then) = then {
-                    then(&info);
+                    then(&info, not_started.as_deref());
                 }
                 d.tasks.reap();
             });

@@ -26,8 +26,10 @@
 //!
 //! # Start windows
 //! An occurrence not started within the job's `start-within` of its scheduled time — no
-//! daemon ran, or it waited behind the previous run (overlap `queue`) — is recorded
-//! `missed` with the reason, and the notification hook hears of it. (The run's window and
+//! daemon ran, it waited behind the previous run (overlap `queue`), or its targets stayed
+//! busy with other runs (the run waits for them until its start window ends, see
+//! [`crate::JobRunner`]) — is recorded `missed` with the reason, and the notification hook
+//! hears of it. Without a `start-within`, a run whose targets are busy fails at once. (The run's window and
 //! `max-run` are enforced while it runs: [`crate::window`].)
 //!
 //! # Order
@@ -396,17 +398,42 @@ fn start(d: &Arc<Daemon>, o: &SchedulerOptions, job: JobDef, due: DateTime<Utc>)
     let job_name = job.name.clone();
     let cat = Arc::clone(&d.catalog);
     let renewing = Arc::clone(&running);
-    let then = Box::new(move |t: &crate::TaskInfo| {
+    let hook = d.options.notify.clone();
+    let within = job.settings.start_within;
+    let then = Box::new(move |t: &crate::TaskInfo, not_started: Option<&str>| {
         renewing.store(false, Ordering::SeqCst);
-        let (state, why) = match t.state {
-            crate::TaskState::Succeeded | crate::TaskState::Running => {
+        let missed = not_started.map(|why| {
+            let within = within
+                .map(|w| format!(" (start-within {w})"))
+                .unwrap_or_default();
+            format!("not started within its start window{within}: {why}")
+        });
+        let (state, why) = match (&missed, t.state) {
+            (Some(why), _) => (ClaimState::Missed, Some(why.as_str())),
+            (None, crate::TaskState::Succeeded | crate::TaskState::Running) => {
                 (ClaimState::Succeeded, t.overrun.as_deref())
             }
-            crate::TaskState::Cancelled => (ClaimState::Cancelled, t.error.as_deref()),
-            crate::TaskState::Failed => (ClaimState::Failed, t.error.as_deref()),
+            (None, crate::TaskState::Cancelled) => (ClaimState::Cancelled, t.error.as_deref()),
+            (None, crate::TaskState::Failed) => (ClaimState::Failed, t.error.as_deref()),
         };
         if let Err(e) = cat.finish_claim(id, due_ms, state, why) {
             tracing::warn!("job {job_name}: recording how its run ended: {e}");
+        }
+        if let Some(why) = missed {
+            tracing::warn!(
+                "job {job_name}: occurrence due at {} missed: {why}",
+                due.to_rfc3339()
+            );
+            notify::send(
+                hook.as_deref(),
+                Event {
+                    event: "missed",
+                    job: job_name.clone(),
+                    due: due.to_rfc3339(),
+                    reason: why,
+                    ..Event::default()
+                },
+            );
         }
     });
     let by = format!("schedule ({})", due.to_rfc3339());

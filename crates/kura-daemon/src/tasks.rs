@@ -271,6 +271,9 @@ impl Progress for Task {
         i.bytes_done += bytes;
         i.items_done += items;
     }
+    fn warn(&self, msg: &str) {
+        self.log(format!("warning: {msg}"));
+    }
 }
 
 /// Which tasks to list.

@@ -64,6 +64,10 @@ pub enum Error {
     Hook(String),
     #[error("{0}")]
     Invalid(String),
+    /// The run could not start in time: its targets stayed busy to the end of the wait it
+    /// was given ([`JobSpec::secure_by`]).
+    #[error("not started: {0}")]
+    NotStarted(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -69,6 +69,10 @@ pub struct JobSpec {
     pub backup: BackupOptions,
     /// Applied to each secured stream's backend (`None`: used as `open` made it).
     pub route: Option<Route>,
+    /// When the targets are busy (in use by other runs, at their limits), keep trying to
+    /// secure them until then — a scheduled run: the end of its start window — and then
+    /// end with [`Error::NotStarted`]. `None`: fail at once.
+    pub secure_by: Option<std::time::Instant>,
 }
 
 /// One target's part in a run.
@@ -102,6 +106,113 @@ pub struct JobReport {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Check the targets and secure the fit ones (see [`run_job`]); while too many are busy
+/// (in use by other runs, disabled, unhealthy: states that change without this run), try
+/// again until `job.secure_by`, unless cancelled — said once in the task's log when it
+/// starts waiting. Past `secure_by`: [`Error::NotStarted`] with the last reason. Targets
+/// that failed the check (unreachable, another repository) fail the run at once: probing
+/// them again every second would only pile up errors.
+fn check_and_secure<'c>(
+    catalog: &'c Catalog,
+    job: &JobSpec,
+    open: &dyn Fn(&str) -> Result<Arc<dyn Backend>>,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(crate::fit::Fitness, kura_catalog::SecuredGuard<'c>)> {
+    let began = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match check_and_secure_once(catalog, job, open)? {
+            Attempt::Busy { need, why } => {
+                let now = std::time::Instant::now();
+                let by = job
+                    .secure_by
+                    .filter(|by| *by > now && !cancel.is_cancelled());
+                let Some(by) = by else {
+                    return Err(match job.secure_by {
+                        Some(_) if !cancel.is_cancelled() => Error::NotStarted(format!(
+                            "its targets stayed busy for {:.0} s, to the end of \
+                             its start window: need {need}: {why}",
+                            began.elapsed().as_secs_f64()
+                        )),
+                        _ => kura_catalog::Error::Unavailable { need, why }.into(),
+                    });
+                };
+                if !said {
+                    progress.warn(&format!(
+                        "waiting up to {:.0} s (its start window) for its targets: {why}",
+                        (by - now).as_secs_f64()
+                    ));
+                    said = true;
+                }
+                std::thread::sleep(SECURE_POLL.min(by - now));
+            }
+            Attempt::Secured(fitness, guard) => return Ok((fitness, guard)),
+        }
+    }
+}
+
+enum Attempt<'c> {
+    Secured(crate::fit::Fitness, kura_catalog::SecuredGuard<'c>),
+    /// Not enough targets free now; may change by itself.
+    Busy {
+        need: usize,
+        why: String,
+    },
+}
+
+/// One attempt: check before committing (only fit targets are secured, and a run that
+/// cannot have enough of them fails here, before the pre hook), then secure.
+fn check_and_secure_once<'c>(
+    catalog: &'c Catalog,
+    job: &JobSpec,
+    open: &dyn Fn(&str) -> Result<Arc<dyn Backend>>,
+) -> Result<Attempt<'c>> {
+    let fitness = crate::fit::check(catalog, job.targets.as_deref(), open, job.check_within)?;
+    let candidates = fitness.fit.len() + fitness.unfit.len() + fitness.unusable.len();
+    // (Fewer targets than asked for at all is the catalog's to refuse, as bad input.)
+    if fitness.fit.len() < job.redundancy && candidates >= job.redundancy {
+        let why = fitness
+            .unfit
+            .iter()
+            .chain(&fitness.unusable)
+            .map(|(t, w)| format!("{t}: {w}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let why = format!(
+            "{} fit target(s){}",
+            fitness.fit.len(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(", passed over: {why}")
+            }
+        );
+        let need = job.redundancy;
+        if fitness.unusable.is_empty() {
+            return Err(kura_catalog::Error::Unavailable { need, why }.into());
+        }
+        return Ok(Attempt::Busy { need, why });
+    }
+    let constraints = Constraints {
+        targets: Some(if candidates >= job.redundancy {
+            fitness.fit.clone()
+        } else {
+            job.targets.clone().unwrap_or_else(|| fitness.fit.clone())
+        }),
+        lease: job.lease,
+        wait: Duration::ZERO,
+    };
+    match catalog.secure(job.job, job.redundancy, &constraints) {
+        Ok(guard) => Ok(Attempt::Secured(fitness, guard)),
+        Err(kura_catalog::Error::Unavailable { need, why }) => Ok(Attempt::Busy { need, why }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How often a run waiting for busy targets tries again.
+const SECURE_POLL: Duration = Duration::from_secs(1);
+
 /// Run a backup job: see the crate docs for the steps. `open` turns a target URL into a
 /// backend (the caller's options: deadlines, credentials).
 pub fn run_job(
@@ -127,46 +238,7 @@ pub fn run_job(
         }
         _ => {}
     }
-    // Check before committing: only fit targets are secured, and a run that cannot have
-    // enough of them fails here, before the pre hook.
-    let fitness = crate::fit::check(catalog, job.targets.as_deref(), open, job.check_within)?;
-    let candidates = fitness.fit.len() + fitness.unfit.len() + fitness.unusable.len();
-    // (Fewer targets than asked for at all is the catalog's to refuse, as bad input.)
-    if fitness.fit.len() < job.redundancy && candidates >= job.redundancy {
-        let why = fitness
-            .unfit
-            .iter()
-            .chain(&fitness.unusable)
-            .map(|(t, w)| format!("{t}: {w}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(kura_catalog::Error::Unavailable {
-            need: job.redundancy,
-            why: format!(
-                "{} fit target(s){}",
-                fitness.fit.len(),
-                if why.is_empty() {
-                    String::new()
-                } else {
-                    format!(", passed over: {why}")
-                }
-            ),
-        }
-        .into());
-    }
-    let guard = catalog.secure(
-        job.job,
-        job.redundancy,
-        &Constraints {
-            targets: Some(if candidates >= job.redundancy {
-                fitness.fit.clone()
-            } else {
-                job.targets.clone().unwrap_or_else(|| fitness.fit.clone())
-            }),
-            lease: job.lease,
-            wait: Duration::ZERO,
-        },
-    )?;
+    let (fitness, guard) = check_and_secure(catalog, job, open, progress, cancel)?;
     let process = guard.secured.process;
     let env = vec![
         ("KURA_JOB", job.job.to_string()),

@@ -102,6 +102,7 @@ pub fn spec(
         post: hook(&s.post),
         backup,
         route: None,
+        secure_by: None,
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use kura_catalog::{Catalog, JobDef};
 use kura_daemon::scheduler::{self, SchedulerOptions};
 use kura_daemon::server::{self, Tls};
-use kura_daemon::{Daemon, DaemonOptions, JobRunner, Task};
+use kura_daemon::{Daemon, DaemonOptions, JobRunner, RunError, Task};
 use kura_manager::{RunMode, run_job};
 use kura_repo::backend::BackendOptions;
 use kura_repo::backup::BackupOptions;
@@ -36,11 +36,17 @@ struct Runner {
 }
 
 impl JobRunner for Runner {
-    fn run(&self, def: &JobDef, task: &Task) -> std::result::Result<(), String> {
+    fn run(
+        &self,
+        def: &JobDef,
+        task: &Task,
+        start_by: Option<std::time::Instant>,
+    ) -> std::result::Result<(), RunError> {
         let cancel = task.cancel_token();
         let route = self.traffic.route(Some(cancel.clone()));
-        let job = crate::commands::jobrun::job_spec(def, self.backup.clone(), route)
+        let mut job = crate::commands::jobrun::job_spec(def, self.backup.clone(), route)
             .map_err(|e| format!("{e:#}"))?;
+        job.secure_by = start_by;
         let unreachable_for = match job.mode {
             RunMode::Failover {
                 unreachable_for, ..
@@ -67,8 +73,12 @@ impl JobRunner for Runner {
             "job {}: backing up {} onto {} target(s)",
             def.name, job.object, job.redundancy
         ));
-        let report = run_job(&self.catalog, &job, &open, &self.password, task, &cancel)
-            .map_err(|e| e.to_string())?;
+        let report = run_job(&self.catalog, &job, &open, &self.password, task, &cancel).map_err(
+            |e| match e {
+                kura_manager::Error::NotStarted(why) => RunError::NotStarted(why),
+                e => RunError::Failed(e.to_string()),
+            },
+        )?;
         task.log(format!(
             "process {}, backup {}, snapshot {}",
             report.process,
@@ -87,7 +97,7 @@ impl JobRunner for Runner {
             ));
         }
         match &report.post_error {
-            Some(e) => Err(format!("post hook: {e}")),
+            Some(e) => Err(RunError::Failed(format!("post hook: {e}"))),
             None => Ok(()),
         }
     }
