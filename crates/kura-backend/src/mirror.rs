@@ -75,6 +75,12 @@ pub struct MemberStatus {
     /// Files and bytes this member has durably written.
     pub files: u64,
     pub bytes: u64,
+    /// How long it has had a write in flight (waits for its traffic limit included): with
+    /// `bytes`, its pace when busy — a member idle for want of data has a high one, the
+    /// one holding the mirror back is busy all the time.
+    pub busy: Duration,
+    /// Bytes queued for it, not yet written.
+    pub queued: u64,
 }
 
 struct Queue {
@@ -89,6 +95,36 @@ struct Queue {
     /// Abandoned by the caller ([`MirrorBackend::abandon`]): nothing more is queued or
     /// written behind; the member stays live.
     abandoned: bool,
+    /// Dropped on purpose ([`MirrorBackend::drop_while_quorum_holds`]): nothing more is
+    /// written to it, but the run's lock is still removed from it at the end.
+    spared: bool,
+    /// Time with a write in flight before `busy_since` (see [`MemberStatus::busy`]).
+    busy: Duration,
+    /// Since when a write is in flight, while one is.
+    busy_since: Option<Instant>,
+}
+
+impl Queue {
+    fn begin_write(&mut self) {
+        if self.in_flight == 0 {
+            self.busy_since = Some(Instant::now());
+        }
+        self.in_flight += 1;
+    }
+
+    fn end_write(&mut self, len: usize) {
+        self.in_flight -= 1;
+        self.queued_bytes = self.queued_bytes.saturating_sub(len);
+        if self.in_flight == 0
+            && let Some(since) = self.busy_since.take()
+        {
+            self.busy += since.elapsed();
+        }
+    }
+
+    fn busy(&self) -> Duration {
+        self.busy + self.busy_since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
 }
 
 struct Member {
@@ -174,7 +210,7 @@ impl Member {
                         None => false,
                     };
                     if front_ready && let Some(item) = q.items.pop_front() {
-                        q.in_flight += 1;
+                        q.begin_write();
                         break item;
                     }
                     q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -186,15 +222,13 @@ impl Member {
             {
                 // The backup failed (below quorum): this member must not claim it.
                 let mut q = self.lock();
-                q.in_flight -= 1;
-                q.queued_bytes = q.queued_bytes.saturating_sub(len);
+                q.end_write(len);
                 self.cv.notify_all();
                 continue;
             }
             let r = self.backend.put(kind, &name, data);
             let mut q = self.lock();
-            q.in_flight -= 1;
-            q.queued_bytes = q.queued_bytes.saturating_sub(len);
+            q.end_write(len);
             match r {
                 Ok(()) => {
                     q.done += 1;
@@ -275,6 +309,9 @@ impl MirrorBackend {
                         dropped: None,
                         closing: false,
                         abandoned: false,
+                        spared: false,
+                        busy: Duration::ZERO,
+                        busy_since: None,
                     }),
                     cv: Condvar::new(),
                 })
@@ -306,6 +343,11 @@ impl MirrorBackend {
             threads: Mutex::new(threads),
             abandoned,
         })
+    }
+
+    /// How many members must finish for a backup to succeed.
+    pub fn quorum(&self) -> usize {
+        self.opts.quorum
     }
 
     /// The member backends, in the order given.
@@ -376,9 +418,40 @@ impl MirrorBackend {
                     dropped: q.dropped.clone(),
                     files: q.done,
                     bytes: q.bytes,
+                    busy: q.busy(),
+                    queued: q.queued_bytes as u64,
                 }
             })
             .collect()
+    }
+
+    /// Drop member `index` on purpose (it would make the run overrun its window): nothing
+    /// more is written to it, and the backup goes on with the others. Refused — with the
+    /// reason — when it is dropped already or the live members would fall below the
+    /// quorum.
+    pub fn drop_while_quorum_holds(
+        &self,
+        index: usize,
+        reason: &str,
+    ) -> std::result::Result<(), String> {
+        let Some(m) = self.members.get(index) else {
+            return Err(format!("no member {index}"));
+        };
+        let live = self.live().len();
+        let mut q = m.lock();
+        if let Some(why) = &q.dropped {
+            return Err(format!("dropped already: {why}"));
+        }
+        if live <= self.opts.quorum {
+            return Err(format!(
+                "{live} of {} targets live, quorum {}: none may go",
+                self.members.len(),
+                self.opts.quorum
+            ));
+        }
+        q.spared = true;
+        m.drop_with(&mut q, reason.to_string());
+        Ok(())
     }
 
     /// Wait until every live member has written everything queued (or was dropped).
@@ -622,6 +695,28 @@ impl Backend for MirrorBackend {
             |e| e.kind() == ErrorKind::NotFound,
             move |b| b.delete(kind, &n),
         );
+        if kind == FileKind::Lock {
+            // A member dropped on purpose still loses the run's lock (best effort).
+            let spared: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].lock().spared)
+                .collect();
+            if !spared.is_empty() {
+                let n = name.to_string();
+                let limit = Some(self.opts.stall_timeout);
+                for (i, r) in self
+                    .targets
+                    .each(&spared, limit, "delete", name, move |b| b.delete(kind, &n))
+                {
+                    if let Err(e) = r {
+                        tracing::warn!(
+                            "mirror: removing lock {name} from {}: {}",
+                            self.members[i].backend.location(),
+                            e.error()
+                        );
+                    }
+                }
+            }
+        }
         self.check_quorum("delete", name)
     }
 

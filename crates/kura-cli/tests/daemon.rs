@@ -532,6 +532,15 @@ fn with_a_daemon_configured_the_cli_runs_jobs_as_its_tasks() {
         out.contains("backing up"),
         "the task's log is printed: {out}"
     );
+    // Line by line, each once (not the API's JSON page, not again at each poll).
+    assert_eq!(out.matches("backing up").count(), 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with("backing up")
+                || l.contains("backing up ") && !l.contains("\"lines\"")),
+        "{out}"
+    );
+    assert!(!out.contains("\"lines\""), "{out}");
     let tasks = d.json("/api/v1/tasks?kind=job-run", &token);
     assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
     let task = &tasks[0];
@@ -552,6 +561,7 @@ fn with_a_daemon_configured_the_cli_runs_jobs_as_its_tasks() {
     );
     let (_, log, _) = client(&["task", "log", &id], &token);
     assert!(log.contains("snapshot"), "{log}");
+    assert!(!log.contains("\"lines\""), "{log}");
 
     // Errors have their exit codes: an unknown job, a refused token, no daemon there.
     let (code, _, err) = client(&["job", "run", "nope"], &token);

@@ -36,6 +36,12 @@ impl Setup {
     /// `files` pseudo-random files of `size` bytes, and a config file: small read-ahead
     /// buffers, and a notification hook appending each event to `events`.
     fn new(files: u64, size: usize) -> Setup {
+        Setup::build(files, size, 1, "")
+    }
+
+    /// [`new`](Self::new) with `targets` targets (t0, t1, …) forming a mirror group, and
+    /// `extra` appended to the config file.
+    fn build(files: u64, size: usize, targets: usize, extra: &str) -> Setup {
         let f = fresh(Db::Sqlite);
         let base = f._dir.path().to_path_buf();
         let events = base.join("events");
@@ -43,7 +49,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[backup]\nmemory_mib = 8\n\n[daemon]\nnotify = \"echo \\\"$KURA_EVENT|$KURA_JOB|$KURA_REASON\\\" >> {}\"\n",
+                "[backup]\nmemory_mib = 8\n\n[daemon]\nnotify = \"echo \\\"$KURA_EVENT|$KURA_JOB|$KURA_REASON\\\" >> {}\"\n{extra}",
                 events.display()
             ),
         )
@@ -55,22 +61,18 @@ impl Setup {
             events,
             f,
         };
-        s.ok(&[
-            "-r",
-            s.target.to_str().unwrap(),
-            "init",
-            "--kdf-memory-kib",
-            "64",
-            "--pack-size-mib",
-            "1",
-        ]);
-        s.ok(&[
-            "resource",
-            "add",
-            "target",
-            "t0",
-            s.target.to_str().unwrap(),
-        ]);
+        let all: Vec<String> = (0..targets)
+            .map(|i| base.join(format!("t{i}")).display().to_string())
+            .collect();
+        let mut init = vec!["-r", all[0].as_str()];
+        for t in &all[1..] {
+            init.extend(["--mirror", t.as_str()]);
+        }
+        init.extend(["init", "--kdf-memory-kib", "64", "--pack-size-mib", "1"]);
+        s.ok(&init);
+        for (i, t) in all.iter().enumerate() {
+            s.ok(&["resource", "add", "target", &format!("t{i}"), t]);
+        }
         for i in 0..files {
             write(&s.src.join(format!("f{i}")), &pseudo_random(size, 100 + i));
         }
@@ -803,4 +805,110 @@ fn window_flags_are_checked_whole_and_shown() {
     assert_eq!(c["at_window_end"], "finish", "{list}");
     let text = s.ok(&["job", "show", "w"]);
     assert!(text.contains("max-run 1h30m, at its end finish"), "{text}");
+}
+
+#[test]
+fn a_mirror_target_that_alone_would_overrun_the_window_is_dropped_while_the_quorum_holds() {
+    // Two targets; t1 uploads at 512 KiB/s (a rule for it alone), t0 at full speed. 12 MiB:
+    // about 24 s on t1, a moment on t0; the run may take 16 s.
+    let extra = "\n[[traffic]]\ntarget = \"t1\"\nupload = \"512KiB\"\n";
+    let s = Setup::build(12, MIB, 2, extra);
+    let src = s.src.to_str().unwrap();
+    s.ok(&[
+        "job",
+        "add",
+        "mm",
+        "--object",
+        src,
+        "--redundancy",
+        "2",
+        "--quorum",
+        "1",
+        "--max-run",
+        "16s",
+        "--at-window-end",
+        "cancel",
+    ]);
+    let d = s.serve("d", "0");
+    let out = s
+        .cmd()
+        .env("KURA_DAEMON", format!("http://{}", d.addr))
+        .env("KURA_TOKEN", &d.token)
+        .args(["job", "run", "mm"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("target t1 dropped: its pace"), "{text}");
+    let task = d.tasks("mm").pop().unwrap();
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert!(
+        time(&task["finished"]) < time(&task["window_end"]),
+        "{task}"
+    );
+    assert!(
+        s.events().contains("target-dropped|mm|target t1 dropped"),
+        "{}",
+        s.events()
+    );
+    let metrics = d.get("/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("kura_job_targets_dropped_total{job=\"mm\"} 1"),
+        "{metrics}"
+    );
+    // The backup has its copy on t0 only, the run's log says why t1 has none, and t1 is
+    // not held to be failing for it.
+    let backups: Value = serde_json::from_str(&s.ok(&["--json", "backups"])).unwrap();
+    let b = &backups.as_array().unwrap()[0];
+    let on: Vec<&Value> = b["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["target"])
+        .collect();
+    assert_eq!(on, ["t0"], "{b:#}");
+    let lines = d.log(task["id"].as_str().unwrap());
+    assert!(
+        logged(&lines, "on t1 was dropped: its pace").is_some(),
+        "{lines:#?}"
+    );
+    let res: Value = serde_json::from_str(&s.ok(&["--json", "resource", "list"])).unwrap();
+    let r1 = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "t1")
+        .unwrap();
+    assert_eq!(r1["errors"], 0, "{r1}");
+    // Nothing of the run is left locked on t1, and the job's next run (no limit now)
+    // brings t1 up to date: it restores the same tree.
+    d.stop();
+    let t1_dir = s.f._dir.path().join("t1");
+    let locks: Vec<_> = std::fs::read_dir(t1_dir.join("locks"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(locks.is_empty(), "{locks:?}");
+    let plain = s.f._dir.path().join("plain.toml");
+    std::fs::write(&plain, "[backup]\nmemory_mib = 8\n").unwrap();
+    let o = s
+        .cmd()
+        .env("KURA_CONFIG", &plain)
+        .args(["job", "run", "mm"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out_dir = s.f._dir.path().join("restored");
+    s.ok(&[
+        "-r",
+        t1_dir.to_str().unwrap(),
+        "restore",
+        "latest",
+        "--target",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_same_tree(&s.src, &out_dir.join(s.src.strip_prefix("/").unwrap()));
 }

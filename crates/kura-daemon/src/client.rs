@@ -168,17 +168,14 @@ impl Client {
     }
 
     /// The task's log as written so far.
-    pub fn log(&self, id: &str) -> Result<String> {
-        let what = format!("log of task {id}");
-        self.send(
-            &what,
-            self.http.get(self.url(&format!("tasks/{}/log", seg(id)))),
-        )?
-        .text()
-        .map_err(|e| ClientError::Decode {
-            what,
-            why: e.to_string(),
-        })
+    /// The task's log lines from line `from` on (0-based).
+    pub fn log(&self, id: &str, from: usize) -> Result<Vec<String>> {
+        let page: crate::api::LogLines = self.json(
+            &format!("log of task {id}"),
+            self.http
+                .get(self.url(&format!("tasks/{}/log?from={from}", seg(id)))),
+        )?;
+        Ok(page.lines)
     }
 
     pub fn cancel(&self, id: &str) -> Result<TaskInfo> {
@@ -203,12 +200,11 @@ impl Client {
         let mut cancelled = false;
         loop {
             let info = self.task(id)?;
-            let log = self.log(id)?;
-            let lines: Vec<&str> = log.lines().collect();
-            for l in lines.iter().skip(seen) {
+            let lines = self.log(id, seen)?;
+            for l in &lines {
                 line(l);
             }
-            seen = seen.max(lines.len());
+            seen += lines.len();
             if info.state != crate::TaskState::Running {
                 return Ok(info);
             }

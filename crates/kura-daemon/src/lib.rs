@@ -35,6 +35,7 @@ pub mod client;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
+pub mod pace;
 pub mod policies;
 pub mod predict;
 pub mod scheduler;

@@ -49,6 +49,7 @@ pub struct Metrics {
     predicted_finish: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     window_end: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     overrun_warnings: Family<JobLabel, Counter>,
+    targets_dropped: Family<JobLabel, Counter>,
     overruns: Family<JobLabel, Counter>,
     tasks: Family<StateLabel, Gauge>,
     catalog_up: Gauge,
@@ -69,6 +70,7 @@ impl Default for Metrics {
             predicted_finish: Family::default(),
             window_end: Family::default(),
             overrun_warnings: Family::default(),
+            targets_dropped: Family::default(),
             overruns: Family::default(),
             tasks: Family::default(),
             catalog_up: Gauge::default(),
@@ -106,6 +108,12 @@ impl Default for Metrics {
             "job_overrun_warnings",
             "Runs of the job predicted, while they ran, to overrun their window",
             m.overrun_warnings.clone(),
+        );
+        r.register(
+            "job_targets_dropped",
+            "Mirror targets dropped from the job's runs because they alone would have made \
+             the run overrun its window",
+            m.targets_dropped.clone(),
         );
         r.register(
             "job_window_overruns",
@@ -227,6 +235,13 @@ impl Metrics {
     /// A run of `job` was predicted to overrun its window.
     pub fn overrun_warning(&self, job: &str) {
         self.overrun_warnings
+            .get_or_create(&JobLabel { job: job.into() })
+            .inc();
+    }
+
+    /// A run of `job` dropped a mirror target that alone would have made it overrun.
+    pub fn target_dropped(&self, job: &str) {
+        self.targets_dropped
             .get_or_create(&JobLabel { job: job.into() })
             .inc();
     }

@@ -117,6 +117,8 @@ pub struct Task {
     cancel_reason: Mutex<Option<String>>,
     /// What its work uploaded (see [`Task::upload_counter`]).
     uploaded: Arc<AtomicU64>,
+    /// A job run's mirror, for the window watcher (see [`Task::run_control`]).
+    control: Arc<kura_manager::RunControl>,
     lines: broadcast::Sender<String>,
 }
 
@@ -154,6 +156,12 @@ impl Task {
     /// [`kura_repo::backend::Counted`]).
     pub fn upload_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.uploaded)
+    }
+
+    /// A job run hands its running mirror here ([`kura_manager::JobSpec::control`]), so
+    /// the window watcher may drop a target that would make it overrun.
+    pub fn run_control(&self) -> Arc<kura_manager::RunControl> {
+        Arc::clone(&self.control)
     }
 
     /// The token the task's work must poll (see [`Tasks::cancel`]).
@@ -392,6 +400,7 @@ impl Tasks {
             cancel: CancelToken::new(),
             cancel_reason: Mutex::new(None),
             uploaded: Arc::default(),
+            control: kura_manager::RunControl::new(),
             lines: broadcast::channel(FOLLOW_BUFFER).0,
         });
         task.persist(&info);

@@ -22,6 +22,11 @@
 //! its own progress (reading or storing) to go on, and overshoots by more than [`EARLY_MARGIN`] of the time the
 //! run was allowed.
 //!
+//! A running mirror whose slowest target alone makes it overrun drops that target while
+//! the quorum holds ([`crate::pace`]), before any early cancel: the backup completes on
+//! time on the others, the dropped target is not counted as failing, and the job's next
+//! run brings it up to date.
+//!
 //! # Locking
 //! The watched runs are one map under one mutex, held only to update entries: the catalog
 //! (history) is read before taking it, and tasks are cancelled and hooks run after leaving
@@ -37,6 +42,7 @@ use kura_catalog::{Catalog, JobDef};
 use kura_types::WindowEnd;
 
 use crate::notify::{self, Event};
+use crate::pace;
 use crate::predict::{self, Live, Recent, Sample};
 use crate::{Daemon, Task};
 
@@ -255,6 +261,8 @@ impl Windows {
 enum Act {
     Cancel(Arc<Task>, String, Event),
     Warn(Arc<Task>, String, Event),
+    /// Drop a mirror run's member (index, target name, reason).
+    Drop(Arc<Task>, usize, String, String, Event),
 }
 
 /// Watch runs until `stop`.
@@ -289,8 +297,20 @@ pub fn look(d: &Daemon) {
         }
         let observed = w.observed;
         // What the targets acknowledged, per target (the saver's own count of stored data
-        // includes what a mirror still holds in its queues).
-        let stored = info.bytes_uploaded / u64::try_from(w.job.redundancy.max(1)).unwrap_or(1);
+        // includes what a mirror still holds in its queues): a running mirror's slowest
+        // live member, else the average.
+        let members = w.task.run_control().members();
+        let stored = members
+            .as_ref()
+            .and_then(|(ms, _)| {
+                ms.iter()
+                    .filter(|m| m.status.dropped.is_none())
+                    .map(|m| m.status.bytes)
+                    .min()
+            })
+            .unwrap_or_else(|| {
+                info.bytes_uploaded / u64::try_from(w.job.redundancy.max(1)).unwrap_or(1)
+            });
         let observed_stored = if stored == 0 {
             w.recent_up.nothing_at(elapsed);
             (0, Duration::ZERO)
@@ -392,6 +412,21 @@ pub fn look(d: &Daemon) {
                 event("overrun-predicted", &why),
             ));
         }
+        // A mirror target that alone makes the run overrun goes, while the quorum holds.
+        if let Some((ms, quorum)) = &members
+            && let Some(drop) = pace::slowest_alone(ms, *quorum, now, p, dl.at)
+        {
+            w.overrunning = 0;
+            let said = format!("target {} dropped: {}", drop.target, drop.reason);
+            acts.push(Act::Drop(
+                Arc::clone(&w.task),
+                drop.index,
+                drop.target,
+                drop.reason,
+                event("target-dropped", &said),
+            ));
+            continue;
+        }
         let allowed = (dl.at - w.started).to_std().unwrap_or_default();
         if action == WindowEnd::CancelEarly
             && observed.1.max(observed_stored.1) >= EARLY_AFTER
@@ -425,6 +460,21 @@ pub fn look(d: &Daemon) {
                 tracing::warn!("job {} (task {}): {why}", event.job, event.task);
                 task.log(why);
                 notify::send(d.options.notify.as_deref(), event);
+            }
+            Act::Drop(task, index, target, why, event) => {
+                match task.run_control().drop_member(index, &why) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            "job {} (task {}): target {target} dropped: {why}",
+                            event.job,
+                            event.task
+                        );
+                        task.log(format!("target {target} dropped: {why}"));
+                        d.metrics.target_dropped(&event.job);
+                        notify::send(d.options.notify.as_deref(), event);
+                    }
+                    Err(e) => tracing::debug!("dropping target {target}: {e}"),
+                }
             }
         }
     }

@@ -94,5 +94,6 @@ pub(crate) fn back_up(
         repo: repo_out,
         pieces,
         failovers: status.failovers,
+        spared: Vec::new(),
     })
 }

@@ -32,6 +32,7 @@
 //! error recorded against its health (three in a row make it *not usable*). A run that fails
 //! records no backup at all.
 
+pub mod control;
 mod failover;
 pub mod fit;
 pub mod heal;
@@ -45,6 +46,7 @@ pub mod spec;
 pub mod sync;
 pub mod verify;
 
+pub use control::RunControl;
 pub use heal::{BackupView, HealReport, heal, open_backup};
 pub use hooks::{Hook, HookPhase};
 pub use position::Position;

@@ -16,13 +16,15 @@ use crate::run::{JobSpec, ModeDone, Piece};
 
 pub(crate) fn back_up(
     job: &JobSpec,
-    members: Vec<Arc<dyn Backend>>,
+    members: Vec<(String, Arc<dyn Backend>)>,
     quorum: usize,
     stall_timeout: Duration,
     password: &[u8],
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<ModeDone> {
+    // (target name, backend) per secured stream.
+    let (targets, members): (Vec<String>, Vec<Arc<dyn Backend>>) = members.into_iter().unzip();
     let mirror = Arc::new(MirrorBackend::new(
         members,
         MirrorOptions {
@@ -35,6 +37,9 @@ pub(crate) fn back_up(
     let repo = Repository::open(Arc::clone(&mirror) as Arc<dyn Backend>, password)?;
     let lock = RepoLock::shared(&repo)?;
     let (indexed, _) = repo.load_index_adopting_orphans()?;
+    if let Some(c) = &job.control {
+        c.attach(Arc::clone(&mirror), targets);
+    }
     // The mirror writes behind (its members' queues): a backup whose pipeline is done may
     // still wait for them in its snapshot's write. A cancel abandons what is queued, so
     // the snapshot write fails and nothing more is sent; what the members hold stays (the
@@ -54,6 +59,9 @@ pub(crate) fn back_up(
         finished.store(true, Ordering::SeqCst);
         r
     });
+    if let Some(c) = &job.control {
+        c.detach();
+    }
     drop(lock);
     let status = mirror.status();
     let total = outcome
@@ -82,5 +90,6 @@ pub(crate) fn back_up(
         repo: Some(indexed.into_repository()),
         pieces,
         failovers: 0,
+        spared: job.control.as_ref().map(|c| c.spared()).unwrap_or_default(),
     })
 }

@@ -73,6 +73,8 @@ pub struct JobSpec {
     /// secure them until then — a scheduled run: the end of its start window — and then
     /// end with [`Error::NotStarted`]. `None`: fail at once.
     pub secure_by: Option<std::time::Instant>,
+    /// Handed the running mirror, for a supervisor ([`RunControl`](crate::RunControl)).
+    pub control: Option<Arc<crate::RunControl>>,
 }
 
 /// One target's part in a run.
@@ -276,7 +278,13 @@ pub fn run_job(
                     stall_timeout,
                 } => crate::mirror::back_up(
                     job,
-                    members,
+                    guard
+                        .secured
+                        .subsystems
+                        .iter()
+                        .map(|s| s.target.clone())
+                        .zip(members)
+                        .collect(),
                     *quorum,
                     *stall_timeout,
                     password,
@@ -399,6 +407,8 @@ pub(crate) struct ModeDone {
     pub repo: Option<Repository>,
     pub pieces: Vec<Piece>,
     pub failovers: usize,
+    /// Members dropped on purpose by the run's supervisor ([`crate::RunControl`]).
+    pub spared: Vec<usize>,
 }
 
 /// One piece of a backup on one subsystem, before the snapshot id is known.
@@ -447,9 +457,12 @@ fn record(catalog: &Catalog, job: &JobSpec, secured: &Secured, done: ModeDone) -
             bytes: *bytes,
         })
         .collect();
-    // Health: a target dropped from the run counts as an error against it.
-    for c in &copies {
-        if let Some(why) = &c.dropped {
+    // Health: a target dropped from the run counts as an error against it — unless its
+    // supervisor dropped it on purpose (its pace, not a fault).
+    for (i, c) in copies.iter().enumerate() {
+        if let Some(why) = &c.dropped
+            && !done.spared.contains(&i)
+        {
             catalog.record_error(&c.target, &format!("process {}: {why}", secured.process))?;
         }
     }

@@ -103,6 +103,7 @@ pub fn spec(
         backup,
         route: None,
         secure_by: None,
+        control: None,
     }
 }
 

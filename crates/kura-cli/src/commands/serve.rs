@@ -47,6 +47,7 @@ impl JobRunner for Runner {
         let mut job = crate::commands::jobrun::job_spec(def, self.backup.clone(), route)
             .map_err(|e| format!("{e:#}"))?;
         job.secure_by = start_by;
+        job.control = Some(task.run_control());
         let unreachable_for = match job.mode {
             RunMode::Failover {
                 unreachable_for, ..

@@ -171,7 +171,14 @@ pub fn run(app: &App, cmd: TaskCommand) -> Result<i32> {
             if a.follow {
                 return follow(app, &c, &a.id);
             }
-            print!("{}", c.log(&a.id)?);
+            let lines = c.log(&a.id, 0)?;
+            if app.global.json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
         }
         TaskCommand::Cancel(a) => {
             let t = c.cancel(&a.id)?;

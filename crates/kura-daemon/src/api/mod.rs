@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 
 use crate::{Daemon, Error};
 
-pub use routes::JobView;
+pub use routes::{JobView, LogLines};
 
 /// An error as the API answers it.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
