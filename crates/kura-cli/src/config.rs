@@ -85,6 +85,8 @@ pub struct DaemonSection {
     /// cancelled at or before its window's end, an overrun, a missed start. The event is in
     /// its environment (`KURA_EVENT`, `KURA_JOB`, …; see the README).
     pub notify: Option<String>,
+    /// How often every target is probed and its health recorded (default 5m; "0s": never).
+    pub health_every: Option<kura_types::Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[path = "../../kura-catalog/tests/common/mod.rs"]
 mod catalog_common;
@@ -102,9 +102,21 @@ impl Setup {
     }
 
     fn serve_with(&self, name: &str, extra: &[&str]) -> Daemon {
+        self.spawn(self.cmd(), name, extra)
+    }
+
+    /// `kura serve` with a config file holding `toml`.
+    fn serve_config(&self, name: &str, toml: &str) -> Daemon {
+        let config = self.f._dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = self.cmd();
+        cmd.env("KURA_CONFIG", &config);
+        self.spawn(cmd, name, &[])
+    }
+
+    fn spawn(&self, mut cmd: Command, name: &str, extra: &[&str]) -> Daemon {
         let state = self.f._dir.path().join(format!("state-{name}"));
-        let mut child = self
-            .cmd()
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--name", name])
             .args(extra)
             .arg("--state-dir")
@@ -767,4 +779,51 @@ fn a_daemon_whose_catalog_goes_away_says_so_keeps_serving_and_resumes() {
     });
     let (_, m) = d.http("GET", "/metrics", Some(&token));
     assert!(m.contains("kura_catalog_up 1"), "{m}");
+}
+
+/// The daemon probes every target on a timer: one that dies is marked not usable before a
+/// run meets it, and one that comes back is usable again without anyone probing by hand.
+#[test]
+fn the_daemon_sweeps_target_health_on_a_timer() {
+    let s = Setup::new(Db::Sqlite);
+    // Below a directory that is not there (an unmounted share): not usable, and nothing
+    // is created there by the probes.
+    let gone = s.f._dir.path().join("mnt/nas/repo");
+    s.ok(&["resource", "add", "target", "gone", gone.to_str().unwrap()]);
+    let state = |name: &str| -> Value {
+        let list: Value = serde_json::from_str(&s.ok(&["--json", "resource", "list"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let _d = s.serve_config("d", "[daemon]\nhealth_every = \"1s\"\n");
+    let down = wait_for(30, "the missing target marked not usable", || {
+        let r = state("gone");
+        (r["state"] != "usable").then_some(r)
+    });
+    assert!(down["errors"].as_i64().unwrap() >= 3, "{down}");
+    assert!(down["last_error"].as_str().is_some(), "{down}");
+    assert!(!s.f._dir.path().join("mnt").exists());
+    let t0 = state("t0");
+    assert_eq!(
+        (&t0["state"], &t0["errors"]),
+        (&json!("usable"), &json!(0)),
+        "{t0}"
+    );
+    // It comes back (a repository there now): the next sweeps put it back.
+    s.ok(&[
+        "-r",
+        gone.to_str().unwrap(),
+        "init",
+        "--kdf-memory-kib",
+        "64",
+    ]);
+    let up = wait_for(30, "the target usable again", || {
+        let r = state("gone");
+        (r["state"] == "usable").then_some(r)
+    });
+    assert_eq!(up["errors"], 0, "{up}");
 }

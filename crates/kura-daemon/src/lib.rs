@@ -32,6 +32,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
@@ -99,6 +100,15 @@ impl Error {
             C::Invalid(_) => Error::Invalid(e.to_string()),
             C::Duplicate(_) | C::InUse(_) => Error::Conflict(e.to_string()),
             e if e.is_unreachable() => Error::Unavailable(e.to_string()),
+            e => Error::Internal(e.to_string()),
+        }
+    }
+
+    /// A job engine error, by what it means for a client.
+    pub fn manager(e: kura_manager::Error) -> Error {
+        match e {
+            kura_manager::Error::Catalog(c) => Error::catalog(c),
+            kura_manager::Error::Invalid(m) => Error::Invalid(m),
             e => Error::Internal(e.to_string()),
         }
     }

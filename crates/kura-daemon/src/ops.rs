@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kura_repo::Repository;
+use kura_repo::backend::Backend;
 use kura_repo::restore::RestoreOptions;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -85,6 +86,8 @@ pub struct PairView {
 pub trait Operations: Send + Sync {
     /// The repository on target `name` (at `url`), opened with the daemon's password.
     fn open(&self, name: &str, url: &str) -> Result<Repository>;
+    /// A target's backend by URL, with the daemon's options (the health sweep probes it).
+    fn backend(&self, url: &str) -> std::result::Result<Arc<dyn Backend>, String>;
     fn restore(&self, r: &Restore, task: &Task) -> std::result::Result<(), String>;
     fn check(
         &self,
@@ -111,6 +114,9 @@ fn none() -> Error {
 impl Operations for NoOperations {
     fn open(&self, _: &str, _: &str) -> Result<Repository> {
         Err(none())
+    }
+    fn backend(&self, _: &str) -> std::result::Result<Arc<dyn Backend>, String> {
+        Err(none().to_string())
     }
     fn restore(&self, _: &Restore, _: &Task) -> std::result::Result<(), String> {
         Err(none().to_string())

@@ -265,6 +265,16 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             .spawn(move || kura_daemon::window::run(daemon, stop))
             .context("start the window watcher")?;
     }
+    let health_every = d
+        .health_every
+        .map_or(kura_daemon::health::EVERY, |e| e.std());
+    if !health_every.is_zero() {
+        let (daemon, stop) = (Arc::clone(&daemon), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("kura-health".into())
+            .spawn(move || kura_daemon::health::run(daemon, health_every, stop))
+            .context("start the health sweep")?;
+    }
     if !a.no_scheduler {
         if host.is_some() {
             let (daemon, stop, o) = (Arc::clone(&daemon), Arc::clone(&stop), sched.clone());

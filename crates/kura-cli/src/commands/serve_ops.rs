@@ -76,6 +76,10 @@ impl Operations for Ops {
         Repository::open(backend, &self.password).map_err(repo_error)
     }
 
+    fn backend(&self, url: &str) -> Result<Arc<dyn kura_repo::backend::Backend>, String> {
+        self.app.backend_for(url).map_err(|e| format!("{e:#}"))
+    }
+
     fn restore(&self, r: &Restore, task: &Task) -> Done {
         let cancel = task.cancel_token();
         let url = match &r.source {
