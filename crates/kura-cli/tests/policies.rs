@@ -642,3 +642,76 @@ fn a_policy_route_paces_its_backups_by_the_routes_traffic_rules() {
         "an 8 MiB backup over a 2 MiB/s route took {took:?}"
     );
 }
+
+/// Cancelling a running policy backup (the API's task cancel) stops its copy at once — its
+/// uploads held back by a slow route included — with no snapshot, and loses nothing: the
+/// next backup holds the whole volume.
+#[test]
+fn a_cancelled_policy_backup_stops_at_once_and_the_next_one_has_everything() {
+    let s = Setup::new(Db::Sqlite);
+    s.volume("db");
+    let t0 = s.target("t0");
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let bytes: Vec<u8> = (0..VOLUME)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(s.data().join("db.raw"), &bytes).unwrap();
+    // 8 MiB at 512 KiB/s: some 16 s of uploading.
+    let config = s.write_table(
+        "config.toml",
+        "[[traffic]]\npath = \"slow\"\nupload = \"512KiB/s\"\n",
+    );
+    let d = s.serve_with("a", &["--config", &config]);
+    let table = s.write_table(
+        "table.toml",
+        "[[policy]]\nvolume = \"db\"\ntarget = \"t0\"\nschedule = \"*:*:0/2\"\n\
+         route = \"slow\"\n",
+    );
+    s.ok(&["--config", &config, "policy", "apply", &table]);
+    let running = wait_for(60, "a policy backup copying", || {
+        let t = d.json("/api/v1/tasks?kind=volume-backup&state=running");
+        t.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["bytes_done"].as_u64().unwrap_or(0) > 0)
+            .cloned()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let id = running["id"].as_str().unwrap().to_string();
+    let asked = std::time::Instant::now();
+    let (code, body) = d.http("POST", &format!("/api/v1/tasks/{id}/cancel"), true, "");
+    assert_eq!(code, 202, "{body}");
+    let ended = wait_for(30, "the cancelled backup to end", || {
+        let t = d.json(&format!("/api/v1/tasks/{id}"));
+        (t["state"] != "running").then_some(t)
+    });
+    let took = asked.elapsed();
+    let log = d.json(&format!("/api/v1/tasks/{id}/log"))["lines"].to_string();
+    assert!(
+        took < Duration::from_secs(5),
+        "the cancel took {took:?}: {ended} {log}"
+    );
+    assert_ne!(ended["state"], "succeeded", "{ended}");
+    assert!(log.contains("the copy stops at its next block"), "{log}");
+    // The next backup (any later one) holds the whole volume as written.
+    let done = wait_for(120, "a later policy backup", || {
+        let t = d.json("/api/v1/tasks?kind=volume-backup&state=succeeded");
+        t.as_array().unwrap().first().cloned()
+    });
+    let snaps = s.snapshots(&t0);
+    assert_eq!(
+        snaps.len(),
+        1,
+        "the cancelled backup made a snapshot: {snaps:?} ({done})"
+    );
+    let img = s.restored(&t0, snaps[0]["id"].as_str().unwrap());
+    assert!(
+        img == bytes,
+        "the restored volume differs from what was written"
+    );
+}

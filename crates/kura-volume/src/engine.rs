@@ -87,8 +87,11 @@ impl RepoAccess {
 /// Opens repositories for the engine (the CLI knows targets, credentials and options).
 /// Errors stay typed, so a client's exit code says what went wrong (unreachable, wrong
 /// password, locked, …) as when it opens a repository itself.
+///
+/// `cancel` is the work's cancellation: uploads the opened repository's backend is still
+/// holding back for a traffic limit give up when it is cancelled.
 pub trait RepoOpener: Send + Sync {
-    fn open(&self, access: &RepoAccess) -> kura_repo::Result<Opened>;
+    fn open(&self, access: &RepoAccess, cancel: &CancelToken) -> kura_repo::Result<Opened>;
 }
 
 /// A split pair's secondary as a backup reads it.
@@ -209,6 +212,19 @@ impl Engine {
             .ok_or_else(|| Error::Invalid(format!("no backup job {id}")))
     }
 
+    /// Cancel backup job `id`: its copy stops at its next block, no snapshot is made, and
+    /// the changes it was to copy stay marked for the next backup (its chain's bits go
+    /// back, as for any failed backup). A job that already ended is left as it is.
+    pub fn cancel_job(&self, id: u64) -> Result<()> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let job = jobs
+            .iter()
+            .find(|j| j.snapshot().id == id)
+            .ok_or_else(|| Error::Invalid(format!("no backup job {id}")))?;
+        job.cancel.cancel();
+        Ok(())
+    }
+
     /// Stop with the server: refuse new jobs, cancel the running ones and give them
     /// `grace` to end (a cancelled copy ends at its next block); then give up on those still
     /// running — stuck on a target that stopped answering, say — by putting their chains'
@@ -219,6 +235,9 @@ impl Engine {
     pub fn stop(&self, grace: Duration) -> Vec<u64> {
         self.stopping.store(true, Ordering::SeqCst);
         self.cancel.cancel();
+        for job in self.jobs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            job.cancel.cancel();
+        }
         let until = Instant::now() + grace;
         let running = || -> Vec<Arc<Job>> {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -299,8 +318,10 @@ impl Engine {
             ));
         }
         let busy = Busy::take(self, volume)?;
+        // The job's cancellation, from the start: the repository's uploads answer to it.
+        let cancel = CancelToken::new();
         // Fail before freezing anything: the repository first.
-        let opened = opener.open(access)?;
+        let opened = opener.open(access, &cancel)?;
         // The server may have begun to stop while the repository opened: freeze nothing.
         self.not_stopping()?;
         let export = self.store.open_export(volume)?;
@@ -314,6 +335,7 @@ impl Engine {
                 opened,
                 Kind::Area(a),
                 busy,
+                cancel,
             );
         }
         // Outside the change lock (module docs): only this job can change the chain before
@@ -408,7 +430,9 @@ impl Engine {
             session,
             claim,
         };
-        self.start(volume, freeze, repository, export, opened, kind, busy)
+        self.start(
+            volume, freeze, repository, export, opened, kind, busy, cancel,
+        )
     }
 
     /// Register the job of a frozen image and start copying it in the background.
@@ -422,6 +446,7 @@ impl Engine {
         opened: Opened,
         kind: Kind,
         busy: Busy,
+        cancel: CancelToken,
     ) -> Result<JobStatus> {
         let mut kind = kind;
         let (total, incremental, full_reason, session, frozen, area) = match &mut kind {
@@ -481,6 +506,7 @@ impl Engine {
             export: Arc::downgrade(&export),
             frozen: Mutex::new(frozen),
             abandoned: AtomicBool::new(false),
+            cancel,
         });
         self.jobs
             .lock()
@@ -518,7 +544,7 @@ impl Engine {
             Error::Invalid("this server cannot open repositories for restores".into())
         })?;
         let busy = Busy::take(self, volume)?;
-        let opened = opener.open(access)?;
+        let opened = opener.open(access, &self.cancel)?;
         let snap = opened.repo.find_snapshot(snapshot)?;
         let created = prepare(&self.store, volume, image_of(&snap)?.size, false)?;
         let export = self.store.open_export(volume)?;
@@ -579,6 +605,10 @@ impl Engine {
             }
             Kind::Area(a) => a.options(&opened.options),
         };
+        // A job added while the engine stopped, after `stop` cancelled the others.
+        if self.cancel.is_cancelled() {
+            job.cancel.cancel();
+        }
         let progress = JobProgress(Arc::clone(job));
         let result = backup(
             &opened.repo,
@@ -586,7 +616,7 @@ impl Engine {
             &[self.store.raw(volume)],
             &o,
             &progress,
-            &self.cancel,
+            &job.cancel,
         )
         .map_err(Error::from)
         .and_then(|outcome| {

@@ -75,6 +75,9 @@ pub(crate) struct Job {
     /// Set by [`Engine::stop`]: the job's volume was thawed and closed without it; its
     /// thread must touch nothing more.
     pub(crate) abandoned: AtomicBool,
+    /// The copy's cancellation: this job's alone ([`Engine::cancel_job`]), or every job's
+    /// when the engine stops.
+    pub(crate) cancel: kura_repo::backup::CancelToken,
 }
 
 impl Job {

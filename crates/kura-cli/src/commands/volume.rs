@@ -239,18 +239,22 @@ impl Opener {
 }
 
 impl kura_volume::RepoOpener for Opener {
-    fn open(&self, access: &kura_volume::RepoAccess) -> kura_repo::Result<kura_volume::Opened> {
+    fn open(
+        &self,
+        access: &kura_volume::RepoAccess,
+        cancel: &kura_repo::backup::CancelToken,
+    ) -> kura_repo::Result<kura_volume::Opened> {
         let mut backend = self.backend;
         if let Some(d) = access.deadline {
             backend.policy.deadline = d;
         }
         let backend = kura_repo::backend::open(&access.url, &backend)?;
-        let mut backend = self.traffic.wrap(&access.url, backend, None);
+        let mut backend = self.traffic.wrap(&access.url, backend, Some(cancel));
         if let Some(route) = &access.route {
             let name = access.route_target.as_deref().unwrap_or(&access.url);
             backend = self
                 .traffic
-                .wrap_route(&access.url, name, route, backend, None);
+                .wrap_route(&access.url, name, route, backend, Some(cancel));
         }
         let repo = kura_repo::Repository::open(backend, &access.password)?;
         let lock = kura_repo::lock::RepoLock::shared(&repo)?;

@@ -314,12 +314,15 @@ fn back_up(
     while job.state == JobState::Running {
         std::thread::sleep(POLL);
         if !cancel_told && task.cancel_token().is_cancelled() {
-            // The engine cancels its jobs only all together (when it stops): the frozen
-            // image is copied to its end, and the chain stays consistent either way.
-            task.log(
-                "cancel asked: a volume backup runs to its end once frozen (stop the daemon \
-                 to interrupt every backup, their changes kept for the next one)",
-            );
+            // The copy stops at its next block; no snapshot, and the changes it was to
+            // copy stay marked for the volume's next backup.
+            match v.engine.cancel_job(job.id) {
+                Ok(()) => task.log(
+                    "cancel asked: the copy stops at its next block; the changes stay \
+                     marked for the next backup",
+                ),
+                Err(e) => task.log(format!("cancel asked, but the engine refused: {e}")),
+            }
             cancel_told = true;
         }
         job = match v.engine.job(job.id) {
