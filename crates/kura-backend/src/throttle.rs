@@ -213,6 +213,15 @@ impl Bucket {
         self.due
     }
 
+    /// Give back `n` bytes reserved but not sent (a waiter that gave up): everyone behind
+    /// it moves up by as much.
+    pub(crate) fn refund(&mut self, n: u64, now: Instant) {
+        self.advance(now);
+        if let Some(r) = self.rate {
+            self.paid = (self.paid + n as f64).min(self.due + Self::burst(r));
+        }
+    }
+
     /// How long the holder of `ticket` still has to wait at the current rate (`None`: go).
     pub(crate) fn wait(&mut self, ticket: f64, now: Instant) -> Option<Duration> {
         self.advance(now);
@@ -331,8 +340,8 @@ impl Limiter {
     }
 
     /// [`acquire`](Self::acquire), giving up when `abort()` says so (looked at every
-    /// [`ABORT_POLL`]): `None` then. The bytes stay charged (the caller may have sent them
-    /// elsewhere already; a limit erring on the slow side is the safe one).
+    /// [`ABORT_POLL`]): `None` then, and its bytes are given back (the waiters behind it
+    /// move up: bytes never sent must not slow anyone).
     pub fn acquire_unless(&self, n: u64, abort: &dyn Fn() -> bool) -> Option<Duration> {
         let start = Instant::now();
         let mut st = self.lock();
@@ -349,6 +358,8 @@ impl Limiter {
                 return Some(now.saturating_duration_since(start));
             };
             if abort() {
+                st.bucket.refund(n, now);
+                self.cv.notify_all();
                 return None;
             }
             let wait = wait

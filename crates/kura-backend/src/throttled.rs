@@ -9,7 +9,7 @@
 //!   whose size is not known before, after it (the caller's next request waits instead).
 //! - listings, stats, deletes: nothing (no payload).
 //!
-//! A throttled backend may be given an *abort* check (the run's cancellation): an upload
+//! A throttled backend may be given an *abort* check (the run's cancellation): a pack upload
 //! still waiting for its turn when the check says so fails at once with
 //! [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), unsent — a cancelled run at a low
 //! limit must not spend its window's end sending packs nobody will name.
@@ -135,9 +135,13 @@ impl Throttled {
             }
             return Ok(());
         }
+        // Only packs are given up: index files are small and make the packs already sent
+        // reusable without adoption; snapshots are the caller's to withhold.
         let paid = match &self.abort {
-            Some(abort) => self.pay_unless(&self.upload, bytes, abort.as_ref()),
-            None => self.pay_unless(&self.upload, bytes, &|| false),
+            Some(abort) if kind == FileKind::Pack => {
+                self.pay_unless(&self.upload, bytes, abort.as_ref())
+            }
+            _ => self.pay_unless(&self.upload, bytes, &|| false),
         };
         if paid {
             Ok(())
@@ -346,9 +350,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
         assert!(!inner.exists(FileKind::Pack, "cc01").unwrap());
         assert!(!b.pacing());
-        // Lock files are never held back, cancelled or not.
+        // Lock files are never held back, cancelled or not; index files are not given up,
+        // and the 8 MiB never sent do not hold them back: only what was sent counts.
         b.put(FileKind::Lock, "l0", Bytes::from(vec![0u8; 16]))
             .unwrap();
+        let t = Instant::now();
+        b.put(FileKind::Index, "ix", Bytes::from(vec![3u8; 64 << 10]))
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(inner.exists(FileKind::Index, "ix").unwrap());
     }
 
     #[test]

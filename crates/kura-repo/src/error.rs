@@ -120,6 +120,7 @@ impl Failure {
             ErrorKind::Invalid => Failure::Invalid,
             ErrorKind::AlreadyExists => Failure::Conflict,
             ErrorKind::NotFound if e.is_repository_missing() => Failure::NoRepository,
+            ErrorKind::Cancelled => Failure::Interrupted,
             _ => Failure::Other,
         }
     }
