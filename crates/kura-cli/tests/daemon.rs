@@ -4,9 +4,9 @@
 //! API answers in JSON, refuses bad tokens without a word more, and a daemon killed mid-run
 //! leaves a claim the others record as expired.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -16,6 +16,7 @@ mod catalog_common;
 mod common;
 
 use catalog_common::{Db, Fresh, fresh};
+use common::http::{Served, request, wait_for};
 use common::{pseudo_random, write};
 
 struct Setup {
@@ -132,56 +133,21 @@ impl Setup {
         let url = line.trim().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
         Daemon {
-            child,
+            child: Served(child),
             addr: url.trim_start_matches("http://").to_string(),
         }
     }
 }
 
 struct Daemon {
-    child: Child,
+    child: Served,
     addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
     /// One HTTP/1.1 request; the status and the body.
     fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, body)
+        request(&self.addr, method, path, token, "")
     }
 
     fn json(&self, path: &str, token: &str) -> Value {
@@ -191,35 +157,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Poll `f` until it gives `Some`, for up to `secs`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "waited {secs} s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        self.child.signal(sig);
     }
 }
 
@@ -408,7 +346,7 @@ fn scheduled_runs_happen_by_themselves_and_the_api_answers_in_json() {
     let mut d = d;
     d.signal(libc::SIGTERM);
     let t = Instant::now();
-    let st = d.child.wait().unwrap();
+    let st = d.child.0.wait().unwrap();
     assert!(st.success(), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
 
@@ -471,7 +409,7 @@ fn three_daemons_on_one_catalog_fire_each_occurrence_once_and_outlive_a_kill() {
     }
     let mut ds = ds;
     for d in &mut ds {
-        let _ = d.child.wait();
+        let _ = d.child.0.wait();
     }
     let q = s.serve_with("q", &["--no-scheduler"]);
     let occ = q.json("/api/v1/jobs/often/occurrences?limit=1000", &token);

@@ -5,12 +5,12 @@
 //! client (qemu-io) writes — recording each run's normal or abnormal end. The catalog is
 //! SQLite or PostgreSQL (`KURA_TEST_PG`, started by scripts/test.sh).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 mod catalog_common;
 
 use catalog_common::{Db, Fresh, fresh};
+use common::http::{Served, request, wait_for};
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 /// The test volume: 8 MiB of 64 KiB blocks.
@@ -98,6 +101,22 @@ impl Setup {
         serde_json::from_str(&self.ok(&["--json", "policy", "list"])).unwrap()
     }
 
+    /// Fill volume `name` with incompressible bytes (from `seed`) while no server holds it;
+    /// returns them.
+    fn fill_incompressible(&self, name: &str, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        let bytes: Vec<u8> = (0..VOLUME)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(self.data().join(format!("{name}.raw")), &bytes).unwrap();
+        bytes
+    }
+
     /// `kura serve` hosting the volumes, on free loopback ports.
     fn serve(&self, name: &str) -> Daemon {
         self.serve_with(name, &[])
@@ -130,7 +149,7 @@ impl Setup {
         assert!(nbd.starts_with("nbd://127.0.0.1:"), "{nbd:?}");
         let token = self.ok(&["-q", "token", "create", &format!("t-{name}")]);
         Daemon {
-            child,
+            _child: Served(child),
             addr: api.trim().trim_start_matches("http://").to_string(),
             nbd: nbd.trim().to_string(),
             token: token.trim().to_string(),
@@ -165,55 +184,17 @@ impl Setup {
 }
 
 struct Daemon {
-    child: Child,
+    _child: Served,
     addr: String,
     nbd: String,
     token: String,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Daemon {
     /// One HTTP/1.1 request with an optional JSON body; the status and the body.
     fn http(&self, method: &str, path: &str, auth: bool, body: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let auth = if auth {
-            format!("Authorization: Bearer {}\r\n", self.token)
-        } else {
-            String::new()
-        };
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, body)
+        let token = auth.then_some(self.token.as_str());
+        request(&self.addr, method, path, token, body)
     }
 
     fn get(&self, path: &str) -> String {
@@ -229,34 +210,6 @@ impl Daemon {
 
     fn url(&self, volume: &str) -> String {
         format!("{}/{volume}", self.nbd)
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Poll `f` until it gives `Some`, for up to `secs` (generous: a loaded 2-core machine).
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "waited {secs} s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -592,17 +545,7 @@ fn a_policy_route_paces_its_backups_by_the_routes_traffic_rules() {
     let s = Setup::new(Db::Sqlite);
     s.volume("db");
     s.target("t0");
-    // Incompressible bytes, written while no server holds the volume.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let bytes: Vec<u8> = (0..VOLUME)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(s.data().join("db.raw"), &bytes).unwrap();
+    s.fill_incompressible("db", 0x9E37_79B9_7F4A_7C15);
     let config = s.write_table(
         "config.toml",
         "[[traffic]]\npath = \"slow\"\nupload = \"2MiB/s\"\n",
@@ -651,16 +594,7 @@ fn a_cancelled_policy_backup_stops_at_once_and_the_next_one_has_everything() {
     let s = Setup::new(Db::Sqlite);
     s.volume("db");
     let t0 = s.target("t0");
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let bytes: Vec<u8> = (0..VOLUME)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(s.data().join("db.raw"), &bytes).unwrap();
+    let bytes = s.fill_incompressible("db", 0x2545_F491_4F6C_DD1D);
     // 8 MiB at 512 KiB/s: some 16 s of uploading.
     let config = s.write_table(
         "config.toml",

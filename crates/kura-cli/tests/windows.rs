@@ -6,10 +6,9 @@
 //! large for one window completes over several, reusing what each uploaded; `finish` runs
 //! on and reports the overrun, warned of before half the window had passed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -19,6 +18,7 @@ mod catalog_common;
 mod common;
 
 use catalog_common::{Db, Fresh, fresh};
+use common::http::{Served, request, wait_for};
 use common::{assert_same_tree, pseudo_random, write};
 
 const MIB: usize = 1 << 20;
@@ -141,7 +141,7 @@ impl Setup {
             .trim()
             .to_string();
         Daemon {
-            child,
+            child: Served(child),
             addr: url.trim_start_matches("http://").to_string(),
             token,
         }
@@ -153,41 +153,15 @@ impl Setup {
 }
 
 struct Daemon {
-    child: Child,
+    child: Served,
     addr: String,
     token: String,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Daemon {
     fn get(&self, path: &str) -> Value {
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            self.addr, self.token
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        assert!(head.contains(" 200 "), "GET {path}: {text}");
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
+        let (status, body) = request(&self.addr, "GET", path, Some(&self.token), "");
+        assert_eq!(status, 200, "GET {path}: {body}");
         if path == "/metrics" {
             return Value::String(body);
         }
@@ -219,38 +193,8 @@ impl Daemon {
             .collect()
     }
 
-    fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "{st:?}");
-    }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Poll `f` until it gives `Some`, for up to `secs`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "waited {secs} s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
+    fn stop(self) {
+        self.child.stop();
     }
 }
 

@@ -6,14 +6,15 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 use crate::catalog_common::{Db, Fresh, fresh};
+pub use crate::common::http::wait_for;
+use crate::common::http::{Served, request};
 use crate::common::{pseudo_random, write};
 
 /// A catalog with one target (named so that no fuzzer guesses it), a source tree, and the
@@ -122,7 +123,7 @@ impl Setup {
         let url = line.trim().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
         Daemon {
-            child,
+            _child: Served(child),
             addr: url.trim_start_matches("http://").to_string(),
             state,
             log,
@@ -131,17 +132,10 @@ impl Setup {
 }
 
 pub struct Daemon {
-    child: Child,
+    _child: Served,
     addr: String,
     pub state: PathBuf,
     pub log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An answer: status and body (JSON when it is JSON).
@@ -178,42 +172,8 @@ impl Daemon {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Answer {
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let ctype = if body.is_empty() {
-            ""
-        } else {
-            "Content-Type: application/json\r\n"
-        };
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{ctype}Content-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let text = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
+        let (status, text) = request(&self.addr, method, path, token, &body);
         Answer { status, text }
     }
 
@@ -253,33 +213,6 @@ impl Daemon {
         let (t, log) = self.task(method, path, token, body);
         assert_eq!(t["state"], "succeeded", "{t}\n{log}");
         log
-    }
-}
-
-pub fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "waited {secs} s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
