@@ -43,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub nbd_listen: Option<String>,
     #[command(flatten)]
-    pub dir: crate::cli::VolumeDirArgs,
+    pub dir: crate::cli_volume::VolumeDirArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +62,7 @@ pub struct PolicyApplyArgs {
     /// The policy table (TOML)
     pub file: PathBuf,
     #[command(flatten)]
-    pub dir: crate::cli::VolumeDirArgs,
+    pub dir: crate::cli_volume::VolumeDirArgs,
 }
 
 #[derive(Debug, Subcommand)]

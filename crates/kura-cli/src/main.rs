@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_daemon;
+mod cli_volume;
 mod commands;
 mod config;
 mod exit;

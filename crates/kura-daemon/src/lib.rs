@@ -265,51 +265,46 @@ impl Daemon {
         self.windows.watch(Arc::clone(&task), job.clone(), due);
         let info = task.info();
         let d = Arc::clone(self);
-        let failed = Arc::clone(&task);
-        let spawned = std::thread::Builder::new()
-            .name(format!("kura-task-{}", info.id))
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let start_by = due.zip(job.settings.start_within).map(|(due, within)| {
-                    let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-                    started + left.saturating_add(within.std())
-                });
-                let result = d.runner.run(&job, &task, start_by);
-                let not_started = match &result {
-                    Err(RunError::NotStarted(why)) => Some(why.clone()),
-                    _ => None,
-                };
-                let result = result.map_err(|e| e.to_string());
-                if let Some(ended) = d.windows.end(&task.id())
-                    && ended.overran
-                    && result.is_ok()
-                    && let Some(dl) = ended.deadline
-                {
-                    let late = (chrono::Utc::now() - dl.at).num_milliseconds().max(0);
-                    let what = format!(
-                        "finished {:.1} s after its deadline: {}",
-                        late as f64 / 1000.0,
-                        dl.what.replace("ends", "ended")
-                    );
-                    task.log(format!("overrun: {what}"));
-                    task.set_overrun(what);
-                }
-                task.finish(result);
-                let info = task.info();
-                d.metrics.job_ended(&job.name, &info, started.elapsed());
-                d.metrics.outlook(&job.name, None, None);
-                if let Some(then) = then {
-                    then(&info, not_started.as_deref());
-                }
-                d.tasks.reap();
+        let t = Arc::clone(&task);
+        let spawned = ops::on_own_thread(&task, move || {
+            let task = t;
+            let started = std::time::Instant::now();
+            let start_by = due.zip(job.settings.start_within).map(|(due, within)| {
+                let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                started + left.saturating_add(within.std())
             });
+            let result = d.runner.run(&job, &task, start_by);
+            let not_started = match &result {
+                Err(RunError::NotStarted(why)) => Some(why.clone()),
+                _ => None,
+            };
+            let result = result.map_err(|e| e.to_string());
+            if let Some(ended) = d.windows.end(&task.id())
+                && ended.overran
+                && result.is_ok()
+                && let Some(dl) = ended.deadline
+            {
+                let late = (chrono::Utc::now() - dl.at).num_milliseconds().max(0);
+                let what = format!(
+                    "finished {:.1} s after its deadline: {}",
+                    late as f64 / 1000.0,
+                    dl.what.replace("ends", "ended")
+                );
+                task.log(format!("overrun: {what}"));
+                task.set_overrun(what);
+            }
+            task.finish(result);
+            let info = task.info();
+            d.metrics.job_ended(&job.name, &info, started.elapsed());
+            d.metrics.outlook(&job.name, None, None);
+            if let Some(then) = then {
+                then(&info, not_started.as_deref());
+            }
+            d.tasks.reap();
+        });
         if let Err(e) = spawned {
             self.windows.end(&info.id);
-            failed.finish(Err(format!("could not start its thread: {e}")));
-            return Err(Error::Io {
-                what: "start a task thread".into(),
-                source: e,
-            });
+            return Err(e);
         }
         Ok(info)
     }

@@ -170,25 +170,16 @@ impl Daemon {
         let task = self.tasks.start(kind, subject, started_by)?;
         let info = task.info();
         let d = Arc::clone(self);
-        let failed = Arc::clone(&task);
-        let spawned = std::thread::Builder::new()
-            .name(format!("kura-task-{}", info.id))
-            .spawn(move || {
-                let result = if task.cancel_token().is_cancelled() {
-                    Err("cancelled before it began".to_string())
-                } else {
-                    work(&d, &task)
-                };
-                task.finish(result);
-                d.tasks.reap();
-            });
-        if let Err(e) = spawned {
-            failed.finish(Err(format!("could not start its thread: {e}")));
-            return Err(Error::Io {
-                what: "start a task thread".into(),
-                source: e,
-            });
-        }
+        let t = Arc::clone(&task);
+        on_own_thread(&task, move || {
+            let result = if t.cancel_token().is_cancelled() {
+                Err("cancelled before it began".to_string())
+            } else {
+                work(&d, &t)
+            };
+            t.finish(result);
+            d.tasks.reap();
+        })?;
         Ok(info)
     }
 
@@ -204,5 +195,23 @@ impl Daemon {
         r.target_url()
             .map(str::to_string)
             .map_err(|e| Error::Internal(format!("target {name}: {e}")))
+    }
+}
+
+/// Run `body` on a thread of the task's own (named after it); when no thread can be
+/// started, the task fails with the reason and so does the call.
+pub(crate) fn on_own_thread(task: &Arc<Task>, body: impl FnOnce() + Send + 'static) -> Result<()> {
+    let spawned = std::thread::Builder::new()
+        .name(format!("kura-task-{}", task.id()))
+        .spawn(body);
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            task.finish(Err(format!("could not start its thread: {e}")));
+            Err(Error::Io {
+                what: "start a task thread".into(),
+                source: e,
+            })
+        }
     }
 }

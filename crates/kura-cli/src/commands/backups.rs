@@ -122,7 +122,7 @@ fn ranges(seqs: &[i64]) -> String {
 fn volume_records(
     app: &App,
     cat: &kura_catalog::Catalog,
-    dir: &crate::cli::VolumeDirArgs,
+    dir: &crate::cli_volume::VolumeDirArgs,
 ) -> Result<kura_manager::rebuild::Rebuilt> {
     let st = crate::commands::volume::store(app, dir)?;
     let mut records = Vec::new();

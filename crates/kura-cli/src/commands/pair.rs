@@ -7,7 +7,7 @@ use kura_volume::control::{self, Client, Request};
 use kura_volume::{Engine, PairInfo, parse_area};
 use serde_json::Value;
 
-use crate::cli::{PairCommand, VolumeDirArgs};
+use crate::cli_volume::{PairCommand, VolumeDirArgs};
 use crate::commands::volume::store;
 use crate::output::{bytes, table};
 use crate::{App, exit};

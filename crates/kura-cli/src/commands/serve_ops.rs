@@ -20,7 +20,7 @@ use kura_repo::Repository;
 use kura_repo::prune::PruneOptions;
 
 use crate::App;
-use crate::cli::VolumeDirArgs;
+use crate::cli_volume::VolumeDirArgs;
 use crate::commands::restore::{Restoring, from_catalog, restore_from};
 use crate::output::bytes;
 

@@ -10,7 +10,7 @@ use kura_volume::control::{Client, Request};
 use kura_volume::{Freeze, JobState, JobStatus, VolumeInfo, VolumeStore, parse_area};
 use serde_json::json;
 
-use crate::cli::{FreezeArg, VolumeCommand, VolumeDirArgs};
+use crate::cli_volume::{FreezeArg, VolumeCommand, VolumeDirArgs};
 use crate::exit::UsageError;
 use crate::output::{bytes, table};
 use crate::{App, config, exit};
@@ -267,7 +267,7 @@ impl kura_volume::RepoOpener for Opener {
     }
 }
 
-fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
+fn serve(app: &App, a: crate::cli_volume::VolumeServeArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listen on {}", a.listen))?;
@@ -296,7 +296,7 @@ fn serve(app: &App, a: crate::cli::VolumeServeArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn backup(app: &App, a: crate::cli::VolumeBackupArgs) -> Result<i32> {
+fn backup(app: &App, a: crate::cli_volume::VolumeBackupArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     let area = a.area.as_deref().map(parse_area).transpose()?;
     if area.is_some() && matches!(a.freeze, FreezeArg::Session) {
@@ -412,7 +412,7 @@ fn timeout_ms(app: &App) -> Result<Option<u64>> {
 /// the background.
 fn background(
     app: &App,
-    a: &crate::cli::VolumeBackupArgs,
+    a: &crate::cli_volume::VolumeBackupArgs,
     area: Option<kura_types::Extent>,
     mut c: Client,
 ) -> Result<i32> {
@@ -477,7 +477,7 @@ fn background(
 }
 
 /// `kura volume restore SNAP NAME`: through the server when one runs, else in this process.
-fn restore(app: &App, a: crate::cli::VolumeRestoreArgs) -> Result<i32> {
+fn restore(app: &App, a: crate::cli_volume::VolumeRestoreArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     let started = std::time::Instant::now();
     let done: kura_volume::VolumeRestore = if let Some(mut c) = Client::connect(st.dir()) {
@@ -598,7 +598,7 @@ fn print_job(app: &App, j: &JobStatus) {
     }
 }
 
-fn jobs(app: &App, a: crate::cli::VolumeJobsArgs) -> Result<i32> {
+fn jobs(app: &App, a: crate::cli_volume::VolumeJobsArgs) -> Result<i32> {
     let st = store(app, &a.dir)?;
     let mut c = Client::connect(st.dir()).ok_or_else(|| {
         UsageError(format!(
