@@ -1,7 +1,8 @@
 //! The scheduler: runs each job's scheduled occurrences, exactly once across every daemon
 //! sharing the catalog.
 //!
-//! Once a second it reads the jobs, and for each job with a schedule works out which
+//! Once a second — and at each job's next occurrence, so a run starts within milliseconds
+//! of its time — it reads the jobs, and for each job with a schedule works out which
 //! occurrences fell due since the last one it knows of (the newest claim in the catalog, or
 //! this daemon's start for a job never run): see [`kura_schedule::Schedule::missed`]. Each
 //! occurrence is *claimed* in the catalog before anything is done with it
@@ -120,8 +121,10 @@ pub fn run(daemon: Arc<Daemon>, options: SchedulerOptions, stop: Arc<AtomicBool>
     let mut failing_since: Option<std::time::Instant> = None;
     let mut last_said = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        let mut next = None;
         match tick(&daemon, &options, started, &mut jobs) {
-            Ok(()) => {
+            Ok(soonest) => {
+                next = soonest;
                 if let Some(since) = failing_since.take() {
                     tracing::warn!(
                         "scheduler: looking works again after {:.0} s; occurrences due \
@@ -138,25 +141,35 @@ pub fn run(daemon: Arc<Daemon>, options: SchedulerOptions, stop: Arc<AtomicBool>
                 failing_since.get_or_insert_with(std::time::Instant::now);
             }
         }
-        std::thread::sleep(TICK);
+        // Wake for the soonest occurrence (a run starts within milliseconds of its time),
+        // or after a tick to see changed jobs and catch a clock that jumped.
+        let wait = next.map_or(TICK, |t| {
+            (t - Utc::now()).to_std().unwrap_or_default().min(TICK)
+        });
+        std::thread::sleep(wait.max(MIN_NAP));
     }
 }
+
+/// The shortest sleep between looks (an occurrence due now is looked at after it).
+const MIN_NAP: Duration = Duration::from_millis(5);
 
 /// How often a lasting failure of the scheduler's look is reported again.
 const REPEAT_FAILURE: Duration = Duration::from_secs(60);
 
+/// One look; the soonest occurrence still to come of any job.
 fn tick(
     d: &Arc<Daemon>,
     o: &SchedulerOptions,
     started: DateTime<Utc>,
     jobs: &mut HashMap<i64, JobState>,
-) -> crate::Result<()> {
+) -> crate::Result<Option<DateTime<Utc>>> {
     let cat = &d.catalog;
     cat.expire_claims().map_err(crate::Error::catalog)?;
     let defs = cat.jobs().map_err(crate::Error::catalog)?;
     jobs.retain(|id, _| defs.iter().any(|j| j.id == *id));
     let now = Utc::now();
     let mut ready: Vec<(JobDef, DateTime<Utc>)> = Vec::new();
+    let mut soonest: Option<DateTime<Utc>> = None;
     for job in defs {
         let Some(text) = job.schedule.clone() else {
             continue;
@@ -187,6 +200,9 @@ fn tick(
                 queued: None,
                 bad: None,
             });
+        }
+        if let Some(n) = schedule.next_after(now) {
+            soonest = Some(soonest.map_or(n, |s| s.min(n)));
         }
         let policy = &job.settings;
         let Some(st) = jobs.get_mut(&job.id) else {
@@ -287,7 +303,7 @@ fn tick(
     for (_, job, due) in ready {
         start(d, o, job, due);
     }
-    Ok(())
+    Ok(soonest)
 }
 
 /// Why the occurrence of `job` due at `due` may no longer start at `now` (its
