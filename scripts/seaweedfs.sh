@@ -26,12 +26,44 @@ seaweed_install() {
     export WEED
 }
 
-# A free TCP port on loopback.
+# A free TCP port on loopback, below the kernel's ephemeral range: a port picked here is
+# bound by weed a moment later, and one from the ephemeral range may meanwhile be taken by
+# an outgoing connection (weed's own among them). Still a race, hence the retries in
+# seaweed_start.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 - <<'PY'
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    p = random.randint(10000, max(10001, lo - 1))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+PY
 }
 
+# Start SeaweedFS in DIR; when it dies while starting (a port taken under it), again on
+# other ports, up to three times.
 seaweed_start() {
+    local dir=$1 attempt
+    for attempt in 1 2 3; do
+        if seaweed_start_once "$dir"; then
+            return 0
+        fi
+        seaweed_stop
+        [ "$attempt" -lt 3 ] && echo "starting SeaweedFS again on other ports" >&2
+        rm -rf "$dir/data"
+    done
+    return 1
+}
+
+seaweed_start_once() {
     local dir=$1
     mkdir -p "$dir/data"
     cat >"$dir/s3.json" <<JSON
