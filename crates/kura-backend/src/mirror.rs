@@ -81,6 +81,8 @@ pub struct MemberStatus {
     pub busy: Duration,
     /// Bytes queued for it, not yet written.
     pub queued: u64,
+    /// Dropped on purpose ([`MirrorBackend::drop_while_quorum_holds`]), not for a fault.
+    pub spared: bool,
 }
 
 struct Queue {
@@ -420,6 +422,7 @@ impl MirrorBackend {
                     bytes: q.bytes,
                     busy: q.busy(),
                     queued: q.queued_bytes as u64,
+                    spared: q.spared,
                 }
             })
             .collect()

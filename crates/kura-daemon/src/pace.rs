@@ -110,6 +110,7 @@ mod tests {
                 bytes: mib << 20,
                 busy: Duration::from_secs(busy_s),
                 queued: 0,
+                spared: false,
             },
         }
     }

@@ -22,8 +22,6 @@ pub struct RunControl {
 struct Inner {
     /// The mirror and its members' target names (stream order), while the backup runs.
     mirror: Option<(Arc<MirrorBackend>, Vec<String>)>,
-    /// Members dropped through [`RunControl::drop_member`].
-    spared: Vec<usize>,
 }
 
 /// One member of a running mirror.
@@ -69,13 +67,11 @@ impl RunControl {
     /// Drop member `index` from the running backup for `reason` (see the module docs);
     /// refused with the reason when no mirror runs, or the quorum would not hold.
     pub fn drop_member(&self, index: usize, reason: &str) -> Result<(), String> {
-        let mut g = self.lock();
+        let g = self.lock();
         let Some((mirror, _)) = g.mirror.as_ref() else {
             return Err("no mirror backup is running".into());
         };
-        mirror.drop_while_quorum_holds(index, reason)?;
-        g.spared.push(index);
-        Ok(())
+        mirror.drop_while_quorum_holds(index, reason)
     }
 
     pub(crate) fn attach(&self, mirror: Arc<MirrorBackend>, targets: Vec<String>) {
@@ -84,10 +80,5 @@ impl RunControl {
 
     pub(crate) fn detach(&self) {
         self.lock().mirror = None;
-    }
-
-    /// Members dropped on purpose, not to be held against their targets' health.
-    pub(crate) fn spared(&self) -> Vec<usize> {
-        self.lock().spared.clone()
     }
 }

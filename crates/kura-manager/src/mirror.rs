@@ -68,6 +68,13 @@ pub(crate) fn back_up(
         .as_ref()
         .map_or(0, |o| o.snapshot.summary.total_bytes as i64);
     // One whole copy per finished target.
+    // Members dropped on purpose (their pace), not to be held against their health.
+    let spared = status
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| st.spared)
+        .map(|(i, _)| i)
+        .collect();
     let pieces = status
         .iter()
         .enumerate()
@@ -90,6 +97,6 @@ pub(crate) fn back_up(
         repo: Some(indexed.into_repository()),
         pieces,
         failovers: 0,
-        spared: job.control.as_ref().map(|c| c.spared()).unwrap_or_default(),
+        spared,
     })
 }
