@@ -1,0 +1,12 @@
+//! Sequential media for kura: tape drives and changers behind two traits, the tape format,
+//! and the writer and reader that span a stream of archives over several tapes.
+//!
+//! (Crate docs are completed as the modules land.)
+
+pub mod drive;
+pub mod error;
+pub mod mtx;
+pub mod scsi;
+
+pub use drive::{Changer, Drive, DriveSlotStatus, DriveStatus, LibraryStatus, Record, SlotStatus, Written};
+pub use error::{Error, Result};
