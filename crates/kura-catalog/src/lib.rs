@@ -29,6 +29,7 @@
 
 mod copies;
 mod jobs;
+mod media;
 mod policies;
 mod resources;
 mod secure;
@@ -43,6 +44,9 @@ use sqlx::{AnyPool, ConnectOptions, Connection};
 
 pub use copies::position_names;
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
+pub use media::{
+    AppendPolicy, MediaSet, MountRequest, Pool, Tape, TapeBackup, TapePiece, TapeState, covered,
+};
 pub use policies::{PolicyRow, PolicyRunRow};
 pub use resources::{Kind, Resource, State};
 
@@ -293,6 +297,7 @@ impl Catalog {
                     "policies",
                     include_str!("../migrations/0004_policies.sql"),
                 ),
+                migration(5, "media", include_str!("../migrations/0005_media.sql")),
             ]
             .into(),
             ignore_missing: false,

@@ -171,7 +171,7 @@ fn utc_minute(ms: i64) -> String {
     )
 }
 
-fn valid_name(name: &str) -> Result<()> {
+pub(crate) fn valid_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

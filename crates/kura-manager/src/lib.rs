@@ -44,6 +44,7 @@ pub mod rebuild;
 mod run;
 pub mod spec;
 pub mod sync;
+pub mod tape;
 pub mod verify;
 
 pub use control::RunControl;
@@ -62,6 +63,8 @@ pub enum Error {
     Repo(#[from] kura_repo::Error),
     #[error(transparent)]
     Backend(#[from] kura_backend::BackendError),
+    #[error(transparent)]
+    Tape(#[from] kura_tape::Error),
     #[error("{0}")]
     Hook(String),
     #[error("{0}")]

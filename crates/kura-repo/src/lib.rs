@@ -50,6 +50,7 @@ pub mod id;
 pub mod image;
 pub mod index;
 pub mod lock;
+pub mod needs;
 pub mod pack;
 pub mod progress;
 pub mod prune;

@@ -338,10 +338,15 @@ impl Repository {
 
     // ----- index -----
 
+    /// An index file sealed as the repository stores it, and its id (its name).
+    pub fn seal_index_file(&self, file: &IndexFile) -> Result<(Id, Vec<u8>)> {
+        let sealed = BlobEncoder::new(0)?.seal_file(&self.key, MAGIC_INDEX, &file.encode())?;
+        Ok((Id::of_file(&sealed), sealed))
+    }
+
     /// Write an index file describing durable packs; returns its id.
     pub fn save_index_file(&self, file: &IndexFile) -> Result<Id> {
-        let sealed = BlobEncoder::new(0)?.seal_file(&self.key, MAGIC_INDEX, &file.encode())?;
-        let id = Id::of_file(&sealed);
+        let (id, sealed) = self.seal_index_file(file)?;
         let packs: Vec<String> = file.packs.iter().map(|(p, _)| p.to_hex()).collect();
         self.backend
             .put_index(&id.to_hex(), sealed.into(), &packs)?;

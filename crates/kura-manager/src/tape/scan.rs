@@ -1,0 +1,1 @@
+//! Rebuilding the catalog from tapes.
