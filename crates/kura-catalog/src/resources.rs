@@ -189,7 +189,12 @@ pub(crate) fn valid_name(name: &str) -> Result<()> {
 /// A target URL must parse as one (same rules as `--repo`) and, for a directory, be
 /// absolute: managers and workers run in different directories, a relative path would name
 /// different places for each.
-fn valid_target_url(name: &str, url: &str) -> Result<()> {
+fn valid_target_url(name: &str, url: &str, sequential: bool) -> Result<()> {
+    if sequential && kura_tape::library::LibrarySpec::is_library_url(url) {
+        return kura_tape::library::LibrarySpec::parse(url)
+            .map(|_| ())
+            .map_err(|e| Error::Invalid(format!("target {name}: {e}")));
+    }
     match kura_backend::Target::parse(url) {
         Err(e) => Err(Error::Invalid(format!("target {name}: {e}"))),
         Ok(kura_backend::Target::Local(p)) if !p.is_absolute() => Err(Error::Invalid(format!(
@@ -262,7 +267,7 @@ impl Catalog {
         }
         let mut sequential = false;
         if let ResourceConfig::Target(t) = &config {
-            valid_target_url(name, &t.url)?;
+            valid_target_url(name, &t.url, t.sequential)?;
             sequential = t.sequential;
         }
         let now = self.now();

@@ -125,6 +125,15 @@ pub enum Command {
     /// with no client involved
     #[command(subcommand)]
     Policy(crate::cli_daemon::PolicyCommand),
+    /// Tape libraries: a virtual one for tests, status, loading and unloading
+    #[command(subcommand)]
+    Library(crate::cli_tape::LibraryCommand),
+    /// Tapes: labels, pools, media sets, states, mount requests
+    #[command(subcommand)]
+    Media(crate::cli_tape::MediaCommand),
+    /// Backups on tape: copy from a repository, list, restore
+    #[command(subcommand)]
+    Tape(crate::cli_tape::TapeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -613,9 +622,13 @@ pub struct RebuildArgs {
     #[arg(
         long = "from",
         value_name = "TARGET",
-        required_unless_present = "volumes"
+        required_unless_present_any = ["volumes", "from_media"]
     )]
     pub from: Vec<String>,
+    /// Read the tapes in this library (a sequential target's name) and enter the backups,
+    /// media sets and tapes they hold (no password needed)
+    #[arg(long, value_name = "LIBRARY", conflicts_with_all = ["from", "volumes"])]
+    pub from_media: Option<String>,
     /// Also re-enter the backups listed in the volume backup records of the volume data
     /// directory (each as object `volume:NAME`, on the registered target whose URL is the
     /// record's repository)

@@ -27,6 +27,21 @@ fn repo_code(e: &Error) -> i32 {
     failure_code(e.failure())
 }
 
+fn tape_code(e: &kura_tape::Error) -> i32 {
+    use kura_tape::Error as T;
+    match e {
+        T::MountTimeout(_) => NO_MEDIUM,
+        T::Refused(_) => MEDIUM_REFUSED,
+        T::EndOfMedium(_) => TARGET_FULL,
+        T::Device { .. } | T::NoTape(_) | T::Changer { .. } | T::TimedOut { .. } => {
+            TARGET_UNREACHABLE
+        }
+        T::Invalid(_) => USAGE,
+        T::Cancelled => INTERRUPTED,
+        T::Format(_) => DAMAGED,
+    }
+}
+
 fn catalog_code(e: &kura_catalog::Error) -> i32 {
     use kura_catalog::Error as C;
     match e {
@@ -81,6 +96,12 @@ pub const CATALOG_UNREACHABLE: i32 = 16;
 pub const DAEMON_UNREACHABLE: i32 = 17;
 /// The daemon refused the API token (unknown, revoked or expired).
 pub const DAEMON_REFUSED: i32 = 18;
+/// No usable tape came: a mount request went unanswered until `--mount-timeout`, or every
+/// drive of the library failed.
+pub const NO_MEDIUM: i32 = 19;
+/// A tape was refused: not the one asked for, unlabelled, of another pool or media set
+/// (nothing was written to it).
+pub const MEDIUM_REFUSED: i32 = 20;
 /// Interrupted (SIGINT, SIGTERM or SIGHUP).
 pub const INTERRUPTED: i32 = 130;
 /// Standard output was a pipe whose reader went away (`kura … | head`): the exit a shell
@@ -105,7 +126,11 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
                 kura_manager::Error::Invalid(_) => USAGE,
                 kura_manager::Error::NotStarted(_) => UNAVAILABLE,
                 kura_manager::Error::Hook(_) => FATAL,
+                kura_manager::Error::Tape(t) => tape_code(t),
             };
+        }
+        if let Some(t) = cause.downcast_ref::<kura_tape::Error>() {
+            return tape_code(t);
         }
         if let Some(b) = cause.downcast_ref::<BackendError>() {
             return backend_code(b);

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_daemon;
+mod cli_tape;
 mod cli_volume;
 mod commands;
 mod config;
@@ -391,6 +392,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Token(t) => commands::token::run(&app, t),
         Command::Task(t) => commands::task::run(&app, t),
         Command::Policy(c) => commands::policy::run(&app, c),
+        Command::Library(c) => commands::tape::library(&app, c),
+        Command::Media(c) => commands::tape::media(&app, c),
+        Command::Tape(c) => commands::tape::tape(&app, c),
     }
 }
 

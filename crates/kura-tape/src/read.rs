@@ -88,6 +88,40 @@ impl TapeReader {
         if self.loaded.as_ref().is_some_and(|(l, _)| l.label == label) {
             return self.loaded.as_ref().ok_or(Error::Cancelled);
         }
+        self.load_unchecked(label, host)?;
+        let found = label::read_label(self.drive.as_mut())?
+            .ok_or_else(|| Error::Refused(format!("tape {label} is not labelled")))?;
+        if found.label != label {
+            return Err(Error::Refused(format!(
+                "the tape with barcode {label} is labelled {}",
+                found.label
+            )));
+        }
+        let set_label = label::read_set_label(self.drive.as_mut())?;
+        if let Some(want) = set
+            && set_label.as_ref().is_none_or(|s| s.set != want)
+        {
+            return Err(Error::Refused(format!(
+                "tape {label} is not of media set {want} (it says {})",
+                set_label
+                    .as_ref()
+                    .map_or("no set".to_string(), |s| format!("set {}", s.set))
+            )));
+        }
+        self.loaded = Some((found, set_label));
+        self.loaded.as_ref().ok_or(Error::Cancelled)
+    }
+
+    /// Get the tape with barcode `label` into the drive (waiting for it as [`load`] does),
+    /// without reading its labels: for labelling.
+    ///
+    /// [`load`]: Self::load
+    pub fn load_unchecked(
+        &mut self,
+        label: &str,
+        host: &mut dyn MountHost,
+    ) -> Result<&mut dyn Drive> {
+        self.loaded = None;
         let deadline = Instant::now() + self.mount_timeout;
         let mut asked = false;
         loop {
@@ -134,42 +168,25 @@ impl TapeReader {
         if asked {
             host.mount_satisfied()?;
         }
-        self.loaded = None;
-        let found = label::read_label(self.drive.as_mut())?
-            .ok_or_else(|| Error::Refused(format!("tape {label} is not labelled")))?;
-        if found.label != label {
-            return Err(Error::Refused(format!(
-                "the tape with barcode {label} is labelled {}",
-                found.label
-            )));
-        }
-        let set_label = label::read_set_label(self.drive.as_mut())?;
-        if let Some(want) = set
-            && set_label.as_ref().is_none_or(|s| s.set != want)
-        {
-            return Err(Error::Refused(format!(
-                "tape {label} is not of media set {want} (it says {})",
-                set_label
-                    .as_ref()
-                    .map_or("no set".to_string(), |s| format!("set {}", s.set))
-            )));
-        }
-        self.loaded = Some((found, set_label));
-        self.loaded.as_ref().ok_or(Error::Cancelled)
+        Ok(self.drive.as_mut())
     }
 
-    /// Read the archive at file `file` of the loaded tape, entry by entry.
+    /// Read the archive at file `file` of the loaded tape, entry by entry, until `each`
+    /// says it has what it wanted (`Ok(false)`): then `None`, the rest unread. Else how the
+    /// archive ended.
     pub fn read_archive(
         &mut self,
         file: u32,
-        mut each: impl FnMut(ReadEntry) -> Result<()>,
-    ) -> Result<ArchiveEnd> {
+        mut each: impl FnMut(ReadEntry) -> Result<bool>,
+    ) -> Result<Option<ArchiveEnd>> {
         self.drive.locate_file(file)?;
         let mut r = ArchiveReader::new(self.drive.as_mut());
         while let Some(e) = r.next_entry()? {
-            each(e)?;
+            if !each(e)? {
+                return Ok(None);
+            }
         }
-        r.drain()
+        r.drain().map(Some)
     }
 
     /// Read every archive from file 2 (the first after the labels) to the end of data.

@@ -213,9 +213,9 @@ impl<'h> Session<'h> {
     }
 
     /// Write an object as an archive of its own (closing the one open before).
-    pub fn write_alone(&mut self, kind: EntryKind, data: Arc<Vec<u8>>) -> Result<()> {
+    pub fn write_alone(&mut self, kind: EntryKind, id: [u8; 32], data: Arc<Vec<u8>>) -> Result<()> {
         self.close_archive()?;
-        self.write_object(kind, [0; 32], data)?;
+        self.write_object(kind, id, data)?;
         self.close_archive()
     }
 

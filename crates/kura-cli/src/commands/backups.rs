@@ -151,6 +151,9 @@ pub fn catalog(app: &App, c: CatalogCommand) -> Result<i32> {
         CatalogCommand::Rebuild(a) => a,
         CatalogCommand::Verify(v) => return super::catalog_sync::verify(app, v.fix),
     };
+    if let Some(lib) = &a.from_media {
+        return super::tape::rebuild_media(app, lib);
+    }
     let cat = app.catalog()?;
     // Volume records need no repository password; targets do.
     let password = if a.from.is_empty() {

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod serve;
 pub mod serve_ops;
 pub mod snapshots;
+pub mod tape;
 pub mod target;
 pub mod task;
 pub mod token;

@@ -74,13 +74,33 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
         }
     };
     let secs = started.elapsed().as_secs_f64();
+    Ok(print_outcome(
+        app,
+        &snap.id.to_hex(),
+        &a.target,
+        &out,
+        secs,
+        &a.overwrite,
+    ))
+}
+
+/// Print what a restore did (human or JSON) and say which exit code it earns: damaged
+/// files and refused entries make it incomplete.
+pub fn print_outcome(
+    app: &App,
+    snapshot: &str,
+    target: &std::path::Path,
+    out: &RestoreOutcome,
+    secs: f64,
+    overwrite: &str,
+) -> i32 {
     if app.global.json {
         println!(
             "{}",
             json!({
                 "message_type": "summary",
-                "snapshot_id": snap.id.to_hex(),
-                "target": a.target.display().to_string(),
+                "snapshot_id": snapshot,
+                "target": target.display().to_string(),
                 "duration_seconds": secs,
                 "files": out.files,
                 "dirs": out.dirs,
@@ -106,7 +126,7 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
             extra += &format!(", {} already matched", out.unchanged);
         }
         if out.kept > 0 {
-            extra += &format!(", {} existing kept (--overwrite {})", out.kept, a.overwrite);
+            extra += &format!(", {} existing kept (--overwrite {overwrite})", out.kept);
         }
         if out.deleted > 0 {
             extra += &format!(", {} deleted", out.deleted);
@@ -117,7 +137,7 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
             out.dirs,
             out.other,
             bytes(out.bytes),
-            snap.id.short(),
+            &snapshot[..8.min(snapshot.len())],
             secs
         ));
     }
@@ -138,9 +158,9 @@ pub fn run(app: &App, a: RestoreArgs) -> Result<i32> {
             out.errors.len(),
             exit::INCOMPLETE
         );
-        return Ok(exit::INCOMPLETE);
+        return exit::INCOMPLETE;
     }
-    Ok(exit::OK)
+    exit::OK
 }
 
 /// Restore snapshot `spec` of an opened repository.

@@ -51,6 +51,7 @@ pub struct TapeBackupOptions {
 
 /// One backup as it is to be copied.
 struct Plan {
+    id: Id,
     info: Arc<Vec<u8>>,
     snapshot: String,
     time: i64,
@@ -58,7 +59,7 @@ struct Plan {
 }
 
 /// What one library got.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct LibraryReport {
     pub library: String,
     pub media_set: String,
@@ -69,14 +70,25 @@ pub struct LibraryReport {
     pub packs_skipped: u64,
     pub stats: SessionStats,
     pub error: Option<String>,
+    /// The error itself (for exit codes).
+    #[serde(skip)]
+    pub failure: Option<Error>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct TapeBackupReport {
     pub libraries: Vec<LibraryReport>,
 }
 
 impl TapeBackupReport {
+    /// The libraries' errors.
+    pub fn into_failures(self) -> Vec<Error> {
+        self.libraries
+            .into_iter()
+            .filter_map(|l| l.failure)
+            .collect()
+    }
+
     /// Snapshots complete on every library.
     pub fn complete_everywhere(&self) -> Vec<String> {
         let mut out: Option<HashSet<String>> = None;
@@ -146,6 +158,7 @@ fn plan(repo: &IndexedRepo, snapshots: &[SnapshotEntry]) -> Result<Vec<Plan>> {
                 .collect(),
         };
         out.push(Plan {
+            id: s.id,
             info: Arc::new(label::to_cbor(&info)?),
             snapshot: hex,
             time,
@@ -315,7 +328,19 @@ impl MediaHost for Host<'_> {
                     label: ack.label.to_string(),
                     file: ack.file as i64,
                 }),
-                EntryKind::BackupInfo if p.offset == 0 => {
+                EntryKind::BackupInfo => {
+                    // Its pieces are found like a pack's, under the name `info-SNAPSHOT`.
+                    pieces.push(TapePiece {
+                        pack: info_name(&hex::encode(p.id)),
+                        start: p.offset as i64,
+                        len: p.len as i64,
+                        total: p.total as i64,
+                        label: ack.label.to_string(),
+                        file: ack.file as i64,
+                    });
+                    if p.offset != 0 {
+                        continue;
+                    }
                     if let Some((snapshot, time, packs)) = self.shared.info_for.take() {
                         let row = TapeBackup {
                             id: 0,
@@ -348,6 +373,11 @@ impl MediaHost for Host<'_> {
     fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
+}
+
+/// The name a backup's management information is recorded under among the set's pieces.
+pub fn info_name(snapshot: &str) -> String {
+    format!("info-{snapshot}")
 }
 
 fn cat(e: kura_catalog::Error) -> kura_tape::Error {
@@ -488,6 +518,7 @@ pub fn tape_backup(
                     packs_skipped: 0,
                     stats: SessionStats::default(),
                     error: Some("the writer thread panicked".into()),
+                    failure: Some(Error::Invalid("the writer thread panicked".into())),
                 })
             })
             .collect();
@@ -611,6 +642,7 @@ impl Writer<'_> {
             packs_skipped: 0,
             stats: SessionStats::default(),
             error: None,
+            failure: None,
         };
         let mut host = Host {
             catalog,
@@ -651,7 +683,7 @@ impl Writer<'_> {
                                 .map(|p| (p.id.to_hex(), p.size as i64))
                                 .collect(),
                         )));
-                        session.write_alone(EntryKind::BackupInfo, plan.info.clone())?;
+                        session.write_alone(EntryKind::BackupInfo, plan.id.0, plan.info.clone())?;
                         shared.current.take().ok_or_else(|| {
                             Error::Invalid(format!(
                                 "backup {} is already on media set {} (recorded by another run)",
@@ -677,7 +709,7 @@ impl Writer<'_> {
             }
             // The set's catalog closes the session.
             let catalog_bytes = set_catalog(catalog, &set)?;
-            session.write_alone(EntryKind::SetCatalog, Arc::new(catalog_bytes))?;
+            session.write_alone(EntryKind::SetCatalog, [0; 32], Arc::new(catalog_bytes))?;
             let stats = session.end()?;
             for (row, snap) in rows {
                 if catalog.complete_if_whole(row)? {
@@ -691,7 +723,10 @@ impl Writer<'_> {
         }
         match r {
             Ok(stats) => report.stats = stats,
-            Err(e) => report.error = Some(e.to_string()),
+            Err(e) => {
+                report.error = Some(e.to_string());
+                report.failure = Some(e);
+            }
         }
         report
     }
