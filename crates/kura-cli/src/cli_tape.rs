@@ -191,6 +191,9 @@ pub struct TapeRestoreArgs {
     pub snapshot: String,
     #[arg(long)]
     pub target: PathBuf,
+    /// Read from this library's copy (when the backup was mirrored to several)
+    #[arg(long)]
+    pub library: Option<String>,
     /// Only these paths (glob patterns, as `kura restore --include`); only the tape files
     /// holding them are read
     #[arg(long = "include")]

@@ -525,7 +525,7 @@ fn backup(app: &App, a: TapeBackupArgs) -> Result<i32> {
 fn restore(app: &App, a: TapeRestoreArgs) -> Result<i32> {
     let started = std::time::Instant::now();
     let cat = app.catalog()?;
-    let b = find_tape_backup(&cat, &a.snapshot)?;
+    let b = find_tape_backup(&cat, &a.snapshot, a.library.as_deref())?;
     let password = crate::password::get(app.password_file().as_deref())?;
     let bar = app.bar();
     let ev = events(app);

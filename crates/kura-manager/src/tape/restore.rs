@@ -63,12 +63,22 @@ pub struct TapeRestoreReport {
 }
 
 /// The newest complete tape backup whose snapshot id starts with `spec` (or of any
-/// snapshot, for `latest`).
-pub fn find_tape_backup(catalog: &Catalog, spec: &str) -> Result<TapeBackup> {
+/// snapshot, for `latest`), on `library` when given.
+pub fn find_tape_backup(
+    catalog: &Catalog,
+    spec: &str,
+    library: Option<&str>,
+) -> Result<TapeBackup> {
+    let sets: HashMap<String, String> = catalog
+        .media_sets()?
+        .into_iter()
+        .map(|s| (s.id, s.library))
+        .collect();
     let mut found: Vec<TapeBackup> = catalog
         .tape_backups()?
         .into_iter()
         .filter(|b| b.state == "complete" && (spec == "latest" || b.snapshot.starts_with(spec)))
+        .filter(|b| library.is_none_or(|l| sets.get(&b.media_set).is_some_and(|x| x == l)))
         .collect();
     found.sort_by_key(|b| (b.taken, b.id));
     let snaps: HashSet<&str> = found.iter().map(|b| b.snapshot.as_str()).collect();
@@ -147,6 +157,8 @@ impl Fetcher<'_> {
     ) -> Result<()> {
         // (seq, label, file) → names wanted there.
         let mut plan: BTreeMap<(i64, String, i64), HashSet<(String, i64)>> = BTreeMap::new();
+        // (name, start) → the piece's recorded length.
+        let mut expect: HashMap<(String, i64), i64> = HashMap::new();
         let mut asm: HashMap<String, Assembly> = HashMap::new();
         for n in names {
             let Some(ps) = self.pieces.get(n) else {
@@ -157,6 +169,7 @@ impl Fetcher<'_> {
                 plan.entry((seq, p.label.clone(), p.file))
                     .or_default()
                     .insert((n.clone(), p.start));
+                expect.insert((n.clone(), p.start), p.len);
             }
             if let Some(p) = ps.first() {
                 asm.insert(
@@ -198,7 +211,7 @@ impl Fetcher<'_> {
             }
             let mut left = wanted.clone();
             let mut taken = 0u64;
-            let mut found: Vec<(String, u64, Vec<u8>, Vec<(u64, u64)>)> = Vec::new();
+            let mut found: Vec<(String, u64, Vec<u8>, bool)> = Vec::new();
             let read = self.reader.read_archive(file as u32, |e| {
                 let name = match e.header.kind {
                     EntryKind::Pack => hex::encode(e.header.id),
@@ -208,14 +221,10 @@ impl Fetcher<'_> {
                 let key = (name, e.header.offset as i64);
                 if left.remove(&key) {
                     taken += e.data.len() as u64;
-                    let mut holes = e.holes.clone();
-                    if e.cut {
-                        holes.push((
-                            e.data.len() as u64,
-                            e.header.len as u64 - e.data.len() as u64,
-                        ));
-                    }
-                    found.push((key.0, e.header.offset, e.data, holes));
+                    // A piece cut at its archive's end holds what the catalog recorded of
+                    // it; fewer bytes than that are missing bytes.
+                    let short = (e.data.len() as i64) < expect.get(&key).copied().unwrap_or(0);
+                    found.push((key.0, e.header.offset, e.data, !e.holes.is_empty() || short));
                 }
                 Ok(!left.is_empty())
             });
@@ -224,12 +233,13 @@ impl Fetcher<'_> {
             if let Err(e) = read {
                 tracing::warn!(tape = %label, file, "cannot read archive: {e}");
             }
-            for (name, offset, data, holes) in found {
+            for (name, offset, data, damaged) in found {
                 if let Some(a) = asm.get_mut(&name) {
-                    let end = (offset as usize + data.len()).min(a.data.len());
-                    a.data[offset as usize..end].copy_from_slice(&data[..end - offset as usize]);
-                    a.got.push((offset, end as u64));
-                    a.damaged |= !holes.is_empty();
+                    let start = (offset as usize).min(a.data.len());
+                    let end = (start + data.len()).min(a.data.len());
+                    a.data[start..end].copy_from_slice(&data[..end - start]);
+                    a.got.push((start as u64, end as u64));
+                    a.damaged |= damaged;
                 }
             }
             // Pieces that were not in the archive.
