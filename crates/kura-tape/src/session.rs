@@ -212,6 +212,30 @@ impl<'h> Session<'h> {
         })
     }
 
+    /// Write an object from byte `from` on (its bytes before are on the set already).
+    pub fn write_object_from(
+        &mut self,
+        kind: EntryKind,
+        id: [u8; 32],
+        data: Arc<Vec<u8>>,
+        from: u64,
+    ) -> Result<()> {
+        if self.host.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let len = (data.len() as u64).saturating_sub(from);
+        if len == 0 {
+            return Ok(());
+        }
+        self.write_piece(Pending {
+            kind,
+            id,
+            data,
+            offset: from,
+            len,
+        })
+    }
+
     /// Write an object as an archive of its own (closing the one open before).
     pub fn write_alone(&mut self, kind: EntryKind, id: [u8; 32], data: Arc<Vec<u8>>) -> Result<()> {
         self.close_archive()?;
@@ -414,7 +438,7 @@ impl<'h> Session<'h> {
                     reasons.push(format!("{} is not in the library", c.label));
                     continue;
                 }
-                match self.try_tape(&status, &c) {
+                match self.try_tape(&c) {
                     Ok(true) => {
                         if asked {
                             self.host.mount_satisfied()?;
@@ -466,8 +490,10 @@ impl<'h> Session<'h> {
         }
     }
 
-    /// Load and verify one candidate; `Ok(false)` when it was refused.
-    fn try_tape(&mut self, status: &LibraryStatus, c: &Candidate) -> Result<bool> {
+    /// Load and verify one candidate; `Ok(false)` when it was refused (it is put back in
+    /// its slot then).
+    fn try_tape(&mut self, c: &Candidate) -> Result<bool> {
+        let status = &self.changer.status()?;
         let in_drive = status.drive_of(&c.label);
         let Some(di) = self.working_drive(in_drive.or(self.cur.as_ref().map(|x| x.drive as u32)))
         else {
@@ -513,7 +539,15 @@ impl<'h> Session<'h> {
                 }
                 Ok(true)
             }
-            Ok(None) => Ok(false),
+            Ok(None) => {
+                // Refused: back to its slot, so the drive is free for the next candidate.
+                if let Some(d) = self.drives[di].drive.as_deref_mut() {
+                    d.unload()?;
+                }
+                let status = self.changer.status()?;
+                unload_to_slot(self.changer.as_mut(), &status, n)?;
+                Ok(false)
+            }
             Err(e) if e.is_drive_fault() => {
                 let slot = &mut self.drives[di];
                 slot.failed = true;

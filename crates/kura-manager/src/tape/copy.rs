@@ -440,13 +440,11 @@ pub fn tape_backup(
     for (name, _) in &libs {
         let set = choose_set(catalog, &opts.pool, name)?;
         let pieces = catalog.set_pieces(&set.set)?;
-        let have: HashSet<String> = pieces
+        // Bytes of each pack the set holds from its start: whole packs are skipped, packs
+        // cut by an earlier session that ended are finished from where they stop.
+        let have: HashMap<String, u64> = pieces
             .iter()
-            .filter(|(_, p)| {
-                p.first()
-                    .is_some_and(|x| kura_catalog::covered(p) >= x.total)
-            })
-            .map(|(k, _)| k.clone())
+            .map(|(k, p)| (k.clone(), kura_catalog::covered(p).max(0) as u64))
             .collect();
         sets.push((set, have));
     }
@@ -456,7 +454,10 @@ pub fn tape_backup(
     for plan in &plans {
         for p in &plan.packs {
             let hex = p.id.to_hex();
-            let n = sets.iter().filter(|(_, have)| !have.contains(&hex)).count();
+            let n = sets
+                .iter()
+                .filter(|(_, have)| have.get(&hex).is_none_or(|c| *c < p.size))
+                .count();
             if n > 0 && !pos.contains_key(&p.id) {
                 pos.insert(p.id, order.len());
                 order.push(p.id);
@@ -629,7 +630,7 @@ impl Writer<'_> {
         lib: &kura_tape::library::Library,
         name: &str,
         set: SetLabel,
-        mut have: HashSet<String>,
+        mut have: HashMap<String, u64>,
     ) -> LibraryReport {
         let (plans, opts, events, cancel) = (self.plans, self.opts, self.events, self.cancel);
         let shared = Shared::default();
@@ -695,13 +696,14 @@ impl Writer<'_> {
                 };
                 for p in &plan.packs {
                     let hex = p.id.to_hex();
-                    if have.contains(&hex) {
+                    let from = have.get(&hex).copied().unwrap_or(0);
+                    if from >= p.size {
                         report.packs_skipped += 1;
                         continue;
                     }
                     let data = take(self.feed, self.lib_index, &p.id, cancel)?;
-                    session.write_object(EntryKind::Pack, p.id.0, data)?;
-                    have.insert(hex);
+                    session.write_object_from(EntryKind::Pack, p.id.0, data, from)?;
+                    have.insert(hex, p.size);
                     report.packs_written += 1;
                 }
                 session.close_archive()?;
