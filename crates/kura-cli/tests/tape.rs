@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, TestRepo, assert_fails, pseudo_random, stderr, write};
+use common::{TestRepo, assert_fails, pseudo_random, stderr, write};
 use serde_json::Value;
 
 const INCOMPLETE: i32 = 3;
@@ -482,8 +482,6 @@ fn wrong_unlabelled_and_foreign_tapes_are_refused_and_never_written() {
     same_tree(&rig.src, &rig.restored(&t));
 
     // A tape of another media set (same label, same pool) is refused on reading, with why.
-    let other = Rig::new(1, 1);
-    let _ = other;
     let set_tape = fs::read(tapes.join("SSC004.tape")).unwrap();
     rig.ok(&["media", "label", "lib", "--pool", "p", "--tapes", "SSC005"]);
     // Forge: SSC004's file replaced by a tape labelled SSC004 that is in no set.
@@ -812,5 +810,4 @@ fn a_changer_that_hangs_or_fails_is_bounded_and_reported() {
         "--sequential",
     ]);
     assert_fails(&o, 2, "no drive");
-    let _ = PASSWORD;
 }

@@ -39,7 +39,7 @@ pub fn new_archive_id() -> [u8; 16] {
 impl ArchiveWriter {
     /// Start an archive; blocks are `block_size` bytes, header included.
     pub fn begin(block_size: usize) -> Result<ArchiveWriter> {
-        if block_size < BLOCK_HEADER + ENTRY_HEADER || block_size > crate::vlib::MAX_BLOCK {
+        if !(BLOCK_HEADER + ENTRY_HEADER..=crate::vlib::MAX_BLOCK).contains(&block_size) {
             return Err(Error::Invalid(format!("block size {block_size}")));
         }
         let capacity = block_size - BLOCK_HEADER;

@@ -57,7 +57,10 @@ fn records_filemarks_positioning_and_the_end_of_the_medium() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(warned && written >= 2, "warned before the end ({written} blocks)");
+    assert!(
+        warned && written >= 2,
+        "warned before the end ({written} blocks)"
+    );
     // The filemark still fits.
     drive.write_filemarks(1).unwrap();
     assert_eq!(drive.to_end_of_data().unwrap(), 3);
@@ -93,10 +96,19 @@ fn the_changer_moves_tapes_and_refuses_impossible_moves() {
     let d = tempfile::tempdir().unwrap();
     let l = lib(d.path(), 1 << 20, 1 << 10);
     let mut c = l.changer();
-    assert!(matches!(c.load(3, 0), Err(Error::Changer { .. })), "empty slot");
+    assert!(
+        matches!(c.load(3, 0), Err(Error::Changer { .. })),
+        "empty slot"
+    );
     c.load(1, 0).unwrap();
-    assert!(matches!(c.load(2, 0), Err(Error::Changer { .. })), "drive full");
-    assert!(matches!(c.unload(0, 2), Err(Error::Changer { .. })), "slot full");
+    assert!(
+        matches!(c.load(2, 0), Err(Error::Changer { .. })),
+        "drive full"
+    );
+    assert!(
+        matches!(c.unload(0, 2), Err(Error::Changer { .. })),
+        "slot full"
+    );
     c.unload(0, 3).unwrap();
     let st = c.status().unwrap();
     assert_eq!(st.slot_of("T1"), Some(3));
@@ -176,7 +188,14 @@ fn the_early_warning_cuts_an_entry_and_the_rest_fits_after() {
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let mut w = ArchiveWriter::begin(4096).unwrap();
     let n = w
-        .write_entry(drive.as_mut(), EntryKind::Pack, [1; 32], 0, big.len() as u64, &big)
+        .write_entry(
+            drive.as_mut(),
+            EntryKind::Pack,
+            [1; 32],
+            0,
+            big.len() as u64,
+            &big,
+        )
         .unwrap();
     assert!(n > 0 && n < big.len(), "cut at the warning: {n}");
     assert!(w.early_warning());
@@ -207,7 +226,9 @@ fn barcode_lists_and_sequences() {
         vec!["A1", "B2", "SSC09", "SSC10"]
     );
     assert!(parse_barcodes("").unwrap().is_empty());
-    for bad in ["A01..B03", "A03..A01", "A1..A001", "a/b", "..", "A1,A1", "X..Y"] {
+    for bad in [
+        "A01..B03", "A03..A01", "A1..A001", "a/b", "..", "A1,A1", "X..Y",
+    ] {
         assert!(parse_barcodes(bad).is_err(), "{bad}");
     }
 }

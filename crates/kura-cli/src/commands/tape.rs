@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use kura_catalog::{AppendPolicy, TapeState};
 use kura_manager::tape::copy::{TapeBackupOptions, tape_backup};
-use kura_manager::tape::media::{label_tapes, verify_tape_backup};
+use kura_manager::tape::media::{LabelOptions, label_tapes, verify_tape_backup};
 use kura_manager::tape::restore::{TapeRestoreOptions, find_tape_backup, tape_restore};
 use kura_manager::tape::scan::rebuild_from_media;
 use kura_manager::tape::{TapeEvents, open_library};
@@ -244,16 +244,12 @@ pub fn media(app: &App, c: MediaCommand) -> Result<i32> {
                 return Err(UsageError("no tape to label".into()).into());
             }
             let ev = events(app);
-            let out = label_tapes(
-                &cat,
-                &a.library,
-                &a.pool,
-                &barcodes,
-                a.force,
-                kura_tape::format::DEFAULT_BLOCK,
-                &ev,
-                &app.cancel,
-            )?;
+            let opts = LabelOptions {
+                pool: a.pool.clone(),
+                force: a.force,
+                block_size: kura_tape::format::DEFAULT_BLOCK,
+            };
+            let out = label_tapes(&cat, &a.library, &opts, &barcodes, &ev, &app.cancel)?;
             if app.global.json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

@@ -341,7 +341,12 @@ impl MediaHost for Host<'_> {
                     if p.offset != 0 {
                         continue;
                     }
-                    if let Some((snapshot, time, packs)) = self.shared.info_for.take() {
+                    if let Some(InfoFor {
+                        snapshot,
+                        time,
+                        packs,
+                    }) = self.shared.info_for.take()
+                    {
                         let row = TapeBackup {
                             id: 0,
                             media_set: self.set.set.clone(),
@@ -397,8 +402,12 @@ struct Feed {
     window: usize,
 }
 
+/// A pack read (or why not).
+type Fetched = std::result::Result<Arc<Vec<u8>>, String>;
+
 struct FeedState {
-    done: HashMap<usize, (std::result::Result<Arc<Vec<u8>>, String>, usize)>,
+    /// Read packs by index, with how many libraries still have to take each.
+    done: HashMap<usize, (Fetched, usize)>,
     /// Per library: the index of the next pack it may take (`usize::MAX` when it stopped).
     progress: Vec<usize>,
 }
@@ -605,11 +614,18 @@ fn take(feed: &Feed, lib: usize, id: &Id, cancel: &CancelToken) -> Result<Arc<Ve
     }
 }
 
+/// A backup whose management information is on its way to tape.
+struct InfoFor {
+    snapshot: String,
+    time: i64,
+    packs: Vec<(String, i64)>,
+}
+
 /// The state both a writer and its session's host see: which backup's information is being
 /// written, and the row it got.
 #[derive(Default)]
 struct Shared {
-    info_for: std::cell::RefCell<Option<(String, i64, Vec<(String, i64)>)>>,
+    info_for: std::cell::RefCell<Option<InfoFor>>,
     current: std::cell::Cell<Option<i64>>,
 }
 
@@ -676,14 +692,15 @@ impl Writer<'_> {
                 let row = match row {
                     Some(id) => id,
                     None => {
-                        shared.info_for.replace(Some((
-                            plan.snapshot.clone(),
-                            plan.time,
-                            plan.packs
+                        shared.info_for.replace(Some(InfoFor {
+                            snapshot: plan.snapshot.clone(),
+                            time: plan.time,
+                            packs: plan
+                                .packs
                                 .iter()
                                 .map(|p| (p.id.to_hex(), p.size as i64))
                                 .collect(),
-                        )));
+                        }));
                         session.write_alone(EntryKind::BackupInfo, plan.id.0, plan.info.clone())?;
                         shared.current.take().ok_or_else(|| {
                             Error::Invalid(format!(

@@ -10,6 +10,16 @@ use super::restore::{Mounts, fetcher, read_info};
 use super::{TapeEvents, now_ms, open_library, random_hex};
 use crate::{Error, Result};
 
+/// How `kura media label` labels.
+#[derive(Debug, Clone)]
+pub struct LabelOptions {
+    /// The pool the tapes join.
+    pub pool: String,
+    /// Label over a kura label the catalog does not know (erasing that tape).
+    pub force: bool,
+    pub block_size: usize,
+}
+
 /// What labelling one tape did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Labelled {
@@ -26,13 +36,12 @@ pub struct Labelled {
 pub fn label_tapes(
     catalog: &Catalog,
     library: &str,
-    pool: &str,
+    opts: &LabelOptions,
     barcodes: &[String],
-    force: bool,
-    block_size: usize,
     events: &dyn TapeEvents,
     cancel: &CancelToken,
 ) -> Result<Vec<Labelled>> {
+    let (pool, force, block_size) = (opts.pool.as_str(), opts.force, opts.block_size);
     catalog.pool(pool)?;
     let lib = open_library(catalog, library)?;
     let mut reader = TapeReader::open(&lib)?;

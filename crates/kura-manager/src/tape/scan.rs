@@ -20,6 +20,18 @@ use super::restore::Mounts;
 use super::{TapeEvents, open_library};
 use crate::Result;
 
+/// An entry seen on a tape: its file, what it is, which bytes of which object.
+struct Seen {
+    file: u32,
+    kind: EntryKind,
+    id: String,
+    offset: u64,
+    len: u64,
+    total: u64,
+    /// Its bytes, kept for management information only.
+    data: Vec<u8>,
+}
+
 /// What one tape held.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ScannedTape {
@@ -117,7 +129,7 @@ pub fn rebuild_from_media(
         if set.seq > h.0 {
             *h = (set.seq, label.clone());
         }
-        let mut found: Vec<(u32, EntryKind, String, u64, u64, u64, Vec<u8>)> = Vec::new();
+        let mut found: Vec<Seen> = Vec::new();
         let ends = reader.scan(|file, e| {
             let id = hex::encode(e.header.id);
             let data = if e.header.kind == EntryKind::BackupInfo && e.holes.is_empty() {
@@ -125,15 +137,15 @@ pub fn rebuild_from_media(
             } else {
                 Vec::new()
             };
-            found.push((
+            found.push(Seen {
                 file,
-                e.header.kind,
+                kind: e.header.kind,
                 id,
-                e.header.offset,
-                e.data.len() as u64,
-                e.header.total,
+                offset: e.header.offset,
+                len: e.data.len() as u64,
+                total: e.header.total,
                 data,
-            ));
+            });
             Ok(())
         });
         let ends = match ends {
@@ -147,7 +159,16 @@ pub fn rebuild_from_media(
         t.archives = ends.len() as u32;
         t.unfinished = ends.iter().filter(|(_, e)| !e.clean).count() as u32;
         t.damaged_blocks = ends.iter().map(|(_, e)| e.damaged_blocks).sum();
-        for (file, kind, id, offset, len, total, data) in found {
+        for Seen {
+            file,
+            kind,
+            id,
+            offset,
+            len,
+            total,
+            data,
+        } in found
+        {
             if !clean.get(&file).copied().unwrap_or(false) || len == 0 {
                 continue;
             }
