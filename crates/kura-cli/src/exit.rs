@@ -30,7 +30,7 @@ fn repo_code(e: &Error) -> i32 {
 fn tape_code(e: &kura_tape::Error) -> i32 {
     use kura_tape::Error as T;
     match e {
-        T::MountTimeout(_) => NO_MEDIUM,
+        T::MountTimeout(_) | T::NoDrive(_) => NO_MEDIUM,
         T::Refused(_) => MEDIUM_REFUSED,
         T::EndOfMedium(_) => TARGET_FULL,
         T::Device { .. } | T::NoTape(_) | T::Changer { .. } | T::TimedOut { .. } => {

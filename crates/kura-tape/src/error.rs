@@ -39,6 +39,9 @@ pub enum Error {
     /// Waited for an operator to make a tape available, and none came.
     #[error("{0}")]
     MountTimeout(String),
+    /// Every drive of the library failed.
+    #[error("{0}")]
+    NoDrive(String),
     /// Bad arguments or configuration (a library URL that does not parse, a slot that does
     /// not exist).
     #[error("{0}")]

@@ -6,7 +6,7 @@
 //!   warning; a [`Changer`] moves tapes between slots and drives. Two implementations: the
 //!   Linux SCSI tape driver with an `mtx` changer ([`scsi`], [`mtx`]) and the file-backed
 //!   virtual library ([`vlib`]). [`library`] names a library by URL and opens its parts.
-//! - **Format** ([`format`], [`archive`], [`label`]): self-checking blocks, archives (one tape
+//! - **Format** ([`format`](mod@format), [`archive`], [`label`]): self-checking blocks, archives (one tape
 //!   file each) of entries that may be cut at the early warning and go on on the next tape,
 //!   and the labels and records kura writes. Specified in `docs/FORMAT.md`, "Tapes".
 //! - **Sessions** ([`session`], [`read`]): writing a media set (label checks before any

@@ -132,6 +132,15 @@ impl TapeReader {
             if status.drive_of(label) == Some(self.n) {
                 break;
             }
+            // In another drive: if no process uses that drive, take the tape out of it.
+            if let Some(d) = status.drive_of(label)
+                && let Ok(mut other) = self.lib.drive(d)
+            {
+                other.unload()?;
+                drop(other);
+                unload_to_slot(self.changer.as_mut(), &status, d)?;
+                continue;
+            }
             if let Some(slot) = status.slot_of(label) {
                 if status
                     .drives

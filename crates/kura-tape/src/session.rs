@@ -134,6 +134,8 @@ struct Current {
     label: String,
     seq: u32,
     file: u32,
+    /// The file the first archive of this mount went to.
+    first_file: u32,
 }
 
 #[derive(Clone)]
@@ -333,7 +335,10 @@ impl<'h> Session<'h> {
             }
             Err(e) => {
                 self.lose_tape(e)?;
-                self.replay(pending)
+                self.replay(pending)?;
+                // The replayed pieces are in an archive on the next tape: close that too, so
+                // a caller that asked for a close gets everything acknowledged.
+                self.close_archive()
             }
         }
     }
@@ -345,6 +350,16 @@ impl<'h> Session<'h> {
             return Err(e);
         };
         match e {
+            Error::EndOfMedium(what) if cur.file == cur.first_file => {
+                // Not one archive fitted before the end: the early-warning zone is smaller than
+                // what is written after the warning (a block). Every tape would go the same way.
+                self.cur = Some(cur);
+                Err(Error::Invalid(format!(
+                    "{what}: the tape ended before its early warning let an archive close; the \
+                     early-warning zone must be larger than the block size ({} bytes)",
+                    self.opts.block_size
+                )))
+            }
             Error::EndOfMedium(_) => {
                 // End the cut archive where it stopped (drives keep room for a filemark); it
                 // has no flagged last block, so readers know it as unfinished.
@@ -423,7 +438,7 @@ impl<'h> Session<'h> {
                 return Err(Error::Cancelled);
             }
             if self.drives.iter().all(|d| d.failed) {
-                return Err(Error::Refused(format!(
+                return Err(Error::NoDrive(format!(
                     "no working drive left in the library ({} failed)",
                     self.stats.failed_drives.join(", ")
                 )));
@@ -497,7 +512,7 @@ impl<'h> Session<'h> {
         let in_drive = status.drive_of(&c.label);
         let Some(di) = self.working_drive(in_drive.or(self.cur.as_ref().map(|x| x.drive as u32)))
         else {
-            return Err(Error::Refused("no working drive".into()));
+            return Err(Error::NoDrive("no working drive".into()));
         };
         let n = self.drives[di].n;
         if in_drive != Some(n) {
@@ -530,6 +545,7 @@ impl<'h> Session<'h> {
                     label: c.label.clone(),
                     seq: c.seq,
                     file,
+                    first_file: file,
                 });
                 if !self.stats.tapes.contains(&c.label) {
                     self.stats.tapes.push(c.label.clone());
@@ -622,7 +638,7 @@ impl<'h> Session<'h> {
         if c.append {
             match set {
                 Some(s) if s.set == self.set.set && s.seq == c.seq => {
-                    Ok(Some(drive.to_end_of_data()?))
+                    Ok(Some(append_position(drive)?))
                 }
                 other => {
                     self.excluded.insert(c.label.clone());
@@ -674,6 +690,22 @@ impl<'h> Session<'h> {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
+}
+
+/// Where to append on a tape: after its last filemark. Blocks after that filemark are an
+/// archive a crash (or a lost drive) never finished: it is ended with a filemark first, so
+/// the next archive is a file of its own (a reader takes a file's blocks as one archive).
+fn append_position(drive: &mut dyn Drive) -> Result<u32> {
+    let files = drive.to_end_of_data()?;
+    drive.locate_file(files)?;
+    let mut buf = vec![0u8; crate::vlib::MAX_BLOCK];
+    let unfinished = matches!(drive.read_block(&mut buf)?, crate::drive::Record::Block(_));
+    drive.to_end_of_data()?;
+    if unfinished {
+        drive.write_filemarks(1)?;
+        return Ok(files + 1);
+    }
+    Ok(files)
 }
 
 /// Move the tape in drive `n` to the slot it came from, or the first empty one.

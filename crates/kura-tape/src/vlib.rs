@@ -65,6 +65,29 @@ pub struct VlibConfig {
     pub load_delay_ms: u64,
 }
 
+impl VlibConfig {
+    /// A shape a library can have (checked at creation and every time it is opened: the file
+    /// may have been edited).
+    pub fn check(&self) -> Result<()> {
+        if self.drives == 0
+            || self.slots == 0
+            || self.drives > 64
+            || self.slots + self.import_export > 10_000
+        {
+            return Err(Error::Invalid(
+                "a library has 1 to 64 drives and 1 to 10000 slots".into(),
+            ));
+        }
+        if self.early_warning >= self.capacity {
+            return Err(Error::Invalid(format!(
+                "early warning ({} bytes) must be less than the capacity ({} bytes)",
+                self.early_warning, self.capacity
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
     slots: Vec<Option<String>>,
@@ -147,17 +170,7 @@ impl VirtualLibrary {
     /// Create a library in `dir` (which must not exist or be empty) with blank tapes of these
     /// barcodes in the first slots.
     pub fn create(dir: &Path, config: VlibConfig, barcodes: &[String]) -> Result<VirtualLibrary> {
-        if config.drives == 0 || config.slots == 0 {
-            return Err(Error::Invalid(
-                "a library needs at least one drive and one slot".into(),
-            ));
-        }
-        if config.early_warning >= config.capacity {
-            return Err(Error::Invalid(format!(
-                "early warning ({} bytes) must be less than the capacity ({} bytes)",
-                config.early_warning, config.capacity
-            )));
-        }
+        config.check()?;
         if barcodes.len() > config.slots as usize {
             return Err(Error::Invalid(format!(
                 "{} tapes do not fit in {} slots",
@@ -217,6 +230,9 @@ impl VirtualLibrary {
                 config.v
             )));
         }
+        config
+            .check()
+            .map_err(|e| Error::Format(format!("{}: {e}", path.display())))?;
         Ok(VirtualLibrary {
             dir: dir.to_path_buf(),
             config,
@@ -260,6 +276,22 @@ impl VirtualLibrary {
         let bytes = std::fs::read(&path).map_err(io(path.display().to_string()))?;
         let mut state: State = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Format(format!("{}: {e}", path.display())))?;
+        // The state names files: a barcode that is not a plain name must never become a path.
+        let shape_ok = state.slots.len()
+            == (self.config.slots + self.config.import_export) as usize
+            && state.drives.len() == self.config.drives as usize;
+        let names_ok = state
+            .slots
+            .iter()
+            .flatten()
+            .chain(state.drives.iter().flatten().map(|(b, _)| b))
+            .all(|b| check_barcode(b).is_ok());
+        if !shape_ok || !names_ok {
+            return Err(Error::Format(format!(
+                "{}: does not match the library's shape or names a tape that is not a barcode",
+                path.display()
+            )));
+        }
         let before = serde_json::to_vec(&state).unwrap_or_default();
         let out = f(&mut state)?;
         if serde_json::to_vec(&state).unwrap_or_default() != before {
@@ -340,7 +372,7 @@ impl VirtualLibrary {
         if n >= self.config.drives {
             return Err(Error::Invalid(format!(
                 "drive {n}: the library has drives 0 to {}",
-                self.config.drives - 1
+                self.config.drives.saturating_sub(1)
             )));
         }
         let path = self.dir.join("drives").join(format!("{n}.lock"));
@@ -562,7 +594,7 @@ impl VirtualDrive {
 
     fn put(&mut self, len: u32, data: &[u8]) -> Result<Written> {
         let capacity = self.lib.config.capacity;
-        let ew = capacity - self.lib.config.early_warning;
+        let ew = capacity.saturating_sub(self.lib.config.early_warning);
         let what = self.what("write");
         let pos = self.pos;
         let cut = self.cut_pending;
@@ -693,7 +725,12 @@ impl Drive for VirtualDrive {
             file.sync_data().map_err(io(what))?;
         }
         if n == 0 {
-            w.early_warning = self.pos >= self.lib.config.capacity - self.lib.config.early_warning;
+            w.early_warning = self.pos
+                >= self
+                    .lib
+                    .config
+                    .capacity
+                    .saturating_sub(self.lib.config.early_warning);
         }
         Ok(w)
     }

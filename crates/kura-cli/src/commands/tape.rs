@@ -80,6 +80,16 @@ pub fn library(app: &App, c: LibraryCommand) -> Result<i32> {
             let dir = std::path::absolute(&a.dir)
                 .with_context(|| format!("library directory {}", a.dir.display()))?;
             let tapes = parse_barcodes(&a.tapes).map_err(|e| UsageError(e.to_string()))?;
+            // What is written after the warning (the rest of a block, the last block, a
+            // filemark) must fit: at least two blocks of the default size.
+            let min_ew = 2 * kura_tape::format::DEFAULT_BLOCK as u64;
+            if a.early_warning.0 < min_ew {
+                return Err(UsageError(format!(
+                    "--early-warning must be at least {} (two tape blocks)",
+                    bytes(min_ew)
+                ))
+                .into());
+            }
             let config = VlibConfig {
                 v: 1,
                 drives: a.drives,

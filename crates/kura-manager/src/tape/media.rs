@@ -100,6 +100,21 @@ pub fn label_tapes(
             }
             Err(e) => return Err(e.into()),
         }
+        // A tape in a media set holds backups, whatever this catalog says of it.
+        match label::read_set_label(drive) {
+            Ok(Some(set)) if !force => {
+                out.push(refuse(format!(
+                    "tape {b} is tape {} of media set {} (its own label says so, the catalog \
+                     does not know it); `kura catalog rebuild --from-media` enters what it \
+                     holds, --force erases it",
+                    set.seq,
+                    &set.set[..8.min(set.set.len())]
+                )));
+                continue;
+            }
+            Ok(_) | Err(kura_tape::Error::Format(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let l = MediumLabel {
             v: label::VERSION,
             label: b.clone(),
