@@ -19,6 +19,7 @@ KURA_BIN=${KURA_BIN:-target/release/kura}
 MB=${MB:-512}
 ROUNDS=${ROUNDS:-3}
 LOAD_DELAY=${LOAD_DELAY:-0}
+ARCHIVE=${ARCHIVE:-512MiB}
 BENCH_DIR=${BENCH_DIR:-/tmp/kura-bench-tape}
 [ -x "$KURA_BIN" ] || { echo "no kura binary at $KURA_BIN (cargo build --release -p kura-cli)" >&2; exit 2; }
 KURA_BIN=$(realpath "$KURA_BIN")
@@ -53,7 +54,7 @@ for r in $(seq 1 "$ROUNDS"); do
     k media label lib --pool p --force >/dev/null 2>&1
     sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     t0=$(now)
-    out=$("$KURA_BIN" --json tape backup --library lib --pool p --archive-size 64MiB)
+    out=$("$KURA_BIN" --json tape backup --library lib --pool p --archive-size "$ARCHIVE")
     t1=$(now)
     tape_t+=("$(echo "$t1 - $t0" | bc)")
     change+=("$(echo "$out" | python3 -c "

@@ -460,62 +460,109 @@ impl Catalog {
     /// Record a backup whose management information is at (label, file). Returns its id, or
     /// `None` when the set already has it (nothing entered twice).
     pub fn add_tape_backup(&self, b: &TapeBackup, packs: &[(String, i64)]) -> Result<Option<i64>> {
-        let inserted = self.changed(
-            "INSERT INTO tape_backups (media_set, repository, snapshot, taken, label, file, \
-             bytes, state, added) VALUES ($1, $2, $3, $4, $5, $6, $7, 'writing', $8) \
-             ON CONFLICT (media_set, snapshot) DO NOTHING",
-            |q| {
-                q.bind(b.media_set.clone())
-                    .bind(b.repository.clone())
-                    .bind(b.snapshot.clone())
-                    .bind(b.taken)
-                    .bind(b.label.clone())
-                    .bind(b.file)
-                    .bind(b.bytes)
-                    .bind(self.now())
-            },
-        )?;
-        if inserted == 0 {
-            return Ok(None);
-        }
-        let id: i64 = self
-            .rows(
-                "SELECT id FROM tape_backups WHERE media_set = $1 AND snapshot = $2",
-                |q| q.bind(b.media_set.clone()).bind(b.snapshot.clone()),
-            )?
-            .first()
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(|e| self.db(e))?
-            .ok_or_else(|| Error::Other("tape backup vanished".into()))?;
-        for (pack, size) in packs {
-            self.changed(
-                "INSERT INTO tape_backup_packs (backup, pack, size) VALUES ($1, $2, $3) \
-                 ON CONFLICT (backup, pack) DO NOTHING",
-                |q| q.bind(id).bind(pack.clone()).bind(*size),
-            )?;
-        }
-        Ok(Some(id))
+        let now = self.now();
+        self.rt
+            .block_on(async {
+                let mut tx = self.write_tx().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO tape_backups (media_set, repository, snapshot, taken, label, \
+                     file, bytes, state, added) VALUES ($1, $2, $3, $4, $5, $6, $7, 'writing', $8) \
+                     ON CONFLICT (media_set, snapshot) DO NOTHING",
+                )
+                .bind(b.media_set.clone())
+                .bind(b.repository.clone())
+                .bind(b.snapshot.clone())
+                .bind(b.taken)
+                .bind(b.label.clone())
+                .bind(b.file)
+                .bind(b.bytes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let id: i64 = sqlx::query(
+                    "SELECT id FROM tape_backups WHERE media_set = $1 AND snapshot = $2",
+                )
+                .bind(b.media_set.clone())
+                .bind(b.snapshot.clone())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                for (pack, size) in packs {
+                    sqlx::query(
+                        "INSERT INTO tape_backup_packs (backup, pack, size) VALUES ($1, $2, $3) \
+                         ON CONFLICT (backup, pack) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(pack.clone())
+                    .bind(*size)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Some(id))
+            })
+            .map_err(|e| self.db(e))
     }
 
-    /// Record pieces acknowledged on a tape (ignoring any already recorded).
+    /// Record pieces acknowledged on a tape (ignoring any already recorded), in one
+    /// transaction.
     pub fn add_pieces(&self, set: &str, pieces: &[TapePiece]) -> Result<()> {
-        for p in pieces {
-            self.changed(
-                "INSERT INTO tape_pieces (media_set, pack, start, len, total, label, file) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (media_set, pack, start) DO NOTHING",
-                |q| {
-                    q.bind(set)
-                        .bind(p.pack.clone())
-                        .bind(p.start)
-                        .bind(p.len)
-                        .bind(p.total)
-                        .bind(p.label.clone())
-                        .bind(p.file)
-                },
-            )?;
-        }
-        Ok(())
+        self.acknowledge_archive(set, None, pieces)
+    }
+
+    /// An archive reached the tape: its pieces, and (with `written`: label, bytes) the
+    /// tape's and the set's counters — one transaction, so one flush of the database per
+    /// archive.
+    pub fn acknowledge_archive(
+        &self,
+        set: &str,
+        written: Option<(&str, i64)>,
+        pieces: &[TapePiece],
+    ) -> Result<()> {
+        let now = self.now();
+        self.rt
+            .block_on(async {
+                let mut tx = self.write_tx().await?;
+                for p in pieces {
+                    sqlx::query(
+                        "INSERT INTO tape_pieces (media_set, pack, start, len, total, label, file) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (media_set, pack, start) DO NOTHING",
+                    )
+                    .bind(set)
+                    .bind(p.pack.clone())
+                    .bind(p.start)
+                    .bind(p.len)
+                    .bind(p.total)
+                    .bind(p.label.clone())
+                    .bind(p.file)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((label, bytes)) = written {
+                    sqlx::query(
+                        "UPDATE tapes SET bytes = bytes + $1, files = files + 1, written = $2 \
+                         WHERE label = $3",
+                    )
+                    .bind(bytes)
+                    .bind(now)
+                    .bind(label)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE media_sets SET last_written = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(set)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            })
+            .map_err(|e| self.db(e))
     }
 
     /// Every piece recorded in a set, by pack.

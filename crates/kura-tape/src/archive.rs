@@ -5,7 +5,7 @@
 use crate::drive::{Drive, Record};
 use crate::format::{
     BLOCK_HEADER, BlockHeader, ENTRY_HEADER, EntryHeader, EntryKind, FLAG_LAST, NO_ENTRY,
-    decode_block, encode_block,
+    decode_block, seal_block,
 };
 use crate::{Error, Result};
 
@@ -13,12 +13,13 @@ use crate::{Error, Result};
 /// drive: each call is given the one the archive is on, so its owner can keep both.
 pub struct ArchiveWriter {
     id: [u8; 16],
+    /// Payload bytes per block.
     capacity: usize,
-    payload: Vec<u8>,
+    /// The block being filled: header space, then its payload so far.
+    frame: Vec<u8>,
     first_entry: u32,
     seq: u32,
     early_warning: bool,
-    frame: Vec<u8>,
     bytes: u64,
 }
 
@@ -43,14 +44,15 @@ impl ArchiveWriter {
             return Err(Error::Invalid(format!("block size {block_size}")));
         }
         let capacity = block_size - BLOCK_HEADER;
+        let mut frame = Vec::with_capacity(block_size);
+        frame.resize(BLOCK_HEADER, 0);
         Ok(ArchiveWriter {
             id: new_archive_id(),
             capacity,
-            payload: Vec::with_capacity(capacity),
+            frame,
             first_entry: NO_ENTRY,
             seq: 0,
             early_warning: false,
-            frame: Vec::with_capacity(block_size),
             bytes: 0,
         })
     }
@@ -65,19 +67,23 @@ impl ArchiveWriter {
         self.bytes
     }
 
+    fn payload_len(&self) -> usize {
+        self.frame.len() - BLOCK_HEADER
+    }
+
     fn flush(&mut self, drive: &mut dyn Drive, flags: u8) -> Result<()> {
         let h = BlockHeader {
             flags,
             archive: self.id,
             seq: self.seq,
             first_entry: self.first_entry,
-            len: self.payload.len() as u32,
+            len: self.payload_len() as u32,
         };
-        encode_block(&h, &self.payload, &mut self.frame);
+        seal_block(&h, &mut self.frame);
         let w = drive.write_block(&self.frame)?;
         self.early_warning |= w.early_warning;
         self.seq += 1;
-        self.payload.clear();
+        self.frame.truncate(BLOCK_HEADER);
         self.first_entry = NO_ENTRY;
         Ok(())
     }
@@ -93,11 +99,11 @@ impl ArchiveWriter {
             if stop_at_warning && self.early_warning {
                 break;
             }
-            let n = (self.capacity - self.payload.len()).min(bytes.len());
-            self.payload.extend_from_slice(&bytes[..n]);
+            let n = (self.capacity - self.payload_len()).min(bytes.len());
+            self.frame.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
             done += n;
-            if self.payload.len() == self.capacity {
+            if self.payload_len() == self.capacity {
                 self.flush(drive, 0)?;
             }
         }
@@ -131,7 +137,7 @@ impl ArchiveWriter {
             len,
         };
         if self.first_entry == NO_ENTRY {
-            self.first_entry = self.payload.len() as u32;
+            self.first_entry = self.payload_len() as u32;
         }
         // The header goes whole even past the warning: an entry is never cut inside it.
         self.push(drive, &h.encode(), false)?;

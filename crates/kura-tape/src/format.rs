@@ -71,21 +71,29 @@ pub struct BlockHeader {
     pub len: u32,
 }
 
+/// Fill in the header of a block whose payload is already in `frame[BLOCK_HEADER..]` (the
+/// writer builds blocks in place: the payload is never copied again).
+pub fn seal_block(h: &BlockHeader, frame: &mut [u8]) {
+    let len = (frame.len() - BLOCK_HEADER) as u32;
+    let (head, payload) = frame.split_at_mut(BLOCK_HEADER);
+    head[..4].copy_from_slice(BLOCK_MAGIC);
+    head[4] = h.flags;
+    head[5..8].fill(0);
+    head[8..24].copy_from_slice(&h.archive);
+    head[24..28].copy_from_slice(&h.seq.to_le_bytes());
+    head[28..32].copy_from_slice(&h.first_entry.to_le_bytes());
+    head[32..36].copy_from_slice(&len.to_le_bytes());
+    head[36..48].fill(0);
+    let sum = checksum(&head[..48], payload);
+    head[48..64].copy_from_slice(&sum);
+}
+
 /// Frame one block: header and payload.
 pub fn encode_block(h: &BlockHeader, payload: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(BLOCK_MAGIC);
-    out.push(h.flags);
-    out.extend_from_slice(&[0; 3]);
-    out.extend_from_slice(&h.archive);
-    out.extend_from_slice(&h.seq.to_le_bytes());
-    out.extend_from_slice(&h.first_entry.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    // 36 bytes so far; 12 reserved, then 16 bytes of checksum.
-    out.extend_from_slice(&[0; 12]);
-    let sum = checksum(&out[..48], payload);
-    out.extend_from_slice(&sum);
+    out.resize(BLOCK_HEADER, 0);
     out.extend_from_slice(payload);
+    seal_block(h, out);
 }
 
 fn checksum(head: &[u8], payload: &[u8]) -> [u8; 16] {

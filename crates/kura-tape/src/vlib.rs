@@ -42,6 +42,25 @@ use crate::{Error, Result};
 
 const HEADER: u64 = 8;
 const CHECK: u32 = 0x4152_554B;
+/// Start writing back dirty pages every this many bytes.
+const WRITEBACK: u64 = 8 << 20;
+
+/// Ask the kernel to start writing `len` bytes at `off` of `file` to disk, without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); only a hint, so its failure is ignored.
+fn start_writeback(file: &File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `sync_file_range` only reads its integer arguments; the descriptor is valid for
+    // the call (borrowed from `file`), and the call neither reads nor writes our memory.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// The largest block a virtual drive takes (as a real drive's maximum block size).
 pub const MAX_BLOCK: usize = 16 << 20;
 
@@ -396,6 +415,7 @@ impl VirtualLibrary {
             pos: 0,
             file_no: 0,
             cut_pending: true,
+            written_back: 0,
         })
     }
 }
@@ -512,6 +532,8 @@ pub struct VirtualDrive {
     file_no: u32,
     /// The next write cuts the file at `pos` first (writing erases what follows).
     cut_pending: bool,
+    /// Up to where writeback was started.
+    written_back: u64,
 }
 
 impl VirtualDrive {
@@ -598,6 +620,7 @@ impl VirtualDrive {
         let what = self.what("write");
         let pos = self.pos;
         let cut = self.cut_pending;
+        let mut written_back = if cut { pos } else { self.written_back.min(pos) };
         let (_, file, ro) = self.tape()?;
         if *ro {
             return Err(Error::device(
@@ -612,13 +635,22 @@ impl VirtualDrive {
         if cut {
             file.set_len(pos).map_err(io(what.clone()))?;
         }
-        let mut rec = Vec::with_capacity(total as usize);
-        rec.extend_from_slice(&len.to_le_bytes());
-        rec.extend_from_slice(&(len ^ CHECK).to_le_bytes());
-        rec.extend_from_slice(data);
-        file.write_all_at(&rec, pos).map_err(io(what))?;
+        let mut head = [0u8; HEADER as usize];
+        head[..4].copy_from_slice(&len.to_le_bytes());
+        head[4..].copy_from_slice(&(len ^ CHECK).to_le_bytes());
+        file.write_all_at(&head, pos)
+            .and_then(|()| file.write_all_at(data, pos + HEADER))
+            .map_err(io(what))?;
+        let end = pos + total;
+        // Start writing back what accumulated, without waiting: the flush at the next
+        // filemark then has little left to do, and the disk streams like a drive.
+        if end - written_back >= WRITEBACK {
+            start_writeback(file, written_back, end - written_back);
+            written_back = end;
+        }
+        self.written_back = written_back;
         self.cut_pending = false;
-        self.pos = pos + total;
+        self.pos = end;
         Ok(Written {
             early_warning: self.pos >= ew,
         })

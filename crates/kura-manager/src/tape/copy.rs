@@ -368,10 +368,7 @@ impl MediaHost for Host<'_> {
             }
         }
         self.catalog
-            .add_pieces(&self.set.set, &pieces)
-            .map_err(cat)?;
-        self.catalog
-            .tape_written(ack.label, &self.set.set, bytes)
+            .acknowledge_archive(&self.set.set, Some((ack.label, bytes)), &pieces)
             .map_err(cat)
     }
 
