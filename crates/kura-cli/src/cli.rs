@@ -245,6 +245,8 @@ pub struct JobAddArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub window: crate::cli_daemon::WindowArgs,
+    #[command(flatten)]
+    pub tape: crate::cli_tape::TapeJobArgs,
 }
 
 /// How a job run uses its targets; shared by `job add` and `backup --redundancy` (with the

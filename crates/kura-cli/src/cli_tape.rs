@@ -206,3 +206,40 @@ pub struct TapeRestoreArgs {
     #[arg(long, default_value = "1h", value_parser = Duration::parse_positive)]
     pub mount_timeout: Duration,
 }
+
+/// `job add` flags of a tape job: each run copies snapshots of the repository on `--object`
+/// (a target's name) onto tape, as `kura tape backup` does.
+#[derive(Debug, Args, Clone)]
+pub struct TapeJobArgs {
+    /// Make it a tape job writing to this library (repeatable: a mirror)
+    #[arg(long = "tape-library", value_name = "LIBRARY")]
+    pub libraries: Vec<String>,
+    /// The tape job's media pool
+    #[arg(long = "tape-pool", requires = "libraries")]
+    pub pool: Option<String>,
+    /// Copy every snapshot (the media set skips those it holds), not only the newest
+    #[arg(long = "tape-all", requires = "libraries")]
+    pub all: bool,
+    /// Remove the copied snapshots from the repository once read back from every library
+    #[arg(long = "tape-move", requires = "libraries")]
+    pub move_: bool,
+    /// How long a run waits for a writable tape
+    #[arg(long = "tape-mount-timeout", default_value = "1h", value_parser = Duration::parse_positive)]
+    pub mount_timeout: Duration,
+}
+
+impl TapeJobArgs {
+    /// The job setting, when these flags make a tape job.
+    pub fn setting(&self) -> Option<kura_types::TapeJob> {
+        if self.libraries.is_empty() {
+            return None;
+        }
+        Some(kura_types::TapeJob {
+            libraries: self.libraries.clone(),
+            pool: self.pool.clone().unwrap_or_default(),
+            all: self.all,
+            move_snapshots: self.move_,
+            mount_timeout: self.mount_timeout,
+        })
+    }
+}

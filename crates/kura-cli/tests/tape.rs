@@ -811,3 +811,111 @@ fn a_changer_that_hangs_or_fails_is_bounded_and_reported() {
     ]);
     assert_fails(&o, 2, "no drive");
 }
+
+#[test]
+fn a_tape_job_runs_on_its_schedule_in_the_daemon_and_by_hand() {
+    let rig = Rig::new(2, 3);
+    rig.library("lib", "SSC001..SSC003", "64MiB", "p");
+    let repo_url = rig.repo.location.clone();
+    rig.ok(&["resource", "add", "target", "src", &repo_url]);
+    // Its object must be a repository target.
+    let o = rig.run(&[
+        "job",
+        "add",
+        "bad",
+        "--object",
+        "/nowhere",
+        "--redundancy",
+        "1",
+        "--tape-library",
+        "lib",
+        "--tape-pool",
+        "p",
+    ]);
+    assert_fails(&o, 2, "tape job copies from a repository target");
+    rig.ok(&[
+        "job",
+        "add",
+        "totape",
+        "--object",
+        "src",
+        "--redundancy",
+        "1",
+        "--tape-library",
+        "lib",
+        "--tape-pool",
+        "p",
+        "--schedule",
+        "*:*:0/2",
+    ]);
+    // A job whose pool has no tape: its mount request reaches the notification hook.
+    rig.ok(&["media", "pool", "add", "empty"]);
+    rig.ok(&[
+        "job",
+        "add",
+        "starved",
+        "--object",
+        "src",
+        "--redundancy",
+        "1",
+        "--tape-library",
+        "lib",
+        "--tape-pool",
+        "empty",
+        "--tape-mount-timeout",
+        "1s",
+        "--schedule",
+        "*:*:0/2",
+    ]);
+    let log = rig.repo.dir.path().join("notify.log");
+    let config = rig.repo.dir.path().join("daemon.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nnotify = \"echo $KURA_EVENT >> {}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = rig.repo.cmd();
+    let state = rig.repo.dir.path().join("state");
+    let child = cmd
+        .env("KURA_CONFIG", &config)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "d1",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _served = common::http::Served(child);
+    wait_until("a scheduled tape run", Duration::from_secs(60), || {
+        rig.json(&["tape", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["state"] == "complete")
+    });
+    wait_until(
+        "a mount request to the hook",
+        Duration::from_secs(60),
+        || fs::read_to_string(&log).is_ok_and(|l| l.contains("mount-request")),
+    );
+    drop(_served);
+    let (t, o) = rig.restore(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    same_tree(&rig.src, &rig.restored(&t));
+    // By hand, in this process: the newest snapshot is already on the set.
+    let out = rig.json(&["job", "run", "totape"]);
+    assert_eq!(
+        out["libraries"][0]["already"].as_array().unwrap().len(),
+        1,
+        "{out}"
+    );
+}

@@ -8,7 +8,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `KURA_EVENT` | `overrun-predicted`, `window-cancelled`, `window-overrun`, `missed` |
+//! | `KURA_EVENT` | `overrun-predicted`, `window-cancelled`, `window-overrun`, `missed`, `target-dropped`, `mount-request` (a tape job waits for a tape) |
 //! | `KURA_JOB` | the job's name |
 //! | `KURA_TASK` | the run's task id (empty for a missed run) |
 //! | `KURA_DUE` | the occurrence's scheduled time (RFC 3339; empty for an on-demand run) |

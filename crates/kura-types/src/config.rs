@@ -120,6 +120,35 @@ pub struct JobSettings {
     pub max_run: Option<Duration>,
     /// What happens to a run still going at its window's end or after `max_run`.
     pub at_window_end: WindowEnd,
+    /// A tape job: each run copies snapshots of the repository on the job's object (a target
+    /// name) onto tape, instead of backing the object up.
+    pub tape: Option<TapeJob>,
+}
+
+/// What a tape job copies and where (`kura tape backup` as a job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TapeJob {
+    /// Library targets; two or more write a mirror.
+    pub libraries: Vec<String>,
+    pub pool: String,
+    /// Copy every snapshot of the repository (the media set skips those it holds); else the
+    /// newest.
+    #[serde(default)]
+    pub all: bool,
+    /// Remove the copied snapshots from the repository once read back from every library.
+    #[serde(default, rename = "move")]
+    pub move_snapshots: bool,
+    /// How long to wait for a writable tape.
+    #[serde(default = "TapeJob::default_mount_timeout")]
+    pub mount_timeout: Duration,
+}
+
+impl TapeJob {
+    fn default_mount_timeout() -> Duration {
+        Duration::from_mins(60)
+    }
 }
 
 impl Default for JobSettings {
@@ -140,6 +169,7 @@ impl Default for JobSettings {
             finish_within: None,
             max_run: None,
             at_window_end: WindowEnd::default(),
+            tape: None,
         }
     }
 }
@@ -161,6 +191,7 @@ impl JobSettings {
         "finish_within",
         "max_run",
         "at_window_end",
+        "tape",
     ];
 
     /// The smallest extent a fail-over run may use.
@@ -193,6 +224,7 @@ impl JobSettings {
             finish_within: f.take("finish_within")?,
             max_run: f.take("max_run")?,
             at_window_end: f.take("at_window_end")?.unwrap_or(d.at_window_end),
+            tape: f.take("tape")?,
         };
         f.finish()?;
         Ok(s)
@@ -256,6 +288,17 @@ impl JobSettings {
                 "start_within",
                 format!("{s} leaves no time to run in the window (finish_within {f})"),
             );
+        }
+        if let Some(t) = &self.tape {
+            if t.libraries.is_empty() || t.libraries.iter().any(|l| l.trim().is_empty()) {
+                return bad("tape", "names no library (or an empty one)".into());
+            }
+            if t.pool.trim().is_empty() {
+                return bad("tape", "names no pool".into());
+            }
+            if t.mount_timeout.is_zero() {
+                return bad("tape", "mount_timeout must be longer than zero".into());
+            }
         }
         if let Some(t) = self.targets.iter().find(|t| t.trim().is_empty()) {
             return bad("targets", format!("{t:?} is not a target name"));

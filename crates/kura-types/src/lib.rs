@@ -35,7 +35,7 @@ mod report;
 mod size;
 mod window;
 
-pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TargetConfig};
+pub use config::{ConfigKind, JobSettings, MediumConfig, ResourceConfig, TapeJob, TargetConfig};
 pub use duration::{CalendarSpan, Duration};
 pub use error::{ConfigError, ParseError};
 pub use extent::Extent;

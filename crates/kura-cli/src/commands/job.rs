@@ -95,6 +95,21 @@ pub fn run(app: &App, cmd: JobCommand) -> Result<i32> {
             }
             let mut settings = crate::commands::jobrun::settings(app, &a.run);
             apply_window(&mut settings, &a.window)?;
+            settings.tape = a.tape.setting();
+            if settings.tape.is_some() {
+                // A tape job's object is the repository it copies from: a target.
+                let t = cat.resource(&a.object).map_err(|_| {
+                    UsageError(format!(
+                        "--object: a tape job copies from a repository target; {} is not one",
+                        a.object
+                    ))
+                })?;
+                if t.target().is_err() {
+                    return Err(
+                        UsageError(format!("--object: {} is not a target", a.object)).into(),
+                    );
+                }
+            }
             settings
                 .check(
                     &format!("job {}", a.name),

@@ -55,6 +55,9 @@ pub fn flag_error(e: kura_types::ConfigError) -> UsageError {
 
 /// `kura job run NAME`.
 pub fn run_job(app: &App, cat: &Catalog, def: &JobDef) -> Result<i32> {
+    if let Some(tape) = &def.settings.tape {
+        return crate::commands::tape::run_job_here(app, cat, def, tape);
+    }
     let job = job_spec(def, crate::commands::backup::from_config(app), app.route())?;
     execute(app, cat, &def.name, job)
 }

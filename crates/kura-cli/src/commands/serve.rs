@@ -33,6 +33,109 @@ struct Runner {
     password: Vec<u8>,
     /// The daemon's traffic limits, shared by all its runs.
     traffic: Arc<crate::traffic::Traffic>,
+    /// The notification hook (`[daemon] notify`): tape jobs' mount requests go there too.
+    notify: Option<String>,
+}
+
+/// A tape job's events: lines in its task's log, and mount requests to the notification
+/// hook (`KURA_EVENT=mount-request`).
+struct TaskEvents<'a> {
+    task: &'a Task,
+    job: String,
+    notify: Option<String>,
+}
+
+impl kura_manager::tape::TapeEvents for TaskEvents<'_> {
+    fn mount_request(&self, library: &str, message: &str) {
+        self.task
+            .log(format!("mount request ({library}): {message}"));
+        kura_daemon::notify::send(
+            self.notify.as_deref(),
+            kura_daemon::notify::Event {
+                event: "mount-request",
+                job: self.job.clone(),
+                task: self.task.id().to_string(),
+                reason: format!("{library}: {message}"),
+                ..Default::default()
+            },
+        );
+    }
+    fn mount_satisfied(&self, library: &str) {
+        self.task
+            .log(format!("mount request ({library}) satisfied"));
+    }
+    fn note(&self, message: &str) {
+        self.task.log(message.to_string());
+    }
+}
+
+impl Runner {
+    /// A tape job's run, reported to its task.
+    fn run_tape(
+        &self,
+        def: &JobDef,
+        tape: &kura_types::TapeJob,
+        task: &Task,
+    ) -> std::result::Result<(), RunError> {
+        let cancel = task.cancel_token();
+        let events = TaskEvents {
+            task,
+            job: def.name.clone(),
+            notify: self.notify.clone(),
+        };
+        let open = |url: &str| {
+            let b = kura_repo::backend::open(url, &self.backend)
+                .map_err(|e| kura_manager::Error::Invalid(format!("open target {url}: {e}")))?;
+            Ok(if self.traffic.is_empty() {
+                b
+            } else {
+                self.traffic.wrap(url, b, Some(&cancel))
+            })
+        };
+        task.log(format!(
+            "job {}: copying {} of the repository on {} to tape ({})",
+            def.name,
+            if tape.all {
+                "every snapshot"
+            } else {
+                "the newest snapshot"
+            },
+            def.object,
+            tape.libraries.join(", ")
+        ));
+        let (report, moved) = crate::commands::tape::run_tape_job(
+            &self.catalog,
+            def,
+            tape,
+            &open,
+            &self.password,
+            &events,
+            &cancel,
+        )
+        .map_err(|e| RunError::Failed(format!("{e:#}")))?;
+        for l in &report.libraries {
+            match &l.error {
+                None => task.log(format!(
+                    "{}: {} copied, {} already on media set {}; tapes {}",
+                    l.library,
+                    l.copied.len(),
+                    l.already.len(),
+                    &l.media_set[..8.min(l.media_set.len())],
+                    l.stats.tapes.join(" ")
+                )),
+                Some(e) => task.log(format!("{}: failed: {e}", l.library)),
+            }
+        }
+        if !moved.is_empty() {
+            task.log(format!("moved {} snapshot(s) to tape", moved.len()));
+        }
+        match report.libraries.iter().find_map(|l| l.error.clone()) {
+            Some(e) if report.libraries.iter().all(|l| l.error.is_some()) => {
+                Err(RunError::Failed(e))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl JobRunner for Runner {
@@ -42,6 +145,9 @@ impl JobRunner for Runner {
         task: &Task,
         start_by: Option<std::time::Instant>,
     ) -> std::result::Result<(), RunError> {
+        if let Some(tape) = &def.settings.tape {
+            return self.run_tape(def, tape, task);
+        }
         let cancel = task.cancel_token();
         let route = self.traffic.route(Some(cancel.clone()));
         let mut job = crate::commands::jobrun::job_spec(def, self.backup.clone(), route)
@@ -212,6 +318,7 @@ pub fn run(app: &App, a: ServeArgs) -> Result<i32> {
             app.resolve_traffic_names();
             Arc::clone(&app.traffic)
         },
+        notify: d.notify.clone(),
     };
     let daemon = Daemon::with_operations(
         catalog,

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use kura_catalog::{AppendPolicy, TapeState};
 use kura_manager::tape::copy::{TapeBackupOptions, tape_backup};
-use kura_manager::tape::media::{LabelOptions, label_tapes, verify_tape_backup};
+use kura_manager::tape::media::{LabelOptions, label_tapes, verified_for_move};
 use kura_manager::tape::restore::{TapeRestoreOptions, find_tape_backup, tape_restore};
 use kura_manager::tape::scan::rebuild_from_media;
 use kura_manager::tape::{TapeEvents, open_library};
@@ -441,31 +441,8 @@ fn backup(app: &App, a: TapeBackupArgs) -> Result<i32> {
         let mut moved = Vec::new();
         if a.move_ && !everywhere.is_empty() {
             // Read each copy back before the source goes.
-            for snap in &everywhere {
-                let mut ok = true;
-                for l in &report.libraries {
-                    let b = cat.tape_backups()?.into_iter().find(|b| {
-                        &b.snapshot == snap && b.media_set == l.media_set && b.state == "complete"
-                    });
-                    let Some(b) = b else {
-                        ok = false;
-                        continue;
-                    };
-                    let v = verify_tape_backup(&cat, &b, &ev, &app.cancel)?;
-                    if !v.ok() {
-                        eprintln!(
-                            "kura: {}: the copy of {} did not read back whole ({} bad packs); it \
-                             stays in the repository",
-                            l.library,
-                            &snap[..8],
-                            v.bad.len()
-                        );
-                        ok = false;
-                    }
-                }
-                if ok {
-                    moved.push(snap.parse()?);
-                }
+            for snap in verified_for_move(&cat, &report, &ev, &app.cancel)? {
+                moved.push(snap.parse()?);
             }
             if !moved.is_empty() {
                 kura_repo::forget::remove_snapshots(&repo, lock, &moved)?;
@@ -614,4 +591,113 @@ pub fn rebuild_media(app: &App, library: &str) -> Result<i32> {
             exit::OK
         },
     )
+}
+
+/// A tape job's run (`kura job run`, or the daemon's scheduler): the snapshots of the
+/// repository on the job's object (a target) — the newest, or all — copied as `kura tape
+/// backup` copies them; with `move`, removed from the repository once read back, and the
+/// catalog told. Returns the report and what was moved.
+#[allow(clippy::too_many_arguments)]
+pub fn run_tape_job(
+    cat: &kura_catalog::Catalog,
+    def: &kura_catalog::JobDef,
+    tape: &kura_types::TapeJob,
+    open: &dyn Fn(&str) -> kura_manager::Result<std::sync::Arc<dyn kura_repo::backend::Backend>>,
+    password: &[u8],
+    events: &dyn TapeEvents,
+    cancel: &kura_repo::backup::CancelToken,
+) -> Result<(kura_manager::tape::copy::TapeBackupReport, Vec<String>)> {
+    let url = cat.resource(&def.object)?.target_url()?.to_string();
+    let repo = kura_repo::Repository::open(open(&url)?, password)
+        .with_context(|| format!("open the repository on target {}", def.object))?;
+    let loc = repo.location();
+    let lock = RepoLock::shared(&repo).with_context(|| format!("lock {loc}"))?;
+    crate::with_lock(lock, |lock| {
+        let indexed = repo
+            .load_index()
+            .with_context(|| format!("load index of {loc}"))?;
+        let mut snaps = indexed.readable_snapshots()?;
+        snaps.sort_by_key(|s| s.snapshot.time);
+        if !tape.all {
+            snaps = snaps.pop().into_iter().collect();
+        }
+        if snaps.is_empty() {
+            anyhow::bail!("the repository on {} has no snapshot to copy", def.object);
+        }
+        let opts = TapeBackupOptions {
+            pool: tape.pool.clone(),
+            libraries: tape.libraries.clone(),
+            session: SessionOptions {
+                mount_timeout: tape.mount_timeout.std(),
+                ..SessionOptions::default()
+            },
+            prefetch: 256 << 20,
+            readers: 4,
+        };
+        let report = tape_backup(cat, &indexed, &snaps, &opts, events, cancel)?;
+        let mut moved = Vec::new();
+        if tape.move_snapshots {
+            let ids: Vec<kura_repo::id::Id> = verified_for_move(cat, &report, events, cancel)?
+                .iter()
+                .map(|s| s.parse())
+                .collect::<std::result::Result<_, _>>()?;
+            if !ids.is_empty() {
+                kura_repo::forget::remove_snapshots(&indexed, lock, &ids)?;
+                kura_manager::sync::reconcile_target(cat, &def.object, &indexed, open, password)
+                    .with_context(|| format!("update the catalog for target {}", def.object))?;
+                moved = ids.iter().map(|i| i.to_hex()).collect();
+            }
+        }
+        Ok((report, moved))
+    })
+}
+
+/// `kura job run NAME` of a tape job, in this process.
+pub fn run_job_here(
+    app: &App,
+    cat: &kura_catalog::Catalog,
+    def: &kura_catalog::JobDef,
+    tape: &kura_types::TapeJob,
+) -> Result<i32> {
+    let password = crate::password::get(app.password_file().as_deref())?;
+    let ev = events(app);
+    let open = |url: &str| app.manager_backend(url, None);
+    let (report, moved) = run_tape_job(cat, def, tape, &open, &password, &ev, &app.cancel)?;
+    if app.global.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"libraries": report.libraries, "moved": moved}))?
+        );
+    } else {
+        for l in &report.libraries {
+            match &l.error {
+                None => app.say(format!(
+                    "{}: {} copied, {} already on the set; tapes {}",
+                    l.library,
+                    l.copied.len(),
+                    l.already.len(),
+                    l.stats.tapes.join(" ")
+                )),
+                Some(e) => eprintln!("kura: {}: tape backup failed: {e}", l.library),
+            }
+        }
+    }
+    let failed = report
+        .libraries
+        .iter()
+        .filter(|l| l.error.is_some())
+        .count();
+    if failed == report.libraries.len() {
+        let first = report
+            .into_failures()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("tape job failed"))?;
+        return Err(anyhow::Error::new(first).context(format!("job {}", def.name)));
+    }
+    Ok(if failed == 0 {
+        exit::OK
+    } else {
+        exit::DEGRADED
+    })
 }

@@ -199,3 +199,43 @@ pub fn verify_tape_backup(
     }
     Ok(v)
 }
+
+/// Of the backups a tape backup completed on every library, those whose every copy reads
+/// back whole (`verify_tape_backup` on each library's set): what `--move` may remove from
+/// the source. A copy that does not read back is noted and keeps its snapshot.
+pub fn verified_for_move(
+    catalog: &Catalog,
+    report: &super::copy::TapeBackupReport,
+    events: &dyn TapeEvents,
+    cancel: &CancelToken,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let all = catalog.tape_backups()?;
+    for snap in report.complete_everywhere() {
+        let mut ok = true;
+        for l in &report.libraries {
+            let b = all.iter().find(|b| {
+                b.snapshot == snap && b.media_set == l.media_set && b.state == "complete"
+            });
+            let Some(b) = b else {
+                ok = false;
+                continue;
+            };
+            let v = verify_tape_backup(catalog, b, events, cancel)?;
+            if !v.ok() {
+                events.note(&format!(
+                    "{}: the copy of {} did not read back whole ({} bad packs); it stays in \
+                     the repository",
+                    l.library,
+                    &snap[..8],
+                    v.bad.len()
+                ));
+                ok = false;
+            }
+        }
+        if ok {
+            out.push(snap);
+        }
+    }
+    Ok(out)
+}
