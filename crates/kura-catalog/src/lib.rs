@@ -46,6 +46,7 @@ pub use copies::position_names;
 pub use jobs::{Backup, BackupState, Extent, JobDef, Mode, Run, StreamRow};
 pub use media::{
     AppendPolicy, MediaSet, MountRequest, Pool, Tape, TapeBackup, TapePiece, TapeState, covered,
+    covered_from_zero,
 };
 pub use policies::{PolicyRow, PolicyRunRow};
 pub use resources::{Kind, Resource, State};

@@ -689,7 +689,12 @@ impl Catalog {
 
 /// How many bytes from 0 the pieces cover without a gap.
 pub fn covered(pieces: &[TapePiece]) -> i64 {
-    let mut v: Vec<(i64, i64)> = pieces.iter().map(|p| (p.start, p.start + p.len)).collect();
+    covered_from_zero(pieces.iter().map(|p| (p.start, p.start + p.len)))
+}
+
+/// How far from 0 these `[start, end)` ranges reach without a gap.
+pub fn covered_from_zero(ranges: impl IntoIterator<Item = (i64, i64)>) -> i64 {
+    let mut v: Vec<(i64, i64)> = ranges.into_iter().collect();
     v.sort_unstable();
     let mut end = 0;
     for (s, e) in v {

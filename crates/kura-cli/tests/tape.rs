@@ -9,164 +9,17 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestRepo, assert_fails, pseudo_random, stderr, write};
-use serde_json::Value;
+use common::tapes::{Rig, Tmpfs, same_tree, wait_until};
+use common::{assert_fails, pseudo_random, stderr, write};
 
 const INCOMPLETE: i32 = 3;
 const UNREACHABLE: i32 = 6;
 const DEGRADED: i32 = 9;
 const NO_MEDIUM: i32 = 19;
 const MEDIUM_REFUSED: i32 = 20;
-
-struct Rig {
-    repo: TestRepo,
-    src: PathBuf,
-}
-
-impl Rig {
-    /// A repository with one backup of `files` incompressible files of `mib` MiB each (and a
-    /// few small ones), and virtual library `lib` with tapes of `capacity`.
-    fn new(files: usize, mib: usize) -> Rig {
-        let repo = TestRepo::new(&[]);
-        let src = repo.dir.path().join("src");
-        for i in 0..files {
-            write(
-                &src.join(format!("big/f{i}")),
-                &pseudo_random(mib << 20, i as u64 + 1),
-            );
-        }
-        for i in 0..20 {
-            write(
-                &src.join(format!("small/s{i}.txt")),
-                format!("small file {i}\n").as_bytes(),
-            );
-        }
-        repo.ok(&["backup", "-q", src.to_str().unwrap()]);
-        Rig { repo, src }
-    }
-
-    fn lib_dir(&self, name: &str) -> PathBuf {
-        self.repo.dir.path().join(name)
-    }
-
-    /// Create, register and label a virtual library.
-    fn library(&self, name: &str, tapes: &str, capacity: &str, pool: &str) {
-        let dir = self.lib_dir(name);
-        self.ok(&[
-            "library",
-            "create",
-            dir.to_str().unwrap(),
-            "--capacity",
-            capacity,
-            "--early-warning",
-            "3MiB",
-            "--tapes",
-            tapes,
-        ]);
-        self.ok(&[
-            "resource",
-            "add",
-            "target",
-            name,
-            &format!("vlib://{}", dir.display()),
-            "--sequential",
-        ]);
-        if self
-            .run(&["media", "pool", "list", "--json"])
-            .status
-            .success()
-            && !self
-                .json(&["media", "pool", "list"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == pool)
-        {
-            self.ok(&["media", "pool", "add", pool]);
-        }
-        self.ok(&["media", "label", name, "--pool", pool]);
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.repo.ok(args)
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.repo.run(args)
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        self.repo.json(args)
-    }
-
-    fn tapes(&self) -> Vec<Value> {
-        self.json(&["media", "list"]).as_array().unwrap().clone()
-    }
-
-    fn tape(&self, label: &str) -> Value {
-        self.tapes()
-            .into_iter()
-            .find(|t| t["label"] == label)
-            .unwrap()
-    }
-
-    /// Restore the newest tape backup into a fresh directory; returns it and the output.
-    fn restore(&self, extra: &[&str]) -> (PathBuf, Output) {
-        let mut n = 0;
-        let target = loop {
-            let t = self.repo.dir.path().join(format!("restore{n}"));
-            if !t.exists() {
-                break t;
-            }
-            n += 1;
-        };
-        let mut args = vec![
-            "tape",
-            "restore",
-            "latest",
-            "--target",
-            target.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = self.run(&args);
-        (target, o)
-    }
-
-    fn restored(&self, target: &Path) -> PathBuf {
-        target.join(self.src.strip_prefix("/").unwrap())
-    }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let files = |root: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<(PathBuf, Vec<u8>)> = common::walkdir(root)
-            .into_iter()
-            .filter(|p| p.is_file())
-            .map(|p| {
-                (
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    fs::read(&p).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let (x, y) = (files(a), files(b));
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "file count of {} and {}",
-        a.display(),
-        b.display()
-    );
-    for ((pa, da), (pb, db)) in x.iter().zip(&y) {
-        assert_eq!(pa, pb);
-        assert!(da == db, "{} differs", pa.display());
-    }
-}
 
 #[test]
 fn spans_tapes_restores_and_rebuilds_the_catalog_from_them() {
@@ -300,24 +153,6 @@ fn spans_tapes_restores_and_rebuilds_the_catalog_from_them() {
     assert!(rig.tape("SSC001")["media_set"].is_string());
 }
 
-/// Run `kura` in the background with the rig's environment.
-fn spawn(rig: &Rig, args: &[&str], env: &[(&str, String)]) -> std::process::Child {
-    let mut c = rig.repo.cmd();
-    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_mount_wait_times_out_and_a_load_during_the_wait_satisfies_it() {
     // 3 × 10 MiB onto 16 MiB tapes (13 MiB before the early warning): three tapes.
@@ -364,8 +199,7 @@ fn a_mount_wait_times_out_and_a_load_during_the_wait_satisfies_it() {
     // Again, with time to answer: the request shows in `media pending` and reaches the
     // notify command; an operator puts a tape in, the backup goes on.
     let log = rig.repo.dir.path().join("notify.log");
-    let mut child = spawn(
-        &rig,
+    let mut child = rig.spawn(
         &[
             "tape",
             "backup",
@@ -530,34 +364,6 @@ fn wrong_unlabelled_and_foreign_tapes_are_refused_and_never_written() {
     let o = rig.run(&["media", "label", "lib", "--pool", "p", "--tapes", "SSC004"]);
     assert_eq!(o.status.code(), Some(MEDIUM_REFUSED), "{}", stderr(&o));
     assert!(stderr(&o).contains("media set"), "{}", stderr(&o));
-}
-
-/// Mount a tmpfs of `size` at `dir` (root only); unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(dir: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                dir.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]
@@ -918,4 +724,65 @@ fn a_tape_job_runs_on_its_schedule_in_the_daemon_and_by_hand() {
         1,
         "{out}"
     );
+}
+
+#[test]
+fn move_removes_the_source_after_read_back_and_retention_frees_a_set() {
+    let rig = Rig::new(2, 3);
+    rig.ok(&["media", "pool", "add", "short", "--retention", "2s"]);
+    rig.library("lib", "SSC001..SSC003", "64MiB", "short");
+    let first = rig.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = rig.json(&[
+        "tape",
+        "backup",
+        "--library",
+        "lib",
+        "--pool",
+        "short",
+        "--move",
+    ]);
+    assert_eq!(out["moved"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(
+        rig.repo.snapshot_count(),
+        0,
+        "moved: gone from the repository"
+    );
+    let (t, o) = rig.restore(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    same_tree(&rig.src, &rig.restored(&t));
+    let set1 = rig.tape("SSC001")["media_set"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Within the retention the set's tapes are never written over; after it, the set expires
+    // whole and its tapes take the next backup.
+    write(&rig.src.join("big/later"), &pseudo_random(1 << 20, 5));
+    rig.ok(&["backup", "-q", rig.src.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = rig.json(&["tape", "backup", "--library", "lib", "--pool", "short"]);
+    assert!(out["libraries"][0]["error"].is_null(), "{out}");
+    let listed = rig.json(&["tape", "list"]);
+    let snaps: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["snapshot"].as_str().unwrap())
+        .collect();
+    assert!(
+        !snaps.contains(&first.as_str()),
+        "the expired set's backup left the catalog: {listed}"
+    );
+    assert_eq!(snaps.len(), 1);
+    let set2 = rig.tape("SSC001")["media_set"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(set1, set2, "SSC001 was written again, in a new set");
+    let (t, o) = rig.restore(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    same_tree(&rig.src, &rig.restored(&t));
 }

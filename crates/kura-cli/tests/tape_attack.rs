@@ -7,169 +7,16 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestRepo, pseudo_random, stderr, write};
-use serde_json::Value;
+use common::tapes::{Rig, no_panic, same_tree};
+use common::{pseudo_random, stderr, write};
 
 const USAGE: i32 = 2;
 const INCOMPLETE: i32 = 3;
 const NO_MEDIUM: i32 = 19;
 const MEDIUM_REFUSED: i32 = 20;
-
-struct Rig {
-    repo: TestRepo,
-    src: PathBuf,
-}
-
-impl Rig {
-    fn new(files: usize, mib: usize) -> Rig {
-        let repo = TestRepo::new(&[]);
-        let src = repo.dir.path().join("src");
-        for i in 0..files {
-            write(
-                &src.join(format!("big/f{i}")),
-                &pseudo_random(mib << 20, i as u64 + 11),
-            );
-        }
-        for i in 0..10 {
-            write(
-                &src.join(format!("small/s{i}.txt")),
-                format!("small file {i}\n").as_bytes(),
-            );
-        }
-        repo.ok(&["backup", "-q", src.to_str().unwrap()]);
-        Rig { repo, src }
-    }
-
-    fn lib_dir(&self, name: &str) -> PathBuf {
-        self.repo.dir.path().join(name)
-    }
-
-    fn tape_file(&self, lib: &str, label: &str) -> PathBuf {
-        self.lib_dir(lib)
-            .join("tapes")
-            .join(format!("{label}.tape"))
-    }
-
-    fn library(&self, name: &str, tapes: &str, capacity: &str, ew: &str, pool: &str) {
-        let dir = self.lib_dir(name);
-        self.ok(&[
-            "library",
-            "create",
-            dir.to_str().unwrap(),
-            "--capacity",
-            capacity,
-            "--early-warning",
-            ew,
-            "--tapes",
-            tapes,
-        ]);
-        self.ok(&[
-            "resource",
-            "add",
-            "target",
-            name,
-            &format!("vlib://{}", dir.display()),
-            "--sequential",
-        ]);
-        let pools = self.json(&["media", "pool", "list"]);
-        if !pools.as_array().unwrap().iter().any(|p| p["name"] == pool) {
-            self.ok(&["media", "pool", "add", pool]);
-        }
-        self.ok(&["media", "label", name, "--pool", pool]);
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.repo.ok(args)
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.repo.run(args)
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        self.repo.json(args)
-    }
-
-    fn tape(&self, label: &str) -> Value {
-        self.json(&["media", "list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["label"] == label)
-            .cloned()
-            .unwrap()
-    }
-
-    fn restore(&self, extra: &[&str]) -> (PathBuf, Output) {
-        let mut n = 0;
-        let target = loop {
-            let t = self.repo.dir.path().join(format!("restore{n}"));
-            if !t.exists() {
-                break t;
-            }
-            n += 1;
-        };
-        let mut args = vec![
-            "tape",
-            "restore",
-            "latest",
-            "--target",
-            target.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = self.run(&args);
-        (target, o)
-    }
-
-    fn restored(&self, target: &Path) -> PathBuf {
-        target.join(self.src.strip_prefix("/").unwrap())
-    }
-
-    fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let mut c = self.repo.cmd();
-        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.spawn().unwrap()
-    }
-
-    fn db(&self) -> PathBuf {
-        self.repo.dir.path().join("data/kura")
-    }
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let files = |root: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<(PathBuf, Vec<u8>)> = common::walkdir(root)
-            .into_iter()
-            .filter(|p| p.is_file())
-            .map(|p| {
-                (
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    fs::read(&p).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let (x, y) = (files(a), files(b));
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "file count of {} and {}",
-        a.display(),
-        b.display()
-    );
-    for ((pa, da), (pb, db)) in x.iter().zip(&y) {
-        assert_eq!(pa, pb);
-        assert!(da == db, "{} differs", pa.display());
-    }
-}
-
-fn no_panic(o: &Output) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "{e}");
-}
 
 /// The tape file ends with a filemark (`0` length, and its check `KURA`).
 fn ends_with_filemark(path: &Path) -> bool {
@@ -202,21 +49,24 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> (Option<i32>, 
 #[test]
 fn a_backup_killed_mid_archive_then_run_again_restores_byte_identical() {
     let rig = Rig::new(4, 4);
-    rig.library("lib", "SSC001..SSC003", "256MiB", "8MiB", "p");
+    rig.library_with("lib", "SSC001..SSC003", "256MiB", "8MiB", "p");
     let tape = rig.tape_file("lib", "SSC001");
     let labelled = fs::metadata(&tape).unwrap().len();
-    let mut child = rig.spawn(&[
-        "tape",
-        "backup",
-        "--library",
-        "lib",
-        "--pool",
-        "p",
-        "--archive-size",
-        "2MiB",
-        "--block-size",
-        "64KiB",
-    ]);
+    let mut child = rig.spawn(
+        &[
+            "tape",
+            "backup",
+            "--library",
+            "lib",
+            "--pool",
+            "p",
+            "--archive-size",
+            "2MiB",
+            "--block-size",
+            "64KiB",
+        ],
+        &[],
+    );
     // Stop it where SSC001 holds some data and its last archive has no filemark yet.
     let mid = common::step_until(&mut child, Duration::from_secs(30), || {
         fs::metadata(&tape).map(|m| m.len()).unwrap_or(0) > labelled + (5 << 20)
@@ -285,7 +135,7 @@ fn a_backup_killed_mid_archive_then_run_again_restores_byte_identical() {
 #[test]
 fn labelling_refuses_a_tape_whose_set_an_old_catalog_forgot() {
     let rig = Rig::new(1, 2);
-    rig.library("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
+    rig.library_with("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
     // The catalog as it was before the backup.
     let saved = rig.repo.dir.path().join("catalog-copy");
     copy_dir(&rig.db(), &saved);
@@ -319,7 +169,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_restore_reads_a_tape_left_in_an_idle_drive() {
     let rig = Rig::new(1, 2);
-    rig.library("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
+    rig.library_with("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
     rig.ok(&["tape", "backup", "--library", "lib", "--pool", "p"]);
     rig.ok(&["library", "load", "lib", "SSC001", "--drive", "1"]);
     let (t, o) = rig.restore(&["--mount-timeout", "3s"]);
@@ -354,7 +204,7 @@ fn every_drive_failing_exits_19() {
         return;
     }
     let rig = Rig::new(2, 4);
-    rig.library("lib", "SSC001..SSC003", "64MiB", "4MiB", "p");
+    rig.library_with("lib", "SSC001..SSC003", "64MiB", "4MiB", "p");
     let fsdir = rig.repo.dir.path().join("small-fs");
     fs::create_dir_all(&fsdir).unwrap();
     let st = Command::new("mount")
@@ -448,7 +298,7 @@ fn absurd_values_are_refused_with_usage_errors() {
     assert!(!o.status.success());
     assert_eq!(fs::read(&f).unwrap(), b"x");
 
-    rig.library("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
+    rig.library_with("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
     let before: Vec<Vec<u8>> = ["SSC001", "SSC002"]
         .iter()
         .map(|t| fs::read(rig.tape_file("lib", t)).unwrap())
@@ -573,20 +423,23 @@ fn an_early_warning_smaller_than_a_block_does_not_burn_every_tape() {
 #[test]
 fn a_restore_waiting_for_a_shelved_tape_is_pending_and_bounded() {
     let rig = Rig::new(1, 2);
-    rig.library("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
+    rig.library_with("lib", "SSC001..SSC002", "64MiB", "4MiB", "p");
     rig.ok(&["tape", "backup", "--library", "lib", "--pool", "p"]);
     rig.ok(&["library", "export", "lib", "SSC001"]);
     let target = rig.repo.dir.path().join("r1");
     let started = Instant::now();
-    let mut child = rig.spawn(&[
-        "tape",
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--mount-timeout",
-        "4s",
-    ]);
+    let mut child = rig.spawn(
+        &[
+            "tape",
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--mount-timeout",
+            "4s",
+        ],
+        &[],
+    );
     let mut seen = false;
     while child.try_wait().unwrap().is_none() {
         let p = rig.json(&["media", "pending"]);
@@ -624,15 +477,18 @@ fn a_restore_waiting_for_a_shelved_tape_is_pending_and_bounded() {
 
     // With the tape put back during the wait, it goes on.
     let target = rig.repo.dir.path().join("r2");
-    let mut child = rig.spawn(&[
-        "tape",
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--mount-timeout",
-        "60s",
-    ]);
+    let mut child = rig.spawn(
+        &[
+            "tape",
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--mount-timeout",
+            "60s",
+        ],
+        &[],
+    );
     let start = Instant::now();
     while rig
         .json(&["media", "pending"])
@@ -697,8 +553,8 @@ fn two_backups_racing_on_one_library() {
         "--mount-timeout",
         "3s",
     ];
-    let mut a = rig.spawn(&args);
-    let mut b = rig.spawn(&args);
+    let mut a = rig.spawn(&args, &[]);
+    let mut b = rig.spawn(&args, &[]);
     let (ca, ea) = wait_exit(&mut a, Duration::from_secs(60));
     let (cb, eb) = wait_exit(&mut b, Duration::from_secs(60));
     for (c, e) in [(ca, &ea), (cb, &eb)] {

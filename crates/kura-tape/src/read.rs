@@ -142,14 +142,7 @@ impl TapeReader {
                 continue;
             }
             if let Some(slot) = status.slot_of(label) {
-                if status
-                    .drives
-                    .get(self.n as usize)
-                    .is_some_and(|d| d.barcode.is_some())
-                {
-                    self.drive.unload()?;
-                    unload_to_slot(self.changer.as_mut(), &status, self.n)?;
-                }
+                self.empty_drive(&status)?;
                 self.changer.load(slot, self.n)?;
                 break;
             }
@@ -232,13 +225,18 @@ impl TapeReader {
     pub fn put_away(&mut self) -> Result<()> {
         self.loaded = None;
         let status = self.changer.status()?;
+        self.empty_drive(&status)
+    }
+
+    /// Unload whatever tape is in this reader's drive to a slot.
+    fn empty_drive(&mut self, status: &crate::drive::LibraryStatus) -> Result<()> {
         if status
             .drives
             .get(self.n as usize)
             .is_some_and(|d| d.barcode.is_some())
         {
             self.drive.unload()?;
-            unload_to_slot(self.changer.as_mut(), &status, self.n)?;
+            unload_to_slot(self.changer.as_mut(), status, self.n)?;
         }
         Ok(())
     }

@@ -65,7 +65,7 @@ impl kura_manager::tape::TapeEvents for TaskEvents<'_> {
             .log(format!("mount request ({library}) satisfied"));
     }
     fn note(&self, message: &str) {
-        self.task.log(message.to_string());
+        self.task.log(message);
     }
 }
 

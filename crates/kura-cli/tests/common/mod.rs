@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod tapes;
 pub mod vols;
 pub mod weed;
 

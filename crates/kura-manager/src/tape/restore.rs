@@ -288,7 +288,8 @@ impl Fetcher<'_> {
             }
             remaining.remove(n);
             if let Some(a) = asm.remove(n) {
-                let whole = covered(&a.got) >= a.data.len() as u64;
+                let got = a.got.iter().map(|(s, e)| (*s as i64, *e as i64));
+                let whole = kura_catalog::covered_from_zero(got) >= a.data.len() as i64;
                 let damaged = a.damaged || !whole;
                 if damaged {
                     self.report.damaged_packs.push(n.clone());
@@ -299,19 +300,6 @@ impl Fetcher<'_> {
         }
         Ok(())
     }
-}
-
-fn covered(ranges: &[(u64, u64)]) -> u64 {
-    let mut v = ranges.to_vec();
-    v.sort_unstable();
-    let mut end = 0;
-    for (s, e) in v {
-        if s > end {
-            break;
-        }
-        end = end.max(e);
-    }
-    end
 }
 
 /// Make a reader for a tape backup's media set.
