@@ -183,6 +183,12 @@ pub struct TapeBackupArgs {
     /// How much to read ahead of the drives
     #[arg(long, default_value = "256MiB")]
     pub prefetch: ByteSize,
+    /// Carry the volume engine's backup records of the snapshots copied (from the volume
+    /// data directory) in their management information
+    #[arg(long)]
+    pub volumes: bool,
+    #[command(flatten)]
+    pub dir: crate::cli_volume::VolumeDirArgs,
 }
 
 #[derive(Debug, Args)]

@@ -786,3 +786,124 @@ fn move_removes_the_source_after_read_back_and_retention_frees_a_set() {
     assert!(o.status.success(), "{}", stderr(&o));
     same_tree(&rig.src, &rig.restored(&t));
 }
+
+#[test]
+fn the_probe_tells_a_tape_library_from_a_disk_and_checks_loaded_labels() {
+    let rig = Rig::new(1, 1);
+    rig.library("lib", "SSC001..SSC003", "32MiB", "p");
+    rig.ok(&[
+        "resource",
+        "add",
+        "target",
+        "disk",
+        rig.repo.location.as_str(),
+    ]);
+    let tapes = rig.lib_dir("lib").join("tapes");
+    // SSC002 carries SSC001's label; both sit in drives.
+    fs::copy(tapes.join("SSC001.tape"), tapes.join("SSC002.tape")).unwrap();
+    rig.ok(&["library", "load", "lib", "SSC001", "--drive", "0"]);
+    rig.ok(&["library", "load", "lib", "SSC002", "--drive", "1"]);
+    let o = rig.run(&["--json", "resource", "probe", "lib", "disk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let by = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("disk")["kind"], "disk");
+    let lib = by("lib");
+    assert_eq!(lib["kind"], "tape", "{lib}");
+    assert_eq!(lib["library"]["library"], "virtual");
+    assert_eq!(lib["library"]["tapes"], 3);
+    let loaded = lib["library"]["loaded"].as_array().unwrap();
+    assert_eq!(loaded[0]["verified"], true, "{lib}");
+    assert_eq!(loaded[1]["verified"], false, "{lib}");
+    assert!(
+        stderr(&o)
+            .contains("tape SSC002 in drive 1: the tape with barcode SSC002 is labelled SSC001"),
+        "{}",
+        stderr(&o)
+    );
+    // A library whose directory is gone is unhealthy.
+    fs::rename(rig.lib_dir("lib"), rig.lib_dir("moved")).unwrap();
+    let o = rig.run(&["resource", "probe", "lib"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+}
+
+/// Seed 002: a volume's backup goes to tape with its volume backup record in the management
+/// information, and a rebuild from the tapes alone finds it there.
+#[test]
+fn a_volume_backup_carries_its_volume_backup_record_to_tape() {
+    use common::Kura as _;
+    let v = common::vols::Vols::new();
+    v.ok(&["volume", "create", "db", "--size", "16M"]);
+    let repo = v.repo();
+    let b = v.backup("db");
+    let snap = b["snapshot_id"]
+        .as_str()
+        .or(b["snapshot"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let lib = v.dir.path().join("lib");
+    let k = |args: &[&str]| {
+        let o = v.in_repo(&repo, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    k(&[
+        "library",
+        "create",
+        lib.to_str().unwrap(),
+        "--capacity",
+        "64MiB",
+        "--early-warning",
+        "3MiB",
+        "--tapes",
+        "V1..V2",
+    ]);
+    k(&[
+        "resource",
+        "add",
+        "target",
+        "lib",
+        &format!("vlib://{}", lib.display()),
+        "--sequential",
+    ]);
+    k(&["media", "pool", "add", "p"]);
+    k(&["media", "label", "lib", "--pool", "p"]);
+    k(&[
+        "tape",
+        "backup",
+        "--library",
+        "lib",
+        "--pool",
+        "p",
+        "--volumes",
+    ]);
+    fs::remove_file(v.dir.path().join("data/kura/catalog.db")).unwrap();
+    k(&[
+        "resource",
+        "add",
+        "target",
+        "lib",
+        &format!("vlib://{}", lib.display()),
+        "--sequential",
+    ]);
+    let out: serde_json::Value =
+        serde_json::from_str(&k(&["--json", "catalog", "rebuild", "--from-media", "lib"])).unwrap();
+    let found = out["volume_records"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{out}");
+    assert!(found[0].as_str().unwrap().ends_with("volume db"), "{out}");
+    assert!(
+        snap.is_empty() || found[0].as_str().unwrap().starts_with(&snap[..8]),
+        "{out} {snap}"
+    );
+}

@@ -22,8 +22,12 @@ pub type Opener<'a> =
 #[derive(Debug, Clone)]
 pub struct TargetHealth {
     pub target: String,
-    /// The probe's findings; `None` when the target could not even be opened.
+    /// The probe's findings; `None` when the target could not even be opened, or is a tape
+    /// library (then `library`).
     pub report: Option<ProbeReport>,
+    /// A tape library's findings (a sequential target with a library URL): the probe tells
+    /// tape-type targets from disk-type ones.
+    pub library: Option<kura_tape::probe::LibraryProbe>,
     /// Why it is unhealthy (`None`: healthy).
     pub error: Option<String>,
     /// Its state after the result was recorded.
@@ -65,6 +69,12 @@ pub fn targets_named(cat: &Catalog, names: &[String]) -> Result<Vec<Resource>> {
     Ok(out)
 }
 
+/// What probing one target found: a disk-type target's object round trip, or a library.
+enum Probed {
+    Disk(ProbeReport),
+    Library(kura_tape::probe::LibraryProbe),
+}
+
 /// Probe `targets` in parallel with objects of `size` bytes and record each result.
 pub fn sweep(
     cat: &Catalog,
@@ -72,14 +82,20 @@ pub fn sweep(
     open: &Opener<'_>,
     size: usize,
 ) -> Result<Vec<TargetHealth>> {
-    let probed: Vec<std::result::Result<ProbeReport, String>> = std::thread::scope(|s| {
+    let probed: Vec<std::result::Result<Probed, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
             .map(|t| {
                 s.spawn(move || {
                     let url = t.target_url().map_err(|e| e.to_string())?;
+                    if kura_tape::library::LibrarySpec::is_library_url(url) {
+                        let lib = kura_tape::library::LibrarySpec::parse(url)
+                            .and_then(|s| s.open())
+                            .map_err(|e| e.to_string())?;
+                        return Ok(Probed::Library(kura_tape::probe::probe(&lib)));
+                    }
                     let b = open(url)?;
-                    Ok(probe(b.as_ref(), size))
+                    Ok(Probed::Disk(probe(b.as_ref(), size)))
                 })
             })
             .collect();
@@ -94,11 +110,12 @@ pub fn sweep(
     let mut out = Vec::with_capacity(targets.len());
     for (t, r) in targets.iter().zip(probed) {
         let error = match &r {
-            Ok(rep) if rep.ok() => None,
-            Ok(rep) => Some(match &rep.error {
+            Ok(Probed::Disk(rep)) if rep.ok() => None,
+            Ok(Probed::Disk(rep)) => Some(match &rep.error {
                 Some((class, msg)) => format!("probe: {}: {msg}", class.as_str()),
                 None => "probe: failed".to_string(),
             }),
+            Ok(Probed::Library(l)) => l.error.as_ref().map(|e| format!("probe: library: {e}")),
             Err(e) => Some(format!("probe: {e}")),
         };
         let state = match &error {
@@ -108,9 +125,15 @@ pub fn sweep(
             }
             Some(e) => cat.record_error(&t.name, e)?,
         };
+        let (report, library) = match r {
+            Ok(Probed::Disk(rep)) => (Some(rep), None),
+            Ok(Probed::Library(l)) => (None, Some(l)),
+            Err(_) => (None, None),
+        };
         out.push(TargetHealth {
             target: t.name.clone(),
-            report: r.ok(),
+            report,
+            library,
             error,
             state,
         });

@@ -81,6 +81,10 @@ pub struct BackupInfo {
     pub catalog_record: Option<RepoFile>,
     /// Every pack the backup needs; those already on the set are not written again.
     pub packs: Vec<PackRef>,
+    /// The volume engine's records of this backup (seed 002's "volume backup record"), when
+    /// it is a volume's: each named by its volume, its bytes the record's JSON line.
+    #[serde(default)]
+    pub volume_records: Vec<RepoFile>,
 }
 
 /// One piece of a pack on a tape.

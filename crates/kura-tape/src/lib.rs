@@ -26,6 +26,7 @@ pub mod format;
 pub mod label;
 pub mod library;
 pub mod mtx;
+pub mod probe;
 pub mod read;
 pub mod scsi;
 pub mod session;

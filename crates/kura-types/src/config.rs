@@ -122,6 +122,7 @@ pub struct JobSettings {
     pub at_window_end: WindowEnd,
     /// A tape job: each run copies snapshots of the repository on the job's object (a target
     /// name) onto tape, instead of backing the object up.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tape: Option<TapeJob>,
 }
 

@@ -182,17 +182,34 @@ fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> 
         }
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         let rep = h.report.as_ref();
+        let lib = h.library.as_ref();
         rows.push(vec![
             h.target.clone(),
+            if lib.is_some() { "tape" } else { "disk" }.to_string(),
             if error.is_none() { "ok" } else { "FAILED" }.to_string(),
-            ms(rep.and_then(|r| r.latency_ms)),
+            ms(rep
+                .and_then(|r| r.latency_ms)
+                .or(lib.and_then(|l| l.changer_ms))),
             ms(rep.and_then(|r| r.write_ms)),
             ms(rep.and_then(|r| r.read_ms)),
             rep.and_then(|r| r.free_bytes).map_or("-".into(), bytes),
             state.as_str().to_string(),
         ]);
+        if let Some(l) = lib {
+            for t in l.loaded.iter().filter(|t| !t.verified) {
+                eprintln!(
+                    "kura: {}: tape {} in drive {}: {}",
+                    h.target,
+                    t.barcode,
+                    t.drive,
+                    t.note.as_deref().unwrap_or("label not verified")
+                );
+            }
+        }
         json_out.push(json!({
             "name": h.target,
+            "kind": if lib.is_some() { "tape" } else { "disk" },
+            "library": lib,
             "ok": error.is_none(),
             "latency_ms": rep.and_then(|r| r.latency_ms),
             "write_ms": rep.and_then(|r| r.write_ms),
@@ -219,6 +236,7 @@ fn probe_targets(app: &App, cat: &Catalog, a: ResourceProbeArgs) -> Result<i32> 
             table(
                 &[
                     "Target",
+                    "Kind",
                     "Probe",
                     "Round trip",
                     "Write",

@@ -435,6 +435,11 @@ fn backup(app: &App, a: TapeBackupArgs) -> Result<i32> {
             },
             prefetch: a.prefetch.0,
             readers: 4,
+            volume_records: if a.volumes {
+                volume_records(app, &a.dir, &repo.config().id.to_hex())?
+            } else {
+                Default::default()
+            },
         };
         let report = tape_backup(&cat, &repo, &snaps, &opts, &ev, &app.cancel)?;
         let everywhere = report.complete_everywhere();
@@ -503,6 +508,27 @@ fn backup(app: &App, a: TapeBackupArgs) -> Result<i32> {
             exit::DEGRADED
         })
     })
+}
+
+/// The volume backup records of the volume data directory for repository `repo_id`, by
+/// snapshot: what `tape backup --volumes` carries.
+fn volume_records(
+    app: &App,
+    dir: &crate::cli_volume::VolumeDirArgs,
+    repo_id: &str,
+) -> Result<std::collections::HashMap<String, Vec<(String, Vec<u8>)>>> {
+    let st = super::volume::store(app, dir)?;
+    let mut out: std::collections::HashMap<String, Vec<(String, Vec<u8>)>> = Default::default();
+    for v in st.list()? {
+        for r in st.records(&v.meta.name)? {
+            if r.repository_id == repo_id {
+                out.entry(r.backup.clone())
+                    .or_default()
+                    .push((v.meta.name.clone(), serde_json::to_vec(&r)?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn restore(app: &App, a: TapeRestoreArgs) -> Result<i32> {
@@ -633,6 +659,7 @@ pub fn run_tape_job(
             },
             prefetch: 256 << 20,
             readers: 4,
+            volume_records: Default::default(),
         };
         let report = tape_backup(cat, &indexed, &snaps, &opts, events, cancel)?;
         let mut moved = Vec::new();

@@ -47,6 +47,9 @@ pub struct TapeBackupOptions {
     pub prefetch: u64,
     /// Parallel pack reads from the repository.
     pub readers: usize,
+    /// Volume backup records to carry with the backups they describe: snapshot id (hex) →
+    /// (volume name, the record's JSON line).
+    pub volume_records: HashMap<String, Vec<(String, Vec<u8>)>>,
 }
 
 /// One backup as it is to be copied.
@@ -113,7 +116,11 @@ fn repo_file(repo: &IndexedRepo, kind: FileKind, name: &str) -> Result<RepoFile>
 }
 
 /// Build each backup's management information (and what it needs) before any tape moves.
-fn plan(repo: &IndexedRepo, snapshots: &[SnapshotEntry]) -> Result<Vec<Plan>> {
+fn plan(
+    repo: &IndexedRepo,
+    snapshots: &[SnapshotEntry],
+    volumes: &HashMap<String, Vec<(String, Vec<u8>)>>,
+) -> Result<Vec<Plan>> {
     let config = repo_file(repo, FileKind::Config, "config")?;
     let mut keys = Vec::new();
     for k in repo.backend().list(FileKind::Key)? {
@@ -154,6 +161,15 @@ fn plan(repo: &IndexedRepo, snapshots: &[SnapshotEntry]) -> Result<Vec<Plan>> {
                 .map(|p| PackRef {
                     id: p.id.to_hex(),
                     size: p.size,
+                })
+                .collect(),
+            volume_records: volumes
+                .get(&hex)
+                .into_iter()
+                .flatten()
+                .map(|(name, line)| RepoFile {
+                    name: name.clone(),
+                    bytes: ByteBuf::from(line.clone()),
                 })
                 .collect(),
         };
@@ -440,7 +456,7 @@ pub fn tape_backup(
         .iter()
         .map(|n| open_library(catalog, n).map(|l| (n.clone(), l)))
         .collect::<Result<Vec<_>>>()?;
-    let plans = plan(repo, snapshots)?;
+    let plans = plan(repo, snapshots, &opts.volume_records)?;
     // What each library's set already holds, and so which packs must be read at all.
     let mut sets = Vec::new();
     for (name, _) in &libs {

@@ -55,6 +55,8 @@ pub struct ScanReport {
     /// Backups whose data is not all on the tapes scanned (entered, not complete).
     pub incomplete: Vec<String>,
     pub pieces: usize,
+    /// Volume backup records found with the backups (`SNAPSHOT volume NAME`).
+    pub volume_records: Vec<String>,
 }
 
 /// Scan every tape in library `name` (target name) and enter what they hold.
@@ -75,6 +77,8 @@ pub fn rebuild_from_media(
         .collect();
     labels.sort();
     let mut reader = TapeReader::open(&lib)?;
+    // Only tapes the library holds are read: none is waited for.
+    reader.mount_timeout = std::time::Duration::ZERO;
     let mut mounts = Mounts {
         catalog,
         library: name.to_string(),
@@ -227,6 +231,13 @@ pub fn rebuild_from_media(
             report.incomplete.push(snapshot);
             continue;
         };
+        for v in &info.volume_records {
+            report.volume_records.push(format!(
+                "{} volume {}",
+                &snapshot[..8.min(snapshot.len())],
+                v.name
+            ));
+        }
         let first = pieces
             .get(&set)
             .and_then(|ps| {
