@@ -516,9 +516,9 @@ fn volume_records(
     app: &App,
     dir: &crate::cli_volume::VolumeDirArgs,
     repo_id: &str,
-) -> Result<std::collections::HashMap<String, Vec<(String, Vec<u8>)>>> {
+) -> Result<kura_manager::tape::copy::VolumeRecords> {
     let st = super::volume::store(app, dir)?;
-    let mut out: std::collections::HashMap<String, Vec<(String, Vec<u8>)>> = Default::default();
+    let mut out = kura_manager::tape::copy::VolumeRecords::default();
     for v in st.list()? {
         for r in st.records(&v.meta.name)? {
             if r.repository_id == repo_id {

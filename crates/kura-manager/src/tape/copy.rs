@@ -47,10 +47,12 @@ pub struct TapeBackupOptions {
     pub prefetch: u64,
     /// Parallel pack reads from the repository.
     pub readers: usize,
-    /// Volume backup records to carry with the backups they describe: snapshot id (hex) →
-    /// (volume name, the record's JSON line).
-    pub volume_records: HashMap<String, Vec<(String, Vec<u8>)>>,
+    /// Volume backup records to carry with the backups they describe.
+    pub volume_records: VolumeRecords,
 }
+
+/// Volume backup records by snapshot id (hex): (volume name, the record's JSON line).
+pub type VolumeRecords = HashMap<String, Vec<(String, Vec<u8>)>>;
 
 /// One backup as it is to be copied.
 struct Plan {
@@ -119,7 +121,7 @@ fn repo_file(repo: &IndexedRepo, kind: FileKind, name: &str) -> Result<RepoFile>
 fn plan(
     repo: &IndexedRepo,
     snapshots: &[SnapshotEntry],
-    volumes: &HashMap<String, Vec<(String, Vec<u8>)>>,
+    volumes: &VolumeRecords,
 ) -> Result<Vec<Plan>> {
     let config = repo_file(repo, FileKind::Config, "config")?;
     let mut keys = Vec::new();
