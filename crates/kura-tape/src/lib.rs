@@ -20,6 +20,7 @@
 //! tested, and a tape read, without a repository or a catalog.
 
 pub mod archive;
+pub mod barcode;
 pub mod drive;
 pub mod error;
 pub mod format;

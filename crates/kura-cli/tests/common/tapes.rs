@@ -20,7 +20,12 @@ impl Rig {
     /// A repository with one backup of `files` incompressible files of `mib` MiB each (and a
     /// few small ones).
     pub fn new(files: usize, mib: usize) -> Rig {
-        let repo = TestRepo::new(&[]);
+        Rig::with_init(files, mib, &[])
+    }
+
+    /// The same, with extra `init` arguments (a pack size).
+    pub fn with_init(files: usize, mib: usize, init: &[&str]) -> Rig {
+        let repo = TestRepo::new(init);
         let src = repo.dir.path().join("src");
         for i in 0..files {
             write(
@@ -34,7 +39,15 @@ impl Rig {
                 format!("small file {i}\n").as_bytes(),
             );
         }
-        repo.ok(&["backup", "-q", src.to_str().unwrap()]);
+        // One file at a time: a file's chunks then sit in packs of their own, so what one
+        // file's restore reads does not depend on how the packer interleaved them.
+        repo.ok(&[
+            "backup",
+            "-q",
+            "--read-concurrency",
+            "1",
+            src.to_str().unwrap(),
+        ]);
         Rig { repo, src }
     }
 

@@ -16,8 +16,7 @@
 //! stops taking them; the others go on.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use kura_backend::FileKind;
 use kura_catalog::{AppendPolicy, Catalog, TapeBackup, TapePiece, TapeState};
@@ -33,6 +32,7 @@ use kura_tape::label::{
 use kura_tape::session::{Ack, Candidate, MediaHost, Session, SessionOptions, SessionStats};
 use serde_bytes::ByteBuf;
 
+use super::feed::Feed;
 use super::{TapeEvents, now_ms, open_library, random_hex};
 use crate::{Error, Result};
 
@@ -404,41 +404,6 @@ fn cat(e: kura_catalog::Error) -> kura_tape::Error {
     kura_tape::Error::Invalid(format!("catalog: {e}"))
 }
 
-/// Packs read ahead, in the order every writer wants them (plan order), each kept until
-/// every library that needs it took it.
-struct Feed {
-    order: Vec<Id>,
-    pos: HashMap<Id, usize>,
-    /// How many libraries need each pack.
-    users: Vec<usize>,
-    next: AtomicUsize,
-    state: Mutex<FeedState>,
-    cv: Condvar,
-    window: usize,
-}
-
-/// A pack read (or why not).
-type Fetched = std::result::Result<Arc<Vec<u8>>, String>;
-
-struct FeedState {
-    /// Read packs by index, with how many libraries still have to take each.
-    done: HashMap<usize, (Fetched, usize)>,
-    /// Per library: the index of the next pack it may take (`usize::MAX` when it stopped).
-    progress: Vec<usize>,
-}
-
-impl Feed {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A library stopped taking packs (finished or failed).
-    fn stop(&self, lib: usize) {
-        self.lock().progress[lib] = usize::MAX;
-        self.cv.notify_all();
-    }
-}
-
 /// Copy `snapshots` of `repo` to tape. Each library's outcome is in the report; the call
 /// fails only when nothing could start (bad pool, no library).
 pub fn tape_backup(
@@ -472,9 +437,9 @@ pub fn tape_backup(
             .collect();
         sets.push((set, have));
     }
-    let mut order: Vec<Id> = Vec::new();
-    let mut users = Vec::new();
-    let mut pos = HashMap::new();
+    // The packs any library lacks, in plan order, and how many lack each.
+    let mut wanted: Vec<(Id, usize)> = Vec::new();
+    let mut seen = HashSet::new();
     for plan in &plans {
         for p in &plan.packs {
             let hex = p.id.to_hex();
@@ -482,30 +447,17 @@ pub fn tape_backup(
                 .iter()
                 .filter(|(_, have)| have.get(&hex).is_none_or(|c| *c < p.size))
                 .count();
-            if n > 0 && !pos.contains_key(&p.id) {
-                pos.insert(p.id, order.len());
-                order.push(p.id);
-                users.push(n);
+            if n > 0 && seen.insert(p.id) {
+                wanted.push((p.id, n));
             }
         }
     }
     let window = (opts.prefetch / repo.config().pack_size.max(1) as u64).max(2) as usize;
-    let feed = Arc::new(Feed {
-        order,
-        pos,
-        users,
-        next: AtomicUsize::new(0),
-        state: Mutex::new(FeedState {
-            done: HashMap::new(),
-            progress: vec![0; libs.len()],
-        }),
-        cv: Condvar::new(),
-        window,
-    });
+    let feed = Arc::new(Feed::new(wanted, libs.len(), window));
     let reports = std::thread::scope(|s| {
         for _ in 0..opts.readers.max(1) {
             let feed = feed.clone();
-            s.spawn(move || read_packs(repo, &feed, cancel));
+            s.spawn(move || feed.read(repo, cancel));
         }
         let handles: Vec<_> = libs
             .iter()
@@ -547,86 +499,10 @@ pub fn tape_backup(
                 })
             })
             .collect();
-        // Release the readers.
-        feed.next.store(usize::MAX / 2, Ordering::SeqCst);
-        feed.cv.notify_all();
+        feed.release();
         reports
     });
     Ok(TapeBackupReport { libraries: reports })
-}
-
-fn read_packs(repo: &IndexedRepo, feed: &Feed, cancel: &CancelToken) {
-    loop {
-        let i = feed.next.fetch_add(1, Ordering::SeqCst);
-        if i >= feed.order.len() {
-            return;
-        }
-        {
-            let mut st = feed.lock();
-            while st
-                .progress
-                .iter()
-                .min()
-                .is_some_and(|m| i >= m.saturating_add(feed.window))
-                && !cancel.is_cancelled()
-            {
-                st = feed
-                    .cv
-                    .wait_timeout(st, std::time::Duration::from_millis(200))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            if st.progress.iter().all(|p| *p == usize::MAX) {
-                return;
-            }
-        }
-        let id = feed.order[i];
-        let got = repo
-            .backend()
-            .get(FileKind::Pack, &id.to_hex())
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                if Id::of_file(&b) == id {
-                    Ok(Arc::new(b))
-                } else {
-                    Err(format!(
-                        "pack {} is damaged in the repository (its contents do not match its \
-                         id); run `kura check`",
-                        id.short()
-                    ))
-                }
-            });
-        feed.lock().done.insert(i, (got, feed.users[i]));
-        feed.cv.notify_all();
-    }
-}
-
-/// Take pack `id` from the feed for library `lib` (waiting for it).
-fn take(feed: &Feed, lib: usize, id: &Id, cancel: &CancelToken) -> Result<Arc<Vec<u8>>> {
-    let Some(&i) = feed.pos.get(id) else {
-        return Err(Error::Invalid(format!("pack {} was not read", id.short())));
-    };
-    let mut st = feed.lock();
-    loop {
-        if cancel.is_cancelled() {
-            return Err(Error::Tape(kura_tape::Error::Cancelled));
-        }
-        if let Some((r, left)) = st.done.get_mut(&i) {
-            let r = r.clone().map_err(Error::Invalid);
-            *left -= 1;
-            if *left == 0 {
-                st.done.remove(&i);
-            }
-            st.progress[lib] = i + 1;
-            feed.cv.notify_all();
-            return r;
-        }
-        st = feed
-            .cv
-            .wait_timeout(st, std::time::Duration::from_millis(200))
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
 }
 
 /// A backup whose management information is on its way to tape.
@@ -733,7 +609,7 @@ impl Writer<'_> {
                         report.packs_skipped += 1;
                         continue;
                     }
-                    let data = take(self.feed, self.lib_index, &p.id, cancel)?;
+                    let data = self.feed.take(self.lib_index, &p.id, cancel)?;
                     session.write_object_from(EntryKind::Pack, p.id.0, data, from)?;
                     have.insert(hex, p.size);
                     report.packs_written += 1;
@@ -741,9 +617,13 @@ impl Writer<'_> {
                 session.close_archive()?;
                 rows.push((row, plan.snapshot.clone()));
             }
-            // The set's catalog closes the session.
-            let catalog_bytes = set_catalog(catalog, &set)?;
-            session.write_alone(EntryKind::SetCatalog, [0; 32], Arc::new(catalog_bytes))?;
+            // The set's catalog closes a session that wrote anything (one with nothing to
+            // write asks for no tape).
+            session.close_archive()?;
+            if session.stats().archives > 0 {
+                let catalog_bytes = set_catalog(catalog, &set)?;
+                session.write_alone(EntryKind::SetCatalog, [0; 32], Arc::new(catalog_bytes))?;
+            }
             let stats = session.end()?;
             for (row, snap) in rows {
                 if catalog.complete_if_whole(row)? {

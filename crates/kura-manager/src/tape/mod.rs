@@ -14,6 +14,7 @@
 //!   from the tapes alone, each entered once.
 
 pub mod copy;
+mod feed;
 pub mod media;
 pub mod restore;
 pub mod scan;
