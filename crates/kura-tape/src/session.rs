@@ -116,7 +116,8 @@ pub struct SessionStats {
     pub bytes: u64,
     pub archives: u64,
     pub tapes: Vec<String>,
-    /// Tape changes (unload, load, label check), and the time they took.
+    /// Tape changes (unload, load, label check), and the time they took (waits for an
+    /// operator not counted).
     pub changes: u32,
     pub change_time: Duration,
     pub failed_drives: Vec<String>,
@@ -393,11 +394,19 @@ impl<'h> Session<'h> {
         }
     }
 
-    /// Unload the current tape back to a slot.
+    /// Unload the current tape back to a slot (counted in the change time: each tape
+    /// mounted is unloaded once).
     fn put_away(&mut self) -> Result<()> {
         let Some(cur) = self.cur.take() else {
             return Ok(());
         };
+        let started = Instant::now();
+        let r = self.unload_current(cur);
+        self.stats.change_time += started.elapsed();
+        r
+    }
+
+    fn unload_current(&mut self, cur: Current) -> Result<()> {
         self.excluded.insert(cur.label.clone());
         let slot = &mut self.drives[cur.drive];
         if let Some(d) = slot.drive.as_deref_mut() {
@@ -433,6 +442,8 @@ impl<'h> Session<'h> {
         let started = Instant::now();
         let deadline = started + self.opts.mount_timeout;
         let mut asked = false;
+        // Time spent waiting for an operator: not part of a tape change's cost.
+        let mut waited = Duration::ZERO;
         loop {
             if self.host.cancelled() {
                 return Err(Error::Cancelled);
@@ -459,7 +470,7 @@ impl<'h> Session<'h> {
                             self.host.mount_satisfied()?;
                         }
                         self.stats.changes += 1;
-                        self.stats.change_time += started.elapsed();
+                        self.stats.change_time += started.elapsed().saturating_sub(waited);
                         return Ok(());
                     }
                     Ok(false) => {}
@@ -497,11 +508,12 @@ impl<'h> Session<'h> {
                 );
                 self.host.mount_request(&msg)?;
             }
-            std::thread::sleep(
-                self.opts
-                    .poll
-                    .min(deadline.saturating_duration_since(Instant::now())),
-            );
+            let nap = self
+                .opts
+                .poll
+                .min(deadline.saturating_duration_since(Instant::now()));
+            std::thread::sleep(nap);
+            waited += nap;
         }
     }
 
