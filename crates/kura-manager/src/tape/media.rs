@@ -46,13 +46,7 @@ pub fn label_tapes(
     let lib = open_library(catalog, library)?;
     let mut reader = TapeReader::open(&lib)?;
     reader.mount_timeout = std::time::Duration::ZERO;
-    let mut mounts = Mounts {
-        catalog,
-        library: library.to_string(),
-        events,
-        cancel,
-        open: None,
-    };
+    let mut mounts = Mounts::new(catalog, library, events, cancel);
     let mut out = Vec::new();
     for b in barcodes {
         let refuse = |why: String| Labelled {

@@ -102,6 +102,23 @@ pub(crate) struct Mounts<'a> {
     pub open: Option<i64>,
 }
 
+impl<'a> Mounts<'a> {
+    pub fn new(
+        catalog: &'a Catalog,
+        library: &str,
+        events: &'a dyn TapeEvents,
+        cancel: &'a CancelToken,
+    ) -> Mounts<'a> {
+        Mounts {
+            catalog,
+            library: library.to_string(),
+            events,
+            cancel,
+            open: None,
+        }
+    }
+}
+
 impl MountHost for Mounts<'_> {
     fn mount_request(&mut self, message: &str) -> kura_tape::Result<()> {
         self.open = self.catalog.add_mount_request(&self.library, message).ok();
@@ -325,13 +342,7 @@ pub(crate) fn fetcher<'a>(
         .collect();
     Ok(Fetcher {
         reader,
-        mounts: Mounts {
-            catalog,
-            library: ms.library,
-            events,
-            cancel,
-            open: None,
-        },
+        mounts: Mounts::new(catalog, &ms.library, events, cancel),
         set: set.to_string(),
         seq,
         pieces: catalog.set_pieces(set)?,

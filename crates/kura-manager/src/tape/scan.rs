@@ -79,13 +79,7 @@ pub fn rebuild_from_media(
     let mut reader = TapeReader::open(&lib)?;
     // Only tapes the library holds are read: none is waited for.
     reader.mount_timeout = std::time::Duration::ZERO;
-    let mut mounts = Mounts {
-        catalog,
-        library: name.to_string(),
-        events,
-        cancel,
-        open: None,
-    };
+    let mut mounts = Mounts::new(catalog, name, events, cancel);
     let mut report = ScanReport::default();
     // Per set: pieces by name, information bytes by snapshot (pieces).
     let mut pieces: HashMap<String, Vec<TapePiece>> = HashMap::new();
