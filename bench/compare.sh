@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
-# bench/compare.sh: kura vs restic vs borg, side by side, in one run.
+# bench/compare.sh: kura vs restic vs borg, side by side, in one run, with `tar | zstd` as a
+# reference for the full backup.
 #
 # Builds a dataset:
-#   files/    a copy of SRC_DIR (default /usr/share: tens of thousands of small files)
+#   files/    a copy of the data set: DIR of --data DIR (or DATA_DIR), else SRC_DIR
+#             (default /usr/share: tens of thousands of small files)
 #   disk.img  an ext4 image of IMAGE_SIZE made with `mkfs.ext4 -d`, holding a copy of
 #             /usr/bin and /usr/lib/x86_64-linux-gnu (capped) and RANDOM_MB MiB of
-#             deterministic random data
+#             deterministic random data (left out with --no-image: then only files/ is used)
 # then, RUNS times, with fresh repositories and a fresh copy of the dataset each run:
-#   full         back up files/ and disk.img (two commands per tool)
+#   full         back up files/ and disk.img (two commands per tool); also time the reference
+#                `tar -C DATA -cf - files | zstd -3 -T$(nproc) >/dev/null` (and the same for
+#                disk.img) as tool "tarzstd", full phase only
 #   incremental  change ~1% of the data (the same bytes for every tool), back up both again
 #   restore      restore the latest snapshot of both into empty directories, then verify
 # Each command is timed with /usr/bin/time (wall seconds, peak RSS). A phase's time is the
-# sum of its two commands, its peak RSS the larger of the two. The report gives per tool
-# and phase the median over runs, the repository size after the incremental phase, and
-# kura's ratio to restic and to borg.
+# sum of its commands (files, image), its peak RSS the largest. The report gives per tool and
+# phase the median over runs, per-command medians, the repository size after the incremental
+# phase, and kura's ratio to restic, to borg and (full backup) to tar|zstd.
 #
-# Usage (run as root, or with sudo for apt-get and dropping caches):
-#   bash bench/compare.sh
+# Usage (run as root: it drops the page cache before every timed command, and apt-get
+# installs missing tools):
+#   bash bench/compare.sh [--data DIR] [--no-image] [--runs N] [-h|--help]
+#   bash bench/compare.sh                                  # full size, cold cache
+#   bash bench/compare.sh --data /srv/photos --no-image    # your own data, files only
 #   SRC_DIR=/usr/share/doc IMAGE_SIZE=256M RANDOM_MB=32 RUNS=1 bash bench/compare.sh   # smoke test
+#
+# Options (each has an environment equivalent; options win):
+#   --data DIR  copy DIR as files/ instead of SRC_DIR            (env DATA_DIR)
+#   --no-image  no disk.img: only files/ is backed up and restored (env NO_IMAGE=1)
+#   --runs N    number of runs                                   (env RUNS)
+#   -h, --help  print this text
 #
 # Knobs (environment):
 #   BENCH_DIR   work directory, deleted and recreated          (default /tmp/kura-bench)
-#   SRC_DIR     directory copied as files/                     (default /usr/share)
+#   SRC_DIR     directory copied as files/ without --data      (default /usr/share)
+#   DATA_DIR    same as --data DIR                             (default unset)
+#   NO_IMAGE    1: same as --no-image                          (default 0)
 #   IMAGE_SIZE  size of disk.img, as for mkfs.ext4 / numfmt    (default 2G)
 #   RANDOM_MB   MiB of random data inside the image            (default 256)
 #   BIN_CAP_MB  cap on the binaries copied into the image      (default min(1024, image/2) MiB)
 #   RUNS        number of runs; medians are reported           (default 3)
-#   CACHE       cold: drop the page cache before each timed command;
+#   CACHE       cold: sync and drop the page cache before each timed command (default; needs
+#               a writable /proc/sys/vm/drop_caches, i.e. root: the script stops otherwise);
 #               warm: read the command's inputs (data, repository) before it;
-#               auto: cold if /proc/sys/vm/drop_caches is writable, else warm (default auto)
+#               auto: cold if /proc/sys/vm/drop_caches is writable, else warm
 #   VERIFY      all: check every tool's restore; kura: only kura's  (default all)
+#   IMAGE_CHANGE fs: loop-mount the image and rewrite ~1% of its files (needs root);
+#               scattered: overwrite 64 KiB pieces at spread-out offsets  (default fs)
 #   KURA_BIN    kura binary to use; if unset, `cargo build --release -p kura-cli` is run
 #
 # Output: a plain table on stdout, $BENCH_DIR/results.md (Markdown with the machine, tool
@@ -45,8 +63,10 @@ SRC_DIR=${SRC_DIR:-/usr/share}
 IMAGE_SIZE=${IMAGE_SIZE:-2G}
 RANDOM_MB=${RANDOM_MB:-256}
 RUNS=${RUNS:-3}
-CACHE=${CACHE:-auto}
+CACHE=${CACHE:-cold}
 VERIFY=${VERIFY:-all}
+DATA_DIR=${DATA_DIR:-}
+NO_IMAGE=${NO_IMAGE:-0}
 # How the incremental phase changes the image: "fs" = loop-mount it and rewrite files in place
 # (how an image really changes: file data plus the inode/journal blocks ext4 touches);
 # "scattered" = 64 KiB pieces at spread-out offsets (worst case for fixed-size chunks).
@@ -58,6 +78,10 @@ export LC_ALL=C
 
 TOOLS=(kura restic borg)
 PHASES=(full incremental restore)
+TARGETS=(files image) # set to (files) by --no-image
+# The reference: not a backup tool, timed in the full phase only.
+REF=tarzstd
+REF_LABEL='tar|zstd'
 
 # The same passwords for every tool; borg must not ask anything.
 export KURA_PASSWORD=kura-bench RESTIC_PASSWORD=kura-bench BORG_PASSPHRASE=kura-bench
@@ -67,6 +91,30 @@ export BORG_DISPLAY_PASSPHRASE=no
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf 'compare.sh: error: %s\n' "$*" >&2; exit 1; }
 
+# The comment block at the top of this file.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
+
+# Command-line options; they override the environment knobs.
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --data)
+                [ $# -ge 2 ] || die "--data needs a directory"
+                DATA_DIR=$2
+                shift 2 ;;
+            --data=*) DATA_DIR=${1#--data=}; shift ;;
+            --no-image) NO_IMAGE=1; shift ;;
+            --runs)
+                [ $# -ge 2 ] || die "--runs needs a number"
+                RUNS=$2
+                shift 2 ;;
+            --runs=*) RUNS=${1#--runs=}; shift ;;
+            -h | --help) usage; exit 0 ;;
+            *) die "unknown argument: $1 (see --help)" ;;
+        esac
+    done
+}
+
 # ---------------------------------------------------------------------------------------
 # Setup: packages, kura binary, settings
 # ---------------------------------------------------------------------------------------
@@ -74,7 +122,8 @@ die() { printf 'compare.sh: error: %s\n' "$*" >&2; exit 1; }
 # Installs the Debian packages whose commands are missing.
 install_deps() {
     local -A pkg_of=([restic]=restic [borg]=borgbackup [mkfs.ext4]=e2fsprogs [tune2fs]=e2fsprogs
-        [jq]=jq [openssl]=openssl [/usr/bin/time]=time [cmp]=diffutils [diff]=diffutils)
+        [jq]=jq [openssl]=openssl [/usr/bin/time]=time [cmp]=diffutils [diff]=diffutils
+        [tar]=tar [zstd]=zstd)
     local cmd missing=()
     for cmd in "${!pkg_of[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
@@ -105,7 +154,7 @@ choose_cache_policy() {
             if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then CACHE=cold; else CACHE=warm; fi ;;
         cold)
             (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null \
-                || die "CACHE=cold but /proc/sys/vm/drop_caches is not writable" ;;
+                || die "CACHE=cold (the default) needs to drop the page cache, but /proc/sys/vm/drop_caches is not writable: run as root (sudo bash bench/compare.sh ...), or pass CACHE=warm to time with a warm page cache instead" ;;
         warm) ;;
         *) die "CACHE must be auto, cold or warm" ;;
     esac
@@ -144,17 +193,20 @@ stage_binaries() {
 
 make_dataset() {
     local pristine=$BENCH_DIR/pristine staging=$BENCH_DIR/staging
-    mkdir -p "$pristine/files" "$staging" "$BENCH_DIR/mods"
+    mkdir -p "$pristine/files" "$BENCH_DIR/mods"
 
-    log "copying $SRC_DIR to files/"
-    cp -a "$SRC_DIR/." "$pristine/files/"
+    log "copying $FILES_SRC to files/"
+    cp -a "$FILES_SRC/." "$pristine/files/"
 
-    log "making the ${IMAGE_SIZE} ext4 image (binaries up to ${BIN_CAP_MB} MiB + ${RANDOM_MB} MiB random)"
-    stage_binaries "$staging"
-    prng $((RANDOM_MB * 1024 * 1024)) 6b7572612d62656e63682d72616e646f >"$staging/random.bin"
-    mkfs.ext4 -q -F -d "$staging" "$pristine/disk.img" "$IMAGE_SIZE" >/dev/null \
-        || die "mkfs.ext4 failed (does the staged data fit in IMAGE_SIZE=$IMAGE_SIZE? lower BIN_CAP_MB or RANDOM_MB)"
-    rm -rf "$staging"
+    if [ "$WITH_IMAGE" = 1 ]; then
+        log "making the ${IMAGE_SIZE} ext4 image (binaries up to ${BIN_CAP_MB} MiB + ${RANDOM_MB} MiB random)"
+        mkdir -p "$staging"
+        stage_binaries "$staging"
+        prng $((RANDOM_MB * 1024 * 1024)) 6b7572612d62656e63682d72616e646f >"$staging/random.bin"
+        mkfs.ext4 -q -F -d "$staging" "$pristine/disk.img" "$IMAGE_SIZE" >/dev/null \
+            || die "mkfs.ext4 failed (does the staged data fit in IMAGE_SIZE=$IMAGE_SIZE? lower BIN_CAP_MB or RANDOM_MB)"
+        rm -rf "$staging"
+    fi
 
     # The incremental change: every 100th regular file (in path order) gets its first 4 KiB
     # overwritten; the image gets ~1% of its size overwritten in 64 KiB pieces at scattered
@@ -166,6 +218,12 @@ make_dataset() {
     for ((i = 50; i < ${#ALL_FILES[@]}; i += 100)); do MOD_FILES+=("${ALL_FILES[i]}"); done
     prng $(((${#MOD_FILES[@]} + 1) * 4096)) 6b7572612d62656e63682d66696c6573 >"$BENCH_DIR/mods/files.bin"
 
+    # Facts for the report.
+    DS_FILES_COUNT=$(find "$pristine/files" -type f | wc -l)
+    DS_ENTRIES=$(find "$pristine/files" | wc -l)
+    DS_FILES_BYTES=$(du -sb "$pristine/files" | cut -f1)
+
+    [ "$WITH_IMAGE" = 1 ] || return 0
     IMAGE_BYTES=$(stat -c %s "$pristine/disk.img")
     IMG_BLOCKS=$((IMAGE_BYTES / 65536))
     IMG_PIECES=$((IMAGE_BYTES / 100 / 65536))
@@ -178,7 +236,7 @@ make_dataset() {
     while IFS= read -r rel; do
         i=$((i + 1))
         [ $((i % 10)) -eq 5 ] || continue
-        [ -f "/$rel" ] && [ ! -L "/$rel" ] || continue
+        if [ ! -f "/$rel" ] || [ -L "/$rel" ]; then continue; fi
         sz=$(stat -c %s "/$rel")
         [ "$sz" -gt 0 ] || continue
         IMG_MOD_FILES+=("$rel")
@@ -187,10 +245,6 @@ make_dataset() {
     done <"$BENCH_DIR/staged.list"
     IMG_MOD_BYTES=$((IMAGE_BYTES / 100 - budget))
 
-    # Facts for the report.
-    DS_FILES_COUNT=$(find "$pristine/files" -type f | wc -l)
-    DS_ENTRIES=$(find "$pristine/files" | wc -l)
-    DS_FILES_BYTES=$(du -sb "$pristine/files" | cut -f1)
     DS_IMG_ALLOC=$(($(stat -c '%b * %B' "$pristine/disk.img")))
     local blocks free bsize
     blocks=$(tune2fs -l "$pristine/disk.img" | awk -F: '/^Block count/ { print $2 + 0 }')
@@ -205,11 +259,15 @@ fresh_data() {
     rm -rf "$DATA"
     mkdir -p "$DATA"
     cp -a "$BENCH_DIR/pristine/files" "$DATA/files"
-    cp --sparse=always "$BENCH_DIR/pristine/disk.img" "$DATA/disk.img"
+    if [ "$WITH_IMAGE" = 1 ]; then
+        cp --sparse=always "$BENCH_DIR/pristine/disk.img" "$DATA/disk.img"
+    fi
 }
 
 image_change_desc() {
-    if [ "$IMAGE_CHANGE" = fs ]; then
+    if [ "$WITH_IMAGE" != 1 ]; then
+        echo "no disk.img (--no-image)"
+    elif [ "$IMAGE_CHANGE" = fs ]; then
         echo "disk.img loop-mounted and ${#IMG_MOD_FILES[@]} of its files (every 10th) rewritten in place, up to 64 KiB each ($((IMG_MOD_BYTES / 1024)) KiB of file data, ~1% of the image, plus the metadata and journal blocks ext4 writes)"
     else
         echo "$IMG_PIECES x 64 KiB of disk.img overwritten at scattered offsets ($((IMG_PIECES * 64)) KiB)"
@@ -223,6 +281,7 @@ modify_data() {
         dd if="$BENCH_DIR/mods/files.bin" of="$DATA/${MOD_FILES[k]}" bs=4096 skip="$k" count=1 \
             conv=notrunc status=none
     done
+    [ "$WITH_IMAGE" = 1 ] || return 0
     if [ "$IMAGE_CHANGE" = fs ]; then
         local mnt=$BENCH_DIR/mnt f sz n
         mkdir -p "$mnt"
@@ -258,7 +317,8 @@ prepare_cache() {
     if [ "$CACHE" = cold ]; then
         echo 3 >/proc/sys/vm/drop_caches
     else
-        local paths=("$2")
+        local paths=()
+        [ -e "$2" ] && paths+=("$2") # the reference (tar|zstd) has no repository
         [ "$1" = data+repo ] && paths+=("$DATA")
         find "${paths[@]}" -type f -exec cat {} + >/dev/null 2>&1 || true
     fi
@@ -302,6 +362,7 @@ tool_init() {
 }
 
 # tool_backup RUN TOOL PHASE N: backs up files/ and disk.img (borg archives files-N, img-N).
+# TOOL may be the reference tarzstd (full phase only): tar piped into zstd, output discarded.
 tool_backup() {
     local run=$1 tool=$2 phase=$3 n=$4 repo
     repo=$(repo_of "$tool")
@@ -309,16 +370,33 @@ tool_backup() {
     case $tool in
         kura)
             timed "$run" kura "$phase" files "$DATA" "$warm" -- "$KURA_BIN" -r "$repo" backup -q "$DATA/files"
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" kura "$phase" image "$DATA" "$warm" -- "$KURA_BIN" -r "$repo" backup -q --image "$DATA/disk.img"
             ;;
         restic)
             timed "$run" restic "$phase" files "$DATA" "$warm" -- restic -r "$repo" -q backup "$DATA/files"
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" restic "$phase" image "$DATA" "$warm" -- restic -r "$repo" -q backup "$DATA/disk.img"
             ;;
         borg)
             # Relative paths from inside $DATA, so archives hold files/... and disk.img.
             timed "$run" borg "$phase" files "$DATA" "$warm" -- borg create "$repo::files-$n" files
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" borg "$phase" image "$DATA" "$warm" -- borg create "$repo::img-$n" disk.img
+            ;;
+        "$REF")
+            # The pipe runs under one bash, so /usr/bin/time sees the whole pipeline: wall time
+            # until both end, peak RSS the largest of bash, tar and zstd. Output to a pipe, not
+            # /dev/null: GNU tar skips reading file data when its archive is /dev/null.
+            local zt
+            zt="-T$(nproc)"
+            # shellcheck disable=SC2016 # $1 and $2 are the inner bash's arguments
+            timed "$run" "$REF" "$phase" files "$DATA" "$warm" -- \
+                bash -c 'set -o pipefail; tar -C "$1" -cf - files | zstd -q -3 "$2" >/dev/null' tarzstd "$DATA" "$zt"
+            [ "$WITH_IMAGE" = 1 ] || return 0
+            # shellcheck disable=SC2016
+            timed "$run" "$REF" "$phase" image "$DATA" "$warm" -- \
+                bash -c 'set -o pipefail; tar -C "$1" -cf - disk.img | zstd -q -3 "$2" >/dev/null' tarzstd "$DATA" "$zt"
             ;;
     esac
 }
@@ -338,18 +416,21 @@ tool_restore() {
             snaps=$("$KURA_BIN" -r "$repo" --json snapshots)
             fid=$(jq -r '[.[] | select(.kind == "files")] | sort_by(.time) | last | .id' <<<"$snaps")
             iid=$(jq -r '[.[] | select(.kind == "image")] | sort_by(.time) | last | .id' <<<"$snaps")
-            [[ $fid =~ ^[0-9a-f]+$ && $iid =~ ^[0-9a-f]+$ ]] || die "kura: snapshots not found: $snaps"
+            [[ $fid =~ ^[0-9a-f]+$ && ($WITH_IMAGE != 1 || $iid =~ ^[0-9a-f]+$) ]] || die "kura: snapshots not found: $snaps"
             timed "$run" kura restore files "$dst" repo -- "$KURA_BIN" -r "$repo" restore -q "$fid" --target "$dst/files"
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" kura restore image "$dst" repo -- "$KURA_BIN" -r "$repo" restore -q "$iid" --target "$dst/image"
             ;;
         restic)
             # `latest` narrowed to the snapshots holding that path.
             timed "$run" restic restore files "$dst" repo -- restic -r "$repo" -q restore latest --path "$DATA/files" --target "$dst/files"
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" restic restore image "$dst" repo -- restic -r "$repo" -q restore latest --path "$DATA/disk.img" --target "$dst/image"
             ;;
         borg)
             # borg extract writes into the current directory.
             timed "$run" borg restore files "$dst/files" repo -- borg extract "$repo::files-2"
+            [ "$WITH_IMAGE" = 1 ] || return 0
             timed "$run" borg restore image "$dst/image" repo -- borg extract "$repo::img-2"
             ;;
     esac
@@ -374,12 +455,14 @@ verify_restore() {
     rf=$(restored_files "$tool")
     ri=$(restored_image "$tool")
     [ -d "$rf" ] || die "$tool: restored tree not found at $rf"
-    [ -f "$ri" ] || die "$tool: restored image not found at $ri"
     if ! diff -r --no-dereference "$DATA/files" "$rf" >"$LOGS/verify-$tool.diff" 2>&1; then
         head -n 20 "$LOGS/verify-$tool.diff" >&2
         die "$tool: restored files differ from the source (see $LOGS/verify-$tool.diff)"
     fi
-    cmp "$DATA/disk.img" "$ri" >/dev/null || die "$tool: restored image differs from disk.img"
+    if [ "$WITH_IMAGE" = 1 ]; then
+        [ -f "$ri" ] || die "$tool: restored image not found at $ri"
+        cmp "$DATA/disk.img" "$ri" >/dev/null || die "$tool: restored image differs from disk.img"
+    fi
     log "  $tool restore verified"
 }
 
@@ -409,10 +492,17 @@ one_run() {
     mapfile -t order < <(rotated_tools "$run")
     for tool in "${TOOLS[@]}"; do tool_init "$tool"; done
 
-    log "run $run: full backup (order: ${order[*]})"
-    for tool in "${order[@]}"; do tool_backup "$run" "$tool" full 1; done
+    # The full phase also times the reference, at a position that moves with each run.
+    local full_order=("${order[@]}") at=$(((run - 1) % (${#TOOLS[@]} + 1)))
+    full_order=("${full_order[@]:0:at}" "$REF" "${full_order[@]:at}")
+    log "run $run: full backup (order: ${full_order[*]})"
+    for tool in "${full_order[@]}"; do tool_backup "$run" "$tool" full 1; done
 
-    log "run $run: changing ${#MOD_FILES[@]} files and the image ($IMAGE_CHANGE)"
+    if [ "$WITH_IMAGE" = 1 ]; then
+        log "run $run: changing ${#MOD_FILES[@]} files and the image ($IMAGE_CHANGE)"
+    else
+        log "run $run: changing ${#MOD_FILES[@]} files"
+    fi
     modify_data
 
     log "run $run: incremental backup"
@@ -459,43 +549,94 @@ repo_mib() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
 # target_check RATIO LIMIT -> "met" / "MISSED"
-target_check() { awk -v r="$1" -v l="$2" 'BEGIN { print (r <= l ? "met" : "MISSED") }'; }
+target_check() { awk -v r="$1" -v l="$2" 'BEGIN { if (r == "n/a" || r == "") print "n/a"; else print (r <= l ? "met" : "MISSED") }'; }
+# label TOOL: the name shown in tables.
+label() { if [ "$1" = "$REF" ]; then echo "$REF_LABEL"; else echo "$1"; fi; }
+# md_label TOOL: the same inside a Markdown table, where a bare | would end the cell.
+md_label() { label "$1" | sed 's/|/\\|/g'; }
+
+# Per-command median over runs: cmd_wall TOOL PHASE TARGET, cmd_rss_mib TOOL PHASE TARGET.
+cmd_wall() {
+    awk -F'\t' -v t="$1" -v p="$2" -v g="$3" '$2 == t && $3 == p && $4 == g && $5 == "wall_s" { print $6 }' "$RAW" | median
+}
+cmd_rss_mib() {
+    awk -F'\t' -v t="$1" -v p="$2" -v g="$3" '$2 == t && $3 == p && $4 == g && $5 == "maxrss_kib" { print $6 / 1024 }' "$RAW" | median
+}
+
+# The tools measured in PHASE: the reference is in the full phase only.
+tools_of() {
+    printf '%s\n' "${TOOLS[@]}"
+    [ "$1" != full ] || echo "$REF"
+}
 
 report() {
-    local tool phase
-    declare -gA WALL RSS REPO
-    for tool in "${TOOLS[@]}"; do
-        for phase in "${PHASES[@]}"; do
+    local tool phase target
+    declare -gA WALL RSS REPO CWALL CRSS
+    for phase in "${PHASES[@]}"; do
+        for tool in $(tools_of "$phase"); do
             WALL[$tool.$phase]=$(phase_wall "$tool" "$phase")
             RSS[$tool.$phase]=$(phase_rss_mib "$tool" "$phase")
+            for target in "${TARGETS[@]}"; do
+                CWALL[$tool.$phase.$target]=$(cmd_wall "$tool" "$phase" "$target")
+                CRSS[$tool.$phase.$target]=$(cmd_rss_mib "$tool" "$phase" "$target")
+            done
         done
-        REPO[$tool]=$(repo_mib "$tool")
     done
+    for tool in "${TOOLS[@]}"; do REPO[$tool]=$(repo_mib "$tool"); done
     # kura's targets against restic: wall-time ratio limits per phase; RSS <= restic's.
-    local -A WALL_TARGET=([full]=0.5 [incremental]=1.0 [restore]=0.5)
+    local -A WALL_TARGET=([full]=0.5 [incremental]=1.0 [restore]=0.4)
+    # kura's target against the tar|zstd pipe (full phase).
+    local REF_TARGET=0.9
+    local ref_ratio
+    ref_ratio=$(ratio "${WALL[kura.full]}" "${WALL[$REF.full]}")
 
+    local ds_name ds_mib
+    ds_name=$(basename "$(readlink -m "$FILES_SRC")")
+    ds_mib=$(awk -v b="$DS_FILES_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
     local md=$BENCH_DIR/results.md
     {
-        echo "# kura vs restic vs borg"
+        echo "# kura vs restic vs borg (and tar|zstd)"
         echo
         echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "- machine: kernel $(uname -r), $(nproc) CPUs ($(lscpu 2>/dev/null | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2; exit }')), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
         echo "- command: \`$RUN_ENV $COMMAND_LINE\`"
         echo "- runs: $RUNS (medians reported; tool order rotated each run)"
         echo "- cache policy: $CACHE_DESC"
-        echo "- versions: $("$KURA_BIN" --version); $(restic version | head -n 1); $(borg --version)"
+        echo "- versions: $("$KURA_BIN" --version); $(restic version | head -n 1); $(borg --version); $(tar --version | head -n 1); zstd $(zstd --version | grep -o 'v[0-9][0-9.]*' | head -n 1)"
         echo "- settings (each tool's defaults): kura: zstd level 3, encrypted; restic: repository format v$RESTIC_REPO_VERSION, compression auto (zstd), encrypted; borg: \`borg init -e repokey-blake2\`, compression lz4"
-        echo "- restore: kura writes holes for zero chunks; restic 0.14 has no sparse restore; borg extract without --sparse (default)"
-        echo "- dataset files/: copy of $SRC_DIR: $DS_FILES_COUNT regular files ($DS_ENTRIES entries), $DS_FILES_BYTES bytes ($(awk -v b="$DS_FILES_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }') MiB)"
-        echo "- dataset disk.img: ext4 from \`mkfs.ext4 -q -F -d\`, $IMAGE_BYTES bytes ($IMAGE_SIZE); $DS_IMG_FSUSED bytes used in the file system, $DS_IMG_ALLOC bytes allocated on the host; holds $DS_STAGED_COUNT files/links from ${BIN_SOURCES[*]} (cap $BIN_CAP_MB MiB) and $RANDOM_MB MiB of random data"
+        echo "- reference ($REF, full phase only): \`tar -C DATA -cf - files | zstd -3 -T$(nproc) >/dev/null\`$([ "$WITH_IMAGE" = 1 ] && echo " and the same for disk.img"): read, archive and compress, no hashing, no encryption, nothing written"
+        [ "$WITH_IMAGE" != 1 ] || echo "- restore: kura writes holes for zero chunks; restic 0.14 has no sparse restore; borg extract without --sparse (default)"
+        echo "- data set: $ds_name ($FILES_SRC$([ -n "$DATA_DIR" ] && echo ", chosen with --data/DATA_DIR"))"
+        echo "- dataset files/: copy of $FILES_SRC: $DS_FILES_COUNT regular files ($DS_ENTRIES entries), $DS_FILES_BYTES bytes ($ds_mib MiB)"
+        if [ "$WITH_IMAGE" = 1 ]; then
+            echo "- dataset disk.img: ext4 from \`mkfs.ext4 -q -F -d\`, $IMAGE_BYTES bytes ($IMAGE_SIZE); $DS_IMG_FSUSED bytes used in the file system, $DS_IMG_ALLOC bytes allocated on the host; holds $DS_STAGED_COUNT files/links from ${BIN_SOURCES[*]} (cap $BIN_CAP_MB MiB) and $RANDOM_MB MiB of random data"
+        else
+            echo "- dataset disk.img: none (--no-image): only files/ is backed up and restored"
+        fi
         echo "- incremental change: first 4 KiB of every 100th regular file overwritten (${#MOD_FILES[@]} files); $(image_change_desc)"
-        echo "- phase time = sum of the two commands (files, image); phase peak RSS = max of the two; repository size with \`du -sb\` after the incremental phase"
+        if [ "$WITH_IMAGE" = 1 ]; then
+            echo "- phase time = sum of the two commands (files, image); phase peak RSS = max of the two; repository size with \`du -sb\` after the incremental phase"
+        else
+            echo "- phase time = the one command (files); repository size with \`du -sb\` after the incremental phase"
+        fi
         echo
         echo "| phase | tool | wall time (s) | peak RSS (MiB) |"
         echo "| --- | --- | ---: | ---: |"
         for phase in "${PHASES[@]}"; do
-            for tool in "${TOOLS[@]}"; do
-                echo "| $phase | $tool | $(fmt "${WALL[$tool.$phase]}" '%.2f') | $(fmt "${RSS[$tool.$phase]}" '%.1f') |"
+            for tool in $(tools_of "$phase"); do
+                echo "| $phase | $(md_label "$tool") | $(fmt "${WALL[$tool.$phase]}" '%.2f') | $(fmt "${RSS[$tool.$phase]}" '%.1f') |"
+            done
+        done
+        echo
+        echo "Per command (medians over runs):"
+        echo
+        echo "| phase | target | tool | median wall (s) | median peak RSS (MiB) |"
+        echo "| --- | --- | --- | ---: | ---: |"
+        for phase in "${PHASES[@]}"; do
+            for target in "${TARGETS[@]}"; do
+                for tool in $(tools_of "$phase"); do
+                    echo "| $phase | $target | $(md_label "$tool") | $(fmt "${CWALL[$tool.$phase.$target]}" '%.2f') | $(fmt "${CRSS[$tool.$phase.$target]}" '%.1f') |"
+                done
             done
         done
         echo
@@ -503,45 +644,61 @@ report() {
         echo "| --- | ---: |"
         for tool in "${TOOLS[@]}"; do echo "| $tool | $(fmt "${REPO[$tool]}" '%.1f') |"; done
         echo
-        echo "| phase | kura/restic wall | kura/restic RSS | kura/borg wall | kura/borg RSS | target (vs restic) |"
-        echo "| --- | ---: | ---: | ---: | ---: | --- |"
+        echo "| phase | kura/restic wall | kura/restic RSS | kura/borg wall | kura/borg RSS | kura / $(md_label "$REF") wall | target |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
         for phase in "${PHASES[@]}"; do
-            local rw rr bw br
+            local rw rr bw br tz="" tzc=""
             rw=$(ratio "${WALL[kura.$phase]}" "${WALL[restic.$phase]}")
             rr=$(ratio "${RSS[kura.$phase]}" "${RSS[restic.$phase]}")
             bw=$(ratio "${WALL[kura.$phase]}" "${WALL[borg.$phase]}")
             br=$(ratio "${RSS[kura.$phase]}" "${RSS[borg.$phase]}")
-            echo "| $phase | $rw | $rr | $bw | $br | wall <= ${WALL_TARGET[$phase]}: $(target_check "$rw" "${WALL_TARGET[$phase]}"); RSS <= 1: $(target_check "$rr" 1) |"
+            if [ "$phase" = full ]; then
+                tz=$ref_ratio
+                tzc="; vs $(md_label "$REF") wall <= $REF_TARGET: $(target_check "$tz" "$REF_TARGET")"
+            fi
+            echo "| $phase | $rw | $rr | $bw | $br | $tz | vs restic wall <= ${WALL_TARGET[$phase]}: $(target_check "$rw" "${WALL_TARGET[$phase]}"); RSS <= 1: $(target_check "$rr" 1)$tzc |"
         done
-        echo "| repository size | $(ratio "${REPO[kura]}" "${REPO[restic]}") | | $(ratio "${REPO[kura]}" "${REPO[borg]}") | | |"
+        echo "| repository size | $(ratio "${REPO[kura]}" "${REPO[restic]}") | | $(ratio "${REPO[kura]}" "${REPO[borg]}") | | | |"
         echo
         echo "Raw numbers: \`raw.tsv\` (run, tool, phase, target, metric, value)."
     } >"$md"
 
     # Plain table on stdout.
     echo
-    echo "== kura vs restic vs borg: medians of $RUNS run(s); cache policy: $CACHE =="
-    printf '%-12s %-7s %10s %10s\n' phase tool wall_s rss_MiB
+    echo "== kura vs restic vs borg: medians of $RUNS run(s); cache policy: $CACHE; data: $ds_name ($DS_FILES_COUNT files, $ds_mib MiB)$([ "$WITH_IMAGE" = 1 ] || echo ", no image") =="
+    printf '%-12s %-8s %10s %10s\n' phase tool wall_s rss_MiB
     for phase in "${PHASES[@]}"; do
-        for tool in "${TOOLS[@]}"; do
-            printf '%-12s %-7s %10.2f %10.1f\n' "$phase" "$tool" "${WALL[$tool.$phase]}" "${RSS[$tool.$phase]}"
+        for tool in $(tools_of "$phase"); do
+            printf '%-12s %-8s %10.2f %10.1f\n' "$phase" "$(label "$tool")" "${WALL[$tool.$phase]}" "${RSS[$tool.$phase]}"
+        done
+    done
+    echo
+    printf '%-12s %-7s %-8s %10s %10s\n' phase target tool wall_s rss_MiB
+    for phase in "${PHASES[@]}"; do
+        for target in "${TARGETS[@]}"; do
+            for tool in $(tools_of "$phase"); do
+                printf '%-12s %-7s %-8s %10.2f %10.1f\n' "$phase" "$target" "$(label "$tool")" \
+                    "${CWALL[$tool.$phase.$target]}" "${CRSS[$tool.$phase.$target]}"
+            done
         done
     done
     echo
     printf '%-12s %10s\n' tool repo_MiB
     for tool in "${TOOLS[@]}"; do printf '%-12s %10.1f\n' "$tool" "${REPO[$tool]}"; done
     echo
-    printf '%-12s %12s %12s %12s %12s\n' ratio k/restic_wall k/restic_rss k/borg_wall k/borg_rss
+    printf '%-12s %12s %12s %12s %12s %12s\n' ratio k/restic_wall k/restic_rss k/borg_wall k/borg_rss k/tarzstd
     for phase in "${PHASES[@]}"; do
-        printf '%-12s %12s %12s %12s %12s\n' "$phase" \
+        printf '%-12s %12s %12s %12s %12s %12s\n' "$phase" \
             "$(ratio "${WALL[kura.$phase]}" "${WALL[restic.$phase]}")" \
             "$(ratio "${RSS[kura.$phase]}" "${RSS[restic.$phase]}")" \
             "$(ratio "${WALL[kura.$phase]}" "${WALL[borg.$phase]}")" \
-            "$(ratio "${RSS[kura.$phase]}" "${RSS[borg.$phase]}")"
+            "$(ratio "${RSS[kura.$phase]}" "${RSS[borg.$phase]}")" \
+            "$([ "$phase" = full ] && echo "$ref_ratio" || echo -)"
     done
-    printf '%-12s %12s %12s %12s %12s\n' repo_size "$(ratio "${REPO[kura]}" "${REPO[restic]}")" - \
-        "$(ratio "${REPO[kura]}" "${REPO[borg]}")" -
+    printf '%-12s %12s %12s %12s %12s %12s\n' repo_size "$(ratio "${REPO[kura]}" "${REPO[restic]}")" - \
+        "$(ratio "${REPO[kura]}" "${REPO[borg]}")" - -
     echo
+    echo "Goals (kura wall): full <= ${WALL_TARGET[full]} x restic: $(target_check "$(ratio "${WALL[kura.full]}" "${WALL[restic.full]}")" "${WALL_TARGET[full]}"); full <= $REF_TARGET x $REF_LABEL: $(target_check "$ref_ratio" "$REF_TARGET"); restore <= ${WALL_TARGET[restore]} x restic: $(target_check "$(ratio "${WALL[kura.restore]}" "${WALL[restic.restore]}")" "${WALL_TARGET[restore]}")"
     echo "Markdown report: $md"
     echo "Raw numbers:     $RAW"
 }
@@ -551,15 +708,31 @@ report() {
 # ---------------------------------------------------------------------------------------
 
 main() {
+    parse_args "$@"
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
     [[ $RANDOM_MB =~ ^[0-9]+$ ]] || die "RANDOM_MB must be a number of MiB"
-    [ -d "$SRC_DIR" ] || die "SRC_DIR=$SRC_DIR is not a directory"
+    case $NO_IMAGE in 0 | "") WITH_IMAGE=1 ;; 1) WITH_IMAGE=0 TARGETS=(files) ;; *) die "NO_IMAGE must be 0 or 1" ;; esac
+    case $IMAGE_CHANGE in fs | scattered) ;; *) die "IMAGE_CHANGE must be fs or scattered" ;; esac
+    # The data set copied as files/: --data DIR / DATA_DIR, else SRC_DIR.
+    if [ -n "$DATA_DIR" ]; then
+        [ -d "$DATA_DIR" ] || die "--data $DATA_DIR is not a directory"
+        FILES_SRC=$DATA_DIR
+    else
+        [ -d "$SRC_DIR" ] || die "SRC_DIR=$SRC_DIR is not a directory"
+        FILES_SRC=$SRC_DIR
+    fi
     case $VERIFY in all | kura) ;; *) die "VERIFY must be all or kura" ;; esac
     # BENCH_DIR is deleted whole: refuse the obvious mistakes.
-    case $(readlink -m "$BENCH_DIR") in
+    local bench_abs src_abs
+    bench_abs=$(readlink -m "$BENCH_DIR")
+    case $bench_abs in
         / | /tmp | /home | /root | /usr | /var | "$(readlink -m "$REPO_ROOT")" | "$(readlink -m "${HOME:-/}")")
             die "refusing BENCH_DIR=$BENCH_DIR (it is deleted and recreated)" ;;
     esac
+    # Nor may the data set and BENCH_DIR overlap (deleted with it, or copied into itself).
+    src_abs=$(readlink -f "$FILES_SRC")
+    case $src_abs/ in "$bench_abs"/*) die "the data set $FILES_SRC lies inside BENCH_DIR=$BENCH_DIR, which is deleted" ;; esac
+    case $bench_abs/ in "$src_abs"/*) die "BENCH_DIR=$BENCH_DIR lies inside the data set $FILES_SRC (it would copy itself)" ;; esac
     local image_bytes image_mib
     image_bytes=$(numfmt --from=iec "$IMAGE_SIZE") || die "bad IMAGE_SIZE=$IMAGE_SIZE"
     image_mib=$((image_bytes / 1048576))
@@ -568,11 +741,12 @@ main() {
         [ "$BIN_CAP_MB" -le 1024 ] || BIN_CAP_MB=1024
     fi
     # The effective knobs, for the report's command line.
-    RUN_ENV="SRC_DIR=$SRC_DIR IMAGE_SIZE=$IMAGE_SIZE RANDOM_MB=$RANDOM_MB BIN_CAP_MB=$BIN_CAP_MB RUNS=$RUNS CACHE=$CACHE VERIFY=$VERIFY IMAGE_CHANGE=$IMAGE_CHANGE BENCH_DIR=$BENCH_DIR${KURA_BIN:+ KURA_BIN=$KURA_BIN}"
+    RUN_ENV="SRC_DIR=$SRC_DIR${DATA_DIR:+ DATA_DIR=$DATA_DIR} NO_IMAGE=$((1 - WITH_IMAGE)) IMAGE_SIZE=$IMAGE_SIZE RANDOM_MB=$RANDOM_MB BIN_CAP_MB=$BIN_CAP_MB RUNS=$RUNS CACHE=$CACHE VERIFY=$VERIFY IMAGE_CHANGE=$IMAGE_CHANGE BENCH_DIR=$BENCH_DIR${KURA_BIN:+ KURA_BIN=$KURA_BIN}"
 
+    # Before anything slow: without root, the default cold cache fails here.
+    choose_cache_policy
     install_deps
     build_kura
-    choose_cache_policy
 
     log "work directory $BENCH_DIR (recreated); cache policy: $CACHE"
     rm -rf "$BENCH_DIR"
@@ -582,7 +756,11 @@ main() {
     printf 'run\ttool\tphase\ttarget\tmetric\tvalue\n' >"$RAW"
 
     make_dataset
-    log "dataset: $DS_FILES_COUNT files, $DS_FILES_BYTES bytes; image $IMAGE_BYTES bytes, $DS_IMG_FSUSED used"
+    if [ "$WITH_IMAGE" = 1 ]; then
+        log "dataset: $DS_FILES_COUNT files, $DS_FILES_BYTES bytes; image $IMAGE_BYTES bytes, $DS_IMG_FSUSED used"
+    else
+        log "dataset: $DS_FILES_COUNT files, $DS_FILES_BYTES bytes; no image"
+    fi
 
     # restic's repository format, for the report.
     local probe=$BENCH_DIR/restic-probe
